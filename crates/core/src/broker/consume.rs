@@ -1,0 +1,185 @@
+//! Consuming: push consumers with credit, `get` (pull), settling
+//! deliveries, and releasing what a departed holder left unsettled.
+
+use std::sync::Arc;
+
+use tokio::sync::mpsc::UnboundedSender;
+use tokio::time::Instant;
+
+use super::{Broker, Queue};
+use crate::consumer::{ConsumerEvent, ConsumerSpec, Delivery, Window};
+use crate::error::CoreError;
+use crate::ids::{ConnectionId, ConsumerId, DeliveryTag};
+use crate::queue::{Effects, Settle};
+
+/// A `basic.get-ok`: the delivery and how many messages remain ready.
+#[derive(Debug)]
+pub struct GetOk {
+    pub delivery: Delivery,
+    pub remaining: u64,
+    pub queue: Arc<Queue>,
+}
+
+impl Broker {
+    /// Starts a consumer on `queue`; deliveries and cancellation arrive on
+    /// `sink`. The consumer lives as long as the returned handle.
+    pub fn consume(
+        self: &Arc<Self>,
+        vhost: &str,
+        queue: &str,
+        spec: ConsumerSpec,
+        sink: UnboundedSender<ConsumerEvent>,
+    ) -> Result<ConsumerHandle, CoreError> {
+        let q = self.queue_for(vhost, queue, Some(spec.owner))?;
+        let id = self.new_consumer_id();
+        let window = Window::new(spec.window, Arc::clone(&q.wake));
+        let now = Instant::now();
+        let mut fx = Effects::default();
+        {
+            let mut st = q.state.lock();
+            st.consume(id, spec, window, sink, now)?;
+            st.service(now, &mut fx);
+        }
+        self.apply_effects(&q, fx);
+        q.wake.notify_one();
+        Ok(ConsumerHandle {
+            broker: Arc::clone(self),
+            queue: q,
+            id,
+            active: true,
+        })
+    }
+
+    /// `basic.get`: the head message for `holder` (a channel's id from
+    /// [`Broker::new_consumer_id`]), or None when the queue is empty.
+    pub fn get(
+        &self,
+        vhost: &str,
+        queue: &str,
+        holder: ConsumerId,
+        no_ack: bool,
+        conn: Option<ConnectionId>,
+    ) -> Result<Option<GetOk>, CoreError> {
+        let q = self.queue_for(vhost, queue, conn)?;
+        let mut fx = Effects::default();
+        let (delivery, remaining) = {
+            let mut st = q.state.lock();
+            let d = st.get(holder, no_ack, Instant::now(), &mut fx);
+            (d, st.ready_count())
+        };
+        self.apply_effects(&q, fx);
+        q.wake.notify_one();
+        Ok(delivery.map(|delivery| GetOk {
+            delivery,
+            remaining,
+            queue: q,
+        }))
+    }
+
+    /// Settles a delivery `holder` received from `queue`. A tag that
+    /// `holder` does not hold is 406 PRECONDITION_FAILED.
+    pub fn settle(
+        &self,
+        queue: &Arc<Queue>,
+        holder: ConsumerId,
+        tag: DeliveryTag,
+        how: Settle,
+    ) -> Result<(), CoreError> {
+        let mut fx = Effects::default();
+        {
+            let mut st = queue.state.lock();
+            if !st.holds(holder, tag) {
+                return Err(CoreError::PreconditionFailed(format!(
+                    "unknown delivery tag {tag}"
+                )));
+            }
+            st.settle(tag, how, Instant::now(), &mut fx)?;
+        }
+        self.apply_effects(queue, fx);
+        Ok(())
+    }
+
+    /// Returns to `queue` everything `holder` left unsettled (its channel
+    /// or connection closed), flagged redelivered.
+    pub fn release(&self, queue: &Arc<Queue>, holder: ConsumerId) {
+        let mut fx = Effects::default();
+        {
+            let mut st = queue.state.lock();
+            st.release(holder, &mut fx);
+            st.service(Instant::now(), &mut fx);
+        }
+        self.apply_effects(queue, fx);
+    }
+
+    fn cancel_consumer(&self, q: &Arc<Queue>, id: ConsumerId, requeue: bool) {
+        let mut fx = Effects::default();
+        let now_unused = {
+            let mut st = q.state.lock();
+            let unused = st.cancel(id, requeue, &mut fx);
+            st.last_used = Instant::now();
+            st.service(Instant::now(), &mut fx);
+            unused
+        };
+        self.apply_effects(q, fx);
+        q.wake.notify_one();
+        if now_unused && q.def().auto_delete {
+            self.remove_queue(q);
+        }
+    }
+}
+
+/// A registered consumer. Dropping it cancels the consumer and returns its
+/// unsettled deliveries to the queue.
+pub struct ConsumerHandle {
+    broker: Arc<Broker>,
+    queue: Arc<Queue>,
+    id: ConsumerId,
+    /// False once cancelled, so drop does nothing more.
+    active: bool,
+}
+
+impl std::fmt::Debug for ConsumerHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConsumerHandle")
+            .field("id", &self.id)
+            .field("queue", &self.queue)
+            .field("active", &self.active)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ConsumerHandle {
+    pub fn id(&self) -> ConsumerId {
+        self.id
+    }
+
+    pub fn queue(&self) -> &Arc<Queue> {
+        &self.queue
+    }
+
+    /// Settles one of this consumer's deliveries.
+    pub fn settle(&self, tag: DeliveryTag, how: Settle) -> Result<(), CoreError> {
+        self.broker.settle(&self.queue, self.id, tag, how)
+    }
+
+    /// Cancels the consumer. With `requeue` false its unsettled deliveries
+    /// stay settleable through [`Broker::settle`] (AMQP `basic.cancel`).
+    pub fn cancel(mut self, requeue: bool) {
+        self.active = false;
+        self.broker.cancel_consumer(&self.queue, self.id, requeue);
+    }
+
+    /// Asks the queue to deliver again: credit shared with other queues
+    /// (a channel-wide prefetch) may have been freed elsewhere.
+    pub fn pump(&self) {
+        self.queue.wake.notify_one();
+    }
+}
+
+impl Drop for ConsumerHandle {
+    fn drop(&mut self) {
+        if self.active {
+            self.broker.cancel_consumer(&self.queue, self.id, true);
+        }
+    }
+}

@@ -1,0 +1,409 @@
+//! Declaring and deleting exchanges, queues and bindings, with their store
+//! records. Durable changes are on disk before these calls return.
+
+use std::hash::BuildHasher;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use junction_store::{Batch, Cf};
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use super::records;
+use super::{Broker, Queue, VHost};
+use crate::error::CoreError;
+use crate::exchange::{Binding, Destination, ExchangeDef};
+use crate::ids::{ConnectionId, QueueId};
+use crate::queue::args::{QueueArgs, QueueDef};
+use crate::queue::{Effects, QueueState};
+use crate::topology::Change;
+
+/// What `queue.declare-ok` reports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueueInfo {
+    pub name: String,
+    /// Ready messages.
+    pub messages: u64,
+    pub consumers: u64,
+    /// False when the queue already existed.
+    pub created: bool,
+}
+
+/// A server-generated queue name, `amq.gen-` and 22 URL-safe characters (as RabbitMQ).
+fn generated_queue_name(seed: u64) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let state = std::collections::hash_map::RandomState::new();
+    let a = state.hash_one((seed, 1u8));
+    let b = state.hash_one((seed, 2u8));
+    let mut bits = (u128::from(a) << 64) | u128::from(b);
+    let mut out = String::from("amq.gen-");
+    for _ in 0..22 {
+        out.push(ALPHABET[(bits & 63) as usize] as char);
+        bits >>= 6;
+    }
+    out
+}
+
+fn queue_locked(name: &str) -> CoreError {
+    CoreError::ResourceLocked(format!(
+        "cannot obtain exclusive access to locked queue '{name}'"
+    ))
+}
+
+impl Broker {
+    /// Waits until `batch` is on disk (no-op when empty).
+    pub(crate) async fn write_durably(&self, batch: Batch) -> Result<(), CoreError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        self.store.submit(batch, true).await?.await?;
+        Ok(())
+    }
+
+    /// Queues `batch` for the committer without waiting (ordered with every
+    /// other write). For paths that cannot await: they only ever delete
+    /// records, or write records nothing else refers to yet.
+    pub(crate) fn write_soon(&self, batch: Batch) {
+        if batch.is_empty() {
+            return;
+        }
+        if let Err(e) = self.store.submit_now(batch, false) {
+            tracing::error!(error = %e, "store write failed");
+        }
+    }
+
+    /// Turns topology changes into store writes for the durable parts.
+    fn persist_changes(&self, vh: &VHost, changes: &[Change], batch: &mut Batch) {
+        for c in changes {
+            match c {
+                Change::ExchangeAdded(d) if d.durable => batch.put(
+                    Cf::Meta,
+                    records::exchange_key(&vh.name, &d.name),
+                    records::encode_exchange(&vh.name, d),
+                ),
+                Change::ExchangeAdded(_) => {}
+                Change::ExchangeRemoved(d) => {
+                    batch.delete(Cf::Meta, records::exchange_key(&vh.name, &d.name))
+                }
+                Change::BindingAdded(b) => {
+                    if self.binding_is_durable(vh, b) {
+                        batch.put(
+                            Cf::Meta,
+                            records::binding_key(&vh.name, b),
+                            records::encode_binding(&vh.name, b),
+                        );
+                    }
+                }
+                Change::BindingRemoved(b) => {
+                    batch.delete(Cf::Meta, records::binding_key(&vh.name, b))
+                }
+            }
+        }
+    }
+
+    /// A binding survives a restart when its source and destination do.
+    fn binding_is_durable(&self, vh: &VHost, b: &Binding) -> bool {
+        let topo = vh.topology.read();
+        let source = topo.exchange(&b.source).is_some_and(|x| x.durable);
+        let dest = match &b.destination {
+            Destination::Exchange(x) => topo.exchange(x).is_some_and(|x| x.durable),
+            Destination::Queue(q) => vh
+                .queue(q)
+                .is_some_and(|q| q.def.durable && q.def.exclusive_owner.is_none()),
+        };
+        source && dest
+    }
+
+    /// `exchange.declare`.
+    pub async fn declare_exchange(
+        &self,
+        vhost: &str,
+        def: ExchangeDef,
+        passive: bool,
+    ) -> Result<(), CoreError> {
+        let vh = self.vhost(vhost)?;
+        let change = vh.topology.write().declare_exchange(def, passive)?;
+        let mut batch = Batch::new();
+        if let Some(c) = change {
+            self.persist_changes(&vh, &[c], &mut batch);
+        }
+        self.write_durably(batch).await
+    }
+
+    /// `exchange.delete`.
+    pub async fn delete_exchange(
+        &self,
+        vhost: &str,
+        name: &str,
+        if_unused: bool,
+    ) -> Result<(), CoreError> {
+        let vh = self.vhost(vhost)?;
+        let changes = vh.topology.write().delete_exchange(name, if_unused)?;
+        let mut batch = Batch::new();
+        self.persist_changes(&vh, &changes, &mut batch);
+        self.write_durably(batch).await
+    }
+
+    /// The queue `name`, checking that `conn` may use it (exclusive queues
+    /// belong to one connection: others get 405 RESOURCE_LOCKED).
+    pub fn queue_for(
+        &self,
+        vhost: &str,
+        name: &str,
+        conn: Option<ConnectionId>,
+    ) -> Result<Arc<Queue>, CoreError> {
+        let vh = self.vhost(vhost)?;
+        let q = vh
+            .queue(name)
+            .ok_or_else(|| CoreError::NotFound(format!("no queue '{name}' in vhost '{vhost}'")))?;
+        if let Some(owner) = q.def.exclusive_owner
+            && Some(owner) != conn
+        {
+            return Err(queue_locked(name));
+        }
+        Ok(q)
+    }
+
+    /// `queue.declare`. An empty name asks for a server-named queue.
+    pub async fn declare_queue(
+        self: &Arc<Self>,
+        vhost: &str,
+        mut def: QueueDef,
+        passive: bool,
+    ) -> Result<QueueInfo, CoreError> {
+        let vh = self.vhost(vhost)?;
+        if def.name.is_empty() && !passive {
+            def.name = generated_queue_name(self.next_queue.load(Ordering::Relaxed));
+        } else if let Some(q) = vh.queue(&def.name) {
+            if let Some(owner) = q.def.exclusive_owner
+                && Some(owner) != def.exclusive_owner
+            {
+                return Err(queue_locked(&def.name));
+            }
+            let mut st = q.state.lock();
+            if !passive {
+                let args = QueueArgs::parse(&def.arguments)?;
+                if q.def.durable != def.durable
+                    || q.def.auto_delete != def.auto_delete
+                    || st.args != args
+                {
+                    return Err(CoreError::PreconditionFailed(format!(
+                        "inequivalent arg for queue '{}' in vhost '{vhost}': declared durable={} auto_delete={} arguments={:?}",
+                        def.name, q.def.durable, q.def.auto_delete, q.def.arguments
+                    )));
+                }
+            }
+            st.last_used = Instant::now();
+            let info = QueueInfo {
+                name: def.name.clone(),
+                messages: st.ready_count(),
+                consumers: st.consumer_count(),
+                created: false,
+            };
+            drop(st);
+            q.wake.notify_one();
+            return Ok(info);
+        } else if passive {
+            return Err(CoreError::NotFound(format!(
+                "no queue '{}' in vhost '{vhost}'",
+                def.name
+            )));
+        } else if def.name.starts_with("amq.") {
+            return Err(CoreError::AccessRefused(format!(
+                "queue name '{}' contains reserved prefix 'amq.'",
+                def.name
+            )));
+        }
+        let args = QueueArgs::parse(&def.arguments)?;
+        let id = QueueId(self.next_queue.fetch_add(1, Ordering::Relaxed));
+        // Exclusive queues die with their connection, so they are never stored.
+        let stored = def.durable && def.exclusive_owner.is_none();
+        let q = Arc::new(Queue {
+            id,
+            vhost: vhost.to_string(),
+            def: def.clone(),
+            state: Mutex::new(QueueState::new(args, Instant::now())),
+            wake: Arc::new(Notify::new()),
+            deleted: Default::default(),
+        });
+        {
+            let mut queues = vh.queues.write();
+            if let Some(existing) = queues.get(&def.name) {
+                // Lost a race with another declare of the same name.
+                return Ok(QueueInfo {
+                    name: def.name.clone(),
+                    messages: existing.message_count(),
+                    consumers: existing.consumer_count(),
+                    created: false,
+                });
+            }
+            queues.insert(def.name.clone(), Arc::clone(&q));
+        }
+        self.spawn_service(Arc::clone(&q));
+        if stored {
+            let mut batch = Batch::new();
+            batch.put(
+                Cf::Meta,
+                records::queue_key(vhost, &def.name),
+                records::encode_queue(vhost, id, &def),
+            );
+            self.write_durably(batch).await?;
+        }
+        Ok(QueueInfo {
+            name: def.name,
+            messages: 0,
+            consumers: 0,
+            created: true,
+        })
+    }
+
+    /// Takes a queue out of its vhost: bindings, messages and record go.
+    /// Consumers are told (AMQP sends `basic.cancel`). Returns the store
+    /// writes and how many messages it held.
+    pub(crate) fn detach_queue(&self, q: &Arc<Queue>) -> (Batch, u64) {
+        let mut batch = Batch::new();
+        if q.deleted.swap(true, Ordering::AcqRel) {
+            return (batch, 0);
+        }
+        let Ok(vh) = self.vhost(&q.vhost) else {
+            return (batch, 0);
+        };
+        {
+            let mut queues = vh.queues.write();
+            if queues.get(q.name()).is_some_and(|x| Arc::ptr_eq(x, q)) {
+                queues.remove(q.name());
+            }
+        }
+        let changes = vh.topology.write().queue_deleted(q.name());
+        self.persist_changes(&vh, &changes, &mut batch);
+        let mut fx = Effects::default();
+        let n = q.state.lock().drain_all(&mut fx);
+        self.collect_removed(q, &fx.removed, &mut batch);
+        if q.def.durable && q.def.exclusive_owner.is_none() {
+            batch.delete(Cf::Meta, records::queue_key(&q.vhost, q.name()));
+        }
+        q.wake.notify_one();
+        (batch, n)
+    }
+
+    /// Deletes a queue from a context that cannot wait (auto-delete,
+    /// expiry, exclusive owner gone).
+    pub(crate) fn remove_queue(&self, q: &Arc<Queue>) {
+        let (batch, _) = self.detach_queue(q);
+        self.write_soon(batch);
+    }
+
+    /// `queue.delete`; returns the number of messages deleted.
+    pub async fn delete_queue(
+        &self,
+        vhost: &str,
+        name: &str,
+        if_unused: bool,
+        if_empty: bool,
+        conn: Option<ConnectionId>,
+    ) -> Result<u64, CoreError> {
+        let q = self.queue_for(vhost, name, conn)?;
+        {
+            let st = q.state.lock();
+            if if_unused && st.consumer_count() > 0 {
+                return Err(CoreError::PreconditionFailed(format!(
+                    "queue '{name}' in vhost '{vhost}' in use"
+                )));
+            }
+            if if_empty && st.ready_count() + st.unacked_count() > 0 {
+                return Err(CoreError::PreconditionFailed(format!(
+                    "queue '{name}' in vhost '{vhost}' is not empty"
+                )));
+            }
+        }
+        let (batch, n) = self.detach_queue(&q);
+        self.write_durably(batch).await?;
+        Ok(n)
+    }
+
+    /// `queue.purge`: drops the ready messages; returns how many.
+    pub async fn purge_queue(
+        &self,
+        vhost: &str,
+        name: &str,
+        conn: Option<ConnectionId>,
+    ) -> Result<u64, CoreError> {
+        let q = self.queue_for(vhost, name, conn)?;
+        let mut fx = Effects::default();
+        let n = q.state.lock().purge(&mut fx);
+        let mut batch = Batch::new();
+        self.collect_removed(&q, &fx.removed, &mut batch);
+        self.write_durably(batch).await?;
+        Ok(n)
+    }
+
+    /// `queue.bind` / `exchange.bind`. Binding twice is a no-op.
+    pub async fn bind(
+        &self,
+        vhost: &str,
+        binding: Binding,
+        conn: Option<ConnectionId>,
+    ) -> Result<(), CoreError> {
+        let vh = self.vhost(vhost)?;
+        if let Destination::Queue(q) = &binding.destination {
+            self.queue_for(vhost, q, conn)?;
+        }
+        let change = vh.topology.write().bind(binding)?;
+        let mut batch = Batch::new();
+        if let Some(c) = change {
+            self.persist_changes(&vh, &[c], &mut batch);
+        }
+        self.write_durably(batch).await
+    }
+
+    /// `queue.unbind` / `exchange.unbind`.
+    pub async fn unbind(
+        &self,
+        vhost: &str,
+        binding: &Binding,
+        conn: Option<ConnectionId>,
+    ) -> Result<(), CoreError> {
+        let vh = self.vhost(vhost)?;
+        if let Destination::Queue(q) = &binding.destination {
+            self.queue_for(vhost, q, conn)?;
+        }
+        let changes = vh.topology.write().unbind(binding)?;
+        let mut batch = Batch::new();
+        self.persist_changes(&vh, &changes, &mut batch);
+        self.write_durably(batch).await
+    }
+
+    /// Exchange definition lookup (for adapters' passive checks and listings).
+    pub fn exchange(&self, vhost: &str, name: &str) -> Result<ExchangeDef, CoreError> {
+        let vh = self.vhost(vhost)?;
+        let topo = vh.topology.read();
+        topo.exchange(name)
+            .cloned()
+            .ok_or_else(|| CoreError::NotFound(format!("no exchange '{name}' in vhost '{vhost}'")))
+    }
+
+    /// The bindings of a vhost (listings and tests).
+    pub fn bindings(&self, vhost: &str) -> Result<Vec<Binding>, CoreError> {
+        let vh = self.vhost(vhost)?;
+        let topo = vh.topology.read();
+        Ok(topo.bindings().cloned().collect())
+    }
+
+    /// Deletes the exclusive queues `conn` owned.
+    pub(crate) fn connection_closed(&self, conn: ConnectionId) {
+        let vhosts: Vec<Arc<VHost>> = self.vhosts.read().values().cloned().collect();
+        for vh in vhosts {
+            let owned: Vec<Arc<Queue>> = vh
+                .queues
+                .read()
+                .values()
+                .filter(|q| q.def.exclusive_owner == Some(conn))
+                .cloned()
+                .collect();
+            for q in owned {
+                self.remove_queue(&q);
+            }
+        }
+    }
+}

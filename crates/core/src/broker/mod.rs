@@ -1,0 +1,404 @@
+//! The broker: vhosts holding a topology and queues, the publish path, the
+//! consume/settle path, recovery from the store, and shutdown.
+//!
+//! Submodules: `declare` (exchanges, queues, bindings), `publish` (routing,
+//! persistence, enqueue, dead-lettering), `consume` (consumers, get, settle),
+//! `recovery` (rebuilding state from the store), `records` (store encoding).
+
+mod consume;
+mod declare;
+mod publish;
+pub(crate) mod records;
+mod recovery;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use junction_store::{Store, StoreStats};
+use parking_lot::{Mutex, RwLock};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::error::CoreError;
+use crate::ids::{ConnectionId, ConsumerId, MessageId, QueueId};
+use crate::message::Protocol;
+use crate::queue::QueueState;
+use crate::queue::args::QueueDef;
+use crate::retained::Retained;
+use crate::topology::Topology;
+
+pub use consume::{ConsumerHandle, GetOk};
+pub use declare::QueueInfo;
+pub use publish::Published;
+
+/// Broker-wide settings the core needs.
+#[derive(Clone, Debug)]
+pub struct BrokerConfig {
+    /// Vhosts that exist from the start (more may be recovered from the store).
+    pub vhosts: Vec<String>,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        BrokerConfig {
+            vhosts: vec!["/".to_string()],
+        }
+    }
+}
+
+/// One virtual host: an isolated set of exchanges, bindings and queues.
+pub struct VHost {
+    pub name: String,
+    /// Exchanges and bindings; read-locked by every publish for routing.
+    pub(crate) topology: RwLock<Topology>,
+    pub(crate) queues: RwLock<HashMap<String, Arc<Queue>>>,
+}
+
+impl VHost {
+    fn new(name: &str) -> VHost {
+        VHost {
+            name: name.to_string(),
+            topology: RwLock::new(Topology::with_builtins()),
+            queues: RwLock::new(HashMap::new()),
+        }
+    }
+
+    pub fn queue(&self, name: &str) -> Option<Arc<Queue>> {
+        self.queues.read().get(name).cloned()
+    }
+}
+
+/// A queue: its declaration and its state machine behind a short-held lock
+/// (never held across an await).
+pub struct Queue {
+    id: QueueId,
+    vhost: String,
+    def: QueueDef,
+    pub(crate) state: Mutex<QueueState>,
+    /// Wakes the queue's service task: a deadline moved, or a consumer's
+    /// transport window has room again.
+    pub(crate) wake: Arc<Notify>,
+    deleted: AtomicBool,
+}
+
+impl std::fmt::Debug for Queue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Queue")
+            .field("id", &self.id)
+            .field("vhost", &self.vhost)
+            .field("name", &self.def.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Queue {
+    pub fn id(&self) -> QueueId {
+        self.id
+    }
+    pub fn name(&self) -> &str {
+        &self.def.name
+    }
+    pub fn vhost(&self) -> &str {
+        &self.vhost
+    }
+    pub fn def(&self) -> &QueueDef {
+        &self.def
+    }
+    pub fn is_deleted(&self) -> bool {
+        self.deleted.load(Ordering::Acquire)
+    }
+    /// Ready messages.
+    pub fn message_count(&self) -> u64 {
+        self.state.lock().ready_count()
+    }
+    pub fn unacked_count(&self) -> u64 {
+        self.state.lock().unacked_count()
+    }
+    pub fn consumer_count(&self) -> u64 {
+        self.state.lock().consumer_count()
+    }
+    /// Ready messages' bodies in delivery order (inspection and tests).
+    pub fn peek_bodies(&self) -> Vec<bytes::Bytes> {
+        self.state
+            .lock()
+            .ready_messages()
+            .map(|e| e.message.body.clone())
+            .collect()
+    }
+}
+
+/// Counters for `/metrics`.
+#[derive(Default)]
+struct Counters {
+    messages_in: AtomicU64,
+    bytes_in: AtomicU64,
+    messages_out: AtomicU64,
+    bytes_out: AtomicU64,
+    connections: [AtomicU64; 4],
+}
+
+fn protocol_index(p: Protocol) -> usize {
+    match p {
+        Protocol::Amqp => 0,
+        Protocol::Mqtt => 1,
+        Protocol::Stomp => 2,
+        Protocol::Internal => 3,
+    }
+}
+
+/// Per-queue figures for `/metrics`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueueStats {
+    pub vhost: String,
+    pub name: String,
+    pub ready: u64,
+    pub unacked: u64,
+    pub consumers: u64,
+}
+
+/// A snapshot of the broker's counters.
+#[derive(Clone, Debug)]
+pub struct BrokerStats {
+    pub queues: Vec<QueueStats>,
+    pub messages_in: u64,
+    pub bytes_in: u64,
+    pub messages_out: u64,
+    pub bytes_out: u64,
+    pub connections: Vec<(Protocol, u64)>,
+    pub store: StoreStats,
+}
+
+/// The broker core. Shared as `Arc<Broker>` by every connection.
+pub struct Broker {
+    store: Store,
+    vhosts: RwLock<HashMap<String, Arc<VHost>>>,
+    next_message: AtomicU64,
+    next_queue: AtomicU64,
+    next_connection: AtomicU64,
+    next_consumer: AtomicU64,
+    /// Stored queue entries per persisted message: the message record is
+    /// deleted when its last entry goes.
+    refs: Mutex<HashMap<MessageId, u32>>,
+    counters: Counters,
+    retained: Retained,
+    /// Cancels every queue service task at shutdown.
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+    closed: AtomicBool,
+}
+
+impl Broker {
+    /// Opens the broker on `store`, rebuilding vhosts, topology, queues,
+    /// messages and reference counts from it. Must run inside a tokio runtime.
+    pub async fn open(store: Store, config: BrokerConfig) -> Result<Arc<Broker>, CoreError> {
+        let recovered = {
+            let store = store.clone();
+            tokio::task::spawn_blocking(move || recovery::read(&store))
+                .await
+                .map_err(|e| CoreError::Corrupt(format!("recovery task failed: {e}")))??
+        };
+        let broker = Arc::new(Broker {
+            store,
+            vhosts: RwLock::new(HashMap::new()),
+            next_message: AtomicU64::new(1),
+            next_queue: AtomicU64::new(1),
+            next_connection: AtomicU64::new(1),
+            next_consumer: AtomicU64::new(1),
+            refs: Mutex::new(HashMap::new()),
+            counters: Counters::default(),
+            retained: Retained::default(),
+            shutdown: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+            closed: AtomicBool::new(false),
+        });
+        for v in &config.vhosts {
+            broker.add_vhost(v);
+        }
+        recovery::apply(&broker, recovered)?;
+        Ok(broker)
+    }
+
+    /// Adds a vhost (idempotent).
+    pub fn add_vhost(&self, name: &str) -> Arc<VHost> {
+        Arc::clone(
+            self.vhosts
+                .write()
+                .entry(name.to_string())
+                .or_insert_with(|| Arc::new(VHost::new(name))),
+        )
+    }
+
+    pub fn vhost(&self, name: &str) -> Result<Arc<VHost>, CoreError> {
+        self.vhosts
+            .read()
+            .get(name)
+            .cloned()
+            .ok_or_else(|| CoreError::NotAllowed(format!("no access to this vhost '{name}'")))
+    }
+
+    pub fn vhost_names(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.vhosts.read().keys().cloned().collect();
+        v.sort();
+        v
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub(crate) fn retained_service(&self) -> &Retained {
+        &self.retained
+    }
+
+    pub fn new_connection_id(&self) -> ConnectionId {
+        ConnectionId(self.next_connection.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// A fresh id for a consumer, or for a `get` holder (a channel).
+    pub fn new_consumer_id(&self) -> ConsumerId {
+        ConsumerId(self.next_consumer.fetch_add(1, Ordering::Relaxed))
+    }
+
+    pub(crate) fn new_message_id(&self) -> MessageId {
+        MessageId(self.next_message.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// Registers a client connection; dropping the guard unregisters it and
+    /// deletes the exclusive queues it owned.
+    pub fn open_connection(self: &Arc<Self>, protocol: Protocol) -> ConnectionGuard {
+        self.counters.connections[protocol_index(protocol)].fetch_add(1, Ordering::Relaxed);
+        ConnectionGuard {
+            broker: Arc::clone(self),
+            id: self.new_connection_id(),
+            protocol,
+        }
+    }
+
+    pub fn stats(&self) -> BrokerStats {
+        let mut queues = Vec::new();
+        for vh in self.vhosts.read().values() {
+            for q in vh.queues.read().values() {
+                let st = q.state.lock();
+                queues.push(QueueStats {
+                    vhost: vh.name.clone(),
+                    name: q.name().to_string(),
+                    ready: st.ready_count(),
+                    unacked: st.unacked_count(),
+                    consumers: st.consumer_count(),
+                });
+            }
+        }
+        queues.sort_by(|a, b| (&a.vhost, &a.name).cmp(&(&b.vhost, &b.name)));
+        let c = &self.counters;
+        BrokerStats {
+            queues,
+            messages_in: c.messages_in.load(Ordering::Relaxed),
+            bytes_in: c.bytes_in.load(Ordering::Relaxed),
+            messages_out: c.messages_out.load(Ordering::Relaxed),
+            bytes_out: c.bytes_out.load(Ordering::Relaxed),
+            connections: [Protocol::Amqp, Protocol::Mqtt, Protocol::Stomp]
+                .into_iter()
+                .map(|p| (p, c.connections[protocol_index(p)].load(Ordering::Relaxed)))
+                .collect(),
+            store: self.store.stats(),
+        }
+    }
+
+    /// Stops queue tasks and closes the store after flushing everything
+    /// queued for it. Idempotent. Connections should be closed first.
+    pub async fn shutdown(&self) -> Result<(), CoreError> {
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        self.shutdown.cancel();
+        self.tasks.close();
+        self.tasks.wait().await;
+        self.store.close().await?;
+        Ok(())
+    }
+
+    pub fn is_shut_down(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// Starts the task that expires messages and the queue itself on time
+    /// and resumes deliveries when a consumer's window frees up.
+    fn spawn_service(self: &Arc<Self>, q: Arc<Queue>) {
+        let weak = Arc::downgrade(self);
+        let token = self.shutdown.child_token();
+        self.tasks.spawn(async move {
+            loop {
+                let deadline = {
+                    let st = q.state.lock();
+                    match (st.next_expiry(), st.expires_at()) {
+                        (Some(a), Some(b)) => Some(a.min(b)),
+                        (a, b) => a.or(b),
+                    }
+                };
+                tokio::select! {
+                    _ = token.cancelled() => break,
+                    _ = q.wake.notified() => {}
+                    _ = sleep_until_opt(deadline) => {}
+                }
+                if q.is_deleted() {
+                    break;
+                }
+                let Some(broker) = weak.upgrade() else { break };
+                broker.service_queue(&q);
+            }
+        });
+    }
+
+    fn service_queue(self: &Arc<Self>, q: &Arc<Queue>) {
+        let now = Instant::now();
+        let mut fx = crate::queue::Effects::default();
+        let expired = {
+            let mut st = q.state.lock();
+            st.service(now, &mut fx);
+            st.expires_at().is_some_and(|t| t <= now)
+        };
+        self.apply_effects(q, fx);
+        if expired {
+            tracing::debug!(
+                queue = q.name(),
+                vhost = q.vhost(),
+                "queue expired (x-expires)"
+            );
+            self.remove_queue(q);
+        }
+    }
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A registered client connection (see [`Broker::open_connection`]).
+pub struct ConnectionGuard {
+    broker: Arc<Broker>,
+    id: ConnectionId,
+    protocol: Protocol,
+}
+
+impl ConnectionGuard {
+    pub fn id(&self) -> ConnectionId {
+        self.id
+    }
+    pub fn broker(&self) -> &Arc<Broker> {
+        &self.broker
+    }
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.broker.counters.connections[protocol_index(self.protocol)]
+            .fetch_sub(1, Ordering::Relaxed);
+        self.broker.connection_closed(self.id);
+    }
+}

@@ -1,0 +1,438 @@
+//! The publish path of DESIGN.md: route in the publisher's task, write one
+//! store batch (the message once, an entry per durable queue), enqueue, and
+//! hand back a receipt that resolves when the batch is on disk. Also where
+//! queue effects are carried out: record deletes and dead-lettering.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use junction_store::{Batch, Cf, CommitReceipt};
+use tokio::time::Instant;
+
+use super::records;
+use super::{Broker, Queue};
+use crate::error::CoreError;
+use crate::message::{Message, Origin};
+use crate::queue::{Accepted, DeadLetter, DeathReason, Effects, Entry, Removed};
+use crate::value::{FieldTable, FieldValue};
+
+/// The outcome of a publish.
+#[must_use = "a publish is confirmed only when its receipt resolves"]
+#[derive(Debug)]
+pub struct Published {
+    /// Queues the message was routed to (0: unroutable; AMQP `mandatory`
+    /// then returns it with 312 NO_ROUTE).
+    pub routed: usize,
+    /// How many of those refused it (`x-overflow` reject-publish).
+    pub rejected: usize,
+    /// Resolves when the store batch is on disk (None: nothing was stored).
+    receipt: Option<CommitReceipt>,
+}
+
+impl Published {
+    /// Waits until the message is safe; true if every queue took it (an
+    /// AMQP confirm ack), false if any refused it (a nack).
+    pub async fn confirmed(self) -> Result<bool, CoreError> {
+        if let Some(r) = self.receipt {
+            r.await?;
+        }
+        Ok(self.rejected == 0)
+    }
+
+    /// Blocking form of [`Published::confirmed`], for non-async callers.
+    pub fn confirmed_blocking(self) -> Result<bool, CoreError> {
+        if let Some(r) = self.receipt {
+            r.wait_blocking()?;
+        }
+        Ok(self.rejected == 0)
+    }
+}
+
+/// One queue a message is going to.
+struct Target {
+    queue: Arc<Queue>,
+    seq: u64,
+    persisted: bool,
+    expires_at: Option<Instant>,
+}
+
+fn unix_millis() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Broker {
+    /// Publishes `msg` (its `exchange` and `routing_key` say where) in `vhost`.
+    /// Waits only while the store's queue is full (backpressure); the
+    /// returned [`Published`] resolves when the message is on disk.
+    pub async fn publish(&self, vhost: &str, msg: Message) -> Result<Published, CoreError> {
+        let (msg, targets, batch) = self.prepare(vhost, msg)?;
+        let receipt = if batch.is_empty() {
+            None
+        } else {
+            Some(self.store.submit(batch, true).await?)
+        };
+        Ok(self.enqueue(&msg, targets, receipt))
+    }
+
+    /// Routes the message and plans where it goes and what is written.
+    fn prepare(
+        &self,
+        vhost: &str,
+        mut msg: Message,
+    ) -> Result<(Arc<Message>, Vec<Target>, Batch), CoreError> {
+        if self.is_shut_down() {
+            return Err(CoreError::ShuttingDown);
+        }
+        let vh = self.vhost(vhost)?;
+        msg.id = self.new_message_id();
+        self.counters.messages_in.fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .bytes_in
+            .fetch_add(msg.body_len(), Ordering::Relaxed);
+        let names = vh.topology.read().route(&msg.exchange, &msg, &|_| true)?;
+        let queues: Vec<Arc<Queue>> = names.iter().filter_map(|n| vh.queue(n)).collect();
+        let msg = Arc::new(msg);
+        let mut batch = Batch::new();
+        let targets = self.plan(&msg, queues, &[], &mut batch);
+        Ok((msg, targets, batch))
+    }
+
+    /// Reserves a place in each queue and writes the records for the
+    /// durable ones into `batch`. `skip` lists queues a dead-lettered
+    /// message must not return to (cycle detection).
+    fn plan(
+        &self,
+        msg: &Arc<Message>,
+        queues: Vec<Arc<Queue>>,
+        skip: &[String],
+        batch: &mut Batch,
+    ) -> Vec<Target> {
+        let now = Instant::now();
+        let now_unix = unix_millis();
+        let mut targets = Vec::with_capacity(queues.len());
+        let mut stored = 0u32;
+        for queue in queues {
+            if skip.iter().any(|s| s == queue.name()) {
+                continue;
+            }
+            let persisted = msg.properties.persistent && queue.def().durable;
+            let (seq, expires_at) = {
+                let mut st = queue.state.lock();
+                (st.reserve_seq(), st.expiry_for(msg, now))
+            };
+            if persisted {
+                let expires_unix = expires_at.map_or(0, |t| {
+                    now_unix + t.saturating_duration_since(now).as_millis() as u64
+                });
+                batch.put(
+                    Cf::QueueEntries,
+                    records::entry_key(queue.id(), seq),
+                    records::encode_entry(msg.id, expires_unix),
+                );
+                stored += 1;
+            }
+            targets.push(Target {
+                queue,
+                seq,
+                persisted,
+                expires_at,
+            });
+        }
+        if stored > 0 {
+            batch.put(
+                Cf::Messages,
+                records::message_key(msg.id).to_vec(),
+                crate::codec::encode_message(msg),
+            );
+            self.refs.lock().insert(msg.id, stored);
+        }
+        targets
+    }
+
+    /// Puts the message into each target queue and carries out the effects.
+    fn enqueue(
+        &self,
+        msg: &Arc<Message>,
+        targets: Vec<Target>,
+        receipt: Option<CommitReceipt>,
+    ) -> Published {
+        let now = Instant::now();
+        let routed = targets.len();
+        let mut rejected = 0;
+        let mut work = Vec::new();
+        for t in targets {
+            let mut fx = Effects::default();
+            let has_ttl = t.expires_at.is_some();
+            let accepted = t.queue.state.lock().publish(
+                Entry {
+                    seq: t.seq,
+                    message: Arc::clone(msg),
+                    delivery_count: 0,
+                    redelivered: false,
+                    expires_at: t.expires_at,
+                    persisted: t.persisted,
+                },
+                now,
+                &mut fx,
+            );
+            if accepted == Accepted::Rejected {
+                rejected += 1;
+            }
+            if has_ttl {
+                // The queue's next deadline may have moved earlier.
+                t.queue.wake.notify_one();
+            }
+            work.push((t.queue, fx));
+        }
+        for (q, fx) in work {
+            self.apply_effects(&q, fx);
+        }
+        Published {
+            routed,
+            rejected,
+            receipt,
+        }
+    }
+
+    /// Adds deletes for entries that left `q` to `batch`, and the message
+    /// record when its last entry goes.
+    pub(crate) fn collect_removed(&self, q: &Queue, removed: &[Removed], batch: &mut Batch) {
+        if removed.is_empty() {
+            return;
+        }
+        let mut refs = self.refs.lock();
+        for r in removed {
+            batch.delete(Cf::QueueEntries, records::entry_key(q.id(), r.seq));
+            if let Some(n) = refs.get_mut(&r.message) {
+                *n -= 1;
+                if *n == 0 {
+                    refs.remove(&r.message);
+                    batch.delete(Cf::Messages, records::message_key(r.message).to_vec());
+                }
+            }
+        }
+    }
+
+    /// Carries out what a queue operation left to do: store deletes,
+    /// delivery counters, dead-letter publishes (which may cascade).
+    pub(crate) fn apply_effects(&self, q: &Arc<Queue>, fx: Effects) {
+        let mut work = vec![(Arc::clone(q), fx)];
+        // Bounded: a dead-letter cycle is cut by x-death, this is a backstop.
+        let mut rounds = 0;
+        while let Some((q, fx)) = work.pop() {
+            rounds += 1;
+            self.counters
+                .messages_out
+                .fetch_add(fx.delivered, Ordering::Relaxed);
+            self.counters
+                .bytes_out
+                .fetch_add(fx.delivered_bytes, Ordering::Relaxed);
+            let mut batch = Batch::new();
+            self.collect_removed(&q, &fx.removed, &mut batch);
+            for dl in fx.dead_letters {
+                if rounds > 10_000 {
+                    tracing::warn!(queue = q.name(), "dead-letter cascade cut short");
+                    if let Some(r) = dl.removed {
+                        self.collect_removed(&q, &[r], &mut batch);
+                    }
+                    continue;
+                }
+                self.dead_letter(&q, dl, &mut batch, &mut work);
+            }
+            self.write_soon(batch);
+        }
+    }
+
+    /// Republishes a dead letter to the queue's dead-letter exchange. The
+    /// copy's records and the removal of the original entry share `batch`,
+    /// so a crash leaves one or the other, never neither.
+    fn dead_letter(
+        &self,
+        q: &Arc<Queue>,
+        dl: DeadLetter,
+        batch: &mut Batch,
+        work: &mut Vec<(Arc<Queue>, Effects)>,
+    ) {
+        if let Some(r) = dl.removed {
+            self.collect_removed(q, &[r], batch);
+        }
+        let (dlx, dlrk) = {
+            let st = q.state.lock();
+            (
+                st.args.dead_letter_exchange.clone(),
+                st.args.dead_letter_routing_key.clone(),
+            )
+        };
+        let Some(dlx) = dlx else { return };
+        let Ok(vh) = self.vhost(q.vhost()) else {
+            return;
+        };
+        let mut msg = dead_lettered_copy(&dl.message, q.name(), dl.reason, &dlx, dlrk.as_deref());
+        msg.id = self.new_message_id();
+        let skip = cycle_queues(&msg);
+        let names = match vh.topology.read().route(&dlx, &msg, &|_| true) {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::debug!(queue = q.name(), error = %e, "dead-letter exchange unusable; message dropped");
+                return;
+            }
+        };
+        let queues: Vec<Arc<Queue>> = names.iter().filter_map(|n| vh.queue(n)).collect();
+        let msg = Arc::new(msg);
+        let targets = self.plan(&msg, queues, &skip, batch);
+        let now = Instant::now();
+        for t in targets {
+            let mut fx = Effects::default();
+            t.queue.state.lock().publish(
+                Entry {
+                    seq: t.seq,
+                    message: Arc::clone(&msg),
+                    delivery_count: 0,
+                    redelivered: false,
+                    expires_at: t.expires_at,
+                    persisted: t.persisted,
+                },
+                now,
+                &mut fx,
+            );
+            if t.expires_at.is_some() {
+                t.queue.wake.notify_one();
+            }
+            work.push((t.queue, fx));
+        }
+    }
+
+    /// Publishes from a context that cannot wait (the broker's own
+    /// messages). No backpressure: use only for low, bounded volumes.
+    pub fn publish_now(&self, vhost: &str, msg: Message) -> Result<Published, CoreError> {
+        let (msg, targets, batch) = self.prepare(vhost, msg)?;
+        let receipt = if batch.is_empty() {
+            None
+        } else {
+            Some(self.store.submit_now(batch, true)?)
+        };
+        Ok(self.enqueue(&msg, targets, receipt))
+    }
+}
+
+/// Queues a dead-lettered message must not go back to: RabbitMQ drops a
+/// message that would cycle to a queue it already died in, unless a
+/// consumer rejected it somewhere along the way.
+fn cycle_queues(msg: &Message) -> Vec<String> {
+    let Some(FieldValue::Array(deaths)) = msg.properties.headers.get("x-death") else {
+        return Vec::new();
+    };
+    let tables: Vec<&FieldTable> = deaths
+        .iter()
+        .filter_map(|d| match d {
+            FieldValue::Table(t) => Some(t),
+            _ => None,
+        })
+        .collect();
+    if tables
+        .iter()
+        .any(|t| t.get("reason").and_then(FieldValue::as_str) == Some("rejected"))
+    {
+        return Vec::new();
+    }
+    tables
+        .iter()
+        .filter_map(|t| {
+            t.get("queue")
+                .and_then(FieldValue::as_str)
+                .map(str::to_string)
+        })
+        .collect()
+}
+
+/// The copy of `orig` that goes to the dead-letter exchange, with its
+/// `x-death` history updated as RabbitMQ does: one entry per (queue,
+/// reason), most recent first, with a count; `x-first-death-*` set once;
+/// the per-message TTL removed (kept as `original-expiration`).
+pub fn dead_lettered_copy(
+    orig: &Message,
+    queue: &str,
+    reason: DeathReason,
+    dlx: &str,
+    dlrk: Option<&str>,
+) -> Message {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut props = orig.properties.clone();
+    let mut deaths: Vec<FieldValue> = match props.headers.remove("x-death") {
+        Some(FieldValue::Array(a)) => a,
+        _ => Vec::new(),
+    };
+    let same = |v: &FieldValue| match v {
+        FieldValue::Table(t) => {
+            t.get("queue").and_then(FieldValue::as_str) == Some(queue)
+                && t.get("reason").and_then(FieldValue::as_str) == Some(reason.as_str())
+        }
+        _ => false,
+    };
+    let entry = match deaths.iter().position(same) {
+        Some(i) => {
+            let mut t = match deaths.remove(i) {
+                FieldValue::Table(t) => t,
+                _ => FieldTable::new(),
+            };
+            let count = t.get("count").and_then(FieldValue::as_i128).unwrap_or(0) as i64;
+            t.insert("count", FieldValue::I64(count + 1));
+            t.insert("time", FieldValue::Timestamp(now));
+            t
+        }
+        None => {
+            let mut t = FieldTable::new();
+            t.insert("count", FieldValue::I64(1));
+            t.insert("reason", FieldValue::string(reason.as_str()));
+            t.insert("queue", FieldValue::string(queue));
+            t.insert("time", FieldValue::Timestamp(now));
+            t.insert("exchange", FieldValue::string(orig.exchange.as_str()));
+            t.insert(
+                "routing-keys",
+                FieldValue::Array(vec![FieldValue::string(orig.routing_key.as_str())]),
+            );
+            if let Some(exp) = &orig.properties.expiration {
+                t.insert("original-expiration", FieldValue::string(exp.as_str()));
+            }
+            t
+        }
+    };
+    deaths.insert(0, FieldValue::Table(entry));
+    if props.headers.get("x-first-death-reason").is_none() {
+        props
+            .headers
+            .insert("x-first-death-reason", FieldValue::string(reason.as_str()));
+        props
+            .headers
+            .insert("x-first-death-queue", FieldValue::string(queue));
+        props.headers.insert(
+            "x-first-death-exchange",
+            FieldValue::string(orig.exchange.as_str()),
+        );
+    }
+    props
+        .headers
+        .insert("x-last-death-reason", FieldValue::string(reason.as_str()));
+    props
+        .headers
+        .insert("x-last-death-queue", FieldValue::string(queue));
+    props.headers.insert(
+        "x-last-death-exchange",
+        FieldValue::string(orig.exchange.as_str()),
+    );
+    props.headers.insert("x-death", FieldValue::Array(deaths));
+    props.expiration = None;
+    Message {
+        id: orig.id,
+        exchange: dlx.to_string(),
+        routing_key: dlrk.unwrap_or(&orig.routing_key).to_string(),
+        properties: props,
+        body: orig.body.clone(),
+        origin: Origin::INTERNAL,
+    }
+}

@@ -1,0 +1,265 @@
+//! Store keys and records for the broker's durable state: topology in the
+//! `meta` column family, messages by id, and queue entries keyed by queue id
+//! then arrival number (both big-endian, so a scan yields queue order).
+
+use bytes::Bytes;
+
+use crate::codec::{Reader, Writer};
+use crate::error::CoreError;
+use crate::exchange::{Binding, Destination, ExchangeDef, ExchangeKind};
+use crate::ids::{MessageId, QueueId};
+use crate::queue::args::QueueDef;
+
+/// First byte of a `meta` key: what kind of record follows.
+pub const TAG_EXCHANGE: u8 = b'x';
+pub const TAG_QUEUE: u8 = b'q';
+pub const TAG_BINDING: u8 = b'b';
+
+fn lp(out: &mut Vec<u8>, s: &[u8]) {
+    out.extend_from_slice(&(s.len() as u32).to_be_bytes());
+    out.extend_from_slice(s);
+}
+
+pub fn exchange_key(vhost: &str, name: &str) -> Vec<u8> {
+    let mut k = vec![TAG_EXCHANGE];
+    lp(&mut k, vhost.as_bytes());
+    lp(&mut k, name.as_bytes());
+    k
+}
+
+pub fn queue_key(vhost: &str, name: &str) -> Vec<u8> {
+    let mut k = vec![TAG_QUEUE];
+    lp(&mut k, vhost.as_bytes());
+    lp(&mut k, name.as_bytes());
+    k
+}
+
+/// A binding's key holds all of its identity (arguments included), so two
+/// bindings differing only in arguments are two records.
+pub fn binding_key(vhost: &str, b: &Binding) -> Vec<u8> {
+    let mut k = vec![TAG_BINDING];
+    lp(&mut k, vhost.as_bytes());
+    k.extend_from_slice(&encode_binding(vhost, b));
+    k
+}
+
+/// A retained message's key: the vhost then the routing key.
+pub fn retained_key(vhost: &str, key: &str) -> Vec<u8> {
+    let mut k = Vec::new();
+    lp(&mut k, vhost.as_bytes());
+    k.extend_from_slice(key.as_bytes());
+    k
+}
+
+/// The vhost part of a retained key (the message itself holds the routing key).
+pub fn decode_retained_key(key: &[u8]) -> Result<String, CoreError> {
+    if key.len() < 4 {
+        return Err(CoreError::Corrupt("retained key too short".into()));
+    }
+    let mut n = [0u8; 4];
+    n.copy_from_slice(&key[..4]);
+    let n = u32::from_be_bytes(n) as usize;
+    let v = key
+        .get(4..4 + n)
+        .ok_or_else(|| CoreError::Corrupt("retained key truncated".into()))?;
+    String::from_utf8(v.to_vec()).map_err(|_| CoreError::Corrupt("retained vhost not UTF-8".into()))
+}
+
+pub fn message_key(id: MessageId) -> [u8; 8] {
+    id.0.to_be_bytes()
+}
+
+pub fn entry_key(queue: QueueId, seq: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(16);
+    k.extend_from_slice(&queue.0.to_be_bytes());
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+pub fn split_entry_key(key: &[u8]) -> Result<(QueueId, u64), CoreError> {
+    if key.len() != 16 {
+        return Err(CoreError::Corrupt("queue entry key is not 16 bytes".into()));
+    }
+    let mut q = [0u8; 8];
+    let mut s = [0u8; 8];
+    q.copy_from_slice(&key[..8]);
+    s.copy_from_slice(&key[8..]);
+    Ok((QueueId(u64::from_be_bytes(q)), u64::from_be_bytes(s)))
+}
+
+fn kind_code(k: ExchangeKind) -> u8 {
+    match k {
+        ExchangeKind::Direct => 0,
+        ExchangeKind::Fanout => 1,
+        ExchangeKind::Topic => 2,
+        ExchangeKind::Headers => 3,
+    }
+}
+
+fn kind_from(code: u8) -> Result<ExchangeKind, CoreError> {
+    Ok(match code {
+        0 => ExchangeKind::Direct,
+        1 => ExchangeKind::Fanout,
+        2 => ExchangeKind::Topic,
+        3 => ExchangeKind::Headers,
+        c => return Err(CoreError::Corrupt(format!("exchange kind {c}"))),
+    })
+}
+
+pub fn encode_exchange(vhost: &str, d: &ExchangeDef) -> Bytes {
+    let mut w = Writer::record();
+    w.str(vhost);
+    w.str(&d.name);
+    w.u8(kind_code(d.kind));
+    w.bool(d.durable);
+    w.bool(d.auto_delete);
+    w.bool(d.internal);
+    w.table(&d.arguments);
+    w.finish()
+}
+
+pub fn decode_exchange(data: &[u8]) -> Result<(String, ExchangeDef), CoreError> {
+    let mut r = Reader::record(data)?;
+    let vhost = r.string()?;
+    let def = ExchangeDef {
+        name: r.string()?,
+        kind: kind_from(r.u8()?)?,
+        durable: r.bool()?,
+        auto_delete: r.bool()?,
+        internal: r.bool()?,
+        arguments: r.table()?,
+    };
+    Ok((vhost, def))
+}
+
+pub fn encode_queue(vhost: &str, id: QueueId, d: &QueueDef) -> Bytes {
+    let mut w = Writer::record();
+    w.str(vhost);
+    w.u64(id.0);
+    w.str(&d.name);
+    w.bool(d.auto_delete);
+    w.table(&d.arguments);
+    w.finish()
+}
+
+pub fn decode_queue(data: &[u8]) -> Result<(String, QueueId, QueueDef), CoreError> {
+    let mut r = Reader::record(data)?;
+    let vhost = r.string()?;
+    let id = QueueId(r.u64()?);
+    let name = r.string()?;
+    let auto_delete = r.bool()?;
+    let arguments = r.table()?;
+    Ok((
+        vhost,
+        id,
+        QueueDef {
+            name,
+            durable: true,
+            exclusive_owner: None,
+            auto_delete,
+            arguments,
+        },
+    ))
+}
+
+pub fn encode_binding(vhost: &str, b: &Binding) -> Vec<u8> {
+    let mut w = Writer::record();
+    w.str(vhost);
+    w.str(&b.source);
+    match &b.destination {
+        Destination::Queue(q) => {
+            w.u8(b'q');
+            w.str(q);
+        }
+        Destination::Exchange(x) => {
+            w.u8(b'x');
+            w.str(x);
+        }
+    }
+    w.str(&b.routing_key);
+    w.table(&b.arguments);
+    w.finish().to_vec()
+}
+
+pub fn decode_binding(data: &[u8]) -> Result<(String, Binding), CoreError> {
+    let mut r = Reader::record(data)?;
+    let vhost = r.string()?;
+    let source = r.string()?;
+    let destination = match r.u8()? {
+        b'q' => Destination::Queue(r.string()?),
+        b'x' => Destination::Exchange(r.string()?),
+        c => return Err(CoreError::Corrupt(format!("binding destination kind {c}"))),
+    };
+    let routing_key = r.string()?;
+    let arguments = r.table()?;
+    Ok((
+        vhost,
+        Binding {
+            source,
+            destination,
+            routing_key,
+            arguments,
+        },
+    ))
+}
+
+/// A queue entry record: which message, and when it expires (Unix ms, 0 = never).
+pub fn encode_entry(message: MessageId, expires_unix_ms: u64) -> Bytes {
+    let mut w = Writer::record();
+    w.u64(message.0);
+    w.u64(expires_unix_ms);
+    w.finish()
+}
+
+pub fn decode_entry(data: &[u8]) -> Result<(MessageId, u64), CoreError> {
+    let mut r = Reader::record(data)?;
+    Ok((MessageId(r.u64()?), r.u64()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::value::{FieldTable, FieldValue};
+
+    #[test]
+    fn topology_records_round_trip() {
+        let mut args = FieldTable::new();
+        args.insert("alternate-exchange", FieldValue::string("ae"));
+        let x = ExchangeDef {
+            name: "logs".into(),
+            kind: ExchangeKind::Headers,
+            durable: true,
+            auto_delete: true,
+            internal: true,
+            arguments: args.clone(),
+        };
+        assert_eq!(
+            decode_exchange(&encode_exchange("/v", &x)).unwrap(),
+            ("/v".into(), x)
+        );
+        let q = QueueDef::new("q1").argument("x-max-length", FieldValue::I32(5));
+        assert_eq!(
+            decode_queue(&encode_queue("/", QueueId(7), &q)).unwrap(),
+            ("/".into(), QueueId(7), q)
+        );
+        let b = Binding {
+            source: "amq.topic".into(),
+            destination: Destination::Exchange("x2".into()),
+            routing_key: "a.#".into(),
+            arguments: args,
+        };
+        assert_eq!(
+            decode_binding(&encode_binding("/", &b)).unwrap(),
+            ("/".into(), b)
+        );
+    }
+
+    #[test]
+    fn entry_keys_sort_by_queue_then_arrival() {
+        let a = entry_key(QueueId(1), 255);
+        let b = entry_key(QueueId(1), 256);
+        let c = entry_key(QueueId(2), 1);
+        assert!(a < b && b < c);
+        assert_eq!(split_entry_key(&b).unwrap(), (QueueId(1), 256));
+    }
+}

@@ -1,0 +1,41 @@
+//! junction-core: Junction's one message model, shared by every protocol
+//! adapter. No sockets, no wire formats.
+//!
+//! - [`ids`]: newtype ids (messages, queues, connections, consumers, deliveries).
+//! - [`value`]: typed header values (the AMQP field-table types).
+//! - [`message`]: the immutable [`Message`] and its properties.
+//! - [`codec`]: binary encoding of durable records.
+//! - [`topic`]: the topic exchange's trie and pattern matching.
+//! - [`exchange`]: exchange and binding definitions, headers matching.
+//! - [`topology`]: one vhost's exchanges and bindings, and routing.
+//! - [`queue`]: one queue's state machine and its declared arguments.
+//! - [`consumer`]: consumer specs, credit, deliveries.
+//! - [`broker`]: vhosts, the publish and consume paths, recovery, shutdown.
+//! - [`retained`]: last-message-per-key, for MQTT.
+//! - [`error`]: the core's error type.
+
+pub mod broker;
+pub mod codec;
+pub mod consumer;
+pub mod error;
+pub mod exchange;
+pub mod ids;
+pub mod message;
+pub mod queue;
+pub mod retained;
+pub mod topic;
+pub mod topology;
+pub mod value;
+
+pub use broker::{
+    Broker, BrokerConfig, BrokerStats, ConnectionGuard, ConsumerHandle, GetOk, Published, Queue,
+    QueueInfo, QueueStats,
+};
+pub use consumer::{ConsumerEvent, ConsumerSpec, Credit, Delivery};
+pub use error::CoreError;
+pub use exchange::{Binding, Destination, ExchangeDef, ExchangeKind};
+pub use ids::{ConnectionId, ConsumerId, DeliveryTag, MessageId, QueueId};
+pub use message::{Message, Origin, Properties, Protocol};
+pub use queue::args::{Overflow, QueueArgs, QueueDef};
+pub use queue::{DeathReason, Settle};
+pub use value::{FieldTable, FieldValue};

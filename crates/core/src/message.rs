@@ -1,0 +1,124 @@
+//! The one message model every adapter converts to and from.
+//!
+//! A [`Message`] is immutable once published and shared as `Arc<Message>` by
+//! every queue it was routed to; its body is a `Bytes` that is never copied
+//! between the publishing socket and the consuming sockets.
+
+use bytes::Bytes;
+
+use crate::ids::{ConnectionId, MessageId};
+use crate::value::FieldTable;
+
+/// Which protocol a message came in on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    Amqp,
+    Mqtt,
+    Stomp,
+    /// Made by the broker itself: dead-lettered copies, `$SYS` messages, tests.
+    Internal,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Amqp => "amqp",
+            Protocol::Mqtt => "mqtt",
+            Protocol::Stomp => "stomp",
+            Protocol::Internal => "internal",
+        }
+    }
+}
+
+/// Where a message came from; MQTT's no-local option needs the connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Origin {
+    pub protocol: Protocol,
+    pub connection: ConnectionId,
+}
+
+impl Origin {
+    pub const INTERNAL: Origin = Origin {
+        protocol: Protocol::Internal,
+        connection: ConnectionId(0),
+    };
+}
+
+/// The AMQP 0-9-1 basic properties. MQTT 5 properties and STOMP headers map
+/// onto these; whatever has no field goes into `headers` under a documented name.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Properties {
+    pub content_type: Option<String>,
+    pub content_encoding: Option<String>,
+    pub headers: FieldTable,
+    /// AMQP delivery-mode 2. Only persistent messages routed to durable queues
+    /// are written to the store.
+    pub persistent: bool,
+    pub priority: Option<u8>,
+    pub correlation_id: Option<String>,
+    pub reply_to: Option<String>,
+    /// Per-message TTL in milliseconds, as AMQP's `expiration` (a decimal string).
+    pub expiration: Option<String>,
+    pub message_id: Option<String>,
+    /// Seconds since the Unix epoch.
+    pub timestamp: Option<u64>,
+    /// AMQP `type`.
+    pub kind: Option<String>,
+    pub user_id: Option<String>,
+    pub app_id: Option<String>,
+}
+
+impl Properties {
+    /// The per-message TTL, if `expiration` holds a valid non-negative integer.
+    pub fn ttl_millis(&self) -> Option<u64> {
+        self.expiration
+            .as_deref()
+            .and_then(|e| e.parse::<u64>().ok())
+    }
+}
+
+/// One published message.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Message {
+    /// Unique for the life of the store; keys the `messages` column family.
+    pub id: MessageId,
+    /// The exchange the message was published to ("" is the default exchange).
+    pub exchange: String,
+    pub routing_key: String,
+    pub properties: Properties,
+    pub body: Bytes,
+    pub origin: Origin,
+}
+
+impl Message {
+    /// A message with default properties; the broker assigns the id at publish.
+    pub fn new(
+        exchange: impl Into<String>,
+        routing_key: impl Into<String>,
+        body: Bytes,
+    ) -> Message {
+        Message {
+            id: MessageId(0),
+            exchange: exchange.into(),
+            routing_key: routing_key.into(),
+            properties: Properties::default(),
+            body,
+            origin: Origin::INTERNAL,
+        }
+    }
+
+    pub fn with_properties(mut self, properties: Properties) -> Message {
+        self.properties = properties;
+        self
+    }
+
+    pub fn persistent(mut self) -> Message {
+        self.properties.persistent = true;
+        self
+    }
+
+    /// Approximate memory/bytes accounting for `x-max-length-bytes` (body only, as RabbitMQ).
+    pub fn body_len(&self) -> u64 {
+        self.body.len() as u64
+    }
+}

@@ -1,0 +1,226 @@
+//! The command line of the `junction` binary.
+//!
+//! Owns parsing only: the flags that override the config file (see
+//! [`crate::config::Config::apply_cli`]) and the `user` subcommand that edits
+//! the users file offline (carried out by [`crate::users::run_user_command`]).
+//! With no subcommand the binary runs the broker.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// `junction [FLAGS] [COMMAND]`.
+///
+/// Every flag is global, so it may be given before or after a subcommand
+/// (`junction --data-dir d user list` and `junction user list --data-dir d`
+/// mean the same); the `user` commands need `--config`/`--data-dir` to find
+/// the users file.
+#[derive(Debug, Clone, PartialEq, Eq, Parser)]
+#[command(
+    name = "junction",
+    version,
+    about = "Junction multi-protocol message broker"
+)]
+pub struct Cli {
+    /// Config file (TOML). Without it the built-in defaults are used.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Overrides `[broker] data_dir`: where the store and the users file live.
+    #[arg(long, global = true, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// Overrides `[broker] bind`: the address every listener binds to.
+    #[arg(long, global = true, value_name = "ADDR")]
+    pub bind: Option<IpAddr>,
+
+    /// Overrides `[mqtt] port`.
+    #[arg(long, global = true, value_name = "N")]
+    pub mqtt_port: Option<u16>,
+
+    /// Overrides `[amqp] port`.
+    #[arg(long, global = true, value_name = "N")]
+    pub amqp_port: Option<u16>,
+
+    /// Overrides `[stomp] port`.
+    #[arg(long, global = true, value_name = "N")]
+    pub stomp_port: Option<u16>,
+
+    /// Overrides `[admin] port`; 0 asks the OS for any free port (tests).
+    #[arg(long, global = true, value_name = "N")]
+    pub admin_port: Option<u16>,
+
+    /// Sets `[broker] in_memory`: keep everything in memory, nothing on disk
+    /// survives a restart.
+    #[arg(long, global = true)]
+    pub in_memory: bool,
+
+    /// What to do; `None` runs the broker.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// A subcommand: an offline administrative task instead of running the broker.
+#[derive(Debug, Clone, PartialEq, Eq, Subcommand)]
+pub enum Command {
+    /// Manage the users file (the broker reads it at start).
+    #[command(subcommand)]
+    User(UserCommand),
+}
+
+/// `junction user ...`: edits the users file named by the configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Subcommand)]
+pub enum UserCommand {
+    /// Add a user.
+    Add {
+        /// The user's login name.
+        name: String,
+        /// The password; read as one line from stdin when absent, so it
+        /// need not appear in the process list or shell history.
+        #[arg(long)]
+        password: Option<String>,
+        /// A vhost the user may use; repeat the flag or separate with commas.
+        /// Defaults to "/" when not given.
+        #[arg(long = "vhost", value_name = "V", value_delimiter = ',')]
+        vhosts: Vec<String>,
+        /// Free-form tags (e.g. "administrator"); repeat or separate with
+        /// commas.
+        #[arg(long, value_name = "T", value_delimiter = ',')]
+        tags: Vec<String>,
+    },
+    /// Delete a user.
+    Delete {
+        /// The user's login name.
+        name: String,
+    },
+    /// List users with their vhosts and tags (never their password hashes).
+    List,
+    /// Change a user's password.
+    Passwd {
+        /// The user's login name.
+        name: String,
+        /// The new password; read as one line from stdin when absent.
+        #[arg(long)]
+        password: Option<String>,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn parse(args: &[&str]) -> Cli {
+        match Cli::try_parse_from(args) {
+            Ok(cli) => cli,
+            Err(e) => panic!("{args:?} did not parse: {e}"),
+        }
+    }
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn no_arguments_runs_the_broker_with_no_overrides() {
+        let cli = parse(&["junction"]);
+        assert_eq!(
+            cli,
+            Cli {
+                config: None,
+                data_dir: None,
+                bind: None,
+                mqtt_port: None,
+                amqp_port: None,
+                stomp_port: None,
+                admin_port: None,
+                in_memory: false,
+                command: None,
+            }
+        );
+    }
+
+    #[test]
+    fn every_flag_parses_without_a_subcommand() {
+        let cli = parse(&[
+            "junction",
+            "--config",
+            "j.toml",
+            "--data-dir",
+            "/var/lib/junction",
+            "--bind",
+            "0.0.0.0",
+            "--mqtt-port",
+            "11883",
+            "--amqp-port",
+            "15672",
+            "--stomp-port",
+            "16613",
+            "--admin-port",
+            "0",
+            "--in-memory",
+        ]);
+        assert_eq!(cli.config, Some(PathBuf::from("j.toml")));
+        assert_eq!(cli.data_dir, Some(PathBuf::from("/var/lib/junction")));
+        assert_eq!(cli.bind, Some(IpAddr::from([0, 0, 0, 0])));
+        assert_eq!(cli.mqtt_port, Some(11883));
+        assert_eq!(cli.amqp_port, Some(15672));
+        assert_eq!(cli.stomp_port, Some(16613));
+        assert_eq!(cli.admin_port, Some(0));
+        assert!(cli.in_memory);
+        assert_eq!(cli.command, None);
+    }
+
+    #[test]
+    fn global_flags_are_accepted_after_the_subcommand() {
+        let cli = parse(&["junction", "user", "list", "--data-dir", "d"]);
+        assert_eq!(cli.data_dir, Some(PathBuf::from("d")));
+        assert_eq!(cli.command, Some(Command::User(UserCommand::List)));
+    }
+
+    #[test]
+    fn user_add_collects_repeated_and_comma_separated_vhosts_and_tags() {
+        let cli = parse(&[
+            "junction",
+            "user",
+            "add",
+            "alice",
+            "--password",
+            "s3cret",
+            "--vhost",
+            "/",
+            "--vhost",
+            "prod,test",
+            "--tags",
+            "administrator",
+        ]);
+        assert_eq!(
+            cli.command,
+            Some(Command::User(UserCommand::Add {
+                name: "alice".into(),
+                password: Some("s3cret".into()),
+                vhosts: vec!["/".into(), "prod".into(), "test".into()],
+                tags: vec!["administrator".into()],
+            }))
+        );
+    }
+
+    #[test]
+    fn user_passwd_without_password_leaves_it_to_stdin() {
+        let cli = parse(&["junction", "user", "passwd", "bob"]);
+        assert_eq!(
+            cli.command,
+            Some(Command::User(UserCommand::Passwd {
+                name: "bob".into(),
+                password: None,
+            }))
+        );
+    }
+
+    #[test]
+    fn bad_port_is_rejected() {
+        assert!(Cli::try_parse_from(["junction", "--mqtt-port", "70000"]).is_err());
+    }
+}

@@ -1,0 +1,407 @@
+//! Broker configuration: the TOML file, its defaults and the command-line
+//! overrides.
+//!
+//! Precedence, lowest first: built-in defaults, the config file, command-line
+//! flags ([`Config::apply_cli`]). Every table rejects unknown keys so a typo
+//! fails the start instead of being silently ignored. `conf/junction.toml`
+//! lists every option at its default; a unit test keeps it equal to
+//! [`Config::default`].
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::cli::Cli;
+
+/// Why the configuration could not be loaded. Each variant names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file we tried to read.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or does not match the schema (unknown key,
+    /// wrong type).
+    #[error("invalid config file {path}: {source}")]
+    Parse {
+        /// The file we parsed.
+        path: PathBuf,
+        /// The TOML error; its text shows the line and column.
+        source: toml::de::Error,
+    },
+    /// The file parsed but a value is out of range.
+    #[error("invalid config file {path}: {reason}")]
+    Invalid {
+        /// The file we parsed.
+        path: PathBuf,
+        /// Which option is wrong and why.
+        reason: String,
+    },
+}
+
+/// The whole configuration, one field per TOML table.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// `[broker]`: process-wide settings.
+    pub broker: BrokerConfig,
+    /// `[store]`: persistence tuning.
+    pub store: StoreConfig,
+    /// `[admin]`: the HTTP health and metrics endpoint.
+    pub admin: AdminConfig,
+    /// `[mqtt]`: the MQTT listener.
+    pub mqtt: MqttConfig,
+    /// `[amqp]`: the AMQP 0-9-1 listener.
+    pub amqp: AmqpConfig,
+    /// `[stomp]`: the STOMP listener.
+    pub stomp: StompConfig,
+}
+
+/// `[broker]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BrokerConfig {
+    /// Where the RocksDB store and (by default) the users file live.
+    pub data_dir: PathBuf,
+    /// Use the in-memory store: nothing survives a restart. For tests and
+    /// throwaway brokers.
+    pub in_memory: bool,
+    /// The address every listener binds to. Loopback by default so a fresh
+    /// install is not reachable from the network.
+    pub bind: IpAddr,
+    /// Vhosts created at start if they do not exist yet.
+    pub vhosts: Vec<String>,
+    /// The users file; empty means `<data_dir>/users.toml`
+    /// (see [`Config::users_path`]).
+    pub users_file: PathBuf,
+    /// Refuse the well-known `guest` login from any peer that is not
+    /// loopback, so the default password is harmless on a network.
+    pub guest_loopback_only: bool,
+    /// Log filter (`tracing_subscriber::EnvFilter` syntax); `RUST_LOG` wins
+    /// when it is set.
+    pub log_level: String,
+    /// Largest message body accepted, in bytes; adapters refuse bigger frames
+    /// before buffering them.
+    pub max_message_size: u64,
+    /// How long shutdown waits for connections to close and the store to
+    /// flush before giving up.
+    pub shutdown_timeout_secs: u64,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        BrokerConfig {
+            data_dir: PathBuf::from("./junction-data"),
+            in_memory: false,
+            bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            vhosts: vec!["/".to_owned()],
+            users_file: PathBuf::new(),
+            guest_loopback_only: true,
+            log_level: "info".to_owned(),
+            max_message_size: 128 * 1024 * 1024,
+            shutdown_timeout_secs: 10,
+        }
+    }
+}
+
+/// `[store]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// Bound of the committer's request queue: when it is full, publishers
+    /// wait (the first link of the backpressure chain). At least 1.
+    pub queue_capacity: usize,
+    /// Most write operations the committer merges into one batch. At least 1.
+    pub max_batch_ops: usize,
+    /// Let concurrent batches share one WAL sync. Turning it off syncs every
+    /// batch alone (slower, for measuring).
+    pub group_commit: bool,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            queue_capacity: 1024,
+            max_batch_ops: 4096,
+            group_commit: true,
+        }
+    }
+}
+
+/// Defines a listener table (`[admin]`, `[mqtt]`, `[amqp]`, `[stomp]`). The
+/// tables share their keys and differ only in the default port; each is its
+/// own type so that a table written with just `enabled = false` still gets
+/// its protocol's port.
+macro_rules! listener_config {
+    ($(#[$doc:meta])* $name:ident, $port:expr) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+        #[serde(default, deny_unknown_fields)]
+        pub struct $name {
+            /// TCP port on [`BrokerConfig::bind`]; 0 asks the OS for any free port.
+            pub port: u16,
+            /// Whether to open this listener at all.
+            pub enabled: bool,
+        }
+
+        impl Default for $name {
+            fn default() -> Self {
+                $name {
+                    port: $port,
+                    enabled: true,
+                }
+            }
+        }
+    };
+}
+
+listener_config!(
+    /// `[admin]`: the HTTP health and metrics endpoint.
+    AdminConfig,
+    15672
+);
+listener_config!(
+    /// `[mqtt]`: the MQTT listener.
+    MqttConfig,
+    1883
+);
+listener_config!(
+    /// `[amqp]`: the AMQP 0-9-1 listener.
+    AmqpConfig,
+    5672
+);
+listener_config!(
+    /// `[stomp]`: the STOMP listener.
+    StompConfig,
+    61613
+);
+
+impl Config {
+    /// Reads `path`, or returns the defaults when there is no path.
+    ///
+    /// Keys missing from the file keep their defaults; unknown keys and
+    /// out-of-range values are errors that name the file.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let Some(path) = path else {
+            return Ok(Config::default());
+        };
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let config: Config = toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source,
+        })?;
+        config.validate().map_err(|reason| ConfigError::Invalid {
+            path: path.to_owned(),
+            reason,
+        })?;
+        Ok(config)
+    }
+
+    /// Applies the command-line flags given in `cli` on top of this
+    /// configuration (flags win over the file).
+    pub fn apply_cli(&mut self, cli: &Cli) {
+        if let Some(dir) = &cli.data_dir {
+            self.broker.data_dir.clone_from(dir);
+        }
+        if let Some(bind) = cli.bind {
+            self.broker.bind = bind;
+        }
+        if cli.in_memory {
+            self.broker.in_memory = true;
+        }
+        if let Some(port) = cli.mqtt_port {
+            self.mqtt.port = port;
+        }
+        if let Some(port) = cli.amqp_port {
+            self.amqp.port = port;
+        }
+        if let Some(port) = cli.stomp_port {
+            self.stomp.port = port;
+        }
+        if let Some(port) = cli.admin_port {
+            self.admin.port = port;
+        }
+    }
+
+    /// The users file: `[broker] users_file`, or `<data_dir>/users.toml` when
+    /// that is empty.
+    pub fn users_path(&self) -> PathBuf {
+        if self.broker.users_file.as_os_str().is_empty() {
+            self.broker.data_dir.join("users.toml")
+        } else {
+            self.broker.users_file.clone()
+        }
+    }
+
+    /// `[broker] shutdown_timeout_secs` as a [`Duration`].
+    pub fn shutdown_timeout(&self) -> Duration {
+        Duration::from_secs(self.broker.shutdown_timeout_secs)
+    }
+
+    /// Checks the values serde cannot: ranges that would otherwise fail
+    /// later, far from the file (a zero channel capacity panics in tokio).
+    fn validate(&self) -> Result<(), String> {
+        if self.broker.vhosts.is_empty() {
+            return Err("[broker] vhosts must name at least one vhost".to_owned());
+        }
+        if self.broker.vhosts.iter().any(String::is_empty) {
+            return Err("[broker] vhosts must not contain an empty name".to_owned());
+        }
+        if self.broker.max_message_size == 0 {
+            return Err("[broker] max_message_size must be at least 1".to_owned());
+        }
+        if self.store.queue_capacity == 0 {
+            return Err("[store] queue_capacity must be at least 1".to_owned());
+        }
+        if self.store.max_batch_ops == 0 {
+            return Err("[store] max_batch_ops must be at least 1".to_owned());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    const SHIPPED: &str = include_str!("../../../conf/junction.toml");
+
+    fn write_temp(text: &str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("junction.toml");
+        std::fs::write(&path, text).expect("write config");
+        (dir, path)
+    }
+
+    #[test]
+    fn shipped_conf_file_equals_the_defaults() {
+        let parsed: Config = toml::from_str(SHIPPED).expect("conf/junction.toml parses");
+        assert_eq!(parsed, Config::default());
+    }
+
+    #[test]
+    fn defaults_are_the_documented_values() {
+        let c = Config::default();
+        assert_eq!(c.broker.data_dir, PathBuf::from("./junction-data"));
+        assert!(!c.broker.in_memory);
+        assert_eq!(c.broker.bind, IpAddr::from([127, 0, 0, 1]));
+        assert_eq!(c.broker.vhosts, vec!["/".to_owned()]);
+        assert_eq!(c.broker.users_file, PathBuf::new());
+        assert!(c.broker.guest_loopback_only);
+        assert_eq!(c.broker.log_level, "info");
+        assert_eq!(c.broker.max_message_size, 134_217_728);
+        assert_eq!(c.broker.shutdown_timeout_secs, 10);
+        assert_eq!(c.store.queue_capacity, 1024);
+        assert_eq!(c.store.max_batch_ops, 4096);
+        assert!(c.store.group_commit);
+        assert_eq!((c.admin.port, c.admin.enabled), (15672, true));
+        assert_eq!((c.mqtt.port, c.mqtt.enabled), (1883, true));
+        assert_eq!((c.amqp.port, c.amqp.enabled), (5672, true));
+        assert_eq!((c.stomp.port, c.stomp.enabled), (61613, true));
+    }
+
+    #[test]
+    fn no_path_loads_the_defaults() {
+        assert_eq!(Config::load(None).expect("defaults"), Config::default());
+    }
+
+    #[test]
+    fn partial_table_keeps_the_other_defaults_of_that_table() {
+        let (_dir, path) =
+            write_temp("[stomp]\nenabled = false\n[broker]\nvhosts = [\"/\", \"iot\"]\n");
+        let c = Config::load(Some(&path)).expect("loads");
+        assert_eq!((c.stomp.port, c.stomp.enabled), (61613, false));
+        assert_eq!(c.broker.vhosts, vec!["/".to_owned(), "iot".to_owned()]);
+        assert_eq!(c.broker.log_level, "info");
+        assert_eq!(c.mqtt, MqttConfig::default());
+    }
+
+    #[test]
+    fn unknown_key_is_an_error_naming_the_file_and_the_key() {
+        let (_dir, path) = write_temp("[broker]\ndata_dri = \"x\"\n");
+        let err = Config::load(Some(&path)).expect_err("typo must fail");
+        let text = err.to_string();
+        assert!(matches!(err, ConfigError::Parse { .. }), "{text}");
+        assert!(text.contains(&path.display().to_string()), "{text}");
+        assert!(text.contains("data_dri"), "{text}");
+    }
+
+    #[test]
+    fn unknown_table_is_an_error() {
+        let (_dir, path) = write_temp("[kafka]\nport = 9092\n");
+        assert!(matches!(
+            Config::load(Some(&path)),
+            Err(ConfigError::Parse { .. })
+        ));
+    }
+
+    #[test]
+    fn missing_file_is_a_read_error_naming_the_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("absent.toml");
+        let err = Config::load(Some(&path)).expect_err("absent file");
+        assert!(matches!(err, ConfigError::Read { .. }));
+        assert!(err.to_string().contains("absent.toml"), "{err}");
+    }
+
+    #[test]
+    fn zero_queue_capacity_is_rejected() {
+        let (_dir, path) = write_temp("[store]\nqueue_capacity = 0\n");
+        let err = Config::load(Some(&path)).expect_err("zero capacity");
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "invalid config file {}: [store] queue_capacity must be at least 1",
+                path.display()
+            )
+        );
+    }
+
+    #[test]
+    fn cli_flags_override_the_file() {
+        let (_dir, path) =
+            write_temp("[broker]\ndata_dir = \"/from/file\"\n[mqtt]\nport = 1\n[amqp]\nport = 2\n");
+        let mut c = Config::load(Some(&path)).expect("loads");
+        let cli = Cli::parse_from([
+            "junction",
+            "--data-dir",
+            "/from/cli",
+            "--bind",
+            "::1",
+            "--mqtt-port",
+            "11883",
+            "--stomp-port",
+            "3",
+            "--admin-port",
+            "0",
+            "--in-memory",
+        ]);
+        c.apply_cli(&cli);
+        assert_eq!(c.broker.data_dir, PathBuf::from("/from/cli"));
+        assert_eq!(c.broker.bind, "::1".parse::<IpAddr>().expect("ip"));
+        assert!(c.broker.in_memory);
+        assert_eq!(c.mqtt.port, 11883);
+        assert_eq!(c.amqp.port, 2, "no flag: the file's value stays");
+        assert_eq!(c.stomp.port, 3);
+        assert_eq!(c.admin.port, 0);
+    }
+
+    #[test]
+    fn users_path_defaults_into_the_data_dir() {
+        let mut c = Config::default();
+        c.broker.data_dir = PathBuf::from("/data");
+        assert_eq!(c.users_path(), PathBuf::from("/data/users.toml"));
+        c.broker.users_file = PathBuf::from("/etc/junction/users.toml");
+        assert_eq!(c.users_path(), PathBuf::from("/etc/junction/users.toml"));
+    }
+}

@@ -1,0 +1,97 @@
+//! The `junction` command: parse flags, then either run a `user`
+//! subcommand or the broker until SIGTERM/SIGINT.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+use crate::cli::{Cli, Command};
+use crate::config::Config;
+use crate::run::{Server, ShutdownSignals};
+use crate::users::run_user_command;
+
+fn init_tracing(level: &str) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Runs the `junction` command line; the binary's `main` calls this.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let mut config = match Config::load(cli.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("junction: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    config.apply_cli(&cli);
+    if let Some(Command::User(cmd)) = &cli.command {
+        return match run_user_command(cmd, &config.users_path()) {
+            Ok(out) => {
+                print!("{out}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("junction: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    init_tracing(&config.broker.log_level);
+    for (flag, given) in [
+        ("--mqtt-port", cli.mqtt_port.is_some()),
+        ("--amqp-port", cli.amqp_port.is_some()),
+        ("--stomp-port", cli.stomp_port.is_some()),
+    ] {
+        if given {
+            tracing::warn!("{flag} given, but that protocol adapter is not built yet");
+        }
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("junction-worker")
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("junction: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        let mut signals = match ShutdownSignals::install() {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("junction: cannot install signal handlers: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let server = match Server::start(config).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start");
+                eprintln!("junction: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{}", server.ready_line());
+            let _ = out.flush();
+        }
+        signals.recv().await;
+        match server.shutdown().await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("junction: shutdown failed: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}

@@ -1,0 +1,19 @@
+//! `junction-server`: everything the `junction` binary needs besides the
+//! broker core and the store.
+//!
+//! - [`cli`]: the command line (flags and the `user` subcommand).
+//! - [`config`]: the TOML configuration, its defaults and CLI overrides.
+//! - [`users`]: the users file, password checks, `junction user ...`.
+//! - [`metrics`]: the metrics snapshot and its Prometheus rendering.
+//! - [`admin`]: the admin HTTP endpoint (`/api/health`, `/metrics`).
+//! - [`run`]: starting the broker (store, core, listeners) and shutting it down.
+//! - [`entry`]: the `junction` command's `main`.
+
+pub mod admin;
+pub mod cli;
+pub mod config;
+pub mod metrics;
+pub mod users;
+
+pub mod entry;
+pub mod run;
