@@ -96,6 +96,11 @@ impl Broker {
             st.settle(tag, how, Instant::now(), &mut fx)?;
         }
         self.apply_effects(queue, fx);
+        if how != Settle::Ack {
+            // A requeued entry may now head the queue with an earlier
+            // deadline than the one the service task sleeps until.
+            queue.wake.notify_one();
+        }
         Ok(())
     }
 
@@ -109,6 +114,7 @@ impl Broker {
             st.service(Instant::now(), &mut fx);
         }
         self.apply_effects(queue, fx);
+        queue.wake.notify_one();
     }
 
     fn cancel_consumer(&self, q: &Arc<Queue>, id: ConsumerId, requeue: bool) {

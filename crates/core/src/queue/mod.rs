@@ -248,9 +248,10 @@ impl QueueState {
         }
     }
 
-    /// Adds a published (or recovered) entry, applying `x-overflow`, then
-    /// delivers what it can.
+    /// Adds a published entry, applying `x-overflow`, then delivers what it
+    /// can.
     pub fn publish(&mut self, entry: Entry, now: Instant, fx: &mut Effects) -> Accepted {
+        self.expire(now, fx);
         match self.args.overflow {
             Overflow::RejectPublish | Overflow::RejectPublishDlx
                 if self.over_limit(1, entry.message.body_len()) =>
@@ -265,7 +266,10 @@ impl QueueState {
             _ => {}
         }
         self.push_ready(entry);
-        self.service(now, fx);
+        // Deliver before expiring: a message with TTL 0 reaches a consumer
+        // that can take it at once, and otherwise expires (RabbitMQ's rule).
+        self.deliver(now, fx);
+        self.expire(now, fx);
         // drop-head: make room by dropping the oldest ready messages. A
         // consumer with credit has already taken what it could.
         while self.over_limit(0, 0) {
@@ -288,6 +292,11 @@ impl QueueState {
     /// expires; a message behind one without TTL waits) and delivers.
     pub fn service(&mut self, now: Instant, fx: &mut Effects) {
         self.expire(now, fx);
+        self.deliver(now, fx);
+    }
+
+    /// Hands ready messages to consumers with room, in order.
+    fn deliver(&mut self, now: Instant, fx: &mut Effects) {
         while !self.ready.is_empty() {
             let Some(ci) = self.pick_consumer() else {
                 break;
@@ -296,10 +305,6 @@ impl QueueState {
                 break;
             };
             self.deliver_to(ci, entry, fx);
-            self.expire(now, fx);
-        }
-        if self.args.message_ttl == Some(0) {
-            // TTL 0: a message that no consumer could take at once is expired.
             self.expire(now, fx);
         }
     }
@@ -368,6 +373,19 @@ impl QueueState {
             delivery_count: entry.delivery_count,
             _permit: Some(consumer.window.permit()),
         };
+        if consumer
+            .sink
+            .send(ConsumerEvent::Deliver(delivery))
+            .is_err()
+        {
+            // The connection is gone: the message was never handed over,
+            // so it goes back unchanged, and the consumer leaves rotation
+            // (its handle's drop finds it gone).
+            let id = consumer.id;
+            self.push_ready(entry);
+            self.cancel(id, true, fx);
+            return;
+        }
         fx.delivered += 1;
         fx.delivered_bytes += entry.message.body_len();
         if consumer.spec.no_ack {
@@ -386,16 +404,6 @@ impl QueueState {
                     credits: Some(Arc::clone(&consumer.credits)),
                 },
             );
-        }
-        if consumer
-            .sink
-            .send(ConsumerEvent::Deliver(delivery))
-            .is_err()
-        {
-            // The connection is gone; its consumer is cancelled when its
-            // handle drops. Until then, take it out of rotation.
-            let id = consumer.id;
-            self.cancel(id, true, fx);
         }
     }
 
@@ -437,7 +445,9 @@ impl QueueState {
     /// true if an auto-delete queue is now due for deletion.
     pub fn cancel(&mut self, id: ConsumerId, requeue: bool, fx: &mut Effects) -> bool {
         let Some(pos) = self.consumers.iter().position(|c| c.id == id) else {
-            return false;
+            // Already taken out of rotation (its channel closed during a
+            // delivery): the queue may have become unused then.
+            return self.consumers.is_empty() && self.had_consumer;
         };
         self.consumers.remove(pos);
         if self.rr > pos {
