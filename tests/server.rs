@@ -50,7 +50,11 @@ fn ready_line_health_metrics_and_sigterm_exit_zero() {
 #[test]
 fn no_data_dir_flag_uses_junction_data_in_the_working_directory() {
     let cwd = temp_dir();
-    let mut broker = BrokerProcess::start(bin(), &["--admin-port", "0"], cwd.path());
+    let mut broker = BrokerProcess::start(
+        bin(),
+        &["--admin-port", "0", "--amqp-port", "0"],
+        cwd.path(),
+    );
     assert!(cwd.path().join("junction-data").join("store").is_dir());
     broker.signal("INT");
     assert_eq!(broker.wait_exit(Duration::from_secs(30)).code(), Some(0));
@@ -59,7 +63,11 @@ fn no_data_dir_flag_uses_junction_data_in_the_working_directory() {
 #[test]
 fn in_memory_flag_writes_nothing_to_disk() {
     let cwd = temp_dir();
-    let mut broker = BrokerProcess::start(bin(), &["--admin-port", "0", "--in-memory"], cwd.path());
+    let mut broker = BrokerProcess::start(
+        bin(),
+        &["--admin-port", "0", "--amqp-port", "0", "--in-memory"],
+        cwd.path(),
+    );
     assert!(!cwd.path().join("junction-data").exists());
     broker.signal("TERM");
     assert_eq!(broker.wait_exit(Duration::from_secs(30)).code(), Some(0));

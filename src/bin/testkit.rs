@@ -24,6 +24,9 @@ fn config(data_dir: PathBuf) -> Config {
     let mut c = Config::default();
     c.broker.data_dir = data_dir;
     c.admin.enabled = false;
+    c.amqp.enabled = false;
+    c.mqtt.enabled = false;
+    c.stomp.enabled = false;
     c
 }
 

@@ -313,7 +313,7 @@ pub fn encode_message(m: &Message) -> Bytes {
     w.opt_str(p.content_type.as_deref());
     w.opt_str(p.content_encoding.as_deref());
     w.table(&p.headers);
-    w.bool(p.persistent);
+    w.u8(p.delivery_mode.unwrap_or(0));
     match p.priority {
         Some(v) => {
             w.u8(1);
@@ -350,7 +350,10 @@ pub fn decode_message(data: &[u8]) -> Result<Message, CoreError> {
     let content_type = r.opt_string()?;
     let content_encoding = r.opt_string()?;
     let headers = r.table()?;
-    let persistent = r.bool()?;
+    let delivery_mode = match r.u8()? {
+        0 => None,
+        m => Some(m),
+    };
     let priority = match r.u8()? {
         0 => None,
         _ => Some(r.u8()?),
@@ -377,7 +380,7 @@ pub fn decode_message(data: &[u8]) -> Result<Message, CoreError> {
             content_type,
             content_encoding,
             headers,
-            persistent,
+            delivery_mode,
             priority,
             correlation_id,
             reply_to,
@@ -432,7 +435,7 @@ mod tests {
                 content_type: Some("text/plain".into()),
                 content_encoding: None,
                 headers,
-                persistent: true,
+                delivery_mode: Some(2),
                 priority: Some(3),
                 correlation_id: Some("c".into()),
                 reply_to: Some("r".into()),

@@ -51,9 +51,10 @@ pub struct Properties {
     pub content_type: Option<String>,
     pub content_encoding: Option<String>,
     pub headers: FieldTable,
-    /// AMQP delivery-mode 2. Only persistent messages routed to durable queues
-    /// are written to the store.
-    pub persistent: bool,
+    /// AMQP delivery-mode as published (1 transient, 2 persistent; None:
+    /// not set, which means transient). Only persistent messages routed to
+    /// durable queues are written to the store.
+    pub delivery_mode: Option<u8>,
     pub priority: Option<u8>,
     pub correlation_id: Option<String>,
     pub reply_to: Option<String>,
@@ -69,6 +70,11 @@ pub struct Properties {
 }
 
 impl Properties {
+    /// Delivery mode 2: the message is to be stored in durable queues.
+    pub fn is_persistent(&self) -> bool {
+        self.delivery_mode == Some(2)
+    }
+
     /// The per-message TTL, if `expiration` holds a valid non-negative integer.
     pub fn ttl_millis(&self) -> Option<u64> {
         self.expiration
@@ -113,7 +119,7 @@ impl Message {
     }
 
     pub fn persistent(mut self) -> Message {
-        self.properties.persistent = true;
+        self.properties.delivery_mode = Some(2);
         self
     }
 

@@ -89,6 +89,10 @@ pub struct BrokerConfig {
     /// Largest message body accepted, in bytes; adapters refuse bigger frames
     /// before buffering them.
     pub max_message_size: u64,
+    /// Message body bytes held in queues above which the memory alarm
+    /// blocks publishers; 0 means 40% of physical memory (RabbitMQ's
+    /// default watermark).
+    pub memory_high_watermark: u64,
     /// How long shutdown waits for connections to close and the store to
     /// flush before giving up.
     pub shutdown_timeout_secs: u64,
@@ -105,6 +109,7 @@ impl Default for BrokerConfig {
             guest_loopback_only: true,
             log_level: "info".to_owned(),
             max_message_size: 128 * 1024 * 1024,
+            memory_high_watermark: 0,
             shutdown_timeout_secs: 10,
         }
     }

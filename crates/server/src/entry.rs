@@ -34,7 +34,7 @@ pub fn main() -> ExitCode {
     if let Some(Command::User(cmd)) = &cli.command {
         return match run_user_command(cmd, &config.users_path()) {
             Ok(out) => {
-                print!("{out}");
+                println!("{out}");
                 ExitCode::SUCCESS
             }
             Err(e) => {
@@ -46,7 +46,6 @@ pub fn main() -> ExitCode {
     init_tracing(&config.broker.log_level);
     for (flag, given) in [
         ("--mqtt-port", cli.mqtt_port.is_some()),
-        ("--amqp-port", cli.amqp_port.is_some()),
         ("--stomp-port", cli.stomp_port.is_some()),
     ] {
         if given {

@@ -47,6 +47,10 @@ pub struct MetricsSnapshot {
     pub store_commit_seconds_total: f64,
     /// Most batches merged into one commit so far.
     pub store_max_group: u64,
+    /// Message body bytes held in queues, ready or unacked.
+    pub held_bytes: u64,
+    /// Whether the memory alarm is blocking publishers.
+    pub memory_alarm: bool,
 }
 
 /// Renders `snapshot` as a Prometheus text exposition (format 0.0.4): each
@@ -160,7 +164,23 @@ pub fn render_into(out: &mut impl Write, s: &MetricsSnapshot) -> fmt::Result {
         "Most batches merged into one store commit.",
         "gauge",
     )?;
-    writeln!(out, "{name} {}", s.store_max_group)
+    writeln!(out, "{name} {}", s.store_max_group)?;
+    let name = "junction_queued_message_bytes";
+    header(
+        out,
+        name,
+        "Message body bytes held in queues (ready and unacked).",
+        "gauge",
+    )?;
+    writeln!(out, "{name} {}", s.held_bytes)?;
+    let name = "junction_memory_alarm";
+    header(
+        out,
+        name,
+        "1 while the memory alarm blocks publishers.",
+        "gauge",
+    )?;
+    writeln!(out, "{name} {}", u8::from(s.memory_alarm))
 }
 
 /// The HELP and TYPE lines of one metric family.
@@ -233,6 +253,8 @@ mod tests {
             store_syncs: 5,
             store_commit_seconds_total: 0.25,
             store_max_group: 3,
+            held_bytes: 0,
+            memory_alarm: false,
         };
         let expected = r#"# HELP junction_queue_messages Messages ready for delivery in a queue.
 # TYPE junction_queue_messages gauge
@@ -277,6 +299,12 @@ junction_store_commit_seconds_total 0.25
 # HELP junction_store_max_group_size Most batches merged into one store commit.
 # TYPE junction_store_max_group_size gauge
 junction_store_max_group_size 3
+# HELP junction_queued_message_bytes Message body bytes held in queues (ready and unacked).
+# TYPE junction_queued_message_bytes gauge
+junction_queued_message_bytes 0
+# HELP junction_memory_alarm 1 while the memory alarm blocks publishers.
+# TYPE junction_memory_alarm gauge
+junction_memory_alarm 0
 "#;
         assert_eq!(render(&snapshot), expected);
     }
@@ -284,7 +312,7 @@ junction_store_max_group_size 3
     #[test]
     fn empty_snapshot_keeps_every_family_header_and_zero_totals() {
         let text = render(&MetricsSnapshot::default());
-        assert_eq!(text.matches("# TYPE ").count(), 13);
+        assert_eq!(text.matches("# TYPE ").count(), 15);
         assert!(
             text.contains("\njunction_store_commit_seconds_total 0\n"),
             "{text}"

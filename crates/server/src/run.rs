@@ -5,6 +5,7 @@
 //! → wait for connection tasks under `shutdown_timeout_secs` → stop queue
 //! tasks → flush the committer → close RocksDB.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,6 +20,114 @@ use crate::admin::{self, AdminState};
 use crate::config::Config;
 use crate::metrics::{MetricsSnapshot, QueueMetrics};
 use crate::users::{UserDb, UsersError};
+
+/// The protocol adapters' view of the users file.
+///
+/// Argon2 is slow and takes 19 MiB per verification on purpose, which is
+/// right for a password file but wrong for a broker that a fleet of devices
+/// reconnects to at once. So a login verified once is remembered as a keyed
+/// digest (BLAKE2b, key random per process) and later logins with the same
+/// password are checked against that; and at most two argon2 checks run at
+/// a time, so a storm of (possibly wrong) logins cannot exhaust memory.
+struct UsersAuth {
+    db: Arc<UserDb>,
+    guest_loopback_only: bool,
+    verified: parking_lot::Mutex<HashMap<String, [u8; 32]>>,
+    key: [u8; 32],
+    /// Argon2 checks running now, bounded by [`MAX_HASHING`].
+    hashing: (parking_lot::Mutex<usize>, parking_lot::Condvar),
+}
+
+/// Most argon2 verifications at once.
+const MAX_HASHING: usize = 2;
+
+impl UsersAuth {
+    fn new(db: Arc<UserDb>, guest_loopback_only: bool) -> UsersAuth {
+        use argon2::password_hash::rand_core::{OsRng, RngCore};
+        let mut key = [0u8; 32];
+        OsRng.fill_bytes(&mut key);
+        UsersAuth {
+            db,
+            guest_loopback_only,
+            verified: parking_lot::Mutex::new(HashMap::new()),
+            key,
+            hashing: (parking_lot::Mutex::new(0), parking_lot::Condvar::new()),
+        }
+    }
+
+    fn digest(&self, user: &str, password: &str) -> [u8; 32] {
+        use blake2::digest::{KeyInit, Mac};
+        type Blake2bMac256 = blake2::Blake2bMac<blake2::digest::consts::U32>;
+        let mut mac = match <Blake2bMac256 as KeyInit>::new_from_slice(&self.key) {
+            Ok(m) => m,
+            // A 32-byte key is always valid for BLAKE2b.
+            Err(_) => return [0u8; 32],
+        };
+        Mac::update(&mut mac, user.as_bytes());
+        Mac::update(&mut mac, &[0]);
+        Mac::update(&mut mac, password.as_bytes());
+        mac.finalize().into_bytes().into()
+    }
+
+    fn verify_slowly(
+        &self,
+        user: &str,
+        password: &str,
+        peer: std::net::IpAddr,
+    ) -> Result<(), String> {
+        let (count, cv) = &self.hashing;
+        {
+            let mut n = count.lock();
+            while *n >= MAX_HASHING {
+                cv.wait(&mut n);
+            }
+            *n += 1;
+        }
+        let result = self
+            .db
+            .authenticate(user, password, peer, self.guest_loopback_only);
+        *count.lock() -= 1;
+        cv.notify_one();
+        result.map(|_| ()).map_err(|e| e.to_string())
+    }
+}
+
+/// Equality that takes the same time wherever the first difference is.
+fn same_digest(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+impl junction_amqp::Authenticator for UsersAuth {
+    fn authenticate(
+        &self,
+        user: &str,
+        password: &str,
+        peer: std::net::IpAddr,
+    ) -> Result<(), String> {
+        if user == crate::users::GUEST
+            && self.guest_loopback_only
+            && !peer.to_canonical().is_loopback()
+        {
+            return Err(crate::users::AuthError::LoopbackOnly.to_string());
+        }
+        let digest = self.digest(user, password);
+        if self
+            .verified
+            .lock()
+            .get(user)
+            .is_some_and(|d| same_digest(d, &digest))
+        {
+            return Ok(());
+        }
+        self.verify_slowly(user, password, peer)?;
+        self.verified.lock().insert(user.to_string(), digest);
+        Ok(())
+    }
+
+    fn may_access(&self, user: &str, vhost: &str) -> bool {
+        self.db.get(user).is_some_and(|u| u.may_access(vhost))
+    }
+}
 
 /// Why the server could not start or stop cleanly.
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +158,7 @@ pub struct Server {
     users: Arc<UserDb>,
     config: Config,
     admin_addr: Option<SocketAddr>,
+    amqp_addr: Option<SocketAddr>,
     /// Read by `/api/health`; false again once shutdown starts.
     ready: Arc<AtomicBool>,
     /// Cancelled to stop the listeners (and, through child tokens, the
@@ -95,6 +205,8 @@ pub fn snapshot(broker: &Broker) -> MetricsSnapshot {
         store_syncs: s.store.syncs,
         store_commit_seconds_total: s.store.commit_seconds_total,
         store_max_group: s.store.max_group,
+        held_bytes: s.held_bytes,
+        memory_alarm: s.memory_alarm,
     }
 }
 
@@ -116,11 +228,18 @@ impl Server {
                 .await
                 .map_err(|e| StoreError::Io(std::io::Error::other(e.to_string())))??
         };
-        let users = Arc::new(UserDb::load(&config.users_path())?);
+        // Loading may hash the built-in guest's password: not on a worker.
+        let users_path = config.users_path();
+        let users = Arc::new(
+            tokio::task::spawn_blocking(move || UserDb::load(&users_path))
+                .await
+                .map_err(|e| StoreError::Io(std::io::Error::other(e.to_string())))??,
+        );
         let broker = Broker::open(
             store,
             BrokerConfig {
                 vhosts: config.broker.vhosts.clone(),
+                memory_high_watermark: config.broker.memory_high_watermark,
             },
         )
         .await?;
@@ -151,9 +270,36 @@ impl Server {
                 }
             });
         }
+        let mut amqp_addr = None;
+        if config.amqp.enabled {
+            let addr = SocketAddr::new(config.broker.bind, config.amqp.port);
+            let bind_err = |source| ServerError::Bind {
+                what: "AMQP",
+                addr,
+                source,
+            };
+            let listener = TcpListener::bind(addr).await.map_err(bind_err)?;
+            amqp_addr = Some(listener.local_addr().map_err(bind_err)?);
+            let ctx = Arc::new(junction_amqp::AmqpContext {
+                broker: Arc::clone(&broker),
+                auth: Arc::new(UsersAuth::new(
+                    Arc::clone(&users),
+                    config.broker.guest_loopback_only,
+                )),
+                settings: junction_amqp::AmqpSettings {
+                    max_message_size: config.broker.max_message_size,
+                    ..junction_amqp::AmqpSettings::default()
+                },
+            });
+            tasks.spawn(junction_amqp::serve(
+                listener,
+                ctx,
+                listeners.child_token(),
+                tasks.clone(),
+            ));
+        }
         for (name, enabled) in [
             ("mqtt", config.mqtt.enabled),
-            ("amqp", config.amqp.enabled),
             ("stomp", config.stomp.enabled),
         ] {
             if enabled {
@@ -171,6 +317,7 @@ impl Server {
             users,
             config,
             admin_addr,
+            amqp_addr,
             ready,
             listeners,
             tasks,
@@ -181,6 +328,9 @@ impl Server {
     /// scripts and tests can find the ports (0 in the config = any free port).
     pub fn ready_line(&self) -> String {
         let mut line = String::from("junction ready");
+        if let Some(a) = self.amqp_addr {
+            line.push_str(&format!(" amqp={a}"));
+        }
         if let Some(a) = self.admin_addr {
             line.push_str(&format!(" admin={a}"));
         }
@@ -201,6 +351,10 @@ impl Server {
 
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.admin_addr
+    }
+
+    pub fn amqp_addr(&self) -> Option<SocketAddr> {
+        self.amqp_addr
     }
 
     /// Shuts down in DESIGN.md's order. Idempotent.

@@ -44,7 +44,7 @@ pub const GUEST: &str = "guest";
 /// short string, the tightest of the three protocols).
 const MAX_NAME_LEN: usize = 255;
 
-/// First line of every saved users file.
+/// Comment lines at the top of every saved users file.
 const FILE_HEADER: &str = "# Junction users. Edit with `junction user add|delete|passwd|list`.\n\
 # password_hash is an argon2id PHC string; passwords are never stored.\n\n";
 
@@ -389,6 +389,9 @@ impl UserDb {
     /// Checks a login. `peer` is the client's address; with
     /// `guest_loopback_only`, `guest` is refused from any non-loopback peer
     /// (IPv4-mapped IPv6 loopback counts as loopback).
+    ///
+    /// The loopback rule is checked first, so a remote `guest` attempt costs
+    /// no hashing.
     ///
     /// Slow by design (argon2): run it via `tokio::task::spawn_blocking`.
     /// An unknown user costs the same work as a known one, so timing does

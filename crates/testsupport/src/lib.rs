@@ -84,7 +84,11 @@ impl BrokerProcess {
     /// Starts a broker on a data directory with every port picked by the OS.
     pub fn start_on(bin: &Path, data_dir: &Path) -> BrokerProcess {
         let dir = data_dir.to_str().expect("utf-8 path");
-        Self::start(bin, &["--data-dir", dir, "--admin-port", "0"], data_dir)
+        Self::start(
+            bin,
+            &["--data-dir", dir, "--admin-port", "0", "--amqp-port", "0"],
+            data_dir,
+        )
     }
 
     pub fn addr(&self, listener: &str) -> SocketAddr {

@@ -165,19 +165,34 @@ impl Broker {
         Ok(q)
     }
 
-    /// `queue.declare`. An empty name asks for a server-named queue.
+    /// `queue.declare`. An empty name asks for a server-named queue. The
+    /// caller is taken to be the connection named in `def.exclusive_owner`
+    /// (none for a non-exclusive declare); see [`Broker::declare_queue_as`].
     pub async fn declare_queue(
+        self: &Arc<Self>,
+        vhost: &str,
+        def: QueueDef,
+        passive: bool,
+    ) -> Result<QueueInfo, CoreError> {
+        let conn = def.exclusive_owner;
+        self.declare_queue_as(vhost, def, passive, conn).await
+    }
+
+    /// `queue.declare` from connection `conn`, which may use (passively or
+    /// not) an exclusive queue it owns even without asking for exclusivity.
+    pub async fn declare_queue_as(
         self: &Arc<Self>,
         vhost: &str,
         mut def: QueueDef,
         passive: bool,
+        conn: Option<ConnectionId>,
     ) -> Result<QueueInfo, CoreError> {
         let vh = self.vhost(vhost)?;
         if def.name.is_empty() && !passive {
             def.name = generated_queue_name(self.next_queue.load(Ordering::Relaxed));
         } else if let Some(q) = vh.queue(&def.name) {
             if let Some(owner) = q.def.exclusive_owner
-                && Some(owner) != def.exclusive_owner
+                && Some(owner) != conn
             {
                 return Err(queue_locked(&def.name));
             }

@@ -39,15 +39,34 @@ pub use publish::Published;
 pub struct BrokerConfig {
     /// Vhosts that exist from the start (more may be recovered from the store).
     pub vhosts: Vec<String>,
+    /// Message body bytes held in queues above which the memory alarm
+    /// fires and publishers are stopped (0: 40% of physical memory).
+    pub memory_high_watermark: u64,
 }
 
 impl Default for BrokerConfig {
     fn default() -> Self {
         BrokerConfig {
             vhosts: vec!["/".to_string()],
+            memory_high_watermark: 0,
         }
     }
 }
+
+/// 40% of physical memory (RabbitMQ's default watermark), or no limit if
+/// it cannot be read.
+fn default_watermark() -> u64 {
+    let total_kb = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
+        m.lines()
+            .find(|l| l.starts_with("MemTotal:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|n| n.parse::<u64>().ok())
+    });
+    total_kb.map_or(u64::MAX, |kb| kb * 1024 / 10 * 4)
+}
+
+/// How often the memory alarm re-counts what the queues hold.
+const ALARM_INTERVAL: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// One virtual host: an isolated set of exchanges, bindings and queues.
 pub struct VHost {
@@ -169,6 +188,9 @@ pub struct BrokerStats {
     pub bytes_out: u64,
     pub connections: Vec<(Protocol, u64)>,
     pub store: StoreStats,
+    /// Message body bytes held in queues, and whether the alarm is on.
+    pub held_bytes: u64,
+    pub memory_alarm: bool,
 }
 
 /// The broker core. Shared as `Arc<Broker>` by every connection.
@@ -188,6 +210,13 @@ pub struct Broker {
     shutdown: CancellationToken,
     tasks: TaskTracker,
     closed: AtomicBool,
+    /// True while queued message bytes exceed the watermark; adapters stop
+    /// reading from publishing connections (AMQP also sends
+    /// `connection.blocked`).
+    alarm: tokio::sync::watch::Sender<bool>,
+    memory_high_watermark: u64,
+    /// Body bytes held in queues at the last count.
+    held_bytes: AtomicU64,
 }
 
 impl Broker {
@@ -213,12 +242,73 @@ impl Broker {
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
             closed: AtomicBool::new(false),
+            alarm: tokio::sync::watch::Sender::new(false),
+            memory_high_watermark: match config.memory_high_watermark {
+                0 => default_watermark(),
+                n => n,
+            },
+            held_bytes: AtomicU64::new(0),
         });
         for v in &config.vhosts {
             broker.add_vhost(v);
         }
         recovery::apply(&broker, recovered)?;
+        broker.spawn_alarm();
         Ok(broker)
+    }
+
+    /// The memory alarm: true while publishers must wait.
+    pub fn memory_alarm(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.alarm.subscribe()
+    }
+
+    /// Message body bytes held in queues (ready and unacked) at the last count.
+    pub fn held_bytes(&self) -> u64 {
+        self.held_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Re-counts held bytes now and updates the alarm.
+    pub fn check_memory(&self) {
+        let mut total = 0u64;
+        for vh in self.vhosts.read().values() {
+            for q in vh.queues.read().values() {
+                total += q.state.lock().held_bytes();
+            }
+        }
+        self.held_bytes.store(total, Ordering::Relaxed);
+        let on = total > self.memory_high_watermark;
+        self.alarm.send_if_modified(|state| {
+            if *state == on {
+                return false;
+            }
+            *state = on;
+            if on {
+                tracing::warn!(
+                    held_bytes = total,
+                    watermark = self.memory_high_watermark,
+                    "memory alarm: blocking publishers"
+                );
+            } else {
+                tracing::info!(held_bytes = total, "memory alarm cleared");
+            }
+            true
+        });
+    }
+
+    fn spawn_alarm(self: &Arc<Self>) {
+        let weak = Arc::downgrade(self);
+        let token = self.shutdown.child_token();
+        self.tasks.spawn(async move {
+            let mut tick = tokio::time::interval(ALARM_INTERVAL);
+            loop {
+                tokio::select! {
+                    _ = token.cancelled() => break,
+                    _ = tick.tick() => {}
+                }
+                let Some(b) = weak.upgrade() else { break };
+                b.check_memory();
+            }
+        });
     }
 
     /// Adds a vhost (idempotent).
@@ -304,6 +394,8 @@ impl Broker {
                 .map(|p| (p, c.connections[protocol_index(p)].load(Ordering::Relaxed)))
                 .collect(),
             store: self.store.stats(),
+            held_bytes: self.held_bytes(),
+            memory_alarm: *self.alarm.borrow(),
         }
     }
 

@@ -118,7 +118,7 @@ impl Broker {
             if skip.iter().any(|s| s == queue.name()) {
                 continue;
             }
-            let persisted = msg.properties.persistent && queue.def().durable;
+            let persisted = msg.properties.is_persistent() && queue.def().durable;
             let (seq, expires_at) = {
                 let mut st = queue.state.lock();
                 (st.reserve_seq(), st.expiry_for(msg, now))

@@ -146,6 +146,9 @@ pub struct QueueState {
     ready: BTreeMap<ReadyKey, Entry>,
     ready_bytes: u64,
     unacked: HashMap<DeliveryTag, Unacked>,
+    /// Body bytes of the unacked deliveries (with `ready_bytes`, what the
+    /// memory alarm counts).
+    unacked_bytes: u64,
     next_tag: u64,
     next_seq: u64,
     consumers: Vec<Consumer>,
@@ -164,6 +167,7 @@ impl QueueState {
             ready: BTreeMap::new(),
             ready_bytes: 0,
             unacked: HashMap::new(),
+            unacked_bytes: 0,
             next_tag: 1,
             next_seq: 1,
             consumers: Vec::new(),
@@ -208,6 +212,22 @@ impl QueueState {
         self.ready_bytes += e.message.body_len();
         let key = self.ready_key(&e);
         self.ready.insert(key, e);
+    }
+
+    fn insert_unacked(&mut self, tag: DeliveryTag, u: Unacked) {
+        self.unacked_bytes += u.entry.message.body_len();
+        self.unacked.insert(tag, u);
+    }
+
+    fn remove_unacked(&mut self, tag: &DeliveryTag) -> Option<Unacked> {
+        let u = self.unacked.remove(tag)?;
+        self.unacked_bytes -= u.entry.message.body_len();
+        Some(u)
+    }
+
+    /// Body bytes this queue holds, ready or unacked.
+    pub fn held_bytes(&self) -> u64 {
+        self.ready_bytes + self.unacked_bytes
     }
 
     fn pop_ready(&mut self) -> Option<Entry> {
@@ -396,14 +416,12 @@ impl QueueState {
             for c in consumer.credits.iter() {
                 c.take();
             }
-            self.unacked.insert(
-                tag,
-                Unacked {
-                    entry,
-                    holder: consumer.id,
-                    credits: Some(Arc::clone(&consumer.credits)),
-                },
-            );
+            let u = Unacked {
+                entry,
+                holder: consumer.id,
+                credits: Some(Arc::clone(&consumer.credits)),
+            };
+            self.insert_unacked(tag, u);
         }
     }
 
@@ -470,7 +488,7 @@ impl QueueState {
             .collect();
         tags.sort();
         for tag in tags {
-            if let Some(u) = self.unacked.remove(&tag) {
+            if let Some(u) = self.remove_unacked(&tag) {
                 u.give_back_credit();
                 self.requeue(u.entry, fx);
             }
@@ -497,7 +515,7 @@ impl QueueState {
         now: Instant,
         fx: &mut Effects,
     ) -> Result<(), CoreError> {
-        let Some(u) = self.unacked.remove(&tag) else {
+        let Some(u) = self.remove_unacked(&tag) else {
             return Err(CoreError::PreconditionFailed(format!(
                 "unknown delivery tag {tag}"
             )));
@@ -549,7 +567,7 @@ impl QueueState {
                 fx.removed.push(r);
             }
         } else {
-            self.unacked.insert(
+            self.insert_unacked(
                 tag,
                 Unacked {
                     entry,
@@ -576,6 +594,7 @@ impl QueueState {
     /// Empties the queue for deletion; returns how many messages it held.
     pub fn drain_all(&mut self, fx: &mut Effects) -> u64 {
         let mut n = self.purge(fx);
+        self.unacked_bytes = 0;
         for (_, u) in self.unacked.drain() {
             if let Some(r) = u.entry.removed() {
                 fx.removed.push(r);

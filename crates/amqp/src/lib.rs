@@ -1,0 +1,103 @@
+//! junction-amqp: the AMQP 0-9-1 adapter. A client written for RabbitMQ
+//! (pika, lapin, the Java client, kombu, bunny) talks to the core through it.
+//!
+//! - [`codec`]: framing on the `amq-protocol` parser and generator; bodies
+//!   stay `Bytes` from socket to socket.
+//! - [`convert`]: basic properties and field tables to and from the core.
+//! - [`error`]: reply codes, channel vs connection errors, core error mapping.
+//! - [`channel`]: one channel's state (content assembly, delivery tags,
+//!   prefetch, confirm and tx modes).
+//! - `handshake`: protocol header, start/tune/open under a timeout, SASL.
+//! - `connection`: the connection task (the only socket code) and method
+//!   dispatch; `methods`: what each method does to the core.
+//!
+//! See docs/amqp.md for the mapping and the known gaps.
+
+pub mod channel;
+pub mod codec;
+mod connection;
+pub mod convert;
+pub mod error;
+mod handshake;
+mod methods;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use junction_core::Broker;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Checks logins for the adapter; the server implements it over its users
+/// file so this crate knows nothing of how users are stored.
+pub trait Authenticator: Send + Sync + 'static {
+    /// Checks a user name and password from `peer`. May be slow (password
+    /// hashing): it is called on a blocking thread.
+    fn authenticate(&self, user: &str, password: &str, peer: IpAddr) -> Result<(), String>;
+    /// Whether `user` may use `vhost`.
+    fn may_access(&self, user: &str, vhost: &str) -> bool;
+}
+
+/// The adapter's settings (the `[amqp]` table and broker-wide limits).
+#[derive(Clone, Debug)]
+pub struct AmqpSettings {
+    /// Largest frame we accept and offer in `connection.tune`.
+    pub frame_max: u32,
+    /// Most channels per connection, offered in `connection.tune`.
+    pub channel_max: u16,
+    /// Heartbeat interval offered, in seconds (the client may lower it; 0 = off).
+    pub heartbeat_secs: u16,
+    /// Largest message body accepted.
+    pub max_message_size: u64,
+    /// Time from accept to `connection.open`.
+    pub handshake_timeout: Duration,
+}
+
+impl Default for AmqpSettings {
+    fn default() -> Self {
+        AmqpSettings {
+            frame_max: 131_072,
+            channel_max: 2047,
+            heartbeat_secs: 60,
+            max_message_size: 128 * 1024 * 1024,
+            handshake_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What every AMQP connection shares.
+pub struct AmqpContext {
+    pub broker: Arc<Broker>,
+    pub auth: Arc<dyn Authenticator>,
+    pub settings: AmqpSettings,
+}
+
+/// Accepts AMQP connections on `listener` until `shutdown`; each runs in
+/// its own task on `tasks`, closed with 320 CONNECTION_FORCED at shutdown.
+pub async fn serve(
+    listener: TcpListener,
+    ctx: Arc<AmqpContext>,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+) {
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            a = listener.accept() => a,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let ctx = Arc::clone(&ctx);
+                let token = shutdown.child_token();
+                tasks.spawn(connection::run(stream, peer, ctx, token));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "amqp accept failed");
+                // Out of file descriptors and the like: do not spin.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,246 @@
+//! The command line: every flag of the `junction-bench` contract (the
+//! compare script drives exactly these), their defaults, and the checks
+//! clap cannot express alone.
+
+use crate::error::BenchError;
+use crate::payload::HEADER_LEN;
+use clap::{ArgAction, Parser, ValueEnum};
+use serde::Serialize;
+use std::time::Duration;
+
+/// Which traffic shape to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Scenario {
+    /// P publishers → one topic → 1 consumer.
+    FanIn,
+    /// 1 publisher → one topic → C consumers, each getting every message.
+    FanOut,
+    /// P publishers → one queue → C competing consumers.
+    Queue,
+    /// N idle connections held open (memory per connection).
+    Idle,
+}
+
+/// A wire protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Proto {
+    /// MQTT 3.1.1 or 5.0 (rumqttc).
+    Mqtt,
+    /// AMQP 0-9-1 (lapin).
+    Amqp,
+    /// STOMP 1.2 (our own client).
+    Stomp,
+}
+
+impl std::fmt::Display for Proto {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Proto::Mqtt => "mqtt",
+            Proto::Amqp => "amqp",
+            Proto::Stomp => "stomp",
+        })
+    }
+}
+
+/// STOMP 1.2 SUBSCRIBE `ack` header values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StompAck {
+    /// The broker considers a MESSAGE acknowledged once sent.
+    Auto,
+    /// Cumulative ACK.
+    Client,
+    /// ACK per message.
+    ClientIndividual,
+}
+
+impl StompAck {
+    /// The header value, as STOMP 1.2 "SUBSCRIBE" spells it.
+    pub fn header_value(self) -> &'static str {
+        match self {
+            StompAck::Auto => "auto",
+            StompAck::Client => "client",
+            StompAck::ClientIndividual => "client-individual",
+        }
+    }
+}
+
+/// Load generator for MQTT, AMQP 0-9-1 and STOMP brokers. Every run is
+/// bounded in count and time, stops by itself and ends with one
+/// `RESULT {json}` line on stdout.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "junction-bench", version, args_override_self = true)]
+pub struct Args {
+    /// Traffic shape.
+    #[arg(long, value_enum, default_value_t = Scenario::FanIn)]
+    pub scenario: Scenario,
+    /// Protocol of both sides.
+    #[arg(long, value_enum, default_value_t = Proto::Mqtt)]
+    pub proto: Proto,
+    /// Publishing protocol (overrides --proto).
+    #[arg(long, value_enum)]
+    pub pub_proto: Option<Proto>,
+    /// Consuming protocol (overrides --proto).
+    #[arg(long, value_enum)]
+    pub sub_proto: Option<Proto>,
+    /// Number of publishing connections.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub publishers: u32,
+    /// Number of consuming connections.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub consumers: u32,
+    /// Idle scenario: connections to open and hold.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub connections: u32,
+    /// Messages per publisher.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000_000))]
+    pub count: u64,
+    /// Hard cap on the whole run, seconds; publishers stop at the count or here.
+    #[arg(long, default_value_t = 60.0)]
+    pub duration: f64,
+    /// Once publishers finish, how long consumers wait for the rest, seconds.
+    #[arg(long, default_value_t = 10.0)]
+    pub drain_timeout: f64,
+    /// Payload size in bytes (at least the 20-byte header).
+    #[arg(long, default_value_t = 64)]
+    pub size: usize,
+    /// Per-publisher messages per second; 0 = unlimited.
+    #[arg(long, default_value_t = 0.0)]
+    pub rate: f64,
+    /// Publishes one publisher may have outstanding: unacknowledged (MQTT
+    /// QoS 1/2, AMQP confirms, STOMP receipts) or unwritten (otherwise).
+    /// Default 20 for MQTT, 100 for AMQP and STOMP.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    pub inflight: Option<u16>,
+    /// MQTT QoS of publishes and subscriptions.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=2))]
+    pub qos: u8,
+    /// MQTT protocol level: 4 (3.1.1) or 5.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u8).range(4..=5))]
+    pub mqtt_version: u8,
+    /// MQTT clean session (v5: clean start).
+    #[arg(long, default_value_t = true, action = ArgAction::Set)]
+    pub clean_session: bool,
+    /// AMQP delivery mode 2 / STOMP `persistent:true`.
+    #[arg(long)]
+    pub persistent: bool,
+    /// AMQP publisher confirms.
+    #[arg(long)]
+    pub confirms: bool,
+    /// AMQP manual consumer acks (otherwise no-ack).
+    #[arg(long)]
+    pub manual_ack: bool,
+    /// AMQP basic.qos prefetch count (also STOMP prefetch headers with client acks).
+    #[arg(long, default_value_t = 100)]
+    pub prefetch: u16,
+    /// STOMP SUBSCRIBE ack mode.
+    #[arg(long, value_enum, default_value_t = StompAck::Auto)]
+    pub stomp_ack: StompAck,
+    /// STOMP: ask for a RECEIPT on every SEND.
+    #[arg(long)]
+    pub receipts: bool,
+    /// Topic, MQTT form (`a/b`); AMQP and STOMP use `a.b`.
+    #[arg(long, default_value = "bench/t")]
+    pub topic: String,
+    /// Queue name for the queue scenario.
+    #[arg(long, default_value = "bench-q")]
+    pub queue: String,
+    /// Broker host; the only address the generator connects to.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// MQTT port.
+    #[arg(long, default_value_t = 1883)]
+    pub mqtt_port: u16,
+    /// AMQP port.
+    #[arg(long, default_value_t = 5672)]
+    pub amqp_port: u16,
+    /// STOMP port.
+    #[arg(long, default_value_t = 61613)]
+    pub stomp_port: u16,
+    /// User name for every protocol.
+    #[arg(long, default_value = "guest")]
+    pub user: String,
+    /// Password for every protocol.
+    #[arg(long, default_value = "guest")]
+    pub password: String,
+    /// AMQP virtual host; also the STOMP `host` header.
+    #[arg(long, default_value = "/")]
+    pub vhost: String,
+    /// Broker process id: its RSS and CPU time are read from /proc.
+    #[arg(long)]
+    pub broker_pid: Option<u32>,
+    /// No progress lines on stderr.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+impl Args {
+    /// The publishing side's protocol.
+    pub fn pub_proto(&self) -> Proto {
+        self.pub_proto.unwrap_or(self.proto)
+    }
+
+    /// The consuming side's protocol.
+    pub fn sub_proto(&self) -> Proto {
+        self.sub_proto.unwrap_or(self.proto)
+    }
+
+    /// The in-flight window of a `proto` publisher. MQTT's default is 20:
+    /// brokers commonly accept that many unfinished incoming QoS 2 flows
+    /// per client (Mosquitto's `max_inflight_messages`) and drop the excess
+    /// (PUBREC "quota exceeded"), which a 3.1.1 client cannot be told in
+    /// advance; MQTT 5 clients also honour the broker's Receive Maximum.
+    pub fn inflight_for(&self, proto: Proto) -> u16 {
+        self.inflight.unwrap_or(match proto {
+            Proto::Mqtt => 20,
+            Proto::Amqp | Proto::Stomp => 100,
+        })
+    }
+
+    /// The hard cap on the run.
+    pub fn duration(&self) -> Duration {
+        Duration::try_from_secs_f64(self.duration).unwrap_or(Duration::ZERO)
+    }
+
+    /// The drain timeout.
+    pub fn drain_timeout(&self) -> Duration {
+        Duration::try_from_secs_f64(self.drain_timeout).unwrap_or(Duration::ZERO)
+    }
+
+    /// The checks clap cannot express: sizes, times and names.
+    pub fn validate(&self) -> Result<(), BenchError> {
+        let usage = |m: String| Err(BenchError::Usage(m));
+        if self.size < HEADER_LEN {
+            return usage(format!(
+                "--size {} is below the {HEADER_LEN}-byte header",
+                self.size
+            ));
+        }
+        if !(self.duration.is_finite() && self.duration > 0.0 && self.duration <= 86_400.0) {
+            return usage(format!(
+                "--duration {} must be in (0, 86400]",
+                self.duration
+            ));
+        }
+        if !(self.drain_timeout.is_finite() && (0.0..=3_600.0).contains(&self.drain_timeout)) {
+            return usage(format!(
+                "--drain-timeout {} must be in [0, 3600]",
+                self.drain_timeout
+            ));
+        }
+        if !(self.rate.is_finite() && self.rate >= 0.0) {
+            return usage(format!("--rate {} must be 0 or positive", self.rate));
+        }
+        if self.topic.is_empty() || self.topic.contains(['+', '#', '*']) {
+            return usage(format!(
+                "--topic {:?} must be a non-empty name without wildcards",
+                self.topic
+            ));
+        }
+        if self.queue.is_empty() {
+            return usage("--queue must not be empty".into());
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,224 @@
+//! The run's shared measurements: what the publishers stamped and wrote,
+//! what the consumers received, and when. Publishers and consumers of every
+//! protocol report here; the progress line and the RESULT line read
+//! [`Snapshot`]s.
+//!
+//! A std mutex guards the tracker and the histogram: it is held for a few
+//! hundred nanoseconds per message and never across an `.await`, so an async
+//! mutex would only add cost.
+
+use crate::payload::{self, Header};
+use crate::stats::{Latency, Percentiles};
+use crate::tracker::{ConsumerIx, Counts, PublisherIx, Tracker};
+use bytes::Bytes;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::time::Instant;
+
+/// Receive-side state behind the mutex.
+#[derive(Debug)]
+struct Inner {
+    /// Loss / duplicate / reorder accounting.
+    tracker: Tracker,
+    /// End-to-end latencies.
+    latency: Latency,
+    /// When the latest accepted message arrived (end of the throughput window).
+    last_receive: Option<Instant>,
+    /// Messages that were not ours (another run's leftovers, a foreign
+    /// publisher, a short body); ignored, counted for the log.
+    strays: u64,
+}
+
+/// Shared by every publisher and consumer of one run.
+#[derive(Debug)]
+pub struct Collector {
+    /// Publisher ids of this run are `base_id + index` (wrapping), so
+    /// messages left over from an earlier run on a durable queue or session
+    /// are recognised as strays instead of being counted as duplicates.
+    base_id: u32,
+    /// Publisher count, to map ids back to indices.
+    publishers: u32,
+    /// Messages written to the wire, all publishers together.
+    sent: AtomicU64,
+    /// Start of the throughput window: the first message stamped.
+    first_publish: OnceLock<Instant>,
+    /// Receive-side state.
+    inner: Mutex<Inner>,
+}
+
+/// A consistent view of the run so far.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Snapshot {
+    /// Messages written to the wire.
+    pub sent: u64,
+    /// What a loss-free broker delivers for `sent`.
+    pub expected: u64,
+    /// Arrival totals.
+    pub counts: Counts,
+    /// `expected − unique`.
+    pub lost: u64,
+    /// Arrivals that were not this run's.
+    pub strays: u64,
+    /// Latency percentiles, `None` before the first arrival.
+    pub latency: Option<Percentiles>,
+    /// Seconds from the first publish to the last receive, `None` before both.
+    pub window_s: Option<f64>,
+}
+
+impl Collector {
+    /// A collector for `publishers` publishers whose ids start at `base_id`.
+    pub fn new(base_id: u32, publishers: u32, tracker: Tracker, latency: Latency) -> Self {
+        Collector {
+            base_id,
+            publishers,
+            sent: AtomicU64::new(0),
+            first_publish: OnceLock::new(),
+            inner: Mutex::new(Inner {
+                tracker,
+                latency,
+                last_receive: None,
+                strays: 0,
+            }),
+        }
+    }
+
+    /// A base id that differs between runs: the clock's low bits mixed with
+    /// the process id.
+    pub fn fresh_base_id() -> u32 {
+        let ns = payload::now_ns();
+        ((ns ^ (ns >> 32)) as u32) ^ std::process::id().rotate_left(16)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock leaves only counters behind; they
+        // are still the best numbers we have.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The wire id of publisher `index`.
+    pub fn publisher_id(&self, index: PublisherIx) -> u32 {
+        self.base_id.wrapping_add(index.0)
+    }
+
+    /// Stamps message `seq` of publisher `index`, `size` bytes long, with
+    /// the current time. The first call starts the throughput window.
+    pub fn message(&self, index: PublisherIx, seq: u64, size: usize) -> Bytes {
+        self.first_publish.get_or_init(Instant::now);
+        let header = Header {
+            publisher: self.publisher_id(index),
+            seq,
+            sent_ns: payload::now_ns(),
+        };
+        payload::encode(header, size)
+    }
+
+    /// `n` more messages were written to the wire.
+    pub fn on_sent(&self, n: u64) {
+        self.sent.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Consumer `consumer` received `body`.
+    pub fn on_message(&self, consumer: ConsumerIx, body: &[u8]) {
+        let now_ns = payload::now_ns();
+        let now = Instant::now();
+        let mut inner = self.lock();
+        let Ok(header) = payload::decode(body) else {
+            inner.strays += 1;
+            return;
+        };
+        let index = header.publisher.wrapping_sub(self.base_id);
+        if index >= self.publishers {
+            inner.strays += 1;
+            return;
+        }
+        match inner
+            .tracker
+            .record(consumer, PublisherIx(index), header.seq)
+        {
+            Ok(_) => {
+                inner.latency.record_between(header.sent_ns, now_ns);
+                inner.last_receive = Some(now);
+            }
+            Err(_) => inner.strays += 1,
+        }
+    }
+
+    /// The run so far.
+    pub fn snapshot(&self) -> Snapshot {
+        let sent = self.sent.load(Ordering::Relaxed);
+        let inner = self.lock();
+        let window_s = match (self.first_publish.get(), inner.last_receive) {
+            (Some(first), Some(last)) => Some(last.saturating_duration_since(*first).as_secs_f64()),
+            _ => None,
+        };
+        Snapshot {
+            sent,
+            expected: inner.tracker.expected(sent),
+            counts: inner.tracker.counts(),
+            lost: inner.tracker.lost(sent),
+            strays: inner.strays,
+            latency: inner.latency.percentiles(),
+            window_s,
+        }
+    }
+
+    /// Every message sent so far has arrived (once per consumer for
+    /// broadcast).
+    pub fn complete(&self) -> bool {
+        let sent = self.sent.load(Ordering::Relaxed);
+        let inner = self.lock();
+        inner.tracker.counts().unique >= inner.tracker.expected(sent)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tracker::Delivery;
+
+    fn collector(base: u32, publishers: u32, consumers: usize) -> Collector {
+        Collector::new(
+            base,
+            publishers,
+            Tracker::new(Delivery::Broadcast, publishers as usize, consumers, 10),
+            Latency::new().unwrap(),
+        )
+    }
+
+    #[test]
+    fn messages_of_this_run_are_tracked_and_others_are_strays() {
+        let c = collector(u32::MAX, 2, 1);
+        // Base id u32::MAX: publisher 1's id wraps to 0.
+        assert_eq!(c.publisher_id(PublisherIx(1)), 0);
+        let own = c.message(PublisherIx(1), 3, 32);
+        c.on_sent(1);
+        c.on_message(ConsumerIx(0), &own);
+        let foreign = payload::encode(
+            Header {
+                publisher: 5,
+                seq: 0,
+                sent_ns: 0,
+            },
+            32,
+        );
+        c.on_message(ConsumerIx(0), &foreign);
+        c.on_message(ConsumerIx(0), b"short");
+        let s = c.snapshot();
+        assert_eq!(
+            (s.sent, s.expected, s.counts.received, s.lost, s.strays),
+            (1, 1, 1, 0, 2)
+        );
+        assert!(s.latency.is_some());
+        assert!(c.complete());
+    }
+
+    #[test]
+    fn nothing_received_means_everything_sent_is_lost() {
+        let c = collector(100, 1, 2);
+        let _ = c.message(PublisherIx(0), 0, 20);
+        c.on_sent(3);
+        let s = c.snapshot();
+        assert_eq!((s.expected, s.lost, s.window_s), (6, 6, None));
+        assert!(!c.complete());
+    }
+}

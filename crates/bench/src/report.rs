@@ -1,0 +1,186 @@
+//! What the generator prints: the progress line (stderr, once a second) and
+//! the final `RESULT {json}` line (stdout), whose keys and order are the
+//! contract the compare script parses. Pure formatting.
+
+use crate::cli::{Proto, Scenario};
+use crate::collector::Snapshot;
+use crate::stats::Percentiles;
+use serde::Serialize;
+
+/// The RESULT line's object. `None` serialises as `null` ("not applicable").
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Report {
+    /// Scenario run.
+    pub scenario: Scenario,
+    /// Publishing protocol.
+    pub pub_proto: Proto,
+    /// Consuming protocol.
+    pub sub_proto: Proto,
+    /// Publisher connections.
+    pub publishers: Option<u32>,
+    /// Consumer connections.
+    pub consumers: Option<u32>,
+    /// Payload bytes.
+    pub size: Option<usize>,
+    /// Messages written to the wire.
+    pub sent: Option<u64>,
+    /// Deliveries a loss-free broker makes for `sent`.
+    pub expected: Option<u64>,
+    /// Deliveries received, duplicates included.
+    pub received: Option<u64>,
+    /// `expected − unique`.
+    pub lost: Option<u64>,
+    /// Deliveries of a message already received.
+    pub duplicated: Option<u64>,
+    /// First deliveries below the highest sequence already seen.
+    pub reordered: Option<u64>,
+    /// Wall-clock seconds of the whole run.
+    pub elapsed_s: f64,
+    /// received / seconds from first publish to last receive.
+    pub msgs_per_sec: Option<f64>,
+    /// `msgs_per_sec × size`.
+    pub bytes_per_sec: Option<f64>,
+    /// End-to-end latency percentiles, µs.
+    pub latency_us: Option<Percentiles>,
+    /// Broker RSS at the end, KiB.
+    pub broker_rss_kb: Option<u64>,
+    /// Broker RSS at the start, KiB.
+    pub broker_rss_start_kb: Option<u64>,
+    /// Broker CPU seconds used during the run.
+    pub broker_cpu_s: Option<f64>,
+    /// Generator CPU seconds used during the run.
+    pub bench_cpu_s: Option<f64>,
+    /// Connections the generator held open.
+    pub connections: Option<u64>,
+    /// Idle scenario: broker RSS growth per connection, bytes.
+    pub rss_per_connection_bytes: Option<f64>,
+}
+
+/// Rounds to three decimals (enough for rates and seconds, and keeps the
+/// line readable).
+pub fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
+/// Messages and bytes per second over the throughput window, `None` when
+/// the window is empty.
+pub fn rates(received: u64, size: usize, window_s: Option<f64>) -> (Option<f64>, Option<f64>) {
+    match window_s {
+        Some(w) if w > 0.0 => {
+            let msgs = received as f64 / w;
+            (Some(round3(msgs)), Some(round3(msgs * size as f64)))
+        }
+        _ => (None, None),
+    }
+}
+
+/// `RESULT ` followed by the report as one JSON object.
+pub fn result_line(report: &Report) -> Result<String, serde_json::Error> {
+    Ok(format!("RESULT {}", serde_json::to_string(report)?))
+}
+
+/// `[3s] sent=… recv=… lost=… dup=… p99=…us`.
+pub fn progress_line(elapsed_s: u64, snap: &Snapshot) -> String {
+    let p99 = snap
+        .latency
+        .map_or_else(|| "-".to_string(), |p| p.p99.to_string());
+    format!(
+        "[{elapsed_s}s] sent={} recv={} lost={} dup={} p99={p99}us",
+        snap.sent, snap.counts.received, snap.lost, snap.counts.duplicated
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tracker::Counts;
+
+    fn idle_report() -> Report {
+        Report {
+            scenario: Scenario::Idle,
+            pub_proto: Proto::Mqtt,
+            sub_proto: Proto::Mqtt,
+            publishers: None,
+            consumers: None,
+            size: None,
+            sent: None,
+            expected: None,
+            received: None,
+            lost: None,
+            duplicated: None,
+            reordered: None,
+            elapsed_s: 5.0,
+            msgs_per_sec: None,
+            bytes_per_sec: None,
+            latency_us: None,
+            broker_rss_kb: Some(2048),
+            broker_rss_start_kb: Some(1024),
+            broker_cpu_s: Some(0.1),
+            bench_cpu_s: Some(0.2),
+            connections: Some(100),
+            rss_per_connection_bytes: Some(10485.76),
+        }
+    }
+
+    #[test]
+    fn result_line_has_the_contract_keys_in_order() {
+        let line = result_line(&idle_report()).unwrap();
+        assert_eq!(
+            line,
+            "RESULT {\"scenario\":\"idle\",\"pub_proto\":\"mqtt\",\"sub_proto\":\"mqtt\",\
+             \"publishers\":null,\"consumers\":null,\"size\":null,\"sent\":null,\
+             \"expected\":null,\"received\":null,\"lost\":null,\"duplicated\":null,\
+             \"reordered\":null,\"elapsed_s\":5.0,\"msgs_per_sec\":null,\"bytes_per_sec\":null,\
+             \"latency_us\":null,\"broker_rss_kb\":2048,\"broker_rss_start_kb\":1024,\
+             \"broker_cpu_s\":0.1,\"bench_cpu_s\":0.2,\"connections\":100,\
+             \"rss_per_connection_bytes\":10485.76}"
+        );
+    }
+
+    #[test]
+    fn latency_serialises_as_the_five_named_percentiles() {
+        let mut r = idle_report();
+        r.scenario = Scenario::FanIn;
+        r.latency_us = Some(Percentiles {
+            p50: 1,
+            p90: 2,
+            p99: 3,
+            p999: 4,
+            max: 5,
+        });
+        let line = result_line(&r).unwrap();
+        assert!(line.contains("\"scenario\":\"fan-in\""));
+        assert!(
+            line.contains("\"latency_us\":{\"p50\":1,\"p90\":2,\"p99\":3,\"p999\":4,\"max\":5}")
+        );
+    }
+
+    #[test]
+    fn rates_divide_received_by_the_window() {
+        assert_eq!(rates(1000, 64, Some(0.5)), (Some(2000.0), Some(128000.0)));
+        assert_eq!(rates(1000, 64, Some(0.0)), (None, None));
+        assert_eq!(rates(0, 64, None), (None, None));
+    }
+
+    #[test]
+    fn progress_line_format() {
+        let snap = Snapshot {
+            sent: 10,
+            expected: 10,
+            counts: Counts {
+                received: 9,
+                unique: 8,
+                duplicated: 1,
+                reordered: 0,
+            },
+            lost: 2,
+            strays: 0,
+            latency: None,
+            window_s: None,
+        };
+        assert_eq!(
+            progress_line(3, &snap),
+            "[3s] sent=10 recv=9 lost=2 dup=1 p99=-us"
+        );
+    }
+}

@@ -1,0 +1,275 @@
+//! One run of a message scenario (fan-in, fan-out, queue), start to end:
+//!
+//! 1. consumers connect and subscribe (publishing waits for every SUBACK,
+//!    consume-ok or SUBSCRIBE receipt, so nothing is lost to a late
+//!    subscription);
+//! 2. publishers connect and publish until their count or the `--duration`
+//!    cap, then wait up to `--drain-timeout` for outstanding acks;
+//! 3. consumers get up to `--drain-timeout` more for the rest;
+//! 4. everything is cancelled and closed, each close under its own timeout.
+//!
+//! A progress line goes to stderr every second. Failing to set up (a
+//! connection refused, a subscription denied) is an error with no result;
+//! a failure mid-run still yields the result, plus the failure.
+
+use crate::address::{self, SubSource};
+use crate::cli::{Args, Scenario};
+use crate::clients::{Clients, Held};
+use crate::collector::Collector;
+use crate::error::BenchError;
+use crate::idle;
+use crate::load::{CLOSE_TIMEOUT, PubPlan};
+use crate::procfs::{self, Sample};
+use crate::report::{self, Report};
+use crate::stats::Latency;
+use crate::tracker::{Delivery, PublisherIx, Tracker};
+use futures_util::{StreamExt, TryStreamExt, stream};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::time::timeout;
+use tokio_util::sync::CancellationToken;
+
+/// Connections opened at once while setting up, so that a thousand
+/// consumers do not hit the broker's accept queue in one burst.
+pub const CONNECT_CONCURRENCY: usize = 32;
+
+/// How often the drain phase checks whether everything has arrived.
+const DRAIN_POLL: Duration = Duration::from_millis(5);
+
+/// A finished run: the report, and what went wrong mid-run if anything did.
+#[derive(Debug)]
+pub struct Outcome {
+    /// The RESULT line's content.
+    pub report: Report,
+    /// The first failure after setup, if any (the run still has a result).
+    pub failure: Option<BenchError>,
+}
+
+/// Broker and generator resource readings around a run.
+#[derive(Debug, Clone, Copy)]
+pub struct Probe {
+    /// The broker at the start, when `--broker-pid` is given.
+    broker: Option<Sample>,
+    /// This process at the start.
+    bench: Option<Sample>,
+    /// `--broker-pid`.
+    pid: Option<u32>,
+}
+
+impl Probe {
+    /// Takes the start readings; an unreadable broker pid is a usage error.
+    pub fn start(pid: Option<u32>) -> Result<Self, BenchError> {
+        let broker = match pid {
+            Some(pid) => Some(procfs::sample(pid).map_err(|e| {
+                BenchError::Usage(format!("--broker-pid {pid}: cannot read /proc/{pid}: {e}"))
+            })?),
+            None => None,
+        };
+        Ok(Probe {
+            broker,
+            bench: procfs::sample_self().ok(),
+            pid,
+        })
+    }
+
+    /// Fills the resource fields of `report` from the end readings.
+    pub fn finish(&self, report: &mut Report) {
+        let broker_end = self.pid.and_then(|pid| procfs::sample(pid).ok());
+        report.broker_rss_start_kb = self.broker.map(|s| s.rss_kb);
+        report.broker_rss_kb = broker_end.map(|s| s.rss_kb);
+        report.broker_cpu_s = match (self.broker, broker_end) {
+            (Some(a), Some(b)) => Some(report::round3(a.cpu_s_until(&b))),
+            _ => None,
+        };
+        report.bench_cpu_s = match (self.bench, procfs::sample_self().ok()) {
+            (Some(a), Some(b)) => Some(report::round3(a.cpu_s_until(&b))),
+            _ => None,
+        };
+    }
+}
+
+/// Runs the scenario `args` asks for.
+pub async fn run(args: &Args) -> Result<Outcome, BenchError> {
+    args.validate()?;
+    let started = Instant::now();
+    let probe = Probe::start(args.broker_pid)?;
+    let run_id = Collector::fresh_base_id();
+    let clients = Clients::from_args(args, run_id);
+    if args.scenario == Scenario::Idle {
+        return idle::run(args, &clients, probe, started).await;
+    }
+    let (target, source) = address::route(
+        args.scenario,
+        args.pub_proto(),
+        args.sub_proto(),
+        &args.topic,
+        &args.queue,
+    )?;
+    let delivery = match args.scenario {
+        Scenario::Queue => Delivery::Competing,
+        _ => Delivery::Broadcast,
+    };
+    let tracker = Tracker::new(
+        delivery,
+        args.publishers as usize,
+        args.consumers as usize,
+        args.count,
+    );
+    let collector = Arc::new(Collector::new(
+        run_id,
+        args.publishers,
+        tracker,
+        Latency::new()?,
+    ));
+    let stop_at = started + args.duration();
+    let cancel = CancellationToken::new();
+
+    let consumers = match start_consumers(args, &clients, &source, &collector, &cancel).await {
+        Ok(held) => held,
+        Err(e) => {
+            cancel.cancel();
+            return Err(e);
+        }
+    };
+    let progress =
+        (!args.quiet).then(|| spawn_progress(Arc::clone(&collector), started, cancel.clone()));
+
+    let publishers: Vec<_> = (0..args.publishers)
+        .map(|index| {
+            let plan = PubPlan {
+                index: PublisherIx(index),
+                count: args.count,
+                size: args.size,
+                rate: args.rate,
+                inflight: args.inflight_for(args.pub_proto()),
+                stop_at,
+                drain: args.drain_timeout(),
+            };
+            let clients = clients.clone();
+            let target = target.clone();
+            let collector = Arc::clone(&collector);
+            tokio::spawn(async move { clients.publish(&target, &plan, collector).await })
+        })
+        .collect();
+    let mut failure = None;
+    let mut setup_failure = None;
+    for result in futures_util::future::join_all(publishers).await {
+        match result {
+            Ok(Ok(())) => {}
+            Ok(Err(e @ BenchError::Connect { .. })) => {
+                setup_failure.get_or_insert(e);
+            }
+            Ok(Err(e)) => {
+                failure.get_or_insert(e);
+            }
+            Err(join) => {
+                failure.get_or_insert(BenchError::Internal(join.to_string()));
+            }
+        }
+    }
+    if let Some(e) = setup_failure {
+        cancel.cancel();
+        return Err(e);
+    }
+
+    let drain_until = Instant::now() + args.drain_timeout();
+    while !collector.complete()
+        && Instant::now() < drain_until
+        && !consumers.iter().all(|h| h.is_finished())
+    {
+        tokio::time::sleep(DRAIN_POLL).await;
+    }
+    cancel.cancel();
+    if let Some(e) = join_held(consumers).await {
+        failure.get_or_insert(e);
+    }
+    if let Some(progress) = progress {
+        let _ = progress.await;
+    }
+
+    let snap = collector.snapshot();
+    if snap.strays > 0 {
+        tracing::warn!(
+            strays = snap.strays,
+            "ignored messages that were not this run's"
+        );
+    }
+    let (msgs_per_sec, bytes_per_sec) =
+        report::rates(snap.counts.received, args.size, snap.window_s);
+    let mut report = Report {
+        scenario: args.scenario,
+        pub_proto: args.pub_proto(),
+        sub_proto: args.sub_proto(),
+        publishers: Some(args.publishers),
+        consumers: Some(args.consumers),
+        size: Some(args.size),
+        sent: Some(snap.sent),
+        expected: Some(snap.expected),
+        received: Some(snap.counts.received),
+        lost: Some(snap.lost),
+        duplicated: Some(snap.counts.duplicated),
+        reordered: Some(snap.counts.reordered),
+        elapsed_s: report::round3(started.elapsed().as_secs_f64()),
+        msgs_per_sec,
+        bytes_per_sec,
+        latency_us: snap.latency,
+        broker_rss_kb: None,
+        broker_rss_start_kb: None,
+        broker_cpu_s: None,
+        bench_cpu_s: None,
+        connections: Some(u64::from(args.publishers) + u64::from(args.consumers)),
+        rss_per_connection_bytes: None,
+    };
+    probe.finish(&mut report);
+    Ok(Outcome { report, failure })
+}
+
+/// Connects and subscribes every consumer, a few at a time.
+async fn start_consumers(
+    args: &Args,
+    clients: &Clients,
+    source: &SubSource,
+    collector: &Arc<Collector>,
+    cancel: &CancellationToken,
+) -> Result<Vec<Held>, BenchError> {
+    stream::iter(0..args.consumers)
+        .map(|index| clients.consume(source, index, Arc::clone(collector), cancel.clone()))
+        .buffer_unordered(CONNECT_CONCURRENCY)
+        .try_collect()
+        .await
+}
+
+/// Waits for cancelled consumer or idle tasks to close, together bounded by
+/// a few close timeouts; returns the first failure any reported.
+pub async fn join_held(held: Vec<Held>) -> Option<BenchError> {
+    let joined = timeout(CLOSE_TIMEOUT * 2, futures_util::future::join_all(held)).await;
+    let Ok(results) = joined else {
+        return Some(BenchError::Timeout("connections did not close".into()));
+    };
+    results.into_iter().find_map(|r| match r {
+        Ok(Ok(())) => None,
+        Ok(Err(e)) => Some(e),
+        Err(join) => Some(BenchError::Internal(join.to_string())),
+    })
+}
+
+/// Prints a progress line to stderr every second until `cancel`.
+fn spawn_progress(
+    collector: Arc<Collector>,
+    started: Instant,
+    cancel: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                () = cancel.cancelled() => break,
+                _ = tick.tick() => {
+                    let line = report::progress_line(started.elapsed().as_secs(), &collector.snapshot());
+                    eprintln!("{line}");
+                }
+            }
+        }
+    })
+}
