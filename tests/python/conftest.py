@@ -210,17 +210,22 @@ def _test_deadline(request):
 
 @pytest.fixture
 def make_broker(tmp_path):
-    """`make_broker(vhosts=[...], users=[(name, password, [vhosts])])`
-    returns a started broker; every one is stopped at teardown."""
+    """`make_broker(vhosts=[...], users=[(name, password, [vhosts])],
+    broker_options=["key = value"])` returns a started broker; every one is
+    stopped at teardown."""
     made = []
 
-    def make(vhosts=None, users=()):
+    def make(vhosts=None, users=(), broker_options=()):
+        """`broker_options`: extra `key = value` lines for the [broker] table."""
         n = len(made)
         config = None
+        lines = list(broker_options)
         if vhosts is not None:
-            config = tmp_path / f"junction-{n}.toml"
             listed = ", ".join('"%s"' % v for v in vhosts)
-            config.write_text(f"[broker]\nvhosts = [{listed}]\n")
+            lines.append(f"vhosts = [{listed}]")
+        if lines:
+            config = tmp_path / f"junction-{n}.toml"
+            config.write_text("[broker]\n" + "\n".join(lines) + "\n")
         b = Broker(tmp_path / f"data-{n}", config)
         made.append(b)
         for name, password, user_vhosts in users:

@@ -723,6 +723,7 @@ impl Conn {
         id: u16,
         method: basic::Publish,
     ) -> Result<(), AmqpError> {
+        self.has_published = true;
         let ch = self.open_channel(id)?;
         ch.pending = Some(PendingPublish {
             method,
