@@ -395,6 +395,7 @@ impl Conn {
                     "client closed the connection"
                 );
                 self.release_all();
+                self.guard.delete_exclusive_queues();
                 self.out.method(
                     0,
                     AMQPClass::Connection(connection::AMQPMethod::CloseOk(connection::CloseOk {})),

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use amq_protocol::protocol::basic::AMQPProperties;
 use amq_protocol::protocol::{AMQPClass, access, basic, channel, confirm, exchange, queue, tx};
+use amq_protocol::types::{FieldTable, ShortString};
 use bytes::Bytes;
 use junction_core::{
     Binding, ConsumerSpec, Destination, ExchangeDef, ExchangeKind, Message, Origin, Protocol,
@@ -15,6 +16,21 @@ use crate::channel::{ChannelConsumer, Outstanding, TxOp};
 use crate::connection::{Conn, ConsumerRef};
 use crate::convert;
 use crate::error::{AmqpError, code};
+
+/// A core binding from a bind/unbind method's fields.
+fn binding(
+    source: &ShortString,
+    destination: Destination,
+    routing_key: &ShortString,
+    arguments: &FieldTable,
+) -> Binding {
+    Binding {
+        source: source.as_str().to_string(),
+        destination,
+        routing_key: routing_key.as_str().to_string(),
+        arguments: convert::table_to_core(arguments),
+    }
+}
 
 fn nack_or_requeue(requeue: bool) -> Settle {
     if requeue {
@@ -108,12 +124,12 @@ impl Conn {
                 }
             }
             AMQPClass::Exchange(exchange::AMQPMethod::Bind(b)) => {
-                let binding = Binding {
-                    source: b.source.as_str().to_string(),
-                    destination: Destination::Exchange(b.destination.as_str().to_string()),
-                    routing_key: b.routing_key.as_str().to_string(),
-                    arguments: convert::table_to_core(&b.arguments),
-                };
+                let binding = binding(
+                    &b.source,
+                    Destination::Exchange(b.destination.as_str().to_string()),
+                    &b.routing_key,
+                    &b.arguments,
+                );
                 broker
                     .bind(&vhost, binding, conn)
                     .await
@@ -126,12 +142,12 @@ impl Conn {
                 }
             }
             AMQPClass::Exchange(exchange::AMQPMethod::Unbind(b)) => {
-                let binding = Binding {
-                    source: b.source.as_str().to_string(),
-                    destination: Destination::Exchange(b.destination.as_str().to_string()),
-                    routing_key: b.routing_key.as_str().to_string(),
-                    arguments: convert::table_to_core(&b.arguments),
-                };
+                let binding = binding(
+                    &b.source,
+                    Destination::Exchange(b.destination.as_str().to_string()),
+                    &b.routing_key,
+                    &b.arguments,
+                );
                 broker
                     .unbind(&vhost, &binding, conn)
                     .await
@@ -169,12 +185,12 @@ impl Conn {
             }
             AMQPClass::Queue(queue::AMQPMethod::Bind(b)) => {
                 let name = self.open_channel(id)?.queue_name(b.queue.as_str())?;
-                let binding = Binding {
-                    source: b.exchange.as_str().to_string(),
-                    destination: Destination::Queue(name),
-                    routing_key: b.routing_key.as_str().to_string(),
-                    arguments: convert::table_to_core(&b.arguments),
-                };
+                let binding = binding(
+                    &b.exchange,
+                    Destination::Queue(name),
+                    &b.routing_key,
+                    &b.arguments,
+                );
                 broker
                     .bind(&vhost, binding, conn)
                     .await
@@ -188,12 +204,12 @@ impl Conn {
             }
             AMQPClass::Queue(queue::AMQPMethod::Unbind(b)) => {
                 let name = self.open_channel(id)?.queue_name(b.queue.as_str())?;
-                let binding = Binding {
-                    source: b.exchange.as_str().to_string(),
-                    destination: Destination::Queue(name),
-                    routing_key: b.routing_key.as_str().to_string(),
-                    arguments: convert::table_to_core(&b.arguments),
-                };
+                let binding = binding(
+                    &b.exchange,
+                    Destination::Queue(name),
+                    &b.routing_key,
+                    &b.arguments,
+                );
                 broker
                     .unbind(&vhost, &binding, conn)
                     .await

@@ -485,6 +485,13 @@ impl ConnectionGuard {
     pub fn broker(&self) -> &Arc<Broker> {
         &self.broker
     }
+
+    /// Deletes the connection's exclusive queues now, before the guard is
+    /// dropped: a protocol that confirms a close to its client does this
+    /// first, so the client never sees its exclusive queues outlive it.
+    pub fn delete_exclusive_queues(&self) {
+        self.broker.connection_closed(self.id);
+    }
 }
 
 impl Drop for ConnectionGuard {

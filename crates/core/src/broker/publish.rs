@@ -403,28 +403,21 @@ pub fn dead_lettered_copy(
         }
     };
     deaths.insert(0, FieldValue::Table(entry));
-    if props.headers.get("x-first-death-reason").is_none() {
-        props
-            .headers
-            .insert("x-first-death-reason", FieldValue::string(reason.as_str()));
-        props
-            .headers
-            .insert("x-first-death-queue", FieldValue::string(queue));
-        props.headers.insert(
-            "x-first-death-exchange",
-            FieldValue::string(orig.exchange.as_str()),
-        );
+    let first_death = props.headers.get("x-first-death-reason").is_none();
+    for (which, set) in [("first", first_death), ("last", true)] {
+        if set {
+            for (field, value) in [
+                ("reason", reason.as_str()),
+                ("queue", queue),
+                ("exchange", orig.exchange.as_str()),
+            ] {
+                props.headers.insert(
+                    format!("x-{which}-death-{field}"),
+                    FieldValue::string(value),
+                );
+            }
+        }
     }
-    props
-        .headers
-        .insert("x-last-death-reason", FieldValue::string(reason.as_str()));
-    props
-        .headers
-        .insert("x-last-death-queue", FieldValue::string(queue));
-    props.headers.insert(
-        "x-last-death-exchange",
-        FieldValue::string(orig.exchange.as_str()),
-    );
     props.headers.insert("x-death", FieldValue::Array(deaths));
     props.expiration = None;
     Message {
