@@ -8,16 +8,22 @@
 //! - [`channel`]: one channel's state (content assembly, delivery tags,
 //!   prefetch, confirm and tx modes).
 //! - `handshake`: protocol header, start/tune/open under a timeout, SASL.
-//! - `connection`: the connection task (the only socket code) and method
-//!   dispatch; `methods`: what each method does to the core.
+//! - `connection`: the connection task (the only socket code); `frames`:
+//!   frame rules, channel lifecycle, content assembly; `methods`: what each
+//!   channel method does to the core; `basic`: consumers, settling and the
+//!   publish path; `deliveries`: deliveries, confirms,
+//!   server-sent cancels, releasing a closing channel.
 //!
 //! See docs/amqp.md for the mapping and the known gaps.
 
+mod basic;
 pub mod channel;
 pub mod codec;
 mod connection;
 pub mod convert;
+mod deliveries;
 pub mod error;
+mod frames;
 mod handshake;
 mod methods;
 
