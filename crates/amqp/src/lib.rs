@@ -27,7 +27,6 @@ mod frames;
 mod handshake;
 mod methods;
 
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,15 +35,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-/// Checks logins for the adapter; the server implements it over its users
-/// file so this crate knows nothing of how users are stored.
-pub trait Authenticator: Send + Sync + 'static {
-    /// Checks a user name and password from `peer`. May be slow (password
-    /// hashing): it is called on a blocking thread.
-    fn authenticate(&self, user: &str, password: &str, peer: IpAddr) -> Result<(), String>;
-    /// Whether `user` may use `vhost`.
-    fn may_access(&self, user: &str, vhost: &str) -> bool;
-}
+pub use junction_core::Authenticator;
 
 /// The adapter's settings (the `[amqp]` table and broker-wide limits).
 #[derive(Clone, Debug)]

@@ -13,6 +13,7 @@
 //! - [`broker`]: vhosts, the publish and consume paths, recovery, shutdown.
 //! - [`retained`]: last-message-per-key, for MQTT.
 //! - [`error`]: the core's error type.
+//! - [`Authenticator`]: the seam through which adapters check logins.
 
 pub mod broker;
 pub mod codec;
@@ -39,3 +40,19 @@ pub use message::{Message, Origin, Properties, Protocol};
 pub use queue::args::{Overflow, QueueArgs, QueueDef};
 pub use queue::{DeathReason, Settle};
 pub use value::{FieldTable, FieldValue};
+
+/// Checks logins for the protocol adapters. The server implements it over
+/// its users file, so neither the core nor the adapters know how users are
+/// stored.
+pub trait Authenticator: Send + Sync + 'static {
+    /// Checks a user name and password from `peer`. May be slow (password
+    /// hashing): adapters call it on a blocking thread.
+    fn authenticate(
+        &self,
+        user: &str,
+        password: &str,
+        peer: std::net::IpAddr,
+    ) -> Result<(), String>;
+    /// Whether `user` may use `vhost`.
+    fn may_access(&self, user: &str, vhost: &str) -> bool;
+}

@@ -97,7 +97,7 @@ fn same_digest(a: &[u8; 32], b: &[u8; 32]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-impl junction_amqp::Authenticator for UsersAuth {
+impl junction_core::Authenticator for UsersAuth {
     fn authenticate(
         &self,
         user: &str,
