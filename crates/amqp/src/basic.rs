@@ -71,6 +71,9 @@ impl Conn {
             ConsumerRef {
                 channel: id,
                 tag: tag.clone(),
+                no_ack: c.no_ack,
+                queue: Arc::clone(handle.queue()),
+                cancelling: false,
             },
         );
         let ch = self.open_channel(id)?;
@@ -139,6 +142,16 @@ impl Conn {
         body: Bytes,
     ) -> Result<(), AmqpError> {
         let core_props = convert::properties_to_core(&properties);
+        if let Some(exp) = &core_props.expiration
+            && !exp.parse::<u64>().is_ok_and(|ms| ms <= u64::from(u32::MAX))
+        {
+            // RabbitMQ: an expiration must be a decimal number of ms.
+            return Err(AmqpError::channel(
+                code::PRECONDITION_FAILED,
+                format!("invalid expiration '{exp}'"),
+            )
+            .during(60, 40));
+        }
         if let Some(uid) = &core_props.user_id
             && *uid != self.user
         {
@@ -175,9 +188,10 @@ impl Conn {
         if let Some(seq) = ch.confirm.as_mut() {
             let n = *seq;
             *seq += 1;
+            let epoch = ch.epoch;
             self.confirms.push_back(Box::pin(async move {
                 let ok = published.confirmed().await.unwrap_or(false);
-                (id, n, ok)
+                (id, epoch, n, ok)
             }));
         }
         Ok(())

@@ -106,10 +106,13 @@ pub struct Channel {
     /// `channel.flow`: false holds deliveries back.
     pub flow_active: bool,
     pub held: VecDeque<Delivery>,
+    /// Distinguishes this opening of the channel number from earlier ones,
+    /// so a confirm from a closed channel never reaches a reopened one.
+    pub epoch: u64,
 }
 
 impl Channel {
-    pub fn new(id: u16, getter: ConsumerId) -> Channel {
+    pub fn new(id: u16, getter: ConsumerId, epoch: u64) -> Channel {
         Channel {
             id,
             state: ChannelState::Open,
@@ -125,6 +128,7 @@ impl Channel {
             last_queue: None,
             flow_active: true,
             held: VecDeque::new(),
+            epoch,
         }
     }
 

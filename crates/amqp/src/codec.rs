@@ -110,18 +110,111 @@ pub fn decode(buf: &mut BytesMut, frame_max: usize) -> Result<Option<Frame>, Cod
             Ok(Some(Frame::Heartbeat(channel)))
         }
         _ => {
-            let parsed = parse_frame(&buf[..total]);
-            let frame = match parsed {
-                Ok((_, AMQPFrame::Method(c, m))) => Frame::Method(c, Box::new(m)),
-                Ok((_, AMQPFrame::Header(c, h))) => Frame::Header(c, Box::new(h)),
-                Ok((_, other)) => {
-                    return Err(CodecError::Malformed(format!("unexpected frame {other}")));
+            let frame = if may_nest_deeply(&buf[FRAME_HEADER_LEN..total - 1]) {
+                parse_on_big_stack(buf[..total].to_vec())?
+            } else {
+                let frame = parse_method_or_header(&buf[..total])?;
+                if nesting(&frame) > MAX_NESTING {
+                    return Err(CodecError::Syntax(format!(
+                        "field tables nested deeper than {MAX_NESTING} levels"
+                    )));
                 }
-                Err(e) => return Err(CodecError::Syntax(format!("{e:?}"))),
+                frame
             };
             buf.advance(total);
             Ok(Some(frame))
         }
+    }
+}
+
+/// Deepest field-table/array nesting we accept (RabbitMQ's clients never
+/// come close; x-death histories are two levels).
+pub const MAX_NESTING: usize = 32;
+
+fn parse_method_or_header(bytes: &[u8]) -> Result<Frame, CodecError> {
+    match parse_frame(bytes) {
+        Ok((_, AMQPFrame::Method(c, m))) => Ok(Frame::Method(c, Box::new(m))),
+        Ok((_, AMQPFrame::Header(c, h))) => Ok(Frame::Header(c, Box::new(h))),
+        Ok((_, other)) => Err(CodecError::Malformed(format!("unexpected frame {other}"))),
+        Err(e) => Err(CodecError::Syntax(format!("{e:?}"))),
+    }
+}
+
+/// Whether a payload could hold deeply nested tables or arrays: every
+/// level needs a type tag `F` or `A`, so a payload with few of them cannot
+/// nest deeply. (Most frames have none or a handful.)
+fn may_nest_deeply(payload: &[u8]) -> bool {
+    payload
+        .iter()
+        .filter(|b| **b == b'A' || **b == b'F')
+        .count()
+        > 4 * MAX_NESTING
+}
+
+/// Stack for parsing a frame that may nest deeply: the field-table parser
+/// of `amq-protocol` recurses once per level, and a 128 KiB frame can hold
+/// ~26,000 levels, enough to overflow a worker's stack and abort the
+/// process. Virtual only: untouched pages cost nothing.
+const BIG_STACK: usize = 1 << 30;
+
+/// Parses (and, if it nests too deeply, drops, since dropping recurses
+/// too) a suspicious frame on a thread of its own with a large stack.
+fn parse_on_big_stack(bytes: Vec<u8>) -> Result<Frame, CodecError> {
+    let worker = std::thread::Builder::new()
+        .name("junction-amqp-deep-parse".into())
+        .stack_size(BIG_STACK)
+        .spawn(move || {
+            let frame = parse_method_or_header(&bytes)?;
+            if nesting(&frame) > MAX_NESTING {
+                return Err(CodecError::Syntax(format!(
+                    "field tables nested deeper than {MAX_NESTING} levels"
+                )));
+            }
+            Ok(frame)
+        });
+    match worker {
+        Ok(handle) => handle
+            .join()
+            .unwrap_or_else(|_| Err(CodecError::Syntax("frame could not be parsed".into()))),
+        Err(e) => Err(CodecError::Syntax(format!(
+            "cannot parse a deep frame: {e}"
+        ))),
+    }
+}
+
+/// The deepest table/array nesting in a method's arguments or a content
+/// header's headers.
+fn nesting(frame: &Frame) -> usize {
+    use amq_protocol::protocol::{basic, connection, exchange, queue};
+    let table = match frame {
+        Frame::Header(_, h) => h.properties.headers().as_ref(),
+        Frame::Method(_, m) => match m.as_ref() {
+            AMQPClass::Connection(connection::AMQPMethod::StartOk(s)) => Some(&s.client_properties),
+            AMQPClass::Connection(connection::AMQPMethod::Start(s)) => Some(&s.server_properties),
+            AMQPClass::Exchange(exchange::AMQPMethod::Declare(d)) => Some(&d.arguments),
+            AMQPClass::Exchange(exchange::AMQPMethod::Bind(b)) => Some(&b.arguments),
+            AMQPClass::Exchange(exchange::AMQPMethod::Unbind(b)) => Some(&b.arguments),
+            AMQPClass::Queue(queue::AMQPMethod::Declare(d)) => Some(&d.arguments),
+            AMQPClass::Queue(queue::AMQPMethod::Bind(b)) => Some(&b.arguments),
+            AMQPClass::Queue(queue::AMQPMethod::Unbind(b)) => Some(&b.arguments),
+            AMQPClass::Basic(basic::AMQPMethod::Consume(c)) => Some(&c.arguments),
+            _ => None,
+        },
+        _ => None,
+    };
+    table.map_or(0, table_depth)
+}
+
+fn table_depth(t: &amq_protocol::types::FieldTable) -> usize {
+    1 + t.inner().values().map(value_depth).max().unwrap_or(0)
+}
+
+fn value_depth(v: &amq_protocol::types::AMQPValue) -> usize {
+    use amq_protocol::types::AMQPValue;
+    match v {
+        AMQPValue::FieldTable(t) => table_depth(t),
+        AMQPValue::FieldArray(a) => 1 + a.as_slice().iter().map(value_depth).max().unwrap_or(0),
+        _ => 0,
     }
 }
 
@@ -301,6 +394,59 @@ mod tests {
                 size: 8192 + 8,
                 max: 4096
             })
+        );
+    }
+
+    #[test]
+    fn deeply_nested_tables_are_refused_without_overflowing_the_stack() {
+        use amq_protocol::protocol::connection;
+        use amq_protocol::types::{AMQPValue, FieldArray, FieldTable};
+        // Build the frame bytes by hand: a start-ok whose client
+        // properties hold 20,000 nested arrays (~100 KiB).
+        let levels = 20_000usize;
+        let mut value = vec![b'V'];
+        for _ in 0..levels {
+            let mut outer = vec![b'A'];
+            outer.extend_from_slice(&(value.len() as u32).to_be_bytes());
+            outer.extend_from_slice(&value);
+            value = outer;
+        }
+        let mut table = vec![1u8, b'x'];
+        table.extend_from_slice(&value);
+        let mut args = Vec::new();
+        args.extend_from_slice(&10u16.to_be_bytes());
+        args.extend_from_slice(&11u16.to_be_bytes());
+        args.extend_from_slice(&(table.len() as u32).to_be_bytes());
+        args.extend_from_slice(&table);
+        args.extend_from_slice(&[5, b'P', b'L', b'A', b'I', b'N']);
+        args.extend_from_slice(&0u32.to_be_bytes());
+        args.extend_from_slice(&[5, b'e', b'n', b'_', b'U', b'S']);
+        let mut frame = vec![FRAME_METHOD, 0, 0];
+        frame.extend_from_slice(&(args.len() as u32).to_be_bytes());
+        frame.extend_from_slice(&args);
+        frame.push(FRAME_END);
+        let mut buf = BytesMut::from(&frame[..]);
+        let err = decode(&mut buf, 1 << 20).unwrap_err();
+        assert_eq!(err.reply_code(), 502, "{err}");
+
+        // A shallow table with many 'A' bytes in strings still parses.
+        let mut props = FieldTable::default();
+        props.insert("s".into(), AMQPValue::LongString("A".repeat(1000).into()));
+        let mut arr = FieldArray::default();
+        arr.push(AMQPValue::LongString("FFFF".into()));
+        props.insert("a".into(), AMQPValue::FieldArray(arr));
+        let m = AMQPClass::Connection(connection::AMQPMethod::StartOk(connection::StartOk {
+            client_properties: props,
+            mechanism: "PLAIN".into(),
+            response: "\0guest\0guest".into(),
+            locale: "en_US".into(),
+        }));
+        let mut out = Output::default();
+        out.method(0, m.clone());
+        let mut buf = BytesMut::from(&flat(&mut out)[..]);
+        assert_eq!(
+            decode(&mut buf, 1 << 20).unwrap(),
+            Some(Frame::Method(0, Box::new(m)))
         );
     }
 

@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use amq_protocol::protocol::{AMQPClass, basic, channel, connection};
 use bytes::{Bytes, BytesMut};
-use futures_util::StreamExt;
 use futures_util::stream::FuturesOrdered;
+use futures_util::{FutureExt, StreamExt};
 use junction_core::{ConnectionGuard, ConsumerEvent, ConsumerId, CoreError, Protocol};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -31,15 +31,26 @@ use crate::error::{AmqpError, code};
 use crate::handshake::{self, HandshakeError};
 
 /// A publisher confirm that resolves when its message is safe.
-type ConfirmFuture = Pin<Box<dyn std::future::Future<Output = (u16, u64, bool)> + Send>>;
+type ConfirmFuture = Pin<Box<dyn std::future::Future<Output = Confirm> + Send>>;
+
+/// A resolved publisher confirm: channel, channel epoch, sequence number,
+/// and whether every queue took the message.
+pub(crate) type Confirm = (u16, u64, u64, bool);
 
 /// How long we wait for the client's `close-ok` after our `close`.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// A consumer's place on this connection.
+/// A consumer's place on this connection. Kept after a client's
+/// `basic.cancel` until the core's end-of-deliveries marker arrives, so
+/// deliveries already on their way are still sent (as RabbitMQ does).
 pub(crate) struct ConsumerRef {
     pub channel: u16,
     pub tag: String,
+    pub no_ack: bool,
+    pub queue: Arc<junction_core::Queue>,
+    /// The client cancelled it; the next `Cancelled` event for it is our
+    /// own marker, not a queue deletion.
+    pub cancelling: bool,
 }
 
 /// One open AMQP connection after the handshake.
@@ -67,6 +78,8 @@ pub(crate) struct Conn {
     pub wants_blocked: bool,
     /// This connection has published: the memory alarm stops reading it.
     pub has_published: bool,
+    /// Numbers channel openings (see `Channel::epoch`).
+    pub channel_openings: u64,
 }
 
 pub(crate) async fn run(
@@ -124,6 +137,7 @@ pub(crate) async fn run(
             finished: false,
             wants_blocked: opened.wants_blocked,
             has_published: false,
+            channel_openings: 0,
         };
         let heartbeat =
             (opened.heartbeat > 0).then(|| Duration::from_secs(u64::from(opened.heartbeat)));
@@ -245,11 +259,21 @@ impl Conn {
                         }
                     }
                 }
-                Some((ch, seq, ok)) = self.confirms.next(), if !self.confirms.is_empty() => {
-                    self.confirm(ch, seq, ok);
+                Some(c) = self.confirms.next(), if !self.confirms.is_empty() => {
+                    self.confirm(c);
+                    // Others already resolved go out in the same write.
+                    while let Some(Some(c)) = self.confirms.next().now_or_never() {
+                        self.confirm(c);
+                    }
                 }
                 _ = ticker.tick() => {
                     if let Some(hb) = heartbeat {
+                        if self.has_published && *alarm.borrow() {
+                            // We are not reading this client (memory alarm):
+                            // its silence is ours (RabbitMQ pauses the
+                            // heartbeat monitor of a blocked connection too).
+                            last_recv = Instant::now();
+                        }
                         if last_recv.elapsed() > hb * 2 {
                             tracing::info!(timeout_secs = hb.as_secs(), "missed heartbeats from client, closing");
                             return Ok(());

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use amq_protocol::protocol::{AMQPClass, basic};
-use junction_core::{ConsumerEvent, Settle};
+use junction_core::ConsumerEvent;
 
 use crate::channel::{ChannelState, Outstanding};
 use crate::connection::Conn;
@@ -16,11 +16,11 @@ impl Conn {
     pub(crate) fn on_event(&mut self, ev: ConsumerEvent) {
         match ev {
             ConsumerEvent::Deliver(d) => {
-                let Some(cref) = self.consumers.get(&d.consumer) else {
-                    return;
-                };
-                let (channel_id, tag) = (cref.channel, cref.tag.clone());
-                let Some(ch) = self.channels.get_mut(&channel_id) else {
+                let Some(ch) = self
+                    .consumers
+                    .get(&d.consumer)
+                    .and_then(|c| self.channels.get_mut(&c.channel))
+                else {
                     return;
                 };
                 if ch.state != ChannelState::Open {
@@ -30,13 +30,17 @@ impl Conn {
                     ch.held.push_back(d);
                     return;
                 }
-                self.deliver(channel_id, &tag, d);
+                self.deliver(d);
             }
             ConsumerEvent::Cancelled(id) => {
-                // The queue went: tell the client (consumer_cancel_notify).
                 let Some(cref) = self.consumers.remove(&id) else {
                     return;
                 };
+                if cref.cancelling {
+                    // Our own marker after the client's basic.cancel.
+                    return;
+                }
+                // The queue went: tell the client (consumer_cancel_notify).
                 if let Some(ch) = self.channels.get_mut(&cref.channel) {
                     if let Some(c) = ch.consumers.remove(&cref.tag) {
                         c.handle.cancel(false);
@@ -54,29 +58,26 @@ impl Conn {
     }
 
     /// Writes one `basic.deliver` with its content.
-    pub(crate) fn deliver(
-        &mut self,
-        channel_id: u16,
-        consumer_tag: &str,
-        d: junction_core::Delivery,
-    ) {
-        let Some(ch) = self.channels.get_mut(&channel_id) else {
+    pub(crate) fn deliver(&mut self, d: junction_core::Delivery) {
+        let Some(cref) = self.consumers.get(&d.consumer) else {
             return;
         };
-        let Some(c) = ch.consumers.get(consumer_tag) else {
-            return;
-        };
-        let outstanding = (!c.no_ack).then(|| Outstanding {
-            queue: Arc::clone(c.handle.queue()),
+        let channel_id = cref.channel;
+        let consumer_tag = cref.tag.clone();
+        let outstanding = (!cref.no_ack).then(|| Outstanding {
+            queue: Arc::clone(&cref.queue),
             holder: d.consumer,
             tag: d.tag,
         });
+        let Some(ch) = self.channels.get_mut(&channel_id) else {
+            return;
+        };
         let tag = ch.track(outstanding);
         let m = &d.message;
         self.out.method(
             channel_id,
             AMQPClass::Basic(basic::AMQPMethod::Deliver(basic::Deliver {
-                consumer_tag: consumer_tag.into(),
+                consumer_tag: consumer_tag.as_str().into(),
                 delivery_tag: tag,
                 redelivered: d.redelivered,
                 exchange: convert::short(&m.exchange),
@@ -91,8 +92,12 @@ impl Conn {
         );
     }
 
-    pub(crate) fn confirm(&mut self, channel_id: u16, seq: u64, ok: bool) {
-        if !self.channels.contains_key(&channel_id) {
+    pub(crate) fn confirm(&mut self, (channel_id, epoch, seq, ok): crate::connection::Confirm) {
+        if !self
+            .channels
+            .get(&channel_id)
+            .is_some_and(|c| c.epoch == epoch && c.state == ChannelState::Open)
+        {
             return;
         }
         let m = if ok {
@@ -110,31 +115,49 @@ impl Conn {
         self.out.method(channel_id, AMQPClass::Basic(m));
     }
 
-    /// Returns everything a channel holds to the core: unsettled deliveries
-    /// are requeued (flagged redelivered), consumers cancelled.
+    /// Returns everything a channel holds to the core: consumers are
+    /// cancelled, then every unsettled delivery goes back to its queue once
+    /// (flagged redelivered), in delivery order.
     pub(crate) fn release_channel(&mut self, id: u16) {
-        let Some(ch) = self.channels.get_mut(&id) else {
-            return;
-        };
-        ch.pending = None;
-        ch.held.clear();
-        let outstanding = std::mem::take(&mut ch.unacked);
-        for (_, o) in outstanding {
-            let _ = self
-                .ctx
-                .broker
-                .settle(&o.queue, o.holder, o.tag, Settle::Requeue);
-        }
-        for (_, c) in ch.consumers.drain() {
-            self.consumers.remove(&c.handle.id());
-            c.handle.cancel(true);
-        }
+        self.release_channels(&[id]);
     }
 
     pub(crate) fn release_all(&mut self) {
         let ids: Vec<u16> = self.channels.keys().copied().collect();
+        self.release_channels(&ids);
+    }
+
+    /// Cancels first, on every channel named, so that nothing requeued is
+    /// handed to a consumer that is about to go (which would count it as
+    /// delivered twice); then releases each (queue, holder) once.
+    fn release_channels(&mut self, ids: &[u16]) {
+        let mut holders: Vec<(Arc<junction_core::Queue>, junction_core::ConsumerId)> = Vec::new();
         for id in ids {
-            self.release_channel(id);
+            let Some(ch) = self.channels.get_mut(id) else {
+                continue;
+            };
+            ch.pending = None;
+            ch.held.clear();
+            for (_, c) in ch.consumers.drain() {
+                c.handle.cancel(false);
+            }
+            for (_, o) in std::mem::take(&mut ch.unacked) {
+                holders.push((o.queue, o.holder));
+            }
+        }
+        self.consumers.retain(|cid, cref| {
+            if ids.contains(&cref.channel) {
+                holders.push((Arc::clone(&cref.queue), *cid));
+                false
+            } else {
+                true
+            }
+        });
+        let mut seen = std::collections::HashSet::new();
+        for (queue, holder) in holders {
+            if seen.insert((Arc::as_ptr(&queue), holder)) {
+                self.ctx.broker.release(&queue, holder);
+            }
         }
     }
 }

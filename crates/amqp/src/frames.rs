@@ -125,7 +125,9 @@ impl Conn {
                 .during(class_id, method_id));
             }
             let getter = self.ctx.broker.new_consumer_id();
-            self.channels.insert(id, Channel::new(id, getter));
+            self.channel_openings += 1;
+            let epoch = self.channel_openings;
+            self.channels.insert(id, Channel::new(id, getter, epoch));
             self.out.method(
                 id,
                 AMQPClass::Channel(channel::AMQPMethod::OpenOk(channel::OpenOk {})),
@@ -177,6 +179,11 @@ impl Conn {
         h: amq_protocol::frame::AMQPContentHeader,
     ) -> Result<(), AmqpError> {
         let max = self.ctx.settings.max_message_size;
+        if self.is_closing(id) {
+            // Content of a publish that was in flight when we closed the
+            // channel: dropped, like its method frames.
+            return Ok(());
+        }
         let ch = self.open_channel(id)?;
         let Some(p) = ch.pending.as_mut().filter(|p| p.header.is_none()) else {
             return Err(AmqpError::connection(
@@ -204,6 +211,9 @@ impl Conn {
     }
 
     async fn on_body(&mut self, id: u16, body: Bytes) -> Result<(), AmqpError> {
+        if self.is_closing(id) {
+            return Ok(());
+        }
         let ch = self.open_channel(id)?;
         let Some(p) = ch.pending.as_mut().filter(|p| p.header.is_some()) else {
             return Err(AmqpError::connection(
@@ -242,5 +252,12 @@ impl Conn {
         let body = p.body();
         let properties = p.header.map(|h| h.properties).unwrap_or_default();
         self.publish(id, p.method, properties, body).await
+    }
+
+    /// Whether we closed channel `id` and wait for its `close-ok`.
+    fn is_closing(&self, id: u16) -> bool {
+        self.channels
+            .get(&id)
+            .is_some_and(|c| c.state == ChannelState::Closing)
     }
 }

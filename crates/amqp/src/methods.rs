@@ -65,9 +65,7 @@ impl Conn {
                     })),
                 );
                 for d in held {
-                    if let Some(tag) = self.consumers.get(&d.consumer).map(|c| c.tag.clone()) {
-                        self.deliver(id, &tag, d);
-                    }
+                    self.deliver(d);
                 }
             }
             AMQPClass::Access(access::AMQPMethod::Request(_)) => {
@@ -261,9 +259,18 @@ impl Conn {
             AMQPClass::Basic(basic::AMQPMethod::Cancel(c)) => {
                 let ch = self.open_channel(id)?;
                 if let Some(consumer) = ch.consumers.remove(c.consumer_tag.as_str()) {
-                    self.consumers.remove(&consumer.handle.id());
+                    let cid = consumer.handle.id();
                     // Unsettled deliveries stay settleable on the channel.
                     consumer.handle.cancel(false);
+                    // Deliveries the queue made before the cancel may still
+                    // be in the event channel: they are sent, and this
+                    // marker, queued behind them, retires the consumer.
+                    if let Some(cref) = self.consumers.get_mut(&cid) {
+                        cref.cancelling = true;
+                    }
+                    let _ = self
+                        .events_tx
+                        .send(junction_core::ConsumerEvent::Cancelled(cid));
                 }
                 if !c.nowait {
                     self.reply(
@@ -327,14 +334,30 @@ impl Conn {
             AMQPClass::Basic(basic::AMQPMethod::Nack(n)) => {
                 self.settle(id, n.delivery_tag, n.multiple, nack_or_requeue(n.requeue))?
             }
-            AMQPClass::Basic(basic::AMQPMethod::Recover(_)) => {
+            AMQPClass::Basic(basic::AMQPMethod::Recover(r)) => {
+                if !r.requeue {
+                    // As RabbitMQ: redelivering to the same consumer only
+                    // is not supported.
+                    return Err(AmqpError::connection(
+                        code::NOT_IMPLEMENTED,
+                        "requeue=false",
+                    ));
+                }
                 self.recover(id)?;
                 self.reply(
                     id,
                     AMQPClass::Basic(basic::AMQPMethod::RecoverOk(basic::RecoverOk {})),
                 );
             }
-            AMQPClass::Basic(basic::AMQPMethod::RecoverAsync(_)) => self.recover(id)?,
+            AMQPClass::Basic(basic::AMQPMethod::RecoverAsync(r)) => {
+                if !r.requeue {
+                    return Err(AmqpError::connection(
+                        code::NOT_IMPLEMENTED,
+                        "requeue=false",
+                    ));
+                }
+                self.recover(id)?
+            }
             AMQPClass::Confirm(confirm::AMQPMethod::Select(s)) => {
                 let ch = self.open_channel(id)?;
                 if ch.tx.is_some() {
@@ -374,16 +397,21 @@ impl Conn {
                         "channel is not transactional",
                     ));
                 };
+                let mut receipts = Vec::new();
                 for op in ops {
                     match op {
                         TxOp::Publish { message, mandatory } => {
-                            let published = self.publish_now(id, *message, mandatory).await?;
-                            published.confirmed().await.map_err(Conn::core_error)?;
+                            receipts.push(self.publish_now(id, *message, mandatory).await?);
                         }
                         TxOp::Settle { tag, multiple, how } => {
                             self.settle_now(id, tag, multiple, how)?
                         }
                     }
+                }
+                // Every publish is queued for the store first; the receipts then
+                // resolve in order, mostly on shared syncs.
+                for published in receipts {
+                    published.confirmed().await.map_err(Conn::core_error)?;
                 }
                 self.reply(id, AMQPClass::Tx(tx::AMQPMethod::CommitOk(tx::CommitOk {})));
             }

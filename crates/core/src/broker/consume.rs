@@ -37,6 +37,11 @@ impl Broker {
         let mut fx = Effects::default();
         {
             let mut st = q.state.lock();
+            if q.is_deleted() {
+                return Err(CoreError::NotFound(format!(
+                    "no queue '{queue}' in vhost '{vhost}'"
+                )));
+            }
             st.consume(id, spec, window, sink, now)?;
             st.service(now, &mut fx);
         }

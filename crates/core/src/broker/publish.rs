@@ -57,6 +57,40 @@ struct Target {
     expires_at: Option<Instant>,
 }
 
+/// Puts `msg` into one planned target queue. A queue deleted since the
+/// plan takes nothing: its entry record (already queued for the store) is
+/// deleted again and the message's reference released.
+fn enqueue_one(msg: &Arc<Message>, t: Target, now: Instant) -> (Arc<Queue>, Effects, Accepted) {
+    let mut fx = Effects::default();
+    let entry = Entry {
+        seq: t.seq,
+        message: Arc::clone(msg),
+        delivery_count: 0,
+        redelivered: false,
+        expires_at: t.expires_at,
+        persisted: t.persisted,
+    };
+    let accepted = {
+        let mut st = t.queue.state.lock();
+        if t.queue.is_deleted() {
+            if t.persisted {
+                fx.removed.push(Removed {
+                    seq: t.seq,
+                    message: msg.id,
+                });
+            }
+            Accepted::Rejected
+        } else {
+            st.publish(entry, now, &mut fx)
+        }
+    };
+    if t.expires_at.is_some() {
+        // The queue's next deadline may have moved earlier.
+        t.queue.wake.notify_one();
+    }
+    (t.queue, fx, accepted)
+}
+
 fn unix_millis() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -125,7 +159,7 @@ impl Broker {
             };
             if persisted {
                 let expires_unix = expires_at.map_or(0, |t| {
-                    now_unix + t.saturating_duration_since(now).as_millis() as u64
+                    now_unix.saturating_add(t.saturating_duration_since(now).as_millis() as u64)
                 });
                 batch.put(
                     Cf::QueueEntries,
@@ -164,28 +198,11 @@ impl Broker {
         let mut rejected = 0;
         let mut work = Vec::new();
         for t in targets {
-            let mut fx = Effects::default();
-            let has_ttl = t.expires_at.is_some();
-            let accepted = t.queue.state.lock().publish(
-                Entry {
-                    seq: t.seq,
-                    message: Arc::clone(msg),
-                    delivery_count: 0,
-                    redelivered: false,
-                    expires_at: t.expires_at,
-                    persisted: t.persisted,
-                },
-                now,
-                &mut fx,
-            );
+            let (queue, fx, accepted) = enqueue_one(msg, t, now);
             if accepted == Accepted::Rejected {
                 rejected += 1;
             }
-            if has_ttl {
-                // The queue's next deadline may have moved earlier.
-                t.queue.wake.notify_one();
-            }
-            work.push((t.queue, fx));
+            work.push((queue, fx));
         }
         for (q, fx) in work {
             self.apply_effects(&q, fx);
@@ -232,6 +249,7 @@ impl Broker {
                 .fetch_add(fx.delivered_bytes, Ordering::Relaxed);
             let mut batch = Batch::new();
             self.collect_removed(&q, &fx.removed, &mut batch);
+            let mut copies = Vec::new();
             for dl in fx.dead_letters {
                 if rounds > 10_000 {
                     tracing::warn!(queue = q.name(), "dead-letter cascade cut short");
@@ -240,22 +258,35 @@ impl Broker {
                     }
                     continue;
                 }
-                self.dead_letter(&q, dl, &mut batch, &mut work);
+                if let Some(copy) = self.dead_letter(&q, dl, &mut batch) {
+                    copies.push(copy);
+                }
             }
+            // The copies' records are queued for the store before any
+            // consumer can see (and ack) a copy: an ack's delete then always
+            // follows the put, so an acked copy cannot come back after a crash.
             self.write_soon(batch);
+            let now = Instant::now();
+            for (msg, targets) in copies {
+                for t in targets {
+                    let (queue, fx, _) = enqueue_one(&msg, t, now);
+                    work.push((queue, fx));
+                }
+            }
         }
     }
 
-    /// Republishes a dead letter to the queue's dead-letter exchange. The
-    /// copy's records and the removal of the original entry share `batch`,
-    /// so a crash leaves one or the other, never neither.
+    /// Plans the republishing of a dead letter to the queue's dead-letter
+    /// exchange: the copy and where it goes. The copy's records and the
+    /// removal of the original entry share `batch`, so a crash leaves one or
+    /// the other, never neither. The caller enqueues the copy once `batch`
+    /// is submitted.
     fn dead_letter(
         &self,
         q: &Arc<Queue>,
         dl: DeadLetter,
         batch: &mut Batch,
-        work: &mut Vec<(Arc<Queue>, Effects)>,
-    ) {
+    ) -> Option<(Arc<Message>, Vec<Target>)> {
         if let Some(r) = dl.removed {
             self.collect_removed(q, &[r], batch);
         }
@@ -266,10 +297,8 @@ impl Broker {
                 st.args.dead_letter_routing_key.clone(),
             )
         };
-        let Some(dlx) = dlx else { return };
-        let Ok(vh) = self.vhost(q.vhost()) else {
-            return;
-        };
+        let dlx = dlx?;
+        let vh = self.vhost(q.vhost()).ok()?;
         let mut msg = dead_lettered_copy(&dl.message, q.name(), dl.reason, &dlx, dlrk.as_deref());
         msg.id = self.new_message_id();
         let skip = cycle_queues(&msg);
@@ -277,32 +306,13 @@ impl Broker {
             Ok(n) => n,
             Err(e) => {
                 tracing::debug!(queue = q.name(), error = %e, "dead-letter exchange unusable; message dropped");
-                return;
+                return None;
             }
         };
         let queues: Vec<Arc<Queue>> = names.iter().filter_map(|n| vh.queue(n)).collect();
         let msg = Arc::new(msg);
         let targets = self.plan(&msg, queues, &skip, batch);
-        let now = Instant::now();
-        for t in targets {
-            let mut fx = Effects::default();
-            t.queue.state.lock().publish(
-                Entry {
-                    seq: t.seq,
-                    message: Arc::clone(&msg),
-                    delivery_count: 0,
-                    redelivered: false,
-                    expires_at: t.expires_at,
-                    persisted: t.persisted,
-                },
-                now,
-                &mut fx,
-            );
-            if t.expires_at.is_some() {
-                t.queue.wake.notify_one();
-            }
-            work.push((t.queue, fx));
-        }
+        Some((msg, targets))
     }
 
     /// Publishes from a context that cannot wait (the broker's own
