@@ -117,40 +117,20 @@ impl Conn {
                 }
             }
             AMQPClass::Exchange(exchange::AMQPMethod::Bind(b)) => {
-                let binding = binding(
-                    &b.source,
-                    Destination::Exchange(b.destination.as_str().to_string()),
-                    &b.routing_key,
-                    &b.arguments,
-                );
-                broker
-                    .bind(&vhost, binding, conn)
-                    .await
-                    .map_err(Conn::core_error)?;
-                if !b.nowait {
-                    self.reply(
-                        id,
-                        AMQPClass::Exchange(exchange::AMQPMethod::BindOk(exchange::BindOk {})),
-                    );
-                }
+                let ok = (!b.nowait).then_some(AMQPClass::Exchange(exchange::AMQPMethod::BindOk(
+                    exchange::BindOk {},
+                )));
+                let dest = Destination::Exchange(b.destination.as_str().to_string());
+                let binding = binding(&b.source, dest, &b.routing_key, &b.arguments);
+                self.set_binding(id, true, binding, ok).await?;
             }
             AMQPClass::Exchange(exchange::AMQPMethod::Unbind(b)) => {
-                let binding = binding(
-                    &b.source,
-                    Destination::Exchange(b.destination.as_str().to_string()),
-                    &b.routing_key,
-                    &b.arguments,
-                );
-                broker
-                    .unbind(&vhost, &binding, conn)
-                    .await
-                    .map_err(Conn::core_error)?;
-                if !b.nowait {
-                    self.reply(
-                        id,
-                        AMQPClass::Exchange(exchange::AMQPMethod::UnbindOk(exchange::UnbindOk {})),
-                    );
-                }
+                let ok = (!b.nowait).then_some(AMQPClass::Exchange(
+                    exchange::AMQPMethod::UnbindOk(exchange::UnbindOk {}),
+                ));
+                let dest = Destination::Exchange(b.destination.as_str().to_string());
+                let binding = binding(&b.source, dest, &b.routing_key, &b.arguments);
+                self.set_binding(id, false, binding, ok).await?;
             }
             AMQPClass::Queue(queue::AMQPMethod::Declare(d)) => {
                 let def = QueueDef {
@@ -177,40 +157,21 @@ impl Conn {
                 }
             }
             AMQPClass::Queue(queue::AMQPMethod::Bind(b)) => {
-                let name = self.open_channel(id)?.queue_name(b.queue.as_str())?;
-                let binding = binding(
-                    &b.exchange,
-                    Destination::Queue(name),
-                    &b.routing_key,
-                    &b.arguments,
-                );
-                broker
-                    .bind(&vhost, binding, conn)
-                    .await
-                    .map_err(Conn::core_error)?;
-                if !b.nowait {
-                    self.reply(
-                        id,
-                        AMQPClass::Queue(queue::AMQPMethod::BindOk(queue::BindOk {})),
-                    );
-                }
+                let ok = (!b.nowait).then_some(AMQPClass::Queue(queue::AMQPMethod::BindOk(
+                    queue::BindOk {},
+                )));
+                let dest = Destination::Queue(self.open_channel(id)?.queue_name(b.queue.as_str())?);
+                let binding = binding(&b.exchange, dest, &b.routing_key, &b.arguments);
+                self.set_binding(id, true, binding, ok).await?;
             }
             AMQPClass::Queue(queue::AMQPMethod::Unbind(b)) => {
-                let name = self.open_channel(id)?.queue_name(b.queue.as_str())?;
-                let binding = binding(
-                    &b.exchange,
-                    Destination::Queue(name),
-                    &b.routing_key,
-                    &b.arguments,
-                );
-                broker
-                    .unbind(&vhost, &binding, conn)
-                    .await
-                    .map_err(Conn::core_error)?;
-                self.reply(
-                    id,
-                    AMQPClass::Queue(queue::AMQPMethod::UnbindOk(queue::UnbindOk {})),
-                );
+                // queue.unbind has no nowait flag.
+                let ok = Some(AMQPClass::Queue(queue::AMQPMethod::UnbindOk(
+                    queue::UnbindOk {},
+                )));
+                let dest = Destination::Queue(self.open_channel(id)?.queue_name(b.queue.as_str())?);
+                let binding = binding(&b.exchange, dest, &b.routing_key, &b.arguments);
+                self.set_binding(id, false, binding, ok).await?;
             }
             AMQPClass::Queue(queue::AMQPMethod::Purge(p)) => {
                 let name = self.open_channel(id)?.queue_name(p.queue.as_str())?;
@@ -437,6 +398,31 @@ impl Conn {
                     ),
                 ));
             }
+        }
+        Ok(())
+    }
+}
+
+impl Conn {
+    /// `queue.bind`/`exchange.bind` (`add`) or their unbind: changes the
+    /// binding in the core, then sends `ok` (None under nowait).
+    async fn set_binding(
+        &mut self,
+        id: u16,
+        add: bool,
+        binding: Binding,
+        ok: Option<AMQPClass>,
+    ) -> Result<(), AmqpError> {
+        let broker = Arc::clone(&self.ctx.broker);
+        let conn = Some(self.guard.id());
+        let changed = if add {
+            broker.bind(&self.vhost, binding, conn).await
+        } else {
+            broker.unbind(&self.vhost, &binding, conn).await
+        };
+        changed.map_err(Conn::core_error)?;
+        if let Some(ok) = ok {
+            self.reply(id, ok);
         }
         Ok(())
     }

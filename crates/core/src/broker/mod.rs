@@ -329,12 +329,6 @@ impl Broker {
             .ok_or_else(|| CoreError::NotAllowed(format!("no access to this vhost '{name}'")))
     }
 
-    pub fn vhost_names(&self) -> Vec<String> {
-        let mut v: Vec<String> = self.vhosts.read().keys().cloned().collect();
-        v.sort();
-        v
-    }
-
     pub fn store(&self) -> &Store {
         &self.store
     }
@@ -481,9 +475,6 @@ pub struct ConnectionGuard {
 impl ConnectionGuard {
     pub fn id(&self) -> ConnectionId {
         self.id
-    }
-    pub fn broker(&self) -> &Arc<Broker> {
-        &self.broker
     }
 
     /// Deletes the connection's exclusive queues now, before the guard is

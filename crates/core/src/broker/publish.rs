@@ -314,18 +314,6 @@ impl Broker {
         let targets = self.plan(&msg, queues, &skip, batch);
         Some((msg, targets))
     }
-
-    /// Publishes from a context that cannot wait (the broker's own
-    /// messages). No backpressure: use only for low, bounded volumes.
-    pub fn publish_now(&self, vhost: &str, msg: Message) -> Result<Published, CoreError> {
-        let (msg, targets, batch) = self.prepare(vhost, msg)?;
-        let receipt = if batch.is_empty() {
-            None
-        } else {
-            Some(self.store.submit_now(batch, true)?)
-        };
-        Ok(self.enqueue(&msg, targets, receipt))
-    }
 }
 
 /// Queues a dead-lettered message must not go back to: RabbitMQ drops a

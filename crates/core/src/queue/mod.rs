@@ -607,11 +607,6 @@ impl QueueState {
         n
     }
 
-    /// Ids of registered consumers, in registration order.
-    pub fn consumer_ids(&self) -> Vec<ConsumerId> {
-        self.consumers.iter().map(|c| c.id).collect()
-    }
-
     /// Ready messages in delivery order (for inspection and tests).
     pub fn ready_messages(&self) -> impl Iterator<Item = &Entry> {
         self.ready.values()
