@@ -29,7 +29,9 @@ from pathlib import Path
 import pika
 import pytest
 
-READY_RE = re.compile(r"^junction ready amqp=127\.0\.0\.1:(\d+) admin=127\.0\.0\.1:(\d+)$")
+READY_RE = re.compile(
+    r"^junction ready amqp=127\.0\.0\.1:(\d+) mqtt=127\.0\.0\.1:(\d+) admin=127\.0\.0\.1:(\d+)$"
+)
 READY_TIMEOUT = 30.0
 STOP_TIMEOUT = 15.0
 DEFAULT_TEST_DEADLINE = 40.0
@@ -56,6 +58,7 @@ class Broker:
         self.log_path = self.data_dir.parent / (self.data_dir.name + ".log")
         self.proc = None
         self.amqp_port = None
+        self.mqtt_port = None
         self.admin_port = None
 
     def _args(self):
@@ -80,7 +83,7 @@ class Broker:
         log = open(self.log_path, "ab")
         try:
             self.proc = subprocess.Popen(
-                self._args() + ["--amqp-port", "0", "--admin-port", "0"],
+                self._args() + ["--amqp-port", "0", "--mqtt-port", "0", "--admin-port", "0"],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=log,
@@ -92,7 +95,7 @@ class Broker:
         if not m:
             self.kill9()
             pytest.fail(f"unexpected ready line {line!r}; log:\n{self.log_tail()}")
-        self.amqp_port, self.admin_port = int(m.group(1)), int(m.group(2))
+        self.amqp_port, self.mqtt_port, self.admin_port = (int(g) for g in m.groups())
         return self
 
     def _read_ready_line(self):
@@ -211,21 +214,25 @@ def _test_deadline(request):
 @pytest.fixture
 def make_broker(tmp_path):
     """`make_broker(vhosts=[...], users=[(name, password, [vhosts])],
-    broker_options=["key = value"])` returns a started broker; every one is
+    broker_options=["key = value"], mqtt_options=["key = value"])` returns a started broker; every one is
     stopped at teardown."""
     made = []
 
-    def make(vhosts=None, users=(), broker_options=()):
-        """`broker_options`: extra `key = value` lines for the [broker] table."""
+    def make(vhosts=None, users=(), broker_options=(), mqtt_options=()):
+        """`broker_options` / `mqtt_options`: extra `key = value` lines for
+        the [broker] / [mqtt] tables."""
         n = len(made)
         config = None
         lines = list(broker_options)
         if vhosts is not None:
             listed = ", ".join('"%s"' % v for v in vhosts)
             lines.append(f"vhosts = [{listed}]")
-        if lines:
+        if lines or mqtt_options:
             config = tmp_path / f"junction-{n}.toml"
-            config.write_text("[broker]\n" + "\n".join(lines) + "\n")
+            text = "[broker]\n" + "\n".join(lines) + "\n"
+            if mqtt_options:
+                text += "[mqtt]\n" + "\n".join(mqtt_options) + "\n"
+            config.write_text(text)
         b = Broker(tmp_path / f"data-{n}", config)
         made.append(b)
         for name, password, user_vhosts in users:

@@ -46,11 +46,15 @@ impl Credit {
         limit == 0 || self.used() < limit
     }
 
-    pub(crate) fn take(&self) {
+    /// Counts one more outstanding delivery against the budget. Adapters
+    /// call it for what they send outside a queue (MQTT retained messages,
+    /// QoS 2 messages awaiting PUBCOMP) so the protocol's window holds.
+    pub fn take(&self) {
         self.used.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub(crate) fn give_back(&self) {
+    /// Returns one slot taken with [`Credit::take`] (or by a delivery).
+    pub fn give_back(&self) {
         let _ = self
             .used
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |u| u.checked_sub(1));

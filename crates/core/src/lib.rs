@@ -12,6 +12,7 @@
 //! - [`consumer`]: consumer specs, credit, deliveries.
 //! - [`broker`]: vhosts, the publish and consume paths, recovery, shutdown.
 //! - [`retained`]: last-message-per-key, for MQTT.
+//! - [`state`]: durable adapter state (MQTT sessions).
 //! - [`error`]: the core's error type.
 //! - [`Authenticator`]: the seam through which adapters check logins.
 
@@ -24,6 +25,7 @@ pub mod ids;
 pub mod message;
 pub mod queue;
 pub mod retained;
+pub mod state;
 pub mod topic;
 pub mod topology;
 pub mod value;
@@ -39,6 +41,7 @@ pub use ids::{ConnectionId, ConsumerId, DeliveryTag, MessageId, QueueId};
 pub use message::{Message, Origin, Properties, Protocol};
 pub use queue::args::{Overflow, QueueArgs, QueueDef};
 pub use queue::{DeathReason, Settle};
+pub use state::StateWrites;
 pub use value::{FieldTable, FieldValue};
 
 /// Checks logins for the protocol adapters. The server implements it over

@@ -44,13 +44,8 @@ pub fn main() -> ExitCode {
         };
     }
     init_tracing(&config.broker.log_level);
-    for (flag, given) in [
-        ("--mqtt-port", cli.mqtt_port.is_some()),
-        ("--stomp-port", cli.stomp_port.is_some()),
-    ] {
-        if given {
-            tracing::warn!("{flag} given, but that protocol adapter is not built yet");
-        }
+    if cli.stomp_port.is_some() {
+        tracing::warn!("--stomp-port given, but that protocol adapter is not built yet");
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -159,6 +159,7 @@ pub struct Server {
     config: Config,
     admin_addr: Option<SocketAddr>,
     amqp_addr: Option<SocketAddr>,
+    mqtt_addr: Option<SocketAddr>,
     /// Read by `/api/health`; false again once shutdown starts.
     ready: Arc<AtomicBool>,
     /// Cancelled to stop the listeners (and, through child tokens, the
@@ -298,13 +299,33 @@ impl Server {
                 tasks.clone(),
             ));
         }
-        for (name, enabled) in [
-            ("mqtt", config.mqtt.enabled),
-            ("stomp", config.stomp.enabled),
-        ] {
-            if enabled {
-                tracing::debug!(protocol = name, "adapter not built yet; no listener");
-            }
+        let mut mqtt_addr = None;
+        if config.mqtt.enabled {
+            let addr = SocketAddr::new(config.broker.bind, config.mqtt.port);
+            let bind_err = |source| ServerError::Bind {
+                what: "MQTT",
+                addr,
+                source,
+            };
+            let listener = TcpListener::bind(addr).await.map_err(bind_err)?;
+            mqtt_addr = Some(listener.local_addr().map_err(bind_err)?);
+            let ctx = junction_mqtt::MqttContext::new(
+                Arc::clone(&broker),
+                Arc::new(UsersAuth::new(
+                    Arc::clone(&users),
+                    config.broker.guest_loopback_only,
+                )),
+                config.mqtt.settings(),
+            )?;
+            tasks.spawn(junction_mqtt::serve(
+                listener,
+                ctx,
+                listeners.child_token(),
+                tasks.clone(),
+            ));
+        }
+        if config.stomp.enabled {
+            tracing::debug!(protocol = "stomp", "adapter not built yet; no listener");
         }
         ready.store(true, Ordering::Release);
         tracing::info!(
@@ -318,18 +339,22 @@ impl Server {
             config,
             admin_addr,
             amqp_addr,
+            mqtt_addr,
             ready,
             listeners,
             tasks,
         })
     }
 
-    /// `junction ready admin=HOST:PORT`: one line naming every listener, so
+    /// `junction ready amqp=HOST:PORT mqtt=HOST:PORT admin=HOST:PORT`: one line naming every listener, so
     /// scripts and tests can find the ports (0 in the config = any free port).
     pub fn ready_line(&self) -> String {
         let mut line = String::from("junction ready");
         if let Some(a) = self.amqp_addr {
             line.push_str(&format!(" amqp={a}"));
+        }
+        if let Some(a) = self.mqtt_addr {
+            line.push_str(&format!(" mqtt={a}"));
         }
         if let Some(a) = self.admin_addr {
             line.push_str(&format!(" admin={a}"));
@@ -355,6 +380,10 @@ impl Server {
 
     pub fn amqp_addr(&self) -> Option<SocketAddr> {
         self.amqp_addr
+    }
+
+    pub fn mqtt_addr(&self) -> Option<SocketAddr> {
+        self.mqtt_addr
     }
 
     /// Shuts down in DESIGN.md's order. Idempotent.

@@ -86,7 +86,16 @@ impl BrokerProcess {
         let dir = data_dir.to_str().expect("utf-8 path");
         Self::start(
             bin,
-            &["--data-dir", dir, "--admin-port", "0", "--amqp-port", "0"],
+            &[
+                "--data-dir",
+                dir,
+                "--admin-port",
+                "0",
+                "--amqp-port",
+                "0",
+                "--mqtt-port",
+                "0",
+            ],
             data_dir,
         )
     }

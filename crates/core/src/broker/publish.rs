@@ -102,7 +102,18 @@ impl Broker {
     /// Waits only while the store's queue is full (backpressure); the
     /// returned [`Published`] resolves when the message is on disk.
     pub async fn publish(&self, vhost: &str, msg: Message) -> Result<Published, CoreError> {
-        let (msg, targets, batch) = self.prepare(vhost, msg)?;
+        self.publish_batch(vhost, msg, Batch::new()).await
+    }
+
+    /// [`Broker::publish`], with `extra` written in the message's batch.
+    pub(crate) async fn publish_batch(
+        &self,
+        vhost: &str,
+        msg: Message,
+        extra: Batch,
+    ) -> Result<Published, CoreError> {
+        let (msg, targets, mut batch) = self.prepare(vhost, msg)?;
+        batch.append(extra);
         let receipt = if batch.is_empty() {
             None
         } else {

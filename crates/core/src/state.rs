@@ -1,0 +1,136 @@
+//! Durable adapter state: a small namespaced key → bytes map in the store's
+//! `sessions` column family, for protocol state that is not a message or a
+//! queue (MQTT sessions: subscriptions, QoS 2 packet ids). Adapters go
+//! through it so they never touch the store crate.
+//!
+//! Keys are `namespace ‖ 0x00 ‖ key`; values start with a version byte the
+//! core adds and strips.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use junction_store::{Batch, Cf};
+
+use crate::broker::{Broker, Published};
+use crate::error::CoreError;
+use crate::message::Message;
+
+const VERSION: u8 = 1;
+
+/// Writes to adapter state, applied together (and, with
+/// [`Broker::publish_with_state`], together with a message).
+#[derive(Debug, Default)]
+pub struct StateWrites {
+    batch: Batch,
+}
+
+fn state_key(namespace: &str, key: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(namespace.len() + 1 + key.len());
+    k.extend_from_slice(namespace.as_bytes());
+    k.push(0);
+    k.extend_from_slice(key.as_bytes());
+    k
+}
+
+impl StateWrites {
+    pub fn new() -> StateWrites {
+        StateWrites::default()
+    }
+
+    /// Sets `namespace`/`key` to `value`.
+    pub fn put(&mut self, namespace: &str, key: &str, value: &[u8]) {
+        let mut v = BytesMut::with_capacity(1 + value.len());
+        v.put_u8(VERSION);
+        v.put_slice(value);
+        self.batch
+            .put(Cf::Sessions, state_key(namespace, key), v.freeze());
+    }
+
+    /// Removes `namespace`/`key` (no error if absent).
+    pub fn delete(&mut self, namespace: &str, key: &str) {
+        self.batch.delete(Cf::Sessions, state_key(namespace, key));
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.batch.is_empty()
+    }
+}
+
+impl Broker {
+    /// Applies `writes`; durable when this returns.
+    pub async fn write_state(&self, writes: StateWrites) -> Result<(), CoreError> {
+        self.write_durably(writes.batch).await
+    }
+
+    /// Applies `writes` without waiting for the disk (ordered with every
+    /// later write), for paths that cannot await.
+    pub fn write_state_soon(&self, writes: StateWrites) {
+        self.write_soon(writes.batch);
+    }
+
+    /// Every key and value stored under `namespace`, in key order.
+    pub fn read_state(&self, namespace: &str) -> Result<Vec<(String, Bytes)>, CoreError> {
+        let prefix = state_key(namespace, "");
+        let mut out = Vec::new();
+        let mut bad = None;
+        self.store().scan(Cf::Sessions, &prefix, &mut |k, v| {
+            let key = String::from_utf8(k[prefix.len()..].to_vec());
+            match (key, v.split_first()) {
+                (Ok(key), Some((&VERSION, rest))) => {
+                    out.push((key, Bytes::copy_from_slice(rest)));
+                    true
+                }
+                _ => {
+                    bad = Some(format!("bad adapter state record under '{namespace}'"));
+                    false
+                }
+            }
+        })?;
+        match bad {
+            Some(e) => Err(CoreError::Corrupt(e)),
+            None => Ok(out),
+        }
+    }
+
+    /// Publishes `msg` and applies `writes` in the same store batch: after
+    /// a crash either both happened or neither (MQTT QoS 2 records the
+    /// packet id with the message it acknowledges).
+    pub async fn publish_with_state(
+        &self,
+        vhost: &str,
+        msg: Message,
+        writes: StateWrites,
+    ) -> Result<Published, CoreError> {
+        self.publish_batch(vhost, msg, writes.batch).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broker::BrokerConfig;
+    use junction_store::Store;
+
+    #[tokio::test]
+    async fn state_round_trips_and_is_namespaced() {
+        let broker = Broker::open(Store::in_memory(), BrokerConfig::default())
+            .await
+            .unwrap();
+        let mut w = StateWrites::new();
+        w.put("mqtt", "b", b"two");
+        w.put("mqtt", "a", b"one");
+        w.put("mqtt2", "a", b"other");
+        broker.write_state(w).await.unwrap();
+        let got = broker.read_state("mqtt").unwrap();
+        assert_eq!(
+            got,
+            vec![
+                ("a".to_string(), Bytes::from_static(b"one")),
+                ("b".to_string(), Bytes::from_static(b"two"))
+            ]
+        );
+        let mut w = StateWrites::new();
+        w.delete("mqtt", "a");
+        broker.write_state(w).await.unwrap();
+        assert_eq!(broker.read_state("mqtt").unwrap().len(), 1);
+        assert_eq!(broker.read_state("mqtt2").unwrap().len(), 1);
+    }
+}

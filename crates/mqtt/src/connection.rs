@@ -1,0 +1,609 @@
+//! The connection task: the only code that touches the socket. CONNECT is
+//! read under a timeout in the connection's own task; then one `select!`
+//! over the socket, the session's deliveries, publish receipts, the
+//! keepalive deadline, takeover and shutdown. Everything produced in a
+//! turn goes out in one write.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use futures_util::StreamExt;
+use futures_util::stream::FuturesOrdered;
+use junction_core::{ConnectionGuard, ConsumerEvent, Protocol};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::MqttContext;
+use crate::codec::{
+    self, ConnAck, ConnAckProperties, Connect, DecodeError, Disconnect, LastWill, Packet,
+    ProtocolVersion, Publish, ReasonCode,
+};
+use crate::registry::{self, Claim, Parked, PendingWill};
+use crate::session::Session;
+
+/// A publish receipt: resolves to the ack to send (PUBACK or PUBREC).
+pub(crate) type ConfirmFuture = Pin<Box<dyn std::future::Future<Output = Packet> + Send + Sync>>;
+
+/// Why the serving loop ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum End {
+    /// DISCONNECT from the client: no will (unless it asked, 0x04).
+    Normal,
+    /// The socket closed, the keepalive ran out, or the broker closed the
+    /// connection for a protocol violation: the will goes out.
+    Abnormal,
+}
+
+/// One connected client after CONNACK.
+pub(crate) struct Conn {
+    pub ctx: Arc<MqttContext>,
+    pub guard: ConnectionGuard,
+    pub version: ProtocolVersion,
+    pub session: Session,
+    pub will: Option<LastWill>,
+    pub out: BytesMut,
+    pub confirms: FuturesOrdered<ConfirmFuture>,
+    /// QoS 1 publishes whose PUBACK is not sent yet.
+    pub qos1_pending: usize,
+    /// Largest packet the client accepts (MQTT 5 Maximum Packet Size).
+    pub client_max_packet: usize,
+    /// Topic aliases the client accepts from us, and those we assigned.
+    pub client_alias_max: u16,
+    pub out_aliases: HashMap<String, u16>,
+    /// Topic aliases the client set.
+    pub in_aliases: HashMap<u16, String>,
+    /// Retained messages waiting for room in the client's window.
+    pub retained_backlog: VecDeque<Publish>,
+    pub end: Option<End>,
+    /// This connection has published: the memory alarm stops reading it.
+    pub has_published: bool,
+}
+
+pub(crate) async fn run(
+    stream: TcpStream,
+    peer: SocketAddr,
+    ctx: Arc<MqttContext>,
+    shutdown: CancellationToken,
+) {
+    let span = tracing::info_span!("mqtt", %peer, client_id = tracing::field::Empty);
+    async move {
+        let _ = stream.set_nodelay(true);
+        let (mut rd, mut wr) = stream.into_split();
+        let mut buf = BytesMut::with_capacity(256);
+        let max = ctx.settings.max_packet_size as usize;
+        let connect = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = tokio::time::timeout(ctx.settings.connect_timeout, read_connect(&mut rd, &mut buf, max)) => r,
+        };
+        let connect = match connect {
+            Ok(Ok(c)) => c,
+            Ok(Err(ConnectError::Eof)) => return,
+            Ok(Err(ConnectError::Decode(e, level))) => {
+                tracing::info!(error = %e, "mqtt CONNECT refused");
+                refuse_undecodable(&mut wr, &e, level).await;
+                return;
+            }
+            Err(_) => {
+                tracing::info!("mqtt CONNECT timed out");
+                return;
+            }
+        };
+        let kick = CancellationToken::new();
+        let Some((mut conn, keepalive)) =
+            accept(&ctx, connect, peer, &mut wr, kick.clone()).await
+        else {
+            let _ = wr.shutdown().await;
+            return;
+        };
+        tracing::Span::current().record("client_id", conn.session.client_id.as_str());
+        ctx.stats.connected.fetch_add(1, Ordering::Relaxed);
+        let events = conn.session.events_rx.take();
+        let result = conn
+            .serve(rd, &mut wr, buf, events, keepalive, &shutdown, &kick)
+            .await;
+        if let Err(e) = result {
+            tracing::debug!(error = %e, "mqtt connection ended");
+            conn.end.get_or_insert(End::Abnormal);
+        }
+        let _ = flush(&mut wr, &mut conn.out).await;
+        let _ = wr.shutdown().await;
+        ctx.stats.connected.fetch_sub(1, Ordering::Relaxed);
+        conn.finish().await;
+    }
+    .instrument(span)
+    .await
+}
+
+enum ConnectError {
+    Eof,
+    /// The CONNECT did not decode; the protocol level, if it could be read.
+    Decode(DecodeError, Option<u8>),
+}
+
+/// The protocol level byte of a CONNECT at the front of `buf`, if there.
+fn peek_level(buf: &[u8]) -> Option<u8> {
+    let mut i = 1;
+    while *buf.get(i)? & 0x80 != 0 {
+        i += 1;
+    }
+    let name_len = usize::from(u16::from_be_bytes([*buf.get(i + 1)?, *buf.get(i + 2)?]));
+    buf.get(i + 3 + name_len).copied()
+}
+
+async fn read_connect(
+    rd: &mut OwnedReadHalf,
+    buf: &mut BytesMut,
+    max: usize,
+) -> Result<Connect, ConnectError> {
+    loop {
+        let level = peek_level(buf);
+        match codec::decode(buf, None, max) {
+            Ok(Some(Packet::Connect(c))) => return Ok(c),
+            Ok(Some(other)) => {
+                let e = DecodeError::ProtocolError(format!(
+                    "{} before CONNECT",
+                    other.packet_type().name()
+                ));
+                return Err(ConnectError::Decode(e, level));
+            }
+            Ok(None) => {}
+            Err(e) => return Err(ConnectError::Decode(e, level)),
+        }
+        if buf.capacity() - buf.len() < 64 {
+            buf.reserve(256);
+        }
+        match rd.read_buf(buf).await {
+            Ok(0) | Err(_) => return Err(ConnectError::Eof),
+            Ok(_) => {}
+        }
+    }
+}
+
+/// Answers a CONNECT that did not decode: MQTT 5 gets a CONNACK with the
+/// reason code, 3.1.1 one with a return code where the spec has one.
+async fn refuse_undecodable(wr: &mut OwnedWriteHalf, e: &DecodeError, level: Option<u8>) {
+    let mut out = BytesMut::new();
+    if level == Some(5) {
+        let ack = ConnAck {
+            session_present: false,
+            reason: e.reason_code(),
+            properties: ConnAckProperties::default(),
+        };
+        let _ = codec::encode(&Packet::ConnAck(ack), ProtocolVersion::V5, &mut out);
+    } else if let Some(rc) = e.connack_return_code() {
+        out.extend_from_slice(&[0x20, 0x02, 0x00, rc]);
+    }
+    if !out.is_empty() {
+        let _ = wr.write_all(&out).await;
+    }
+    let _ = wr.shutdown().await;
+}
+
+/// Writes one CONNACK refusing the connection.
+async fn refuse(wr: &mut OwnedWriteHalf, version: ProtocolVersion, reason: ReasonCode) {
+    let ack = ConnAck {
+        session_present: false,
+        reason,
+        properties: ConnAckProperties::default(),
+    };
+    let mut out = BytesMut::new();
+    if codec::encode(&Packet::ConnAck(ack), version, &mut out).is_ok() {
+        let _ = wr.write_all(&out).await;
+    }
+}
+
+/// Authenticates, applies the client id rules, claims the session and
+/// sends CONNACK. None: refused (CONNACK sent when the spec has one).
+async fn accept(
+    ctx: &Arc<MqttContext>,
+    c: Connect,
+    peer: SocketAddr,
+    wr: &mut OwnedWriteHalf,
+    kick: CancellationToken,
+) -> Option<(Conn, Option<Duration>)> {
+    let v = c.version;
+    let settings = &ctx.settings;
+    // Who is this?
+    let user = match (&c.username, &c.password) {
+        (None, _) if settings.allow_anonymous => settings.anonymous_user.clone(),
+        (None, _) => {
+            refuse(wr, v, ReasonCode::NOT_AUTHORIZED).await;
+            return None;
+        }
+        (Some(u), p) => {
+            let (auth, user) = (Arc::clone(&ctx.auth), u.clone());
+            let password = p
+                .as_ref()
+                .map(|p| String::from_utf8_lossy(p).into_owned())
+                .unwrap_or_default();
+            let checked =
+                tokio::task::spawn_blocking(move || auth.authenticate(&user, &password, peer.ip()))
+                    .await;
+            if !matches!(checked, Ok(Ok(()))) {
+                refuse(wr, v, ReasonCode::BAD_USER_NAME_OR_PASSWORD).await;
+                return None;
+            }
+            u.clone()
+        }
+    };
+    if !ctx.auth.may_access(&user, &settings.vhost) {
+        refuse(wr, v, ReasonCode::NOT_AUTHORIZED).await;
+        return None;
+    }
+    // Client id rules [MQTT-3.1.3-6], [MQTT-3.1.3-8].
+    let mut assigned = None;
+    let client_id = if c.client_id.is_empty() {
+        if !c.clean_start && !v.is_v5() {
+            refuse(wr, v, ReasonCode::CLIENT_IDENTIFIER_NOT_VALID).await;
+            return None;
+        }
+        let id = format!("junction-{}", ctx.broker.new_connection_id().0);
+        assigned = Some(id.clone());
+        id
+    } else if c.client_id.len() > 200 {
+        refuse(wr, v, ReasonCode::CLIENT_IDENTIFIER_NOT_VALID).await;
+        return None;
+    } else {
+        c.client_id.clone()
+    };
+    let expiry = if v.is_v5() {
+        c.properties.session_expiry_interval.unwrap_or(0)
+    } else if c.clean_start {
+        0
+    } else {
+        settings.persistent_session_expiry.max(1)
+    };
+    let guard = ctx.broker.open_connection(Protocol::Mqtt);
+    let (session, present) = match ctx.registry.claim(&client_id, guard.id(), kick).await {
+        Claim::Busy => {
+            refuse(wr, v, ReasonCode::SERVER_BUSY).await;
+            return None;
+        }
+        Claim::Fresh => (Session::new(client_id.clone(), expiry, guard.id()), false),
+        Claim::Parked(p) => {
+            let Parked { session, .. } = *p;
+            if c.clean_start {
+                registry::end_session(ctx, session).await;
+                (Session::new(client_id.clone(), expiry, guard.id()), false)
+            } else {
+                (session, true)
+            }
+        }
+    };
+    let mut session = session;
+    session.connection = guard.id();
+    let was_persistent = session.is_persistent();
+    session.expiry = expiry;
+    let client_recv_max = c.properties.receive_maximum.unwrap_or(u16::MAX);
+    session
+        .credit
+        .set_limit(u32::from(client_recv_max.min(settings.max_inflight.max(1))));
+    // Keepalive, capped by the broker's maximum.
+    let mut keepalive = c.keep_alive;
+    let mut server_keep_alive = None;
+    if settings.max_keepalive > 0 && (keepalive == 0 || keepalive > settings.max_keepalive) {
+        keepalive = settings.max_keepalive;
+        server_keep_alive = Some(keepalive);
+    }
+    let mut props = ConnAckProperties::default();
+    if v.is_v5() {
+        props.assigned_client_identifier = assigned;
+        props.server_keep_alive = server_keep_alive;
+        props.receive_maximum = Some(settings.receive_maximum);
+        props.maximum_packet_size = Some(settings.max_packet_size);
+        props.topic_alias_maximum = Some(settings.topic_alias_maximum);
+    }
+    let ack = ConnAck {
+        session_present: present,
+        reason: ReasonCode::SUCCESS,
+        properties: props,
+    };
+    let mut conn = Conn {
+        ctx: Arc::clone(ctx),
+        guard,
+        version: v,
+        session,
+        will: c.will,
+        out: BytesMut::new(),
+        confirms: FuturesOrdered::new(),
+        qos1_pending: 0,
+        client_max_packet: c
+            .properties
+            .maximum_packet_size
+            .map_or(usize::MAX, |m| m as usize),
+        client_alias_max: c.properties.topic_alias_maximum.unwrap_or(0),
+        out_aliases: HashMap::new(),
+        in_aliases: HashMap::new(),
+        retained_backlog: VecDeque::new(),
+        end: None,
+        has_published: false,
+    };
+    if conn.session.is_persistent() || was_persistent {
+        // The record holds the expiry in force; a session made persistent
+        // now gets its first record, one made transient loses it.
+        conn.save_session().await;
+    }
+    conn.send(Packet::ConnAck(ack));
+    if let Err(e) = conn.attach().await {
+        tracing::warn!(error = %e, "mqtt session not attached");
+        conn.end = Some(End::Abnormal);
+        conn.finish().await;
+        return None;
+    }
+    conn.resend_inflight();
+    let keepalive = (keepalive > 0).then(|| Duration::from_millis(u64::from(keepalive) * 1500));
+    Some((conn, keepalive))
+}
+
+/// Writes everything queued.
+pub(crate) async fn flush(wr: &mut OwnedWriteHalf, out: &mut BytesMut) -> std::io::Result<()> {
+    if out.is_empty() {
+        return Ok(());
+    }
+    let res = wr.write_all(out).await;
+    out.clear();
+    if out.capacity() > 64 * 1024 {
+        // Do not keep a burst's buffer for the life of the connection.
+        *out = BytesMut::new();
+    }
+    res
+}
+
+/// How many deliveries one loop turn takes before writing.
+const DELIVERY_BATCH: usize = 256;
+
+impl Conn {
+    #[allow(clippy::too_many_arguments)]
+    async fn serve(
+        &mut self,
+        mut rd: OwnedReadHalf,
+        wr: &mut OwnedWriteHalf,
+        mut buf: BytesMut,
+        mut events: Option<tokio::sync::mpsc::UnboundedReceiver<ConsumerEvent>>,
+        keepalive: Option<Duration>,
+        shutdown: &CancellationToken,
+        kick: &CancellationToken,
+    ) -> std::io::Result<()> {
+        let max = self.ctx.settings.max_packet_size as usize;
+        let mut alarm = self.ctx.broker.memory_alarm();
+        let mut last_recv = Instant::now();
+        // Packets already buffered behind the CONNECT.
+        self.read_packets(&mut buf, max).await;
+        let result = loop {
+            flush(wr, &mut self.out).await?;
+            if self.end.is_some() {
+                break Ok(());
+            }
+            let alarmed = *alarm.borrow() && self.has_published;
+            let read_ok =
+                !alarmed && self.confirms.len() < usize::from(self.ctx.settings.receive_maximum);
+            if buf.capacity() - buf.len() < 64 {
+                buf.reserve(256);
+            }
+            let deadline = keepalive.map(|k| last_recv + k);
+            tokio::select! {
+                _ = shutdown.cancelled() => {
+                    self.disconnect(ReasonCode::SERVER_SHUTTING_DOWN);
+                    self.end = Some(End::Normal);
+                    // A broker shutdown is not the client's failure: no will.
+                    self.will = None;
+                }
+                _ = kick.cancelled() => {
+                    self.disconnect(ReasonCode::SESSION_TAKEN_OVER);
+                    self.end = Some(End::Abnormal);
+                }
+                r = rd.read_buf(&mut buf), if read_ok => {
+                    match r {
+                        Ok(0) => {
+                            self.end.get_or_insert(End::Abnormal);
+                        }
+                        Ok(_) => {
+                            last_recv = Instant::now();
+                            self.read_packets(&mut buf, max).await;
+                        }
+                        Err(e) => break Err(e),
+                    }
+                }
+                Some(ack) = self.confirms.next(), if !self.confirms.is_empty() => {
+                    if matches!(ack, Packet::PubAck(_)) {
+                        self.qos1_pending = self.qos1_pending.saturating_sub(1);
+                    }
+                    self.send(ack);
+                }
+                ev = recv_some(&mut events) => {
+                    if let Some(ev) = ev {
+                        self.on_event(ev);
+                        let mut n = 1;
+                        while n < DELIVERY_BATCH {
+                            match events.as_mut().map(|e| e.try_recv()) {
+                                Some(Ok(ev)) => self.on_event(ev),
+                                _ => break,
+                            }
+                            n += 1;
+                        }
+                    }
+                }
+                _ = sleep_until(deadline) => {
+                    tracing::info!("mqtt keepalive timed out");
+                    self.disconnect(ReasonCode::KEEP_ALIVE_TIMEOUT);
+                    self.end = Some(End::Abnormal);
+                }
+                _ = alarm.changed() => {}
+            }
+        };
+        self.session.events_rx = events;
+        result
+    }
+
+    /// Decodes and handles every whole packet in `buf`.
+    async fn read_packets(&mut self, buf: &mut BytesMut, max: usize) {
+        while self.end.is_none() {
+            match codec::decode(buf, Some(self.version), max) {
+                Ok(Some(p)) => self.on_packet(p).await,
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::info!(error = %e, "mqtt bad packet");
+                    self.disconnect(e.reason_code());
+                    self.end = Some(End::Abnormal);
+                }
+            }
+        }
+    }
+
+    /// Queues `packet` for the next write.
+    pub(crate) fn send(&mut self, packet: Packet) {
+        if let Err(e) = codec::encode(&packet, self.version, &mut self.out) {
+            tracing::error!(error = %e, "mqtt packet not encoded");
+        }
+    }
+
+    /// Queues a DISCONNECT with `reason` (MQTT 5 only; earlier versions
+    /// just close).
+    pub(crate) fn disconnect(&mut self, reason: ReasonCode) {
+        if self.version.is_v5() {
+            self.send(Packet::Disconnect(Disconnect::new(reason)));
+        }
+    }
+
+    /// Closes the connection for a protocol violation.
+    pub(crate) fn fail(&mut self, reason: ReasonCode, why: &str) {
+        tracing::info!(%reason, why, "mqtt protocol violation");
+        self.disconnect(reason);
+        self.end = Some(End::Abnormal);
+    }
+
+    /// After the loop: will, session parked or ended, registry released.
+    async fn finish(mut self) {
+        let will = match self.end {
+            Some(End::Normal) => None,
+            _ => self.will.take(),
+        };
+        let will = will.map(|w| self.will_message(w));
+        let ctx = Arc::clone(&self.ctx);
+        let conn_id = self.guard.id();
+        let client_id = self.session.client_id.clone();
+        if self.session.is_persistent() {
+            // Shared subscriptions go back to the group while we are away.
+            self.session.shared.clear();
+            let now = Instant::now();
+            let expires_at = registry::expiry_deadline(self.session.expiry, now);
+            // A delayed will waits with the parked session; one without
+            // delay goes out now.
+            let (pending, now_will) = match will {
+                Some((w, 0)) => (None, Some(w)),
+                Some((w, delay)) => {
+                    let at = now + Duration::from_secs(u64::from(delay));
+                    let at = expires_at.map_or(at, |e| e.min(at));
+                    (Some(PendingWill { at, ..w }), None)
+                }
+                None => (None, None),
+            };
+            self.save_session_at(crate::convert::unix_secs()).await;
+            let session =
+                std::mem::replace(&mut self.session, Session::new(String::new(), 0, conn_id));
+            ctx.registry.release(
+                &client_id,
+                conn_id,
+                Some(Box::new(Parked {
+                    session,
+                    expires_at,
+                    will: pending,
+                })),
+            );
+            if let Some(w) = now_will {
+                registry::publish_will(&ctx, w).await;
+            }
+        } else {
+            // The will goes out when the session ends, which is now.
+            let session =
+                std::mem::replace(&mut self.session, Session::new(String::new(), 0, conn_id));
+            registry::end_session(&ctx, session).await;
+            ctx.registry.release(&client_id, conn_id, None);
+            if let Some((w, _)) = will {
+                registry::publish_will(&ctx, w).await;
+            }
+        }
+    }
+
+    /// Stores the session record (persistent sessions), durably.
+    pub(crate) async fn save_session(&mut self) {
+        self.save_session_at(0).await;
+    }
+
+    async fn save_session_at(&mut self, disconnected_at: u64) {
+        let mut w = junction_core::StateWrites::new();
+        if self.session.is_persistent() {
+            self.session.save(&mut w, disconnected_at);
+        } else if self.session.stored {
+            self.session.forget(&mut w);
+        } else {
+            return;
+        }
+        if let Err(e) = self.ctx.broker.write_state(w).await {
+            tracing::warn!(error = %e, "mqtt session record not written");
+        }
+    }
+
+    /// The will as a pending message, and its delay in seconds.
+    fn will_message(&self, w: LastWill) -> (PendingWill, u32) {
+        let delay = w.properties.will_delay_interval.unwrap_or(0);
+        let p = Publish {
+            dup: false,
+            qos: w.qos,
+            retain: w.retain,
+            topic: w.topic.clone(),
+            packet_id: None,
+            properties: codec::PublishProperties {
+                payload_format: w.properties.payload_format,
+                message_expiry_interval: w.properties.message_expiry_interval,
+                content_type: w.properties.content_type.clone(),
+                response_topic: w.properties.response_topic.clone(),
+                correlation_data: w.properties.correlation_data.clone(),
+                user_properties: w.properties.user_properties.clone(),
+                ..codec::PublishProperties::default()
+            },
+            payload: w.payload.clone(),
+        };
+        let message = crate::convert::to_core(&p, w.topic.as_str(), self.origin());
+        (
+            PendingWill {
+                at: Instant::now(),
+                message,
+                retain: w.retain,
+            },
+            delay,
+        )
+    }
+
+    pub(crate) fn origin(&self) -> junction_core::Origin {
+        junction_core::Origin {
+            protocol: Protocol::Mqtt,
+            connection: self.guard.id(),
+        }
+    }
+}
+
+async fn recv_some(
+    events: &mut Option<tokio::sync::mpsc::UnboundedReceiver<ConsumerEvent>>,
+) -> Option<ConsumerEvent> {
+    match events {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,359 @@
+//! MQTT ⇄ core: topic names and filters to AMQP routing keys and topic
+//! patterns on `amq.topic`, and PUBLISH packets to and from the core
+//! [`Message`]. The mapping tables are in docs/mqtt.md.
+//!
+//! Topic levels: MQTT separates them with `/`, AMQP topic words with `.`;
+//! the two characters are swapped both ways (RabbitMQ's convention), so
+//! `plant/7/temp` is the routing key `plant.7.temp` and `a.b/c` is `a/b.c`.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use junction_core::{FieldTable, FieldValue, Message, Origin, Properties};
+
+use crate::codec::{PayloadFormat, Publish, PublishProperties, QoS, TopicName};
+
+/// The exchange every MQTT topic lives on.
+pub const TOPIC_EXCHANGE: &str = "amq.topic";
+
+/// Header: the QoS the MQTT publisher used (RabbitMQ's name).
+pub const H_PUBLISH_QOS: &str = "x-mqtt-publish-qos";
+/// Header: the publisher set the RETAIN flag (for Retain As Published).
+pub const H_RETAIN: &str = "x-mqtt-retain";
+/// Header: MQTT 5 Payload Format Indicator 1 (UTF-8 payload).
+pub const H_PAYLOAD_FORMAT: &str = "x-mqtt-payload-format-indicator";
+/// Header: MQTT 5 Correlation Data that is not a short UTF-8 string.
+pub const H_CORRELATION_DATA: &str = "x-mqtt-correlation-data";
+/// Header: MQTT 5 Message Expiry Interval as published, seconds.
+pub const H_EXPIRY: &str = "x-mqtt-message-expiry-interval";
+
+/// Swaps `/` and `.`: an MQTT topic to an AMQP routing key and back.
+pub fn swap_separators(s: &str) -> String {
+    s.chars()
+        .map(|c| match c {
+            '/' => '.',
+            '.' => '/',
+            c => c,
+        })
+        .collect()
+}
+
+/// An MQTT topic filter as an AMQP topic binding pattern: separators
+/// swapped, `+` → `*`, `#` stays.
+pub fn filter_to_pattern(filter: &str) -> String {
+    filter
+        .split('/')
+        .map(|level| match level {
+            "+" => "*".to_string(),
+            l => l.replace('.', "/"),
+        })
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+/// Does the MQTT `topic` match the MQTT `filter`? A topic starting with
+/// `$` is not matched by a filter starting with a wildcard [MQTT-4.7.2-1].
+pub fn filter_matches(filter: &str, topic: &str) -> bool {
+    if topic.starts_with('$') && (filter.starts_with('+') || filter.starts_with('#')) {
+        return false;
+    }
+    let mut f = filter.split('/');
+    let mut t = topic.split('/');
+    loop {
+        match (f.next(), t.next()) {
+            (Some("#"), _) => return true,
+            (Some("+"), Some(_)) => {}
+            (Some(a), Some(b)) if a == b => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
+pub(crate) fn unix_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// A PUBLISH from a client as a core message on `amq.topic`. QoS 1 and 2
+/// messages are persistent (stored in durable queues), QoS 0 ones are not.
+pub fn to_core(p: &Publish, topic: &str, origin: Origin) -> Message {
+    let mut headers = FieldTable::new();
+    headers.insert(H_PUBLISH_QOS, FieldValue::I8(p.qos as i8));
+    if p.retain {
+        headers.insert(H_RETAIN, FieldValue::Bool(true));
+    }
+    let pp = &p.properties;
+    let mut props = Properties {
+        delivery_mode: Some(if p.qos == QoS::AtMostOnce { 1 } else { 2 }),
+        content_type: pp.content_type.clone(),
+        reply_to: pp
+            .response_topic
+            .as_ref()
+            .map(|t| swap_separators(t.as_str())),
+        ..Properties::default()
+    };
+    if pp.payload_format == Some(PayloadFormat::Utf8) {
+        headers.insert(H_PAYLOAD_FORMAT, FieldValue::U8(1));
+    }
+    if let Some(secs) = pp.message_expiry_interval {
+        props.expiration = Some((u64::from(secs) * 1000).to_string());
+        props.timestamp = Some(unix_secs());
+        headers.insert(H_EXPIRY, FieldValue::U32(secs));
+    }
+    if let Some(cd) = &pp.correlation_data {
+        match std::str::from_utf8(cd) {
+            Ok(s) if s.len() <= 255 => props.correlation_id = Some(s.to_string()),
+            _ => headers.insert(H_CORRELATION_DATA, FieldValue::ByteArray(cd.clone())),
+        }
+    }
+    for (k, v) in &pp.user_properties {
+        // Pushed, not inserted: user properties may repeat a name.
+        headers
+            .0
+            .push((k.clone(), FieldValue::LongString(Bytes::from(v.clone()))));
+    }
+    props.headers = headers;
+    let mut m = Message::new(TOPIC_EXCHANGE, swap_separators(topic), p.payload.clone());
+    m.properties = props;
+    m.origin = origin;
+    m
+}
+
+/// The QoS the message was published with: MQTT's own header, else AMQP's
+/// delivery mode (persistent → 1, as RabbitMQ maps it).
+pub fn published_qos(m: &Message) -> QoS {
+    match m
+        .properties
+        .headers
+        .get(H_PUBLISH_QOS)
+        .and_then(FieldValue::as_i128)
+    {
+        Some(2) => QoS::ExactlyOnce,
+        Some(1) => QoS::AtLeastOnce,
+        Some(_) => QoS::AtMostOnce,
+        None if m.properties.is_persistent() => QoS::AtLeastOnce,
+        None => QoS::AtMostOnce,
+    }
+}
+
+/// Whether the publisher set RETAIN.
+pub fn published_retain(m: &Message) -> bool {
+    matches!(
+        m.properties.headers.get(H_RETAIN),
+        Some(FieldValue::Bool(true))
+    )
+}
+
+/// Seconds left before the message expires (`Some(0)`: expired), or None
+/// when it has no expiry. Counted from the publish time in whole seconds.
+pub fn remaining_expiry(m: &Message, now_unix: u64) -> Option<u32> {
+    let p = &m.properties;
+    let secs = match p.headers.get(H_EXPIRY).and_then(FieldValue::as_i128) {
+        Some(s) => u64::try_from(s).ok()?,
+        None => p.ttl_millis()?.div_ceil(1000),
+    };
+    let elapsed = p.timestamp.map_or(0, |t| now_unix.saturating_sub(t));
+    Some(u32::try_from(secs.saturating_sub(elapsed)).unwrap_or(u32::MAX))
+}
+
+/// A header value as an MQTT user property value, when it has a text form.
+fn header_text(v: &FieldValue) -> Option<String> {
+    Some(match v {
+        FieldValue::ShortString(s) => s.clone(),
+        FieldValue::LongString(b) => String::from_utf8(b.to_vec()).ok()?,
+        FieldValue::Bool(b) => b.to_string(),
+        FieldValue::F32(f) => f.to_string(),
+        FieldValue::F64(f) => f.to_string(),
+        other => other.as_i128()?.to_string(),
+    })
+}
+
+/// The MQTT 5 properties of a core message going to a client (the
+/// subscription identifiers and topic alias are the session's to add).
+/// Headers under `x-mqtt-` are the adapter's own and are not passed on.
+pub fn from_core(m: &Message, now_unix: u64) -> PublishProperties {
+    let p = &m.properties;
+    let h = &p.headers;
+    let mut out = PublishProperties {
+        content_type: p.content_type.clone(),
+        response_topic: p
+            .reply_to
+            .as_deref()
+            .and_then(|r| TopicName::new(swap_separators(r)).ok())
+            .filter(|t| !t.is_empty()),
+        message_expiry_interval: remaining_expiry(m, now_unix),
+        ..PublishProperties::default()
+    };
+    if matches!(
+        h.get(H_PAYLOAD_FORMAT).and_then(FieldValue::as_i128),
+        Some(1)
+    ) {
+        out.payload_format = Some(PayloadFormat::Utf8);
+    }
+    out.correlation_data = match h.get(H_CORRELATION_DATA) {
+        Some(FieldValue::ByteArray(b) | FieldValue::LongString(b)) => Some(b.clone()),
+        _ => p
+            .correlation_id
+            .as_ref()
+            .map(|c| Bytes::from(c.clone().into_bytes())),
+    };
+    for (k, v) in h.iter() {
+        if k.starts_with("x-mqtt-") {
+            continue;
+        }
+        if let Some(text) = header_text(v) {
+            out.user_properties.push((k.to_string(), text));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use junction_core::{ConnectionId, Protocol};
+
+    fn publish(topic: &str, qos: QoS) -> Publish {
+        Publish {
+            dup: false,
+            qos,
+            retain: false,
+            topic: TopicName::new(topic).unwrap(),
+            packet_id: (qos != QoS::AtMostOnce).then_some(1),
+            properties: PublishProperties::default(),
+            payload: Bytes::from_static(b"\x00\xff"),
+        }
+    }
+
+    const ORIGIN: Origin = Origin {
+        protocol: Protocol::Mqtt,
+        connection: ConnectionId(7),
+    };
+
+    #[test]
+    fn separators_swap_both_ways() {
+        assert_eq!(swap_separators("plant/7/temp"), "plant.7.temp");
+        assert_eq!(swap_separators("a.b/c"), "a/b.c");
+        assert_eq!(swap_separators(&swap_separators("x/y.z//")), "x/y.z//");
+    }
+
+    #[test]
+    fn filters_become_topic_patterns() {
+        assert_eq!(filter_to_pattern("cmd/+"), "cmd.*");
+        assert_eq!(filter_to_pattern("a/#"), "a.#");
+        assert_eq!(filter_to_pattern("#"), "#");
+        assert_eq!(filter_to_pattern("+/v1.2/#"), "*.v1/2.#");
+    }
+
+    #[test]
+    fn mqtt_4_7_1_filter_matching() {
+        assert!(filter_matches("a/#", "a"));
+        assert!(filter_matches("a/#", "a/b/c"));
+        assert!(filter_matches("a/+/c", "a/b/c"));
+        assert!(filter_matches("a/+", "a/"));
+        assert!(filter_matches("+/+", "/x"));
+        assert!(!filter_matches("a/+", "a/b/c"));
+        assert!(!filter_matches("a/b", "a/b/c"));
+        assert!(!filter_matches("a/b/c", "a/b"));
+    }
+
+    #[test]
+    fn mqtt_4_7_2_1_dollar_topics_not_matched_by_leading_wildcards() {
+        assert!(!filter_matches("#", "$SYS/broker/uptime"));
+        assert!(!filter_matches("+/broker/uptime", "$SYS/broker/uptime"));
+        assert!(filter_matches("$SYS/#", "$SYS/broker/uptime"));
+        assert!(filter_matches("$SYS/+/uptime", "$SYS/broker/uptime"));
+    }
+
+    #[test]
+    fn qos_decides_persistence_and_is_kept() {
+        let m = to_core(&publish("a/b", QoS::AtMostOnce), "a/b", ORIGIN);
+        assert_eq!(
+            (m.exchange.as_str(), m.routing_key.as_str()),
+            ("amq.topic", "a.b")
+        );
+        assert!(!m.properties.is_persistent());
+        assert_eq!(published_qos(&m), QoS::AtMostOnce);
+        let m = to_core(&publish("a/b", QoS::ExactlyOnce), "a/b", ORIGIN);
+        assert!(m.properties.is_persistent());
+        assert_eq!(published_qos(&m), QoS::ExactlyOnce);
+        assert_eq!(m.body.as_ref(), b"\x00\xff");
+        assert_eq!(m.origin, ORIGIN);
+    }
+
+    #[test]
+    fn amqp_messages_get_qos_from_delivery_mode() {
+        let m = Message::new("amq.topic", "a", Bytes::new());
+        assert_eq!(published_qos(&m), QoS::AtMostOnce);
+        assert_eq!(published_qos(&m.persistent()), QoS::AtLeastOnce);
+    }
+
+    #[test]
+    fn v5_properties_round_trip_through_the_core() {
+        let mut p = publish("dev/7/req", QoS::AtLeastOnce);
+        p.retain = true;
+        p.properties = PublishProperties {
+            payload_format: Some(PayloadFormat::Utf8),
+            message_expiry_interval: Some(60),
+            response_topic: Some(TopicName::new("reply/dev7").unwrap()),
+            correlation_data: Some(Bytes::from_static(b"req-42")),
+            user_properties: vec![
+                ("k".into(), "1".into()),
+                ("k".into(), "2".into()),
+                ("z".into(), "3".into()),
+            ],
+            content_type: Some("application/json".into()),
+            ..PublishProperties::default()
+        };
+        let m = to_core(&p, "dev/7/req", ORIGIN);
+        assert_eq!(m.properties.reply_to.as_deref(), Some("reply.dev7"));
+        assert_eq!(m.properties.correlation_id.as_deref(), Some("req-42"));
+        assert_eq!(
+            m.properties.content_type.as_deref(),
+            Some("application/json")
+        );
+        assert_eq!(m.properties.expiration.as_deref(), Some("60000"));
+        assert!(published_retain(&m));
+        let now = m.properties.timestamp.unwrap();
+        let back = from_core(&m, now + 5);
+        assert_eq!(back.payload_format, Some(PayloadFormat::Utf8));
+        assert_eq!(back.message_expiry_interval, Some(55));
+        assert_eq!(back.response_topic.as_ref().unwrap().as_str(), "reply/dev7");
+        assert_eq!(back.correlation_data.as_deref(), Some(&b"req-42"[..]));
+        assert_eq!(back.content_type.as_deref(), Some("application/json"));
+        assert_eq!(back.user_properties, p.properties.user_properties);
+        assert_eq!(from_core(&m, now + 61).message_expiry_interval, Some(0));
+    }
+
+    #[test]
+    fn binary_correlation_data_goes_to_a_header() {
+        let mut p = publish("a", QoS::AtLeastOnce);
+        p.properties.correlation_data = Some(Bytes::from_static(b"\xff\x00"));
+        let m = to_core(&p, "a", ORIGIN);
+        assert_eq!(m.properties.correlation_id, None);
+        let back = from_core(&m, 0);
+        assert_eq!(back.correlation_data.as_deref(), Some(&b"\xff\x00"[..]));
+    }
+
+    #[test]
+    fn amqp_headers_become_user_properties() {
+        let mut m = Message::new("amq.topic", "cmd.7", Bytes::new());
+        m.properties.headers.insert("s", FieldValue::string("v"));
+        m.properties.headers.insert("n", FieldValue::I32(-3));
+        m.properties
+            .headers
+            .insert("t", FieldValue::Table(FieldTable::new()));
+        m.properties.reply_to = Some("amq.rabbitmq.reply-to".into());
+        let p = from_core(&m, 0);
+        assert_eq!(
+            p.user_properties,
+            vec![
+                ("s".to_string(), "v".to_string()),
+                ("n".into(), "-3".into())
+            ]
+        );
+        assert_eq!(p.response_topic.unwrap().as_str(), "amq/rabbitmq/reply-to");
+    }
+}

@@ -1,0 +1,757 @@
+//! What each packet does to the session and the core, and how core
+//! deliveries become PUBLISH packets.
+
+use std::sync::atomic::Ordering;
+
+use junction_core::{
+    Binding, ConsumerEvent, ConsumerSpec, CoreError, Delivery, Destination, FieldTable, FieldValue,
+    QueueDef, Settle, StateWrites,
+};
+
+use crate::codec::{
+    self, Ack, Packet, Publish, QoS, ReasonCode, ReasonProperties, RetainHandling, SubAck,
+    Subscribe, TopicName, UnsubAck, Unsubscribe,
+};
+use crate::connection::{Conn, End};
+use crate::convert::{
+    self, TOPIC_EXCHANGE, filter_matches, filter_to_pattern, swap_separators, unix_secs,
+};
+use crate::registry;
+use crate::session::{
+    Inflight, Match, NAMESPACE, Source, SubOptions, incoming_key, outgoing_key, shared_queue_name,
+    split_shared,
+};
+
+fn qos_min(a: QoS, b: QoS) -> QoS {
+    a.min(b)
+}
+
+impl Conn {
+    pub(crate) async fn on_packet(&mut self, p: Packet) {
+        match p {
+            Packet::Publish(p) => self.on_publish(p).await,
+            Packet::PubAck(a) => self.on_puback(a.packet_id),
+            Packet::PubRec(a) => self.on_pubrec(a),
+            Packet::PubRel(a) => self.on_pubrel(a.packet_id),
+            Packet::PubComp(a) => self.on_pubcomp(a.packet_id),
+            Packet::Subscribe(s) => self.on_subscribe(s).await,
+            Packet::Unsubscribe(u) => self.on_unsubscribe(u).await,
+            Packet::PingReq => self.send(Packet::PingResp),
+            Packet::Disconnect(d) => {
+                if let Some(expiry) = d.properties.session_expiry_interval {
+                    if self.session.expiry == 0 && expiry > 0 {
+                        // [MQTT-3.14.2-2]
+                        self.fail(ReasonCode::PROTOCOL_ERROR, "session expiry raised from 0");
+                        return;
+                    }
+                    self.session.expiry = expiry;
+                }
+                if d.reason == ReasonCode::DISCONNECT_WITH_WILL_MESSAGE {
+                    self.end = Some(End::Abnormal);
+                } else {
+                    self.will = None;
+                    self.end = Some(End::Normal);
+                }
+            }
+            Packet::Connect(_) => self.fail(ReasonCode::PROTOCOL_ERROR, "second CONNECT"),
+            Packet::Auth(_) => self.fail(
+                ReasonCode::PROTOCOL_ERROR,
+                "AUTH without an authentication method",
+            ),
+            other => self.fail(
+                ReasonCode::PROTOCOL_ERROR,
+                &format!("{} from a client", other.packet_type().name()),
+            ),
+        }
+    }
+
+    /// Starts the session's consumers (own queue, shared groups).
+    pub(crate) async fn attach(&mut self) -> Result<(), CoreError> {
+        let has_own = self
+            .session
+            .subs
+            .by_filter
+            .keys()
+            .any(|f| split_shared(f).is_none());
+        if has_own {
+            self.ensure_own_consumer().await?;
+        }
+        let shared: Vec<(String, String)> = self
+            .session
+            .subs
+            .shared()
+            .map(|(g, f, _)| (g.to_string(), f.to_string()))
+            .collect();
+        for (g, f) in shared {
+            self.ensure_shared_consumer(&g, &f).await?;
+        }
+        Ok(())
+    }
+
+    /// Resends what the client has not acknowledged: PUBLISH with DUP
+    /// [MQTT-4.4.0-1], PUBREL for QoS 2 messages past PUBREC.
+    pub(crate) fn resend_inflight(&mut self) {
+        let ids: Vec<u16> = self.session.inflight.keys().copied().collect();
+        for id in ids {
+            if let Some(f) = self.session.inflight.get(&id) {
+                let mut p = f.publish.clone();
+                p.dup = true;
+                self.write_publish(p);
+            }
+        }
+        let rels: Vec<u16> = self.session.pubrel_pending.iter().copied().collect();
+        for id in rels {
+            self.send(Packet::PubRel(Ack::new(id)));
+        }
+    }
+
+    fn queue_def(&self, name: &str, durable: bool) -> QueueDef {
+        let s = &self.ctx.settings;
+        let mut args = FieldTable::new();
+        if s.max_queued_messages > 0 {
+            args.insert("x-max-length", FieldValue::U64(s.max_queued_messages));
+        }
+        if s.max_queued_bytes > 0 {
+            args.insert("x-max-length-bytes", FieldValue::U64(s.max_queued_bytes));
+        }
+        let mut def = QueueDef::new(name);
+        def.durable = durable;
+        def.arguments = args;
+        def
+    }
+
+    /// Declares a queue, or uses it as it is when it exists with other
+    /// arguments (limits changed in the configuration since).
+    async fn declare(&self, def: QueueDef) -> Result<(), CoreError> {
+        let vhost = &self.ctx.settings.vhost;
+        let name = def.name.clone();
+        match self.ctx.broker.declare_queue(vhost, def, false).await {
+            Ok(_) => Ok(()),
+            Err(CoreError::PreconditionFailed(_)) => self
+                .ctx
+                .broker
+                .declare_queue(vhost, QueueDef::new(name), true)
+                .await
+                .map(|_| ()),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn spec(&self, tag: &str) -> ConsumerSpec {
+        let mut spec = ConsumerSpec::new(tag, self.guard.id());
+        spec.credits
+            .push(std::sync::Arc::clone(&self.session.credit));
+        spec
+    }
+
+    async fn ensure_own_consumer(&mut self) -> Result<(), CoreError> {
+        if self.session.consumer.is_some() {
+            return Ok(());
+        }
+        let def = self.queue_def(&self.session.queue, self.session.is_persistent());
+        self.declare(def).await?;
+        let spec = self.spec(&self.session.client_id);
+        let handle = self.ctx.broker.consume(
+            &self.ctx.settings.vhost,
+            &self.session.queue,
+            spec,
+            self.session.events_tx.clone(),
+        )?;
+        self.session.consumer = Some(handle);
+        Ok(())
+    }
+
+    async fn ensure_shared_consumer(&mut self, group: &str, filter: &str) -> Result<(), CoreError> {
+        let queue = shared_queue_name(group, filter);
+        if self.session.shared.contains_key(&queue) {
+            return Ok(());
+        }
+        let def = self.queue_def(&queue, true);
+        self.declare(def).await?;
+        self.bind(&queue, filter, true).await?;
+        let spec = self.spec(&self.session.client_id);
+        let handle = self.ctx.broker.consume(
+            &self.ctx.settings.vhost,
+            &queue,
+            spec,
+            self.session.events_tx.clone(),
+        )?;
+        self.session.shared.insert(queue, handle);
+        Ok(())
+    }
+
+    async fn bind(&self, queue: &str, filter: &str, bind: bool) -> Result<(), CoreError> {
+        let b = Binding {
+            source: TOPIC_EXCHANGE.to_string(),
+            destination: Destination::Queue(queue.to_string()),
+            routing_key: filter_to_pattern(filter),
+            arguments: FieldTable::new(),
+        };
+        let vhost = &self.ctx.settings.vhost;
+        if bind {
+            self.ctx.broker.bind(vhost, b, None).await
+        } else {
+            self.ctx.broker.unbind(vhost, &b, None).await
+        }
+    }
+
+    async fn on_subscribe(&mut self, s: Subscribe) {
+        let sub_id = s.properties.subscription_identifier;
+        let mut reasons = Vec::with_capacity(s.subscriptions.len());
+        let mut retained_for = Vec::new();
+        for sub in s.subscriptions {
+            let filter = sub.filter.as_str().to_string();
+            let o = sub.options;
+            let opts = SubOptions {
+                qos: o.qos,
+                no_local: o.no_local,
+                retain_as_published: o.retain_as_published,
+                retain_handling: o.retain_handling,
+                id: sub_id,
+            };
+            let shared = match sub.filter.shared() {
+                Ok(s) => s.map(|s| (s.group.to_string(), s.filter.to_string())),
+                Err(_) => {
+                    reasons.push(ReasonCode::TOPIC_FILTER_INVALID);
+                    continue;
+                }
+            };
+            let result = match &shared {
+                Some((g, f)) => self.ensure_shared_consumer(g, f).await,
+                None => match self.ensure_own_consumer().await {
+                    Ok(()) => {
+                        let q = self.session.queue.clone();
+                        self.bind(&q, &filter, true).await
+                    }
+                    Err(e) => Err(e),
+                },
+            };
+            if let Err(e) = result {
+                tracing::warn!(error = %e, %filter, "mqtt subscribe failed");
+                reasons.push(ReasonCode::UNSPECIFIED_ERROR);
+                continue;
+            }
+            let existed = self
+                .session
+                .subs
+                .by_filter
+                .insert(filter.clone(), opts.clone())
+                .is_some();
+            if !existed {
+                self.ctx.stats.subscriptions.fetch_add(1, Ordering::Relaxed);
+            }
+            reasons.push(ReasonCode(opts.qos as u8));
+            let send_retained = shared.is_none()
+                && match opts.retain_handling {
+                    RetainHandling::SendAtSubscribe => true,
+                    RetainHandling::SendAtSubscribeIfNew => !existed,
+                    RetainHandling::DoNotSend => false,
+                };
+            if send_retained {
+                retained_for.push((filter, opts));
+            }
+        }
+        if self.session.is_persistent() {
+            self.save_session().await;
+        }
+        let reasons = if self.version.is_v5() {
+            reasons
+        } else {
+            reasons
+                .into_iter()
+                .map(|r| ReasonCode(r.to_v3_suback().unwrap_or(0x80)))
+                .collect()
+        };
+        self.send(Packet::SubAck(SubAck {
+            packet_id: s.packet_id,
+            properties: ReasonProperties::default(),
+            reasons,
+        }));
+        for (filter, opts) in retained_for {
+            self.send_retained(&filter, &opts);
+        }
+        self.drain_retained_backlog();
+    }
+
+    /// Queues the retained messages matching `filter` (and the current
+    /// `$SYS` values) for delivery with RETAIN set.
+    fn send_retained(&mut self, filter: &str, opts: &SubOptions) {
+        let now = unix_secs();
+        let vhost = &self.ctx.settings.vhost;
+        let mut found: Vec<Publish> = Vec::new();
+        for m in self
+            .ctx
+            .broker
+            .retained_matching(vhost, &filter_to_pattern(filter))
+        {
+            let topic = swap_separators(&m.routing_key);
+            if !filter_matches(filter, &topic) {
+                continue;
+            }
+            let Ok(topic) = TopicName::new(topic) else {
+                continue;
+            };
+            let mut props = convert::from_core(&m, now);
+            if props.message_expiry_interval == Some(0) {
+                continue;
+            }
+            props.subscription_identifiers.extend(opts.id);
+            found.push(Publish {
+                dup: false,
+                qos: qos_min(convert::published_qos(&m), opts.qos),
+                retain: true,
+                topic,
+                packet_id: None,
+                properties: props,
+                payload: m.body.clone(),
+            });
+        }
+        for (topic, payload) in self.ctx.sys.values() {
+            if filter_matches(filter, &topic)
+                && let Ok(topic) = TopicName::new(topic)
+            {
+                let mut p = Publish {
+                    dup: false,
+                    qos: QoS::AtMostOnce,
+                    retain: true,
+                    topic,
+                    packet_id: None,
+                    properties: codec::PublishProperties::default(),
+                    payload,
+                };
+                p.properties.subscription_identifiers.extend(opts.id);
+                found.push(p);
+            }
+        }
+        self.retained_backlog.extend(found);
+    }
+
+    /// Sends queued retained messages while the client's window has room.
+    pub(crate) fn drain_retained_backlog(&mut self) {
+        while let Some(p) = self.retained_backlog.front() {
+            if p.qos == QoS::AtMostOnce {
+                let p = self.retained_backlog.pop_front().expect("front exists");
+                self.count_sent(&p);
+                self.write_publish(p);
+                continue;
+            }
+            let credit = &self.session.credit;
+            if credit.limit() != 0 && credit.used() >= credit.limit() {
+                break;
+            }
+            let Some(id) = self.session.next_packet_id() else {
+                break;
+            };
+            let mut p = self.retained_backlog.pop_front().expect("front exists");
+            p.packet_id = Some(id);
+            self.session.credit.take();
+            self.session.inflight.insert(
+                id,
+                Inflight {
+                    publish: p.clone(),
+                    source: Source::Retained,
+                },
+            );
+            self.count_sent(&p);
+            self.write_publish(p);
+        }
+    }
+
+    async fn on_unsubscribe(&mut self, u: Unsubscribe) {
+        let mut reasons = Vec::with_capacity(u.filters.len());
+        for f in u.filters {
+            let filter = f.as_str();
+            if self.session.subs.by_filter.remove(filter).is_none() {
+                reasons.push(ReasonCode::NO_SUBSCRIPTION_EXISTED);
+                continue;
+            }
+            self.ctx.stats.subscriptions.fetch_sub(1, Ordering::Relaxed);
+            if let Some(q) = registry::shared_queue(filter) {
+                if let Some(h) = self.session.shared.remove(&q) {
+                    h.cancel(true);
+                }
+                registry::drop_shared_queue_if_unused(&self.ctx, &q).await;
+            } else {
+                let pattern = filter_to_pattern(filter);
+                let still_bound = self
+                    .session
+                    .subs
+                    .by_filter
+                    .keys()
+                    .any(|f| split_shared(f).is_none() && filter_to_pattern(f) == pattern);
+                let q = self.session.queue.clone();
+                if !still_bound && let Err(e) = self.bind(&q, filter, false).await {
+                    tracing::warn!(error = %e, "mqtt unbind failed");
+                }
+            }
+            reasons.push(ReasonCode::SUCCESS);
+        }
+        if self.session.is_persistent() {
+            self.save_session().await;
+        }
+        self.send(Packet::UnsubAck(UnsubAck {
+            packet_id: u.packet_id,
+            properties: ReasonProperties::default(),
+            reasons,
+        }));
+    }
+
+    async fn on_publish(&mut self, mut p: Publish) {
+        // Topic alias [MQTT-3.3.2-7 .. 3.3.2-12].
+        if let Some(alias) = p.properties.topic_alias.take() {
+            if alias == 0 || alias > self.ctx.settings.topic_alias_maximum {
+                self.fail(ReasonCode::TOPIC_ALIAS_INVALID, "topic alias out of range");
+                return;
+            }
+            if p.topic.is_empty() {
+                match self.in_aliases.get(&alias) {
+                    Some(t) => match TopicName::new(t.clone()) {
+                        Ok(t) => p.topic = t,
+                        Err(_) => return,
+                    },
+                    None => {
+                        self.fail(ReasonCode::PROTOCOL_ERROR, "unknown topic alias");
+                        return;
+                    }
+                }
+            } else {
+                self.in_aliases.insert(alias, p.topic.as_str().to_string());
+            }
+        }
+        if p.topic.is_empty() {
+            self.fail(ReasonCode::PROTOCOL_ERROR, "empty topic without an alias");
+            return;
+        }
+        if p.topic.as_str().starts_with("$SYS") {
+            // The broker's own tree (as Mosquitto): accepted and
+            // acknowledged, not routed.
+            self.ack_now(&p, ReasonCode::SUCCESS);
+            return;
+        }
+        let packet_id = p.packet_id.unwrap_or(0);
+        let inbound = self.qos1_pending + self.session.incoming_qos2.len();
+        if p.qos != QoS::AtMostOnce
+            && self.version.is_v5()
+            && inbound >= usize::from(self.ctx.settings.receive_maximum)
+            && !(p.qos == QoS::ExactlyOnce && self.session.incoming_qos2.contains(&packet_id))
+        {
+            self.fail(
+                ReasonCode::RECEIVE_MAXIMUM_EXCEEDED,
+                "receive maximum exceeded",
+            );
+            return;
+        }
+        if p.qos == QoS::ExactlyOnce && self.session.incoming_qos2.contains(&packet_id) {
+            // A resend of a message already published: acknowledge only.
+            self.ack_now(&p, ReasonCode::SUCCESS);
+            return;
+        }
+        self.has_published = true;
+        let stats = &self.ctx.stats;
+        stats.messages_received.fetch_add(1, Ordering::Relaxed);
+        stats
+            .bytes_received
+            .fetch_add(p.payload.len() as u64, Ordering::Relaxed);
+        let msg = convert::to_core(&p, p.topic.as_str(), self.origin());
+        let vhost = self.ctx.settings.vhost.clone();
+        if p.retain
+            && let Err(e) = self.ctx.broker.set_retained(&vhost, msg.clone()).await
+        {
+            tracing::warn!(error = %e, "mqtt retained message not stored");
+        }
+        let published = if p.qos == QoS::ExactlyOnce {
+            self.session.incoming_qos2.insert(packet_id);
+            let mut w = StateWrites::new();
+            if self.session.is_persistent() {
+                w.put(
+                    NAMESPACE,
+                    &incoming_key(&self.session.client_id, packet_id),
+                    b"",
+                );
+            }
+            self.ctx.broker.publish_with_state(&vhost, msg, w).await
+        } else {
+            self.ctx.broker.publish(&vhost, msg).await
+        };
+        let published = match published {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(error = %e, "mqtt publish failed");
+                self.fail(ReasonCode::UNSPECIFIED_ERROR, "publish failed");
+                return;
+            }
+        };
+        if p.qos == QoS::AtMostOnce {
+            return;
+        }
+        let routed = published.routed;
+        let v5 = self.version.is_v5();
+        let qos = p.qos;
+        if qos == QoS::AtLeastOnce {
+            self.qos1_pending += 1;
+        }
+        self.confirms.push_back(Box::pin(async move {
+            let reason = match published.confirmed().await {
+                Ok(true) if routed == 0 && v5 => ReasonCode::NO_MATCHING_SUBSCRIBERS,
+                Ok(true) => ReasonCode::SUCCESS,
+                Ok(false) => ReasonCode::QUOTA_EXCEEDED,
+                Err(_) => ReasonCode::UNSPECIFIED_ERROR,
+            };
+            let mut ack = Ack::new(packet_id);
+            ack.reason = reason;
+            if qos == QoS::AtLeastOnce {
+                Packet::PubAck(ack)
+            } else {
+                Packet::PubRec(ack)
+            }
+        }));
+    }
+
+    /// Acknowledges a publish in order with those still awaiting the disk.
+    fn ack_now(&mut self, p: &Publish, reason: ReasonCode) {
+        let Some(id) = p.packet_id else {
+            return;
+        };
+        let mut ack = Ack::new(id);
+        ack.reason = reason;
+        let packet = match p.qos {
+            QoS::AtLeastOnce => {
+                self.qos1_pending += 1;
+                Packet::PubAck(ack)
+            }
+            _ => Packet::PubRec(ack),
+        };
+        self.confirms
+            .push_back(Box::pin(std::future::ready(packet)));
+    }
+
+    fn on_pubrel(&mut self, id: u16) {
+        let mut ack = Ack::new(id);
+        if self.session.incoming_qos2.remove(&id) {
+            if self.session.is_persistent() {
+                let mut w = StateWrites::new();
+                w.delete(NAMESPACE, &incoming_key(&self.session.client_id, id));
+                self.ctx.broker.write_state_soon(w);
+            }
+        } else {
+            ack.reason = ReasonCode::PACKET_IDENTIFIER_NOT_FOUND;
+        }
+        self.send(Packet::PubComp(ack));
+    }
+
+    /// Settles an outgoing message the client acknowledged (or refused).
+    fn settle(&mut self, source: Source) {
+        match source {
+            Source::Queue(consumer, tag) => {
+                if let Some(h) = self.session.consumer_handle(consumer)
+                    && let Err(e) = h.settle(tag, Settle::Ack)
+                {
+                    tracing::debug!(error = %e, "mqtt settle failed");
+                }
+            }
+            Source::Retained => {
+                self.session.credit.give_back();
+                self.pump();
+            }
+        }
+    }
+
+    /// Credit came back outside a queue's knowledge: let queues deliver.
+    fn pump(&mut self) {
+        if let Some(c) = &self.session.consumer {
+            c.pump();
+        }
+        for c in self.session.shared.values() {
+            c.pump();
+        }
+        self.drain_retained_backlog();
+    }
+
+    fn on_puback(&mut self, id: u16) {
+        match self.session.inflight.get(&id) {
+            Some(f) if f.publish.qos == QoS::AtLeastOnce => {}
+            _ => return,
+        }
+        if let Some(f) = self.session.inflight.remove(&id) {
+            self.settle(f.source);
+            self.drain_retained_backlog();
+        }
+    }
+
+    fn on_pubrec(&mut self, a: Ack) {
+        let id = a.packet_id;
+        match self.session.inflight.get(&id) {
+            Some(f) if f.publish.qos == QoS::ExactlyOnce => {}
+            _ => {
+                let mut rel = Ack::new(id);
+                if !self.session.pubrel_pending.contains(&id) {
+                    rel.reason = ReasonCode::PACKET_IDENTIFIER_NOT_FOUND;
+                }
+                self.send(Packet::PubRel(rel));
+                return;
+            }
+        }
+        let Some(f) = self.session.inflight.remove(&id) else {
+            return;
+        };
+        if a.reason.is_error() {
+            self.settle(f.source);
+            return;
+        }
+        // The client owns the message now: it leaves the queue, but keeps
+        // its slot in the window until PUBCOMP.
+        if let Source::Queue(..) = f.source {
+            self.settle(f.source);
+            self.session.credit.take();
+        }
+        self.session.pubrel_pending.insert(id);
+        if self.session.is_persistent() {
+            let mut w = StateWrites::new();
+            w.put(NAMESPACE, &outgoing_key(&self.session.client_id, id), b"");
+            self.ctx.broker.write_state_soon(w);
+        }
+        self.send(Packet::PubRel(Ack::new(id)));
+    }
+
+    fn on_pubcomp(&mut self, id: u16) {
+        if !self.session.pubrel_pending.remove(&id) {
+            return;
+        }
+        if self.session.is_persistent() {
+            let mut w = StateWrites::new();
+            w.delete(NAMESPACE, &outgoing_key(&self.session.client_id, id));
+            self.ctx.broker.write_state_soon(w);
+        }
+        self.session.credit.give_back();
+        self.pump();
+    }
+
+    pub(crate) fn on_event(&mut self, ev: ConsumerEvent) {
+        match ev {
+            ConsumerEvent::Deliver(d) => self.deliver(d),
+            ConsumerEvent::Cancelled(id) => {
+                if self.session.consumer.as_ref().is_some_and(|c| c.id() == id) {
+                    self.session.consumer = None;
+                }
+                self.session.shared.retain(|_, c| c.id() != id);
+            }
+        }
+    }
+
+    /// What a delivery matches: the session's own subscriptions, or the
+    /// shared subscription whose queue it came from.
+    fn match_delivery(&self, d: &Delivery, topic: &str) -> Option<Match> {
+        let own_consumer = self
+            .session
+            .consumer
+            .as_ref()
+            .is_some_and(|c| c.id() == d.consumer);
+        if own_consumer {
+            let origin = d.message.origin;
+            let own = origin.protocol == junction_core::Protocol::Mqtt
+                && origin.connection == self.guard.id();
+            return self.session.subs.matching(topic, own);
+        }
+        let (filter, o) = self.session.shared_sub_for(d.consumer)?;
+        filter_matches(filter, topic).then(|| Match {
+            qos: o.qos,
+            ids: o.id.into_iter().collect(),
+            retain_as_published: o.retain_as_published,
+        })
+    }
+
+    fn deliver(&mut self, d: Delivery) {
+        let topic = swap_separators(&d.message.routing_key);
+        let now = unix_secs();
+        let m = self.match_delivery(&d, &topic);
+        let props = if self.version.is_v5() {
+            Some(convert::from_core(&d.message, now))
+        } else {
+            None
+        };
+        let expired = convert::remaining_expiry(&d.message, now) == Some(0);
+        let (Some(m), Ok(topic_name), false) = (m, TopicName::new(topic), expired) else {
+            self.settle(Source::Queue(d.consumer, d.tag));
+            return;
+        };
+        let qos = qos_min(convert::published_qos(&d.message), m.qos);
+        let mut properties = props.unwrap_or_default();
+        properties.subscription_identifiers = m.ids;
+        let mut p = Publish {
+            dup: d.redelivered && qos != QoS::AtMostOnce,
+            qos,
+            retain: m.retain_as_published && convert::published_retain(&d.message),
+            topic: topic_name,
+            packet_id: None,
+            properties,
+            payload: d.message.body.clone(),
+        };
+        if qos == QoS::AtMostOnce {
+            self.count_sent(&p);
+            self.write_publish(p);
+            self.settle(Source::Queue(d.consumer, d.tag));
+            return;
+        }
+        let Some(id) = self.session.next_packet_id() else {
+            self.fail(ReasonCode::QUOTA_EXCEEDED, "no free packet identifier");
+            return;
+        };
+        p.packet_id = Some(id);
+        self.count_sent(&p);
+        if !self.write_publish(p.clone()) {
+            self.settle(Source::Queue(d.consumer, d.tag));
+            return;
+        }
+        self.session.inflight.insert(
+            id,
+            Inflight {
+                publish: p,
+                source: Source::Queue(d.consumer, d.tag),
+            },
+        );
+    }
+
+    fn count_sent(&self, p: &Publish) {
+        let stats = &self.ctx.stats;
+        stats.messages_sent.fetch_add(1, Ordering::Relaxed);
+        stats
+            .bytes_sent
+            .fetch_add(p.payload.len() as u64, Ordering::Relaxed);
+    }
+
+    /// Encodes a PUBLISH for the client, with a topic alias where one is
+    /// set or can be assigned. False when it is larger than the client's
+    /// Maximum Packet Size: it is not sent [MQTT-3.1.2-25].
+    pub(crate) fn write_publish(&mut self, mut p: Publish) -> bool {
+        let mut new_alias = None;
+        if !self.version.is_v5() {
+            p.properties = codec::PublishProperties::default();
+        } else if self.client_alias_max > 0 {
+            let topic = p.topic.as_str().to_string();
+            match self.out_aliases.get(&topic) {
+                Some(&a) => {
+                    p.properties.topic_alias = Some(a);
+                    p.topic = TopicName::empty();
+                }
+                None if self.out_aliases.len() < usize::from(self.client_alias_max) => {
+                    let a = self.out_aliases.len() as u16 + 1;
+                    self.out_aliases.insert(topic.clone(), a);
+                    p.properties.topic_alias = Some(a);
+                    new_alias = Some(topic);
+                }
+                None => {}
+            }
+        }
+        let before = self.out.len();
+        self.send(Packet::Publish(p));
+        if self.out.len() - before > self.client_max_packet {
+            self.out.truncate(before);
+            if let Some(t) = new_alias {
+                // The client never saw it: the alias stays free.
+                self.out_aliases.remove(&t);
+            }
+            return false;
+        }
+        true
+    }
+}

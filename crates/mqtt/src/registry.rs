@@ -1,0 +1,290 @@
+//! Client ids to sessions: which connection serves each client id, the
+//! persistent sessions parked while their client is away, session expiry,
+//! delayed wills, and the end of a session (its queues and records go).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use junction_core::{ConnectionId, Message, StateWrites};
+use parking_lot::Mutex;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::MqttContext;
+use crate::convert::unix_secs;
+use crate::session::{self, NEVER_EXPIRES, Session, shared_queue_name, split_shared};
+
+/// A will waiting for its delay (MQTT 5 Will Delay Interval).
+pub(crate) struct PendingWill {
+    pub at: Instant,
+    pub message: Message,
+    pub retain: bool,
+}
+
+/// A persistent session whose client is away.
+pub(crate) struct Parked {
+    pub session: Session,
+    /// None: never expires.
+    pub expires_at: Option<Instant>,
+    pub will: Option<PendingWill>,
+}
+
+enum Slot {
+    /// A connection serves the client id; cancelling `kick` asks it to go.
+    Online {
+        conn: ConnectionId,
+        kick: CancellationToken,
+    },
+    Parked(Box<Parked>),
+}
+
+#[derive(Default)]
+pub(crate) struct Registry {
+    slots: Mutex<HashMap<String, Slot>>,
+}
+
+/// What a new connection finds for its client id.
+pub(crate) enum Claim {
+    /// No session: start one.
+    Fresh,
+    /// A parked session to resume (or to discard, on clean start).
+    Parked(Box<Parked>),
+    /// The previous connection did not let go in time.
+    Busy,
+}
+
+/// How long a new connection waits for the one it takes over from.
+const TAKEOVER_WAIT: Duration = Duration::from_secs(5);
+
+impl Registry {
+    /// Registers `conn` for `client_id`, taking over from a connection
+    /// that has it (which is asked to go and waited for).
+    pub async fn claim(
+        &self,
+        client_id: &str,
+        conn: ConnectionId,
+        kick: CancellationToken,
+    ) -> Claim {
+        let deadline = Instant::now() + TAKEOVER_WAIT;
+        loop {
+            {
+                let mut slots = self.slots.lock();
+                match slots.remove(client_id) {
+                    None => {
+                        slots.insert(client_id.to_string(), Slot::Online { conn, kick });
+                        return Claim::Fresh;
+                    }
+                    Some(Slot::Parked(p)) => {
+                        slots.insert(client_id.to_string(), Slot::Online { conn, kick });
+                        return Claim::Parked(p);
+                    }
+                    Some(Slot::Online {
+                        conn: other,
+                        kick: other_kick,
+                    }) => {
+                        other_kick.cancel();
+                        slots.insert(
+                            client_id.to_string(),
+                            Slot::Online {
+                                conn: other,
+                                kick: other_kick,
+                            },
+                        );
+                    }
+                }
+            }
+            if Instant::now() >= deadline {
+                return Claim::Busy;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// The connection `conn` is done with `client_id`: park the session
+    /// (persistent) or free the id.
+    pub fn release(&self, client_id: &str, conn: ConnectionId, parked: Option<Box<Parked>>) {
+        let mut slots = self.slots.lock();
+        if matches!(slots.get(client_id), Some(Slot::Online { conn: c, .. }) if *c == conn) {
+            match parked {
+                Some(p) => slots.insert(client_id.to_string(), Slot::Parked(p)),
+                None => slots.remove(client_id),
+            };
+        }
+    }
+
+    /// Whether any parked session holds a subscription using `queue`.
+    pub fn parked_uses_shared(&self, queue: &str) -> bool {
+        self.slots.lock().values().any(|s| match s {
+            Slot::Parked(p) => p
+                .session
+                .subs
+                .shared()
+                .any(|(g, f, _)| shared_queue_name(g, f) == queue),
+            Slot::Online { .. } => false,
+        })
+    }
+
+    /// Takes out sessions past their expiry and wills past their delay.
+    fn due(&self, now: Instant) -> (Vec<Session>, Vec<PendingWill>) {
+        let mut slots = self.slots.lock();
+        let mut wills = Vec::new();
+        let mut expired_ids = Vec::new();
+        for (id, slot) in slots.iter_mut() {
+            if let Slot::Parked(p) = slot {
+                let expired = p.expires_at.is_some_and(|t| t <= now);
+                if p.will.as_ref().is_some_and(|w| w.at <= now || expired) {
+                    wills.extend(p.will.take());
+                }
+                if expired {
+                    expired_ids.push(id.clone());
+                }
+            }
+        }
+        let sessions = expired_ids
+            .into_iter()
+            .filter_map(|id| match slots.remove(&id) {
+                Some(Slot::Parked(p)) => Some(p.session),
+                _ => None,
+            })
+            .collect();
+        (sessions, wills)
+    }
+}
+
+/// When a session parked now with `expiry` seconds ends.
+pub(crate) fn expiry_deadline(expiry: u32, since: Instant) -> Option<Instant> {
+    (expiry != NEVER_EXPIRES).then(|| since + Duration::from_secs(u64::from(expiry)))
+}
+
+/// Parks the persistent sessions an earlier run stored; their expiry
+/// counts from their last disconnect (or from now, for those that were
+/// connected when the broker stopped).
+pub(crate) fn restore(ctx: &MqttContext) -> Result<(), junction_core::CoreError> {
+    let stored = session::load_all(ctx.broker.read_state(session::NAMESPACE)?)?;
+    let now = Instant::now();
+    let now_unix = unix_secs();
+    let mut slots = ctx.registry.slots.lock();
+    for (rec, incoming, outgoing) in stored {
+        let away = match rec.disconnected_at {
+            0 => 0,
+            t => now_unix.saturating_sub(t),
+        };
+        let expires_at = expiry_deadline(rec.expiry, now)
+            .map(|t| t.checked_sub(Duration::from_secs(away)).unwrap_or(now));
+        let mut s = Session::new(rec.client_id.clone(), rec.expiry, ConnectionId(0));
+        ctx.stats
+            .subscriptions
+            .fetch_add(rec.subscriptions.len() as i64, Ordering::Relaxed);
+        s.subs = rec.subscriptions;
+        s.incoming_qos2 = incoming;
+        s.pubrel_pending = outgoing;
+        s.stored = true;
+        slots.insert(
+            rec.client_id,
+            Slot::Parked(Box::new(Parked {
+                session: s,
+                expires_at,
+                will: None,
+            })),
+        );
+    }
+    Ok(())
+}
+
+/// Ends a session for good: its consumers, its queue, its shared queues
+/// nobody else uses, and its stored records.
+pub(crate) async fn end_session(ctx: &MqttContext, mut s: Session) {
+    ctx.stats
+        .subscriptions
+        .fetch_sub(s.subs.len() as i64, Ordering::Relaxed);
+    s.consumer = None;
+    let shared: Vec<String> = s.shared.drain().map(|(q, _)| q).collect();
+    let broker = &ctx.broker;
+    let vhost = &ctx.settings.vhost;
+    if let Err(e) = broker
+        .delete_queue(vhost, &s.queue, false, false, None)
+        .await
+        && !matches!(e, junction_core::CoreError::NotFound(_))
+    {
+        tracing::warn!(error = %e, queue = %s.queue, "mqtt session queue not deleted");
+    }
+    let mut names: Vec<String> = s
+        .subs
+        .shared()
+        .map(|(g, f, _)| shared_queue_name(g, f))
+        .collect();
+    names.extend(shared);
+    names.sort();
+    names.dedup();
+    for q in names {
+        drop_shared_queue_if_unused(ctx, &q).await;
+    }
+    if s.stored {
+        let mut w = StateWrites::new();
+        s.forget(&mut w);
+        if let Err(e) = broker.write_state(w).await {
+            tracing::warn!(error = %e, "mqtt session record not deleted");
+        }
+    }
+}
+
+/// Deletes a shared subscription's queue once no session uses it.
+pub(crate) async fn drop_shared_queue_if_unused(ctx: &MqttContext, queue: &str) {
+    let vhost = &ctx.settings.vhost;
+    let Ok(q) = ctx.broker.queue_for(vhost, queue, None) else {
+        return;
+    };
+    if q.consumer_count() > 0 || ctx.registry.parked_uses_shared(queue) {
+        return;
+    }
+    let _ = ctx
+        .broker
+        .delete_queue(vhost, queue, true, false, None)
+        .await;
+}
+
+/// Publishes a will (retained too when it asks).
+pub(crate) async fn publish_will(ctx: &MqttContext, will: PendingWill) {
+    let vhost = &ctx.settings.vhost;
+    if will.retain
+        && let Err(e) = ctx.broker.set_retained(vhost, will.message.clone()).await
+    {
+        tracing::warn!(error = %e, "mqtt will not retained");
+    }
+    ctx.stats.messages_received.fetch_add(1, Ordering::Relaxed);
+    ctx.stats
+        .bytes_received
+        .fetch_add(will.message.body_len(), Ordering::Relaxed);
+    match ctx.broker.publish(vhost, will.message).await {
+        Ok(p) => {
+            let _ = p.confirmed().await;
+        }
+        Err(e) => tracing::warn!(error = %e, "mqtt will not published"),
+    }
+}
+
+/// Every second: ends expired sessions and sends wills whose delay is over.
+pub(crate) async fn sweep(ctx: Arc<MqttContext>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let (sessions, wills) = ctx.registry.due(Instant::now());
+        for w in wills {
+            publish_will(&ctx, w).await;
+        }
+        for s in sessions {
+            tracing::debug!(client_id = %s.client_id, "mqtt session expired");
+            end_session(&ctx, s).await;
+        }
+    }
+}
+
+/// A shared filter's queue, if `filter` is `$share/group/filter`.
+pub(crate) fn shared_queue(filter: &str) -> Option<String> {
+    split_shared(filter).map(|(g, f)| shared_queue_name(g, f))
+}

@@ -1,0 +1,450 @@
+//! One MQTT session's state, without I/O: its subscriptions and what each
+//! delivered message matches, packet identifiers, the QoS 1/2 messages in
+//! flight both ways, and the durable record a persistent session keeps in
+//! the core's adapter state (namespace [`NAMESPACE`]).
+//!
+//! A session outlives its connection when it is persistent (MQTT 3
+//! `clean session = 0`, MQTT 5 Session Expiry Interval > 0): it is parked
+//! in the registry with its consumer still registered, so messages in
+//! flight keep their packet identifiers when the client comes back.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+
+use junction_core::codec::{Reader, Writer};
+use junction_core::{
+    ConnectionId, ConsumerEvent, ConsumerHandle, ConsumerId, CoreError, Credit, DeliveryTag,
+    StateWrites,
+};
+use tokio::sync::mpsc;
+
+use crate::codec::{Publish, QoS, RetainHandling};
+use crate::convert::filter_matches;
+
+/// The adapter-state namespace of MQTT sessions.
+pub const NAMESPACE: &str = "mqtt";
+
+/// Session Expiry Interval meaning "never" (MQTT 5 section 3.1.2.11.2).
+pub const NEVER_EXPIRES: u32 = u32::MAX;
+
+/// One subscription's options, as granted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SubOptions {
+    /// The granted QoS: the most a delivery through it gets.
+    pub qos: QoS,
+    pub no_local: bool,
+    pub retain_as_published: bool,
+    pub retain_handling: RetainHandling,
+    /// MQTT 5 Subscription Identifier.
+    pub id: Option<u32>,
+}
+
+/// What one delivered message matched among a session's subscriptions.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Match {
+    /// Highest QoS of the matching subscriptions.
+    pub qos: QoS,
+    /// Every matching subscription's identifier, in filter order.
+    pub ids: Vec<u32>,
+    /// Some matching subscription keeps the RETAIN flag as published.
+    pub retain_as_published: bool,
+}
+
+/// Where an outgoing QoS 1/2 message came from, to settle it when acked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// A queue delivery to one of the session's consumers.
+    Queue(ConsumerId, DeliveryTag),
+    /// A retained message sent on subscribe (it holds a credit slot).
+    Retained,
+}
+
+/// An outgoing QoS 1/2 PUBLISH the client has not acknowledged.
+#[derive(Clone, Debug)]
+pub struct Inflight {
+    pub publish: Publish,
+    pub source: Source,
+}
+
+/// The subscriptions of a session, by filter (shared ones under their
+/// whole `$share/group/filter`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Subscriptions {
+    pub by_filter: BTreeMap<String, SubOptions>,
+}
+
+/// A `$share/group/filter` filter's group and filter.
+pub fn split_shared(filter: &str) -> Option<(&str, &str)> {
+    filter.strip_prefix("$share/")?.split_once('/')
+}
+
+impl Subscriptions {
+    /// What a message on `topic` matches among the non-shared
+    /// subscriptions; `own` says the message was published on this
+    /// session's connection (No Local subscriptions skip it). None when
+    /// nothing matches.
+    pub fn matching(&self, topic: &str, own: bool) -> Option<Match> {
+        let mut found: Option<Match> = None;
+        for (filter, o) in &self.by_filter {
+            if split_shared(filter).is_some() || (own && o.no_local) {
+                continue;
+            }
+            if !filter_matches(filter, topic) {
+                continue;
+            }
+            let m = found.get_or_insert(Match {
+                qos: QoS::AtMostOnce,
+                ids: Vec::new(),
+                retain_as_published: false,
+            });
+            m.qos = m.qos.max(o.qos);
+            m.ids.extend(o.id);
+            m.retain_as_published |= o.retain_as_published;
+        }
+        found
+    }
+
+    /// The shared subscriptions, as (queue group, filter, options).
+    pub fn shared(&self) -> impl Iterator<Item = (&str, &str, &SubOptions)> {
+        self.by_filter
+            .iter()
+            .filter_map(|(f, o)| split_shared(f).map(|(g, f)| (g, f, o)))
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_filter.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_filter.is_empty()
+    }
+}
+
+/// A session's durable part: what [`SessionRecord::encode`] stores.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionRecord {
+    pub client_id: String,
+    /// Session Expiry Interval, seconds.
+    pub expiry: u32,
+    /// Unix seconds of the last disconnect (0: it was connected).
+    pub disconnected_at: u64,
+    pub subscriptions: Subscriptions,
+}
+
+fn qos_from(b: u8) -> Result<QoS, CoreError> {
+    QoS::from_u8(b).ok_or_else(|| CoreError::Corrupt(format!("bad QoS {b} in MQTT session")))
+}
+
+fn retain_handling_byte(r: RetainHandling) -> u8 {
+    match r {
+        RetainHandling::SendAtSubscribe => 0,
+        RetainHandling::SendAtSubscribeIfNew => 1,
+        RetainHandling::DoNotSend => 2,
+    }
+}
+
+impl SessionRecord {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::new();
+        w.str(&self.client_id);
+        w.u32(self.expiry);
+        w.u64(self.disconnected_at);
+        w.u32(self.subscriptions.len() as u32);
+        for (filter, o) in &self.subscriptions.by_filter {
+            w.str(filter);
+            w.u8(o.qos as u8);
+            w.bool(o.no_local);
+            w.bool(o.retain_as_published);
+            w.u8(retain_handling_byte(o.retain_handling));
+            w.u32(o.id.unwrap_or(0));
+        }
+        w.finish().to_vec()
+    }
+
+    pub fn decode(data: &[u8]) -> Result<SessionRecord, CoreError> {
+        let mut r = Reader::new(data);
+        let client_id = r.string()?;
+        let expiry = r.u32()?;
+        let disconnected_at = r.u64()?;
+        let n = r.u32()?;
+        let mut subscriptions = Subscriptions::default();
+        for _ in 0..n {
+            let filter = r.string()?;
+            let qos = qos_from(r.u8()?)?;
+            let no_local = r.bool()?;
+            let retain_as_published = r.bool()?;
+            let retain_handling = match r.u8()? {
+                0 => RetainHandling::SendAtSubscribe,
+                1 => RetainHandling::SendAtSubscribeIfNew,
+                _ => RetainHandling::DoNotSend,
+            };
+            let id = Some(r.u32()?).filter(|&i| i != 0);
+            subscriptions.by_filter.insert(
+                filter,
+                SubOptions {
+                    qos,
+                    no_local,
+                    retain_as_published,
+                    retain_handling,
+                    id,
+                },
+            );
+        }
+        Ok(SessionRecord {
+            client_id,
+            expiry,
+            disconnected_at,
+            subscriptions,
+        })
+    }
+}
+
+/// State keys: `s/<client id>` holds the record, `i/<packet id>/<client id>`
+/// an incoming QoS 2 message awaiting PUBREL, `o/<packet id>/<client id>`
+/// an outgoing one awaiting PUBCOMP.
+pub fn record_key(client_id: &str) -> String {
+    format!("s/{client_id}")
+}
+
+pub fn incoming_key(client_id: &str, id: u16) -> String {
+    format!("i/{id:05}/{client_id}")
+}
+
+pub fn outgoing_key(client_id: &str, id: u16) -> String {
+    format!("o/{id:05}/{client_id}")
+}
+
+/// A stored session: its record, incoming QoS 2 packet ids awaiting
+/// PUBREL, outgoing ones awaiting PUBCOMP.
+pub type Stored = (SessionRecord, BTreeSet<u16>, BTreeSet<u16>);
+
+/// Every stored session, with its QoS 2 packet ids, from the state map.
+pub fn load_all(entries: Vec<(String, bytes::Bytes)>) -> Result<Vec<Stored>, CoreError> {
+    let mut records: HashMap<String, Stored> = HashMap::new();
+    let mut ids: Vec<(bool, u16, String)> = Vec::new();
+    for (key, value) in entries {
+        if let Some(client) = key.strip_prefix("s/") {
+            let rec = SessionRecord::decode(&value)?;
+            records.insert(client.to_string(), (rec, BTreeSet::new(), BTreeSet::new()));
+        } else if let Some((kind, rest)) = key.split_once('/')
+            && let Some((id, client)) = rest.split_once('/')
+            && let Ok(id) = id.parse::<u16>()
+        {
+            ids.push((kind == "i", id, client.to_string()));
+        }
+    }
+    for (incoming, id, client) in ids {
+        if let Some((_, i, o)) = records.get_mut(&client) {
+            if incoming { i } else { o }.insert(id);
+        }
+    }
+    let mut out: Vec<_> = records.into_values().collect();
+    out.sort_by(|a, b| a.0.client_id.cmp(&b.0.client_id));
+    Ok(out)
+}
+
+/// One session: durable state plus what lives only in memory.
+pub struct Session {
+    pub client_id: String,
+    /// Name of the session's own queue on `amq.topic`.
+    pub queue: String,
+    /// Session Expiry Interval in force, seconds (0: ends with the connection).
+    pub expiry: u32,
+    pub subs: Subscriptions,
+    /// Incoming QoS 2 packet ids published and acknowledged with PUBREC,
+    /// awaiting PUBREL.
+    pub incoming_qos2: BTreeSet<u16>,
+    /// Outgoing QoS 2 packet ids acknowledged with PUBREC; we sent PUBREL
+    /// and await PUBCOMP.
+    pub pubrel_pending: BTreeSet<u16>,
+    /// Outgoing QoS 1/2 PUBLISHes not yet acknowledged, by packet id.
+    pub inflight: BTreeMap<u16, Inflight>,
+    next_packet_id: u16,
+    /// The consumer on the session's own queue (None until the first
+    /// non-shared subscription).
+    pub consumer: Option<ConsumerHandle>,
+    /// Consumers on shared-subscription queues, by queue name.
+    pub shared: HashMap<String, ConsumerHandle>,
+    /// Every consumer delivers here; the receiver moves with the session.
+    pub events_tx: mpsc::UnboundedSender<ConsumerEvent>,
+    /// Taken by the connection while it serves the session.
+    pub events_rx: Option<mpsc::UnboundedReceiver<ConsumerEvent>>,
+    /// Outgoing flow control: the client's Receive Maximum, shared by
+    /// every consumer of the session.
+    pub credit: Arc<Credit>,
+    /// The connection currently attached (for No Local).
+    pub connection: ConnectionId,
+    /// A record of this session may be in the store.
+    pub stored: bool,
+}
+
+impl Session {
+    pub fn new(client_id: String, expiry: u32, connection: ConnectionId) -> Session {
+        let (events_tx, events_rx) = mpsc::unbounded_channel();
+        Session {
+            queue: format!("mqtt-session-{client_id}"),
+            client_id,
+            expiry,
+            subs: Subscriptions::default(),
+            incoming_qos2: BTreeSet::new(),
+            pubrel_pending: BTreeSet::new(),
+            inflight: BTreeMap::new(),
+            next_packet_id: 1,
+            consumer: None,
+            shared: HashMap::new(),
+            events_tx,
+            events_rx: Some(events_rx),
+            credit: Credit::new(0),
+            connection,
+            stored: false,
+        }
+    }
+
+    /// A persistent session keeps a record and outlives its connection.
+    pub fn is_persistent(&self) -> bool {
+        self.expiry > 0
+    }
+
+    /// The next free packet id (skipping ids in flight), or None when all
+    /// 65,535 are in use.
+    pub fn next_packet_id(&mut self) -> Option<u16> {
+        for _ in 0..u16::MAX {
+            let id = self.next_packet_id;
+            self.next_packet_id = if id == u16::MAX { 1 } else { id + 1 };
+            if !self.inflight.contains_key(&id) && !self.pubrel_pending.contains(&id) {
+                return Some(id);
+            }
+        }
+        None
+    }
+
+    pub fn record(&self, disconnected_at: u64) -> SessionRecord {
+        SessionRecord {
+            client_id: self.client_id.clone(),
+            expiry: self.expiry,
+            disconnected_at,
+            subscriptions: self.subs.clone(),
+        }
+    }
+
+    /// Writes the session record into `w`.
+    pub fn save(&mut self, w: &mut StateWrites, disconnected_at: u64) {
+        self.stored = true;
+        w.put(
+            NAMESPACE,
+            &record_key(&self.client_id),
+            &self.record(disconnected_at).encode(),
+        );
+    }
+
+    /// Deletes everything this session stored.
+    pub fn forget(&mut self, w: &mut StateWrites) {
+        self.stored = false;
+        w.delete(NAMESPACE, &record_key(&self.client_id));
+        for &id in &self.incoming_qos2 {
+            w.delete(NAMESPACE, &incoming_key(&self.client_id, id));
+        }
+        for &id in &self.pubrel_pending {
+            w.delete(NAMESPACE, &outgoing_key(&self.client_id, id));
+        }
+    }
+
+    /// The consumer handle a delivery came through.
+    pub fn consumer_handle(&self, id: ConsumerId) -> Option<&ConsumerHandle> {
+        self.consumer
+            .as_ref()
+            .filter(|c| c.id() == id)
+            .or_else(|| self.shared.values().find(|c| c.id() == id))
+    }
+
+    /// The shared subscription (filter, options) a shared-queue consumer serves.
+    pub fn shared_sub_for(&self, consumer: ConsumerId) -> Option<(&str, &SubOptions)> {
+        let (queue, _) = self.shared.iter().find(|(_, c)| c.id() == consumer)?;
+        self.subs
+            .shared()
+            .find(|(g, f, _)| shared_queue_name(g, f) == *queue)
+            .map(|(_, f, o)| (f, o))
+    }
+}
+
+/// The queue a shared subscription's group consumes from.
+pub fn shared_queue_name(group: &str, filter: &str) -> String {
+    format!("mqtt-shared-{group}-{filter}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(qos: QoS, id: Option<u32>) -> SubOptions {
+        SubOptions {
+            qos,
+            no_local: false,
+            retain_as_published: false,
+            retain_handling: RetainHandling::SendAtSubscribe,
+            id,
+        }
+    }
+
+    #[test]
+    fn mqtt_3_3_4_2_overlapping_subscriptions_one_copy_highest_qos_all_ids() {
+        let mut s = Subscriptions::default();
+        s.by_filter
+            .insert("a/#".into(), opts(QoS::AtLeastOnce, Some(1)));
+        s.by_filter
+            .insert("a/+".into(), opts(QoS::ExactlyOnce, Some(2)));
+        s.by_filter
+            .insert("b".into(), opts(QoS::AtMostOnce, Some(3)));
+        s.by_filter
+            .insert("$share/g/a/b".into(), opts(QoS::AtMostOnce, Some(4)));
+        let m = s.matching("a/b", false).unwrap();
+        assert_eq!(m.qos, QoS::ExactlyOnce);
+        assert_eq!(m.ids, vec![1, 2]);
+        assert_eq!(s.matching("c", false), None);
+    }
+
+    #[test]
+    fn mqtt_3_8_3_3_no_local_skips_own_messages() {
+        let mut s = Subscriptions::default();
+        let mut o = opts(QoS::AtLeastOnce, None);
+        o.no_local = true;
+        s.by_filter.insert("a".into(), o);
+        assert!(s.matching("a", true).is_none());
+        assert!(s.matching("a", false).is_some());
+    }
+
+    #[test]
+    fn packet_ids_skip_those_in_use_and_wrap() {
+        let mut s = Session::new("c".into(), 0, ConnectionId(1));
+        s.pubrel_pending.insert(1);
+        assert_eq!(s.next_packet_id(), Some(2));
+        s.next_packet_id = u16::MAX;
+        assert_eq!(s.next_packet_id(), Some(u16::MAX));
+        assert_eq!(s.next_packet_id(), Some(2), "0 is never used, 1 is taken");
+    }
+
+    #[test]
+    fn records_round_trip_and_load_groups_packet_ids() {
+        let mut subs = Subscriptions::default();
+        subs.by_filter
+            .insert("a/+".into(), opts(QoS::ExactlyOnce, Some(9)));
+        let rec = SessionRecord {
+            client_id: "dev/7".into(),
+            expiry: 3600,
+            disconnected_at: 1_700_000_000,
+            subscriptions: subs,
+        };
+        assert_eq!(SessionRecord::decode(&rec.encode()).unwrap(), rec);
+        let entries = vec![
+            (record_key("dev/7"), bytes::Bytes::from(rec.encode())),
+            (incoming_key("dev/7", 5), bytes::Bytes::new()),
+            (outgoing_key("dev/7", 65535), bytes::Bytes::new()),
+            (incoming_key("gone", 1), bytes::Bytes::new()),
+        ];
+        let all = load_all(entries).unwrap();
+        assert_eq!(all.len(), 1);
+        assert_eq!(all[0].0, rec);
+        assert_eq!(all[0].1, BTreeSet::from([5]));
+        assert_eq!(all[0].2, BTreeSet::from([65535]));
+    }
+}
