@@ -242,11 +242,7 @@ pub(crate) async fn handshake(
         Ok(c) => c,
         Err(e) => return Err(refuse(wr, e).await),
     };
-    let auth = std::sync::Arc::clone(&ctx.auth);
-    let (u, ip) = (user.clone(), peer.ip());
-    let verdict = tokio::task::spawn_blocking(move || auth.authenticate(&u, &password, ip))
-        .await
-        .unwrap_or_else(|e| Err(e.to_string()));
+    let verdict = junction_core::check_login(&ctx.auth, &user, password, peer.ip()).await;
     if let Err(why) = verdict {
         tracing::info!(user, reason = why, "amqp login refused");
         let e = AmqpError::connection(

@@ -17,6 +17,9 @@ pub struct Credit {
     /// 0 means unlimited.
     limit: AtomicU32,
     used: AtomicU32,
+    /// No new deliveries at all while set (an MQTT session whose client is
+    /// away keeps its consumer, but its messages stay in the queue).
+    paused: std::sync::atomic::AtomicBool,
 }
 
 impl Credit {
@@ -24,6 +27,7 @@ impl Credit {
         Arc::new(Credit {
             limit: AtomicU32::new(limit),
             used: AtomicU32::new(0),
+            paused: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -41,7 +45,16 @@ impl Credit {
         self.used.load(Ordering::Relaxed)
     }
 
+    /// Stops (or resumes) deliveries against this budget; after resuming,
+    /// pump the consumers that share it.
+    pub fn set_paused(&self, paused: bool) {
+        self.paused.store(paused, Ordering::Relaxed);
+    }
+
     pub(crate) fn has_room(&self) -> bool {
+        if self.paused.load(Ordering::Relaxed) {
+            return false;
+        }
         let limit = self.limit();
         limit == 0 || self.used() < limit
     }

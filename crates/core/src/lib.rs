@@ -56,6 +56,40 @@ pub trait Authenticator: Send + Sync + 'static {
         password: &str,
         peer: std::net::IpAddr,
     ) -> Result<(), String>;
+    /// Answers without the slow check when it can (a login verified
+    /// before, a refusal that needs no hashing); None sends the caller to
+    /// [`Authenticator::authenticate`] on a blocking thread.
+    fn authenticate_fast(
+        &self,
+        _user: &str,
+        _password: &str,
+        _peer: std::net::IpAddr,
+    ) -> Option<Result<(), String>> {
+        None
+    }
     /// Whether `user` may use `vhost`.
     fn may_access(&self, user: &str, vhost: &str) -> bool;
+    /// Whether `user` may connect from `peer` at all (checked for logins
+    /// without a password too, e.g. MQTT's anonymous user).
+    fn may_connect_from(&self, _user: &str, _peer: std::net::IpAddr) -> bool {
+        true
+    }
+}
+
+/// Checks a login: on the caller's task when the authenticator can answer
+/// at once, else on a blocking thread. Thousands of clients reconnecting
+/// with known credentials then cost no threads.
+pub async fn check_login(
+    auth: &std::sync::Arc<dyn Authenticator>,
+    user: &str,
+    password: String,
+    peer: std::net::IpAddr,
+) -> Result<(), String> {
+    if let Some(verdict) = auth.authenticate_fast(user, &password, peer) {
+        return verdict;
+    }
+    let (auth, user) = (std::sync::Arc::clone(auth), user.to_string());
+    tokio::task::spawn_blocking(move || auth.authenticate(&user, &password, peer))
+        .await
+        .unwrap_or_else(|e| Err(e.to_string()))
 }

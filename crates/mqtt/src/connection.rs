@@ -89,7 +89,7 @@ pub(crate) async fn run(
             Ok(Err(ConnectError::Eof)) => return,
             Ok(Err(ConnectError::Decode(e, level))) => {
                 tracing::info!(error = %e, "mqtt CONNECT refused");
-                refuse_undecodable(&mut wr, &e, level).await;
+                Box::pin(refuse_undecodable(&mut wr, &e, level)).await;
                 return;
             }
             Err(_) => {
@@ -99,7 +99,7 @@ pub(crate) async fn run(
         };
         let kick = CancellationToken::new();
         let Some((mut conn, keepalive)) =
-            accept(&ctx, connect, peer, &mut wr, kick.clone()).await
+            Box::pin(accept(&ctx, connect, peer, &mut wr, kick.clone())).await
         else {
             let _ = wr.shutdown().await;
             return;
@@ -107,9 +107,9 @@ pub(crate) async fn run(
         tracing::Span::current().record("client_id", conn.session.client_id.as_str());
         ctx.stats.connected.fetch_add(1, Ordering::Relaxed);
         let events = conn.session.events_rx.take();
-        let result = conn
-            .serve(rd, &mut wr, buf, events, keepalive, &shutdown, &kick)
-            .await;
+        // Boxed, like every large step: the task keeps only the state of
+        // the step it is in (memory per idle connection).
+        let result = Box::pin(conn.serve(rd, &mut wr, buf, events, keepalive, &shutdown, &kick)).await;
         if let Err(e) = result {
             tracing::debug!(error = %e, "mqtt connection ended");
             conn.end.get_or_insert(End::Abnormal);
@@ -117,7 +117,7 @@ pub(crate) async fn run(
         let _ = flush(&mut wr, &mut conn.out).await;
         let _ = wr.shutdown().await;
         ctx.stats.connected.fetch_sub(1, Ordering::Relaxed);
-        conn.finish().await;
+        Box::pin(conn.finish()).await;
     }
     .instrument(span)
     .await
@@ -212,23 +212,35 @@ async fn accept(
 ) -> Option<(Conn, Option<Duration>)> {
     let v = c.version;
     let settings = &ctx.settings;
+    if c.properties.authentication_method.is_some() {
+        // No enhanced authentication (AUTH) here [MQTT-4.12.0-1].
+        refuse(wr, v, ReasonCode::BAD_AUTHENTICATION_METHOD).await;
+        return None;
+    }
     // Who is this?
     let user = match (&c.username, &c.password) {
-        (None, _) if settings.allow_anonymous => settings.anonymous_user.clone(),
+        (None, _) if settings.allow_anonymous => {
+            if !ctx
+                .auth
+                .may_connect_from(&settings.anonymous_user, peer.ip())
+            {
+                tracing::info!(user = %settings.anonymous_user, "mqtt anonymous login refused from this peer");
+                refuse(wr, v, ReasonCode::NOT_AUTHORIZED).await;
+                return None;
+            }
+            settings.anonymous_user.clone()
+        }
         (None, _) => {
             refuse(wr, v, ReasonCode::NOT_AUTHORIZED).await;
             return None;
         }
         (Some(u), p) => {
-            let (auth, user) = (Arc::clone(&ctx.auth), u.clone());
             let password = p
                 .as_ref()
                 .map(|p| String::from_utf8_lossy(p).into_owned())
                 .unwrap_or_default();
-            let checked =
-                tokio::task::spawn_blocking(move || auth.authenticate(&user, &password, peer.ip()))
-                    .await;
-            if !matches!(checked, Ok(Ok(()))) {
+            if let Err(why) = junction_core::check_login(&ctx.auth, u, password, peer.ip()).await {
+                tracing::info!(user = %u, reason = why, "mqtt login refused");
                 refuse(wr, v, ReasonCode::BAD_USER_NAME_OR_PASSWORD).await;
                 return None;
             }
@@ -246,6 +258,7 @@ async fn accept(
             refuse(wr, v, ReasonCode::CLIENT_IDENTIFIER_NOT_VALID).await;
             return None;
         }
+        // Connection ids never repeat, across restarts too.
         let id = format!("junction-{}", ctx.broker.new_connection_id().0);
         assigned = Some(id.clone());
         id
@@ -270,9 +283,13 @@ async fn accept(
         }
         Claim::Fresh => (Session::new(client_id.clone(), expiry, guard.id()), false),
         Claim::Parked(p) => {
-            let Parked { session, .. } = *p;
+            let Parked { session, will, .. } = *p;
             if c.clean_start {
+                // The old session ends here, and its delayed will with it.
                 registry::end_session(ctx, session).await;
+                if let Some(w) = will {
+                    registry::publish_will(ctx, w).await;
+                }
                 (Session::new(client_id.clone(), expiry, guard.id()), false)
             } else {
                 (session, true)
@@ -332,13 +349,16 @@ async fn accept(
         // now gets its first record, one made transient loses it.
         conn.save_session().await;
     }
-    conn.send(Packet::ConnAck(ack));
     if let Err(e) = conn.attach().await {
         tracing::warn!(error = %e, "mqtt session not attached");
-        conn.end = Some(End::Abnormal);
-        conn.finish().await;
+        refuse(wr, v, ReasonCode::UNSPECIFIED_ERROR).await;
+        conn.end = Some(End::Normal);
+        Box::pin(conn.finish()).await;
         return None;
     }
+    conn.send(Packet::ConnAck(ack));
+    conn.session.credit.set_paused(false);
+    conn.pump();
     conn.resend_inflight();
     let keepalive = (keepalive > 0).then(|| Duration::from_millis(u64::from(keepalive) * 1500));
     Some((conn, keepalive))
@@ -377,9 +397,18 @@ impl Conn {
         let mut alarm = self.ctx.broker.memory_alarm();
         let mut last_recv = Instant::now();
         // Packets already buffered behind the CONNECT.
-        self.read_packets(&mut buf, max).await;
+        Box::pin(self.read_packets(&mut buf, max)).await;
         let result = loop {
-            flush(wr, &mut self.out).await?;
+            // A client that stops reading must not hold off a takeover
+            // or a shutdown.
+            let flushed = tokio::select! {
+                r = flush(wr, &mut self.out) => r,
+                _ = shutdown.cancelled() => Err(std::io::ErrorKind::TimedOut.into()),
+                _ = kick.cancelled() => Err(std::io::ErrorKind::TimedOut.into()),
+            };
+            if let Err(e) = flushed {
+                break Err(e);
+            }
             if self.end.is_some() {
                 break Ok(());
             }
@@ -388,6 +417,10 @@ impl Conn {
                 !alarmed && self.confirms.len() < usize::from(self.ctx.settings.receive_maximum);
             if buf.capacity() - buf.len() < 64 {
                 buf.reserve(256);
+            }
+            if events.is_none() {
+                // The first subscription made the session's channel.
+                events = self.session.events_rx.take();
             }
             let deadline = keepalive.map(|k| last_recv + k);
             tokio::select! {
@@ -398,6 +431,21 @@ impl Conn {
                     self.will = None;
                 }
                 _ = kick.cancelled() => {
+                    // What the client sent before the new connection came
+                    // (its last acks, typically) still counts.
+                    let mut budget: usize = 64 * 1024;
+                    while budget > 0 && self.end.is_none() {
+                        if buf.capacity() - buf.len() < 64 {
+                            buf.reserve(256);
+                        }
+                        match rd.try_read_buf(&mut buf) {
+                            Ok(n) if n > 0 => {
+                                budget = budget.saturating_sub(n);
+                                Box::pin(self.read_packets(&mut buf, max)).await;
+                            }
+                            _ => break,
+                        }
+                    }
                     self.disconnect(ReasonCode::SESSION_TAKEN_OVER);
                     self.end = Some(End::Abnormal);
                 }
@@ -408,16 +456,13 @@ impl Conn {
                         }
                         Ok(_) => {
                             last_recv = Instant::now();
-                            self.read_packets(&mut buf, max).await;
+                            Box::pin(self.read_packets(&mut buf, max)).await;
                         }
                         Err(e) => break Err(e),
                     }
                 }
                 Some(ack) = self.confirms.next(), if !self.confirms.is_empty() => {
-                    if matches!(ack, Packet::PubAck(_)) {
-                        self.qos1_pending = self.qos1_pending.saturating_sub(1);
-                    }
-                    self.send(ack);
+                    self.on_confirm(ack);
                 }
                 ev = recv_some(&mut events) => {
                     if let Some(ev) = ev {
@@ -432,7 +477,8 @@ impl Conn {
                         }
                     }
                 }
-                _ = sleep_until(deadline) => {
+                // Not while we hold the client back ourselves.
+                _ = sleep_until(deadline), if read_ok => {
                     tracing::info!("mqtt keepalive timed out");
                     self.disconnect(ReasonCode::KEEP_ALIVE_TIMEOUT);
                     self.end = Some(End::Abnormal);
@@ -492,8 +538,12 @@ impl Conn {
         let conn_id = self.guard.id();
         let client_id = self.session.client_id.clone();
         if self.session.is_persistent() {
-            // Shared subscriptions go back to the group while we are away.
-            self.session.shared.clear();
+            // Shared subscriptions go back to the group while we are away;
+            // the session's own queue keeps its consumer (messages in flight
+            // keep their packet ids) but delivers nothing more: new
+            // messages wait in the queue, under its limits.
+            self.session.leave_shared_groups();
+            self.session.credit.set_paused(true);
             let now = Instant::now();
             let expires_at = registry::expiry_deadline(self.session.expiry, now);
             // A delayed will waits with the parked session; one without

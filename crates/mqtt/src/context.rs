@@ -117,6 +117,18 @@ pub async fn serve(
     shutdown: CancellationToken,
     tasks: TaskTracker,
 ) {
+    let sys = junction_core::ExchangeDef::new(
+        crate::convert::SYS_EXCHANGE,
+        junction_core::ExchangeKind::Topic,
+    );
+    if let Err(e) = ctx
+        .broker
+        .declare_exchange(&ctx.settings.vhost, sys, false)
+        .await
+    {
+        tracing::warn!(error = %e, "mqtt $SYS exchange not declared");
+    }
+    registry::remove_orphans(&ctx).await;
     tasks.spawn(registry::sweep(Arc::clone(&ctx), shutdown.child_token()));
     tasks.spawn(sys::publish_loop(Arc::clone(&ctx), shutdown.child_token()));
     loop {

@@ -16,6 +16,21 @@ use crate::codec::{PayloadFormat, Publish, PublishProperties, QoS, TopicName};
 /// The exchange every MQTT topic lives on.
 pub const TOPIC_EXCHANGE: &str = "amq.topic";
 
+/// The exchange of the broker's own `$SYS/...` topics: apart from
+/// `amq.topic`, so queues bound there with `#` (AMQP consumers, MQTT
+/// sessions) never fill up with them.
+pub const SYS_EXCHANGE: &str = "junction.mqtt.sys";
+
+/// Topics and filters starting with `$SYS` live on [`SYS_EXCHANGE`],
+/// everything else on [`TOPIC_EXCHANGE`].
+pub fn exchange_for(topic_or_filter: &str) -> &'static str {
+    if topic_or_filter.starts_with("$SYS") {
+        SYS_EXCHANGE
+    } else {
+        TOPIC_EXCHANGE
+    }
+}
+
 /// Header: the QoS the MQTT publisher used (RabbitMQ's name).
 pub const H_PUBLISH_QOS: &str = "x-mqtt-publish-qos";
 /// Header: the publisher set the RETAIN flag (for Retain As Published).
@@ -109,6 +124,10 @@ pub fn to_core(p: &Publish, topic: &str, origin: Origin) -> Message {
         }
     }
     for (k, v) in &pp.user_properties {
+        if k.starts_with("x-mqtt-") {
+            // The adapter's own header names: a client cannot set them.
+            continue;
+        }
         // Pushed, not inserted: user properties may repeat a name.
         headers
             .0
@@ -193,7 +212,7 @@ pub fn from_core(m: &Message, now_unix: u64) -> PublishProperties {
         out.payload_format = Some(PayloadFormat::Utf8);
     }
     out.correlation_data = match h.get(H_CORRELATION_DATA) {
-        Some(FieldValue::ByteArray(b) | FieldValue::LongString(b)) => Some(b.clone()),
+        Some(FieldValue::ByteArray(b)) => Some(b.clone()),
         _ => p
             .correlation_id
             .as_ref()

@@ -13,13 +13,11 @@ use crate::codec::{
     Subscribe, TopicName, UnsubAck, Unsubscribe,
 };
 use crate::connection::{Conn, End};
-use crate::convert::{
-    self, TOPIC_EXCHANGE, filter_matches, filter_to_pattern, swap_separators, unix_secs,
-};
+use crate::convert::{self, filter_matches, filter_to_pattern, swap_separators, unix_secs};
 use crate::registry;
 use crate::session::{
-    Inflight, Match, NAMESPACE, Source, SubOptions, incoming_key, outgoing_key, shared_queue_name,
-    split_shared,
+    Inflight, Match, NAMESPACE, Source, SubOptions, incoming_key, outgoing_key, outgoing_value,
+    shared_queue_name, split_shared,
 };
 
 fn qos_min(a: QoS, b: QoS) -> QoS {
@@ -29,13 +27,13 @@ fn qos_min(a: QoS, b: QoS) -> QoS {
 impl Conn {
     pub(crate) async fn on_packet(&mut self, p: Packet) {
         match p {
-            Packet::Publish(p) => self.on_publish(p).await,
+            Packet::Publish(p) => Box::pin(self.on_publish(p)).await,
             Packet::PubAck(a) => self.on_puback(a.packet_id),
             Packet::PubRec(a) => self.on_pubrec(a),
             Packet::PubRel(a) => self.on_pubrel(a.packet_id),
             Packet::PubComp(a) => self.on_pubcomp(a.packet_id),
-            Packet::Subscribe(s) => self.on_subscribe(s).await,
-            Packet::Unsubscribe(u) => self.on_unsubscribe(u).await,
+            Packet::Subscribe(s) => Box::pin(self.on_subscribe(s)).await,
+            Packet::Unsubscribe(u) => Box::pin(self.on_unsubscribe(u)).await,
             Packet::PingReq => self.send(Packet::PingResp),
             Packet::Disconnect(d) => {
                 if let Some(expiry) = d.properties.session_expiry_interval {
@@ -151,12 +149,11 @@ impl Conn {
         let def = self.queue_def(&self.session.queue, self.session.is_persistent());
         self.declare(def).await?;
         let spec = self.spec(&self.session.client_id);
-        let handle = self.ctx.broker.consume(
-            &self.ctx.settings.vhost,
-            &self.session.queue,
-            spec,
-            self.session.events_tx.clone(),
-        )?;
+        let events = self.session.events();
+        let handle =
+            self.ctx
+                .broker
+                .consume(&self.ctx.settings.vhost, &self.session.queue, spec, events)?;
         self.session.consumer = Some(handle);
         Ok(())
     }
@@ -170,19 +167,18 @@ impl Conn {
         self.declare(def).await?;
         self.bind(&queue, filter, true).await?;
         let spec = self.spec(&self.session.client_id);
-        let handle = self.ctx.broker.consume(
-            &self.ctx.settings.vhost,
-            &queue,
-            spec,
-            self.session.events_tx.clone(),
-        )?;
+        let events = self.session.events();
+        let handle = self
+            .ctx
+            .broker
+            .consume(&self.ctx.settings.vhost, &queue, spec, events)?;
         self.session.shared.insert(queue, handle);
         Ok(())
     }
 
     async fn bind(&self, queue: &str, filter: &str, bind: bool) -> Result<(), CoreError> {
         let b = Binding {
-            source: TOPIC_EXCHANGE.to_string(),
+            source: convert::exchange_for(filter).to_string(),
             destination: Destination::Queue(queue.to_string()),
             routing_key: filter_to_pattern(filter),
             arguments: FieldTable::new(),
@@ -344,16 +340,19 @@ impl Conn {
             };
             let mut p = self.retained_backlog.pop_front().expect("front exists");
             p.packet_id = Some(id);
+            self.count_sent(&p);
+            if !self.write_publish(p.clone()) {
+                continue;
+            }
             self.session.credit.take();
             self.session.inflight.insert(
                 id,
                 Inflight {
-                    publish: p.clone(),
+                    publish: p,
                     source: Source::Retained,
+                    message: 0,
                 },
             );
-            self.count_sent(&p);
-            self.write_publish(p);
         }
     }
 
@@ -368,6 +367,7 @@ impl Conn {
             self.ctx.stats.subscriptions.fetch_sub(1, Ordering::Relaxed);
             if let Some(q) = registry::shared_queue(filter) {
                 if let Some(h) = self.session.shared.remove(&q) {
+                    self.session.drop_inflight_of(h.id());
                     h.cancel(true);
                 }
                 registry::drop_shared_queue_if_unused(&self.ctx, &q).await;
@@ -397,6 +397,13 @@ impl Conn {
     }
 
     async fn on_publish(&mut self, mut p: Publish) {
+        if !p.properties.subscription_identifiers.is_empty() {
+            self.fail(
+                ReasonCode::PROTOCOL_ERROR,
+                "Subscription Identifier in a client PUBLISH [MQTT-3.3.4-6]",
+            );
+            return;
+        }
         // Topic alias [MQTT-3.3.2-7 .. 3.3.2-12].
         if let Some(alias) = p.properties.topic_alias.take() {
             if alias == 0 || alias > self.ctx.settings.topic_alias_maximum {
@@ -425,6 +432,9 @@ impl Conn {
         if p.topic.as_str().starts_with("$SYS") {
             // The broker's own tree (as Mosquitto): accepted and
             // acknowledged, not routed.
+            if let (QoS::ExactlyOnce, Some(id)) = (p.qos, p.packet_id) {
+                self.session.incoming_qos2.insert(id);
+            }
             self.ack_now(&p, ReasonCode::SUCCESS);
             return;
         }
@@ -441,8 +451,11 @@ impl Conn {
             );
             return;
         }
-        if p.qos == QoS::ExactlyOnce && self.session.incoming_qos2.contains(&packet_id) {
+        if p.qos == QoS::ExactlyOnce && p.dup && self.session.incoming_qos2.contains(&packet_id) {
             // A resend of a message already published: acknowledge only.
+            // (Without DUP it is a new message [MQTT-3.3.1-1]: the id's old
+            // exchange ended on the client's side, e.g. its PUBCOMP was the
+            // last thing before a crash of ours.)
             self.ack_now(&p, ReasonCode::SUCCESS);
             return;
         }
@@ -477,6 +490,9 @@ impl Conn {
             Ok(p) => p,
             Err(e) => {
                 tracing::warn!(error = %e, "mqtt publish failed");
+                if p.qos == QoS::ExactlyOnce {
+                    self.session.incoming_qos2.remove(&packet_id);
+                }
                 self.fail(ReasonCode::UNSPECIFIED_ERROR, "publish failed");
                 return;
             }
@@ -505,6 +521,41 @@ impl Conn {
                 Packet::PubRec(ack)
             }
         }));
+    }
+
+    /// A publish receipt resolved: send its PUBACK / PUBREC. A refusal is
+    /// a reason code in MQTT 5; a 3.1.1 ack cannot carry one, so the
+    /// connection closes instead (the client resends after reconnecting).
+    pub(crate) fn on_confirm(&mut self, ack: Packet) {
+        let (id, reason) = match &ack {
+            Packet::PubAck(a) => {
+                self.qos1_pending = self.qos1_pending.saturating_sub(1);
+                (a.packet_id, a.reason)
+            }
+            Packet::PubRec(a) => (a.packet_id, a.reason),
+            _ => (0, ReasonCode::SUCCESS),
+        };
+        if reason.is_error() {
+            if matches!(ack, Packet::PubRec(_)) {
+                // A refused QoS 2 message frees its packet id [MQTT-4.3.3].
+                self.session.incoming_qos2.remove(&id);
+                self.forget_incoming(id);
+            }
+            if !self.version.is_v5() {
+                self.fail(reason, "publish refused");
+                return;
+            }
+        }
+        self.send(ack);
+    }
+
+    /// Deletes the stored record of an incoming QoS 2 packet id.
+    fn forget_incoming(&self, id: u16) {
+        if self.session.is_persistent() {
+            let mut w = StateWrites::new();
+            w.delete(NAMESPACE, &incoming_key(&self.session.client_id, id));
+            self.ctx.broker.write_state_soon(w);
+        }
     }
 
     /// Acknowledges a publish in order with those still awaiting the disk.
@@ -557,7 +608,7 @@ impl Conn {
     }
 
     /// Credit came back outside a queue's knowledge: let queues deliver.
-    fn pump(&mut self) {
+    pub(crate) fn pump(&mut self) {
         if let Some(c) = &self.session.consumer {
             c.pump();
         }
@@ -574,6 +625,7 @@ impl Conn {
         }
         if let Some(f) = self.session.inflight.remove(&id) {
             self.settle(f.source);
+            self.record_outgoing(id, None);
             self.drain_retained_backlog();
         }
     }
@@ -596,20 +648,19 @@ impl Conn {
         };
         if a.reason.is_error() {
             self.settle(f.source);
+            self.record_outgoing(id, None);
             return;
         }
-        // The client owns the message now: it leaves the queue, but keeps
-        // its slot in the window until PUBCOMP.
+        // The client owns the message now: the record says so before the
+        // queue entry goes (same write order), so after a crash we owe a
+        // PUBREL, never a second PUBLISH. The message keeps its slot in the
+        // window until PUBCOMP.
+        self.record_outgoing(id, Some((f.message, true)));
         if let Source::Queue(..) = f.source {
             self.settle(f.source);
             self.session.credit.take();
         }
         self.session.pubrel_pending.insert(id);
-        if self.session.is_persistent() {
-            let mut w = StateWrites::new();
-            w.put(NAMESPACE, &outgoing_key(&self.session.client_id, id), b"");
-            self.ctx.broker.write_state_soon(w);
-        }
         self.send(Packet::PubRel(Ack::new(id)));
     }
 
@@ -617,11 +668,7 @@ impl Conn {
         if !self.session.pubrel_pending.remove(&id) {
             return;
         }
-        if self.session.is_persistent() {
-            let mut w = StateWrites::new();
-            w.delete(NAMESPACE, &outgoing_key(&self.session.client_id, id));
-            self.ctx.broker.write_state_soon(w);
-        }
+        self.record_outgoing(id, None);
         self.session.credit.give_back();
         self.pump();
     }
@@ -678,7 +725,10 @@ impl Conn {
         let mut properties = props.unwrap_or_default();
         properties.subscription_identifiers = m.ids;
         let mut p = Publish {
-            dup: d.redelivered && qos != QoS::AtMostOnce,
+            // DUP marks our own resends only (resend_inflight): a message
+            // back in the queue (a restart, a shared subscriber gone) is a
+            // first attempt for this client.
+            dup: false,
             qos,
             retain: m.retain_as_published && convert::published_retain(&d.message),
             topic: topic_name,
@@ -692,23 +742,56 @@ impl Conn {
             self.settle(Source::Queue(d.consumer, d.tag));
             return;
         }
-        let Some(id) = self.session.next_packet_id() else {
-            self.fail(ReasonCode::QUOTA_EXCEEDED, "no free packet identifier");
-            return;
+        let message = d.message.id.0;
+        // Sent before a restart and not acknowledged: the same packet id
+        // again, flagged as a resend (a QoS 2 client then knows it).
+        let id = match self.session.recovered.remove(&message) {
+            Some(id) => {
+                p.dup = true;
+                id
+            }
+            None => match self.session.next_packet_id() {
+                Some(id) => id,
+                None => {
+                    self.fail(ReasonCode::QUOTA_EXCEEDED, "no free packet identifier");
+                    return;
+                }
+            },
         };
         p.packet_id = Some(id);
         self.count_sent(&p);
         if !self.write_publish(p.clone()) {
             self.settle(Source::Queue(d.consumer, d.tag));
+            self.record_outgoing(id, None);
             return;
         }
+        self.record_outgoing(id, Some((message, false)));
         self.session.inflight.insert(
             id,
             Inflight {
                 publish: p,
                 source: Source::Queue(d.consumer, d.tag),
+                message,
             },
         );
+    }
+
+    /// Keeps (Some) or drops (None) the record of an outgoing message of a
+    /// persistent session, so a restart resends it with its packet id.
+    /// Written without waiting for the disk, in order with the queue's own
+    /// writes (see docs/mqtt.md: a crash of the process keeps it, a power
+    /// cut may not).
+    fn record_outgoing(&self, id: u16, state: Option<(u64, bool)>) {
+        if !self.session.is_persistent() {
+            return;
+        }
+        let key = outgoing_key(&self.session.client_id, id);
+        let mut w = StateWrites::new();
+        match state {
+            Some((message, released)) => w.put(NAMESPACE, &key, &outgoing_value(message, released)),
+            None => w.delete(NAMESPACE, &key),
+        }
+        self.ctx.broker.write_state_soon(w);
     }
 
     fn count_sent(&self, p: &Publish) {

@@ -179,7 +179,13 @@ pub(crate) fn restore(ctx: &MqttContext) -> Result<(), junction_core::CoreError>
             .fetch_add(rec.subscriptions.len() as i64, Ordering::Relaxed);
         s.subs = rec.subscriptions;
         s.incoming_qos2 = incoming;
-        s.pubrel_pending = outgoing;
+        for o in outgoing {
+            if o.released {
+                s.pubrel_pending.insert(o.packet_id);
+            } else {
+                s.recovered.insert(o.message, o.packet_id);
+            }
+        }
         s.stored = true;
         slots.insert(
             rec.client_id,
@@ -191,6 +197,53 @@ pub(crate) fn restore(ctx: &MqttContext) -> Result<(), junction_core::CoreError>
         );
     }
     Ok(())
+}
+
+/// At start: deletes what no stored session owns any more — session and
+/// shared-subscription queues left by sessions that ended while the broker
+/// was down or crashing, and QoS 2 records without a session record.
+pub(crate) async fn remove_orphans(ctx: &MqttContext) {
+    let vhost = &ctx.settings.vhost;
+    let parked: std::collections::HashSet<String> = {
+        let slots = ctx.registry.slots.lock();
+        slots.keys().cloned().collect()
+    };
+    let queues: Vec<String> = ctx
+        .broker
+        .stats()
+        .queues
+        .into_iter()
+        .filter(|q| &q.vhost == vhost)
+        .map(|q| q.name)
+        .collect();
+    for q in queues {
+        let orphan = match q.strip_prefix("mqtt-session-") {
+            Some(client) => !parked.contains(client),
+            None => q.starts_with("mqtt-shared-") && !ctx.registry.parked_uses_shared(&q),
+        };
+        if orphan {
+            tracing::info!(queue = %q, "mqtt queue of an ended session deleted");
+            let _ = ctx.broker.delete_queue(vhost, &q, false, false, None).await;
+        }
+    }
+    let Ok(entries) = ctx.broker.read_state(session::NAMESPACE) else {
+        return;
+    };
+    let mut w = StateWrites::new();
+    for (key, _) in entries {
+        if let Some((_, rest)) = key.split_once('/')
+            && let Some((_, client)) = rest.split_once('/')
+            && !key.starts_with("s/")
+            && !parked.contains(client)
+        {
+            w.delete(session::NAMESPACE, &key);
+        }
+    }
+    if !w.is_empty()
+        && let Err(e) = ctx.broker.write_state(w).await
+    {
+        tracing::warn!(error = %e, "mqtt orphan records not deleted");
+    }
 }
 
 /// Ends a session for good: its consumers, its queue, its shared queues
@@ -265,7 +318,8 @@ pub(crate) async fn publish_will(ctx: &MqttContext, will: PendingWill) {
     }
 }
 
-/// Every second: ends expired sessions and sends wills whose delay is over.
+/// Four times a second: ends expired sessions and sends wills whose delay
+/// is over.
 pub(crate) async fn sweep(ctx: Arc<MqttContext>, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     loop {

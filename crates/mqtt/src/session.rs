@@ -64,6 +64,8 @@ pub enum Source {
 pub struct Inflight {
     pub publish: Publish,
     pub source: Source,
+    /// The core message's id (0 for a retained message).
+    pub message: u64,
 }
 
 /// The subscriptions of a session, by filter (shared ones under their
@@ -201,7 +203,8 @@ impl SessionRecord {
 
 /// State keys: `s/<client id>` holds the record, `i/<packet id>/<client id>`
 /// an incoming QoS 2 message awaiting PUBREL, `o/<packet id>/<client id>`
-/// an outgoing one awaiting PUBCOMP.
+/// an outgoing QoS 1/2 message not yet acknowledged (value: see
+/// [`outgoing_value`]).
 pub fn record_key(client_id: &str) -> String {
     format!("s/{client_id}")
 }
@@ -214,28 +217,56 @@ pub fn outgoing_key(client_id: &str, id: u16) -> String {
     format!("o/{id:05}/{client_id}")
 }
 
+/// An outgoing record's value: the core message id, and whether the
+/// client acknowledged it with PUBREC (we owe it a PUBREL only).
+pub fn outgoing_value(message: u64, released: bool) -> [u8; 9] {
+    let mut v = [0u8; 9];
+    v[..8].copy_from_slice(&message.to_be_bytes());
+    v[8] = u8::from(released);
+    v
+}
+
+/// An outgoing record stored before a restart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Outgoing {
+    pub packet_id: u16,
+    pub message: u64,
+    pub released: bool,
+}
+
 /// A stored session: its record, incoming QoS 2 packet ids awaiting
-/// PUBREL, outgoing ones awaiting PUBCOMP.
-pub type Stored = (SessionRecord, BTreeSet<u16>, BTreeSet<u16>);
+/// PUBREL, outgoing messages not yet acknowledged.
+pub type Stored = (SessionRecord, BTreeSet<u16>, Vec<Outgoing>);
 
 /// Every stored session, with its QoS 2 packet ids, from the state map.
 pub fn load_all(entries: Vec<(String, bytes::Bytes)>) -> Result<Vec<Stored>, CoreError> {
     let mut records: HashMap<String, Stored> = HashMap::new();
-    let mut ids: Vec<(bool, u16, String)> = Vec::new();
+    let mut ids: Vec<(bool, u16, String, bytes::Bytes)> = Vec::new();
     for (key, value) in entries {
         if let Some(client) = key.strip_prefix("s/") {
             let rec = SessionRecord::decode(&value)?;
-            records.insert(client.to_string(), (rec, BTreeSet::new(), BTreeSet::new()));
+            records.insert(client.to_string(), (rec, BTreeSet::new(), Vec::new()));
         } else if let Some((kind, rest)) = key.split_once('/')
             && let Some((id, client)) = rest.split_once('/')
             && let Ok(id) = id.parse::<u16>()
         {
-            ids.push((kind == "i", id, client.to_string()));
+            ids.push((kind == "i", id, client.to_string(), value));
         }
     }
-    for (incoming, id, client) in ids {
-        if let Some((_, i, o)) = records.get_mut(&client) {
-            if incoming { i } else { o }.insert(id);
+    for (incoming, packet_id, client, value) in ids {
+        let Some((_, i, o)) = records.get_mut(&client) else {
+            continue;
+        };
+        if incoming {
+            i.insert(packet_id);
+        } else if let (Some(m), Some(&released)) = (value.get(..8), value.get(8)) {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(m);
+            o.push(Outgoing {
+                packet_id,
+                message: u64::from_be_bytes(b),
+                released: released != 0,
+            });
         }
     }
     let mut out: Vec<_> = records.into_values().collect();
@@ -259,6 +290,9 @@ pub struct Session {
     pub pubrel_pending: BTreeSet<u16>,
     /// Outgoing QoS 1/2 PUBLISHes not yet acknowledged, by packet id.
     pub inflight: BTreeMap<u16, Inflight>,
+    /// Messages sent before a broker restart and not acknowledged: core
+    /// message id → the packet id to resend them with (DUP set).
+    pub recovered: HashMap<u64, u16>,
     next_packet_id: u16,
     /// The consumer on the session's own queue (None until the first
     /// non-shared subscription).
@@ -266,7 +300,8 @@ pub struct Session {
     /// Consumers on shared-subscription queues, by queue name.
     pub shared: HashMap<String, ConsumerHandle>,
     /// Every consumer delivers here; the receiver moves with the session.
-    pub events_tx: mpsc::UnboundedSender<ConsumerEvent>,
+    /// Made with the first consumer (an idle connection has none).
+    pub events_tx: Option<mpsc::UnboundedSender<ConsumerEvent>>,
     /// Taken by the connection while it serves the session.
     pub events_rx: Option<mpsc::UnboundedReceiver<ConsumerEvent>>,
     /// Outgoing flow control: the client's Receive Maximum, shared by
@@ -280,7 +315,6 @@ pub struct Session {
 
 impl Session {
     pub fn new(client_id: String, expiry: u32, connection: ConnectionId) -> Session {
-        let (events_tx, events_rx) = mpsc::unbounded_channel();
         Session {
             queue: format!("mqtt-session-{client_id}"),
             client_id,
@@ -289,11 +323,12 @@ impl Session {
             incoming_qos2: BTreeSet::new(),
             pubrel_pending: BTreeSet::new(),
             inflight: BTreeMap::new(),
+            recovered: HashMap::new(),
             next_packet_id: 1,
             consumer: None,
             shared: HashMap::new(),
-            events_tx,
-            events_rx: Some(events_rx),
+            events_tx: None,
+            events_rx: None,
             credit: Credit::new(0),
             connection,
             stored: false,
@@ -311,7 +346,10 @@ impl Session {
         for _ in 0..u16::MAX {
             let id = self.next_packet_id;
             self.next_packet_id = if id == u16::MAX { 1 } else { id + 1 };
-            if !self.inflight.contains_key(&id) && !self.pubrel_pending.contains(&id) {
+            if !self.inflight.contains_key(&id)
+                && !self.pubrel_pending.contains(&id)
+                && !self.recovered.values().any(|&r| r == id)
+            {
                 return Some(id);
             }
         }
@@ -344,8 +382,41 @@ impl Session {
         for &id in &self.incoming_qos2 {
             w.delete(NAMESPACE, &incoming_key(&self.client_id, id));
         }
-        for &id in &self.pubrel_pending {
+        let outgoing = self
+            .pubrel_pending
+            .iter()
+            .chain(self.inflight.keys())
+            .chain(self.recovered.values());
+        for &id in outgoing {
             w.delete(NAMESPACE, &outgoing_key(&self.client_id, id));
+        }
+    }
+
+    /// Where consumers deliver; the channel is made on first use, and the
+    /// connection picks up its receiver from `events_rx`.
+    pub fn events(&mut self) -> mpsc::UnboundedSender<ConsumerEvent> {
+        if let Some(tx) = &self.events_tx {
+            return tx.clone();
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.events_tx = Some(tx.clone());
+        self.events_rx = Some(rx);
+        tx
+    }
+
+    /// Forgets the messages in flight from `consumer`: its deliveries went
+    /// back to their queue (a shared subscription left), and another
+    /// member gets them; resending them here would duplicate them.
+    pub fn drop_inflight_of(&mut self, consumer: ConsumerId) {
+        self.inflight
+            .retain(|_, f| !matches!(f.source, Source::Queue(c, _) if c == consumer));
+    }
+
+    /// Cancels the shared-subscription consumers (their unacknowledged
+    /// deliveries return to the group) and forgets what they had in flight.
+    pub fn leave_shared_groups(&mut self) {
+        for (_, c) in std::mem::take(&mut self.shared) {
+            self.drop_inflight_of(c.id());
         }
     }
 
@@ -367,9 +438,11 @@ impl Session {
     }
 }
 
-/// The queue a shared subscription's group consumes from.
+/// The queue a shared subscription's group consumes from. A share name
+/// holds no `/`, so the first `/` ends it: no two (group, filter) pairs
+/// share a queue.
 pub fn shared_queue_name(group: &str, filter: &str) -> String {
-    format!("mqtt-shared-{group}-{filter}")
+    format!("mqtt-shared-{group}/{filter}")
 }
 
 #[cfg(test)]
@@ -438,13 +511,23 @@ mod tests {
         let entries = vec![
             (record_key("dev/7"), bytes::Bytes::from(rec.encode())),
             (incoming_key("dev/7", 5), bytes::Bytes::new()),
-            (outgoing_key("dev/7", 65535), bytes::Bytes::new()),
+            (
+                outgoing_key("dev/7", 65535),
+                bytes::Bytes::copy_from_slice(&outgoing_value(42, true)),
+            ),
             (incoming_key("gone", 1), bytes::Bytes::new()),
         ];
         let all = load_all(entries).unwrap();
         assert_eq!(all.len(), 1);
         assert_eq!(all[0].0, rec);
         assert_eq!(all[0].1, BTreeSet::from([5]));
-        assert_eq!(all[0].2, BTreeSet::from([65535]));
+        assert_eq!(
+            all[0].2,
+            vec![Outgoing {
+                packet_id: 65535,
+                message: 42,
+                released: true
+            }]
+        );
     }
 }

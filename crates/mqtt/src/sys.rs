@@ -13,7 +13,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::MqttContext;
-use crate::convert::{H_PUBLISH_QOS, H_RETAIN, TOPIC_EXCHANGE, swap_separators};
+use crate::convert::{H_PUBLISH_QOS, H_RETAIN, SYS_EXCHANGE, swap_separators};
 
 /// The current `$SYS` values, topic → payload.
 #[derive(Default)]
@@ -71,11 +71,12 @@ fn snapshot(ctx: &MqttContext, started: Instant) -> Vec<(String, Bytes)> {
 /// Refreshes the values and publishes them every `sys_interval`.
 pub(crate) async fn publish_loop(ctx: Arc<MqttContext>, shutdown: CancellationToken) {
     let started = Instant::now();
-    *ctx.sys.values.lock() = snapshot(&ctx, started);
     let every = ctx.settings.sys_interval;
     if every.is_zero() {
+        // No $SYS tree at all (not a frozen start-up snapshot).
         return;
     }
+    *ctx.sys.values.lock() = snapshot(&ctx, started);
     let mut tick = tokio::time::interval(every);
     loop {
         tokio::select! {
@@ -85,7 +86,7 @@ pub(crate) async fn publish_loop(ctx: Arc<MqttContext>, shutdown: CancellationTo
         let values = snapshot(&ctx, started);
         *ctx.sys.values.lock() = values.clone();
         for (topic, payload) in values {
-            let mut m = Message::new(TOPIC_EXCHANGE, swap_separators(&topic), payload);
+            let mut m = Message::new(SYS_EXCHANGE, swap_separators(&topic), payload);
             m.properties
                 .headers
                 .insert(H_PUBLISH_QOS, FieldValue::I8(0));
@@ -94,7 +95,6 @@ pub(crate) async fn publish_loop(ctx: Arc<MqttContext>, shutdown: CancellationTo
                 .insert(H_RETAIN, FieldValue::Bool(true));
             if let Err(e) = ctx.broker.publish(&ctx.settings.vhost, m).await {
                 tracing::debug!(error = %e, "$SYS not published");
-                return;
             }
         }
     }

@@ -83,6 +83,19 @@ impl UsersAuth {
             }
             *n += 1;
         }
+        // Many clients often log in with the same credentials at once (a
+        // fleet reconnecting): the first check's result serves the rest.
+        let digest = self.digest(user, password);
+        if self
+            .verified
+            .lock()
+            .get(user)
+            .is_some_and(|d| same_digest(d, &digest))
+        {
+            *count.lock() -= 1;
+            cv.notify_one();
+            return Ok(());
+        }
         let result = self
             .db
             .authenticate(user, password, peer, self.guest_loopback_only);
@@ -98,30 +111,45 @@ fn same_digest(a: &[u8; 32], b: &[u8; 32]) -> bool {
 }
 
 impl junction_core::Authenticator for UsersAuth {
+    fn authenticate_fast(
+        &self,
+        user: &str,
+        password: &str,
+        peer: std::net::IpAddr,
+    ) -> Option<Result<(), String>> {
+        if user == crate::users::GUEST
+            && self.guest_loopback_only
+            && !peer.to_canonical().is_loopback()
+        {
+            return Some(Err(crate::users::AuthError::LoopbackOnly.to_string()));
+        }
+        let digest = self.digest(user, password);
+        self.verified
+            .lock()
+            .get(user)
+            .is_some_and(|d| same_digest(d, &digest))
+            .then_some(Ok(()))
+    }
+
     fn authenticate(
         &self,
         user: &str,
         password: &str,
         peer: std::net::IpAddr,
     ) -> Result<(), String> {
-        if user == crate::users::GUEST
-            && self.guest_loopback_only
-            && !peer.to_canonical().is_loopback()
-        {
-            return Err(crate::users::AuthError::LoopbackOnly.to_string());
+        if let Some(verdict) = self.authenticate_fast(user, password, peer) {
+            return verdict;
         }
         let digest = self.digest(user, password);
-        if self
-            .verified
-            .lock()
-            .get(user)
-            .is_some_and(|d| same_digest(d, &digest))
-        {
-            return Ok(());
-        }
         self.verify_slowly(user, password, peer)?;
         self.verified.lock().insert(user.to_string(), digest);
         Ok(())
+    }
+
+    fn may_connect_from(&self, user: &str, peer: std::net::IpAddr) -> bool {
+        !(user == crate::users::GUEST
+            && self.guest_loopback_only
+            && !peer.to_canonical().is_loopback())
     }
 
     fn may_access(&self, user: &str, vhost: &str) -> bool {
@@ -244,6 +272,10 @@ impl Server {
             },
         )
         .await?;
+        let auth: Arc<dyn junction_core::Authenticator> = Arc::new(UsersAuth::new(
+            Arc::clone(&users),
+            config.broker.guest_loopback_only,
+        ));
         let ready = Arc::new(AtomicBool::new(false));
         let listeners = CancellationToken::new();
         let tasks = TaskTracker::new();
@@ -283,10 +315,7 @@ impl Server {
             amqp_addr = Some(listener.local_addr().map_err(bind_err)?);
             let ctx = Arc::new(junction_amqp::AmqpContext {
                 broker: Arc::clone(&broker),
-                auth: Arc::new(UsersAuth::new(
-                    Arc::clone(&users),
-                    config.broker.guest_loopback_only,
-                )),
+                auth: Arc::clone(&auth),
                 settings: junction_amqp::AmqpSettings {
                     max_message_size: config.broker.max_message_size,
                     ..junction_amqp::AmqpSettings::default()
@@ -311,10 +340,7 @@ impl Server {
             mqtt_addr = Some(listener.local_addr().map_err(bind_err)?);
             let ctx = junction_mqtt::MqttContext::new(
                 Arc::clone(&broker),
-                Arc::new(UsersAuth::new(
-                    Arc::clone(&users),
-                    config.broker.guest_loopback_only,
-                )),
+                Arc::clone(&auth),
                 config.mqtt.settings(),
             )?;
             tasks.spawn(junction_mqtt::serve(

@@ -234,7 +234,9 @@ impl Broker {
             vhosts: RwLock::new(HashMap::new()),
             next_message: AtomicU64::new(1),
             next_queue: AtomicU64::new(1),
-            next_connection: AtomicU64::new(1),
+            // Start past every id an earlier run handed out: stored messages
+            // keep their origin connection (MQTT No Local compares it).
+            next_connection: AtomicU64::new(first_connection_id()),
             next_consumer: AtomicU64::new(1),
             refs: Mutex::new(HashMap::new()),
             counters: Counters::default(),
@@ -491,4 +493,14 @@ impl Drop for ConnectionGuard {
             .fetch_sub(1, Ordering::Relaxed);
         self.broker.connection_closed(self.id);
     }
+}
+
+/// The first connection id of this run: the start time in microseconds,
+/// so ids never repeat across restarts (one id per microsecond of uptime
+/// would be needed to catch up with the next run's start).
+fn first_connection_id() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_micros() as u64)
+        .max(1)
 }
