@@ -49,7 +49,8 @@ pub(crate) struct Conn {
     pub guard: ConnectionGuard,
     pub version: ProtocolVersion,
     pub session: Session,
-    pub will: Option<LastWill>,
+    /// Boxed: most clients have none, and it is large.
+    pub will: Option<Box<LastWill>>,
     pub out: BytesMut,
     pub confirms: FuturesOrdered<ConfirmFuture>,
     /// QoS 1 publishes whose PUBACK is not sent yet.
@@ -74,26 +75,28 @@ pub(crate) async fn run(
     ctx: Arc<MqttContext>,
     shutdown: CancellationToken,
 ) {
-    let span = tracing::info_span!("mqtt", %peer, client_id = tracing::field::Empty);
+    // A debug span: at the default info level it costs nothing, and an
+    // idle connection should cost little (log events name the peer).
+    let span = tracing::debug_span!("mqtt", %peer, client_id = tracing::field::Empty);
     async move {
         let _ = stream.set_nodelay(true);
         let (mut rd, mut wr) = stream.into_split();
-        let mut buf = BytesMut::with_capacity(256);
+        let mut buf = BytesMut::with_capacity(READ_START);
         let max = ctx.settings.max_packet_size as usize;
         let connect = tokio::select! {
             _ = shutdown.cancelled() => return,
-            r = tokio::time::timeout(ctx.settings.connect_timeout, read_connect(&mut rd, &mut buf, max)) => r,
+            r = Box::pin(tokio::time::timeout(ctx.settings.connect_timeout, read_connect(&mut rd, &mut buf, max))) => r,
         };
         let connect = match connect {
             Ok(Ok(c)) => c,
             Ok(Err(ConnectError::Eof)) => return,
             Ok(Err(ConnectError::Decode(e, level))) => {
-                tracing::info!(error = %e, "mqtt CONNECT refused");
+                tracing::info!(%peer, error = %e, "mqtt CONNECT refused");
                 Box::pin(refuse_undecodable(&mut wr, &e, level)).await;
                 return;
             }
             Err(_) => {
-                tracing::info!("mqtt CONNECT timed out");
+                tracing::info!(%peer, "mqtt CONNECT timed out");
                 return;
             }
         };
@@ -158,9 +161,7 @@ async fn read_connect(
             Ok(None) => {}
             Err(e) => return Err(ConnectError::Decode(e, level)),
         }
-        if buf.capacity() - buf.len() < 64 {
-            buf.reserve(256);
-        }
+        make_room(buf, READ_START);
         match rd.read_buf(buf).await {
             Ok(0) | Err(_) => return Err(ConnectError::Eof),
             Ok(_) => {}
@@ -329,7 +330,7 @@ async fn accept(
         guard,
         version: v,
         session,
-        will: c.will,
+        will: c.will.map(Box::new),
         out: BytesMut::new(),
         confirms: FuturesOrdered::new(),
         qos1_pending: 0,
@@ -378,6 +379,19 @@ pub(crate) async fn flush(wr: &mut OwnedWriteHalf, out: &mut BytesMut) -> std::i
     res
 }
 
+/// First read buffer: enough for a CONNECT and the pings of an idle client.
+const READ_START: usize = 128;
+/// Largest read per call, reached by doubling while reads fill the buffer.
+const READ_MAX: usize = 64 * 1024;
+
+/// Makes room to read at least a little: `want` more bytes when fewer than
+/// a quarter of it are free (an empty buffer reuses its allocation).
+fn make_room(buf: &mut BytesMut, want: usize) {
+    if buf.capacity() - buf.len() < want / 4 {
+        buf.reserve(want);
+    }
+}
+
 /// How many deliveries one loop turn takes before writing.
 const DELIVERY_BATCH: usize = 256;
 
@@ -396,6 +410,7 @@ impl Conn {
         let max = self.ctx.settings.max_packet_size as usize;
         let mut alarm = self.ctx.broker.memory_alarm();
         let mut last_recv = Instant::now();
+        let mut read_size = READ_START;
         // Packets already buffered behind the CONNECT.
         Box::pin(self.read_packets(&mut buf, max)).await;
         let result = loop {
@@ -415,9 +430,8 @@ impl Conn {
             let alarmed = *alarm.borrow() && self.has_published;
             let read_ok =
                 !alarmed && self.confirms.len() < usize::from(self.ctx.settings.receive_maximum);
-            if buf.capacity() - buf.len() < 64 {
-                buf.reserve(256);
-            }
+            make_room(&mut buf, read_size);
+            let room = buf.capacity() - buf.len();
             if events.is_none() {
                 // The first subscription made the session's channel.
                 events = self.session.events_rx.take();
@@ -435,9 +449,7 @@ impl Conn {
                     // (its last acks, typically) still counts.
                     let mut budget: usize = 64 * 1024;
                     while budget > 0 && self.end.is_none() {
-                        if buf.capacity() - buf.len() < 64 {
-                            buf.reserve(256);
-                        }
+                        make_room(&mut buf, read_size);
                         match rd.try_read_buf(&mut buf) {
                             Ok(n) if n > 0 => {
                                 budget = budget.saturating_sub(n);
@@ -454,7 +466,11 @@ impl Conn {
                         Ok(0) => {
                             self.end.get_or_insert(End::Abnormal);
                         }
-                        Ok(_) => {
+                        Ok(n) => {
+                            if n == room {
+                                // A busy publisher: read more per call.
+                                read_size = (read_size * 2).min(READ_MAX);
+                            }
                             last_recv = Instant::now();
                             Box::pin(self.read_packets(&mut buf, max)).await;
                         }
@@ -479,7 +495,7 @@ impl Conn {
                 }
                 // Not while we hold the client back ourselves.
                 _ = sleep_until(deadline), if read_ok => {
-                    tracing::info!("mqtt keepalive timed out");
+                    tracing::info!(client_id = %self.session.client_id, "mqtt keepalive timed out");
                     self.disconnect(ReasonCode::KEEP_ALIVE_TIMEOUT);
                     self.end = Some(End::Abnormal);
                 }
@@ -497,7 +513,7 @@ impl Conn {
                 Ok(Some(p)) => self.on_packet(p).await,
                 Ok(None) => break,
                 Err(e) => {
-                    tracing::info!(error = %e, "mqtt bad packet");
+                    tracing::info!(client_id = %self.session.client_id, error = %e, "mqtt bad packet");
                     self.disconnect(e.reason_code());
                     self.end = Some(End::Abnormal);
                 }
@@ -522,7 +538,7 @@ impl Conn {
 
     /// Closes the connection for a protocol violation.
     pub(crate) fn fail(&mut self, reason: ReasonCode, why: &str) {
-        tracing::info!(%reason, why, "mqtt protocol violation");
+        tracing::info!(client_id = %self.session.client_id, %reason, why, "mqtt protocol violation");
         self.disconnect(reason);
         self.end = Some(End::Abnormal);
     }
@@ -533,7 +549,7 @@ impl Conn {
             Some(End::Normal) => None,
             _ => self.will.take(),
         };
-        let will = will.map(|w| self.will_message(w));
+        let will = will.map(|w| self.will_message(*w));
         let ctx = Arc::clone(&self.ctx);
         let conn_id = self.guard.id();
         let client_id = self.session.client_id.clone();

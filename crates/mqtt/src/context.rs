@@ -139,7 +139,9 @@ pub async fn serve(
         match accepted {
             Ok((stream, peer)) => {
                 let ctx = Arc::clone(&ctx);
-                let token = shutdown.child_token();
+                // A clone, not a child token: same cancellation, no
+                // allocation per connection.
+                let token = shutdown.clone();
                 tasks.spawn(connection::run(stream, peer, ctx, token));
             }
             Err(e) => {

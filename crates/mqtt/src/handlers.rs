@@ -146,14 +146,16 @@ impl Conn {
         if self.session.consumer.is_some() {
             return Ok(());
         }
-        let def = self.queue_def(&self.session.queue, self.session.is_persistent());
+        let def = self.queue_def(&self.session.queue(), self.session.is_persistent());
         self.declare(def).await?;
         let spec = self.spec(&self.session.client_id);
         let events = self.session.events();
-        let handle =
-            self.ctx
-                .broker
-                .consume(&self.ctx.settings.vhost, &self.session.queue, spec, events)?;
+        let handle = self.ctx.broker.consume(
+            &self.ctx.settings.vhost,
+            &self.session.queue(),
+            spec,
+            events,
+        )?;
         self.session.consumer = Some(handle);
         Ok(())
     }
@@ -216,7 +218,7 @@ impl Conn {
                 Some((g, f)) => self.ensure_shared_consumer(g, f).await,
                 None => match self.ensure_own_consumer().await {
                     Ok(()) => {
-                        let q = self.session.queue.clone();
+                        let q = self.session.queue();
                         self.bind(&q, &filter, true).await
                     }
                     Err(e) => Err(e),
@@ -379,7 +381,7 @@ impl Conn {
                     .by_filter
                     .keys()
                     .any(|f| split_shared(f).is_none() && filter_to_pattern(f) == pattern);
-                let q = self.session.queue.clone();
+                let q = self.session.queue();
                 if !still_bound && let Err(e) = self.bind(&q, filter, false).await {
                     tracing::warn!(error = %e, "mqtt unbind failed");
                 }

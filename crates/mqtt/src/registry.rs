@@ -257,11 +257,11 @@ pub(crate) async fn end_session(ctx: &MqttContext, mut s: Session) {
     let broker = &ctx.broker;
     let vhost = &ctx.settings.vhost;
     if let Err(e) = broker
-        .delete_queue(vhost, &s.queue, false, false, None)
+        .delete_queue(vhost, &s.queue(), false, false, None)
         .await
         && !matches!(e, junction_core::CoreError::NotFound(_))
     {
-        tracing::warn!(error = %e, queue = %s.queue, "mqtt session queue not deleted");
+        tracing::warn!(error = %e, queue = %s.queue(), "mqtt session queue not deleted");
     }
     let mut names: Vec<String> = s
         .subs

@@ -277,8 +277,6 @@ pub fn load_all(entries: Vec<(String, bytes::Bytes)>) -> Result<Vec<Stored>, Cor
 /// One session: durable state plus what lives only in memory.
 pub struct Session {
     pub client_id: String,
-    /// Name of the session's own queue on `amq.topic`.
-    pub queue: String,
     /// Session Expiry Interval in force, seconds (0: ends with the connection).
     pub expiry: u32,
     pub subs: Subscriptions,
@@ -316,7 +314,6 @@ pub struct Session {
 impl Session {
     pub fn new(client_id: String, expiry: u32, connection: ConnectionId) -> Session {
         Session {
-            queue: format!("mqtt-session-{client_id}"),
             client_id,
             expiry,
             subs: Subscriptions::default(),
@@ -333,6 +330,12 @@ impl Session {
             connection,
             stored: false,
         }
+    }
+
+    /// Name of the session's own queue (bound to `amq.topic`); made on
+    /// demand rather than kept, for the memory of idle connections.
+    pub fn queue(&self) -> String {
+        session_queue_name(&self.client_id)
     }
 
     /// A persistent session keeps a record and outlives its connection.
@@ -436,6 +439,11 @@ impl Session {
             .find(|(g, f, _)| shared_queue_name(g, f) == *queue)
             .map(|(_, f, o)| (f, o))
     }
+}
+
+/// The queue of the session of `client_id`.
+pub fn session_queue_name(client_id: &str) -> String {
+    format!("mqtt-session-{client_id}")
 }
 
 /// The queue a shared subscription's group consumes from. A share name

@@ -77,7 +77,9 @@ pub(crate) async fn publish_loop(ctx: Arc<MqttContext>, shutdown: CancellationTo
         return;
     }
     *ctx.sys.values.lock() = snapshot(&ctx, started);
-    let mut tick = tokio::time::interval(every);
+    // The first refresh one interval from now (the snapshot above is
+    // current): an immediate tick would publish the start-up values twice.
+    let mut tick = tokio::time::interval_at(Instant::now() + every, every);
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,

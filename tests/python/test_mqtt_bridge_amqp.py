@@ -1,0 +1,205 @@
+"""MQTT and AMQP 0-9-1 on one broker: MQTT topics are routing keys on
+`amq.topic` with `/` and `.` swapped (`+` is `*`, `#` is `#`); bodies pass
+byte for byte; MQTT 5 request/response, content type and user properties
+map to AMQP reply-to, correlation-id, content-type and headers, and back;
+QoS maps to and from AMQP persistence."""
+
+import pika
+import pytest
+
+from mqtt_support import (
+    V5,
+    V311,
+    clients,  # noqa: F401 (fixture)
+    fence_all,
+    uid,
+    wait_until,
+)
+
+BINARY = bytes([0x00, 0xFF, 0x7F, 0x80, 0x0A, 0x0D]) + "°C".encode() + b"\x00"
+PERSISTENT = pika.BasicProperties(delivery_mode=2)
+
+
+def bound_queue(ch, names, pattern):
+    """A durable queue bound to amq.topic with `pattern`."""
+    q = names("q")
+    ch.queue_declare(q, durable=True)
+    ch.queue_bind(q, "amq.topic", routing_key=pattern)
+    return q
+
+
+def amqp_get(ch, queue, n, timeout=5):
+    """Waits until `n` messages were taken from `queue` (basic.get, auto
+    ack) and checks that no more are there; returns
+    [(method, properties, body)]."""
+    got = []
+
+    def take():
+        while True:
+            method, props, body = ch.basic_get(queue, auto_ack=True)
+            if method is None:
+                return len(got) >= n
+            got.append((method, props, body))
+
+    assert wait_until(take, timeout, step=0.05), f"{len(got)} of {n} messages: {got}"
+    assert len(got) == n, got
+    return got
+
+
+@pytest.mark.parametrize("version", [V311, V5], ids=["v311", "v5"])
+def test_mqtt_device_publishes_reach_an_amqp_queue_byte_for_byte(
+    module_broker, clients, amqp_channel, names, version
+):
+    p = uid("p")
+    q = bound_queue(amqp_channel, names, p + ".plant.*.temp")
+    dev = clients.connect(module_broker, version=version)
+    for qos in (0, 1, 2):
+        dev.publish(f"{p}/plant/7/temp", BINARY + bytes([qos]), qos=qos)
+    dev.publish(f"{p}/plant/7/8/temp", b"two levels: no match", qos=1)
+    dev.publish(f"{p}/plant/7/temp2", b"other word: no match", qos=1)
+
+    got = amqp_get(amqp_channel, q, 3)
+    assert [(m.exchange, m.routing_key, body) for m, _, body in got] == [
+        ("amq.topic", p + ".plant.7.temp", BINARY + bytes([qos])) for qos in (0, 1, 2)
+    ]
+    assert [props.headers["x-mqtt-publish-qos"] for _, props, _ in got] == [0, 1, 2]
+    # QoS 1 and 2 messages are persistent.
+    assert [props.delivery_mode for _, props, _ in got] in ([None, 2, 2], [1, 2, 2])
+    amqp_channel.queue_delete(q)
+
+
+def test_dots_in_mqtt_topics_become_slashes_in_routing_keys(
+    module_broker, clients, amqp_channel, names
+):
+    p = uid("p")
+    q = bound_queue(amqp_channel, names, p + ".v1/2.#")
+    clients.connect(module_broker).publish(f"{p}/v1.2/x", b"dotted", qos=1)
+    ((m, _, body),) = amqp_get(amqp_channel, q, 1)
+    assert (m.routing_key, body) == (p + ".v1/2.x", b"dotted")
+    amqp_channel.queue_delete(q)
+
+
+def amqp_publish(ch, key, body, **props):
+    ch.basic_publish("amq.topic", key, body, pika.BasicProperties(**props))
+
+
+def test_amqp_publish_reaches_mqtt_subscribers_with_the_topic_translated(
+    module_broker, clients, amqp_channel
+):
+    p = uid("p")
+    plus = clients.connect(module_broker, version=V311)
+    assert plus.subscribe(p + "/cmd/+", qos=1) == [1]
+    hash_ = clients.connect(module_broker, version=V5)
+    assert hash_.subscribe(p + "/cmd/#", qos=1) == [1]
+    amqp_publish(amqp_channel, p + ".cmd.7", BINARY, delivery_mode=2)
+    amqp_publish(amqp_channel, p + ".cmd.7.extra", b"deeper", delivery_mode=2)
+    amqp_publish(amqp_channel, p + ".cmd", b"parent", delivery_mode=2)
+    amqp_publish(amqp_channel, p + ".other.7", b"no match", delivery_mode=2)
+    got_plus, got_hash = fence_all(clients.connect(module_broker), [plus, hash_], p + "/cmd/fence")
+    assert [(m.topic, m.payload, m.qos) for m in got_plus] == [(p + "/cmd/7", BINARY, 1)]
+    # `a/#` also matches `a` itself (MQTT 4.7.1.2; AMQP `a.#` too).
+    assert [(m.topic, m.payload) for m in got_hash] == [
+        (p + "/cmd/7", BINARY),
+        (p + "/cmd/7/extra", b"deeper"),
+        (p + "/cmd", b"parent"),
+    ]
+
+
+@pytest.mark.parametrize(
+    "delivery_mode,sub_qos,expected_qos",
+    [(2, 2, 1), (2, 1, 1), (2, 0, 0), (1, 2, 0), (None, 1, 0)],
+    ids=["persistent-sub2", "persistent-sub1", "persistent-sub0", "transient", "no-mode"],
+)
+def test_amqp_persistence_becomes_mqtt_qos_capped_by_the_subscription(
+    module_broker, clients, amqp_channel, delivery_mode, sub_qos, expected_qos
+):
+    p = uid("p")
+    sub = clients.connect(module_broker, version=V5)
+    assert sub.subscribe(p + "/q", qos=sub_qos) == [sub_qos]
+    props = {} if delivery_mode is None else {"delivery_mode": delivery_mode}
+    amqp_publish(amqp_channel, p + ".q", b"from amqp", **props)
+    assert [(m.topic, m.payload, m.qos) for m in sub.wait_messages(1)] == [
+        (p + "/q", b"from amqp", expected_qos)
+    ]
+
+
+def test_mqtt5_request_and_amqp_reply_with_correlation(module_broker, clients, amqp_channel, names):
+    p = uid("p")
+    service_q = bound_queue(amqp_channel, names, p + ".req.#")
+    dev = clients.connect(module_broker, version=V5)
+    assert dev.subscribe(p + "/reply/dev7", qos=1) == [1]
+    dev.publish(
+        p + "/req/dev7",
+        b"what is the setpoint?",
+        qos=1,
+        props={"ResponseTopic": p + "/reply/dev7", "CorrelationData": b"req-42"},
+    )
+    ((m, props, body),) = amqp_get(amqp_channel, service_q, 1)
+    assert (m.routing_key, body) == (p + ".req.dev7", b"what is the setpoint?")
+    assert props.reply_to == p + ".reply.dev7"
+    assert props.correlation_id == "req-42"
+
+    amqp_channel.basic_publish(
+        "amq.topic",
+        props.reply_to,
+        b"21.5",
+        pika.BasicProperties(correlation_id=props.correlation_id, delivery_mode=2),
+    )
+    (reply,) = dev.wait_messages(1)
+    assert (reply.topic, reply.payload, reply.qos) == (p + "/reply/dev7", b"21.5", 1)
+    assert reply.props.get("CorrelationData") == b"req-42"
+    amqp_channel.queue_delete(service_q)
+
+
+def test_mqtt5_content_type_and_user_properties_become_amqp_properties(
+    module_broker, clients, amqp_channel, names
+):
+    p = uid("p")
+    q = bound_queue(amqp_channel, names, p + ".#")
+    dev = clients.connect(module_broker, version=V5)
+    user = [("site", "berlin"), ("unit", "°C"), ("empty", "")]
+    dev.publish(
+        p + "/t",
+        b'{"t": 21.5}',
+        qos=1,
+        props={"ContentType": "application/json", "UserProperty": user},
+    )
+    ((_, props, body),) = amqp_get(amqp_channel, q, 1)
+    assert body == b'{"t": 21.5}'
+    assert props.content_type == "application/json"
+    own = {k: v for k, v in props.headers.items() if not k.startswith("x-mqtt-")}
+    assert own == dict(user)  # string values
+    assert props.headers["x-mqtt-publish-qos"] == 1
+    amqp_channel.queue_delete(q)
+
+
+def test_amqp_content_type_and_string_headers_become_mqtt5_properties(
+    module_broker, clients, amqp_channel
+):
+    p = uid("p")
+    sub = clients.connect(module_broker, version=V5)
+    assert sub.subscribe(p + "/t", qos=1) == [1]
+    amqp_publish(
+        amqp_channel,
+        p + ".t",
+        b"<t>21.5</t>",
+        content_type="application/xml",
+        headers={"site": "berlin", "unit": "°C"},
+        delivery_mode=2,
+    )
+    (m,) = sub.wait_messages(1)
+    assert (m.topic, m.payload) == (p + "/t", b"<t>21.5</t>")
+    assert m.props.get("ContentType") == "application/xml"
+    assert sorted(m.props.get("UserProperty", [])) == [("site", "berlin"), ("unit", "°C")]
+
+
+def test_v3_subscriber_gets_the_body_of_an_amqp_message_with_properties(
+    module_broker, clients, amqp_channel
+):
+    p = uid("p")
+    sub = clients.connect(module_broker, version=V311)
+    assert sub.subscribe(p + "/t", qos=1) == [1]
+    amqp_publish(
+        amqp_channel, p + ".t", BINARY, content_type="x/y", headers={"a": "b"}, correlation_id="c"
+    )
+    assert [(m.topic, m.payload, m.qos) for m in sub.wait_messages(1)] == [(p + "/t", BINARY, 0)]

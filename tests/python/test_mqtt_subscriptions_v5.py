@@ -1,0 +1,146 @@
+"""Subscriptions: overlapping filters (3.1.1: one copy at the highest QoS;
+v5: one copy with every subscription identifier), replacing a
+subscription, v5 No Local, shared subscriptions, UNSUBACK and SUBACK
+reason codes. (A malformed filter is a malformed packet: test_mqtt_raw.py.)"""
+
+import pytest
+
+from mqtt_support import (
+    V5,
+    V311,
+    clients,  # noqa: F401 (fixture)
+    fence,
+    uid,
+    wait_until,
+)
+
+
+def summary(msgs):
+    return sorted((m.topic, m.payload, m.qos) for m in msgs)
+
+
+def test_v311_overlapping_subscriptions_give_one_copy_at_the_highest_qos(module_broker, clients):
+    base = uid()
+    sub = clients.connect(module_broker, version=V311)
+    assert sub.subscribe((base + "/#", 0), (base + "/+", 1), (base + "/a", 2)) == [0, 1, 2]
+    pub = clients.connect(module_broker, version=V311)
+    pub.publish(base + "/a", b"three filters", qos=2)
+    pub.publish(base + "/b", b"two filters", qos=2)
+    pub.publish(base + "/b/c", b"one filter", qos=2)
+    got = fence(pub, sub, base + "/a", qos=2)
+    assert summary(got) == [
+        (base + "/a", b"three filters", 2),
+        (base + "/b", b"two filters", 1),
+        (base + "/b/c", b"one filter", 0),
+    ]
+
+
+def test_resubscribing_replaces_the_subscription_qos(module_broker, clients):
+    topic = uid() + "/t"
+    sub = clients.connect(module_broker, version=V311)
+    assert sub.subscribe(topic, qos=2) == [2]
+    assert sub.subscribe(topic, qos=0) == [0]
+    pub = clients.connect(module_broker)
+    pub.publish(topic, b"once at qos 0", qos=2)
+    got = fence(pub, sub, topic, qos=0)
+    assert summary(got) == [(topic, b"once at qos 0", 0)]
+
+
+def test_v5_overlapping_subscriptions_give_one_copy_with_every_identifier(module_broker, clients):
+    base = uid()
+    sub = clients.connect(module_broker, version=V5)
+    assert sub.subscribe(base + "/#", qos=0, sub_id=1) == [0]
+    assert sub.subscribe(base + "/+", qos=1, sub_id=2) == [1]
+    assert sub.subscribe(base + "/a", qos=0) == [0]  # no identifier
+    pub = clients.connect(module_broker, version=V5)
+    pub.publish(base + "/a", b"three filters", qos=1)
+    pub.publish(base + "/b/c", b"one filter", qos=1)
+    got = fence(pub, sub, base + "/zz/fence", qos=1)
+    assert [(m.topic, m.payload, m.qos) for m in got] == [
+        (base + "/a", b"three filters", 1),
+        (base + "/b/c", b"one filter", 0),
+    ]
+    assert sorted(got[0].props["SubscriptionIdentifier"]) == [1, 2]
+    assert got[1].props["SubscriptionIdentifier"] == [1]
+
+
+def test_v5_resubscribing_replaces_the_subscription_identifier(module_broker, clients):
+    topic = uid() + "/t"
+    sub = clients.connect(module_broker, version=V5)
+    assert sub.subscribe(topic, qos=1, sub_id=5) == [1]
+    assert sub.subscribe(topic, qos=1, sub_id=6) == [1]
+    assert sub.subscribe(uid() + "/other", qos=1, sub_id=7) == [1]
+    clients.connect(module_broker).publish(topic, b"x", qos=1)
+    (m,) = sub.wait_messages(1)
+    assert m.props["SubscriptionIdentifier"] == [6]
+
+
+@pytest.mark.parametrize("no_local,own_copies", [(True, 0), (False, 1)], ids=["no-local", "local"])
+def test_v5_no_local(module_broker, clients, no_local, own_copies):
+    topic = uid() + "/t"
+    me = clients.connect(module_broker, version=V5)
+    assert me.subscribe(topic, qos=1, no_local=no_local) == [1]
+    me.publish(topic, b"mine", qos=1)
+    other = clients.connect(module_broker, version=V5)
+    got = fence(other, me, topic)
+    assert [m.payload for m in got] == [b"mine"] * own_copies
+
+
+SHARED_MEMBERS = pytest.mark.parametrize(
+    "versions", [(V5, V5), (V311, V311), (V311, V5)], ids=["v5", "v311", "mixed"]
+)
+
+
+@SHARED_MEMBERS
+def test_shared_subscription_gives_each_message_to_exactly_one_member(
+    module_broker, clients, versions
+):
+    base = uid()
+    group = uid("g")
+    members = [clients.connect(module_broker, version=v) for v in versions]
+    for m in members:
+        assert m.subscribe(f"$share/{group}/{base}/#", qos=1) == [1]
+    other_group = clients.connect(module_broker, version=V5)
+    assert other_group.subscribe(f"$share/{uid('g')}/{base}/#", qos=1) == [1]
+    plain = clients.connect(module_broker, version=V311)
+    assert plain.subscribe(base + "/#", qos=1) == [1]
+
+    pub = clients.connect(module_broker, version=V5)
+    sent = [b"%02d" % i for i in range(20)]
+    pub.wait_acked([pub.publish(base + "/x", body, qos=1, wait=False) for body in sent])
+    total = lambda: sum(len(m.received()) for m in members)  # noqa: E731
+    assert wait_until(lambda: total() >= 20), [m.payloads() for m in members]
+    for m in members:
+        m.assert_quiet(len(m.received()), within=0.3)
+    shares = [m.payloads() for m in members]
+    assert all(shares), shares  # load-balanced: every member got some
+    assert sorted(shares[0] + shares[1]) == sent  # each message exactly once
+    for share in shares:  # and each member in publish order
+        assert share == sorted(share)
+    # A second group and a plain subscriber each get all of them, in order.
+    assert [m.payload for m in other_group.wait_messages(20)] == sent
+    assert [m.payload for m in plain.wait_messages(20)] == sent
+
+
+def test_v5_unsubscribe_reason_codes(module_broker, clients):
+    base = uid()
+    sub = clients.connect(module_broker, version=V5)
+    assert sub.subscribe(base + "/a", base + "/c", qos=1) == [1, 1]
+    # 0x00 success, 0x11 no subscription existed.
+    assert sub.unsubscribe(base + "/a", base + "/b") == [0x00, 0x11]
+    assert sub.unsubscribe(base + "/a") == [0x11]
+    pub = clients.connect(module_broker)
+    pub.publish(base + "/a", b"unsubscribed", qos=1)
+    assert fence(pub, sub, base + "/c") == []
+
+
+def test_v311_unsubscribe_stops_delivery(module_broker, clients):
+    base = uid()
+    sub = clients.connect(module_broker, version=V311)
+    assert sub.subscribe(base + "/a", base + "/c", qos=1) == [1, 1]
+    sub.unsubscribe(base + "/a")
+    pub = clients.connect(module_broker)
+    pub.publish(base + "/a", b"unsubscribed", qos=1)
+    assert fence(pub, sub, base + "/c") == []
+
+
