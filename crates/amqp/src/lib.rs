@@ -31,9 +31,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use junction_core::Broker;
-use tokio::net::TcpListener;
+use std::net::SocketAddr;
+
+use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 pub use junction_core::Authenticator;
 
@@ -71,30 +72,13 @@ pub struct AmqpContext {
     pub settings: AmqpSettings,
 }
 
-/// Accepts AMQP connections on `listener` until `shutdown`; each runs in
-/// its own task on `tasks`, closed with 320 CONNECTION_FORCED at shutdown.
-pub async fn serve(
-    listener: TcpListener,
+/// Serves one accepted AMQP connection until it closes; at `shutdown` it is
+/// closed with 320 CONNECTION_FORCED. The server's accept loop calls it.
+pub async fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
     ctx: Arc<AmqpContext>,
     shutdown: CancellationToken,
-    tasks: TaskTracker,
 ) {
-    loop {
-        let accepted = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            a = listener.accept() => a,
-        };
-        match accepted {
-            Ok((stream, peer)) => {
-                let ctx = Arc::clone(&ctx);
-                let token = shutdown.child_token();
-                tasks.spawn(connection::run(stream, peer, ctx, token));
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "amqp accept failed");
-                // Out of file descriptors and the like: do not spin.
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    }
+    connection::run(stream, peer, ctx, shutdown).await;
 }

@@ -85,7 +85,7 @@ pub(crate) async fn run(
         let max = ctx.settings.max_packet_size as usize;
         let connect = tokio::select! {
             _ = shutdown.cancelled() => return,
-            r = Box::pin(tokio::time::timeout(ctx.settings.connect_timeout, read_connect(&mut rd, &mut buf, max))) => r,
+            r = Box::pin(tokio::time::timeout(ctx.settings.connect_timeout(), read_connect(&mut rd, &mut buf, max))) => r,
         };
         let connect = match connect {
             Ok(Ok(c)) => c,
@@ -512,11 +512,7 @@ impl Conn {
             match codec::decode(buf, Some(self.version), max) {
                 Ok(Some(p)) => self.on_packet(p).await,
                 Ok(None) => break,
-                Err(e) => {
-                    tracing::info!(client_id = %self.session.client_id, error = %e, "mqtt bad packet");
-                    self.disconnect(e.reason_code());
-                    self.end = Some(End::Abnormal);
-                }
+                Err(e) => self.fail(e.reason_code(), &e.to_string()),
             }
         }
     }
@@ -536,10 +532,19 @@ impl Conn {
         }
     }
 
-    /// Closes the connection for a protocol violation.
+    /// Closes the connection for a protocol violation. MQTT 5 clients get
+    /// `why` as the DISCONNECT's Reason String (allowed whatever Request
+    /// Problem Information says), unless it would make the packet larger
+    /// than the client accepts.
     pub(crate) fn fail(&mut self, reason: ReasonCode, why: &str) {
         tracing::info!(client_id = %self.session.client_id, %reason, why, "mqtt protocol violation");
-        self.disconnect(reason);
+        if self.version.is_v5() {
+            let mut d = Disconnect::new(reason);
+            if why.len() + 16 <= self.client_max_packet {
+                d.properties.reason_string = Some(why.to_string());
+            }
+            self.send(Packet::Disconnect(d));
+        }
         self.end = Some(End::Abnormal);
     }
 
@@ -549,7 +554,10 @@ impl Conn {
             Some(End::Normal) => None,
             _ => self.will.take(),
         };
-        let will = will.map(|w| self.will_message(*w));
+        // A will on the broker's own `$SYS` tree is dropped, like a PUBLISH.
+        let will = will
+            .filter(|w| !w.topic.as_str().starts_with("$SYS"))
+            .map(|w| self.will_message(*w));
         let ctx = Arc::clone(&self.ctx);
         let conn_id = self.guard.id();
         let client_id = self.session.client_id.clone();

@@ -6,16 +6,25 @@ use std::sync::atomic::{AtomicI64, AtomicU64};
 use std::time::Duration;
 
 use junction_core::{Authenticator, Broker, CoreError};
-use tokio::net::TcpListener;
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+
+use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::registry::{self, Registry};
 use crate::{connection, sys};
 
-/// The adapter's settings (the `[mqtt]` table).
-#[derive(Clone, Debug)]
+/// The `[mqtt]` table of the configuration file: the listener and the
+/// adapter's limits. `conf/junction.toml` documents each key.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct MqttSettings {
+    /// TCP port on the broker's bind address; 0 asks the OS for any port.
+    pub port: u16,
+    /// Whether to open the listener at all.
+    pub enabled: bool,
     /// Accept connections without a user name as `anonymous_user`.
     pub allow_anonymous: bool,
     pub anonymous_user: String,
@@ -40,15 +49,17 @@ pub struct MqttSettings {
     pub max_queued_messages: u64,
     /// Most body bytes a session's queue holds (0: no limit).
     pub max_queued_bytes: u64,
-    /// How often the `$SYS` topics are published (zero: never).
-    pub sys_interval: Duration,
-    /// Time from accept to CONNECT.
-    pub connect_timeout: Duration,
+    /// Seconds between `$SYS` updates (0: no `$SYS` tree).
+    pub sys_interval: u64,
+    /// Seconds from accept to CONNECT.
+    pub connect_timeout: u64,
 }
 
 impl Default for MqttSettings {
     fn default() -> Self {
         MqttSettings {
+            port: 1883,
+            enabled: true,
             allow_anonymous: true,
             anonymous_user: "guest".into(),
             vhost: "/".into(),
@@ -60,9 +71,36 @@ impl Default for MqttSettings {
             persistent_session_expiry: 86_400,
             max_queued_messages: 1_000_000,
             max_queued_bytes: 256 * 1024 * 1024,
-            sys_interval: Duration::from_secs(10),
-            connect_timeout: Duration::from_secs(10),
+            sys_interval: 10,
+            connect_timeout: 10,
         }
+    }
+}
+
+impl MqttSettings {
+    /// Checks the values a broker cannot run with.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.max_packet_size < 64 {
+            return Err("[mqtt] max_packet_size must be at least 64".to_owned());
+        }
+        if self.persistent_session_expiry == 0 {
+            return Err("[mqtt] persistent_session_expiry must be at least 1".to_owned());
+        }
+        if self.receive_maximum == 0 || self.max_inflight == 0 {
+            return Err("[mqtt] receive_maximum and max_inflight must be at least 1".to_owned());
+        }
+        if self.vhost.is_empty() {
+            return Err("[mqtt] vhost must not be empty".to_owned());
+        }
+        Ok(())
+    }
+
+    pub(crate) fn sys_interval(&self) -> Duration {
+        Duration::from_secs(self.sys_interval)
+    }
+
+    pub(crate) fn connect_timeout(&self) -> Duration {
+        Duration::from_secs(self.connect_timeout)
     }
 }
 
@@ -108,15 +146,11 @@ impl MqttContext {
     }
 }
 
-/// Accepts MQTT connections on `listener` until `shutdown`; each runs in
-/// its own task on `tasks`. Also runs the session sweeper (expiry, delayed
-/// wills) and the `$SYS` publisher.
-pub async fn serve(
-    listener: TcpListener,
-    ctx: Arc<MqttContext>,
-    shutdown: CancellationToken,
-    tasks: TaskTracker,
-) {
+/// Prepares the adapter before the first connection: the `$SYS` exchange,
+/// the removal of what ended sessions left, and the background tasks (the
+/// session sweeper: expiry and delayed wills; the `$SYS` publisher) on
+/// `tasks` until `shutdown`.
+pub async fn start(ctx: &Arc<MqttContext>, shutdown: &CancellationToken, tasks: &TaskTracker) {
     let sys = junction_core::ExchangeDef::new(
         crate::convert::SYS_EXCHANGE,
         junction_core::ExchangeKind::Topic,
@@ -128,26 +162,18 @@ pub async fn serve(
     {
         tracing::warn!(error = %e, "mqtt $SYS exchange not declared");
     }
-    registry::remove_orphans(&ctx).await;
-    tasks.spawn(registry::sweep(Arc::clone(&ctx), shutdown.child_token()));
-    tasks.spawn(sys::publish_loop(Arc::clone(&ctx), shutdown.child_token()));
-    loop {
-        let accepted = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            a = listener.accept() => a,
-        };
-        match accepted {
-            Ok((stream, peer)) => {
-                let ctx = Arc::clone(&ctx);
-                // A clone, not a child token: same cancellation, no
-                // allocation per connection.
-                let token = shutdown.clone();
-                tasks.spawn(connection::run(stream, peer, ctx, token));
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "mqtt accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    }
+    registry::remove_orphans(ctx).await;
+    tasks.spawn(registry::sweep(Arc::clone(ctx), shutdown.clone()));
+    tasks.spawn(sys::publish_loop(Arc::clone(ctx), shutdown.clone()));
+}
+
+/// Serves one accepted MQTT connection until it closes; at `shutdown` an
+/// MQTT 5 client gets DISCONNECT 0x8B. The server's accept loop calls it.
+pub async fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    ctx: Arc<MqttContext>,
+    shutdown: CancellationToken,
+) {
+    connection::run(stream, peer, ctx, shutdown).await;
 }

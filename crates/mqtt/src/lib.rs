@@ -39,4 +39,4 @@ pub mod session;
 mod sys;
 
 #[cfg(feature = "adapter")]
-pub use context::{MqttContext, MqttSettings, serve};
+pub use context::{MqttContext, MqttSettings, serve_connection, start};

@@ -71,7 +71,7 @@ fn snapshot(ctx: &MqttContext, started: Instant) -> Vec<(String, Bytes)> {
 /// Refreshes the values and publishes them every `sys_interval`.
 pub(crate) async fn publish_loop(ctx: Arc<MqttContext>, shutdown: CancellationToken) {
     let started = Instant::now();
-    let every = ctx.settings.sys_interval;
+    let every = ctx.settings.sys_interval();
     if every.is_zero() {
         // No $SYS tree at all (not a frozen start-up snapshot).
         return;

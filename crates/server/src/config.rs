@@ -139,7 +139,7 @@ impl Default for StoreConfig {
     }
 }
 
-/// Defines a listener table (`[admin]`, `[mqtt]`, `[amqp]`, `[stomp]`). The
+/// Defines a listener table (`[admin]`, `[amqp]`, `[stomp]`). The
 /// tables share their keys and differ only in the default port; each is its
 /// own type so that a table written with just `enabled = false` still gets
 /// its protocol's port.
@@ -171,85 +171,10 @@ listener_config!(
     AdminConfig,
     15672
 );
-/// `[mqtt]`: the MQTT listener and the adapter's limits.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct MqttConfig {
-    /// TCP port on [`BrokerConfig::bind`]; 0 asks the OS for any free port.
-    pub port: u16,
-    /// Whether to open this listener at all.
-    pub enabled: bool,
-    /// Accept connections without a user name, as `anonymous_user`.
-    pub allow_anonymous: bool,
-    /// The user an anonymous connection acts as.
-    pub anonymous_user: String,
-    /// The vhost MQTT topics live in (on its `amq.topic`).
-    pub vhost: String,
-    /// Largest keepalive granted, seconds; 0 = no cap.
-    pub max_keepalive: u16,
-    /// Largest MQTT packet accepted, bytes.
-    pub max_packet_size: u32,
-    /// Incoming QoS 1/2 messages a client may have unacknowledged.
-    pub receive_maximum: u16,
-    /// Most outgoing QoS 1/2 messages in flight to one client.
-    pub max_inflight: u16,
-    /// Topic aliases a client may set.
-    pub topic_alias_maximum: u16,
-    /// Expiry of MQTT 3 persistent sessions (clean session = 0), seconds.
-    pub persistent_session_expiry: u32,
-    /// Most messages queued for one session; 0 = no limit.
-    pub max_queued_messages: u64,
-    /// Most body bytes queued for one session; 0 = no limit.
-    pub max_queued_bytes: u64,
-    /// Seconds between `$SYS` updates; 0 = never.
-    pub sys_interval: u64,
-    /// Seconds a new connection has to send CONNECT.
-    pub connect_timeout: u64,
-}
+/// `[mqtt]`: the MQTT listener and the adapter's limits (the adapter's own
+/// settings type, so the keys are listed once).
+pub use junction_mqtt::MqttSettings as MqttConfig;
 
-impl Default for MqttConfig {
-    fn default() -> Self {
-        let d = junction_mqtt::MqttSettings::default();
-        MqttConfig {
-            port: 1883,
-            enabled: true,
-            allow_anonymous: d.allow_anonymous,
-            anonymous_user: d.anonymous_user,
-            vhost: d.vhost,
-            max_keepalive: d.max_keepalive,
-            max_packet_size: d.max_packet_size,
-            receive_maximum: d.receive_maximum,
-            max_inflight: d.max_inflight,
-            topic_alias_maximum: d.topic_alias_maximum,
-            persistent_session_expiry: d.persistent_session_expiry,
-            max_queued_messages: d.max_queued_messages,
-            max_queued_bytes: d.max_queued_bytes,
-            sys_interval: d.sys_interval.as_secs(),
-            connect_timeout: d.connect_timeout.as_secs(),
-        }
-    }
-}
-
-impl MqttConfig {
-    /// The adapter's settings from this table.
-    pub fn settings(&self) -> junction_mqtt::MqttSettings {
-        junction_mqtt::MqttSettings {
-            allow_anonymous: self.allow_anonymous,
-            anonymous_user: self.anonymous_user.clone(),
-            vhost: self.vhost.clone(),
-            max_keepalive: self.max_keepalive,
-            max_packet_size: self.max_packet_size,
-            receive_maximum: self.receive_maximum,
-            max_inflight: self.max_inflight,
-            topic_alias_maximum: self.topic_alias_maximum,
-            persistent_session_expiry: self.persistent_session_expiry,
-            max_queued_messages: self.max_queued_messages,
-            max_queued_bytes: self.max_queued_bytes,
-            sys_interval: Duration::from_secs(self.sys_interval),
-            connect_timeout: Duration::from_secs(self.connect_timeout),
-        }
-    }
-}
 listener_config!(
     /// `[amqp]`: the AMQP 0-9-1 listener.
     AmqpConfig,
@@ -344,14 +269,9 @@ impl Config {
         if self.store.max_batch_ops == 0 {
             return Err("[store] max_batch_ops must be at least 1".to_owned());
         }
+        self.mqtt.validate()?;
         let m = &self.mqtt;
-        if m.max_packet_size < 64 {
-            return Err("[mqtt] max_packet_size must be at least 64".to_owned());
-        }
-        if m.receive_maximum == 0 || m.max_inflight == 0 {
-            return Err("[mqtt] receive_maximum and max_inflight must be at least 1".to_owned());
-        }
-        if m.vhost.is_empty() || !self.broker.vhosts.contains(&m.vhost) {
+        if !self.broker.vhosts.contains(&m.vhost) {
             return Err(format!(
                 "[mqtt] vhost '{}' must be one of [broker] vhosts",
                 m.vhost

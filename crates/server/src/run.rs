@@ -205,6 +205,53 @@ fn store_options(config: &Config) -> StoreOptions {
     }
 }
 
+/// Binds a listener; returns it with the address it got (port 0 picks one).
+async fn bind(
+    what: &'static str,
+    ip: std::net::IpAddr,
+    port: u16,
+) -> Result<(TcpListener, SocketAddr), ServerError> {
+    let addr = SocketAddr::new(ip, port);
+    let err = |source| ServerError::Bind { what, addr, source };
+    let listener = TcpListener::bind(addr).await.map_err(err)?;
+    let local = listener.local_addr().map_err(err)?;
+    Ok((listener, local))
+}
+
+/// Accepts connections on `listener` until `shutdown`, each served by
+/// `serve` in its own task on `tasks` with a clone of `shutdown` (one
+/// token for all: no allocation per connection).
+fn spawn_accept_loop<F, Fut>(
+    what: &'static str,
+    listener: TcpListener,
+    shutdown: &CancellationToken,
+    tasks: &TaskTracker,
+    serve: F,
+) where
+    F: Fn(tokio::net::TcpStream, SocketAddr, CancellationToken) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (shutdown, spawner) = (shutdown.clone(), tasks.clone());
+    tasks.spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                a = listener.accept() => a,
+            };
+            match accepted {
+                Ok((stream, peer)) => {
+                    spawner.spawn(serve(stream, peer, shutdown.clone()));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, protocol = what, "accept failed");
+                    // Out of file descriptors and the like: do not spin.
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            }
+        }
+    });
+}
+
 /// The metrics snapshot of a broker.
 pub fn snapshot(broker: &Broker) -> MetricsSnapshot {
     let s = broker.stats();
@@ -281,19 +328,9 @@ impl Server {
         let tasks = TaskTracker::new();
         let mut admin_addr = None;
         if config.admin.enabled {
-            let addr = SocketAddr::new(config.broker.bind, config.admin.port);
-            let listener = TcpListener::bind(addr)
-                .await
-                .map_err(|source| ServerError::Bind {
-                    what: "admin HTTP",
-                    addr,
-                    source,
-                })?;
-            admin_addr = Some(listener.local_addr().map_err(|source| ServerError::Bind {
-                what: "admin HTTP",
-                addr,
-                source,
-            })?);
+            let (listener, addr) =
+                bind("admin HTTP", config.broker.bind, config.admin.port).await?;
+            admin_addr = Some(addr);
             let b = Arc::clone(&broker);
             let state = AdminState::new(Arc::clone(&ready), move || snapshot(&b));
             let token = listeners.child_token();
@@ -305,14 +342,8 @@ impl Server {
         }
         let mut amqp_addr = None;
         if config.amqp.enabled {
-            let addr = SocketAddr::new(config.broker.bind, config.amqp.port);
-            let bind_err = |source| ServerError::Bind {
-                what: "AMQP",
-                addr,
-                source,
-            };
-            let listener = TcpListener::bind(addr).await.map_err(bind_err)?;
-            amqp_addr = Some(listener.local_addr().map_err(bind_err)?);
+            let (listener, addr) = bind("AMQP", config.broker.bind, config.amqp.port).await?;
+            amqp_addr = Some(addr);
             let ctx = Arc::new(junction_amqp::AmqpContext {
                 broker: Arc::clone(&broker),
                 auth: Arc::clone(&auth),
@@ -321,34 +352,35 @@ impl Server {
                     ..junction_amqp::AmqpSettings::default()
                 },
             });
-            tasks.spawn(junction_amqp::serve(
+            spawn_accept_loop(
+                "amqp",
                 listener,
-                ctx,
-                listeners.child_token(),
-                tasks.clone(),
-            ));
+                &listeners,
+                &tasks,
+                move |stream, peer, token| {
+                    junction_amqp::serve_connection(stream, peer, Arc::clone(&ctx), token)
+                },
+            );
         }
         let mut mqtt_addr = None;
         if config.mqtt.enabled {
-            let addr = SocketAddr::new(config.broker.bind, config.mqtt.port);
-            let bind_err = |source| ServerError::Bind {
-                what: "MQTT",
-                addr,
-                source,
-            };
-            let listener = TcpListener::bind(addr).await.map_err(bind_err)?;
-            mqtt_addr = Some(listener.local_addr().map_err(bind_err)?);
+            let (listener, addr) = bind("MQTT", config.broker.bind, config.mqtt.port).await?;
+            mqtt_addr = Some(addr);
             let ctx = junction_mqtt::MqttContext::new(
                 Arc::clone(&broker),
                 Arc::clone(&auth),
-                config.mqtt.settings(),
+                config.mqtt.clone(),
             )?;
-            tasks.spawn(junction_mqtt::serve(
+            junction_mqtt::start(&ctx, &listeners, &tasks).await;
+            spawn_accept_loop(
+                "mqtt",
                 listener,
-                ctx,
-                listeners.child_token(),
-                tasks.clone(),
-            ));
+                &listeners,
+                &tasks,
+                move |stream, peer, token| {
+                    junction_mqtt::serve_connection(stream, peer, Arc::clone(&ctx), token)
+                },
+            );
         }
         if config.stomp.enabled {
             tracing::debug!(protocol = "stomp", "adapter not built yet; no listener");

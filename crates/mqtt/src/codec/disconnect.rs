@@ -117,9 +117,9 @@ impl Disconnect {
                 code: self.reason,
             });
         }
-        if self.properties.is_empty() {
-            return Ok(1);
-        }
+        // The property length is written even when it is 0: the one-byte
+        // form is valid [MQTT-3.14.2.2.1], but rumqttc 0.25, for one, reads
+        // it as a broken packet and never sees the reason code.
         Ok(1 + properties_len(&self.properties)?)
     }
 
@@ -128,8 +128,6 @@ impl Disconnect {
             return;
         }
         out.put_u8(self.reason.0);
-        if !self.properties.is_empty() {
-            write_properties(&self.properties, out);
-        }
+        write_properties(&self.properties, out);
     }
 }

@@ -26,6 +26,8 @@ pub mod ping;
 pub mod properties;
 pub mod publish;
 pub mod reason;
+#[cfg(any(test, feature = "samples"))]
+pub mod samples;
 pub mod suback;
 pub mod subscribe;
 pub mod topic;

@@ -149,8 +149,11 @@ fn mqtt_exact_bytes_short_forms_of_v5_acks_disconnect_auth() {
     assert_eq!(&enc(&Packet::PubRel(Ack::new(9)), v)[..], &[0x62, 2, 0, 9]);
     let d = Packet::Disconnect(Disconnect::default());
     assert_eq!(&enc(&d, v)[..], &[0xE0, 0]);
+    // DISCONNECT with a reason always carries its property length (see
+    // `Disconnect::len`); the one-byte form still decodes.
     let d = Packet::Disconnect(Disconnect::new(ReasonCode::SERVER_SHUTTING_DOWN));
-    assert_eq!(&enc(&d, v)[..], &[0xE0, 1, 0x8B]);
+    assert_eq!(&enc(&d, v)[..], &[0xE0, 2, 0x8B, 0]);
+    assert_eq!(dec(&[0xE0, 1, 0x8B], Some(v)), Ok(Some(d)));
     assert_eq!(&enc(&Packet::Auth(Auth::default()), v)[..], &[0xF0, 0]);
     // Reason code with an empty property block decodes like the short form.
     assert_eq!(
