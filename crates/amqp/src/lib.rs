@@ -74,11 +74,11 @@ pub struct AmqpContext {
 
 /// Serves one accepted AMQP connection until it closes; at `shutdown` it is
 /// closed with 320 CONNECTION_FORCED. The server's accept loop calls it.
-pub async fn serve_connection(
+pub fn serve_connection(
     stream: TcpStream,
     peer: SocketAddr,
     ctx: Arc<AmqpContext>,
     shutdown: CancellationToken,
-) {
-    connection::run(stream, peer, ctx, shutdown).await;
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    connection::run(stream, peer, ctx, shutdown)
 }

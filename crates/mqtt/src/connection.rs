@@ -100,9 +100,9 @@ pub(crate) async fn run(
                 return;
             }
         };
-        let kick = CancellationToken::new();
+        let kick: registry::Kick = Arc::default();
         let Some((mut conn, keepalive)) =
-            Box::pin(accept(&ctx, connect, peer, &mut wr, kick.clone())).await
+            Box::pin(accept(&ctx, connect, peer, &mut wr, Arc::clone(&kick))).await
         else {
             let _ = wr.shutdown().await;
             return;
@@ -209,7 +209,7 @@ async fn accept(
     c: Connect,
     peer: SocketAddr,
     wr: &mut OwnedWriteHalf,
-    kick: CancellationToken,
+    kick: registry::Kick,
 ) -> Option<(Conn, Option<Duration>)> {
     let v = c.version;
     let settings = &ctx.settings;
@@ -405,7 +405,7 @@ impl Conn {
         mut events: Option<tokio::sync::mpsc::UnboundedReceiver<ConsumerEvent>>,
         keepalive: Option<Duration>,
         shutdown: &CancellationToken,
-        kick: &CancellationToken,
+        kick: &registry::Kick,
     ) -> std::io::Result<()> {
         let max = self.ctx.settings.max_packet_size as usize;
         let mut alarm = self.ctx.broker.memory_alarm();
@@ -419,7 +419,7 @@ impl Conn {
             let flushed = tokio::select! {
                 r = flush(wr, &mut self.out) => r,
                 _ = shutdown.cancelled() => Err(std::io::ErrorKind::TimedOut.into()),
-                _ = kick.cancelled() => Err(std::io::ErrorKind::TimedOut.into()),
+                _ = kick.notified() => Err(std::io::ErrorKind::TimedOut.into()),
             };
             if let Err(e) = flushed {
                 break Err(e);
@@ -444,7 +444,7 @@ impl Conn {
                     // A broker shutdown is not the client's failure: no will.
                     self.will = None;
                 }
-                _ = kick.cancelled() => {
+                _ = kick.notified() => {
                     // What the client sent before the new connection came
                     // (its last acks, typically) still counts.
                     let mut budget: usize = 64 * 1024;

@@ -169,11 +169,13 @@ pub async fn start(ctx: &Arc<MqttContext>, shutdown: &CancellationToken, tasks: 
 
 /// Serves one accepted MQTT connection until it closes; at `shutdown` an
 /// MQTT 5 client gets DISCONNECT 0x8B. The server's accept loop calls it.
-pub async fn serve_connection(
+/// (A plain function returning the connection's future: no wrapper state
+/// in every connection's task.)
+pub fn serve_connection(
     stream: TcpStream,
     peer: SocketAddr,
     ctx: Arc<MqttContext>,
     shutdown: CancellationToken,
-) {
-    connection::run(stream, peer, ctx, shutdown).await;
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    connection::run(stream, peer, ctx, shutdown)
 }

@@ -31,11 +31,16 @@ pub(crate) struct Parked {
     pub will: Option<PendingWill>,
 }
 
+/// Asks the connection that holds a client id to go. `notify_one` keeps a
+/// permit when nobody waits, so a kick is never missed; lighter than a
+/// cancellation token (memory per idle connection).
+pub(crate) type Kick = Arc<tokio::sync::Notify>;
+
 enum Slot {
-    /// A connection serves the client id; cancelling `kick` asks it to go.
+    /// A connection serves the client id; `kick` asks it to go.
     Online {
         conn: ConnectionId,
-        kick: CancellationToken,
+        kick: Kick,
     },
     Parked(Box<Parked>),
 }
@@ -61,12 +66,7 @@ const TAKEOVER_WAIT: Duration = Duration::from_secs(5);
 impl Registry {
     /// Registers `conn` for `client_id`, taking over from a connection
     /// that has it (which is asked to go and waited for).
-    pub async fn claim(
-        &self,
-        client_id: &str,
-        conn: ConnectionId,
-        kick: CancellationToken,
-    ) -> Claim {
+    pub async fn claim(&self, client_id: &str, conn: ConnectionId, kick: Kick) -> Claim {
         let deadline = Instant::now() + TAKEOVER_WAIT;
         loop {
             {
@@ -84,7 +84,7 @@ impl Registry {
                         conn: other,
                         kick: other_kick,
                     }) => {
-                        other_kick.cancel();
+                        other_kick.notify_one();
                         slots.insert(
                             client_id.to_string(),
                             Slot::Online {
