@@ -8,8 +8,11 @@ import pika
 import pytest
 
 from mqtt_support import (
+    PUBACK,
+    PUBLISH,
     V5,
     V311,
+    ack_packet,
     clients,  # noqa: F401 (fixture)
     fence_all,
     uid,
@@ -203,3 +206,34 @@ def test_v3_subscriber_gets_the_body_of_an_amqp_message_with_properties(
         amqp_channel, p + ".t", BINARY, content_type="x/y", headers={"a": "b"}, correlation_id="c"
     )
     assert [(m.topic, m.payload, m.qos) for m in sub.wait_messages(1)] == [(p + "/t", BINARY, 0)]
+
+
+def test_amqp_deleting_a_session_queue_with_a_message_in_flight_does_not_starve_it(
+    module_broker, clients, amqp_channel
+):
+    """An AMQP queue.delete of an MQTT session's queue while its only slot
+    (Receive Maximum 1, MQTT 5 section 4.9) holds an unacknowledged QoS 1
+    delivery: that delivery can no longer be settled, so it must not keep
+    the slot; after subscribing again the session gets new messages."""
+    topic = uid() + "/t1"
+    cid = uid("c")
+    raw = clients.raw(module_broker, 5)
+    assert raw.connect(cid, clean=True, props={"ReceiveMaximum": 1}).reason == 0
+    assert raw.subscribe(1, [(topic, 1)]) == [1]
+    pub = clients.connect(module_broker, version=V5)
+    pub.publish(topic, b"in flight", qos=1)
+    first = raw.expect(PUBLISH)
+    assert (first.topic, first.payload, first.qos) == (topic, b"in flight", 1)
+    # No PUBACK: the one slot stays taken.
+
+    queue = "mqtt-session-" + cid
+    amqp_channel.queue_declare(queue, passive=True)  # it exists: 404 otherwise
+    amqp_channel.queue_delete(queue)
+    assert raw.subscribe(2, [(topic, 1)]) == [1]
+    pub.publish(topic, b"after delete", qos=1)
+    p = raw.expect(PUBLISH)
+    assert (p.topic, p.payload, p.qos, p.dup) == (topic, b"after delete", 1, False)
+    # The client never acknowledged the first id: it is not reused.
+    assert p.pid != first.pid
+    raw.send(ack_packet(PUBACK, p.pid, 5))
+    assert raw.is_open_after(0.3)

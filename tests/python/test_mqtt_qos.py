@@ -279,3 +279,51 @@ def test_qos1_and_qos2_deliveries_use_distinct_nonzero_packet_ids(module_broker,
         if p.qos == 2:
             assert raw.expect(PUBREL)[0] == p.pid
             raw.send(ack_packet(PUBCOMP, p.pid, level))
+
+
+@pytest.mark.parametrize("level", [4, 5], ids=["v311", "v5"])
+def test_qos2_publish_resent_without_dup_before_pubrel_is_delivered_once(
+    module_broker, clients, level
+):
+    """[MQTT-4.3.3-10]: until PUBREL the receiver acknowledges any PUBLISH
+    with the same packet id by PUBREC and does not deliver it again, DUP
+    set or not."""
+    topic = uid() + "/once"
+    sub = clients.connect(module_broker, version=V311)
+    assert sub.subscribe(topic, qos=2) == [2]
+    raw = clients.raw(module_broker, level)
+    assert raw.connect(uid("c")).reason == 0
+    for _ in range(2):  # the same PUBLISH twice, DUP=0 both times
+        raw.send(publish_packet(topic, b"once", qos=2, pid=7, dup=False, version=level))
+        assert raw.expect(PUBREC)[:2] == (7, 0)
+    raw.send(ack_packet(PUBREL, 7, level))
+    assert raw.expect(PUBCOMP)[:2] == (7, 0)
+    got = fence(clients.connect(module_broker), sub, topic, qos=2)
+    assert [(m.topic, m.payload, m.qos) for m in got] == [(topic, b"once", 2)]
+
+
+def test_v5_receive_maximum_counts_a_qos2_delivery_until_pubcomp(module_broker, clients):
+    """[MQTT-4.9.0-2]: with the client's Receive Maximum used up the server
+    sends no further QoS 1/2 PUBLISH; a QoS 2 delivery holds its slot until
+    PUBCOMP (not PUBREC)."""
+    topic = uid() + "/rm"
+    raw = clients.raw(module_broker, 5)
+    assert raw.connect(uid("c"), props={"ReceiveMaximum": 1}).reason == 0
+    assert raw.subscribe(1, [(topic, 2)]) == [2]
+    pub = clients.connect(module_broker, version=V5)
+    pub.publish(topic, b"m1", qos=2)
+    pub.publish(topic, b"m2", qos=2)
+
+    m1 = next_publish(raw)
+    assert (m1.topic, m1.payload, m1.qos, m1.dup) == (topic, b"m1", 2, False)
+    raw.send(ack_packet(PUBREC, m1.pid, 5))
+    assert raw.expect(PUBREL)[:2] == (m1.pid, 0)
+    # Awaiting PUBCOMP: the window is still full, so no PUBLISH of m2.
+    assert raw.is_open_after(0.5)
+    raw.send(ack_packet(PUBCOMP, m1.pid, 5))
+    m2 = next_publish(raw)
+    assert (m2.topic, m2.payload, m2.qos, m2.dup) == (topic, b"m2", 2, False)
+    raw.send(ack_packet(PUBREC, m2.pid, 5))
+    assert raw.expect(PUBREL)[:2] == (m2.pid, 0)
+    raw.send(ack_packet(PUBCOMP, m2.pid, 5))
+    assert raw.is_open_after(0.3)

@@ -3,11 +3,18 @@ v5: one copy with every subscription identifier), replacing a
 subscription, v5 No Local, shared subscriptions, UNSUBACK and SUBACK
 reason codes. (A malformed filter is a malformed packet: test_mqtt_raw.py.)"""
 
+import time
+
 import pytest
 
 from mqtt_support import (
+    PUBCOMP,
+    PUBLISH,
+    PUBREC,
+    PUBREL,
     V5,
     V311,
+    ack_packet,
     clients,  # noqa: F401 (fixture)
     fence,
     uid,
@@ -120,6 +127,68 @@ def test_shared_subscription_gives_each_message_to_exactly_one_member(
     # A second group and a plain subscriber each get all of them, in order.
     assert [m.payload for m in other_group.wait_messages(20)] == sent
     assert [m.payload for m in plain.wait_messages(20)] == sent
+
+
+def first_publish_of(raws, timeout=5.0):
+    """Waits on several raw clients at once for a PUBLISH; returns (index
+    of the client that got it, the parsed PUBLISH)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for i, raw in enumerate(raws):
+            try:
+                p = raw.recv(0.05)
+            except AssertionError:  # nothing yet
+                continue
+            assert p.kind == PUBLISH, f"member {i}: expected PUBLISH, got {p}"
+            return i, raw.parse(p)
+    raise AssertionError(f"no member got a PUBLISH within {timeout} s")
+
+
+def test_v5_shared_qos2_message_stays_with_the_member_that_got_it(module_broker, clients):
+    """[MQTT-4.8.2-4]: a QoS 2 message sent to one member of a shared
+    subscription is completed with that member (resent on its reconnect,
+    same packet id, DUP=1), never given to another member, even while the
+    first is disconnected."""
+    topic = uid() + "/t"
+    share = f"$share/{uid('g')}/{topic}"
+    cids = [uid("a"), uid("b")]
+    members = []
+    for cid in cids:
+        raw = clients.raw(module_broker, 5)
+        ack = raw.connect_persistent(cid)  # clean start 0, expiry 300
+        assert (ack.session_present, ack.reason) == (False, 0)
+        assert raw.subscribe(1, [(share, 2)]) == [2]
+        members.append(raw)
+    pub = clients.connect(module_broker, version=V5)
+    pub.publish(topic, b"exactly one member", qos=2)
+
+    i, first = first_publish_of(members)
+    assert (first.topic, first.payload, first.qos, first.dup) == (
+        topic,
+        b"exactly one member",
+        2,
+        False,
+    )
+    got, other = members[i], members[1 - i]
+    got.close()  # no PUBREC: the message is still in flight with this member
+    assert other.is_open_after(1.0)  # the other member gets nothing
+
+    again = clients.raw(module_broker, 5)
+    ack = again.connect_persistent(cids[i])
+    assert (ack.session_present, ack.reason) == (True, 0)
+    p = again.expect(PUBLISH)
+    assert (p.topic, p.payload, p.qos, p.dup, p.pid) == (
+        topic,
+        b"exactly one member",
+        2,
+        True,
+        first.pid,
+    )
+    again.send(ack_packet(PUBREC, p.pid, 5))
+    assert again.expect(PUBREL)[:2] == (p.pid, 0)
+    again.send(ack_packet(PUBCOMP, p.pid, 5))
+    assert again.is_open_after(0.3)
+    assert other.is_open_after(0.5)  # still nothing
 
 
 def test_v5_unsubscribe_reason_codes(module_broker, clients):

@@ -59,6 +59,20 @@ impl Credit {
         limit == 0 || self.used() < limit
     }
 
+    /// Takes a slot if there is room, atomically: two queues sharing this
+    /// budget cannot both take its last slot.
+    pub(crate) fn try_take(&self) -> bool {
+        if self.paused.load(Ordering::Relaxed) {
+            return false;
+        }
+        let limit = self.limit();
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| {
+                (limit == 0 || u < limit).then_some(u + 1)
+            })
+            .is_ok()
+    }
+
     /// Counts one more outstanding delivery against the budget. Adapters
     /// call it for what they send outside a queue (MQTT retained messages,
     /// QoS 2 messages awaiting PUBCOMP) so the protocol's window holds.

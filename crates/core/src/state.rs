@@ -66,6 +66,24 @@ impl Broker {
         self.write_soon(writes.batch);
     }
 
+    /// Queues `writes` and returns a future that resolves once they are in
+    /// the store engine: RocksDB's WAL written but not synced, so a crash
+    /// of the process keeps them (a power cut may not). Cheaper than
+    /// [`Broker::write_state`]; for records that must precede a packet to
+    /// a client (MQTT QoS 2 packet ids) but need no sync of their own.
+    pub fn write_state_applied(
+        &self,
+        writes: StateWrites,
+    ) -> impl std::future::Future<Output = Result<(), CoreError>> + Send + Sync + 'static {
+        let receipt = (!writes.is_empty()).then(|| self.store().submit_now(writes.batch, false));
+        async move {
+            if let Some(r) = receipt {
+                r?.await?;
+            }
+            Ok(())
+        }
+    }
+
     /// Every key and value stored under `namespace`, in key order.
     pub fn read_state(&self, namespace: &str) -> Result<Vec<(String, Bytes)>, CoreError> {
         let prefix = state_key(namespace, "");

@@ -455,3 +455,34 @@ async fn shared_credit_spans_consumers_on_two_queues() {
     assert_eq!(credit.used(), 2);
     assert!(deliveries(&mut rx1).is_empty());
 }
+
+#[tokio::test]
+async fn deleting_a_queue_returns_its_unacked_slots_to_a_shared_credit() {
+    let b = broker().await;
+    b.declare_queue(VH, QueueDef::new("q2").transient(), false)
+        .await
+        .unwrap();
+    let credit = Credit::new(1);
+    let spec = |tag: &str| ConsumerSpec {
+        credits: vec![Arc::clone(&credit)],
+        ..ConsumerSpec::new(tag, CONN)
+    };
+    let (tx1, mut rx1) = channel();
+    let (tx2, mut rx2) = channel();
+    let _c1 = b.consume(VH, "q", spec("c1"), tx1).unwrap();
+    let c2 = b.consume(VH, "q2", spec("c2"), tx2).unwrap();
+    publish_to(&b, "q", &["a1"]).await;
+    publish_to(&b, "q2", &["b1"]).await;
+    assert_eq!(bodies(&deliveries(&mut rx1)), strs(&["a1"]));
+    assert!(deliveries(&mut rx2).is_empty(), "one slot, held by a1");
+    // Nobody can settle a1 once its queue is gone: the slot comes back.
+    assert_eq!(
+        b.delete_queue(VH, "q", false, false, None).await.unwrap(),
+        1
+    );
+    assert_eq!(credit.used(), 0);
+    c2.pump();
+    run_tasks().await;
+    assert_eq!(bodies(&deliveries(&mut rx2)), strs(&["b1"]));
+    assert_eq!(credit.used(), 1);
+}

@@ -33,6 +33,33 @@ use crate::session::Session;
 /// A publish receipt: resolves to the ack to send (PUBACK or PUBREC).
 pub(crate) type ConfirmFuture = Pin<Box<dyn std::future::Future<Output = Packet> + Send + Sync>>;
 
+/// The parts of a connection's state that most connections never use.
+#[derive(Default)]
+pub(crate) struct Rare {
+    /// Topic aliases we assigned (the client announced a maximum).
+    pub out_aliases: HashMap<String, u16>,
+    /// Topic aliases the client set.
+    pub in_aliases: HashMap<u16, String>,
+    /// Retained messages waiting for room in the client's window.
+    pub retained_backlog: VecDeque<Publish>,
+    /// Deliveries waiting for their store record before they go out
+    /// (persistent QoS 2), and whatever follows them, in order.
+    pub outbox: FuturesOrdered<OutgoingFuture>,
+    /// Incoming QoS 2 ids of this connection awaiting PUBREL (the Receive
+    /// Maximum counts these, not those left by earlier connections).
+    pub qos2_here: std::collections::BTreeSet<u16>,
+}
+
+/// A delivery on its way out: the PUBLISH, and whether it is in flight
+/// (QoS 1/2, settled when the client acknowledges it).
+pub(crate) struct Outgoing {
+    pub publish: Publish,
+    pub inflight: bool,
+}
+
+/// A delivery that goes out when its store record is written.
+pub(crate) type OutgoingFuture = Pin<Box<dyn std::future::Future<Output = Outgoing> + Send + Sync>>;
+
 /// Why the serving loop ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum End {
@@ -57,13 +84,11 @@ pub(crate) struct Conn {
     pub qos1_pending: usize,
     /// Largest packet the client accepts (MQTT 5 Maximum Packet Size).
     pub client_max_packet: usize,
-    /// Topic aliases the client accepts from us, and those we assigned.
+    /// Topic aliases the client accepts from us (MQTT 5).
     pub client_alias_max: u16,
-    pub out_aliases: HashMap<String, u16>,
-    /// Topic aliases the client set.
-    pub in_aliases: HashMap<u16, String>,
-    /// Retained messages waiting for room in the client's window.
-    pub retained_backlog: VecDeque<Publish>,
+    /// What most connections never need, made on first use (memory per
+    /// idle connection).
+    pub rare: Option<Box<Rare>>,
     pub end: Option<End>,
     /// This connection has published: the memory alarm stops reading it.
     pub has_published: bool,
@@ -117,7 +142,7 @@ pub(crate) async fn run(
             tracing::debug!(error = %e, "mqtt connection ended");
             conn.end.get_or_insert(End::Abnormal);
         }
-        let _ = flush(&mut wr, &mut conn.out).await;
+        let _ = tokio::time::timeout(FINAL_FLUSH, flush(&mut wr, &mut conn.out)).await;
         let _ = wr.shutdown().await;
         ctx.stats.connected.fetch_sub(1, Ordering::Relaxed);
         Box::pin(conn.finish()).await;
@@ -339,9 +364,7 @@ async fn accept(
             .maximum_packet_size
             .map_or(usize::MAX, |m| m as usize),
         client_alias_max: c.properties.topic_alias_maximum.unwrap_or(0),
-        out_aliases: HashMap::new(),
-        in_aliases: HashMap::new(),
-        retained_backlog: VecDeque::new(),
+        rare: None,
         end: None,
         has_published: false,
     };
@@ -365,19 +388,24 @@ async fn accept(
     Some((conn, keepalive))
 }
 
-/// Writes everything queued.
+/// Writes everything queued. Cancel-safe: what was written is consumed
+/// from `out` as it goes, so an interrupted flush never sends bytes twice.
 pub(crate) async fn flush(wr: &mut OwnedWriteHalf, out: &mut BytesMut) -> std::io::Result<()> {
     if out.is_empty() {
         return Ok(());
     }
-    let res = wr.write_all(out).await;
-    out.clear();
+    wr.write_all_buf(out).await?;
     if out.capacity() > 64 * 1024 {
         // Do not keep a burst's buffer for the life of the connection.
         *out = BytesMut::new();
     }
-    res
+    Ok(())
 }
+
+/// How long the last write (a DISCONNECT, say) may take once the
+/// connection is ending: a client that does not read cannot hold up its
+/// session's parking, a takeover or a shutdown.
+const FINAL_FLUSH: Duration = Duration::from_secs(2);
 
 /// First read buffer: enough for a CONNECT and the pings of an idle client.
 const READ_START: usize = 128;
@@ -423,6 +451,13 @@ impl Conn {
             };
             if let Err(e) = flushed {
                 break Err(e);
+            }
+            if self.has_retained_backlog() && self.end.is_none() {
+                // Retained messages go out a chunk per write.
+                self.drain_retained_backlog();
+                if !self.out.is_empty() {
+                    continue;
+                }
             }
             if self.end.is_some() {
                 break Ok(());
@@ -480,11 +515,14 @@ impl Conn {
                 Some(ack) = self.confirms.next(), if !self.confirms.is_empty() => {
                     self.on_confirm(ack);
                 }
+                Some(out) = next_outgoing(&mut self.rare), if !self.outbox_is_empty() => {
+                    self.send_outgoing(out);
+                }
                 ev = recv_some(&mut events) => {
                     if let Some(ev) = ev {
                         self.on_event(ev);
                         let mut n = 1;
-                        while n < DELIVERY_BATCH {
+                        while n < DELIVERY_BATCH && self.end.is_none() {
                             match events.as_mut().map(|e| e.try_recv()) {
                                 Some(Ok(ev)) => self.on_event(ev),
                                 _ => break,
@@ -515,6 +553,21 @@ impl Conn {
                 Err(e) => self.fail(e.reason_code(), &e.to_string()),
             }
         }
+    }
+
+    /// The rarely used state, made now if it was not.
+    pub(crate) fn rare(&mut self) -> &mut Rare {
+        self.rare.get_or_insert_with(Box::default)
+    }
+
+    pub(crate) fn has_retained_backlog(&self) -> bool {
+        self.rare
+            .as_ref()
+            .is_some_and(|r| !r.retained_backlog.is_empty())
+    }
+
+    pub(crate) fn outbox_is_empty(&self) -> bool {
+        self.rare.as_ref().is_none_or(|r| r.outbox.is_empty())
     }
 
     /// Queues `packet` for the next write.
@@ -562,11 +615,11 @@ impl Conn {
         let conn_id = self.guard.id();
         let client_id = self.session.client_id.clone();
         if self.session.is_persistent() {
-            // Shared subscriptions go back to the group while we are away;
-            // the session's own queue keeps its consumer (messages in flight
-            // keep their packet ids) but delivers nothing more: new
-            // messages wait in the queue, under its limits.
-            self.session.leave_shared_groups();
+            // Every consumer stays registered, paused: messages in flight
+            // keep their packet ids and stay with this client (a shared
+            // subscription's QoS 2 message must be completed by the member
+            // that got it [MQTT-4.8.2-4]); new messages wait in the queues,
+            // under their limits, or go to the other members of a group.
             self.session.credit.set_paused(true);
             let now = Instant::now();
             let expires_at = registry::expiry_deadline(self.session.expiry, now);
@@ -663,6 +716,14 @@ impl Conn {
             protocol: Protocol::Mqtt,
             connection: self.guard.id(),
         }
+    }
+}
+
+/// The next delivery whose store record is written (pending if none).
+async fn next_outgoing(rare: &mut Option<Box<Rare>>) -> Option<Outgoing> {
+    match rare {
+        Some(r) if !r.outbox.is_empty() => r.outbox.next().await,
+        _ => std::future::pending().await,
     }
 }
 

@@ -12,13 +12,33 @@ use crate::codec::{
     self, Ack, Packet, Publish, QoS, ReasonCode, ReasonProperties, RetainHandling, SubAck,
     Subscribe, TopicName, UnsubAck, Unsubscribe,
 };
-use crate::connection::{Conn, End};
+use crate::connection::{Conn, End, Outgoing};
 use crate::convert::{self, filter_matches, filter_to_pattern, swap_separators, unix_secs};
 use crate::registry;
 use crate::session::{
     Inflight, Match, NAMESPACE, Source, SubOptions, incoming_key, outgoing_key, outgoing_value,
     shared_queue_name, split_shared,
 };
+
+/// Most retained messages waiting for one connection's window; more are
+/// not sent (a SUBSCRIBE with many overlapping filters cannot make the
+/// broker buffer without bound).
+const MAX_RETAINED_BACKLOG: usize = 65_536;
+
+/// Output bytes after which retained QoS 0 messages wait for the next write.
+const OUT_HIGH_WATER: usize = 256 * 1024;
+
+/// The store write for an outgoing record: `state` is (message id,
+/// released) to keep it, None to delete it.
+fn outgoing_write(client_id: &str, id: u16, state: Option<(u64, bool)>) -> StateWrites {
+    let key = outgoing_key(client_id, id);
+    let mut w = StateWrites::new();
+    match state {
+        Some((message, released)) => w.put(NAMESPACE, &key, &outgoing_value(message, released)),
+        None => w.delete(NAMESPACE, &key),
+    }
+    w
+}
 
 fn qos_min(a: QoS, b: QoS) -> QoS {
     a.min(b)
@@ -321,14 +341,35 @@ impl Conn {
                 found.push(p);
             }
         }
-        self.retained_backlog.extend(found);
+        let room = MAX_RETAINED_BACKLOG.saturating_sub(self.rare().retained_backlog.len());
+        if found.len() > room {
+            tracing::warn!(
+                client_id = %self.session.client_id,
+                dropped = found.len() - room,
+                "mqtt retained messages over the per-connection backlog not sent"
+            );
+        }
+        self.rare()
+            .retained_backlog
+            .extend(found.into_iter().take(room));
     }
 
     /// Sends queued retained messages while the client's window has room.
     pub(crate) fn drain_retained_backlog(&mut self) {
-        while let Some(p) = self.retained_backlog.front() {
-            if p.qos == QoS::AtMostOnce {
-                let p = self.retained_backlog.pop_front().expect("front exists");
+        while let Some(qos) = self
+            .rare
+            .as_ref()
+            .and_then(|r| r.retained_backlog.front())
+            .map(|p| p.qos)
+        {
+            if self.out.len() >= OUT_HIGH_WATER {
+                // The rest goes after this write (the loop drains again).
+                break;
+            }
+            if qos == QoS::AtMostOnce {
+                let Some(p) = self.rare().retained_backlog.pop_front() else {
+                    break;
+                };
                 self.count_sent(&p);
                 self.write_publish(p);
                 continue;
@@ -340,7 +381,9 @@ impl Conn {
             let Some(id) = self.session.next_packet_id() else {
                 break;
             };
-            let mut p = self.retained_backlog.pop_front().expect("front exists");
+            let Some(mut p) = self.rare().retained_backlog.pop_front() else {
+                break;
+            };
             p.packet_id = Some(id);
             self.count_sent(&p);
             if !self.write_publish(p.clone()) {
@@ -369,7 +412,7 @@ impl Conn {
             self.ctx.stats.subscriptions.fetch_sub(1, Ordering::Relaxed);
             if let Some(q) = registry::shared_queue(filter) {
                 if let Some(h) = self.session.shared.remove(&q) {
-                    self.session.drop_inflight_of(h.id());
+                    self.forget_inflight_of(h.id());
                     h.cancel(true);
                 }
                 registry::drop_shared_queue_if_unused(&self.ctx, &q).await;
@@ -413,7 +456,7 @@ impl Conn {
                 return;
             }
             if p.topic.is_empty() {
-                match self.in_aliases.get(&alias) {
+                match self.rare().in_aliases.get(&alias) {
                     Some(t) => match TopicName::new(t.clone()) {
                         Ok(t) => p.topic = t,
                         Err(_) => return,
@@ -424,7 +467,9 @@ impl Conn {
                     }
                 }
             } else {
-                self.in_aliases.insert(alias, p.topic.as_str().to_string());
+                self.rare()
+                    .in_aliases
+                    .insert(alias, p.topic.as_str().to_string());
             }
         }
         if p.topic.is_empty() {
@@ -441,7 +486,9 @@ impl Conn {
             return;
         }
         let packet_id = p.packet_id.unwrap_or(0);
-        let inbound = self.qos1_pending + self.session.incoming_qos2.len();
+        // This connection's unacknowledged QoS 1/2 messages: QoS 2 ids
+        // from earlier connections do not count [MQTT-4.9.0-1].
+        let inbound = self.qos1_pending + self.rare.as_ref().map_or(0, |r| r.qos2_here.len());
         if p.qos != QoS::AtMostOnce
             && self.version.is_v5()
             && inbound >= usize::from(self.ctx.settings.receive_maximum)
@@ -453,11 +500,9 @@ impl Conn {
             );
             return;
         }
-        if p.qos == QoS::ExactlyOnce && p.dup && self.session.incoming_qos2.contains(&packet_id) {
-            // A resend of a message already published: acknowledge only.
-            // (Without DUP it is a new message [MQTT-3.3.1-1]: the id's old
-            // exchange ended on the client's side, e.g. its PUBCOMP was the
-            // last thing before a crash of ours.)
+        if p.qos == QoS::ExactlyOnce && self.session.incoming_qos2.contains(&packet_id) {
+            // A resend of a message already published, DUP or not: PUBREC
+            // again, never a second copy [MQTT-4.3.3-10].
             self.ack_now(&p, ReasonCode::SUCCESS);
             return;
         }
@@ -476,6 +521,7 @@ impl Conn {
         }
         let published = if p.qos == QoS::ExactlyOnce {
             self.session.incoming_qos2.insert(packet_id);
+            self.rare().qos2_here.insert(packet_id);
             let mut w = StateWrites::new();
             if self.session.is_persistent() {
                 w.put(
@@ -580,11 +626,22 @@ impl Conn {
 
     fn on_pubrel(&mut self, id: u16) {
         let mut ack = Ack::new(id);
+        if let Some(r) = self.rare.as_mut() {
+            r.qos2_here.remove(&id);
+        }
         if self.session.incoming_qos2.remove(&id) {
             if self.session.is_persistent() {
+                // PUBCOMP only once the id's record is gone from the store:
+                // the client may reuse the id right after, and a record left
+                // by a crash would swallow that new message as a resend.
                 let mut w = StateWrites::new();
                 w.delete(NAMESPACE, &incoming_key(&self.session.client_id, id));
-                self.ctx.broker.write_state_soon(w);
+                let applied = self.ctx.broker.write_state_applied(w);
+                self.confirms.push_back(Box::pin(async move {
+                    let _ = applied.await;
+                    Packet::PubComp(ack)
+                }));
+                return;
             }
         } else {
             ack.reason = ReasonCode::PACKET_IDENTIFIER_NOT_FOUND;
@@ -657,13 +714,29 @@ impl Conn {
         // queue entry goes (same write order), so after a crash we owe a
         // PUBREL, never a second PUBLISH. The message keeps its slot in the
         // window until PUBCOMP.
-        self.record_outgoing(id, Some((f.message, true)));
+        // The slot is taken again before the queue entry is settled, or the
+        // queue would hand it to the next message at once [MQTT-4.9.0-2].
         if let Source::Queue(..) = f.source {
-            self.settle(f.source);
             self.session.credit.take();
+            self.settle(f.source);
         }
         self.session.pubrel_pending.insert(id);
-        self.send(Packet::PubRel(Ack::new(id)));
+        if self.session.is_persistent() {
+            // PUBREL only once the record says "released" is in the store:
+            // after a crash we then owe this client a PUBREL, never the
+            // PUBLISH again.
+            let applied = self.ctx.broker.write_state_applied(outgoing_write(
+                &self.session.client_id,
+                id,
+                Some((f.message, true)),
+            ));
+            self.confirms.push_back(Box::pin(async move {
+                let _ = applied.await;
+                Packet::PubRel(Ack::new(id))
+            }));
+        } else {
+            self.send(Packet::PubRel(Ack::new(id)));
+        }
     }
 
     fn on_pubcomp(&mut self, id: u16) {
@@ -679,6 +752,9 @@ impl Conn {
         match ev {
             ConsumerEvent::Deliver(d) => self.deliver(d),
             ConsumerEvent::Cancelled(id) => {
+                // The queue was deleted (by an AMQP client, say): what was
+                // in flight from it can no longer be settled.
+                self.forget_inflight_of(id);
                 if self.session.consumer.as_ref().is_some_and(|c| c.id() == id) {
                     self.session.consumer = None;
                 }
@@ -738,16 +814,20 @@ impl Conn {
             properties,
             payload: d.message.body.clone(),
         };
-        if qos == QoS::AtMostOnce {
-            self.count_sent(&p);
-            self.write_publish(p);
-            self.settle(Source::Queue(d.consumer, d.tag));
-            return;
-        }
         let message = d.message.id.0;
         // Sent before a restart and not acknowledged: the same packet id
         // again, flagged as a resend (a QoS 2 client then knows it).
-        let id = match self.session.recovered.remove(&message) {
+        let recovered = self.session.recovered.remove(&message);
+        if qos == QoS::AtMostOnce {
+            if let Some(id) = recovered {
+                self.record_outgoing(id, None);
+            }
+            self.count_sent(&p);
+            self.settle(Source::Queue(d.consumer, d.tag));
+            self.queue_outgoing(p, false);
+            return;
+        }
+        let id = match recovered {
             Some(id) => {
                 p.dup = true;
                 id
@@ -755,6 +835,10 @@ impl Conn {
             None => match self.session.next_packet_id() {
                 Some(id) => id,
                 None => {
+                    // Back to the queue, not stranded in a parked session.
+                    if let Some(h) = self.session.consumer_handle(d.consumer) {
+                        let _ = h.settle(d.tag, Settle::Requeue);
+                    }
                     self.fail(ReasonCode::QUOTA_EXCEEDED, "no free packet identifier");
                     return;
                 }
@@ -762,20 +846,58 @@ impl Conn {
         };
         p.packet_id = Some(id);
         self.count_sent(&p);
-        if !self.write_publish(p.clone()) {
-            self.settle(Source::Queue(d.consumer, d.tag));
-            self.record_outgoing(id, None);
-            return;
-        }
-        self.record_outgoing(id, Some((message, false)));
         self.session.inflight.insert(
             id,
             Inflight {
-                publish: p,
+                publish: p.clone(),
                 source: Source::Queue(d.consumer, d.tag),
                 message,
             },
         );
+        if self.session.is_persistent() && qos == QoS::ExactlyOnce {
+            // The record first, then the PUBLISH: after a crash the message
+            // goes to this client again under this id, never under a new
+            // one it would take for a second message.
+            let w = outgoing_write(&self.session.client_id, id, Some((message, false)));
+            let applied = self.ctx.broker.write_state_applied(w);
+            self.rare().outbox.push_back(Box::pin(async move {
+                let _ = applied.await;
+                Outgoing {
+                    publish: p,
+                    inflight: true,
+                }
+            }));
+        } else {
+            self.record_outgoing(id, Some((message, false)));
+            self.queue_outgoing(p, true);
+        }
+    }
+
+    /// Sends `p` now, or after the deliveries still waiting for their
+    /// store records (so order holds).
+    fn queue_outgoing(&mut self, publish: Publish, inflight: bool) {
+        if self.outbox_is_empty() {
+            self.send_outgoing(Outgoing { publish, inflight });
+        } else {
+            self.rare()
+                .outbox
+                .push_back(Box::pin(std::future::ready(Outgoing { publish, inflight })));
+        }
+    }
+
+    /// Writes a delivery; one too large for the client is not sent
+    /// [MQTT-3.1.2-25] and, if in flight, settled as delivered.
+    pub(crate) fn send_outgoing(&mut self, out: Outgoing) {
+        let id = out.publish.packet_id;
+        if self.write_publish(out.publish) || !out.inflight {
+            return;
+        }
+        if let Some(id) = id
+            && let Some(f) = self.session.inflight.remove(&id)
+        {
+            self.settle(f.source);
+            self.record_outgoing(id, None);
+        }
     }
 
     /// Keeps (Some) or drops (None) the record of an outgoing message of a
@@ -787,13 +909,16 @@ impl Conn {
         if !self.session.is_persistent() {
             return;
         }
-        let key = outgoing_key(&self.session.client_id, id);
-        let mut w = StateWrites::new();
-        match state {
-            Some((message, released)) => w.put(NAMESPACE, &key, &outgoing_value(message, released)),
-            None => w.delete(NAMESPACE, &key),
-        }
+        let w = outgoing_write(&self.session.client_id, id, state);
         self.ctx.broker.write_state_soon(w);
+    }
+
+    /// Forgets what was in flight from `consumer` (its queue is gone, or a
+    /// shared subscription ended), records included.
+    fn forget_inflight_of(&mut self, consumer: junction_core::ConsumerId) {
+        for id in self.session.drop_inflight_of(consumer) {
+            self.record_outgoing(id, None);
+        }
     }
 
     fn count_sent(&self, p: &Publish) {
@@ -813,14 +938,16 @@ impl Conn {
             p.properties = codec::PublishProperties::default();
         } else if self.client_alias_max > 0 {
             let topic = p.topic.as_str().to_string();
-            match self.out_aliases.get(&topic) {
+            let alias_max = self.client_alias_max;
+            let aliases = &mut self.rare().out_aliases;
+            match aliases.get(&topic) {
                 Some(&a) => {
                     p.properties.topic_alias = Some(a);
                     p.topic = TopicName::empty();
                 }
-                None if self.out_aliases.len() < usize::from(self.client_alias_max) => {
-                    let a = self.out_aliases.len() as u16 + 1;
-                    self.out_aliases.insert(topic.clone(), a);
+                None if aliases.len() < usize::from(alias_max) => {
+                    let a = aliases.len() as u16 + 1;
+                    aliases.insert(topic.clone(), a);
                     p.properties.topic_alias = Some(a);
                     new_alias = Some(topic);
                 }
@@ -833,7 +960,7 @@ impl Conn {
             self.out.truncate(before);
             if let Some(t) = new_alias {
                 // The client never saw it: the alias stays free.
-                self.out_aliases.remove(&t);
+                self.rare().out_aliases.remove(&t);
             }
             return false;
         }

@@ -43,6 +43,9 @@ enum Slot {
         kick: Kick,
     },
     Parked(Box<Parked>),
+    /// The sweeper is ending this expired session (deleting its queue and
+    /// records): a new connection waits, or it would see them vanish.
+    Ending,
 }
 
 #[derive(Default)]
@@ -80,6 +83,9 @@ impl Registry {
                         slots.insert(client_id.to_string(), Slot::Online { conn, kick });
                         return Claim::Parked(p);
                     }
+                    Some(Slot::Ending) => {
+                        slots.insert(client_id.to_string(), Slot::Ending);
+                    }
                     Some(Slot::Online {
                         conn: other,
                         kick: other_kick,
@@ -114,6 +120,14 @@ impl Registry {
         }
     }
 
+    /// The sweeper finished ending `client_id`'s session: the id is free.
+    pub fn ended(&self, client_id: &str) {
+        let mut slots = self.slots.lock();
+        if matches!(slots.get(client_id), Some(Slot::Ending)) {
+            slots.remove(client_id);
+        }
+    }
+
     /// Whether any parked session holds a subscription using `queue`.
     pub fn parked_uses_shared(&self, queue: &str) -> bool {
         self.slots.lock().values().any(|s| match s {
@@ -122,7 +136,7 @@ impl Registry {
                 .subs
                 .shared()
                 .any(|(g, f, _)| shared_queue_name(g, f) == queue),
-            Slot::Online { .. } => false,
+            Slot::Online { .. } | Slot::Ending => false,
         })
     }
 
@@ -144,7 +158,7 @@ impl Registry {
         }
         let sessions = expired_ids
             .into_iter()
-            .filter_map(|id| match slots.remove(&id) {
+            .filter_map(|id| match slots.insert(id, Slot::Ending) {
                 Some(Slot::Parked(p)) => Some(p.session),
                 _ => None,
             })
@@ -182,6 +196,8 @@ pub(crate) fn restore(ctx: &MqttContext) -> Result<(), junction_core::CoreError>
         for o in outgoing {
             if o.released {
                 s.pubrel_pending.insert(o.packet_id);
+                // Awaiting PUBCOMP: it holds a slot in the window.
+                s.credit.take();
             } else {
                 s.recovered.insert(o.message, o.packet_id);
             }
@@ -333,7 +349,9 @@ pub(crate) async fn sweep(ctx: Arc<MqttContext>, shutdown: CancellationToken) {
         }
         for s in sessions {
             tracing::debug!(client_id = %s.client_id, "mqtt session expired");
+            let id = s.client_id.clone();
             end_session(&ctx, s).await;
+            ctx.registry.ended(&id);
         }
     }
 }

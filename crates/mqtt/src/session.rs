@@ -407,20 +407,21 @@ impl Session {
         tx
     }
 
-    /// Forgets the messages in flight from `consumer`: its deliveries went
-    /// back to their queue (a shared subscription left), and another
-    /// member gets them; resending them here would duplicate them.
-    pub fn drop_inflight_of(&mut self, consumer: ConsumerId) {
-        self.inflight
-            .retain(|_, f| !matches!(f.source, Source::Queue(c, _) if c == consumer));
-    }
-
-    /// Cancels the shared-subscription consumers (their unacknowledged
-    /// deliveries return to the group) and forgets what they had in flight.
-    pub fn leave_shared_groups(&mut self) {
-        for (_, c) in std::mem::take(&mut self.shared) {
-            self.drop_inflight_of(c.id());
+    /// Forgets the messages in flight from `consumer`: they went back to
+    /// their queue (a shared subscription ended: another member gets them)
+    /// or the queue is gone; resending them here would duplicate them.
+    /// Returns the packet ids it freed.
+    pub fn drop_inflight_of(&mut self, consumer: ConsumerId) -> Vec<u16> {
+        let ids: Vec<u16> = self
+            .inflight
+            .iter()
+            .filter(|(_, f)| matches!(f.source, Source::Queue(c, _) if c == consumer))
+            .map(|(&id, _)| id)
+            .collect();
+        for id in &ids {
+            self.inflight.remove(id);
         }
+        ids
     }
 
     /// The consumer handle a delivery came through.

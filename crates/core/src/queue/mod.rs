@@ -120,6 +120,23 @@ impl Consumer {
     fn has_room(&self) -> bool {
         self.window.has_room() && (self.spec.no_ack || self.credits.iter().all(|c| c.has_room()))
     }
+
+    /// Takes a slot in every budget, or in none (a no-ack consumer has
+    /// none to take).
+    fn take_credit(&self) -> bool {
+        if self.spec.no_ack {
+            return true;
+        }
+        for (i, c) in self.credits.iter().enumerate() {
+            if !c.try_take() {
+                for taken in &self.credits[..i] {
+                    taken.give_back();
+                }
+                return false;
+            }
+        }
+        true
+    }
 }
 
 struct Unacked {
@@ -324,6 +341,12 @@ impl QueueState {
             let Some(entry) = self.pop_ready() else {
                 break;
             };
+            if !self.consumers[ci].take_credit() {
+                // Another queue sharing the budget took the last slot
+                // since `pick_consumer` looked: this consumer has no room.
+                self.push_ready(entry);
+                continue;
+            }
             self.deliver_to(ci, entry, fx);
             self.expire(now, fx);
         }
@@ -381,6 +404,8 @@ impl QueueState {
         None
     }
 
+    /// Hands `entry` to consumer `ci`, whose credit slots were taken
+    /// (`Consumer::take_credit`).
     fn deliver_to(&mut self, ci: usize, entry: Entry, fx: &mut Effects) {
         let tag = DeliveryTag(self.next_tag);
         self.next_tag += 1;
@@ -400,7 +425,12 @@ impl QueueState {
         {
             // The connection is gone: the message was never handed over,
             // so it goes back unchanged, and the consumer leaves rotation
-            // (its handle's drop finds it gone).
+            // (its handle's drop finds it gone), with the slots it took.
+            if !consumer.spec.no_ack {
+                for c in consumer.credits.iter() {
+                    c.give_back();
+                }
+            }
             let id = consumer.id;
             self.push_ready(entry);
             self.cancel(id, true, fx);
@@ -413,9 +443,6 @@ impl QueueState {
                 fx.removed.push(r);
             }
         } else {
-            for c in consumer.credits.iter() {
-                c.take();
-            }
             let u = Unacked {
                 entry,
                 holder: consumer.id,
@@ -596,6 +623,9 @@ impl QueueState {
         let mut n = self.purge(fx);
         self.unacked_bytes = 0;
         for (_, u) in self.unacked.drain() {
+            // The holders' budgets (shared with other queues) get the slots
+            // back: nobody will settle these deliveries now.
+            u.give_back_credit();
             if let Some(r) = u.entry.removed() {
                 fx.removed.push(r);
             }
