@@ -237,14 +237,17 @@ class Client:
     def drop(self, timeout=TIMEOUT):
         """Closes the TCP connection without DISCONNECT (an abnormal
         disconnection: the broker publishes the will)."""
+        self._shutdown_socket()
+        self.wait_disconnected(timeout)
+        self._stop()
+
+    def _shutdown_socket(self):
         sock = self.paho.socket()
         if sock is not None:
             try:
                 sock.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
-        self.wait_disconnected(timeout)
-        self._stop()
 
     def _stop(self):
         if self._started:
@@ -263,12 +266,7 @@ class Client:
             except Exception:
                 pass
         if self.disconnected is None:
-            sock = self.paho.socket()
-            if sock is not None:
-                try:
-                    sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
+            self._shutdown_socket()
         self._stop()
 
     # subscriptions ------------------------------------------------------------

@@ -533,9 +533,19 @@ impl Conn {
                 }
                 // Not while we hold the client back ourselves.
                 _ = sleep_until(deadline), if read_ok => {
-                    tracing::info!(client_id = %self.session.client_id, "mqtt keepalive timed out");
-                    self.disconnect(ReasonCode::KEEP_ALIVE_TIMEOUT);
-                    self.end = Some(End::Abnormal);
+                    // Bytes the client sent while we were busy writing to it
+                    // count: only a silent socket times out.
+                    match rd.try_read_buf(&mut buf) {
+                        Ok(n) if n > 0 => {
+                            last_recv = Instant::now();
+                            Box::pin(self.read_packets(&mut buf, max)).await;
+                        }
+                        _ => {
+                            tracing::info!(client_id = %self.session.client_id, "mqtt keepalive timed out");
+                            self.disconnect(ReasonCode::KEEP_ALIVE_TIMEOUT);
+                            self.end = Some(End::Abnormal);
+                        }
+                    }
                 }
                 _ = alarm.changed() => {}
             }

@@ -1,6 +1,7 @@
 //! What each packet does to the session and the core, and how core
 //! deliveries become PUBLISH packets.
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use junction_core::{
@@ -92,7 +93,7 @@ impl Conn {
             .keys()
             .any(|f| split_shared(f).is_none());
         if has_own {
-            self.ensure_own_consumer().await?;
+            self.ensure_own_consumer(QoS::AtMostOnce).await?;
         }
         let shared: Vec<(String, String)> = self
             .session
@@ -162,13 +163,32 @@ impl Conn {
         spec
     }
 
-    async fn ensure_own_consumer(&mut self) -> Result<(), CoreError> {
-        if self.session.consumer.is_some() {
-            return Ok(());
+    /// Makes sure the own-queue consumer exists, and acks its deliveries
+    /// if a subscription of `qos` is about to be bound (a QoS 1/2 message
+    /// must not leave the queue before the client has it).
+    async fn ensure_own_consumer(&mut self, qos: QoS) -> Result<(), CoreError> {
+        let no_ack = qos == QoS::AtMostOnce && self.session.own_subscriptions_qos0();
+        match &self.session.consumer {
+            Some(_) if !self.session.own_no_ack || no_ack => return Ok(()),
+            Some(_) => {
+                // No-ack consumers leave nothing in flight: switch now.
+                self.switch_own_consumer(false);
+                return Ok(());
+            }
+            None => {}
         }
         let def = self.queue_def(&self.session.queue(), self.session.is_persistent());
         self.declare(def).await?;
-        let spec = self.spec(&self.session.client_id);
+        self.start_own_consumer(no_ack)
+    }
+
+    /// Registers the own-queue consumer, without acks when `no_ack`.
+    fn start_own_consumer(&mut self, no_ack: bool) -> Result<(), CoreError> {
+        let mut spec = self.spec(&self.session.client_id);
+        if no_ack {
+            spec = spec.no_ack();
+            spec.credits.clear();
+        }
         let events = self.session.events();
         let handle = self.ctx.broker.consume(
             &self.ctx.settings.vhost,
@@ -177,7 +197,42 @@ impl Conn {
             events,
         )?;
         self.session.consumer = Some(handle);
+        self.session.own_no_ack = no_ack;
         Ok(())
+    }
+
+    /// After the subscriptions changed: switches the own consumer between
+    /// acked and ack-free. Only when nothing it delivered is in flight
+    /// (acked mode is always correct, just slower).
+    fn sync_own_consumer_mode(&mut self) {
+        let want = self.session.own_subscriptions_qos0();
+        let Some(c) = self.session.consumer.as_ref() else {
+            return;
+        };
+        let id = c.id();
+        if want == self.session.own_no_ack
+            || self
+                .session
+                .inflight
+                .values()
+                .any(|f| matches!(f.source, Source::Queue(c, _) if c == id))
+        {
+            return;
+        }
+        self.switch_own_consumer(want);
+    }
+
+    /// Replaces the own consumer by one in the other mode; deliveries the
+    /// old one made are still recognised as the session's own.
+    fn switch_own_consumer(&mut self, no_ack: bool) {
+        let old_mode = self.session.own_no_ack;
+        if let Some(old) = self.session.consumer.take() {
+            self.session.retired_own = Some((old.id(), old_mode));
+            old.cancel(true);
+        }
+        if let Err(e) = self.start_own_consumer(no_ack) {
+            tracing::warn!(error = %e, "mqtt consumer not restarted");
+        }
     }
 
     async fn ensure_shared_consumer(&mut self, group: &str, filter: &str) -> Result<(), CoreError> {
@@ -236,7 +291,7 @@ impl Conn {
             };
             let result = match &shared {
                 Some((g, f)) => self.ensure_shared_consumer(g, f).await,
-                None => match self.ensure_own_consumer().await {
+                None => match self.ensure_own_consumer(opts.qos).await {
                     Ok(()) => {
                         let q = self.session.queue();
                         self.bind(&q, &filter, true).await
@@ -269,6 +324,7 @@ impl Conn {
                 retained_for.push((filter, opts));
             }
         }
+        self.sync_own_consumer_mode();
         if self.session.is_persistent() {
             self.save_session().await;
         }
@@ -431,6 +487,7 @@ impl Conn {
             }
             reasons.push(ReasonCode::SUCCESS);
         }
+        self.sync_own_consumer_mode();
         if self.session.is_persistent() {
             self.save_session().await;
         }
@@ -513,9 +570,11 @@ impl Conn {
             .bytes_received
             .fetch_add(p.payload.len() as u64, Ordering::Relaxed);
         let msg = convert::to_core(&p, p.topic.as_str(), self.origin());
-        let vhost = self.ctx.settings.vhost.clone();
+        // The context, not a copy of the vhost name per message.
+        let ctx = Arc::clone(&self.ctx);
+        let vhost = ctx.settings.vhost.as_str();
         if p.retain
-            && let Err(e) = self.ctx.broker.set_retained(&vhost, msg.clone()).await
+            && let Err(e) = self.ctx.broker.set_retained(vhost, msg.clone()).await
         {
             tracing::warn!(error = %e, "mqtt retained message not stored");
         }
@@ -530,9 +589,9 @@ impl Conn {
                     b"",
                 );
             }
-            self.ctx.broker.publish_with_state(&vhost, msg, w).await
+            self.ctx.broker.publish_with_state(vhost, msg, w).await
         } else {
-            self.ctx.broker.publish(&vhost, msg).await
+            self.ctx.broker.publish(vhost, msg).await
         };
         let published = match published {
             Ok(p) => p,
@@ -652,6 +711,7 @@ impl Conn {
     /// Settles an outgoing message the client acknowledged (or refused).
     fn settle(&mut self, source: Source) {
         match source {
+            Source::Queue(consumer, _) if self.session.is_no_ack(consumer) => {}
             Source::Queue(consumer, tag) => {
                 if let Some(h) = self.session.consumer_handle(consumer)
                     && let Err(e) = h.settle(tag, Settle::Ack)
@@ -766,12 +826,7 @@ impl Conn {
     /// What a delivery matches: the session's own subscriptions, or the
     /// shared subscription whose queue it came from.
     fn match_delivery(&self, d: &Delivery, topic: &str) -> Option<Match> {
-        let own_consumer = self
-            .session
-            .consumer
-            .as_ref()
-            .is_some_and(|c| c.id() == d.consumer);
-        if own_consumer {
+        if self.session.is_own(d.consumer) {
             let origin = d.message.origin;
             let own = origin.protocol == junction_core::Protocol::Mqtt
                 && origin.connection == self.guard.id();

@@ -295,6 +295,12 @@ pub struct Session {
     /// The consumer on the session's own queue (None until the first
     /// non-shared subscription).
     pub consumer: Option<ConsumerHandle>,
+    /// The own consumer settles nothing itself (every non-shared
+    /// subscription is QoS 0): no acks, no window, as fast as QoS 0 goes.
+    pub own_no_ack: bool,
+    /// The own consumer before its mode last changed: deliveries it made
+    /// may still be in the channel.
+    pub retired_own: Option<(ConsumerId, bool)>,
     /// Consumers on shared-subscription queues, by queue name.
     pub shared: HashMap<String, ConsumerHandle>,
     /// Every consumer delivers here; the receiver moves with the session.
@@ -323,6 +329,8 @@ impl Session {
             recovered: HashMap::new(),
             next_packet_id: 1,
             consumer: None,
+            own_no_ack: false,
+            retired_own: None,
             shared: HashMap::new(),
             events_tx: None,
             events_rx: None,
@@ -422,6 +430,31 @@ impl Session {
             self.inflight.remove(id);
         }
         ids
+    }
+
+    /// Whether every non-shared subscription is QoS 0 (the own consumer
+    /// can then run without acks).
+    pub fn own_subscriptions_qos0(&self) -> bool {
+        self.subs
+            .by_filter
+            .iter()
+            .filter(|(f, _)| split_shared(f).is_none())
+            .all(|(_, o)| o.qos == QoS::AtMostOnce)
+    }
+
+    /// Whether deliveries of `consumer` were made without acks (nothing to
+    /// settle).
+    pub fn is_no_ack(&self, consumer: ConsumerId) -> bool {
+        match &self.consumer {
+            Some(c) if c.id() == consumer => self.own_no_ack,
+            _ => self.retired_own == Some((consumer, true)),
+        }
+    }
+
+    /// Whether `consumer` is (or was) the session's own-queue consumer.
+    pub fn is_own(&self, consumer: ConsumerId) -> bool {
+        self.consumer.as_ref().is_some_and(|c| c.id() == consumer)
+            || self.retired_own.is_some_and(|(c, _)| c == consumer)
     }
 
     /// The consumer handle a delivery came through.

@@ -156,7 +156,8 @@ impl Broker {
         batch: &mut Batch,
     ) -> Vec<Target> {
         let now = Instant::now();
-        let now_unix = unix_millis();
+        // The wall clock only for stored entries with an expiry.
+        let mut now_unix = None;
         let mut targets = Vec::with_capacity(queues.len());
         let mut stored = 0u32;
         for queue in queues {
@@ -170,7 +171,8 @@ impl Broker {
             };
             if persisted {
                 let expires_unix = expires_at.map_or(0, |t| {
-                    now_unix.saturating_add(t.saturating_duration_since(now).as_millis() as u64)
+                    let base = *now_unix.get_or_insert_with(unix_millis);
+                    base.saturating_add(t.saturating_duration_since(now).as_millis() as u64)
                 });
                 batch.put(
                     Cf::QueueEntries,
@@ -277,6 +279,9 @@ impl Broker {
             // consumer can see (and ack) a copy: an ack's delete then always
             // follows the put, so an acked copy cannot come back after a crash.
             self.write_soon(batch);
+            if copies.is_empty() {
+                continue;
+            }
             let now = Instant::now();
             for (msg, targets) in copies {
                 for t in targets {
