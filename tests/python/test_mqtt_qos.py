@@ -327,3 +327,35 @@ def test_v5_receive_maximum_counts_a_qos2_delivery_until_pubcomp(module_broker, 
     assert raw.expect(PUBREL)[:2] == (m2.pid, 0)
     raw.send(ack_packet(PUBCOMP, m2.pid, 5))
     assert raw.is_open_after(0.3)
+
+
+@pytest.mark.deadline(60)
+def test_qos1_subscription_added_to_a_qos0_session_keeps_unacked_messages_across_a_restart(
+    broker, clients
+):
+    """A session with only QoS 0 subscriptions consumes its queue without
+    acks; the first QoS 1 subscription must switch that off before it is
+    bound, or an unacknowledged QoS 1 message would be gone after a
+    restart."""
+    low, high = uid() + "/low", uid() + "/high"
+    raw, cid = subscribed_raw(clients, broker, 4, low, 0)
+    assert raw.subscribe(2, [(high, 1)]) == [1]
+    pub = clients.connect(broker)
+    pub.publish(high, b"keep me", qos=1)
+    first = next_publish(raw)
+    assert (first.topic, first.payload, first.qos) == (high, b"keep me", 1)
+    clients.close_all()  # no PUBACK
+
+    broker.kill9()
+    broker.start()
+    raw, ack = connect_raw(clients, broker, 4, cid)
+    assert ack.session_present is True
+    again = next_publish(raw)
+    assert (again.topic, again.payload, again.qos, again.dup, again.pid) == (
+        high,
+        b"keep me",
+        1,
+        True,
+        first.pid,
+    )
+    raw.send(ack_packet(PUBACK, again.pid))
