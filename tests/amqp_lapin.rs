@@ -1187,12 +1187,7 @@ async fn publish_until_killed(addr: SocketAddr, log: Arc<Mutex<PublisherLog>>) {
 }
 
 fn start_broker(data_dir: &Path) -> BrokerProcess {
-    let dir = data_dir.to_str().expect("utf-8 path");
-    BrokerProcess::start(
-        Path::new(JUNCTION),
-        &["--data-dir", dir, "--admin-port", "0", "--amqp-port", "0"],
-        data_dir,
-    )
+    BrokerProcess::start_on(Path::new(JUNCTION), data_dir)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

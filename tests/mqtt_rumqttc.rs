@@ -19,7 +19,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use junction_testsupport::{BrokerProcess, temp_dir};
+use junction_testsupport::{ANY_PORTS, BrokerProcess, temp_dir};
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions,
     QueueBindOptions, QueueDeclareOptions,
@@ -64,9 +64,7 @@ struct Broker {
 fn spawn_broker(dir: &Path, mqtt_config: &str) -> BrokerProcess {
     let data = dir.to_str().expect("utf-8 path").to_string();
     let mut args = vec!["--data-dir".to_string(), data];
-    for port in ["--admin-port", "--amqp-port", "--mqtt-port"] {
-        args.extend([port.to_string(), "0".to_string()]);
-    }
+    args.extend(ANY_PORTS.iter().map(|a| a.to_string()));
     if !mqtt_config.is_empty() {
         let conf = dir.join("mqtt-test.toml");
         std::fs::write(&conf, format!("[mqtt]\n{mqtt_config}\n")).expect("write config");

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use junction_testsupport::{BrokerProcess, InProcessBroker, http_get, temp_dir};
+use junction_testsupport::{ANY_PORTS, BrokerProcess, InProcessBroker, http_get, temp_dir};
 
 const JUNCTION: &str = env!("CARGO_BIN_EXE_junction");
 
@@ -50,11 +50,7 @@ fn ready_line_health_metrics_and_sigterm_exit_zero() {
 #[test]
 fn no_data_dir_flag_uses_junction_data_in_the_working_directory() {
     let cwd = temp_dir();
-    let mut broker = BrokerProcess::start(
-        bin(),
-        &["--admin-port", "0", "--amqp-port", "0"],
-        cwd.path(),
-    );
+    let mut broker = BrokerProcess::start(bin(), &ANY_PORTS, cwd.path());
     assert!(cwd.path().join("junction-data").join("store").is_dir());
     broker.signal("INT");
     assert_eq!(broker.wait_exit(Duration::from_secs(30)).code(), Some(0));
@@ -63,11 +59,9 @@ fn no_data_dir_flag_uses_junction_data_in_the_working_directory() {
 #[test]
 fn in_memory_flag_writes_nothing_to_disk() {
     let cwd = temp_dir();
-    let mut broker = BrokerProcess::start(
-        bin(),
-        &["--admin-port", "0", "--amqp-port", "0", "--in-memory"],
-        cwd.path(),
-    );
+    let mut args = ANY_PORTS.to_vec();
+    args.push("--in-memory");
+    let mut broker = BrokerProcess::start(bin(), &args, cwd.path());
     assert!(!cwd.path().join("junction-data").exists());
     broker.signal("TERM");
     assert_eq!(broker.wait_exit(Duration::from_secs(30)).code(), Some(0));
@@ -87,16 +81,9 @@ fn config_file_is_read_and_flags_override_it() {
     )
     .expect("write config");
     // The file's port 1 would fail to bind; the flag's 0 wins.
-    let mut broker = BrokerProcess::start(
-        bin(),
-        &[
-            "--config",
-            conf.to_str().expect("utf-8"),
-            "--admin-port",
-            "0",
-        ],
-        dir.path(),
-    );
+    let mut args = vec!["--config", conf.to_str().expect("utf-8")];
+    args.extend(ANY_PORTS);
+    let mut broker = BrokerProcess::start(bin(), &args, dir.path());
     assert!(data.join("store").is_dir(), "data_dir from the file");
     broker.signal("TERM");
     assert_eq!(broker.wait_exit(Duration::from_secs(30)).code(), Some(0));

@@ -631,6 +631,15 @@ impl Conn {
             // that got it [MQTT-4.8.2-4]); new messages wait in the queues,
             // under their limits, or go to the other members of a group.
             self.session.credit.set_paused(true);
+            if self.session.own_no_ack {
+                // An ack-free consumer has no window to pause: it goes, and
+                // new messages wait in the queue under its limits (what it
+                // already handed over is delivered on resume).
+                if let Some(c) = self.session.consumer.take() {
+                    self.session.retired_own = Some((c.id(), true));
+                    c.cancel(true);
+                }
+            }
             let now = Instant::now();
             let expires_at = registry::expiry_deadline(self.session.expiry, now);
             // A delayed will waits with the parked session; one without

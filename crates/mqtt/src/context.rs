@@ -89,6 +89,9 @@ impl MqttSettings {
         if self.receive_maximum == 0 || self.max_inflight == 0 {
             return Err("[mqtt] receive_maximum and max_inflight must be at least 1".to_owned());
         }
+        if self.connect_timeout == 0 {
+            return Err("[mqtt] connect_timeout must be at least 1".to_owned());
+        }
         if self.vhost.is_empty() {
             return Err("[mqtt] vhost must not be empty".to_owned());
         }

@@ -165,7 +165,10 @@ impl Conn {
 
     /// Makes sure the own-queue consumer exists, and acks its deliveries
     /// if a subscription of `qos` is about to be bound (a QoS 1/2 message
-    /// must not leave the queue before the client has it).
+    /// must not leave the queue before the client has it). The mode is
+    /// chosen when the consumer starts and only ever upgraded to acked
+    /// while the connection lasts: switching back could send a delivery
+    /// still in the channel twice.
     async fn ensure_own_consumer(&mut self, qos: QoS) -> Result<(), CoreError> {
         let no_ack = qos == QoS::AtMostOnce && self.session.own_subscriptions_qos0();
         match &self.session.consumer {
@@ -179,6 +182,20 @@ impl Conn {
         }
         let def = self.queue_def(&self.session.queue(), self.session.is_persistent());
         self.declare(def).await?;
+        // The queue may be new although the session is not (an AMQP client
+        // deleted it): bind every filter again (binding twice is a no-op).
+        let queue = self.session.queue();
+        let filters: Vec<String> = self
+            .session
+            .subs
+            .by_filter
+            .keys()
+            .filter(|f| split_shared(f).is_none())
+            .cloned()
+            .collect();
+        for f in filters {
+            self.bind(&queue, &f, true).await?;
+        }
         self.start_own_consumer(no_ack)
     }
 
@@ -199,27 +216,6 @@ impl Conn {
         self.session.consumer = Some(handle);
         self.session.own_no_ack = no_ack;
         Ok(())
-    }
-
-    /// After the subscriptions changed: switches the own consumer between
-    /// acked and ack-free. Only when nothing it delivered is in flight
-    /// (acked mode is always correct, just slower).
-    fn sync_own_consumer_mode(&mut self) {
-        let want = self.session.own_subscriptions_qos0();
-        let Some(c) = self.session.consumer.as_ref() else {
-            return;
-        };
-        let id = c.id();
-        if want == self.session.own_no_ack
-            || self
-                .session
-                .inflight
-                .values()
-                .any(|f| matches!(f.source, Source::Queue(c, _) if c == id))
-        {
-            return;
-        }
-        self.switch_own_consumer(want);
     }
 
     /// Replaces the own consumer by one in the other mode; deliveries the
@@ -324,7 +320,6 @@ impl Conn {
                 retained_for.push((filter, opts));
             }
         }
-        self.sync_own_consumer_mode();
         if self.session.is_persistent() {
             self.save_session().await;
         }
@@ -487,7 +482,6 @@ impl Conn {
             }
             reasons.push(ReasonCode::SUCCESS);
         }
-        self.sync_own_consumer_mode();
         if self.session.is_persistent() {
             self.save_session().await;
         }
@@ -646,6 +640,9 @@ impl Conn {
             if matches!(ack, Packet::PubRec(_)) {
                 // A refused QoS 2 message frees its packet id [MQTT-4.3.3].
                 self.session.incoming_qos2.remove(&id);
+                if let Some(r) = self.rare.as_mut() {
+                    r.qos2_here.remove(&id);
+                }
                 self.forget_incoming(id);
             }
             if !self.version.is_v5() {
@@ -770,32 +767,32 @@ impl Conn {
             self.record_outgoing(id, None);
             return;
         }
-        // The client owns the message now: the record says so before the
-        // queue entry goes (same write order), so after a crash we owe a
-        // PUBREL, never a second PUBLISH. The message keeps its slot in the
-        // window until PUBCOMP.
-        // The slot is taken again before the queue entry is settled, or the
-        // queue would hand it to the next message at once [MQTT-4.9.0-2].
+        // The client owns the message now: the record says so first (it is
+        // queued for the store before the queue entry's removal, and the
+        // store applies writes in order), so after a crash we owe a PUBREL,
+        // never a second PUBLISH.
+        let applied = self.session.is_persistent().then(|| {
+            self.ctx.broker.write_state_applied(outgoing_write(
+                &self.session.client_id,
+                id,
+                Some((f.message, true)),
+            ))
+        });
+        // The message keeps its slot in the window until PUBCOMP: taken
+        // again before the entry is settled, or the queue would hand it to
+        // the next message at once [MQTT-4.9.0-2].
         if let Source::Queue(..) = f.source {
             self.session.credit.take();
             self.settle(f.source);
         }
         self.session.pubrel_pending.insert(id);
-        if self.session.is_persistent() {
-            // PUBREL only once the record says "released" is in the store:
-            // after a crash we then owe this client a PUBREL, never the
-            // PUBLISH again.
-            let applied = self.ctx.broker.write_state_applied(outgoing_write(
-                &self.session.client_id,
-                id,
-                Some((f.message, true)),
-            ));
-            self.confirms.push_back(Box::pin(async move {
+        match applied {
+            // PUBREL once the "released" record is in the store.
+            Some(applied) => self.confirms.push_back(Box::pin(async move {
                 let _ = applied.await;
                 Packet::PubRel(Ack::new(id))
-            }));
-        } else {
-            self.send(Packet::PubRel(Ack::new(id)));
+            })),
+            None => self.send(Packet::PubRel(Ack::new(id))),
         }
     }
 

@@ -14,7 +14,8 @@
 //! - `connection`: the connection task (the only socket code) and
 //!   `handlers`: what each packet does.
 //! - `sys`: the `$SYS/broker/...` topics.
-//! - `context`: settings, the state every connection shares, the accept loop.
+//! - `context`: settings, the state every connection shares, start-up and
+//!   `serve_connection` (the accept loop itself is `junction-server`'s).
 //!
 //! Everything but the codec sits behind the default feature `adapter`;
 //! without it the crate is the codec alone (no tokio, no core), which is

@@ -53,6 +53,10 @@ fn read_line_within(
     }
 }
 
+/// Flags that put every listener of the broker on a port the OS picks, so
+/// tests running at once never compete for the default ports.
+pub const ANY_PORTS: [&str; 6] = ["--admin-port", "0", "--amqp-port", "0", "--mqtt-port", "0"];
+
 impl BrokerProcess {
     /// Starts the `junction` binary `bin` (a test passes
     /// `env!("CARGO_BIN_EXE_junction")`) with `args` (add `--data-dir` and
@@ -84,20 +88,9 @@ impl BrokerProcess {
     /// Starts a broker on a data directory with every port picked by the OS.
     pub fn start_on(bin: &Path, data_dir: &Path) -> BrokerProcess {
         let dir = data_dir.to_str().expect("utf-8 path");
-        Self::start(
-            bin,
-            &[
-                "--data-dir",
-                dir,
-                "--admin-port",
-                "0",
-                "--amqp-port",
-                "0",
-                "--mqtt-port",
-                "0",
-            ],
-            data_dir,
-        )
+        let mut args = vec!["--data-dir", dir];
+        args.extend(ANY_PORTS);
+        Self::start(bin, &args, data_dir)
     }
 
     pub fn addr(&self, listener: &str) -> SocketAddr {
