@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::StreamExt;
 use junction_testsupport::{BrokerProcess, InProcessBroker, temp_dir};
-use lapin::message::Delivery;
+use lapin::message::{BasicGetMessage, Delivery};
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicNackOptions, BasicPublishOptions,
     BasicQosOptions, BasicRejectOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
@@ -132,6 +132,16 @@ async fn assert_quiet(consumer: &mut Consumer, why: &str) {
         let extra = extra.map(|r| r.map(|d| String::from_utf8_lossy(&d.data).into_owned()));
         panic!("{why}: got {extra:?}");
     }
+}
+
+/// basic.get on `queue`; None is get-empty.
+async fn get(ch: &Channel, queue: &str, no_ack: bool) -> Option<BasicGetMessage> {
+    within(
+        "basic.get",
+        ch.basic_get(queue.into(), BasicGetOptions { no_ack }),
+    )
+    .await
+    .expect("basic.get")
 }
 
 async fn ack(d: &Delivery) {
@@ -295,13 +305,7 @@ async fn properties_left_unset_come_back_unset() {
         BasicProperties::default(),
     )
     .await;
-    let got = within(
-        "basic.get",
-        ch.basic_get("bare".into(), BasicGetOptions { no_ack: true }),
-    )
-    .await
-    .expect("basic.get")
-    .expect("a message");
+    let got = get(&ch, "bare", true).await.expect("a message");
     assert_eq!(got.delivery.data, b"no properties");
     assert_eq!(got.delivery.properties, BasicProperties::default());
 }
@@ -385,13 +389,7 @@ async fn publish_refused_by_a_full_reject_publish_queue_is_nacked() {
         outcomes,
         vec![Confirmation::Ack(None), Confirmation::Nack(None)]
     );
-    let kept = within(
-        "basic.get",
-        ch.basic_get("one-slot".into(), BasicGetOptions { no_ack: true }),
-    )
-    .await
-    .expect("basic.get")
-    .expect("the first message");
+    let kept = get(&ch, "one-slot", true).await.expect("the first message");
     assert_eq!(
         (kept.delivery.data.as_slice(), kept.message_count),
         (&b"first"[..], 0)
@@ -638,13 +636,7 @@ async fn tx_rollback_discards_publishes_and_acks_and_tx_commit_applies_them() {
     within("tx.select", getter.tx_select())
         .await
         .expect("tx.select");
-    let got = within(
-        "basic.get",
-        getter.basic_get("tx".into(), BasicGetOptions::default()),
-    )
-    .await
-    .expect("basic.get")
-    .expect("c1");
+    let got = get(&getter, "tx", false).await.expect("c1");
     assert_eq!(got.delivery.data, b"c1");
     ack(&got.delivery).await;
     within("tx.rollback", getter.tx_rollback())
@@ -659,13 +651,7 @@ async fn tx_rollback_discards_publishes_and_acks_and_tx_commit_applies_them() {
     within("tx.select", getter.tx_select())
         .await
         .expect("tx.select");
-    let got = within(
-        "basic.get",
-        getter.basic_get("tx".into(), BasicGetOptions::default()),
-    )
-    .await
-    .expect("basic.get")
-    .expect("c1 again");
+    let got = get(&getter, "tx", false).await.expect("c1 again");
     assert_eq!(
         (got.delivery.data.as_slice(), got.redelivered),
         (&b"c1"[..], true)
@@ -802,13 +788,7 @@ async fn exclusive_queue_is_locked_to_other_connections_and_dies_with_its_owner(
     .await
     .expect_err("locked");
     assert_eq!(amqp_error(&err), locked, "basic.consume");
-    let own = within(
-        "basic.get",
-        owner_ch.basic_get("mine".into(), BasicGetOptions { no_ack: true }),
-    )
-    .await
-    .expect("the owner may get")
-    .expect("the message");
+    let own = get(&owner_ch, "mine", true).await.expect("the message");
     assert_eq!(own.delivery.data, b"private");
 
     within("connection.close", owner.close(200, "bye".into()))
@@ -890,13 +870,7 @@ async fn basic_get_takes_messages_in_order_then_reports_empty() {
     }
     let mut got = Vec::new();
     for _ in 0..2 {
-        let m = within(
-            "basic.get",
-            ch.basic_get("pull".into(), BasicGetOptions::default()),
-        )
-        .await
-        .expect("basic.get")
-        .expect("get-ok");
+        let m = get(&ch, "pull", false).await.expect("get-ok");
         got.push((
             text(&m.delivery),
             m.message_count,
@@ -912,12 +886,7 @@ async fn basic_get_takes_messages_in_order_then_reports_empty() {
             ("g2".to_string(), 0, false, "pull".to_string()),
         ]
     );
-    let empty = within(
-        "basic.get",
-        ch.basic_get("pull".into(), BasicGetOptions::default()),
-    )
-    .await
-    .expect("basic.get");
+    let empty = get(&ch, "pull", false).await;
     assert!(empty.is_none(), "get-empty, got {empty:?}");
 }
 
@@ -1028,13 +997,7 @@ async fn rejected_message_is_dead_lettered_with_x_death() {
         .with_message_id("doomed".into())
         .with_headers(headers);
     publish(&ch, "", "work", b"dead letter", props).await;
-    let got = within(
-        "basic.get",
-        ch.basic_get("work".into(), BasicGetOptions::default()),
-    )
-    .await
-    .expect("basic.get")
-    .expect("the message");
+    let got = get(&ch, "work", false).await.expect("the message");
     let before = unix_now();
     within(
         "basic.reject",
