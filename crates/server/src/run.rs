@@ -69,11 +69,20 @@ impl UsersAuth {
         mac.finalize().into_bytes().into()
     }
 
+    /// Whether `user` logged in before with the password of `digest`.
+    fn is_verified(&self, user: &str, digest: &[u8; 32]) -> bool {
+        self.verified
+            .lock()
+            .get(user)
+            .is_some_and(|d| same_digest(d, digest))
+    }
+
     fn verify_slowly(
         &self,
         user: &str,
         password: &str,
         peer: std::net::IpAddr,
+        digest: &[u8; 32],
     ) -> Result<(), String> {
         let (count, cv) = &self.hashing;
         {
@@ -85,23 +94,17 @@ impl UsersAuth {
         }
         // Many clients often log in with the same credentials at once (a
         // fleet reconnecting): the first check's result serves the rest.
-        let digest = self.digest(user, password);
-        if self
-            .verified
-            .lock()
-            .get(user)
-            .is_some_and(|d| same_digest(d, &digest))
-        {
-            *count.lock() -= 1;
-            cv.notify_one();
-            return Ok(());
-        }
-        let result = self
-            .db
-            .authenticate(user, password, peer, self.guest_loopback_only);
+        let result = if self.is_verified(user, digest) {
+            Ok(())
+        } else {
+            self.db
+                .authenticate(user, password, peer, self.guest_loopback_only)
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        };
         *count.lock() -= 1;
         cv.notify_one();
-        result.map(|_| ()).map_err(|e| e.to_string())
+        result
     }
 }
 
@@ -117,17 +120,10 @@ impl junction_core::Authenticator for UsersAuth {
         password: &str,
         peer: std::net::IpAddr,
     ) -> Option<Result<(), String>> {
-        if user == crate::users::GUEST
-            && self.guest_loopback_only
-            && !peer.to_canonical().is_loopback()
-        {
+        if !self.may_connect_from(user, peer) {
             return Some(Err(crate::users::AuthError::LoopbackOnly.to_string()));
         }
-        let digest = self.digest(user, password);
-        self.verified
-            .lock()
-            .get(user)
-            .is_some_and(|d| same_digest(d, &digest))
+        self.is_verified(user, &self.digest(user, password))
             .then_some(Ok(()))
     }
 
@@ -137,11 +133,14 @@ impl junction_core::Authenticator for UsersAuth {
         password: &str,
         peer: std::net::IpAddr,
     ) -> Result<(), String> {
-        if let Some(verdict) = self.authenticate_fast(user, password, peer) {
-            return verdict;
+        if !self.may_connect_from(user, peer) {
+            return Err(crate::users::AuthError::LoopbackOnly.to_string());
         }
         let digest = self.digest(user, password);
-        self.verify_slowly(user, password, peer)?;
+        if self.is_verified(user, &digest) {
+            return Ok(());
+        }
+        self.verify_slowly(user, password, peer, &digest)?;
         self.verified.lock().insert(user.to_string(), digest);
         Ok(())
     }
@@ -370,8 +369,8 @@ impl Server {
                 Arc::clone(&broker),
                 Arc::clone(&auth),
                 config.mqtt.clone(),
-            )?;
-            junction_mqtt::start(&ctx, &listeners, &tasks).await;
+            );
+            junction_mqtt::start(&ctx, &listeners, &tasks).await?;
             spawn_accept_loop(
                 "mqtt",
                 listener,
