@@ -636,7 +636,7 @@ impl Conn {
                 // new messages wait in the queue under its limits (what it
                 // already handed over is delivered on resume).
                 if let Some(c) = self.session.consumer.take() {
-                    self.session.retired_own = Some((c.id(), true));
+                    self.session.retired_own = Some(c.id());
                     c.cancel(true);
                 }
             }

@@ -129,31 +129,35 @@ pub struct MqttContext {
 }
 
 impl MqttContext {
-    /// The adapter's shared state; loads the persistent sessions stored
-    /// by earlier runs.
+    /// The adapter's shared state (empty until [`start`] restores the
+    /// persistent sessions of earlier runs).
     pub fn new(
         broker: Arc<Broker>,
         auth: Arc<dyn Authenticator>,
         settings: MqttSettings,
-    ) -> Result<Arc<MqttContext>, CoreError> {
-        let ctx = Arc::new(MqttContext {
+    ) -> Arc<MqttContext> {
+        Arc::new(MqttContext {
             registry: Registry::default(),
             stats: Stats::default(),
             sys: sys::SysTree::default(),
             broker,
             auth,
             settings,
-        });
-        registry::restore(&ctx)?;
-        Ok(ctx)
+        })
     }
 }
 
-/// Prepares the adapter before the first connection: the `$SYS` exchange,
-/// the removal of what ended sessions left, and the background tasks (the
+/// Prepares the adapter before the first connection: the persistent
+/// sessions stored by earlier runs (one read of the stored state), the `$SYS`
+/// exchange, the removal of what ended sessions left, and the background tasks (the
 /// session sweeper: expiry and delayed wills; the `$SYS` publisher) on
 /// `tasks` until `shutdown`.
-pub async fn start(ctx: &Arc<MqttContext>, shutdown: &CancellationToken, tasks: &TaskTracker) {
+pub async fn start(
+    ctx: &Arc<MqttContext>,
+    shutdown: &CancellationToken,
+    tasks: &TaskTracker,
+) -> Result<(), CoreError> {
+    let orphans = registry::restore(ctx)?;
     let sys = junction_core::ExchangeDef::new(
         crate::convert::SYS_EXCHANGE,
         junction_core::ExchangeKind::Topic,
@@ -165,9 +169,10 @@ pub async fn start(ctx: &Arc<MqttContext>, shutdown: &CancellationToken, tasks: 
     {
         tracing::warn!(error = %e, "mqtt $SYS exchange not declared");
     }
-    registry::remove_orphans(ctx).await;
+    registry::remove_orphans(ctx, orphans).await;
     tasks.spawn(registry::sweep(Arc::clone(ctx), shutdown.clone()));
     tasks.spawn(sys::publish_loop(Arc::clone(ctx), shutdown.clone()));
+    Ok(())
 }
 
 /// Serves one accepted MQTT connection until it closes; at `shutdown` an

@@ -39,8 +39,6 @@ pub const H_RETAIN: &str = "x-mqtt-retain";
 pub const H_PAYLOAD_FORMAT: &str = "x-mqtt-payload-format-indicator";
 /// Header: MQTT 5 Correlation Data that is not a short UTF-8 string.
 pub const H_CORRELATION_DATA: &str = "x-mqtt-correlation-data";
-/// Header: MQTT 5 Message Expiry Interval as published, seconds.
-pub const H_EXPIRY: &str = "x-mqtt-message-expiry-interval";
 
 /// Swaps `/` and `.`: an MQTT topic to an AMQP routing key and back.
 pub fn swap_separators(s: &str) -> String {
@@ -115,7 +113,6 @@ pub fn to_core(p: &Publish, topic: &str, origin: Origin) -> Message {
     if let Some(secs) = pp.message_expiry_interval {
         props.expiration = Some((u64::from(secs) * 1000).to_string());
         props.timestamp = Some(unix_secs());
-        headers.insert(H_EXPIRY, FieldValue::U32(secs));
     }
     if let Some(cd) = &pp.correlation_data {
         match std::str::from_utf8(cd) {
@@ -169,10 +166,8 @@ pub fn published_retain(m: &Message) -> bool {
 /// when it has no expiry. Counted from the publish time in whole seconds.
 pub fn remaining_expiry(m: &Message, now_unix: u64) -> Option<u32> {
     let p = &m.properties;
-    let secs = match p.headers.get(H_EXPIRY).and_then(FieldValue::as_i128) {
-        Some(s) => u64::try_from(s).ok()?,
-        None => p.ttl_millis()?.div_ceil(1000),
-    };
+    // MQTT's own expiry is whole seconds, so `expiration` holds it exactly.
+    let secs = p.ttl_millis()?.div_ceil(1000);
     let elapsed = p.timestamp.map_or(0, |t| now_unix.saturating_sub(t));
     Some(u32::try_from(secs.saturating_sub(elapsed)).unwrap_or(u32::MAX))
 }

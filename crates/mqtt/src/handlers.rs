@@ -175,7 +175,7 @@ impl Conn {
             Some(_) if !self.session.own_no_ack || no_ack => return Ok(()),
             Some(_) => {
                 // No-ack consumers leave nothing in flight: switch now.
-                self.switch_own_consumer(false);
+                self.upgrade_own_consumer();
                 return Ok(());
             }
             None => {}
@@ -218,15 +218,14 @@ impl Conn {
         Ok(())
     }
 
-    /// Replaces the own consumer by one in the other mode; deliveries the
+    /// Replaces an ack-free own consumer by an acked one; deliveries the
     /// old one made are still recognised as the session's own.
-    fn switch_own_consumer(&mut self, no_ack: bool) {
-        let old_mode = self.session.own_no_ack;
+    fn upgrade_own_consumer(&mut self) {
         if let Some(old) = self.session.consumer.take() {
-            self.session.retired_own = Some((old.id(), old_mode));
+            self.session.retired_own = Some(old.id());
             old.cancel(true);
         }
-        if let Err(e) = self.start_own_consumer(no_ack) {
+        if let Err(e) = self.start_own_consumer(false) {
             tracing::warn!(error = %e, "mqtt consumer not restarted");
         }
     }
@@ -839,20 +838,20 @@ impl Conn {
 
     fn deliver(&mut self, d: Delivery) {
         let topic = swap_separators(&d.message.routing_key);
-        let now = unix_secs();
+        // Cheapest checks first: most refusals are a filter mismatch.
         let m = self.match_delivery(&d, &topic);
-        let props = if self.version.is_v5() {
-            Some(convert::from_core(&d.message, now))
-        } else {
-            None
-        };
-        let expired = convert::remaining_expiry(&d.message, now) == Some(0);
+        let now = d.message.properties.expiration.is_some().then(unix_secs);
+        let expired = now.is_some_and(|n| convert::remaining_expiry(&d.message, n) == Some(0));
         let (Some(m), Ok(topic_name), false) = (m, TopicName::new(topic), expired) else {
             self.settle(Source::Queue(d.consumer, d.tag));
             return;
         };
         let qos = qos_min(convert::published_qos(&d.message), m.qos);
-        let mut properties = props.unwrap_or_default();
+        let mut properties = if self.version.is_v5() {
+            convert::from_core(&d.message, now.unwrap_or(0))
+        } else {
+            codec::PublishProperties::default()
+        };
         properties.subscription_identifiers = m.ids;
         let mut p = Publish {
             // DUP marks our own resends only (resend_inflight): a message

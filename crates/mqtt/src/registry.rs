@@ -175,8 +175,9 @@ pub(crate) fn expiry_deadline(expiry: u32, since: Instant) -> Option<Instant> {
 /// Parks the persistent sessions an earlier run stored; their expiry
 /// counts from their last disconnect (or from now, for those that were
 /// connected when the broker stopped).
-pub(crate) fn restore(ctx: &MqttContext) -> Result<(), junction_core::CoreError> {
-    let stored = session::load_all(ctx.broker.read_state(session::NAMESPACE)?)?;
+/// Returns the keys of records no stored session owns.
+pub(crate) fn restore(ctx: &MqttContext) -> Result<Vec<String>, junction_core::CoreError> {
+    let (stored, orphans) = session::load_all(ctx.broker.read_state(session::NAMESPACE)?)?;
     let now = Instant::now();
     let now_unix = unix_secs();
     let mut slots = ctx.registry.slots.lock();
@@ -212,13 +213,13 @@ pub(crate) fn restore(ctx: &MqttContext) -> Result<(), junction_core::CoreError>
             })),
         );
     }
-    Ok(())
+    Ok(orphans)
 }
 
 /// At start: deletes what no stored session owns any more — session and
 /// shared-subscription queues left by sessions that ended while the broker
 /// was down or crashing, and QoS 2 records without a session record.
-pub(crate) async fn remove_orphans(ctx: &MqttContext) {
+pub(crate) async fn remove_orphans(ctx: &MqttContext, records: Vec<String>) {
     let vhost = &ctx.settings.vhost;
     let parked: std::collections::HashSet<String> = {
         let slots = ctx.registry.slots.lock();
@@ -242,18 +243,9 @@ pub(crate) async fn remove_orphans(ctx: &MqttContext) {
             let _ = ctx.broker.delete_queue(vhost, &q, false, false, None).await;
         }
     }
-    let Ok(entries) = ctx.broker.read_state(session::NAMESPACE) else {
-        return;
-    };
     let mut w = StateWrites::new();
-    for (key, _) in entries {
-        if let Some((_, rest)) = key.split_once('/')
-            && let Some((_, client)) = rest.split_once('/')
-            && !key.starts_with("s/")
-            && !parked.contains(client)
-        {
-            w.delete(session::NAMESPACE, &key);
-        }
+    for key in records {
+        w.delete(session::NAMESPACE, &key);
     }
     if !w.is_empty()
         && let Err(e) = ctx.broker.write_state(w).await

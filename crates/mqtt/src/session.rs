@@ -238,8 +238,12 @@ pub struct Outgoing {
 /// PUBREL, outgoing messages not yet acknowledged.
 pub type Stored = (SessionRecord, BTreeSet<u16>, Vec<Outgoing>);
 
-/// Every stored session, with its QoS 2 packet ids, from the state map.
-pub fn load_all(entries: Vec<(String, bytes::Bytes)>) -> Result<Vec<Stored>, CoreError> {
+/// Every stored session, with its QoS 2 packet ids, from the state map;
+/// and the keys of packet-id records whose session has no record (left
+/// by a session that ended in a crash), to delete.
+pub fn load_all(
+    entries: Vec<(String, bytes::Bytes)>,
+) -> Result<(Vec<Stored>, Vec<String>), CoreError> {
     let mut records: HashMap<String, Stored> = HashMap::new();
     let mut ids: Vec<(bool, u16, String, bytes::Bytes)> = Vec::new();
     for (key, value) in entries {
@@ -253,8 +257,14 @@ pub fn load_all(entries: Vec<(String, bytes::Bytes)>) -> Result<Vec<Stored>, Cor
             ids.push((kind == "i", id, client.to_string(), value));
         }
     }
+    let mut orphans = Vec::new();
     for (incoming, packet_id, client, value) in ids {
         let Some((_, i, o)) = records.get_mut(&client) else {
+            orphans.push(if incoming {
+                incoming_key(&client, packet_id)
+            } else {
+                outgoing_key(&client, packet_id)
+            });
             continue;
         };
         if incoming {
@@ -271,7 +281,7 @@ pub fn load_all(entries: Vec<(String, bytes::Bytes)>) -> Result<Vec<Stored>, Cor
     }
     let mut out: Vec<_> = records.into_values().collect();
     out.sort_by(|a, b| a.0.client_id.cmp(&b.0.client_id));
-    Ok(out)
+    Ok((out, orphans))
 }
 
 /// One session: durable state plus what lives only in memory.
@@ -298,9 +308,10 @@ pub struct Session {
     /// The own consumer settles nothing itself (every non-shared
     /// subscription is QoS 0): no acks, no window, as fast as QoS 0 goes.
     pub own_no_ack: bool,
-    /// The own consumer before its mode last changed: deliveries it made
-    /// may still be in the channel.
-    pub retired_own: Option<(ConsumerId, bool)>,
+    /// An ack-free own consumer that was replaced (upgraded to acked, or
+    /// cancelled when the session parked): deliveries it made may still be
+    /// in the channel.
+    pub retired_own: Option<ConsumerId>,
     /// Consumers on shared-subscription queues, by queue name.
     pub shared: HashMap<String, ConsumerHandle>,
     /// Every consumer delivers here; the receiver moves with the session.
@@ -447,14 +458,14 @@ impl Session {
     pub fn is_no_ack(&self, consumer: ConsumerId) -> bool {
         match &self.consumer {
             Some(c) if c.id() == consumer => self.own_no_ack,
-            _ => self.retired_own == Some((consumer, true)),
+            _ => self.retired_own == Some(consumer),
         }
     }
 
     /// Whether `consumer` is (or was) the session's own-queue consumer.
     pub fn is_own(&self, consumer: ConsumerId) -> bool {
         self.consumer.as_ref().is_some_and(|c| c.id() == consumer)
-            || self.retired_own.is_some_and(|(c, _)| c == consumer)
+            || self.retired_own == Some(consumer)
     }
 
     /// The consumer handle a delivery came through.
@@ -559,7 +570,8 @@ mod tests {
             ),
             (incoming_key("gone", 1), bytes::Bytes::new()),
         ];
-        let all = load_all(entries).unwrap();
+        let (all, orphans) = load_all(entries).unwrap();
+        assert_eq!(orphans, vec![incoming_key("gone", 1)]);
         assert_eq!(all.len(), 1);
         assert_eq!(all[0].0, rec);
         assert_eq!(all[0].1, BTreeSet::from([5]));
