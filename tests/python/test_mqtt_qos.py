@@ -359,3 +359,25 @@ def test_qos1_subscription_added_to_a_qos0_session_keeps_unacked_messages_across
         first.pid,
     )
     raw.send(ack_packet(PUBACK, again.pid))
+
+
+def test_max_inflight_caps_unacknowledged_deliveries_to_an_mqtt3_client(make_broker, clients):
+    """MQTT 3 has no Receive Maximum: `max_inflight` is the window. With 2,
+    a subscriber that does not acknowledge holds exactly 2 QoS 1 messages;
+    each PUBACK lets exactly one more through, in order."""
+    broker = make_broker(mqtt_options=["max_inflight = 2"])
+    topic = uid() + "/w"
+    raw, _ = subscribed_raw(clients, broker, 4, topic, 1)
+    pub = clients.connect(broker)
+    for i in range(5):
+        pub.publish(topic, b"m%d" % i, qos=1)
+    first = [next_publish(raw) for _ in range(2)]
+    assert [p.payload for p in first] == [b"m0", b"m1"]
+    assert raw.is_open_after(0.5)  # and nothing else arrived meanwhile
+    raw.send(ack_packet(PUBACK, first[0].pid))
+    third = next_publish(raw)
+    assert third.payload == b"m2"
+    assert raw.is_open_after(0.5)
+    for p in (first[1], third):
+        raw.send(ack_packet(PUBACK, p.pid))
+    assert [next_publish(raw).payload for _ in range(2)] == [b"m3", b"m4"]

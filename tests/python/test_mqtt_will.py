@@ -178,6 +178,25 @@ def test_v5_will_is_sent_when_the_session_ends_before_the_will_delay(module_brok
     assert 0.8 <= elapsed <= 4.0, elapsed
 
 
+@pytest.mark.deadline(30)
+def test_v5_clean_start_reconnect_ends_the_session_and_sends_its_delayed_will(
+    module_broker, clients
+):
+    # The old session ends at the clean-start CONNECT, and a delayed will
+    # goes out at the latest when its session ends (5.0 section 3.1.3.2.2);
+    # the rule against sending it is for a connection that resumes it.
+    sub, topic = will_watcher(clients, module_broker)
+    cid = uid("c")
+    c = delayed_will_client(clients, module_broker, topic, delay=30, expiry=60, cid=cid)
+    c.drop()
+    start = time.monotonic()
+    back = clients.connect(module_broker, client_id=cid, version=V5, clean=True)
+    assert back.connack.session_present is False
+    got = sub.wait_messages(1, timeout=5)
+    assert summary(got) == [(topic, b"delayed", 1, False)]
+    assert time.monotonic() - start < 5.0
+
+
 def test_v5_disconnect_with_reason_0x04_publishes_the_will(module_broker, clients):
     sub, topic = will_watcher(clients, module_broker)
     c = clients.connect(
