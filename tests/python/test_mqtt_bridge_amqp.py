@@ -4,6 +4,8 @@ byte for byte; MQTT 5 request/response, content type and user properties
 map to AMQP reply-to, correlation-id, content-type and headers, and back;
 QoS maps to and from AMQP persistence."""
 
+import urllib.request
+
 import pika
 import pytest
 
@@ -15,6 +17,7 @@ from mqtt_support import (
     ack_packet,
     clients,  # noqa: F401 (fixture)
     fence_all,
+    publish_packet,
     uid,
     wait_until,
 )
@@ -237,3 +240,44 @@ def test_amqp_deleting_a_session_queue_with_a_message_in_flight_does_not_starve_
     assert p.pid != first.pid
     raw.send(ack_packet(PUBACK, p.pid, 5))
     assert raw.is_open_after(0.3)
+
+
+def memory_alarm(broker):
+    """The `junction_memory_alarm` gauge from the admin endpoint."""
+    url = f"http://127.0.0.1:{broker.admin_port}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as r:
+        for line in r.read().decode().splitlines():
+            if line.startswith("junction_memory_alarm "):
+                return int(line.split()[1])
+    raise AssertionError("no junction_memory_alarm in /metrics")
+
+
+def test_memory_alarm_stops_reading_an_mqtt_publisher_until_queues_drain(make_broker, clients):
+    """Above `memory_high_watermark` the broker stops reading publishing
+    connections (DESIGN: one backpressure chain): an MQTT publisher's next
+    PUBLISH is neither routed nor acknowledged until an AMQP consumer drains
+    the queue; then it goes through and gets its PUBACK."""
+    broker = make_broker(broker_options=["memory_high_watermark = 10000"])
+    conn = broker.connect()
+    ch = conn.channel()
+    ch.queue_declare("alarm-mqtt")
+    ch.queue_bind("alarm-mqtt", "amq.topic", routing_key="alarm.t")
+    raw = clients.raw(broker, 4)
+    assert raw.connect(uid("c")).reason == 0
+    for pid in (1, 2, 3):
+        assert raw.publish("alarm/t", b"x" * 5000, qos=1, pid=pid) == 0
+    # 15,000 bytes queued: over the watermark (the broker checks every
+    # 250 ms; /metrics says when). The next publish then waits.
+    assert wait_until(lambda: memory_alarm(broker) == 1), "alarm never raised"
+    raw.send(publish_packet("alarm/t", b"during", qos=1, pid=4))
+    assert raw.is_open_after(1.0)  # no PUBACK, no close
+    assert ch.queue_declare("alarm-mqtt", passive=True).method.message_count == 3
+    drained = [len(ch.basic_get("alarm-mqtt", auto_ack=True)[2]) for _ in range(3)]
+    assert drained == [5000, 5000, 5000]
+    got, reason, _ = raw.expect(PUBACK)
+    assert (got, reason) == (4, 0)
+    assert wait_until(
+        lambda: ch.queue_declare("alarm-mqtt", passive=True).method.message_count == 1
+    )
+    assert ch.basic_get("alarm-mqtt", auto_ack=True)[2] == b"during"
+    conn.close()
