@@ -13,7 +13,7 @@ Fixtures:
 - `make_broker`: a factory for brokers with extra vhosts or users.
 - `shared_amqp`: a pika connection to `module_broker` shared by the
   module (`.get()` reopens it if a test closed it); logins are slow in a
-  debug build (argon2), so tests share it rather than each logging in.
+  unoptimised build (argon2), so tests share it rather than each logging in.
 - `amqp_channel`: a fresh channel on that connection.
 - `names`: a factory of queue/exchange names unique to the test.
 """
@@ -42,7 +42,7 @@ def junction_bin():
     if os.environ.get("JUNCTION_BIN"):
         return Path(os.environ["JUNCTION_BIN"])
     target = os.environ.get("CARGO_TARGET_DIR") or os.path.expanduser("~/.cache/junction/target")
-    return Path(target) / "debug" / "junction"
+    return Path(target) / "release" / "junction"
 
 
 class DeadlineExceeded(Exception):
