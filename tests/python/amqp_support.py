@@ -1,5 +1,6 @@
 """Small pika helpers shared by the AMQP tests: bounded event loops,
-draining a queue with basic.get, and catching a broker-closed channel."""
+draining a queue with basic.get, catching a broker-closed channel, and
+checking that a broker still serves a fresh connection."""
 
 import time
 
@@ -78,3 +79,15 @@ def publish(ch, queue, body, **props):
     ch.basic_publish(
         "", queue, body, properties=pika.BasicProperties(**props) if props else None
     )
+
+
+def assert_broker_serves(broker, queue):
+    """A new pika connection can still declare, publish and get."""
+    conn = broker.connect()
+    try:
+        ch = conn.channel()
+        ch.queue_declare(queue)
+        publish(ch, queue, b"still serving")
+        assert [b for _, _, b in get_all(ch, queue)] == [b"still serving"]
+    finally:
+        conn.close()

@@ -10,6 +10,8 @@
   the layouts of MQTT 3.1.1 section 2-3 and MQTT 5.0 section 2-3.
 - `clients`: a fixture that makes both kinds and closes them at teardown
   (import it into a test module: `from mqtt_support import clients`).
+- `assert_broker_serves`, `connected`, `assert_closed_with`: a fresh client
+  is still served; a connected `RawClient`; how the broker closed one.
 
 Every wait is bounded (`TIMEOUT` unless told); a wait that runs out fails
 the test with what did arrive.
@@ -850,3 +852,24 @@ def assert_broker_serves(clients, broker, version=V311):
     got = c.wait_messages(1)
     assert [(m.topic, m.payload, m.qos) for m in got] == [(topic, b"still alive", 1)]
     c.disconnect()
+
+
+def connected(clients, broker, level):
+    """A `RawClient` of protocol `level` (4 or 5), connected with a fresh
+    client id."""
+    raw = clients.raw(broker, level)
+    assert raw.connect(uid("c")).reason == 0
+    return raw
+
+
+def assert_closed_with(raw, level, v5_reason):
+    """v5: exactly one DISCONNECT with `v5_reason` (or one of a tuple of
+    reasons, where the spec names none), then the close; v3: the close and
+    nothing before it."""
+    packets = raw.recv_until_closed()
+    if level == 5:
+        allowed = v5_reason if isinstance(v5_reason, tuple) else (v5_reason,)
+        assert len(packets) == 1 and packets[0].kind == DISCONNECT, packets
+        assert raw.parse(packets[0])[0] in allowed, packets
+    else:
+        assert packets == []

@@ -9,19 +9,7 @@ import pytest
 
 import amqp_raw
 from amqp_raw import RawClient
-from amqp_support import get_all, publish
-
-
-def assert_broker_serves(broker, queue):
-    """A new pika connection can still declare, publish and get."""
-    conn = broker.connect()
-    try:
-        ch = conn.channel()
-        ch.queue_declare(queue)
-        publish(ch, queue, b"still serving")
-        assert [b for _, _, b in get_all(ch, queue)] == [b"still serving"]
-    finally:
-        conn.close()
+from amqp_support import assert_broker_serves
 
 
 def close_then_eof(c):

@@ -13,15 +13,16 @@ import pytest
 
 from mqtt_support import (
     CONNACK,
-    DISCONNECT,
     PINGRESP,
     PUBACK,
     PUBLISH,
     SUBACK,
     Packet,
     assert_broker_serves,
+    assert_closed_with,
     clients,  # noqa: F401 (fixture)
     connect_packet,
+    connected,
     publish_packet,
     subscribe_packet,
     uid,
@@ -33,25 +34,6 @@ MALFORMED, PROTOCOL_ERROR, PACKET_TOO_LARGE = 0x81, 0x82, 0x95
 # CONNECT, protocol level 4, clean session, keepalive 60, client id "c1":
 # 10 0e | 00 04 "MQTT" | 04 | 02 | 00 3c | 00 02 "c1"
 GOOD_CONNECT_V311 = b"\x10\x0e\x00\x04MQTT\x04\x02\x00\x3c\x00\x02c1"
-
-
-def connected(clients, broker, level):
-    raw = clients.raw(broker, level)
-    assert raw.connect(uid("c")).reason == 0
-    return raw
-
-
-def assert_closed_with(raw, level, v5_reason):
-    """v5: exactly one DISCONNECT with `v5_reason` (or one of a tuple of
-    reasons, where the spec names none), then the close; v3: the close and
-    nothing before it."""
-    packets = raw.recv_until_closed()
-    if level == 5:
-        allowed = v5_reason if isinstance(v5_reason, tuple) else (v5_reason,)
-        assert len(packets) == 1 and packets[0].kind == DISCONNECT, packets
-        assert raw.parse(packets[0])[0] in allowed, packets
-    else:
-        assert packets == []
 
 
 # Bad packets after a good CONNECT: (v3 bytes, v5 bytes, v5 DISCONNECT reason).

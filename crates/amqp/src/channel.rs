@@ -29,7 +29,7 @@ impl PendingPublish {
     pub fn body(&mut self) -> Bytes {
         match self.parts.len() {
             0 => Bytes::new(),
-            1 => self.parts.pop().unwrap_or_default(),
+            1 => junction_core::message::detach_body(self.parts.pop().unwrap_or_default()),
             _ => {
                 let mut b = BytesMut::with_capacity(self.received as usize);
                 for p in &self.parts {

@@ -110,17 +110,14 @@ pub fn decode(buf: &mut BytesMut, frame_max: usize) -> Result<Option<Frame>, Cod
             Ok(Some(Frame::Heartbeat(channel)))
         }
         _ => {
-            let frame = if may_nest_deeply(&buf[FRAME_HEADER_LEN..total - 1]) {
-                parse_on_big_stack(buf[..total].to_vec())?
-            } else {
-                let frame = parse_method_or_header(&buf[..total])?;
-                if nesting(&frame) > MAX_NESTING {
-                    return Err(CodecError::Syntax(format!(
-                        "field tables nested deeper than {MAX_NESTING} levels"
-                    )));
-                }
-                frame
-            };
+            // Checked before parsing: amq-protocol's parser recurses once
+            // per nesting level, and a 128 KiB frame could hold ~26,000.
+            if nesting_bound(&buf[FRAME_HEADER_LEN..total - 1]) > MAX_NESTING {
+                return Err(CodecError::Syntax(format!(
+                    "field tables nested deeper than {MAX_NESTING} levels"
+                )));
+            }
+            let frame = parse_method_or_header(&buf[..total])?;
             buf.advance(total);
             Ok(Some(frame))
         }
@@ -140,82 +137,38 @@ fn parse_method_or_header(bytes: &[u8]) -> Result<Frame, CodecError> {
     }
 }
 
-/// Whether a payload could hold deeply nested tables or arrays: every
-/// level needs a type tag `F` or `A`, so a payload with few of them cannot
-/// nest deeply. (Most frames have none or a handful.)
-fn may_nest_deeply(payload: &[u8]) -> bool {
-    payload
-        .iter()
-        .filter(|b| **b == b'A' || **b == b'F')
-        .count()
-        > 4 * MAX_NESTING
-}
-
-/// Stack for parsing a frame that may nest deeply: the field-table parser
-/// of `amq-protocol` recurses once per level, and a 128 KiB frame can hold
-/// ~26,000 levels, enough to overflow a worker's stack and abort the
-/// process. Virtual only: untouched pages cost nothing.
-const BIG_STACK: usize = 1 << 30;
-
-/// Parses (and, if it nests too deeply, drops, since dropping recurses
-/// too) a suspicious frame on a thread of its own with a large stack.
-fn parse_on_big_stack(bytes: Vec<u8>) -> Result<Frame, CodecError> {
-    let worker = std::thread::Builder::new()
-        .name("junction-amqp-deep-parse".into())
-        .stack_size(BIG_STACK)
-        .spawn(move || {
-            let frame = parse_method_or_header(&bytes)?;
-            if nesting(&frame) > MAX_NESTING {
-                return Err(CodecError::Syntax(format!(
-                    "field tables nested deeper than {MAX_NESTING} levels"
-                )));
-            }
-            Ok(frame)
-        });
-    match worker {
-        Ok(handle) => handle
-            .join()
-            .unwrap_or_else(|_| Err(CodecError::Syntax("frame could not be parsed".into()))),
-        Err(e) => Err(CodecError::Syntax(format!(
-            "cannot parse a deep frame: {e}"
-        ))),
+/// An upper bound on the table/array nesting in a method or header
+/// payload, found without parsing it. Every nested table or array is a
+/// type tag (`F` or `A`) followed by a 32-bit byte length that fits in
+/// the payload: such a "candidate" spans `[tag, tag + 5 + length)`, and a
+/// value nested `d` deep lies inside `d` candidates. So the most
+/// candidates overlapping at one point bounds the depth. Text full of `A`
+/// and `F` (base64) makes no candidates: the four bytes after a tag read
+/// as a length far beyond the frame. O(n log n), no allocation per level,
+/// no recursion.
+fn nesting_bound(payload: &[u8]) -> usize {
+    let mut ends: std::collections::BinaryHeap<std::cmp::Reverse<usize>> =
+        std::collections::BinaryHeap::new();
+    let mut deepest = 0;
+    for (p, &tag) in payload.iter().enumerate() {
+        if tag != b'A' && tag != b'F' {
+            continue;
+        }
+        let Some(len) = payload.get(p + 1..p + 5) else {
+            break;
+        };
+        let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
+        let end = p + 5 + len;
+        if end > payload.len() {
+            continue;
+        }
+        while ends.peek().is_some_and(|e| e.0 <= p) {
+            ends.pop();
+        }
+        ends.push(std::cmp::Reverse(end));
+        deepest = deepest.max(ends.len());
     }
-}
-
-/// The deepest table/array nesting in a method's arguments or a content
-/// header's headers.
-fn nesting(frame: &Frame) -> usize {
-    use amq_protocol::protocol::{basic, connection, exchange, queue};
-    let table = match frame {
-        Frame::Header(_, h) => h.properties.headers().as_ref(),
-        Frame::Method(_, m) => match m.as_ref() {
-            AMQPClass::Connection(connection::AMQPMethod::StartOk(s)) => Some(&s.client_properties),
-            AMQPClass::Connection(connection::AMQPMethod::Start(s)) => Some(&s.server_properties),
-            AMQPClass::Exchange(exchange::AMQPMethod::Declare(d)) => Some(&d.arguments),
-            AMQPClass::Exchange(exchange::AMQPMethod::Bind(b)) => Some(&b.arguments),
-            AMQPClass::Exchange(exchange::AMQPMethod::Unbind(b)) => Some(&b.arguments),
-            AMQPClass::Queue(queue::AMQPMethod::Declare(d)) => Some(&d.arguments),
-            AMQPClass::Queue(queue::AMQPMethod::Bind(b)) => Some(&b.arguments),
-            AMQPClass::Queue(queue::AMQPMethod::Unbind(b)) => Some(&b.arguments),
-            AMQPClass::Basic(basic::AMQPMethod::Consume(c)) => Some(&c.arguments),
-            _ => None,
-        },
-        _ => None,
-    };
-    table.map_or(0, table_depth)
-}
-
-fn table_depth(t: &amq_protocol::types::FieldTable) -> usize {
-    1 + t.inner().values().map(value_depth).max().unwrap_or(0)
-}
-
-fn value_depth(v: &amq_protocol::types::AMQPValue) -> usize {
-    use amq_protocol::types::AMQPValue;
-    match v {
-        AMQPValue::FieldTable(t) => table_depth(t),
-        AMQPValue::FieldArray(a) => 1 + a.as_slice().iter().map(value_depth).max().unwrap_or(0),
-        _ => 0,
-    }
+    deepest
 }
 
 /// Outgoing bytes: small frames are written into one buffer, bodies are
@@ -458,5 +411,68 @@ mod tests {
         assert_eq!(decode(&mut buf, 4096).unwrap_err().reply_code(), 501);
         let mut buf = BytesMut::from(&[FRAME_METHOD, 0, 1, 0, 0, 0, 2, 0xFF, 0xFF, FRAME_END][..]);
         assert_eq!(decode(&mut buf, 4096).unwrap_err().reply_code(), 502);
+    }
+
+    /// A start-ok whose client properties nest `depth` arrays.
+    fn start_ok_nesting(depth: usize) -> Vec<u8> {
+        let mut value = vec![b'V'];
+        for _ in 0..depth {
+            let mut outer = vec![b'A'];
+            outer.extend_from_slice(&(value.len() as u32).to_be_bytes());
+            outer.extend_from_slice(&value);
+            value = outer;
+        }
+        let mut table = vec![1u8, b'x'];
+        table.extend_from_slice(&value);
+        let mut args = Vec::new();
+        args.extend_from_slice(&10u16.to_be_bytes());
+        args.extend_from_slice(&11u16.to_be_bytes());
+        args.extend_from_slice(&(table.len() as u32).to_be_bytes());
+        args.extend_from_slice(&table);
+        args.extend_from_slice(&[5, b'P', b'L', b'A', b'I', b'N']);
+        args.extend_from_slice(&0u32.to_be_bytes());
+        args.extend_from_slice(&[5, b'e', b'n', b'_', b'U', b'S']);
+        let mut frame = vec![FRAME_METHOD, 0, 0];
+        frame.extend_from_slice(&(args.len() as u32).to_be_bytes());
+        frame.extend_from_slice(&args);
+        frame.push(FRAME_END);
+        frame
+    }
+
+    #[test]
+    fn nesting_up_to_the_limit_parses_and_one_more_is_refused() {
+        let mut ok = BytesMut::from(&start_ok_nesting(MAX_NESTING)[..]);
+        assert!(matches!(
+            decode(&mut ok, 1 << 20),
+            Ok(Some(Frame::Method(0, _)))
+        ));
+        let mut deep = BytesMut::from(&start_ok_nesting(MAX_NESTING + 1)[..]);
+        assert_eq!(decode(&mut deep, 1 << 20).unwrap_err().reply_code(), 502);
+    }
+
+    #[test]
+    fn base64_heavy_headers_parse_inline() {
+        use amq_protocol::protocol::connection;
+        use amq_protocol::types::{AMQPValue, FieldTable};
+        // 100 KB of base64-looking text: tens of thousands of `A`/`F`
+        // bytes, none of them a nested table.
+        let text: String = "QUFBQUZGRkZBRkFGAAAAFFFFAFAF".repeat(3600);
+        let mut props = FieldTable::default();
+        props.insert("b64".into(), AMQPValue::LongString(text.as_str().into()));
+        let m = AMQPClass::Connection(connection::AMQPMethod::StartOk(connection::StartOk {
+            client_properties: props,
+            mechanism: "PLAIN".into(),
+            response: "\0guest\0guest".into(),
+            locale: "en_US".into(),
+        }));
+        let mut out = Output::default();
+        out.method(0, m.clone());
+        let bytes = flat(&mut out);
+        assert_eq!(nesting_bound(&bytes[FRAME_HEADER_LEN..bytes.len() - 1]), 0);
+        let mut buf = BytesMut::from(&bytes[..]);
+        assert_eq!(
+            decode(&mut buf, 1 << 20).unwrap(),
+            Some(Frame::Method(0, Box::new(m)))
+        );
     }
 }

@@ -105,6 +105,15 @@ pub(crate) async fn run(
             Ok(Err(HandshakeError::Eof)) => return,
             Ok(Err(e)) => {
                 tracing::info!(error = %e, "amqp handshake failed");
+                // The refusal (connection.close, or our protocol header)
+                // is written: let the client read it, not a reset.
+                let _ = wr.shutdown().await;
+                junction_core::io::linger(
+                    &mut rd,
+                    junction_core::io::CLOSE_GRACE,
+                    junction_core::io::CLOSE_DRAIN_BYTES,
+                )
+                .await;
                 return;
             }
             Err(_) => {
@@ -154,8 +163,9 @@ pub(crate) async fn run(
     .await
 }
 
-/// Writes every queued chunk, vectored.
-async fn flush(wr: &mut OwnedWriteHalf, out: &mut Output) -> std::io::Result<()> {
+/// Writes every queued chunk, vectored; a write that makes no progress
+/// for `stall` fails with `TimedOut` (the client stopped reading).
+async fn flush(wr: &mut OwnedWriteHalf, out: &mut Output, stall: Duration) -> std::io::Result<()> {
     if out.is_empty() {
         return Ok(());
     }
@@ -168,7 +178,7 @@ async fn flush(wr: &mut OwnedWriteHalf, out: &mut Output) -> std::io::Result<()>
             .take(64)
             .map(IoSlice::new)
             .collect();
-        let mut n = wr.write_vectored(&slices).await?;
+        let mut n = junction_core::io::within(stall, wr.write_vectored(&slices)).await?;
         if n == 0 {
             return Err(std::io::ErrorKind::WriteZero.into());
         }
@@ -208,9 +218,31 @@ impl Conn {
         let mut blocked_sent = false;
         // Frames left in the buffer by the handshake come first.
         self.on_bytes(&mut buf).await;
+        let stall = self.ctx.broker.limits().write_timeout;
         loop {
             if !self.out.is_empty() {
-                flush(wr, &mut self.out).await?;
+                // A client that stops reading is cut off after the write
+                // timeout; once the broker shuts down it gets only a short
+                // grace to read what is queued (and then the close).
+                let stall = if shut_down { CLOSE_TIMEOUT } else { stall };
+                let flushing = flush(wr, &mut self.out, stall);
+                tokio::pin!(flushing);
+                let flushed = tokio::select! {
+                    r = &mut flushing => r,
+                    _ = shutdown.cancelled(), if !shut_down => {
+                        match tokio::time::timeout(CLOSE_TIMEOUT, &mut flushing).await {
+                            Ok(r) => r,
+                            Err(_) => return Ok(()),
+                        }
+                    }
+                };
+                if let Err(e) = flushed {
+                    if e.kind() == std::io::ErrorKind::TimedOut {
+                        tracing::info!("amqp client stopped reading; closing as a slow consumer");
+                        self.ctx.broker.note_slow_consumer();
+                    }
+                    return Err(e);
+                }
                 last_send = Instant::now();
             }
             if self.finished {
@@ -232,7 +264,13 @@ impl Conn {
                     let on = *alarm.borrow_and_update();
                     if self.wants_blocked && on != blocked_sent {
                         let m = if on {
-                            connection::AMQPMethod::Blocked(connection::Blocked { reason: "low on memory".into() })
+                            connection::AMQPMethod::Blocked(connection::Blocked {
+                                reason: match self.ctx.broker.alarms() {
+                                    (_, true) => "low on disk",
+                                    _ => "low on memory",
+                                }
+                                .into(),
+                            })
                         } else {
                             connection::AMQPMethod::Unblocked(connection::Unblocked {})
                         };

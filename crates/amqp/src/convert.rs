@@ -99,14 +99,20 @@ pub fn table_from_core(t: &FieldTable) -> AmqpTable {
 
 /// A short string, cut at 255 bytes (on a character boundary) if longer.
 pub fn short(s: &str) -> ShortString {
-    if s.len() <= 255 {
-        return ShortString::from(s);
+    ShortString::from(cut_at_char_boundary(s, 255))
+}
+
+/// The longest prefix of `s` of at most `max` bytes that ends on a
+/// character boundary (never a panic on multi-byte text).
+pub fn cut_at_char_boundary(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
     }
-    let mut end = 255;
+    let mut end = max;
     while !s.is_char_boundary(end) {
         end -= 1;
     }
-    ShortString::from(&s[..end])
+    &s[..end]
 }
 
 fn opt(s: &Option<ShortString>) -> Option<String> {
@@ -211,5 +217,8 @@ mod tests {
         let s = "é".repeat(200);
         let cut = short(&s);
         assert_eq!(cut.as_str().len(), 254);
+        assert_eq!(cut_at_char_boundary("aé", 2), "a");
+        assert_eq!(cut_at_char_boundary("aé", 3), "aé");
+        assert_eq!(cut_at_char_boundary("", 0), "");
     }
 }

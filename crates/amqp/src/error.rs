@@ -80,9 +80,9 @@ impl AmqpError {
             code::INTERNAL_ERROR => "INTERNAL_ERROR",
             _ => "ERROR",
         };
-        let mut t = format!("{name} - {}", self.text);
-        t.truncate(255);
-        t
+        // A short string: 255 bytes at most, cut on a character boundary
+        // (the text may quote a client's multi-byte names).
+        crate::convert::cut_at_char_boundary(&format!("{name} - {}", self.text), 255).to_string()
     }
 }
 
@@ -95,6 +95,7 @@ impl From<CoreError> for AmqpError {
             | CoreError::AccessRefused(t)
             | CoreError::ResourceLocked(t)
             | CoreError::CommandInvalid(t)
+            | CoreError::LimitReached(t)
             | CoreError::NotAllowed(t) => t.clone(),
             other => other.to_string(),
         };
@@ -105,5 +106,20 @@ impl From<CoreError> for AmqpError {
             | code::PRECONDITION_FAILED => AmqpError::channel(code, text),
             _ => AmqpError::connection(code, text),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reply_text_is_cut_on_a_character_boundary() {
+        // A passive declare of "é" x 127 quotes 254 bytes of the name.
+        let e = AmqpError::channel(404, format!("no queue '{}'", "é".repeat(127)));
+        let t = e.reply_text();
+        assert!(t.len() <= 255, "{} bytes", t.len());
+        assert!(t.starts_with("NOT_FOUND - no queue '"));
+        assert!(t.ends_with('é'));
     }
 }

@@ -210,6 +210,9 @@ pub(crate) async fn handshake(
     }
     let settings = &ctx.settings;
     let our_max = settings.frame_max as usize;
+    // Frames before tune-ok come from a peer not yet logged in (or one
+    // still negotiating): a small bound, whatever frame_max is.
+    let pre_tune_max = our_max.min(ctx.broker.limits().max_handshake_size);
     let mut out = Output::default();
     out.method(
         0,
@@ -223,7 +226,7 @@ pub(crate) async fn handshake(
     );
     write(wr, &mut out).await?;
 
-    let start_ok = match expect(rd, buf, our_max).await? {
+    let start_ok = match expect(rd, buf, pre_tune_max).await? {
         connection::AMQPMethod::StartOk(s) => s,
         other => {
             let e = AmqpError::connection(
@@ -242,16 +245,25 @@ pub(crate) async fn handshake(
         Ok(c) => c,
         Err(e) => return Err(refuse(wr, e).await),
     };
-    let verdict = junction_core::check_login(&ctx.auth, &user, password, peer.ip()).await;
-    if let Err(why) = verdict {
-        tracing::info!(user, reason = why, "amqp login refused");
-        let e = AmqpError::connection(
-            code::ACCESS_REFUSED,
-            format!(
-                "Login was refused using authentication mechanism {}. For details see the broker logfile.",
-                start_ok.mechanism
+    let verdict = ctx
+        .broker
+        .logins()
+        .check(&ctx.auth, &user, password, peer.ip());
+    if let Err(why) = verdict.await {
+        tracing::info!(user, reason = %why, "amqp login refused");
+        let e = match why {
+            junction_core::LoginError::Busy => AmqpError::connection(
+                code::RESOURCE_ERROR,
+                "too many logins waiting for a password check; try again later",
             ),
-        );
+            junction_core::LoginError::Refused(_) => AmqpError::connection(
+                code::ACCESS_REFUSED,
+                format!(
+                    "Login was refused using authentication mechanism {}. For details see the broker logfile.",
+                    start_ok.mechanism
+                ),
+            ),
+        };
         return Err(refuse(wr, e).await);
     }
 
@@ -264,7 +276,7 @@ pub(crate) async fn handshake(
         })),
     );
     write(wr, &mut out).await?;
-    let tune_ok = match expect(rd, buf, our_max).await? {
+    let tune_ok = match expect(rd, buf, pre_tune_max).await? {
         connection::AMQPMethod::TuneOk(t) => t,
         other => {
             let e = AmqpError::connection(

@@ -27,6 +27,11 @@ pub enum CoreError {
     /// 530 NOT_ALLOWED: e.g. deleting a built-in exchange, unknown vhost.
     #[error("NOT_ALLOWED - {0}")]
     NotAllowed(String),
+    /// 406 PRECONDITION_FAILED in AMQP (RabbitMQ answers its vhost limits
+    /// so): a configured count limit (queues, exchanges, bindings, topic
+    /// levels, consumers, subscriptions) would be exceeded.
+    #[error("PRECONDITION_FAILED - {0}")]
+    LimitReached(String),
     /// The broker is shutting down.
     #[error("broker is shutting down")]
     ShuttingDown,
@@ -44,7 +49,7 @@ impl CoreError {
     pub fn amqp_code(&self) -> u16 {
         match self {
             CoreError::NotFound(_) => 404,
-            CoreError::PreconditionFailed(_) => 406,
+            CoreError::PreconditionFailed(_) | CoreError::LimitReached(_) => 406,
             CoreError::AccessRefused(_) => 403,
             CoreError::ResourceLocked(_) => 405,
             CoreError::CommandInvalid(_) => 503,

@@ -13,6 +13,7 @@
 //! - [`broker`]: vhosts, the publish and consume paths, recovery, shutdown.
 //! - [`retained`]: last-message-per-key, for MQTT.
 //! - [`state`]: durable adapter state (MQTT sessions).
+//! - [`io`]: the write deadline and the close linger every adapter uses.
 //! - [`error`]: the core's error type.
 //! - [`Authenticator`]: the seam through which adapters check logins.
 
@@ -22,6 +23,7 @@ pub mod consumer;
 pub mod error;
 pub mod exchange;
 pub mod ids;
+pub mod io;
 pub mod message;
 pub mod queue;
 pub mod retained;
@@ -31,8 +33,8 @@ pub mod topology;
 pub mod value;
 
 pub use broker::{
-    Broker, BrokerConfig, BrokerStats, ConnectionGuard, ConsumerHandle, GetOk, Published, Queue,
-    QueueInfo, QueueStats,
+    Broker, BrokerConfig, BrokerStats, ConnectionGuard, ConsumerHandle, GetOk, Limits, Published,
+    Queue, QueueInfo, QueueStats,
 };
 pub use consumer::{ConsumerEvent, ConsumerSpec, Credit, Delivery};
 pub use error::CoreError;
@@ -76,20 +78,67 @@ pub trait Authenticator: Send + Sync + 'static {
     }
 }
 
-/// Checks a login: on the caller's task when the authenticator can answer
-/// at once, else on a blocking thread. Thousands of clients reconnecting
-/// with known credentials then cost no threads.
-pub async fn check_login(
-    auth: &std::sync::Arc<dyn Authenticator>,
-    user: &str,
-    password: String,
-    peer: std::net::IpAddr,
-) -> Result<(), String> {
-    if let Some(verdict) = auth.authenticate_fast(user, &password, peer) {
-        return verdict;
+/// Why a login did not go through.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LoginError {
+    /// Bad credentials, or a user not allowed from that peer.
+    Refused(String),
+    /// Too many logins are already waiting for a password check: refused
+    /// at once rather than queued without bound (MQTT: 0x89 Server busy).
+    Busy,
+}
+
+impl std::fmt::Display for LoginError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LoginError::Refused(why) => f.write_str(why),
+            LoginError::Busy => f.write_str("too many logins waiting for a password check"),
+        }
     }
-    let (auth, user) = (std::sync::Arc::clone(auth), user.to_string());
-    tokio::task::spawn_blocking(move || auth.authenticate(&user, &password, peer))
+}
+
+/// Bounds the logins waiting for a slow password check (argon2 on a
+/// blocking thread). A flood of logins with unknown passwords is refused
+/// past the bound instead of piling up blocking threads that shutdown
+/// would then wait behind.
+#[derive(Debug)]
+pub struct LoginGate {
+    slots: std::sync::Arc<tokio::sync::Semaphore>,
+}
+
+impl LoginGate {
+    /// A gate letting `pending` slow checks wait or run at once.
+    pub fn new(pending: usize) -> LoginGate {
+        LoginGate {
+            slots: std::sync::Arc::new(tokio::sync::Semaphore::new(pending.max(1))),
+        }
+    }
+
+    /// Checks a login: on the caller's task when the authenticator can
+    /// answer at once (thousands of clients reconnecting with known
+    /// credentials then cost no threads), else on a blocking thread if a
+    /// slot is free, else [`LoginError::Busy`].
+    pub async fn check(
+        &self,
+        auth: &std::sync::Arc<dyn Authenticator>,
+        user: &str,
+        password: String,
+        peer: std::net::IpAddr,
+    ) -> Result<(), LoginError> {
+        if let Some(verdict) = auth.authenticate_fast(user, &password, peer) {
+            return verdict.map_err(LoginError::Refused);
+        }
+        let Ok(slot) = std::sync::Arc::clone(&self.slots).try_acquire_owned() else {
+            return Err(LoginError::Busy);
+        };
+        let (auth, user) = (std::sync::Arc::clone(auth), user.to_string());
+        tokio::task::spawn_blocking(move || {
+            let verdict = auth.authenticate(&user, &password, peer);
+            drop(slot);
+            verdict
+        })
         .await
         .unwrap_or_else(|e| Err(e.to_string()))
+        .map_err(LoginError::Refused)
+    }
 }

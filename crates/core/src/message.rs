@@ -127,4 +127,59 @@ impl Message {
     pub fn body_len(&self) -> u64 {
         self.body.len() as u64
     }
+
+    /// Memory one queued copy of this message accounts for: the body, the
+    /// names and properties it carries, and a fixed overhead for the
+    /// message, its queue entry and the index node holding it. An estimate
+    /// (headers count at their encoded size), checked against real RSS by
+    /// the hostile-input memory test; what the memory alarm sums.
+    pub fn footprint(&self) -> u64 {
+        /// Message + Arc + Entry + ordered-map slot, rounded up for the
+        /// allocator's size classes.
+        const PER_MESSAGE: u64 = 512;
+        let p = &self.properties;
+        let strings = [
+            &p.content_type,
+            &p.content_encoding,
+            &p.correlation_id,
+            &p.reply_to,
+            &p.expiration,
+            &p.message_id,
+            &p.kind,
+            &p.user_id,
+            &p.app_id,
+        ]
+        .iter()
+        .map(|s| s.as_ref().map_or(0, |s| s.len() as u64))
+        .sum::<u64>();
+        let headers: u64 = p
+            .headers
+            .0
+            .iter()
+            .map(|(k, v)| 32 + k.len() as u64 + v.approx_size())
+            .sum();
+        PER_MESSAGE
+            + self.body_len()
+            + (self.exchange.len() + self.routing_key.len()) as u64
+            + strings
+            + headers
+    }
+}
+
+/// Bodies shorter than this are copied out of the read buffer they arrived
+/// in before a queue keeps them (see [`detach_body`]).
+pub const COPY_BODIES_BELOW: usize = 64 * 1024;
+
+/// The body to keep for a message read off a socket. A body that is a
+/// slice of a read buffer keeps that whole buffer alive as long as the
+/// message lives: a 1-byte message could pin 64 KiB, or 16 MiB after a
+/// large packet, while the memory alarm counts 1 byte. Small bodies are
+/// copied into an allocation of their own; large ones fill most of the
+/// buffer they came in, so sharing it costs little.
+pub fn detach_body(body: bytes::Bytes) -> bytes::Bytes {
+    if body.len() < COPY_BODIES_BELOW {
+        bytes::Bytes::copy_from_slice(&body)
+    } else {
+        body
+    }
 }

@@ -66,6 +66,23 @@ impl Broker {
         self.write_soon(writes.batch);
     }
 
+    /// Queues `writes` now (ordered with every later write) and returns a
+    /// future that resolves once they are synced to disk: for writes a
+    /// packet promises to the client, such as the release of an MQTT QoS 2
+    /// packet id before PUBCOMP (power-cut safe, not only kill -9 safe).
+    pub fn write_state_synced(
+        &self,
+        writes: StateWrites,
+    ) -> impl std::future::Future<Output = Result<(), CoreError>> + Send + Sync + 'static {
+        let receipt = (!writes.is_empty()).then(|| self.store().submit_now(writes.batch, true));
+        async move {
+            if let Some(r) = receipt {
+                r?.await?;
+            }
+            Ok(())
+        }
+    }
+
     /// Queues `writes` and returns a future that resolves once they are in
     /// the store engine: RocksDB's WAL written but not synced, so a crash
     /// of the process keeps them (a power cut may not). Cheaper than

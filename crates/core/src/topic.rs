@@ -3,7 +3,7 @@
 //! (`a..b` has three words); the empty routing key has no words, as in
 //! RabbitMQ's `rabbit_exchange_type_topic`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::hash::Hash;
 
 /// Splits a key or pattern into words; "" has none.
@@ -12,6 +12,16 @@ pub fn words(key: &str) -> Vec<&str> {
         Vec::new()
     } else {
         key.split('.').collect()
+    }
+}
+
+/// How many words `key` has (without splitting it): what the
+/// `max_topic_levels` limit counts.
+pub fn word_count(key: &str) -> usize {
+    if key.is_empty() {
+        0
+    } else {
+        key.bytes().filter(|&b| b == b'.').count() + 1
     }
 }
 
@@ -27,20 +37,57 @@ fn normalise<'a>(pattern: &'a str) -> Vec<&'a str> {
     out
 }
 
-/// Does `key` match `pattern`? (Used where no trie is kept, e.g. retained messages.)
+/// Does `key` match `pattern`? (Used where no trie is kept, e.g. retained
+/// messages.) A walk over the pattern's positions, one key word at a time:
+/// O(pattern words x key words) whatever the pattern, with no recursion.
 pub fn matches(pattern: &str, key: &str) -> bool {
-    fn go(p: &[&str], k: &[&str]) -> bool {
-        match p.split_first() {
-            None => k.is_empty(),
-            Some((&"#", rest)) => (0..=k.len()).any(|i| go(rest, &k[i..])),
-            Some((&"*", rest)) => !k.is_empty() && go(rest, &k[1..]),
-            Some((w, rest)) => k.first() == Some(w) && go(rest, &k[1..]),
+    let p = normalise(pattern);
+    // live[j]: the first j pattern words match the key words read so far.
+    let mut live = vec![false; p.len() + 1];
+    live[0] = true;
+    close_over_hashes(&p, &mut live);
+    for w in words(key) {
+        let mut next = vec![false; p.len() + 1];
+        for j in 0..p.len() {
+            if !live[j] {
+                continue;
+            }
+            match p[j] {
+                // `#` stays where it is and eats this word too.
+                "#" => next[j] = true,
+                "*" => next[j + 1] = true,
+                lit if lit == w => next[j + 1] = true,
+                _ => {}
+            }
+            if p[j] == "#" {
+                next[j + 1] = true;
+            }
+        }
+        close_over_hashes(&p, &mut next);
+        live = next;
+        if !live.iter().any(|&l| l) {
+            return false;
         }
     }
-    go(&normalise(pattern), &words(key))
+    live[p.len()]
+}
+
+/// A `#` may match zero words: wherever it is live, so is what follows it.
+fn close_over_hashes(p: &[&str], live: &mut [bool]) {
+    for j in 0..p.len() {
+        if live[j] && p[j] == "#" {
+            live[j + 1] = true;
+        }
+    }
 }
 
 /// A trie from binding patterns to the values bound with them.
+///
+/// Matching walks the key one word at a time over the set of trie nodes
+/// reached so far (each node at most once per word), so its cost is
+/// O(key words x matching nodes) whatever the patterns; insert and remove
+/// are O(pattern words). Nothing here recurses, so a pattern or key of any
+/// length cannot exhaust the stack.
 #[derive(Debug)]
 pub struct TopicTrie<V> {
     root: Node<V>,
@@ -49,15 +96,43 @@ pub struct TopicTrie<V> {
 #[derive(Debug)]
 struct Node<V> {
     children: HashMap<String, Node<V>>,
-    /// Values bound with a pattern ending at this node.
-    values: Vec<V>,
+    /// Values bound with a pattern ending at this node, with how many
+    /// bindings hold each (the same pair may be bound with different
+    /// arguments; each needs its own remove).
+    values: HashMap<V, u32>,
+    /// Reached through a `#` word: it may go on matching any number of
+    /// further words.
+    is_hash: bool,
 }
 
-impl<V> Default for Node<V> {
-    fn default() -> Self {
+impl<V> Node<V> {
+    fn new(is_hash: bool) -> Self {
         Node {
             children: HashMap::new(),
-            values: Vec::new(),
+            values: HashMap::new(),
+            is_hash,
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.values.is_empty() && self.children.is_empty()
+    }
+}
+
+/// Drops a subtree without recursing (a chain of nodes dropped by the
+/// default drop glue would recurse once per level).
+fn drop_iteratively<V>(node: Node<V>) {
+    let mut stack = vec![node];
+    while let Some(mut n) = stack.pop() {
+        stack.extend(n.children.drain().map(|(_, c)| c));
+    }
+}
+
+impl<V> Drop for TopicTrie<V> {
+    fn drop(&mut self) {
+        let children = std::mem::take(&mut self.root.children);
+        for (_, c) in children {
+            drop_iteratively(c);
         }
     }
 }
@@ -65,90 +140,167 @@ impl<V> Default for Node<V> {
 impl<V> Default for TopicTrie<V> {
     fn default() -> Self {
         TopicTrie {
-            root: Node::default(),
+            root: Node::new(false),
         }
     }
 }
 
-impl<V: Clone + PartialEq + Eq + Hash> TopicTrie<V> {
+/// The nodes reached after some number of key words, each once. Small
+/// sets (the usual case) are checked by a scan; large ones get a hash set.
+struct States<'a, V> {
+    list: Vec<&'a Node<V>>,
+    index: Option<HashSet<*const Node<V>>>,
+}
+
+/// Past this many states a hash set replaces the linear scan.
+const STATES_SCAN_LIMIT: usize = 16;
+
+impl<'a, V> States<'a, V> {
+    fn new() -> Self {
+        States {
+            list: Vec::new(),
+            index: None,
+        }
+    }
+
+    /// Adds `node`, and (since `#` may match zero words) its `#` child.
+    fn add(&mut self, node: &'a Node<V>) {
+        let mut next = Some(node);
+        while let Some(n) = next.take() {
+            if !self.insert(n) {
+                return;
+            }
+            next = n.children.get("#");
+        }
+    }
+
+    fn insert(&mut self, node: &'a Node<V>) -> bool {
+        let ptr: *const Node<V> = node;
+        if let Some(index) = &mut self.index {
+            if !index.insert(ptr) {
+                return false;
+            }
+        } else if self.list.iter().any(|n| std::ptr::eq(*n, node)) {
+            return false;
+        } else if self.list.len() >= STATES_SCAN_LIMIT {
+            let mut index: HashSet<*const Node<V>> =
+                self.list.iter().map(|n| *n as *const Node<V>).collect();
+            index.insert(ptr);
+            self.index = Some(index);
+        }
+        self.list.push(node);
+        true
+    }
+}
+
+impl<V: Clone + Eq + Hash> TopicTrie<V> {
     /// Binds `value` with `pattern`. The same pair may be bound more than once
     /// (two bindings differing only in arguments); each needs its own remove.
     pub fn insert(&mut self, pattern: &str, value: V) {
         let mut node = &mut self.root;
         for w in normalise(pattern) {
-            node = node.children.entry(w.to_string()).or_default();
+            node = node
+                .children
+                .entry(w.to_string())
+                .or_insert_with(|| Node::new(w == "#"));
         }
-        node.values.push(value);
+        *node.values.entry(value).or_default() += 1;
     }
 
     /// Removes one binding of the pair; returns whether there was one. Empty
     /// branches are pruned.
     pub fn remove(&mut self, pattern: &str, value: &V) -> bool {
-        fn go<V: PartialEq>(node: &mut Node<V>, path: &[&str], value: &V) -> bool {
-            match path.split_first() {
-                None => match node.values.iter().position(|v| v == value) {
-                    Some(i) => {
-                        node.values.swap_remove(i);
-                        true
-                    }
-                    None => false,
-                },
-                Some((w, rest)) => {
-                    let Some(child) = node.children.get_mut(*w) else {
-                        return false;
-                    };
-                    let removed = go(child, rest, value);
-                    if child.values.is_empty() && child.children.is_empty() {
-                        node.children.remove(*w);
-                    }
-                    removed
-                }
+        let path = normalise(pattern);
+        // Find the value, and the shallowest node from which everything
+        // below on the path would be left empty (to be pruned).
+        let mut node = &self.root;
+        let mut prune_from: Option<usize> = None;
+        for (depth, w) in path.iter().enumerate() {
+            let Some(child) = node.children.get(*w) else {
+                return false;
+            };
+            // `child` is only kept alive by this path if it holds nothing
+            // else: no values and no other children.
+            let lone =
+                child.children.len() <= 1 && (depth + 1 == path.len() || child.values.is_empty());
+            if !lone || (depth + 1 < path.len() && !child.children.contains_key(path[depth + 1])) {
+                prune_from = None;
+            } else if prune_from.is_none() {
+                prune_from = Some(depth);
             }
+            node = child;
         }
-        go(&mut self.root, &normalise(pattern), value)
+        let Some(count) = node.values.get(value).copied() else {
+            return false;
+        };
+        let leaf_empties = count == 1 && node.values.len() == 1 && node.children.is_empty();
+        let mut node = &mut self.root;
+        for (depth, w) in path.iter().enumerate() {
+            if leaf_empties && prune_from == Some(depth) {
+                if let Some(subtree) = node.children.remove(*w) {
+                    drop_iteratively(subtree);
+                }
+                return true;
+            }
+            let Some(child) = node.children.get_mut(*w) else {
+                return false;
+            };
+            node = child;
+        }
+        match node.values.get_mut(value) {
+            Some(n) if *n > 1 => *n -= 1,
+            Some(_) => {
+                node.values.remove(value);
+            }
+            None => return false,
+        }
+        true
     }
 
     /// Every value whose pattern matches `key`, each once.
     pub fn matches(&self, key: &str, out: &mut Vec<V>) {
-        let ws = words(key);
+        let mut states = States::new();
+        states.add(&self.root);
+        for w in words(key) {
+            let mut next = States::new();
+            for node in &states.list {
+                if node.is_hash {
+                    next.add(node);
+                }
+                // A literal "*" or "#" in a key reaches the wildcard child
+                // here, which matches it anyway; states are sets.
+                if let Some(child) = node.children.get(w) {
+                    next.add(child);
+                }
+                if let Some(star) = node.children.get("*") {
+                    next.add(star);
+                }
+            }
+            if next.list.is_empty() {
+                return;
+            }
+            states = next;
+        }
         let start = out.len();
-        walk(&self.root, &ws, 0, out);
+        for node in &states.list {
+            out.extend(node.values.keys().cloned());
+        }
         // A value bound through several matching patterns is routed once.
-        let mut seen = std::collections::HashSet::new();
-        let mut i = start;
-        while i < out.len() {
-            if seen.insert(out[i].clone()) {
-                i += 1;
-            } else {
-                out.swap_remove(i);
+        if states.list.len() > 1 {
+            let mut seen = HashSet::new();
+            let mut i = start;
+            while i < out.len() {
+                if seen.insert(out[i].clone()) {
+                    i += 1;
+                } else {
+                    out.swap_remove(i);
+                }
             }
         }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.root.children.is_empty() && self.root.values.is_empty()
-    }
-}
-
-fn walk<V: Clone>(node: &Node<V>, ws: &[&str], i: usize, out: &mut Vec<V>) {
-    if let Some(hash) = node.children.get("#") {
-        for j in i..=ws.len() {
-            walk(hash, ws, j, out);
-        }
-    }
-    if i == ws.len() {
-        out.extend(node.values.iter().cloned());
-        return;
-    }
-    // A literal "*" or "#" in a key reaches the wildcard child here, which
-    // matches it anyway; the dedup in `matches` drops the second visit.
-    if let Some(child) = node.children.get(ws[i]) {
-        walk(child, ws, i + 1, out);
-    }
-    if ws[i] != "*"
-        && let Some(star) = node.children.get("*")
-    {
-        walk(star, ws, i + 1, out);
+        self.root.is_empty()
     }
 }
 
@@ -254,5 +406,102 @@ mod tests {
                 .collect();
             assert_eq!(routed(&t, k), expected, "key {k:?}");
         }
+    }
+
+    /// The textbook recursive matcher, exponential in the worst case: the
+    /// reference the walks above are checked against on small inputs.
+    fn naive(p: &[&str], k: &[&str]) -> bool {
+        match p.split_first() {
+            None => k.is_empty(),
+            Some((&"#", rest)) => (0..=k.len()).any(|i| naive(rest, &k[i..])),
+            Some((&"*", rest)) => !k.is_empty() && naive(rest, &k[1..]),
+            Some((w, rest)) => k.first() == Some(w) && naive(rest, &k[1..]),
+        }
+    }
+
+    #[test]
+    fn trie_and_function_agree_with_the_reference_on_every_small_case() {
+        // Every pattern and key of up to 4 words over a small alphabet.
+        let alphabet = ["a", "b", "*", "#", ""];
+        let mut all: Vec<String> = vec![String::new()];
+        let mut layer: Vec<Vec<&str>> = vec![vec![]];
+        for _ in 0..4 {
+            let mut next = Vec::new();
+            for w in &layer {
+                for a in alphabet {
+                    let mut v = w.clone();
+                    v.push(a);
+                    all.push(v.join("."));
+                    next.push(v);
+                }
+            }
+            layer = next;
+        }
+        let keys: Vec<&String> = all.iter().filter(|k| !k.contains('#')).collect();
+        let t = trie(&all.iter().map(String::as_str).collect::<Vec<_>>());
+        for k in keys {
+            let mut expected: Vec<u32> = Vec::new();
+            for (i, p) in all.iter().enumerate() {
+                let want = naive(&words(p), &words(k));
+                assert_eq!(matches(p, k), want, "pattern {p:?} key {k:?}");
+                if want {
+                    expected.push(i as u32);
+                }
+            }
+            assert_eq!(routed(&t, k), expected, "key {k:?}");
+        }
+    }
+
+    #[test]
+    fn many_hashes_against_a_long_key_match_in_polynomial_time() {
+        // `#.a.#.a. ... #.b` against 40 `a` words: the recursive walk tried
+        // every way to split the key among the `#`s (27 s for nine of them).
+        let pattern = std::iter::repeat_n("#.a", 12).collect::<Vec<_>>().join(".") + ".#.b";
+        let key = vec!["a"; 40].join(".");
+        let t = trie(&[pattern.as_str()]);
+        assert_eq!(routed(&t, &key), Vec::<u32>::new());
+        assert!(!matches(&pattern, &key));
+        let hit = key.clone() + ".b";
+        assert_eq!(routed(&t, &hit), vec![0]);
+        assert!(matches(&pattern, &hit));
+    }
+
+    #[test]
+    fn thirty_thousand_levels_neither_recurse_nor_overflow() {
+        let deep = vec!["x"; 30_000].join(".");
+        let deep_hash = ["#"; 2].join(".") + "." + &deep;
+        let mut t = TopicTrie::default();
+        t.insert(&deep, 1u32);
+        t.insert(&deep_hash, 2u32);
+        t.insert("#", 3u32);
+        let mut out = Vec::new();
+        t.matches(&deep, &mut out);
+        out.sort();
+        assert_eq!(out, vec![1, 2, 3]);
+        assert!(matches(&deep_hash, &deep));
+        assert!(t.remove(&deep, &1));
+        assert!(!t.remove(&deep, &1));
+        // Dropping the remaining 30,000-level chain must not recurse either.
+        drop(t);
+    }
+
+    #[test]
+    fn removing_one_of_two_patterns_sharing_a_prefix_keeps_the_other() {
+        let mut t = trie(&["a.b.c.d", "a.b", "a.b.x"]);
+        assert!(t.remove("a.b.c.d", &0));
+        assert_eq!(routed(&t, "a.b"), vec![1]);
+        assert_eq!(routed(&t, "a.b.x"), vec![2]);
+        assert!(t.remove("a.b", &1));
+        assert_eq!(routed(&t, "a.b.x"), vec![2]);
+        assert!(t.remove("a.b.x", &2));
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn word_count_counts_empty_words() {
+        assert_eq!(word_count(""), 0);
+        assert_eq!(word_count("a"), 1);
+        assert_eq!(word_count("a..b"), 3);
+        assert_eq!(word_count("."), 2);
     }
 }

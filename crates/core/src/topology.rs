@@ -6,6 +6,7 @@
 //! durable ones.
 
 use std::collections::{HashMap, HashSet};
+use std::hash::Hash;
 
 use crate::error::CoreError;
 use crate::exchange::{
@@ -32,66 +33,85 @@ pub enum Change {
     BindingRemoved(Binding),
 }
 
+/// A multiset: each value with how many bindings hold it. Adding and
+/// removing one binding is O(1), however many share the exchange or key.
+type Counted<V> = HashMap<V, u32>;
+
+fn count_in<V: Eq + Hash>(set: &mut Counted<V>, v: V) {
+    *set.entry(v).or_default() += 1;
+}
+
+fn count_out<V: Eq + Hash>(set: &mut Counted<V>, v: &V) {
+    if let Some(n) = set.get_mut(v) {
+        *n -= 1;
+        if *n == 0 {
+            set.remove(v);
+        }
+    }
+}
+
 /// Per-type routing index of one exchange's bindings.
 #[derive(Debug)]
 enum Routes {
-    Direct(HashMap<String, Vec<Destination>>),
-    Fanout(Vec<Destination>),
+    Direct(HashMap<String, Counted<Destination>>),
+    Fanout(Counted<Destination>),
     Topic(TopicTrie<Destination>),
-    Headers(Vec<(HeadersMode, FieldTable, Destination)>),
+    /// Headers bindings by destination: routing tests every one anyway,
+    /// removal finds its own without a scan of the exchange.
+    Headers(HashMap<Destination, Vec<(HeadersMode, FieldTable)>>),
 }
 
 impl Routes {
     fn new(kind: ExchangeKind) -> Routes {
         match kind {
             ExchangeKind::Direct => Routes::Direct(HashMap::new()),
-            ExchangeKind::Fanout => Routes::Fanout(Vec::new()),
+            ExchangeKind::Fanout => Routes::Fanout(HashMap::new()),
             ExchangeKind::Topic => Routes::Topic(TopicTrie::default()),
-            ExchangeKind::Headers => Routes::Headers(Vec::new()),
+            ExchangeKind::Headers => Routes::Headers(HashMap::new()),
         }
     }
 
     fn add(&mut self, b: &Binding) -> Result<(), CoreError> {
         match self {
-            Routes::Direct(map) => map
-                .entry(b.routing_key.clone())
-                .or_default()
-                .push(b.destination.clone()),
-            Routes::Fanout(all) => all.push(b.destination.clone()),
+            Routes::Direct(map) => count_in(
+                map.entry(b.routing_key.clone()).or_default(),
+                b.destination.clone(),
+            ),
+            Routes::Fanout(all) => count_in(all, b.destination.clone()),
             Routes::Topic(trie) => trie.insert(&b.routing_key, b.destination.clone()),
-            Routes::Headers(list) => {
+            Routes::Headers(by_dest) => {
                 let mode = HeadersMode::from_arguments(&b.arguments)?;
-                list.push((mode, b.arguments.clone(), b.destination.clone()));
+                by_dest
+                    .entry(b.destination.clone())
+                    .or_default()
+                    .push((mode, b.arguments.clone()));
             }
         }
         Ok(())
     }
 
     fn remove(&mut self, b: &Binding) {
-        fn remove_one(v: &mut Vec<Destination>, d: &Destination) {
-            if let Some(i) = v.iter().position(|x| x == d) {
-                v.remove(i);
-            }
-        }
         match self {
             Routes::Direct(map) => {
-                if let Some(v) = map.get_mut(&b.routing_key) {
-                    remove_one(v, &b.destination);
-                    if v.is_empty() {
+                if let Some(set) = map.get_mut(&b.routing_key) {
+                    count_out(set, &b.destination);
+                    if set.is_empty() {
                         map.remove(&b.routing_key);
                     }
                 }
             }
-            Routes::Fanout(all) => remove_one(all, &b.destination),
+            Routes::Fanout(all) => count_out(all, &b.destination),
             Routes::Topic(trie) => {
                 trie.remove(&b.routing_key, &b.destination);
             }
-            Routes::Headers(list) => {
-                if let Some(i) = list
-                    .iter()
-                    .position(|(_, a, d)| *d == b.destination && *a == b.arguments)
-                {
-                    list.remove(i);
+            Routes::Headers(by_dest) => {
+                if let Some(list) = by_dest.get_mut(&b.destination) {
+                    if let Some(i) = list.iter().position(|(_, a)| *a == b.arguments) {
+                        list.swap_remove(i);
+                    }
+                    if list.is_empty() {
+                        by_dest.remove(&b.destination);
+                    }
                 }
             }
         }
@@ -100,18 +120,91 @@ impl Routes {
     fn matching(&self, msg: &Message, out: &mut Vec<Destination>) {
         match self {
             Routes::Direct(map) => {
-                if let Some(v) = map.get(&msg.routing_key) {
-                    out.extend(v.iter().cloned());
+                if let Some(set) = map.get(&msg.routing_key) {
+                    out.extend(set.keys().cloned());
                 }
             }
-            Routes::Fanout(all) => out.extend(all.iter().cloned()),
+            Routes::Fanout(all) => out.extend(all.keys().cloned()),
             Routes::Topic(trie) => trie.matches(&msg.routing_key, out),
-            Routes::Headers(list) => out.extend(
-                list.iter()
-                    .filter(|(mode, args, _)| headers_match(*mode, args, &msg.properties.headers))
-                    .map(|(_, _, d)| d.clone()),
+            Routes::Headers(by_dest) => out.extend(
+                by_dest
+                    .iter()
+                    .filter(|(_, list)| {
+                        list.iter()
+                            .any(|(mode, args)| headers_match(*mode, args, &msg.properties.headers))
+                    })
+                    .map(|(d, _)| d.clone()),
             ),
         }
+    }
+}
+
+/// A set of bindings, indexed by (source, destination, key) so that adding,
+/// finding and removing one is O(1) however many there are (an MQTT
+/// subscription storm binds hundreds of thousands to `amq.topic`).
+/// Bindings that differ only in arguments share a slot.
+#[derive(Debug, Default)]
+struct BindingSet {
+    slots: HashMap<(String, Destination, String), Vec<FieldTable>>,
+    len: usize,
+}
+
+impl BindingSet {
+    fn slot_key(b: &Binding) -> (String, Destination, String) {
+        (
+            b.source.clone(),
+            b.destination.clone(),
+            b.routing_key.clone(),
+        )
+    }
+
+    fn contains(&self, b: &Binding) -> bool {
+        self.slots
+            .get(&Self::slot_key(b))
+            .is_some_and(|args| args.contains(&b.arguments))
+    }
+
+    /// Adds `b`; false if it was there already.
+    fn insert(&mut self, b: &Binding) -> bool {
+        let args = self.slots.entry(Self::slot_key(b)).or_default();
+        if args.contains(&b.arguments) {
+            return false;
+        }
+        args.push(b.arguments.clone());
+        self.len += 1;
+        true
+    }
+
+    /// Removes `b`; false if it was not there.
+    fn remove(&mut self, b: &Binding) -> bool {
+        let key = Self::slot_key(b);
+        let Some(args) = self.slots.get_mut(&key) else {
+            return false;
+        };
+        let Some(i) = args.iter().position(|a| *a == b.arguments) else {
+            return false;
+        };
+        args.swap_remove(i);
+        if args.is_empty() {
+            self.slots.remove(&key);
+        }
+        self.len -= 1;
+        true
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    fn iter(&self) -> impl Iterator<Item = Binding> + '_ {
+        self.slots.iter().flat_map(|((source, dest, key), args)| {
+            args.iter().map(move |a| Binding {
+                source: source.clone(),
+                destination: dest.clone(),
+                routing_key: key.clone(),
+                arguments: a.clone(),
+            })
+        })
     }
 }
 
@@ -119,9 +212,14 @@ impl Routes {
 struct Exchange {
     def: ExchangeDef,
     routes: Routes,
-    /// Bindings with this exchange as source, in creation order.
-    bindings: Vec<Binding>,
+    /// Bindings with this exchange as source.
+    bindings: BindingSet,
 }
+
+/// Exchange-to-exchange and alternate-exchange hops a message may take
+/// from the exchange it was published to; exchanges further away are not
+/// visited. Bounds the work of one publish whatever a client declared.
+pub const MAX_EXCHANGE_HOPS: usize = 32;
 
 /// The exchanges and bindings of one vhost.
 #[derive(Debug, Default)]
@@ -129,7 +227,9 @@ pub struct Topology {
     exchanges: HashMap<String, Exchange>,
     /// Bindings by destination, so deleting a queue or exchange finds its
     /// bindings without scanning every exchange.
-    by_destination: HashMap<Destination, Vec<Binding>>,
+    by_destination: HashMap<Destination, BindingSet>,
+    /// Bindings in all (the `max_bindings` limit counts them).
+    binding_total: usize,
 }
 
 /// Is `name` one only the broker may declare?
@@ -154,7 +254,7 @@ impl Topology {
             Exchange {
                 def,
                 routes,
-                bindings: Vec::new(),
+                bindings: BindingSet::default(),
             },
         );
     }
@@ -167,13 +267,45 @@ impl Topology {
         self.exchanges.values().map(|e| &e.def)
     }
 
-    pub fn bindings(&self) -> impl Iterator<Item = &Binding> {
-        self.exchanges.values().flat_map(|e| e.bindings.iter())
+    /// How many exchanges the vhost has (built-ins included).
+    pub fn exchange_count(&self) -> usize {
+        self.exchanges.len()
+    }
+
+    /// Whether exactly this binding exists.
+    pub fn has_binding(&self, b: &Binding) -> bool {
+        self.exchanges
+            .get(&b.source)
+            .is_some_and(|ex| ex.bindings.contains(b))
+    }
+
+    /// How many bindings the vhost has.
+    pub fn binding_count(&self) -> usize {
+        self.binding_total
+    }
+
+    /// Every binding, sorted by source, destination and key (listings).
+    pub fn bindings(&self) -> Vec<Binding> {
+        let mut all: Vec<Binding> = self
+            .exchanges
+            .values()
+            .flat_map(|e| e.bindings.iter())
+            .collect();
+        all.sort_by(|a, b| {
+            (&a.source, &a.destination, &a.routing_key).cmp(&(
+                &b.source,
+                &b.destination,
+                &b.routing_key,
+            ))
+        });
+        all
     }
 
     /// Bindings leading to `dest`.
-    pub fn bindings_to(&self, dest: &Destination) -> &[Binding] {
-        self.by_destination.get(dest).map_or(&[], Vec::as_slice)
+    pub fn bindings_to(&self, dest: &Destination) -> Vec<Binding> {
+        self.by_destination
+            .get(dest)
+            .map_or_else(Vec::new, |set| set.iter().collect())
     }
 
     /// `exchange.declare`. Returns the change if it created the exchange.
@@ -251,27 +383,34 @@ impl Topology {
         Ok(changes)
     }
 
+    /// Removes an exchange and every binding from or to it; auto-delete
+    /// exchanges left without bindings go too. A worklist, not recursion:
+    /// a chain of auto-delete exchanges of any length unwinds in a loop.
     fn remove_exchange(&mut self, name: &str, changes: &mut Vec<Change>) {
-        let Some(ex) = self.exchanges.remove(name) else {
-            return;
-        };
-        for b in ex.bindings {
-            self.unindex(&b);
-            changes.push(Change::BindingRemoved(b));
+        let mut doomed = vec![name.to_string()];
+        while let Some(name) = doomed.pop() {
+            let Some(ex) = self.exchanges.remove(&name) else {
+                continue;
+            };
+            self.binding_total -= ex.bindings.len;
+            for b in ex.bindings.iter() {
+                self.unindex(&b);
+                changes.push(Change::BindingRemoved(b));
+            }
+            let dest = Destination::Exchange(name);
+            for b in self.bindings_to(&dest) {
+                if let Some(emptied) = self.remove_one_binding(&b, changes) {
+                    doomed.push(emptied);
+                }
+            }
+            changes.push(Change::ExchangeRemoved(ex.def));
         }
-        let dest = Destination::Exchange(name.to_string());
-        for b in self.bindings_to(&dest).to_vec() {
-            self.remove_binding(&b, changes);
-        }
-        changes.push(Change::ExchangeRemoved(ex.def));
     }
 
     fn unindex(&mut self, b: &Binding) {
-        if let Some(v) = self.by_destination.get_mut(&b.destination) {
-            if let Some(i) = v.iter().position(|x| x == b) {
-                v.remove(i);
-            }
-            if v.is_empty() {
+        if let Some(set) = self.by_destination.get_mut(&b.destination) {
+            set.remove(b);
+            if set.is_empty() {
                 self.by_destination.remove(&b.destination);
             }
         }
@@ -297,11 +436,12 @@ impl Topology {
             return Ok(None);
         }
         ex.routes.add(&b)?;
-        ex.bindings.push(b.clone());
+        ex.bindings.insert(&b);
+        self.binding_total += 1;
         self.by_destination
             .entry(b.destination.clone())
             .or_default()
-            .push(b.clone());
+            .insert(&b);
         Ok(Some(Change::BindingAdded(b)))
     }
 
@@ -322,29 +462,34 @@ impl Topology {
         Ok(changes)
     }
 
+    /// Removes a binding, and the auto-delete exchanges that lose their
+    /// last binding by it.
     fn remove_binding(&mut self, b: &Binding, changes: &mut Vec<Change>) {
-        let Some(ex) = self.exchanges.get_mut(&b.source) else {
-            return;
-        };
-        let Some(i) = ex.bindings.iter().position(|x| x == b) else {
-            return;
-        };
-        ex.bindings.remove(i);
+        if let Some(emptied) = self.remove_one_binding(b, changes) {
+            self.remove_exchange(&emptied, changes);
+        }
+    }
+
+    /// Removes one binding; returns its source if that is an auto-delete
+    /// exchange now without bindings (for the caller to remove).
+    fn remove_one_binding(&mut self, b: &Binding, changes: &mut Vec<Change>) -> Option<String> {
+        let ex = self.exchanges.get_mut(&b.source)?;
+        if !ex.bindings.remove(b) {
+            return None;
+        }
         ex.routes.remove(b);
+        self.binding_total -= 1;
         let now_unused = ex.def.auto_delete && ex.bindings.is_empty();
         self.unindex(b);
         changes.push(Change::BindingRemoved(b.clone()));
-        if now_unused {
-            let name = b.source.clone();
-            self.remove_exchange(&name, changes);
-        }
+        now_unused.then(|| b.source.clone())
     }
 
     /// Removes every binding to a queue being deleted.
     pub fn queue_deleted(&mut self, queue: &str) -> Vec<Change> {
         let mut changes = Vec::new();
         let dest = Destination::Queue(queue.to_string());
-        for b in self.bindings_to(&dest).to_vec() {
+        for b in self.bindings_to(&dest) {
             self.remove_binding(&b, &mut changes);
         }
         changes
@@ -376,44 +521,53 @@ impl Topology {
                 "cannot publish to internal exchange '{exchange}'"
             )));
         }
-        let mut visited = HashSet::new();
-        self.route_into(exchange, msg, queue_exists, &mut visited, &mut out);
+        // Breadth first over exchanges, each visited once (so cycles end),
+        // at most MAX_EXCHANGE_HOPS away. An exchange that matches nothing
+        // itself hands the message to its alternate exchange, if any
+        // (RabbitMQ's rule).
+        let mut visited: HashSet<&str> = HashSet::new();
+        visited.insert(exchange);
+        let mut frontier: Vec<&Exchange> = vec![ex];
+        let mut dests = Vec::new();
+        for hop in 0..=MAX_EXCHANGE_HOPS {
+            let mut next = Vec::new();
+            for ex in frontier {
+                dests.clear();
+                ex.routes.matching(msg, &mut dests);
+                let onward: Vec<&str> = if dests.is_empty() {
+                    ex.def.alternate_exchange().into_iter().collect()
+                } else {
+                    let mut onward = Vec::new();
+                    for d in &dests {
+                        match d {
+                            Destination::Queue(q) => {
+                                if queue_exists(q) {
+                                    out.push(q.clone());
+                                }
+                            }
+                            Destination::Exchange(x) => onward.push(x.as_str()),
+                        }
+                    }
+                    onward
+                };
+                if hop == MAX_EXCHANGE_HOPS {
+                    continue;
+                }
+                for x in onward {
+                    if let Some((name, ex)) = self.exchanges.get_key_value(x)
+                        && visited.insert(name.as_str())
+                    {
+                        next.push(ex);
+                    }
+                }
+            }
+            if next.is_empty() {
+                break;
+            }
+            frontier = next;
+        }
         let mut seen = HashSet::new();
         out.retain(|q| seen.insert(q.clone()));
         Ok(out)
-    }
-
-    fn route_into(
-        &self,
-        exchange: &str,
-        msg: &Message,
-        queue_exists: &dyn Fn(&str) -> bool,
-        visited: &mut HashSet<String>,
-        out: &mut Vec<String>,
-    ) {
-        if !visited.insert(exchange.to_string()) {
-            return;
-        }
-        let Some(ex) = self.exchanges.get(exchange) else {
-            return;
-        };
-        let before = out.len();
-        let mut dests = Vec::new();
-        ex.routes.matching(msg, &mut dests);
-        for d in dests {
-            match d {
-                Destination::Queue(q) => {
-                    if queue_exists(&q) {
-                        out.push(q);
-                    }
-                }
-                Destination::Exchange(x) => self.route_into(&x, msg, queue_exists, visited, out),
-            }
-        }
-        if out.len() == before
-            && let Some(ae) = ex.def.alternate_exchange()
-        {
-            self.route_into(ae, msg, queue_exists, visited, out);
-        }
     }
 }

@@ -36,6 +36,29 @@ pub enum FieldValue {
 }
 
 impl FieldValue {
+    /// Roughly the memory the value holds, in bytes (for memory
+    /// accounting). Walks nested tables and arrays with a stack of its own.
+    pub fn approx_size(&self) -> u64 {
+        let mut total = 0u64;
+        let mut stack = vec![self];
+        while let Some(v) = stack.pop() {
+            total += 16;
+            match v {
+                FieldValue::ShortString(s) => total += s.len() as u64,
+                FieldValue::LongString(b) | FieldValue::ByteArray(b) => total += b.len() as u64,
+                FieldValue::Table(t) => {
+                    for (k, v) in &t.0 {
+                        total += 16 + k.len() as u64;
+                        stack.push(v);
+                    }
+                }
+                FieldValue::Array(a) => stack.extend(a.iter()),
+                _ => {}
+            }
+        }
+        total
+    }
+
     /// The value as an integer, if it is one of the integer types.
     pub fn as_i128(&self) -> Option<i128> {
         Some(match *self {

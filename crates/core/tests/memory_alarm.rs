@@ -7,11 +7,17 @@ use junction_store::Store;
 
 #[tokio::test]
 async fn alarm_fires_above_the_watermark_and_clears_below_it() {
+    // The alarm counts each queued message's footprint: its body and a
+    // per-message overhead.
+    let hundred = || Message::new("", "q", Bytes::from(vec![0u8; 100]));
+    let one = hundred().footprint();
+    assert_eq!(one, 512 + 100 + 1, "overhead + body + routing key");
     let broker = Broker::open(
         Store::in_memory(),
         BrokerConfig {
             vhosts: vec!["/".into()],
-            memory_high_watermark: 1000,
+            memory_high_watermark: 10 * one - 1,
+            ..Default::default()
         },
     )
     .await
@@ -22,26 +28,17 @@ async fn alarm_fires_above_the_watermark_and_clears_below_it() {
         .await
         .unwrap();
     for _ in 0..9 {
-        let p = broker
-            .publish("/", Message::new("", "q", Bytes::from(vec![0u8; 100])))
-            .await
-            .unwrap();
+        let p = broker.publish("/", hundred()).await.unwrap();
         assert_eq!(p.routed, 1);
     }
     broker.check_memory();
-    assert_eq!(broker.held_bytes(), 900);
-    assert!(
-        !*alarm.borrow(),
-        "900 bytes is under the 1000-byte watermark"
-    );
-    let p = broker
-        .publish("/", Message::new("", "q", Bytes::from(vec![0u8; 101])))
-        .await
-        .unwrap();
+    assert_eq!(broker.held_bytes(), 9 * one);
+    assert!(!*alarm.borrow(), "nine messages are under the watermark");
+    let p = broker.publish("/", hundred()).await.unwrap();
     assert_eq!(p.routed, 1);
     broker.check_memory();
-    assert_eq!(broker.held_bytes(), 1001);
-    assert!(*alarm.borrow(), "1001 bytes is over the watermark");
+    assert_eq!(broker.held_bytes(), 10 * one);
+    assert!(*alarm.borrow(), "ten are over it");
     assert!(broker.stats().memory_alarm);
     assert_eq!(broker.purge_queue("/", "q", None).await.unwrap(), 10);
     broker.check_memory();

@@ -14,6 +14,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use futures_util::StreamExt;
 use futures_util::stream::FuturesOrdered;
+use junction_core::io::{CLOSE_DRAIN_BYTES, CLOSE_GRACE};
 use junction_core::{ConnectionGuard, ConsumerEvent, Protocol};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -90,6 +91,10 @@ pub(crate) struct Conn {
     /// idle connection).
     pub rare: Option<Box<Rare>>,
     pub end: Option<End>,
+    /// The broker ended the connection with a reason (a protocol error, a
+    /// keepalive timeout, shutdown): read on for a short grace after the
+    /// last write so the client sees the reason, not a reset.
+    pub linger: bool,
     /// This connection has published: the memory alarm stops reading it.
     pub has_published: bool,
 }
@@ -108,9 +113,11 @@ pub(crate) async fn run(
         let (mut rd, mut wr) = stream.into_split();
         let mut buf = BytesMut::with_capacity(READ_START);
         let max = ctx.settings.max_packet_size as usize;
+        // Before login a peer gets a small first packet only.
+        let connect_max = max.min(ctx.broker.limits().max_handshake_size);
         let connect = tokio::select! {
             _ = shutdown.cancelled() => return,
-            r = Box::pin(tokio::time::timeout(ctx.settings.connect_timeout(), read_connect(&mut rd, &mut buf, max))) => r,
+            r = Box::pin(tokio::time::timeout(ctx.settings.connect_timeout(), read_connect(&mut rd, &mut buf, connect_max))) => r,
         };
         let connect = match connect {
             Ok(Ok(c)) => c,
@@ -118,6 +125,7 @@ pub(crate) async fn run(
             Ok(Err(ConnectError::Decode(e, level))) => {
                 tracing::info!(%peer, error = %e, "mqtt CONNECT refused");
                 Box::pin(refuse_undecodable(&mut wr, &e, level)).await;
+                junction_core::io::linger(&mut rd, CLOSE_GRACE, CLOSE_DRAIN_BYTES).await;
                 return;
             }
             Err(_) => {
@@ -130,6 +138,7 @@ pub(crate) async fn run(
             Box::pin(accept(&ctx, connect, peer, &mut wr, Arc::clone(&kick))).await
         else {
             let _ = wr.shutdown().await;
+            junction_core::io::linger(&mut rd, CLOSE_GRACE, CLOSE_DRAIN_BYTES).await;
             return;
         };
         tracing::Span::current().record("client_id", conn.session.client_id.as_str());
@@ -137,13 +146,16 @@ pub(crate) async fn run(
         let events = conn.session.events_rx.take();
         // Boxed, like every large step: the task keeps only the state of
         // the step it is in (memory per idle connection).
-        let result = Box::pin(conn.serve(rd, &mut wr, buf, events, keepalive, &shutdown, &kick)).await;
+        let result = Box::pin(conn.serve(&mut rd, &mut wr, buf, events, keepalive, &shutdown, &kick)).await;
         if let Err(e) = result {
             tracing::debug!(error = %e, "mqtt connection ended");
             conn.end.get_or_insert(End::Abnormal);
         }
-        let _ = tokio::time::timeout(FINAL_FLUSH, flush(&mut wr, &mut conn.out)).await;
+        let _ = flush(&mut wr, &mut conn.out, FINAL_FLUSH).await;
         let _ = wr.shutdown().await;
+        if conn.linger {
+            junction_core::io::linger(&mut rd, CLOSE_GRACE, CLOSE_DRAIN_BYTES).await;
+        }
         ctx.stats.connected.fetch_sub(1, Ordering::Relaxed);
         Box::pin(conn.finish()).await;
     }
@@ -265,9 +277,14 @@ async fn accept(
                 .as_ref()
                 .map(|p| String::from_utf8_lossy(p).into_owned())
                 .unwrap_or_default();
-            if let Err(why) = junction_core::check_login(&ctx.auth, u, password, peer.ip()).await {
-                tracing::info!(user = %u, reason = why, "mqtt login refused");
-                refuse(wr, v, ReasonCode::BAD_USER_NAME_OR_PASSWORD).await;
+            let verdict = ctx.broker.logins().check(&ctx.auth, u, password, peer.ip());
+            if let Err(why) = verdict.await {
+                tracing::info!(user = %u, reason = %why, "mqtt login refused");
+                let reason = match why {
+                    junction_core::LoginError::Busy => ReasonCode::SERVER_BUSY,
+                    junction_core::LoginError::Refused(_) => ReasonCode::BAD_USER_NAME_OR_PASSWORD,
+                };
+                refuse(wr, v, reason).await;
                 return None;
             }
             u.clone()
@@ -294,8 +311,9 @@ async fn accept(
     } else {
         c.client_id.clone()
     };
+    let asked = c.properties.session_expiry_interval.unwrap_or(0);
     let expiry = if v.is_v5() {
-        c.properties.session_expiry_interval.unwrap_or(0)
+        settings.cap_session_expiry(asked)
     } else if c.clean_start {
         0
     } else {
@@ -341,6 +359,11 @@ async fn accept(
     if v.is_v5() {
         props.assigned_client_identifier = assigned;
         props.server_keep_alive = server_keep_alive;
+        // A granted expiry other than the one asked for is announced
+        // in CONNACK (MQTT 5 3.2.2.3.2).
+        if expiry != asked {
+            props.session_expiry_interval = Some(expiry);
+        }
         props.receive_maximum = Some(settings.receive_maximum);
         props.maximum_packet_size = Some(settings.max_packet_size);
         props.topic_alias_maximum = Some(settings.topic_alias_maximum);
@@ -366,6 +389,7 @@ async fn accept(
         client_alias_max: c.properties.topic_alias_maximum.unwrap_or(0),
         rare: None,
         end: None,
+        linger: false,
         has_published: false,
     };
     if conn.session.is_persistent() || was_persistent {
@@ -390,11 +414,15 @@ async fn accept(
 
 /// Writes everything queued. Cancel-safe: what was written is consumed
 /// from `out` as it goes, so an interrupted flush never sends bytes twice.
-pub(crate) async fn flush(wr: &mut OwnedWriteHalf, out: &mut BytesMut) -> std::io::Result<()> {
+pub(crate) async fn flush(
+    wr: &mut OwnedWriteHalf,
+    out: &mut BytesMut,
+    stall: Duration,
+) -> std::io::Result<()> {
     if out.is_empty() {
         return Ok(());
     }
-    wr.write_all_buf(out).await?;
+    junction_core::io::write_all_buf_within(wr, out, stall).await?;
     if out.capacity() > 64 * 1024 {
         // Do not keep a burst's buffer for the life of the connection.
         *out = BytesMut::new();
@@ -427,7 +455,7 @@ impl Conn {
     #[allow(clippy::too_many_arguments)]
     async fn serve(
         &mut self,
-        mut rd: OwnedReadHalf,
+        rd: &mut OwnedReadHalf,
         wr: &mut OwnedWriteHalf,
         mut buf: BytesMut,
         mut events: Option<tokio::sync::mpsc::UnboundedReceiver<ConsumerEvent>>,
@@ -436,6 +464,7 @@ impl Conn {
         kick: &registry::Kick,
     ) -> std::io::Result<()> {
         let max = self.ctx.settings.max_packet_size as usize;
+        let stall = self.ctx.broker.limits().write_timeout;
         let mut alarm = self.ctx.broker.memory_alarm();
         let mut last_recv = Instant::now();
         let mut read_size = READ_START;
@@ -445,11 +474,18 @@ impl Conn {
             // A client that stops reading must not hold off a takeover
             // or a shutdown.
             let flushed = tokio::select! {
-                r = flush(wr, &mut self.out) => r,
-                _ = shutdown.cancelled() => Err(std::io::ErrorKind::TimedOut.into()),
-                _ = kick.notified() => Err(std::io::ErrorKind::TimedOut.into()),
+                r = flush(wr, &mut self.out, stall) => r,
+                _ = shutdown.cancelled() => Err(std::io::ErrorKind::Interrupted.into()),
+                _ = kick.notified() => Err(std::io::ErrorKind::Interrupted.into()),
             };
             if let Err(e) = flushed {
+                if e.kind() == std::io::ErrorKind::TimedOut {
+                    // Held by its window until now; a client that stops
+                    // reading altogether is cut off (keepalive cannot run
+                    // while we wait on its socket).
+                    tracing::info!(client_id = %self.session.client_id, "mqtt client stopped reading; closing as a slow consumer");
+                    self.ctx.broker.note_slow_consumer();
+                }
                 break Err(e);
             }
             if self.has_retained_backlog() && self.end.is_none() {
@@ -475,6 +511,7 @@ impl Conn {
             tokio::select! {
                 _ = shutdown.cancelled() => {
                     self.disconnect(ReasonCode::SERVER_SHUTTING_DOWN);
+                    self.linger = true;
                     self.end = Some(End::Normal);
                     // A broker shutdown is not the client's failure: no will.
                     self.will = None;
@@ -543,6 +580,7 @@ impl Conn {
                         _ => {
                             tracing::info!(client_id = %self.session.client_id, "mqtt keepalive timed out");
                             self.disconnect(ReasonCode::KEEP_ALIVE_TIMEOUT);
+                            self.linger = true;
                             self.end = Some(End::Abnormal);
                         }
                     }
@@ -608,6 +646,7 @@ impl Conn {
             }
             self.send(Packet::Disconnect(d));
         }
+        self.linger = true;
         self.end = Some(End::Abnormal);
     }
 

@@ -53,6 +53,12 @@ pub struct MqttSettings {
     pub sys_interval: u64,
     /// Seconds from accept to CONNECT.
     pub connect_timeout: u64,
+    /// Largest MQTT 5 Session Expiry Interval granted, seconds; a client
+    /// asking more gets this one (told in CONNACK). 0: no cap.
+    pub max_session_expiry: u32,
+    /// Most subscriptions one session may hold; past it SUBACK says 0x97
+    /// Quota exceeded (MQTT 3.1.1: 0x80).
+    pub max_subscriptions_per_session: usize,
 }
 
 impl Default for MqttSettings {
@@ -73,11 +79,21 @@ impl Default for MqttSettings {
             max_queued_bytes: 256 * 1024 * 1024,
             sys_interval: 10,
             connect_timeout: 10,
+            max_session_expiry: 7 * 86_400,
+            max_subscriptions_per_session: 10_000,
         }
     }
 }
 
 impl MqttSettings {
+    /// The session expiry granted for `asked` seconds (0xFFFFFFFF: never).
+    pub fn cap_session_expiry(&self, asked: u32) -> u32 {
+        match self.max_session_expiry {
+            0 => asked,
+            max => asked.min(max),
+        }
+    }
+
     /// Checks the values a broker cannot run with.
     pub fn validate(&self) -> Result<(), String> {
         if self.max_packet_size < 64 {

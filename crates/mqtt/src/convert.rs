@@ -131,7 +131,8 @@ pub fn to_core(p: &Publish, topic: &str, origin: Origin) -> Message {
             .push((k.clone(), FieldValue::LongString(Bytes::from(v.clone()))));
     }
     props.headers = headers;
-    let mut m = Message::new(TOPIC_EXCHANGE, swap_separators(topic), p.payload.clone());
+    let body = junction_core::message::detach_body(p.payload.clone());
+    let mut m = Message::new(TOPIC_EXCHANGE, swap_separators(topic), body);
     m.properties = props;
     m.origin = origin;
     m
@@ -222,6 +223,12 @@ pub fn from_core(m: &Message, now_unix: u64) -> PublishProperties {
         }
     }
     out
+}
+
+/// Levels of an MQTT topic or filter ("a/b/c" has three): the routing
+/// key's words, which `[broker] max_topic_levels` limits.
+pub fn topic_levels(topic: &str) -> usize {
+    topic.bytes().filter(|&b| b == b'/').count() + 1
 }
 
 #[cfg(test)]

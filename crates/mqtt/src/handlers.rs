@@ -63,7 +63,7 @@ impl Conn {
                         self.fail(ReasonCode::PROTOCOL_ERROR, "session expiry raised from 0");
                         return;
                     }
-                    self.session.expiry = expiry;
+                    self.session.expiry = self.ctx.settings.cap_session_expiry(expiry);
                 }
                 if d.reason == ReasonCode::DISCONNECT_WITH_WILL_MESSAGE {
                     self.end = Some(End::Abnormal);
@@ -284,6 +284,17 @@ impl Conn {
                     continue;
                 }
             };
+            let levels = shared.as_ref().map_or(filter.as_str(), |(_, f)| f.as_str());
+            if convert::topic_levels(levels) > self.ctx.broker.limits().max_topic_levels {
+                reasons.push(ReasonCode::TOPIC_FILTER_INVALID);
+                continue;
+            }
+            if self.session.subs.by_filter.len() >= self.ctx.settings.max_subscriptions_per_session
+                && !self.session.subs.by_filter.contains_key(&filter)
+            {
+                reasons.push(ReasonCode::QUOTA_EXCEEDED);
+                continue;
+            }
             let result = match &shared {
                 Some((g, f)) => self.ensure_shared_consumer(g, f).await,
                 None => match self.ensure_own_consumer(opts.qos).await {
@@ -296,7 +307,10 @@ impl Conn {
             };
             if let Err(e) = result {
                 tracing::warn!(error = %e, %filter, "mqtt subscribe failed");
-                reasons.push(ReasonCode::UNSPECIFIED_ERROR);
+                reasons.push(match e {
+                    CoreError::LimitReached(_) => ReasonCode::QUOTA_EXCEEDED,
+                    _ => ReasonCode::UNSPECIFIED_ERROR,
+                });
                 continue;
             }
             let existed = self
@@ -526,6 +540,14 @@ impl Conn {
             self.fail(ReasonCode::PROTOCOL_ERROR, "empty topic without an alias");
             return;
         }
+        let max_levels = self.ctx.broker.limits().max_topic_levels;
+        if convert::topic_levels(p.topic.as_str()) > max_levels {
+            self.fail(
+                ReasonCode::TOPIC_NAME_INVALID,
+                &format!("topic has more than {max_levels} levels"),
+            );
+            return;
+        }
         if p.topic.as_str().starts_with("$SYS") {
             // The broker's own tree (as Mosquitto): accepted and
             // acknowledged, not routed.
@@ -569,7 +591,10 @@ impl Conn {
         if p.retain
             && let Err(e) = self.ctx.broker.set_retained(vhost, msg.clone()).await
         {
+            // Never acknowledge a retained message that is not stored.
             tracing::warn!(error = %e, "mqtt retained message not stored");
+            self.fail(ReasonCode::UNSPECIFIED_ERROR, "retained message not stored");
+            return;
         }
         let published = if p.qos == QoS::ExactlyOnce {
             self.session.incoming_qos2.insert(packet_id);
@@ -686,14 +711,17 @@ impl Conn {
         }
         if self.session.incoming_qos2.remove(&id) {
             if self.session.is_persistent() {
-                // PUBCOMP only once the id's record is gone from the store:
-                // the client may reuse the id right after, and a record left
-                // by a crash would swallow that new message as a resend.
+                // PUBCOMP only once the id's release is synced: the client
+                // may reuse the id right after, and a record left by a
+                // crash or power cut would swallow that new message as a
+                // resend.
                 let mut w = StateWrites::new();
                 w.delete(NAMESPACE, &incoming_key(&self.session.client_id, id));
-                let applied = self.ctx.broker.write_state_applied(w);
+                let synced = self.ctx.broker.write_state_synced(w);
                 self.confirms.push_back(Box::pin(async move {
-                    let _ = applied.await;
+                    if let Err(e) = synced.await {
+                        tracing::error!(error = %e, "mqtt QoS 2 release not stored");
+                    }
                     Packet::PubComp(ack)
                 }));
                 return;

@@ -33,6 +33,9 @@ pub struct AdminState {
     /// runtime worker, so it must be quick and must not block (read
     /// counters, do not wait on locks held across I/O).
     pub snapshot: Arc<dyn Fn() -> MetricsSnapshot + Send + Sync>,
+    /// Why the broker cannot take persistent messages (its store failed),
+    /// if it cannot: `/api/health` then answers 503 too.
+    pub failure: Arc<dyn Fn() -> Option<String> + Send + Sync>,
 }
 
 impl AdminState {
@@ -44,7 +47,17 @@ impl AdminState {
         AdminState {
             ready,
             snapshot: Arc::new(snapshot),
+            failure: Arc::new(|| None),
         }
+    }
+
+    /// Sets the check `/api/health` asks for a failure.
+    pub fn with_failure(
+        mut self,
+        failure: impl Fn() -> Option<String> + Send + Sync + 'static,
+    ) -> AdminState {
+        self.failure = Arc::new(failure);
+        self
     }
 }
 
@@ -77,14 +90,18 @@ pub async fn serve(
 }
 
 /// `GET /api/health`: 200 `{"status":"ok"}` when ready, else 503
-/// `{"status":"unavailable"}`.
+/// `{"status":"unavailable"}`, or 503 `{"status":"store failed",
+/// "reason":...}` once the store refuses writes.
 async fn health(State(state): State<AdminState>) -> Response {
-    let (status, body) = if state.ready.load(Ordering::Acquire) {
-        (StatusCode::OK, r#"{"status":"ok"}"#)
+    let (status, body) = if let Some(why) = (state.failure)() {
+        let body = serde_json::json!({"status": "store failed", "reason": why}).to_string();
+        (StatusCode::SERVICE_UNAVAILABLE, body)
+    } else if state.ready.load(Ordering::Acquire) {
+        (StatusCode::OK, r#"{"status":"ok"}"#.to_owned())
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            r#"{"status":"unavailable"}"#,
+            r#"{"status":"unavailable"}"#.to_owned(),
         )
     };
     (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()

@@ -93,9 +93,36 @@ pub struct BrokerConfig {
     /// blocks publishers; 0 means 40% of physical memory (RabbitMQ's
     /// default watermark).
     pub memory_high_watermark: u64,
+    /// Free bytes on the data directory's file system below which the disk
+    /// alarm blocks publishers (RabbitMQ's `disk_free_limit`); 0 = off.
+    pub disk_free_limit: u64,
     /// How long shutdown waits for connections to close and the store to
     /// flush before giving up.
     pub shutdown_timeout_secs: u64,
+    /// Most words in a routing or binding key (MQTT topic levels): topic
+    /// matching costs grow with it.
+    pub max_topic_levels: usize,
+    /// Most queues in one vhost (every MQTT session owns one).
+    pub max_queues_per_vhost: usize,
+    /// Most exchanges in one vhost, the built-ins included.
+    pub max_exchanges_per_vhost: usize,
+    /// Most bindings in one vhost (every MQTT subscription is one).
+    pub max_bindings_per_vhost: usize,
+    /// Most client connections open at once, every protocol together
+    /// (0: no cap); more are closed at accept.
+    pub max_connections: usize,
+    /// Most client connections open at once from one source address (0: no
+    /// cap).
+    pub max_connections_per_ip: usize,
+    /// Logins that may wait for a password check at once; more are refused
+    /// at once (AMQP 506, MQTT 0x89 Server busy).
+    pub max_pending_logins: usize,
+    /// Largest first packet before login, bytes (MQTT CONNECT, AMQP frames
+    /// before tune-ok, STOMP CONNECT).
+    pub max_handshake_size: usize,
+    /// Seconds a write to a client may make no progress before the
+    /// connection is closed as a slow consumer.
+    pub write_timeout_secs: u64,
 }
 
 impl Default for BrokerConfig {
@@ -110,7 +137,17 @@ impl Default for BrokerConfig {
             log_level: "info".to_owned(),
             max_message_size: 128 * 1024 * 1024,
             memory_high_watermark: 0,
+            disk_free_limit: 50_000_000,
             shutdown_timeout_secs: 10,
+            max_topic_levels: 128,
+            max_queues_per_vhost: 1_000_000,
+            max_exchanges_per_vhost: 10_000,
+            max_bindings_per_vhost: 5_000_000,
+            max_connections: 100_000,
+            max_connections_per_ip: 20_000,
+            max_pending_logins: 64,
+            max_handshake_size: 65_536,
+            write_timeout_secs: 15,
         }
     }
 }
@@ -259,6 +296,18 @@ impl Config {
         }
         if self.broker.vhosts.iter().any(String::is_empty) {
             return Err("[broker] vhosts must not contain an empty name".to_owned());
+        }
+        if self.broker.max_handshake_size < 4096 {
+            return Err(
+                "[broker] max_handshake_size must be at least 4096 (AMQP's frame-min-size)"
+                    .to_owned(),
+            );
+        }
+        if self.broker.write_timeout_secs == 0 {
+            return Err("[broker] write_timeout_secs must be at least 1".to_owned());
+        }
+        if self.broker.max_topic_levels == 0 {
+            return Err("[broker] max_topic_levels must be at least 1".to_owned());
         }
         if self.broker.max_message_size == 0 {
             return Err("[broker] max_message_size must be at least 1".to_owned());

@@ -6,10 +6,12 @@
 //! - [`users`]: the users file, password checks, `junction user ...`.
 //! - [`metrics`]: the metrics snapshot and its Prometheus rendering.
 //! - [`admin`]: the admin HTTP endpoint (`/api/health`, `/metrics`).
+//! - [`admission`]: connection caps at accept (total and per address).
 //! - [`run`]: starting the broker (store, core, listeners) and shutting it down.
 //! - [`entry`]: the `junction` command's `main`.
 
 pub mod admin;
+pub mod admission;
 pub mod cli;
 pub mod config;
 pub mod metrics;

@@ -51,6 +51,15 @@ pub struct MetricsSnapshot {
     pub held_bytes: u64,
     /// Whether the memory alarm is blocking publishers.
     pub memory_alarm: bool,
+    /// Whether the disk alarm is blocking publishers.
+    pub disk_alarm: bool,
+    /// Connections closed at accept by `max_connections` or
+    /// `max_connections_per_ip` since start.
+    pub connections_refused: u64,
+    /// Records recovery kept aside in the store's quarantine.
+    pub quarantined_records: u64,
+    /// Connections closed because writes to them made no progress.
+    pub slow_consumer_disconnects: u64,
 }
 
 /// Renders `snapshot` as a Prometheus text exposition (format 0.0.4): each
@@ -180,7 +189,39 @@ pub fn render_into(out: &mut impl Write, s: &MetricsSnapshot) -> fmt::Result {
         "1 while the memory alarm blocks publishers.",
         "gauge",
     )?;
-    writeln!(out, "{name} {}", u8::from(s.memory_alarm))
+    writeln!(out, "{name} {}", u8::from(s.memory_alarm))?;
+    let name = "junction_disk_alarm";
+    header(
+        out,
+        name,
+        "1 while free disk space is below disk_free_limit and publishers are blocked.",
+        "gauge",
+    )?;
+    writeln!(out, "{name} {}", u8::from(s.disk_alarm))?;
+    let name = "junction_connections_refused_total";
+    header(
+        out,
+        name,
+        "Connections closed at accept by a connection cap.",
+        "counter",
+    )?;
+    writeln!(out, "{name} {}", s.connections_refused)?;
+    let name = "junction_store_quarantined_records";
+    header(
+        out,
+        name,
+        "Stored records recovery could not use, kept aside in the quarantine column family.",
+        "gauge",
+    )?;
+    writeln!(out, "{name} {}", s.quarantined_records)?;
+    let name = "junction_slow_consumer_disconnects_total";
+    header(
+        out,
+        name,
+        "Connections closed because a write to them made no progress within the write timeout.",
+        "counter",
+    )?;
+    writeln!(out, "{name} {}", s.slow_consumer_disconnects)
 }
 
 /// The HELP and TYPE lines of one metric family.
@@ -255,6 +296,10 @@ mod tests {
             store_max_group: 3,
             held_bytes: 0,
             memory_alarm: false,
+            disk_alarm: true,
+            connections_refused: 2,
+            quarantined_records: 1,
+            slow_consumer_disconnects: 4,
         };
         let expected = r#"# HELP junction_queue_messages Messages ready for delivery in a queue.
 # TYPE junction_queue_messages gauge
@@ -305,6 +350,18 @@ junction_queued_message_bytes 0
 # HELP junction_memory_alarm 1 while the memory alarm blocks publishers.
 # TYPE junction_memory_alarm gauge
 junction_memory_alarm 0
+# HELP junction_disk_alarm 1 while free disk space is below disk_free_limit and publishers are blocked.
+# TYPE junction_disk_alarm gauge
+junction_disk_alarm 1
+# HELP junction_connections_refused_total Connections closed at accept by a connection cap.
+# TYPE junction_connections_refused_total counter
+junction_connections_refused_total 2
+# HELP junction_store_quarantined_records Stored records recovery could not use, kept aside in the quarantine column family.
+# TYPE junction_store_quarantined_records gauge
+junction_store_quarantined_records 1
+# HELP junction_slow_consumer_disconnects_total Connections closed because a write to them made no progress within the write timeout.
+# TYPE junction_slow_consumer_disconnects_total counter
+junction_slow_consumer_disconnects_total 4
 "#;
         assert_eq!(render(&snapshot), expected);
     }
@@ -312,7 +369,7 @@ junction_memory_alarm 0
     #[test]
     fn empty_snapshot_keeps_every_family_header_and_zero_totals() {
         let text = render(&MetricsSnapshot::default());
-        assert_eq!(text.matches("# TYPE ").count(), 15);
+        assert_eq!(text.matches("# TYPE ").count(), 19);
         assert!(
             text.contains("\njunction_store_commit_seconds_total 0\n"),
             "{text}"

@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::admin::{self, AdminState};
+use crate::admission::Admission;
 use crate::config::Config;
 use crate::metrics::{MetricsSnapshot, QueueMetrics};
 use crate::users::{UserDb, UsersError};
@@ -223,6 +224,7 @@ async fn bind(
 fn spawn_accept_loop<F, Fut>(
     what: &'static str,
     listener: TcpListener,
+    admission: &Arc<Admission>,
     shutdown: &CancellationToken,
     tasks: &TaskTracker,
     serve: F,
@@ -231,6 +233,7 @@ fn spawn_accept_loop<F, Fut>(
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     let (shutdown, spawner) = (shutdown.clone(), tasks.clone());
+    let admission = Arc::clone(admission);
     tasks.spawn(async move {
         loop {
             let accepted = tokio::select! {
@@ -239,7 +242,15 @@ fn spawn_accept_loop<F, Fut>(
             };
             match accepted {
                 Ok((stream, peer)) => {
-                    spawner.spawn(serve(stream, peer, shutdown.clone()));
+                    let Some(admitted) = admission.admit(peer.ip()) else {
+                        tracing::debug!(%peer, protocol = what, "connection cap reached; closed");
+                        continue;
+                    };
+                    let served = serve(stream, peer, shutdown.clone());
+                    spawner.spawn(async move {
+                        served.await;
+                        drop(admitted);
+                    });
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, protocol = what, "accept failed");
@@ -252,7 +263,7 @@ fn spawn_accept_loop<F, Fut>(
 }
 
 /// The metrics snapshot of a broker.
-pub fn snapshot(broker: &Broker) -> MetricsSnapshot {
+pub fn snapshot(broker: &Broker, admission: &Admission) -> MetricsSnapshot {
     let s = broker.stats();
     MetricsSnapshot {
         queues: s
@@ -282,6 +293,10 @@ pub fn snapshot(broker: &Broker) -> MetricsSnapshot {
         store_max_group: s.store.max_group,
         held_bytes: s.held_bytes,
         memory_alarm: s.memory_alarm,
+        disk_alarm: s.disk_alarm,
+        connections_refused: admission.refused(),
+        quarantined_records: s.quarantined_records,
+        slow_consumer_disconnects: s.slow_consumer_disconnects,
     }
 }
 
@@ -315,6 +330,16 @@ impl Server {
             BrokerConfig {
                 vhosts: config.broker.vhosts.clone(),
                 memory_high_watermark: config.broker.memory_high_watermark,
+                disk_free_limit: config.broker.disk_free_limit,
+                limits: junction_core::Limits {
+                    max_topic_levels: config.broker.max_topic_levels,
+                    max_queues: config.broker.max_queues_per_vhost,
+                    max_exchanges: config.broker.max_exchanges_per_vhost,
+                    max_bindings: config.broker.max_bindings_per_vhost,
+                    max_pending_logins: config.broker.max_pending_logins,
+                    max_handshake_size: config.broker.max_handshake_size,
+                    write_timeout: std::time::Duration::from_secs(config.broker.write_timeout_secs),
+                },
             },
         )
         .await?;
@@ -323,6 +348,10 @@ impl Server {
             config.broker.guest_loopback_only,
         ));
         let ready = Arc::new(AtomicBool::new(false));
+        let admission = Admission::new(
+            config.broker.max_connections,
+            config.broker.max_connections_per_ip,
+        );
         let listeners = CancellationToken::new();
         let tasks = TaskTracker::new();
         let mut admin_addr = None;
@@ -331,7 +360,10 @@ impl Server {
                 bind("admin HTTP", config.broker.bind, config.admin.port).await?;
             admin_addr = Some(addr);
             let b = Arc::clone(&broker);
-            let state = AdminState::new(Arc::clone(&ready), move || snapshot(&b));
+            let adm = Arc::clone(&admission);
+            let store = broker.store().clone();
+            let state = AdminState::new(Arc::clone(&ready), move || snapshot(&b, &adm))
+                .with_failure(move || store.stats().failure);
             let token = listeners.child_token();
             tasks.spawn(async move {
                 if let Err(e) = admin::serve(listener, state, token).await {
@@ -354,6 +386,7 @@ impl Server {
             spawn_accept_loop(
                 "amqp",
                 listener,
+                &admission,
                 &listeners,
                 &tasks,
                 move |stream, peer, token| {
@@ -374,6 +407,7 @@ impl Server {
             spawn_accept_loop(
                 "mqtt",
                 listener,
+                &admission,
                 &listeners,
                 &tasks,
                 move |stream, peer, token| {

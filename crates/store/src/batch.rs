@@ -16,16 +16,20 @@ pub enum Cf {
     Retained,
     /// MQTT sessions.
     Sessions,
+    /// Records recovery could not read, kept aside rather than deleted:
+    /// key = the family's index byte ‖ the original key, value unchanged.
+    Quarantine,
 }
 
 impl Cf {
     /// Every column family, in a fixed order (the order of [`Cf::index`]).
-    pub const ALL: [Cf; 5] = [
+    pub const ALL: [Cf; 6] = [
         Cf::Meta,
         Cf::Messages,
         Cf::QueueEntries,
         Cf::Retained,
         Cf::Sessions,
+        Cf::Quarantine,
     ];
 
     /// The column family's name on disk.
@@ -36,6 +40,7 @@ impl Cf {
             Cf::QueueEntries => "queue_entries",
             Cf::Retained => "retained",
             Cf::Sessions => "sessions",
+            Cf::Quarantine => "quarantine",
         }
     }
 
@@ -47,6 +52,7 @@ impl Cf {
             Cf::QueueEntries => 2,
             Cf::Retained => 3,
             Cf::Sessions => 4,
+            Cf::Quarantine => 5,
         }
     }
 }

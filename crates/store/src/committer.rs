@@ -79,6 +79,10 @@ pub struct StoreStats {
     pub last_commit_micros: u64,
     /// Largest number of batches merged into one commit.
     pub max_group: u64,
+    /// Why the store refuses writes, once a commit has failed (a full or
+    /// failing disk): every later batch is refused so none is applied
+    /// after one that was lost.
+    pub failure: Option<String>,
 }
 
 /// What the committer thread needs; moved onto that thread.
@@ -129,6 +133,7 @@ impl Committer {
                     if let Err(e) = self.commit(group) {
                         tracing::error!(error = %e, "group commit failed; store refuses further writes");
                         poisoned = Some(e.to_string());
+                        self.stats.lock().failure = Some(e.to_string());
                     }
                 }
             }

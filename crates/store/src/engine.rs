@@ -39,6 +39,12 @@ pub trait Engine: Send + Sync + 'static {
     fn is_persistent(&self) -> bool {
         true
     }
+
+    /// Bytes free for unprivileged writers on the file system holding the
+    /// data (None: nothing on disk, or it cannot be read).
+    fn free_disk_bytes(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// An engine holding everything in memory: one ordered map per column
@@ -47,7 +53,7 @@ pub trait Engine: Send + Sync + 'static {
 #[derive(Debug, Default)]
 pub struct MemEngine {
     /// One map per family, indexed by [`Cf::index`].
-    maps: RwLock<[BTreeMap<Vec<u8>, Bytes>; 5]>,
+    maps: RwLock<[BTreeMap<Vec<u8>, Bytes>; Cf::ALL.len()]>,
 }
 
 impl MemEngine {

@@ -19,6 +19,20 @@ use crate::error::StoreError;
 const WRITE_BUFFER_BYTES: usize = 64 << 20;
 /// Cap on all memtables together, across the five families.
 const DB_WRITE_BUFFER_BYTES: usize = 256 << 20;
+/// Cap on the WAL files kept: past it RocksDB flushes the column families
+/// whose memtables pin the oldest WAL file, so a quiet family (retained
+/// messages, sessions) cannot keep gigabytes of log alive and slow a
+/// restart's replay.
+const MAX_TOTAL_WAL_BYTES: u64 = 512 << 20;
+/// RocksDB's own info LOG: rolled at this size, this many kept.
+const LOG_FILE_BYTES: usize = 16 << 20;
+const LOG_FILES_KEPT: usize = 4;
+/// Compaction on deletion: a file written while this many of the last
+/// `DELETION_WINDOW` entries were tombstones is compacted soon, so acked
+/// messages (a put then a delete per message) do not leave tombstones
+/// that every queue scan must step over.
+const DELETION_WINDOW: usize = 10_000;
+const DELETIONS_TRIGGER: usize = 5_000;
 
 /// An engine over one RocksDB database with one column family per [`Cf`].
 /// The WAL is always on; `sync` decides only whether a write waits for it to
@@ -45,10 +59,18 @@ impl RocksEngine {
         db_opts.create_if_missing(true);
         db_opts.create_missing_column_families(true);
         db_opts.set_db_write_buffer_size(DB_WRITE_BUFFER_BYTES);
+        db_opts.set_max_total_wal_size(MAX_TOTAL_WAL_BYTES);
+        db_opts.set_max_log_file_size(LOG_FILE_BYTES);
+        db_opts.set_keep_log_file_num(LOG_FILES_KEPT);
         let cfs = Cf::ALL.iter().map(|cf| {
             let mut cf_opts = Options::default();
             cf_opts.set_write_buffer_size(WRITE_BUFFER_BYTES);
             cf_opts.set_compression_type(DBCompressionType::Lz4);
+            cf_opts.add_compact_on_deletion_collector_factory(
+                DELETION_WINDOW,
+                DELETIONS_TRIGGER,
+                0.0,
+            );
             ColumnFamilyDescriptor::new(cf.name(), cf_opts)
         });
         let db = DB::open_cf_descriptors(&db_opts, dir, cfs)?;
@@ -121,6 +143,11 @@ impl Engine for RocksEngine {
         }
         it.status()?;
         Ok(())
+    }
+
+    fn free_disk_bytes(&self) -> Option<u64> {
+        let st = rustix::fs::statvfs(self.db.path()).ok()?;
+        Some(st.f_bavail.saturating_mul(st.f_frsize))
     }
 
     fn flush(&self) -> Result<(), StoreError> {

@@ -276,6 +276,12 @@ impl Store {
         Ok(())
     }
 
+    /// Bytes free on the file system holding the data (None in memory).
+    /// A syscall, cheap enough for a periodic check on a worker.
+    pub fn free_disk_bytes(&self) -> Option<u64> {
+        self.inner.engine.free_disk_bytes()
+    }
+
     /// Whether data outlives the process (false for the in-memory engine).
     pub fn is_persistent(&self) -> bool {
         self.inner.engine.is_persistent()

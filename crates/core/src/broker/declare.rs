@@ -123,7 +123,19 @@ impl Broker {
         passive: bool,
     ) -> Result<(), CoreError> {
         let vh = self.vhost(vhost)?;
-        let change = vh.topology.write().declare_exchange(def, passive)?;
+        let change = {
+            let mut topo = vh.topology.write();
+            if !passive
+                && topo.exchange(&def.name).is_none()
+                && topo.exchange_count() >= self.limits.max_exchanges
+            {
+                return Err(CoreError::LimitReached(format!(
+                    "cannot declare exchange '{}': exchange limit in vhost '{vhost}' ({}) is reached",
+                    def.name, self.limits.max_exchanges
+                )));
+            }
+            topo.declare_exchange(def, passive)?
+        };
         let mut batch = Batch::new();
         if let Some(c) = change {
             self.persist_changes(&vh, &[c], &mut batch);
@@ -242,6 +254,7 @@ impl Broker {
             wake: Arc::new(Notify::new()),
             deleted: Default::default(),
         });
+        let mut receipt = None;
         {
             let mut queues = vh.queues.write();
             if let Some(existing) = queues.get(&def.name) {
@@ -253,17 +266,38 @@ impl Broker {
                     created: false,
                 });
             }
+            if queues.len() >= self.limits.max_queues {
+                return Err(CoreError::LimitReached(format!(
+                    "cannot declare queue '{}': queue limit in vhost '{vhost}' ({}) is reached",
+                    def.name, self.limits.max_queues
+                )));
+            }
+            // The queue's record joins the committer's queue before the
+            // queue becomes routable: every publish into it is submitted
+            // later, so it commits in the same or a later batch, and no
+            // confirmed message can sit in a queue that recovery does not
+            // know (which would delete its entries).
+            if stored {
+                let mut batch = Batch::new();
+                batch.put(
+                    Cf::Meta,
+                    records::queue_key(vhost, &def.name),
+                    records::encode_queue(vhost, id, &def),
+                );
+                receipt = Some(self.store.submit_now(batch, true)?);
+            }
             queues.insert(def.name.clone(), Arc::clone(&q));
         }
+        if let Some(owner) = def.exclusive_owner {
+            self.exclusive
+                .lock()
+                .entry(owner)
+                .or_default()
+                .push((vhost.to_string(), def.name.clone()));
+        }
         self.spawn_service(Arc::clone(&q));
-        if stored {
-            let mut batch = Batch::new();
-            batch.put(
-                Cf::Meta,
-                records::queue_key(vhost, &def.name),
-                records::encode_queue(vhost, id, &def),
-            );
-            self.write_durably(batch).await?;
+        if let Some(r) = receipt {
+            r.await?;
         }
         Ok(QueueInfo {
             name: def.name,
@@ -297,6 +331,15 @@ impl Broker {
         self.collect_removed(q, &fx.removed, &mut batch);
         if q.def.durable && q.def.exclusive_owner.is_none() {
             batch.delete(Cf::Meta, records::queue_key(&q.vhost, q.name()));
+        }
+        if let Some(owner) = q.def.exclusive_owner {
+            let mut exclusive = self.exclusive.lock();
+            if let Some(owned) = exclusive.get_mut(&owner) {
+                owned.retain(|(vh, name)| !(vh == &q.vhost && name == q.name()));
+                if owned.is_empty() {
+                    exclusive.remove(&owner);
+                }
+            }
         }
         q.wake.notify_one();
         (batch, n)
@@ -364,7 +407,24 @@ impl Broker {
         if let Destination::Queue(q) = &binding.destination {
             self.queue_for(vhost, q, conn)?;
         }
-        let change = vh.topology.write().bind(binding)?;
+        let change = {
+            let mut topo = vh.topology.write();
+            if topo
+                .exchange(&binding.source)
+                .is_some_and(|x| x.kind == crate::exchange::ExchangeKind::Topic)
+            {
+                self.check_topic_levels(&binding.routing_key)?;
+            }
+            // Binding again is a no-op, even at the limit (clients that
+            // re-subscribe on every reconnect).
+            if topo.binding_count() >= self.limits.max_bindings && !topo.has_binding(&binding) {
+                return Err(CoreError::LimitReached(format!(
+                    "binding limit in vhost '{vhost}' ({}) is reached",
+                    self.limits.max_bindings
+                )));
+            }
+            topo.bind(binding)?
+        };
         let mut batch = Batch::new();
         if let Some(c) = change {
             self.persist_changes(&vh, &[c], &mut batch);
@@ -402,21 +462,22 @@ impl Broker {
     pub fn bindings(&self, vhost: &str) -> Result<Vec<Binding>, CoreError> {
         let vh = self.vhost(vhost)?;
         let topo = vh.topology.read();
-        Ok(topo.bindings().cloned().collect())
+        Ok(topo.bindings())
     }
 
-    /// Deletes the exclusive queues `conn` owned.
+    /// Deletes the exclusive queues `conn` owned: O(its own queues), so a
+    /// disconnect storm costs nothing per queue of other connections.
     pub(crate) fn connection_closed(&self, conn: ConnectionId) {
-        let vhosts: Vec<Arc<VHost>> = self.vhosts.read().values().cloned().collect();
-        for vh in vhosts {
-            let owned: Vec<Arc<Queue>> = vh
-                .queues
-                .read()
-                .values()
-                .filter(|q| q.def.exclusive_owner == Some(conn))
-                .cloned()
-                .collect();
-            for q in owned {
+        let Some(owned) = self.exclusive.lock().remove(&conn) else {
+            return;
+        };
+        for (vhost, name) in owned {
+            let Ok(vh) = self.vhost(&vhost) else {
+                continue;
+            };
+            if let Some(q) = vh.queue(&name)
+                && q.def.exclusive_owner == Some(conn)
+            {
                 self.remove_queue(&q);
             }
         }

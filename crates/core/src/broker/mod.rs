@@ -42,6 +42,12 @@ pub struct BrokerConfig {
     /// Message body bytes held in queues above which the memory alarm
     /// fires and publishers are stopped (0: 40% of physical memory).
     pub memory_high_watermark: u64,
+    /// Free bytes on the store's file system below which the disk alarm
+    /// stops publishers, as the memory alarm does (RabbitMQ's
+    /// `disk_free_limit`). 0: no disk alarm.
+    pub disk_free_limit: u64,
+    /// Counts a client controls, each refused past its limit.
+    pub limits: Limits,
 }
 
 impl Default for BrokerConfig {
@@ -49,6 +55,48 @@ impl Default for BrokerConfig {
         BrokerConfig {
             vhosts: vec!["/".to_string()],
             memory_high_watermark: 0,
+            disk_free_limit: 50_000_000,
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// Limits on what clients may make the broker hold, per vhost. Each is
+/// checked where the thing is created, for every protocol alike; past it
+/// the request fails with [`CoreError::LimitReached`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Words (`.`-separated; MQTT topic levels) in a routing key or
+    /// binding key. Topic matching costs grow with it.
+    pub max_topic_levels: usize,
+    /// Queues in one vhost (each MQTT session and subscriber owns one).
+    pub max_queues: usize,
+    /// Exchanges in one vhost, the four built-ins included.
+    pub max_exchanges: usize,
+    /// Bindings in one vhost (each MQTT subscription is one).
+    pub max_bindings: usize,
+    /// Logins (broker-wide) that may wait for a slow password check at
+    /// once; more are refused at once (see [`crate::LoginGate`]).
+    pub max_pending_logins: usize,
+    /// Largest first packet a client may send before it has logged in
+    /// (MQTT CONNECT, AMQP frames before `connection.tune-ok`, STOMP
+    /// CONNECT), in bytes: an anonymous peer gets little buffer.
+    pub max_handshake_size: usize,
+    /// How long a write to a client may make no progress before the
+    /// connection is closed as a slow consumer (see [`crate::io`]).
+    pub write_timeout: std::time::Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_topic_levels: 128,
+            max_queues: 1_000_000,
+            max_exchanges: 10_000,
+            max_bindings: 5_000_000,
+            max_pending_logins: 64,
+            max_handshake_size: 65_536,
+            write_timeout: std::time::Duration::from_secs(15),
         }
     }
 }
@@ -191,6 +239,12 @@ pub struct BrokerStats {
     /// Message body bytes held in queues, and whether the alarm is on.
     pub held_bytes: u64,
     pub memory_alarm: bool,
+    /// Free disk space is below `disk_free_limit`.
+    pub disk_alarm: bool,
+    /// Records recovery kept aside in the store's quarantine.
+    pub quarantined_records: u64,
+    /// Connections closed because writes to them made no progress.
+    pub slow_consumer_disconnects: u64,
 }
 
 /// The broker core. Shared as `Arc<Broker>` by every connection.
@@ -204,6 +258,9 @@ pub struct Broker {
     /// Stored queue entries per persisted message: the message record is
     /// deleted when its last entry goes.
     refs: Mutex<HashMap<MessageId, u32>>,
+    /// The exclusive queues each connection declared (vhost, name), so a
+    /// closing connection finds its own without scanning every queue.
+    exclusive: Mutex<HashMap<ConnectionId, Vec<(String, String)>>>,
     counters: Counters,
     retained: Retained,
     /// Cancels every queue service task at shutdown.
@@ -215,8 +272,18 @@ pub struct Broker {
     /// `connection.blocked`).
     alarm: tokio::sync::watch::Sender<bool>,
     memory_high_watermark: u64,
+    disk_free_limit: u64,
+    /// Whether each alarm is on; the `alarm` channel says "either".
+    memory_alarm_on: AtomicBool,
+    disk_alarm_on: AtomicBool,
+    limits: Limits,
+    logins: crate::LoginGate,
     /// Body bytes held in queues at the last count.
     held_bytes: AtomicU64,
+    /// Records in the store's quarantine (see `recovery`).
+    quarantined: AtomicU64,
+    /// Connections closed because a write to them made no progress.
+    slow_consumers: AtomicU64,
 }
 
 impl Broker {
@@ -239,6 +306,7 @@ impl Broker {
             next_connection: AtomicU64::new(first_connection_id()),
             next_consumer: AtomicU64::new(1),
             refs: Mutex::new(HashMap::new()),
+            exclusive: Mutex::new(HashMap::new()),
             counters: Counters::default(),
             retained: Retained::default(),
             shutdown: CancellationToken::new(),
@@ -249,7 +317,14 @@ impl Broker {
                 0 => default_watermark(),
                 n => n,
             },
+            disk_free_limit: config.disk_free_limit,
+            memory_alarm_on: AtomicBool::new(false),
+            disk_alarm_on: AtomicBool::new(false),
+            limits: config.limits.clone(),
+            logins: crate::LoginGate::new(config.limits.max_pending_logins),
             held_bytes: AtomicU64::new(0),
+            quarantined: AtomicU64::new(0),
+            slow_consumers: AtomicU64::new(0),
         });
         for v in &config.vhosts {
             broker.add_vhost(v);
@@ -259,7 +334,8 @@ impl Broker {
         Ok(broker)
     }
 
-    /// The memory alarm: true while publishers must wait.
+    /// The resource alarm (memory or disk): true while publishers must
+    /// wait.
     pub fn memory_alarm(&self) -> tokio::sync::watch::Receiver<bool> {
         self.alarm.subscribe()
     }
@@ -269,7 +345,8 @@ impl Broker {
         self.held_bytes.load(Ordering::Relaxed)
     }
 
-    /// Re-counts held bytes now and updates the alarm.
+    /// Re-counts held bytes and reads the free disk space now, and
+    /// updates the alarm.
     pub fn check_memory(&self) {
         let mut total = 0u64;
         for vh in self.vhosts.read().values() {
@@ -278,13 +355,9 @@ impl Broker {
             }
         }
         self.held_bytes.store(total, Ordering::Relaxed);
-        let on = total > self.memory_high_watermark;
-        self.alarm.send_if_modified(|state| {
-            if *state == on {
-                return false;
-            }
-            *state = on;
-            if on {
+        let memory = total > self.memory_high_watermark;
+        if self.memory_alarm_on.swap(memory, Ordering::Relaxed) != memory {
+            if memory {
                 tracing::warn!(
                     held_bytes = total,
                     watermark = self.memory_high_watermark,
@@ -293,8 +366,36 @@ impl Broker {
             } else {
                 tracing::info!(held_bytes = total, "memory alarm cleared");
             }
+        }
+        let free = self.store.free_disk_bytes();
+        let disk = self.disk_free_limit > 0 && free.is_some_and(|f| f < self.disk_free_limit);
+        if self.disk_alarm_on.swap(disk, Ordering::Relaxed) != disk {
+            if disk {
+                tracing::warn!(
+                    free_bytes = free,
+                    limit = self.disk_free_limit,
+                    "disk alarm: free disk space below disk_free_limit; blocking publishers"
+                );
+            } else {
+                tracing::info!(free_bytes = free, "disk alarm cleared");
+            }
+        }
+        let on = memory || disk;
+        self.alarm.send_if_modified(|state| {
+            if *state == on {
+                return false;
+            }
+            *state = on;
             true
         });
+    }
+
+    /// Which alarms are on: (memory, disk).
+    pub fn alarms(&self) -> (bool, bool) {
+        (
+            self.memory_alarm_on.load(Ordering::Relaxed),
+            self.disk_alarm_on.load(Ordering::Relaxed),
+        )
     }
 
     fn spawn_alarm(self: &Arc<Self>) {
@@ -329,6 +430,34 @@ impl Broker {
             .get(name)
             .cloned()
             .ok_or_else(|| CoreError::NotAllowed(format!("no access to this vhost '{name}'")))
+    }
+
+    /// The count limits in force.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Counts a connection closed because it stopped reading (its write
+    /// passed [`Limits::write_timeout`] without progress).
+    pub fn note_slow_consumer(&self) {
+        self.slow_consumers.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Where adapters check logins (bounded waiting for slow checks).
+    pub fn logins(&self) -> &crate::LoginGate {
+        &self.logins
+    }
+
+    /// Refuses a routing or binding key with more words than allowed.
+    pub fn check_topic_levels(&self, key: &str) -> Result<(), CoreError> {
+        let n = crate::topic::word_count(key);
+        if n > self.limits.max_topic_levels {
+            return Err(CoreError::LimitReached(format!(
+                "routing key has {n} words; the limit is {}",
+                self.limits.max_topic_levels
+            )));
+        }
+        Ok(())
     }
 
     pub fn store(&self) -> &Store {
@@ -391,7 +520,10 @@ impl Broker {
                 .collect(),
             store: self.store.stats(),
             held_bytes: self.held_bytes(),
-            memory_alarm: *self.alarm.borrow(),
+            memory_alarm: self.memory_alarm_on.load(Ordering::Relaxed),
+            disk_alarm: self.disk_alarm_on.load(Ordering::Relaxed),
+            quarantined_records: self.quarantined.load(Ordering::Relaxed),
+            slow_consumer_disconnects: self.slow_consumers.load(Ordering::Relaxed),
         }
     }
 
@@ -503,4 +635,16 @@ fn first_connection_id() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(1, |d| d.as_micros() as u64)
         .max(1)
+}
+
+/// The first message and queue id of this run: sixteen per microsecond
+/// since the Unix epoch, so ids never repeat across restarts, a crash
+/// included, without a store write per id: an earlier run would have had
+/// to hand out sixteen ids per microsecond over its whole uptime to reach
+/// this run's first one (u64 lasts 36,000 years at that rate). Recovery
+/// also starts past every id still stored. A clock set back by more than
+/// the earlier run's uptime defeats it; the stored ids then still do not
+/// repeat.
+pub(crate) fn first_id_of_run() -> u64 {
+    first_connection_id().saturating_mul(16)
 }

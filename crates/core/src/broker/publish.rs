@@ -132,6 +132,7 @@ impl Broker {
             return Err(CoreError::ShuttingDown);
         }
         let vh = self.vhost(vhost)?;
+        self.check_topic_levels(&msg.routing_key)?;
         msg.id = self.new_message_id();
         self.counters.messages_in.fetch_add(1, Ordering::Relaxed);
         self.counters
@@ -394,8 +395,13 @@ pub fn dead_lettered_copy(
                 FieldValue::Table(t) => t,
                 _ => FieldTable::new(),
             };
-            let count = t.get("count").and_then(FieldValue::as_i128).unwrap_or(0) as i64;
-            t.insert("count", FieldValue::I64(count + 1));
+            // A publisher may set any count: saturate, never overflow.
+            let count = t
+                .get("count")
+                .and_then(FieldValue::as_i128)
+                .unwrap_or(0)
+                .clamp(0, i128::from(i64::MAX)) as i64;
+            t.insert("count", FieldValue::I64(count.saturating_add(1)));
             t.insert("time", FieldValue::Timestamp(now));
             t
         }

@@ -1,6 +1,10 @@
 //! Start-up recovery: read every durable record (off the async workers),
 //! then rebuild vhosts, exchanges, queues, bindings, queue contents and
-//! message reference counts. Records that point at nothing are deleted.
+//! message reference counts. Nothing recovery cannot use is deleted: an
+//! undecodable record, or a queue entry whose queue is unknown, moves to
+//! the `quarantine` column family (logged and counted in `/metrics`). Only
+//! what is provably garbage goes: a binding to a missing queue, an entry
+//! whose message is gone, a message no entry refers to.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -31,10 +35,20 @@ pub(super) struct Recovered {
     /// (queue, seq, message, expiry in Unix ms or 0), in key order.
     entries: Vec<(QueueId, u64, MessageId, u64)>,
     retained: Vec<(String, Message)>,
+    /// Records that could not be decoded: (family, key, value).
+    unreadable: Vec<(Cf, Vec<u8>, Vec<u8>)>,
+    /// Records already in quarantine from earlier starts.
+    quarantined_before: u64,
 }
 
-fn log_corrupt(cf: Cf, key: &[u8], e: &CoreError) {
-    tracing::error!(cf = cf.name(), key = ?key, error = %e, "skipping unreadable record");
+/// Moves a record to the quarantine family (same batch: put there, delete
+/// here), keyed by its family's index and its key.
+fn quarantine(batch: &mut Batch, cf: Cf, key: &[u8], value: &[u8]) {
+    let mut qkey = Vec::with_capacity(key.len() + 1);
+    qkey.push(cf.index() as u8);
+    qkey.extend_from_slice(key);
+    batch.put(Cf::Quarantine, qkey, bytes::Bytes::copy_from_slice(value));
+    batch.delete(cf, key.to_vec());
 }
 
 /// Reads all durable state. Blocking: run it off the async workers.
@@ -46,7 +60,18 @@ pub(super) fn read(store: &Store) -> Result<Recovered, CoreError> {
         messages: HashMap::new(),
         entries: Vec::new(),
         retained: Vec::new(),
+        unreadable: Vec::new(),
+        quarantined_before: 0,
     };
+    store.scan(Cf::Quarantine, &[], &mut |_, _| {
+        r.quarantined_before += 1;
+        true
+    })?;
+    let bad = |cf: Cf, k: &[u8], v: &[u8], e: &CoreError| {
+        tracing::error!(cf = cf.name(), key = ?k, error = %e, "unreadable record: moved to quarantine");
+        (cf, k.to_vec(), v.to_vec())
+    };
+    let mut unreadable = Vec::new();
     store.scan(Cf::Meta, &[], &mut |k, v| {
         let res = match k.first() {
             Some(&TAG_EXCHANGE) => records::decode_exchange(v).map(|x| r.exchanges.push(x)),
@@ -55,7 +80,7 @@ pub(super) fn read(store: &Store) -> Result<Recovered, CoreError> {
             _ => Ok(()),
         };
         if let Err(e) = res {
-            log_corrupt(Cf::Meta, k, &e);
+            unreadable.push(bad(Cf::Meta, k, v, &e));
         }
         true
     })?;
@@ -64,7 +89,7 @@ pub(super) fn read(store: &Store) -> Result<Recovered, CoreError> {
             Ok(m) => {
                 r.messages.insert(m.id, m);
             }
-            Err(e) => log_corrupt(Cf::Messages, k, &e),
+            Err(e) => unreadable.push(bad(Cf::Messages, k, v, &e)),
         }
         true
     })?;
@@ -74,17 +99,18 @@ pub(super) fn read(store: &Store) -> Result<Recovered, CoreError> {
             Ok((q, s, m, exp))
         }) {
             Ok(e) => r.entries.push(e),
-            Err(e) => log_corrupt(Cf::QueueEntries, k, &e),
+            Err(e) => unreadable.push(bad(Cf::QueueEntries, k, v, &e)),
         }
         true
     })?;
     store.scan(Cf::Retained, &[], &mut |k, v| {
         match records::decode_retained_key(k).and_then(|vh| Ok((vh, decode_message(v)?))) {
             Ok(x) => r.retained.push(x),
-            Err(e) => log_corrupt(Cf::Retained, k, &e),
+            Err(e) => unreadable.push(bad(Cf::Retained, k, v, &e)),
         }
         true
     })?;
+    r.unreadable = unreadable;
     Ok(r)
 }
 
@@ -125,7 +151,10 @@ pub(super) fn apply(broker: &Arc<Broker>, r: Recovered) -> Result<(), CoreError>
             .insert(def.name.clone(), Arc::clone(&q));
         by_id.insert(id, q);
     }
-    broker.next_queue.store(max_queue + 1, Ordering::Relaxed);
+    broker.next_queue.store(
+        super::first_id_of_run().max(max_queue + 1),
+        Ordering::Relaxed,
+    );
     for (vhost, b) in r.bindings {
         let vh = broker.add_vhost(&vhost);
         let dest_ok = match &b.destination {
@@ -152,8 +181,30 @@ pub(super) fn apply(broker: &Arc<Broker>, r: Recovered) -> Result<(), CoreError>
     let now_unix = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
+    for (cf, k, v) in &r.unreadable {
+        quarantine(&mut cleanup, *cf, k, v);
+    }
+    let mut quarantined = r.unreadable.len();
     for (qid, seq, mid, exp) in r.entries {
-        let (Some(q), Some(m)) = (by_id.get(&qid), shared.get(&mid)) else {
+        let Some(q) = by_id.get(&qid) else {
+            // A queue recovery does not know: keep the entry aside (it may
+            // be a confirmed message), never delete it.
+            let key = records::entry_key(qid, seq);
+            tracing::error!(
+                queue_id = qid.0,
+                seq,
+                "queue entry of an unknown queue: moved to quarantine"
+            );
+            quarantine(
+                &mut cleanup,
+                Cf::QueueEntries,
+                &key,
+                &records::encode_entry(mid, exp),
+            );
+            quarantined += 1;
+            continue;
+        };
+        let Some(m) = shared.get(&mid) else {
             cleanup.delete(Cf::QueueEntries, records::entry_key(qid, seq));
             continue;
         };
@@ -182,10 +233,19 @@ pub(super) fn apply(broker: &Arc<Broker>, r: Recovered) -> Result<(), CoreError>
         max_retained = max_retained.max(m.id.0);
         broker.retained_service().restore(&vhost, Arc::new(m));
     }
-    broker
-        .next_message
-        .store(max_message.max(max_retained) + 1, Ordering::Relaxed);
+    broker.next_message.store(
+        super::first_id_of_run().max(max_message.max(max_retained) + 1),
+        Ordering::Relaxed,
+    );
     *broker.refs.lock() = refs;
+    let quarantined = r.quarantined_before + quarantined as u64;
+    if quarantined > 0 {
+        tracing::warn!(
+            records = quarantined,
+            "the store's quarantine holds records recovery could not use; they are kept, not deleted"
+        );
+    }
+    broker.quarantined.store(quarantined, Ordering::Relaxed);
     if !cleanup.is_empty() {
         broker.store.submit_now(cleanup, false)?;
     }

@@ -163,9 +163,11 @@ pub struct QueueState {
     ready: BTreeMap<ReadyKey, Entry>,
     ready_bytes: u64,
     unacked: HashMap<DeliveryTag, Unacked>,
-    /// Body bytes of the unacked deliveries (with `ready_bytes`, what the
-    /// memory alarm counts).
+    /// Body bytes of the unacked deliveries.
     unacked_bytes: u64,
+    /// Memory the entries hold, ready or unacked, by
+    /// [`Message::footprint`]: what the memory alarm counts.
+    held: u64,
     next_tag: u64,
     next_seq: u64,
     consumers: Vec<Consumer>,
@@ -185,6 +187,7 @@ impl QueueState {
             ready_bytes: 0,
             unacked: HashMap::new(),
             unacked_bytes: 0,
+            held: 0,
             next_tag: 1,
             next_seq: 1,
             consumers: Vec::new(),
@@ -227,29 +230,34 @@ impl QueueState {
 
     fn push_ready(&mut self, e: Entry) {
         self.ready_bytes += e.message.body_len();
+        self.held += e.message.footprint();
         let key = self.ready_key(&e);
         self.ready.insert(key, e);
     }
 
     fn insert_unacked(&mut self, tag: DeliveryTag, u: Unacked) {
         self.unacked_bytes += u.entry.message.body_len();
+        self.held += u.entry.message.footprint();
         self.unacked.insert(tag, u);
     }
 
     fn remove_unacked(&mut self, tag: &DeliveryTag) -> Option<Unacked> {
         let u = self.unacked.remove(tag)?;
         self.unacked_bytes -= u.entry.message.body_len();
+        self.held -= u.entry.message.footprint();
         Some(u)
     }
 
-    /// Body bytes this queue holds, ready or unacked.
+    /// Memory this queue's messages hold, ready or unacked: bodies and
+    /// per-message overhead (see [`Message::footprint`]).
     pub fn held_bytes(&self) -> u64 {
-        self.ready_bytes + self.unacked_bytes
+        self.held
     }
 
     fn pop_ready(&mut self) -> Option<Entry> {
         let (_, e) = self.ready.pop_first()?;
         self.ready_bytes -= e.message.body_len();
+        self.held -= e.message.footprint();
         Some(e)
     }
 
@@ -622,6 +630,7 @@ impl QueueState {
     pub fn drain_all(&mut self, fx: &mut Effects) -> u64 {
         let mut n = self.purge(fx);
         self.unacked_bytes = 0;
+        self.held = 0;
         for (_, u) in self.unacked.drain() {
             // The holders' budgets (shared with other queues) get the slots
             // back: nobody will settle these deliveries now.
