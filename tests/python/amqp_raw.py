@@ -8,10 +8,11 @@ Frames are built with `struct` from the spec's layout (AMQP 0-9-1 section
 Only the methods the tests need are encoded or decoded.
 """
 
-import socket
 import struct
 import time
 from collections import namedtuple
+
+from net_support import tcp_connect
 
 PROTOCOL_HEADER = b"AMQP\x00\x00\x09\x01"
 FRAME_METHOD, FRAME_HEADER, FRAME_BODY, FRAME_HEARTBEAT = 1, 2, 3, 8
@@ -77,6 +78,15 @@ def consume_frame(channel, queue, consumer_tag="", no_ack=False):
     return method_frame(channel, BASIC_CONSUME, args + empty_table())
 
 
+def start_ok_frame(user="guest", password="guest", client_properties=None):
+    """connection.start-ok with SASL PLAIN; `client_properties`: the
+    encoded field table (default empty)."""
+    response = b"\x00" + user.encode() + b"\x00" + password.encode()
+    table = empty_table() if client_properties is None else client_properties
+    args = table + shortstr("PLAIN") + longstr(response) + shortstr("en_US")
+    return method_frame(0, CONNECTION_START_OK, args)
+
+
 def parse_shortstr(args, offset=0):
     """(string, next offset)."""
     n = args[offset]
@@ -103,9 +113,11 @@ def parse_close(args):
 class RawClient:
     """One socket to the broker; every read is bounded by `timeout`."""
 
-    def __init__(self, port, timeout=5.0):
+    def __init__(self, port, timeout=5.0, rcvbuf=None):
+        """`rcvbuf`: SO_RCVBUF set before connecting (see
+        net_support.tcp_connect)."""
         self.timeout = timeout
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        self.sock = tcp_connect(port, timeout, rcvbuf)
         self.buf = b""
 
     def close(self):
@@ -169,9 +181,7 @@ class RawClient:
         """Protocol header, then start-ok with SASL PLAIN for start."""
         self.send(PROTOCOL_HEADER)
         self.expect(0, CONNECTION_START)
-        response = b"\x00" + user.encode() + b"\x00" + password.encode()
-        args = empty_table() + shortstr("PLAIN") + longstr(response) + shortstr("en_US")
-        self.send(method_frame(0, CONNECTION_START_OK, args))
+        self.send(start_ok_frame(user, password))
 
     def tune(self, heartbeat=0, frame_max=131072):
         """Reads tune, answers tune-ok; returns the server's (channel_max,

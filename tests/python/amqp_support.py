@@ -1,10 +1,14 @@
 """Small pika helpers shared by the AMQP tests: bounded event loops,
-draining a queue with basic.get, catching a broker-closed channel, and
-checking that a broker still serves a fresh connection."""
+draining a queue with basic.get, catching a broker-closed channel,
+checking that a broker still serves a fresh connection, and
+`ConfirmPublisher`, a publisher whose confirms the test waits for (or
+does not) on its own terms."""
 
+import re
 import time
 
 import pika
+import pika.exceptions
 import pytest
 from pika.exceptions import ChannelClosedByBroker
 
@@ -91,3 +95,142 @@ def assert_broker_serves(broker, queue):
         assert [b for _, _, b in get_all(ch, queue)] == [b"still serving"]
     finally:
         conn.close()
+
+
+class ConfirmPublisher:
+    """A pika `SelectConnection` with one channel in confirm mode, driven
+    only inside `run_until`: `publish` never waits, so a test can publish
+    and then watch a confirm NOT arrive (a blocked connection), or keep a
+    window of publishes outstanding. Records, by delivery tag (1, 2, ...
+    in publish order): `acked`, `nacked`; and `events`: ("blocked",
+    reason) / ("unblocked",) as the broker sent them; `channel_closed` /
+    `connection_closed`: the (reply_code, reply_text) of a close by the
+    broker (or the exception that ended the connection).
+
+    pika's blocked-connection timeout is off (a test decides how long a
+    block may last)."""
+
+    def __init__(self, broker, timeout=10.0):
+        self.acked, self.nacked = set(), set()
+        self.events = []
+        self.channel = None
+        self.channel_closed = None
+        self.connection_closed = None
+        self.next_tag = 1
+        self._ready = False
+        self.conn = pika.SelectConnection(
+            broker.params(blocked_connection_timeout=None),
+            on_open_callback=self._on_open,
+            on_open_error_callback=self._on_connection_closed,
+            on_close_callback=self._on_connection_closed,
+        )
+        self.conn.add_on_connection_blocked_callback(
+            lambda conn, frame: self.events.append(("blocked", frame.method.reason))
+        )
+        self.conn.add_on_connection_unblocked_callback(
+            lambda conn, frame: self.events.append(("unblocked",))
+        )
+        ok = self.run_until(lambda: self._ready or self.failed, timeout)
+        assert ok and self._ready, f"confirm channel not open: {self.connection_closed}"
+
+    # pika callbacks --------------------------------------------------------
+
+    def _on_open(self, conn):
+        conn.channel(on_open_callback=self._on_channel)
+
+    def _on_channel(self, ch):
+        self.channel = ch
+        ch.add_on_close_callback(self._on_channel_closed)
+        ch.confirm_delivery(ack_nack_callback=self._on_confirm, callback=self._on_select_ok)
+
+    def _on_select_ok(self, frame):
+        self._ready = True
+
+    def _on_confirm(self, frame):
+        m = frame.method
+        into = self.acked if isinstance(m, pika.spec.Basic.Ack) else self.nacked
+        tags = [m.delivery_tag]
+        if m.multiple:
+            tags = [t for t in self.outstanding() if t <= m.delivery_tag]
+        into.update(tags)
+
+    @staticmethod
+    def _reason(reason):
+        if isinstance(reason, (pika.exceptions.ChannelClosed, pika.exceptions.ConnectionClosed)):
+            return (reason.reply_code, reason.reply_text)
+        return reason
+
+    def _on_channel_closed(self, ch, reason):
+        self.channel_closed = self._reason(reason)
+
+    def _on_connection_closed(self, conn, reason):
+        self.connection_closed = self._reason(reason)
+
+    # the test's side ---------------------------------------------------------
+
+    @property
+    def failed(self):
+        """The channel or the connection is gone."""
+        return self.channel_closed is not None or self.connection_closed is not None
+
+    def outstanding(self):
+        """Delivery tags published but neither acked nor nacked."""
+        return [
+            t for t in range(1, self.next_tag) if t not in self.acked and t not in self.nacked
+        ]
+
+    def publish(self, exchange, routing_key, body, properties=None):
+        """Hands one message to pika (written at the next `run_until`);
+        returns its delivery tag."""
+        self.channel.basic_publish(exchange, routing_key, body, properties)
+        tag = self.next_tag
+        self.next_tag += 1
+        return tag
+
+    def run_until(self, predicate, timeout):
+        """Runs the connection's event loop until `predicate()` holds or
+        `timeout` seconds pass; returns whether it held."""
+        ioloop = self.conn.ioloop
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            stop = ioloop.call_later(min(left, 0.02), ioloop.stop)
+            ioloop.start()
+            ioloop.remove_timeout(stop)
+        return True
+
+    def run_for(self, seconds):
+        """Runs the event loop for `seconds`: gives what must NOT arrive
+        (a confirm while blocked) its chance to."""
+        self.run_until(lambda: False, seconds)
+
+    def close(self):
+        """Closes the connection if it is still open (bounded)."""
+        if self.conn.is_open:
+            self.conn.close()
+        if not self.conn.is_closed:
+            self.run_until(lambda: self.conn.is_closed, 5.0)
+
+
+# The broker's connection.close for a wrong password (RabbitMQ's text).
+LOGIN_REFUSED = (
+    "ACCESS_REFUSED - Login was refused using authentication mechanism PLAIN. "
+    "For details see the broker logfile."
+)
+
+_CLOSED_BY_BROKER = re.compile(r"ConnectionClosedByBroker: \((\d+)\) (['\"])(.*)\2")
+
+
+def login_refusal(error):
+    """(reply_code, reply_text) of the connection.close that ended a pika
+    connection attempt: `error` is a `ConnectionClosedByBroker`, or the
+    heuristic error pika wraps one in during the handshake
+    (`ProbableAuthenticationError`, `ProbableAccessDeniedError`), which
+    keeps it only as text."""
+    if isinstance(error, pika.exceptions.ConnectionClosedByBroker):
+        return error.reply_code, error.reply_text
+    m = _CLOSED_BY_BROKER.search(str(error))
+    assert m, f"not a connection.close from the broker: {error!r}"
+    return int(m.group(1)), m.group(3)

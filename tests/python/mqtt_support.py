@@ -30,6 +30,8 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from net_support import tcp_connect
+
 V31, V311, V5 = mqtt.MQTTv31, mqtt.MQTTv311, mqtt.MQTTv5
 VERSION_NAMES = {V31: "v31", V311: "v311", V5: "v5"}
 ALL_VERSIONS = pytest.mark.parametrize("version", [V31, V311, V5], ids=lambda v: VERSION_NAMES[v])
@@ -626,9 +628,11 @@ class Closed(Exception):
 class RawClient:
     """MQTT on a plain socket: send bytes, receive decoded packets."""
 
-    def __init__(self, port, version=4):
+    def __init__(self, port, version=4, rcvbuf=None):
+        """`rcvbuf`: SO_RCVBUF set before connecting (a client that reads
+        slowly, or not at all, fills a small one quickly)."""
         self.version = version
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
+        self.sock = tcp_connect(port, TIMEOUT, rcvbuf)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.buf = b""
         self.eof = False
@@ -822,9 +826,9 @@ class Clients:
         assert ack is not None and ack.reason == 0, f"connect refused: {ack} {c.disconnected}"
         return c
 
-    def raw(self, broker, version=4):
+    def raw(self, broker, version=4, rcvbuf=None):
         """A `RawClient` on the broker's MQTT port (TCP only: no CONNECT)."""
-        c = RawClient(broker.mqtt_port, version)
+        c = RawClient(broker.mqtt_port, version, rcvbuf)
         self.made.append(c)
         return c
 

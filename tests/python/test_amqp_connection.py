@@ -15,12 +15,7 @@ from pika.exceptions import (
 
 import amqp_raw
 from amqp_raw import RawClient
-from amqp_support import get_all, publish
-
-LOGIN_REFUSED = (
-    "ACCESS_REFUSED - Login was refused using authentication mechanism PLAIN. "
-    "For details see the broker logfile."
-)
+from amqp_support import LOGIN_REFUSED, get_all, publish
 
 
 def test_plain_login_as_guest_opens_a_working_connection(module_broker, names):

@@ -10,7 +10,7 @@ from amqp_support import settle, wait_until
 
 
 def test_publisher_is_blocked_above_the_watermark_and_unblocked_after_draining(make_broker):
-    broker = make_broker(broker_options=["memory_high_watermark = 10000"])
+    broker = make_broker(broker_options=["memory_high_watermark = 14000"])
     events = []
     publisher = broker.connect()
     publisher.add_on_connection_blocked_callback(lambda conn, frame: events.append("blocked"))
@@ -19,7 +19,9 @@ def test_publisher_is_blocked_above_the_watermark_and_unblocked_after_draining(m
     pch.queue_declare("alarm-q")
     for _ in range(3):
         pch.basic_publish("", "alarm-q", b"x" * 5000)
-    # 15,000 bytes queued: over the 10,000-byte watermark.
+    # Three messages of 5,000 bytes count about 16,600 (body + per-message
+    # footprint): over the 14,000-byte watermark, which two (about 11,100)
+    # are not.
     assert wait_until(publisher, lambda: events == ["blocked"], timeout=5.0), events
     # While blocked, what the publisher sends is not read.
     pch.basic_publish("", "alarm-q", b"during")

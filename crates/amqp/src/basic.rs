@@ -104,8 +104,10 @@ impl Conn {
         how: Settle,
     ) -> Result<(), AmqpError> {
         let ch = self.open_channel(id)?;
-        if let Some(ops) = ch.tx.as_mut() {
-            ops.push(TxOp::Settle { tag, multiple, how });
+        if ch
+            .hold_in_tx(TxOp::Settle { tag, multiple, how })?
+            .is_none()
+        {
             return Ok(());
         }
         self.settle_now(id, tag, multiple, how)
@@ -176,14 +178,14 @@ impl Conn {
             },
         };
         let ch = self.open_channel(id)?;
-        if let Some(ops) = ch.tx.as_mut() {
-            ops.push(TxOp::Publish {
-                message: Box::new(message),
-                mandatory: method.mandatory,
-            });
+        let held = ch.hold_in_tx(TxOp::Publish {
+            message: Box::new(message),
+            mandatory: method.mandatory,
+        })?;
+        let Some(TxOp::Publish { message, .. }) = held else {
             return Ok(());
-        }
-        let published = self.publish_now(id, message, method.mandatory).await?;
+        };
+        let published = self.publish_now(id, *message, method.mandatory).await?;
         let ch = self.open_channel(id)?;
         if let Some(seq) = ch.confirm.as_mut() {
             let n = *seq;

@@ -49,6 +49,38 @@ pub struct Outstanding {
     pub tag: DeliveryTag,
 }
 
+/// Most publishes and settles one transaction may hold before its commit.
+pub const MAX_TX_OPS: usize = 65_536;
+/// Most message body bytes one transaction may hold before its commit.
+pub const MAX_TX_BYTES: u64 = 256 * 1024 * 1024;
+
+impl Channel {
+    /// Holds `op` back until `tx.commit` if the channel is transactional;
+    /// returns it otherwise. A transaction past [`MAX_TX_OPS`] or
+    /// [`MAX_TX_BYTES`] is refused (channel 406), never buffered without
+    /// bound.
+    pub fn hold_in_tx(&mut self, op: TxOp) -> Result<Option<TxOp>, crate::error::AmqpError> {
+        let Some(ops) = self.tx.as_mut() else {
+            return Ok(Some(op));
+        };
+        let bytes = match &op {
+            TxOp::Publish { message, .. } => message.body_len(),
+            TxOp::Settle { .. } => 0,
+        };
+        if ops.len() >= MAX_TX_OPS || self.tx_bytes + bytes > MAX_TX_BYTES {
+            return Err(crate::error::AmqpError::channel(
+                crate::error::code::PRECONDITION_FAILED,
+                format!(
+                    "transaction holds more than {MAX_TX_OPS} operations or {MAX_TX_BYTES} bytes; commit first"
+                ),
+            ));
+        }
+        self.tx_bytes += bytes;
+        ops.push(op);
+        Ok(None)
+    }
+}
+
 /// A publish or settle held back until `tx.commit`.
 #[derive(Debug)]
 pub enum TxOp {
@@ -100,6 +132,8 @@ pub struct Channel {
     pub confirm: Option<u64>,
     /// `tx.select` was received: publishes and settles wait for commit.
     pub tx: Option<Vec<TxOp>>,
+    /// Body bytes of the publishes in `tx` (bounded by [`MAX_TX_BYTES`]).
+    pub tx_bytes: u64,
     /// The queue named by the last `queue.declare`, for methods that give
     /// an empty queue name.
     pub last_queue: Option<String>,
@@ -125,6 +159,7 @@ impl Channel {
             channel_credit: Credit::new(0),
             confirm: None,
             tx: None,
+            tx_bytes: 0,
             last_queue: None,
             flow_active: true,
             held: VecDeque::new(),

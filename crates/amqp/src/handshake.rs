@@ -100,28 +100,34 @@ async fn read_frame(
     }
 }
 
-/// Expects a connection-class method on channel 0.
+/// Expects a connection-class method on channel 0. Anything else, or a
+/// frame the codec refuses (too large, malformed), is answered with
+/// `connection.close` before the error returns.
 async fn expect(
     rd: &mut OwnedReadHalf,
+    wr: &mut OwnedWriteHalf,
     buf: &mut BytesMut,
     frame_max: usize,
 ) -> Result<connection::AMQPMethod, HandshakeError> {
-    match read_frame(rd, buf, frame_max).await? {
-        Frame::Method(0, m) => match *m {
-            AMQPClass::Connection(c) => Ok(c),
-            other => Err(HandshakeError::Refused(AmqpError::connection(
+    let e = match read_frame(rd, buf, frame_max).await {
+        Ok(Frame::Method(0, m)) => match *m {
+            AMQPClass::Connection(c) => return Ok(c),
+            other => AmqpError::connection(
                 code::COMMAND_INVALID,
                 format!("expected a connection method, got {other:?}"),
-            ))),
+            ),
         },
-        other => Err(HandshakeError::Refused(AmqpError::connection(
+        Ok(other) => AmqpError::connection(
             code::UNEXPECTED_FRAME,
             format!(
                 "unexpected frame on channel {} during handshake",
                 other.channel()
             ),
-        ))),
-    }
+        ),
+        Err(HandshakeError::Refused(e)) => e,
+        Err(other) => return Err(other),
+    };
+    Err(refuse(wr, e).await)
 }
 
 /// User and password from a SASL response.
@@ -226,7 +232,7 @@ pub(crate) async fn handshake(
     );
     write(wr, &mut out).await?;
 
-    let start_ok = match expect(rd, buf, pre_tune_max).await? {
+    let start_ok = match expect(rd, wr, buf, pre_tune_max).await? {
         connection::AMQPMethod::StartOk(s) => s,
         other => {
             let e = AmqpError::connection(
@@ -276,7 +282,7 @@ pub(crate) async fn handshake(
         })),
     );
     write(wr, &mut out).await?;
-    let tune_ok = match expect(rd, buf, pre_tune_max).await? {
+    let tune_ok = match expect(rd, wr, buf, pre_tune_max).await? {
         connection::AMQPMethod::TuneOk(t) => t,
         other => {
             let e = AmqpError::connection(
@@ -294,7 +300,7 @@ pub(crate) async fn handshake(
         0 => settings.channel_max,
         n => n.min(settings.channel_max),
     };
-    let open = match expect(rd, buf, frame_max).await? {
+    let open = match expect(rd, wr, buf, frame_max).await? {
         connection::AMQPMethod::Open(o) => o,
         other => {
             let e = AmqpError::connection(

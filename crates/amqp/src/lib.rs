@@ -14,31 +14,51 @@
 //!   publish path; `deliveries`: deliveries, confirms,
 //!   server-sent cancels, releasing a closing channel.
 //!
+//! Everything but the codec sits behind the default feature `adapter`;
+//! without it the crate is the codec alone (no tokio, no core), which is
+//! what the fuzz targets in `fuzz/` build.
+//!
 //! See docs/amqp.md for the mapping and the known gaps.
 
+#[cfg(feature = "adapter")]
 mod basic;
+#[cfg(feature = "adapter")]
 pub mod channel;
 pub mod codec;
+#[cfg(feature = "adapter")]
 mod connection;
+#[cfg(feature = "adapter")]
 pub mod convert;
+#[cfg(feature = "adapter")]
 mod deliveries;
+#[cfg(feature = "adapter")]
 pub mod error;
+#[cfg(feature = "adapter")]
 mod frames;
+#[cfg(feature = "adapter")]
 mod handshake;
+#[cfg(feature = "adapter")]
 mod methods;
 
+#[cfg(feature = "adapter")]
+use std::net::SocketAddr;
+#[cfg(feature = "adapter")]
 use std::sync::Arc;
+#[cfg(feature = "adapter")]
 use std::time::Duration;
 
+#[cfg(feature = "adapter")]
 use junction_core::Broker;
-use std::net::SocketAddr;
-
+#[cfg(feature = "adapter")]
 use tokio::net::TcpStream;
+#[cfg(feature = "adapter")]
 use tokio_util::sync::CancellationToken;
 
+#[cfg(feature = "adapter")]
 pub use junction_core::Authenticator;
 
 /// The adapter's settings (the `[amqp]` table and broker-wide limits).
+#[cfg(feature = "adapter")]
 #[derive(Clone, Debug)]
 pub struct AmqpSettings {
     /// Largest frame we accept and offer in `connection.tune`.
@@ -53,6 +73,7 @@ pub struct AmqpSettings {
     pub handshake_timeout: Duration,
 }
 
+#[cfg(feature = "adapter")]
 impl Default for AmqpSettings {
     fn default() -> Self {
         AmqpSettings {
@@ -66,6 +87,7 @@ impl Default for AmqpSettings {
 }
 
 /// What every AMQP connection shares.
+#[cfg(feature = "adapter")]
 pub struct AmqpContext {
     pub broker: Arc<Broker>,
     pub auth: Arc<dyn Authenticator>,
@@ -74,6 +96,7 @@ pub struct AmqpContext {
 
 /// Serves one accepted AMQP connection until it closes; at `shutdown` it is
 /// closed with 320 CONNECTION_FORCED. The server's accept loop calls it.
+#[cfg(feature = "adapter")]
 pub fn serve_connection(
     stream: TcpStream,
     peer: SocketAddr,

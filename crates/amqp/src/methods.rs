@@ -352,6 +352,7 @@ impl Conn {
             }
             AMQPClass::Tx(tx::AMQPMethod::Commit(_)) => {
                 let ch = self.open_channel(id)?;
+                ch.tx_bytes = 0;
                 let Some(ops) = ch.tx.replace(Vec::new()) else {
                     return Err(AmqpError::channel(
                         code::PRECONDITION_FAILED,
@@ -378,6 +379,7 @@ impl Conn {
             }
             AMQPClass::Tx(tx::AMQPMethod::Rollback(_)) => {
                 let ch = self.open_channel(id)?;
+                ch.tx_bytes = 0;
                 if ch.tx.replace(Vec::new()).is_none() {
                     return Err(AmqpError::channel(
                         code::PRECONDITION_FAILED,

@@ -96,7 +96,7 @@ pub fn route(
         Proto::Stomp => PubTarget::Stomp(format!("/topic/{key}")),
     };
     match scenario {
-        Scenario::FanIn | Scenario::FanOut | Scenario::Idle => {
+        Scenario::FanIn | Scenario::FanOut | Scenario::Idle | Scenario::SubscribeStorm => {
             let source = match sub_proto {
                 Proto::Mqtt => SubSource::Mqtt(topic.to_string()),
                 Proto::Amqp => SubSource::AmqpPrivate {

@@ -20,6 +20,10 @@ pub enum Scenario {
     Queue,
     /// N idle connections held open (memory per connection).
     Idle,
+    /// MQTT only: P clients each subscribing --count distinct wildcard
+    /// filters, one SUBSCRIBE each (how long a subscription table takes
+    /// to build; filters per second).
+    SubscribeStorm,
 }
 
 /// A wire protocol.

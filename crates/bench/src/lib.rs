@@ -19,7 +19,8 @@
 //! - [`mqtt`], [`amqp`], [`stomp`]: publisher, consumer and idle connection
 //!   of each protocol (rumqttc, lapin, our own STOMP client).
 //! - [`clients`]: flags → per-protocol settings, and dispatch.
-//! - [`run`]: the message scenarios end to end; [`idle`]: the idle one.
+//! - [`run`]: the message scenarios end to end; [`idle`]: the idle one;
+//!   [`storm`]: the MQTT subscribe storm.
 //! - [`error`]: the one error type.
 
 pub mod address;
@@ -37,6 +38,7 @@ pub mod report;
 pub mod run;
 pub mod stats;
 pub mod stomp;
+pub mod storm;
 pub mod tracker;
 
 pub use cli::Args;

@@ -64,6 +64,7 @@ impl MqttSettings {
 }
 
 /// The request side of one connection, either version.
+#[derive(Clone)]
 enum Client {
     V4(rumqttc::AsyncClient),
     V5(v5::AsyncClient),
@@ -365,15 +366,76 @@ async fn hold(
         }
     };
     if result.is_ok() {
-        client.try_disconnect();
-        let _ = timeout(CLOSE_TIMEOUT, async {
-            while let Ok(event) = session.poll().await {
-                if matches!(event, Event::Disconnected) {
-                    break;
+        disconnect(&client, &mut session).await;
+    }
+    result
+}
+
+/// Sends DISCONNECT and waits briefly for it to go out.
+async fn disconnect(client: &Client, session: &mut Session) {
+    client.try_disconnect();
+    let _ = timeout(CLOSE_TIMEOUT, async {
+        while let Ok(event) = session.poll().await {
+            if matches!(event, Event::Disconnected) {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
+/// Subscribe storm, one client: connects, then subscribes `filters`
+/// distinct wildcard filters (`storm/<run>/<index>/<n>/+/t`, one per
+/// SUBSCRIBE) with at most `window` SUBSCRIBEs awaiting their SUBACK, until
+/// all are granted or `stop_at`. Returns how many were granted.
+pub async fn subscribe_storm(
+    s: &MqttSettings,
+    index: u32,
+    filters: u64,
+    window: u16,
+    stop_at: tokio::time::Instant,
+) -> Result<u64, BenchError> {
+    let (client, mut session) = connect(s, s.client_id("f", index)).await?;
+    let window = Arc::new(Semaphore::new(usize::from(window.max(1))));
+    let issuer = {
+        let (client, window, qos, run) = (client.clone(), Arc::clone(&window), s.qos, s.run_id);
+        tokio::spawn(async move {
+            for n in 0..filters {
+                let Ok(permit) = window.acquire().await else {
+                    return;
+                };
+                permit.forget();
+                let filter = format!("storm/{run:08x}/{index}/{n}/+/t");
+                if client.subscribe(&filter, qos).await.is_err() {
+                    return;
                 }
             }
         })
-        .await;
+    };
+    let mut granted = 0u64;
+    let mut refused = None;
+    let result = loop {
+        if granted + u64::from(refused.is_some()) >= filters {
+            break Ok(());
+        }
+        match timeout_at(stop_at, session.poll()).await {
+            Err(_) => break Ok(()),
+            Ok(Ok(Event::SubAck(Ok(())))) => {
+                granted += 1;
+                window.add_permits(1);
+            }
+            Ok(Ok(Event::SubAck(Err(codes)))) => {
+                refused.get_or_insert(codes);
+                window.add_permits(1);
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(reason)) => break Err(BenchError::protocol(MQTT, reason)),
+        }
+    };
+    issuer.abort();
+    if let Some(codes) = refused {
+        tracing::warn!(index, codes, "a SUBSCRIBE was refused");
     }
-    result
+    disconnect(&client, &mut session).await;
+    result.map(|()| granted)
 }

@@ -98,6 +98,9 @@ pub async fn run(args: &Args) -> Result<Outcome, BenchError> {
     if args.scenario == Scenario::Idle {
         return idle::run(args, &clients, probe, started).await;
     }
+    if args.scenario == Scenario::SubscribeStorm {
+        return crate::storm::run(args, &clients, probe, started).await;
+    }
     let (target, source) = address::route(
         args.scenario,
         args.pub_proto(),

@@ -5,6 +5,8 @@
 //! - [`value`]: typed header values (the AMQP field-table types).
 //! - [`message`]: the immutable [`Message`] and its properties.
 //! - [`codec`]: binary encoding of durable records.
+//! - `records` (feature `fuzzing` only): the broker's store records, opened
+//!   to the fuzz targets in `fuzz/`.
 //! - [`topic`]: the topic exchange's trie and pattern matching.
 //! - [`exchange`]: exchange and binding definitions, headers matching.
 //! - [`topology`]: one vhost's exchanges and bindings, and routing.
@@ -31,6 +33,19 @@ pub mod state;
 pub mod topic;
 pub mod topology;
 pub mod value;
+
+/// The store records' encoders and decoders (topology records in `meta`,
+/// queue entries and their keys, retained keys), public only for the fuzz
+/// targets in `fuzz/` (feature `fuzzing`); the broker reaches them as
+/// `broker::records`. Messages are [`codec`]'s.
+#[cfg(feature = "fuzzing")]
+pub mod records {
+    pub use crate::broker::records::{
+        decode_binding, decode_entry, decode_exchange, decode_queue, decode_retained_key,
+        encode_binding, encode_entry, encode_exchange, encode_queue, entry_key, retained_key,
+        split_entry_key,
+    };
+}
 
 pub use broker::{
     Broker, BrokerConfig, BrokerStats, ConnectionGuard, ConsumerHandle, GetOk, Limits, Published,

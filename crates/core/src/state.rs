@@ -52,6 +52,11 @@ impl StateWrites {
     pub fn is_empty(&self) -> bool {
         self.batch.is_empty()
     }
+
+    /// How many writes (puts and deletes) this holds.
+    pub fn len(&self) -> usize {
+        self.batch.len()
+    }
 }
 
 impl Broker {

@@ -319,6 +319,7 @@ impl Conn {
                 .by_filter
                 .insert(filter.clone(), opts.clone())
                 .is_some();
+            self.session.filter_changed(&filter);
             if !existed {
                 self.ctx.stats.subscriptions.fetch_add(1, Ordering::Relaxed);
             }
@@ -473,6 +474,7 @@ impl Conn {
                 reasons.push(ReasonCode::NO_SUBSCRIPTION_EXISTED);
                 continue;
             }
+            self.session.filter_changed(filter);
             self.ctx.stats.subscriptions.fetch_sub(1, Ordering::Relaxed);
             if let Some(q) = registry::shared_queue(filter) {
                 if let Some(h) = self.session.shared.remove(&q) {

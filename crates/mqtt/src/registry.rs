@@ -193,6 +193,7 @@ pub(crate) fn restore(ctx: &MqttContext) -> Result<Vec<String>, junction_core::C
             .subscriptions
             .fetch_add(rec.subscriptions.len() as i64, Ordering::Relaxed);
         s.subs = rec.subscriptions;
+        s.save_all_filters = rec.inline;
         s.incoming_qos2 = incoming;
         for o in outgoing {
             if o.released {

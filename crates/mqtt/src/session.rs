@@ -131,6 +131,9 @@ pub struct SessionRecord {
     /// Unix seconds of the last disconnect (0: it was connected).
     pub disconnected_at: u64,
     pub subscriptions: Subscriptions,
+    /// The stored header held its subscriptions inline (an earlier
+    /// version's format): the next save writes them as records.
+    pub inline: bool,
 }
 
 fn qos_from(b: u8) -> Result<QoS, CoreError> {
@@ -145,7 +148,45 @@ fn retain_handling_byte(r: RetainHandling) -> u8 {
     }
 }
 
+fn encode_options(w: &mut Writer, o: &SubOptions) {
+    w.u8(o.qos as u8);
+    w.bool(o.no_local);
+    w.bool(o.retain_as_published);
+    w.u8(retain_handling_byte(o.retain_handling));
+    w.u32(o.id.unwrap_or(0));
+}
+
+fn decode_options(r: &mut Reader<'_>) -> Result<SubOptions, CoreError> {
+    let qos = qos_from(r.u8()?)?;
+    let no_local = r.bool()?;
+    let retain_as_published = r.bool()?;
+    let retain_handling = match r.u8()? {
+        0 => RetainHandling::SendAtSubscribe,
+        1 => RetainHandling::SendAtSubscribeIfNew,
+        _ => RetainHandling::DoNotSend,
+    };
+    let id = Some(r.u32()?).filter(|&i| i != 0);
+    Ok(SubOptions {
+        qos,
+        no_local,
+        retain_as_published,
+        retain_handling,
+        id,
+    })
+}
+
+/// A subscription record's value: its options.
+pub fn encode_subscription(o: &SubOptions) -> Vec<u8> {
+    let mut w = Writer::new();
+    encode_options(&mut w, o);
+    w.finish().to_vec()
+}
+
 impl SessionRecord {
+    /// The session's header record. Subscriptions are stored one record
+    /// each (see [`filter_key`]), so a SUBSCRIBE writes what it changed,
+    /// not the whole table: records of earlier versions that hold them
+    /// inline still decode.
     pub fn encode(&self) -> Vec<u8> {
         let mut w = Writer::new();
         w.str(&self.client_id);
@@ -154,11 +195,7 @@ impl SessionRecord {
         w.u32(self.subscriptions.len() as u32);
         for (filter, o) in &self.subscriptions.by_filter {
             w.str(filter);
-            w.u8(o.qos as u8);
-            w.bool(o.no_local);
-            w.bool(o.retain_as_published);
-            w.u8(retain_handling_byte(o.retain_handling));
-            w.u32(o.id.unwrap_or(0));
+            encode_options(&mut w, o);
         }
         w.finish().to_vec()
     }
@@ -172,30 +209,14 @@ impl SessionRecord {
         let mut subscriptions = Subscriptions::default();
         for _ in 0..n {
             let filter = r.string()?;
-            let qos = qos_from(r.u8()?)?;
-            let no_local = r.bool()?;
-            let retain_as_published = r.bool()?;
-            let retain_handling = match r.u8()? {
-                0 => RetainHandling::SendAtSubscribe,
-                1 => RetainHandling::SendAtSubscribeIfNew,
-                _ => RetainHandling::DoNotSend,
-            };
-            let id = Some(r.u32()?).filter(|&i| i != 0);
-            subscriptions.by_filter.insert(
-                filter,
-                SubOptions {
-                    qos,
-                    no_local,
-                    retain_as_published,
-                    retain_handling,
-                    id,
-                },
-            );
+            let o = decode_options(&mut r)?;
+            subscriptions.by_filter.insert(filter, o);
         }
         Ok(SessionRecord {
             client_id,
             expiry,
             disconnected_at,
+            inline: n > 0,
             subscriptions,
         })
     }
@@ -204,9 +225,21 @@ impl SessionRecord {
 /// State keys: `s/<client id>` holds the record, `i/<packet id>/<client id>`
 /// an incoming QoS 2 message awaiting PUBREL, `o/<packet id>/<client id>`
 /// an outgoing QoS 1/2 message not yet acknowledged (value: see
-/// [`outgoing_value`]).
+/// [`outgoing_value`]), `f/<client id length>/<client id><filter>` one
+/// subscription (value: its options).
 pub fn record_key(client_id: &str) -> String {
     format!("s/{client_id}")
+}
+
+pub fn filter_key(client_id: &str, filter: &str) -> String {
+    format!("f/{:03}/{client_id}{filter}", client_id.len())
+}
+
+/// The (client id, filter) of a subscription key's part after `f/`.
+fn split_filter_key(rest: &str) -> Option<(&str, &str)> {
+    let (len, tail) = rest.split_once('/')?;
+    let len: usize = len.parse().ok()?;
+    (tail.is_char_boundary(len) && len <= tail.len()).then(|| tail.split_at(len))
 }
 
 pub fn incoming_key(client_id: &str, id: u16) -> String {
@@ -246,8 +279,13 @@ pub fn load_all(
 ) -> Result<(Vec<Stored>, Vec<String>), CoreError> {
     let mut records: HashMap<String, Stored> = HashMap::new();
     let mut ids: Vec<(bool, u16, String, bytes::Bytes)> = Vec::new();
+    let mut filters: Vec<(String, String, bytes::Bytes)> = Vec::new();
     for (key, value) in entries {
-        if let Some(client) = key.strip_prefix("s/") {
+        if let Some(rest) = key.strip_prefix("f/") {
+            if let Some((client, filter)) = split_filter_key(rest) {
+                filters.push((client.to_string(), filter.to_string(), value));
+            }
+        } else if let Some(client) = key.strip_prefix("s/") {
             let rec = SessionRecord::decode(&value)?;
             records.insert(client.to_string(), (rec, BTreeSet::new(), Vec::new()));
         } else if let Some((kind, rest)) = key.split_once('/')
@@ -258,6 +296,14 @@ pub fn load_all(
         }
     }
     let mut orphans = Vec::new();
+    for (client, filter, value) in filters {
+        let Some((rec, _, _)) = records.get_mut(&client) else {
+            orphans.push(filter_key(&client, &filter));
+            continue;
+        };
+        let options = decode_options(&mut Reader::new(&value))?;
+        rec.subscriptions.by_filter.insert(filter, options);
+    }
     for (incoming, packet_id, client, value) in ids {
         let Some((_, i, o)) = records.get_mut(&client) else {
             orphans.push(if incoming {
@@ -326,6 +372,12 @@ pub struct Session {
     pub connection: ConnectionId,
     /// A record of this session may be in the store.
     pub stored: bool,
+    /// Filters subscribed, changed or unsubscribed since the last save:
+    /// the next save writes (or deletes) their records only.
+    pub changed_filters: BTreeSet<String>,
+    /// The next save writes every subscription's record (the session was
+    /// just made persistent, or came from a record holding them inline).
+    pub save_all_filters: bool,
 }
 
 impl Session {
@@ -348,6 +400,8 @@ impl Session {
             credit: Credit::new(0),
             connection,
             stored: false,
+            changed_filters: BTreeSet::new(),
+            save_all_filters: false,
         }
     }
 
@@ -378,29 +432,68 @@ impl Session {
         None
     }
 
+    /// The header record (subscriptions are records of their own).
     pub fn record(&self, disconnected_at: u64) -> SessionRecord {
         SessionRecord {
             client_id: self.client_id.clone(),
             expiry: self.expiry,
             disconnected_at,
-            subscriptions: self.subs.clone(),
+            subscriptions: Subscriptions::default(),
+            inline: false,
         }
     }
 
-    /// Writes the session record into `w`.
+    /// Marks `filter` as subscribed, changed or unsubscribed since the
+    /// last save.
+    pub fn filter_changed(&mut self, filter: &str) {
+        self.changed_filters.insert(filter.to_string());
+    }
+
+    /// Writes the session's header record and the records of the
+    /// subscriptions changed since the last save (all of them the first
+    /// time): O(what changed), however many subscriptions it has.
     pub fn save(&mut self, w: &mut StateWrites, disconnected_at: u64) {
-        self.stored = true;
         w.put(
             NAMESPACE,
             &record_key(&self.client_id),
             &self.record(disconnected_at).encode(),
         );
+        if !self.stored || self.save_all_filters {
+            // Every subscription is written below; a filter changed since
+            // and gone now was never stored on its own.
+            self.changed_filters.clear();
+            for (filter, o) in &self.subs.by_filter {
+                w.put(
+                    NAMESPACE,
+                    &filter_key(&self.client_id, filter),
+                    &encode_subscription(o),
+                );
+            }
+        }
+        for filter in std::mem::take(&mut self.changed_filters) {
+            let key = filter_key(&self.client_id, &filter);
+            match self.subs.by_filter.get(&filter) {
+                Some(o) => w.put(NAMESPACE, &key, &encode_subscription(o)),
+                None => w.delete(NAMESPACE, &key),
+            }
+        }
+        self.stored = true;
+        self.save_all_filters = false;
     }
 
     /// Deletes everything this session stored.
     pub fn forget(&mut self, w: &mut StateWrites) {
         self.stored = false;
         w.delete(NAMESPACE, &record_key(&self.client_id));
+        let filters = self
+            .subs
+            .by_filter
+            .keys()
+            .chain(self.changed_filters.iter());
+        for filter in filters {
+            w.delete(NAMESPACE, &filter_key(&self.client_id, filter));
+        }
+        self.changed_filters.clear();
         for &id in &self.incoming_qos2 {
             w.delete(NAMESPACE, &incoming_key(&self.client_id, id));
         }
@@ -554,11 +647,13 @@ mod tests {
         let mut subs = Subscriptions::default();
         subs.by_filter
             .insert("a/+".into(), opts(QoS::ExactlyOnce, Some(9)));
+        // A header of an earlier version, with its subscription inline.
         let rec = SessionRecord {
             client_id: "dev/7".into(),
             expiry: 3600,
             disconnected_at: 1_700_000_000,
             subscriptions: subs,
+            inline: true,
         };
         assert_eq!(SessionRecord::decode(&rec.encode()).unwrap(), rec);
         let entries = vec![
@@ -583,5 +678,64 @@ mod tests {
                 released: true
             }]
         );
+    }
+
+    #[test]
+    fn subscriptions_are_saved_one_record_each_and_only_when_changed() {
+        let mut s = Session::new("dev/9".into(), 3600, ConnectionId(1));
+        s.subs
+            .by_filter
+            .insert("a/#".into(), opts(QoS::AtLeastOnce, None));
+        s.filter_changed("a/#");
+        let mut w = StateWrites::new();
+        s.save(&mut w, 0);
+        // First save: the header and every subscription.
+        assert_eq!(w.len(), 2);
+        s.subs
+            .by_filter
+            .insert("b/+".into(), opts(QoS::AtMostOnce, Some(3)));
+        s.filter_changed("b/+");
+        let mut w = StateWrites::new();
+        s.save(&mut w, 0);
+        assert_eq!(w.len(), 2, "the header and the one new subscription");
+        s.subs.by_filter.remove("a/#");
+        s.filter_changed("a/#");
+        let mut w = StateWrites::new();
+        s.save(&mut w, 0);
+        assert_eq!(
+            w.len(),
+            2,
+            "the header and the removed subscription's delete"
+        );
+
+        // What the saves wrote loads back as the session's subscriptions.
+        let header = s.record(0);
+        let entries = vec![
+            (
+                filter_key("dev/9", "b/+"),
+                bytes::Bytes::from(encode_subscription(&opts(QoS::AtMostOnce, Some(3)))),
+            ),
+            (
+                filter_key("gone", "x"),
+                bytes::Bytes::from(encode_subscription(&opts(QoS::AtMostOnce, None))),
+            ),
+            (record_key("dev/9"), bytes::Bytes::from(header.encode())),
+        ];
+        let (all, orphans) = load_all(entries).unwrap();
+        assert_eq!(orphans, vec![filter_key("gone", "x")]);
+        assert_eq!(all.len(), 1);
+        assert!(!all[0].0.inline);
+        assert_eq!(
+            all[0].0.subscriptions.by_filter.keys().collect::<Vec<_>>(),
+            vec!["b/+"]
+        );
+    }
+
+    #[test]
+    fn filter_keys_split_back_whatever_the_client_id_holds() {
+        let key = filter_key("a/b/c", "x/+/y");
+        let rest = key.strip_prefix("f/").unwrap();
+        assert_eq!(split_filter_key(rest), Some(("a/b/c", "x/+/y")));
+        assert_eq!(split_filter_key("003/ab"), None, "too short");
     }
 }

@@ -89,9 +89,9 @@ pub struct BrokerConfig {
     /// Largest message body accepted, in bytes; adapters refuse bigger frames
     /// before buffering them.
     pub max_message_size: u64,
-    /// Message body bytes held in queues above which the memory alarm
-    /// blocks publishers; 0 means 40% of physical memory (RabbitMQ's
-    /// default watermark).
+    /// Memory held by queued messages (bodies and a per-message footprint)
+    /// above which the memory alarm blocks publishers; 0 means 40% of
+    /// physical memory (RabbitMQ's default watermark).
     pub memory_high_watermark: u64,
     /// Free bytes on the data directory's file system below which the disk
     /// alarm blocks publishers (RabbitMQ's `disk_free_limit`); 0 = off.

@@ -47,7 +47,8 @@ pub struct MetricsSnapshot {
     pub store_commit_seconds_total: f64,
     /// Most batches merged into one commit so far.
     pub store_max_group: u64,
-    /// Message body bytes held in queues, ready or unacked.
+    /// Memory held by queued messages, ready or unacked (bodies and a
+    /// per-message footprint).
     pub held_bytes: u64,
     /// Whether the memory alarm is blocking publishers.
     pub memory_alarm: bool,
@@ -178,7 +179,7 @@ pub fn render_into(out: &mut impl Write, s: &MetricsSnapshot) -> fmt::Result {
     header(
         out,
         name,
-        "Message body bytes held in queues (ready and unacked).",
+        "Memory held by queued messages (ready and unacked): bodies plus a per-message footprint; what the memory alarm counts.",
         "gauge",
     )?;
     writeln!(out, "{name} {}", s.held_bytes)?;
@@ -344,7 +345,7 @@ junction_store_commit_seconds_total 0.25
 # HELP junction_store_max_group_size Most batches merged into one store commit.
 # TYPE junction_store_max_group_size gauge
 junction_store_max_group_size 3
-# HELP junction_queued_message_bytes Message body bytes held in queues (ready and unacked).
+# HELP junction_queued_message_bytes Memory held by queued messages (ready and unacked): bodies plus a per-message footprint; what the memory alarm counts.
 # TYPE junction_queued_message_bytes gauge
 junction_queued_message_bytes 0
 # HELP junction_memory_alarm 1 while the memory alarm blocks publishers.

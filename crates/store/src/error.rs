@@ -39,6 +39,7 @@ impl StoreError {
     }
 }
 
+#[cfg(feature = "rocksdb")]
 impl From<rocksdb::Error> for StoreError {
     fn from(e: rocksdb::Error) -> Self {
         StoreError::Rocks(e.into_string())

@@ -2,6 +2,7 @@
 //! the committer thread, answers synchronous reads straight from the engine,
 //! and owns the lifecycle (open, submit, close).
 
+#[cfg(feature = "rocksdb")]
 use std::path::Path;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -14,6 +15,7 @@ use crate::batch::{Batch, Cf};
 use crate::committer::{CommitReceipt, Committer, Request, StoreStats};
 use crate::engine::{Engine, MemEngine};
 use crate::error::StoreError;
+#[cfg(feature = "rocksdb")]
 use crate::rocks::RocksEngine;
 
 /// Name of the committer OS thread, as seen in `top -H` and debuggers.
@@ -115,6 +117,7 @@ impl Store {
     }
 
     /// Open (creating if missing) a RocksDB store in `dir`.
+    #[cfg(feature = "rocksdb")]
     pub fn open_rocksdb(dir: &Path, opts: StoreOptions) -> Result<Self, StoreError> {
         Self::try_new(Arc::new(RocksEngine::open(dir)?), opts)
     }

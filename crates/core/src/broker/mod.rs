@@ -39,8 +39,9 @@ pub use publish::Published;
 pub struct BrokerConfig {
     /// Vhosts that exist from the start (more may be recovered from the store).
     pub vhosts: Vec<String>,
-    /// Message body bytes held in queues above which the memory alarm
-    /// fires and publishers are stopped (0: 40% of physical memory).
+    /// Memory held by queued messages ([`crate::Message::footprint`])
+    /// above which the memory alarm fires and publishers are stopped (0:
+    /// 40% of physical memory).
     pub memory_high_watermark: u64,
     /// Free bytes on the store's file system below which the disk alarm
     /// stops publishers, as the memory alarm does (RabbitMQ's
@@ -340,7 +341,7 @@ impl Broker {
         self.alarm.subscribe()
     }
 
-    /// Message body bytes held in queues (ready and unacked) at the last count.
+    /// Memory held by queued messages (ready and unacked) at the last count.
     pub fn held_bytes(&self) -> u64 {
         self.held_bytes.load(Ordering::Relaxed)
     }
