@@ -413,9 +413,10 @@ pub async fn subscribe_storm(
         })
     };
     let mut granted = 0u64;
-    let mut refused = None;
+    let mut refused = 0u64;
+    let mut first_refusal = None;
     let result = loop {
-        if granted + u64::from(refused.is_some()) >= filters {
+        if granted + refused >= filters {
             break Ok(());
         }
         match timeout_at(stop_at, session.poll()).await {
@@ -425,7 +426,8 @@ pub async fn subscribe_storm(
                 window.add_permits(1);
             }
             Ok(Ok(Event::SubAck(Err(codes)))) => {
-                refused.get_or_insert(codes);
+                refused += 1;
+                first_refusal.get_or_insert(codes);
                 window.add_permits(1);
             }
             Ok(Ok(_)) => {}
@@ -433,8 +435,8 @@ pub async fn subscribe_storm(
         }
     };
     issuer.abort();
-    if let Some(codes) = refused {
-        tracing::warn!(index, codes, "a SUBSCRIBE was refused");
+    if let Some(codes) = first_refusal {
+        tracing::warn!(index, refused, codes, "SUBSCRIBEs were refused");
     }
     disconnect(&client, &mut session).await;
     result.map(|()| granted)
