@@ -177,10 +177,12 @@ impl Conn {
                 connection: self.guard.id(),
             },
         };
+        let charge = self.ctx.broker.charge_memory(message.footprint());
         let ch = self.open_channel(id)?;
         let held = ch.hold_in_tx(TxOp::Publish {
             message: Box::new(message),
             mandatory: method.mandatory,
+            charge,
         })?;
         let Some(TxOp::Publish { message, .. }) = held else {
             return Ok(());

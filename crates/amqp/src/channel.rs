@@ -22,6 +22,8 @@ pub struct PendingPublish {
     /// Body frames so far; one frame is kept as is (no copy).
     pub parts: Vec<Bytes>,
     pub received: u64,
+    /// Counts the body received so far for the memory alarm.
+    pub charge: junction_core::MemoryCharge,
 }
 
 impl PendingPublish {
@@ -87,6 +89,9 @@ pub enum TxOp {
     Publish {
         message: Box<Message>,
         mandatory: bool,
+        /// Counts the held message for the memory alarm until the commit
+        /// (or rollback) drops it.
+        charge: junction_core::MemoryCharge,
     },
     Settle {
         tag: u64,

@@ -427,12 +427,14 @@ impl Conn {
         method: basic::Publish,
     ) -> Result<(), AmqpError> {
         self.has_published = true;
+        let charge = self.ctx.broker.charge_memory(0);
         let ch = self.open_channel(id)?;
         ch.pending = Some(PendingPublish {
             method,
             header: None,
             parts: Vec::new(),
             received: 0,
+            charge,
         });
         Ok(())
     }

@@ -222,6 +222,7 @@ impl Conn {
             ));
         };
         p.received += body.len() as u64;
+        p.charge.grow(body.len() as u64);
         p.parts.push(body);
         let expected = p.header.as_ref().map_or(0, |h| h.body_size);
         if p.received > expected {

@@ -362,7 +362,9 @@ impl Conn {
                 let mut receipts = Vec::new();
                 for op in ops {
                     match op {
-                        TxOp::Publish { message, mandatory } => {
+                        TxOp::Publish {
+                            message, mandatory, ..
+                        } => {
                             receipts.push(self.publish_now(id, *message, mandatory).await?);
                         }
                         TxOp::Settle { tag, multiple, how } => {

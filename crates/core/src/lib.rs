@@ -48,8 +48,8 @@ pub mod records {
 }
 
 pub use broker::{
-    Broker, BrokerConfig, BrokerStats, ConnectionGuard, ConsumerHandle, GetOk, Limits, Published,
-    Queue, QueueInfo, QueueStats,
+    Broker, BrokerConfig, BrokerStats, ConnectionGuard, ConsumerHandle, GetOk, Limits,
+    MemoryCharge, Published, Queue, QueueInfo, QueueStats,
 };
 pub use consumer::{ConsumerEvent, ConsumerSpec, Credit, Delivery};
 pub use error::CoreError;

@@ -18,21 +18,41 @@ use crate::topic;
 #[derive(Default)]
 pub struct Retained {
     by_vhost: RwLock<HashMap<String, BTreeMap<String, Arc<Message>>>>,
+    /// Sum of the retained messages' footprints: the memory alarm counts it.
+    held: std::sync::atomic::AtomicU64,
 }
 
 impl Retained {
     pub(crate) fn restore(&self, vhost: &str, m: Arc<Message>) {
-        self.by_vhost
+        use std::sync::atomic::Ordering;
+        let added = m.footprint();
+        let old = self
+            .by_vhost
             .write()
             .entry(vhost.to_string())
             .or_default()
             .insert(m.routing_key.clone(), m);
+        self.held.fetch_add(added, Ordering::Relaxed);
+        if let Some(old) = old {
+            self.held.fetch_sub(old.footprint(), Ordering::Relaxed);
+        }
     }
 
     fn remove(&self, vhost: &str, key: &str) {
-        if let Some(map) = self.by_vhost.write().get_mut(vhost) {
-            map.remove(key);
+        let old = self
+            .by_vhost
+            .write()
+            .get_mut(vhost)
+            .and_then(|map| map.remove(key));
+        if let Some(old) = old {
+            self.held
+                .fetch_sub(old.footprint(), std::sync::atomic::Ordering::Relaxed);
         }
+    }
+
+    /// Memory the retained messages hold (their footprints).
+    pub(crate) fn held_bytes(&self) -> u64 {
+        self.held.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 

@@ -45,3 +45,35 @@ async fn alarm_fires_above_the_watermark_and_clears_below_it() {
     assert_eq!(broker.held_bytes(), 0);
     assert!(!*alarm.borrow(), "cleared once the queue is empty");
 }
+
+#[tokio::test]
+async fn retained_messages_and_adapter_charges_count_towards_the_alarm() {
+    let broker = Broker::open(Store::in_memory(), BrokerConfig::default())
+        .await
+        .unwrap();
+    let retained = Message::new("amq.topic", "a.b", Bytes::from(vec![0u8; 1000]));
+    let one = retained.footprint();
+    broker.set_retained("/", retained).await.unwrap();
+    broker.check_memory();
+    assert_eq!(broker.held_bytes(), one);
+    // Replacing it counts the new one only; clearing it counts nothing.
+    let smaller = Message::new("amq.topic", "a.b", Bytes::from(vec![0u8; 10]));
+    let two = smaller.footprint();
+    broker.set_retained("/", smaller).await.unwrap();
+    broker.check_memory();
+    assert_eq!(broker.held_bytes(), two);
+    broker
+        .set_retained("/", Message::new("amq.topic", "a.b", Bytes::new()))
+        .await
+        .unwrap();
+    broker.check_memory();
+    assert_eq!(broker.held_bytes(), 0);
+
+    let mut charge = broker.charge_memory(500);
+    charge.grow(250);
+    broker.check_memory();
+    assert_eq!(broker.held_bytes(), 750);
+    drop(charge);
+    broker.check_memory();
+    assert_eq!(broker.held_bytes(), 0, "a dropped charge counts nothing");
+}

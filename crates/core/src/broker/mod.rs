@@ -285,6 +285,37 @@ pub struct Broker {
     quarantined: AtomicU64,
     /// Connections closed because a write to them made no progress.
     slow_consumers: AtomicU64,
+    /// Memory adapters hold for clients outside queues (see
+    /// [`MemoryCharge`]): the memory alarm counts it.
+    charged: Arc<AtomicU64>,
+}
+
+/// Memory an adapter holds for a client outside any queue (an open AMQP
+/// transaction, a publish whose body is still arriving), counted by the
+/// memory alarm for as long as the charge lives; dropping it uncounts it.
+#[derive(Debug)]
+pub struct MemoryCharge {
+    counter: Arc<AtomicU64>,
+    bytes: u64,
+}
+
+impl MemoryCharge {
+    /// Counts `more` bytes on this charge.
+    pub fn grow(&mut self, more: u64) {
+        self.counter.fetch_add(more, Ordering::Relaxed);
+        self.bytes += more;
+    }
+
+    /// Bytes this charge counts.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+}
+
+impl Drop for MemoryCharge {
+    fn drop(&mut self) {
+        self.counter.fetch_sub(self.bytes, Ordering::Relaxed);
+    }
 }
 
 impl Broker {
@@ -326,6 +357,7 @@ impl Broker {
             held_bytes: AtomicU64::new(0),
             quarantined: AtomicU64::new(0),
             slow_consumers: AtomicU64::new(0),
+            charged: Arc::new(AtomicU64::new(0)),
         });
         for v in &config.vhosts {
             broker.add_vhost(v);
@@ -349,7 +381,9 @@ impl Broker {
     /// Re-counts held bytes and reads the free disk space now, and
     /// updates the alarm.
     pub fn check_memory(&self) {
-        let mut total = 0u64;
+        // Queued messages, retained messages, and what adapters hold for
+        // clients outside queues.
+        let mut total = self.retained.held_bytes() + self.charged.load(Ordering::Relaxed);
         for vh in self.vhosts.read().values() {
             for q in vh.queues.read().values() {
                 total += q.state.lock().held_bytes();
@@ -436,6 +470,17 @@ impl Broker {
     /// The count limits in force.
     pub fn limits(&self) -> &Limits {
         &self.limits
+    }
+
+    /// A charge of `bytes` on the memory the alarm counts (see
+    /// [`MemoryCharge`]).
+    pub fn charge_memory(&self, bytes: u64) -> MemoryCharge {
+        let mut c = MemoryCharge {
+            counter: Arc::clone(&self.charged),
+            bytes: 0,
+        };
+        c.grow(bytes);
+        c
     }
 
     /// Counts a connection closed because it stopped reading (its write
