@@ -250,7 +250,11 @@ impl Broker {
             id,
             vhost: vhost.to_string(),
             def: def.clone(),
-            state: Mutex::new(QueueState::new(args, Instant::now())),
+            state: Mutex::new({
+                let mut st = QueueState::new(args, Instant::now());
+                st.count_into(self.queued_counter());
+                st
+            }),
             wake: Arc::new(Notify::new()),
             deleted: Default::default(),
         });

@@ -288,6 +288,9 @@ pub struct Broker {
     /// Memory adapters hold for clients outside queues (see
     /// [`MemoryCharge`]): the memory alarm counts it.
     charged: Arc<AtomicU64>,
+    /// Memory every queue's messages hold, kept by the queues as messages
+    /// come and go (`QueueState::count_into`).
+    queued: Arc<AtomicU64>,
 }
 
 /// Memory an adapter holds for a client outside any queue (an open AMQP
@@ -358,6 +361,7 @@ impl Broker {
             quarantined: AtomicU64::new(0),
             slow_consumers: AtomicU64::new(0),
             charged: Arc::new(AtomicU64::new(0)),
+            queued: Arc::new(AtomicU64::new(0)),
         });
         for v in &config.vhosts {
             broker.add_vhost(v);
@@ -378,17 +382,14 @@ impl Broker {
         self.held_bytes.load(Ordering::Relaxed)
     }
 
-    /// Re-counts held bytes and reads the free disk space now, and
+    /// Reads the held-memory counters and the free disk space now, and
     /// updates the alarm.
     pub fn check_memory(&self) {
         // Queued messages, retained messages, and what adapters hold for
-        // clients outside queues.
-        let mut total = self.retained.held_bytes() + self.charged.load(Ordering::Relaxed);
-        for vh in self.vhosts.read().values() {
-            for q in vh.queues.read().values() {
-                total += q.state.lock().held_bytes();
-            }
-        }
+        // clients outside queues: counters kept as messages flow, no scan.
+        let total = self.queued.load(Ordering::Relaxed)
+            + self.retained.held_bytes()
+            + self.charged.load(Ordering::Relaxed);
         self.held_bytes.store(total, Ordering::Relaxed);
         let memory = total > self.memory_high_watermark;
         if self.memory_alarm_on.swap(memory, Ordering::Relaxed) != memory {
@@ -481,6 +482,11 @@ impl Broker {
         };
         c.grow(bytes);
         c
+    }
+
+    /// The counter a new queue's state adds its held memory to.
+    pub(crate) fn queued_counter(&self) -> Arc<AtomicU64> {
+        Arc::clone(&self.queued)
     }
 
     /// Counts a connection closed because it stopped reading (its write

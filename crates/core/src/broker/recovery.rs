@@ -140,7 +140,11 @@ pub(super) fn apply(broker: &Arc<Broker>, r: Recovered) -> Result<(), CoreError>
             id,
             vhost: vhost.clone(),
             def: def.clone(),
-            state: Mutex::new(QueueState::new(args, now)),
+            state: Mutex::new({
+                let mut st = QueueState::new(args, now);
+                st.count_into(broker.queued_counter());
+                st
+            }),
             wake: Arc::new(Notify::new()),
             deleted: Default::default(),
         });

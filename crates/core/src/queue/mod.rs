@@ -168,6 +168,10 @@ pub struct QueueState {
     /// Memory the entries hold, ready or unacked, by
     /// [`Message::footprint`]: what the memory alarm counts.
     held: u64,
+    /// The broker-wide sum of every queue's `held`, kept as messages come
+    /// and go so the memory alarm reads one counter instead of locking
+    /// every queue (see [`QueueState::count_into`]).
+    total: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
     next_tag: u64,
     next_seq: u64,
     consumers: Vec<Consumer>,
@@ -188,6 +192,7 @@ impl QueueState {
             unacked: HashMap::new(),
             unacked_bytes: 0,
             held: 0,
+            total: None,
             next_tag: 1,
             next_seq: 1,
             consumers: Vec::new(),
@@ -228,23 +233,48 @@ impl QueueState {
         (u8::MAX - prio, e.seq)
     }
 
+    /// Adds this queue's held memory (and from now on its changes) to
+    /// `total`.
+    pub fn count_into(&mut self, total: std::sync::Arc<std::sync::atomic::AtomicU64>) {
+        total.fetch_add(self.held, std::sync::atomic::Ordering::Relaxed);
+        self.total = Some(total);
+    }
+
+    fn count_held(&mut self, bytes: u64) {
+        self.held += bytes;
+        if let Some(t) = &self.total {
+            t.fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    fn uncount_held(&mut self, bytes: u64) {
+        self.held -= bytes;
+        if let Some(t) = &self.total {
+            let _ = t.fetch_update(
+                std::sync::atomic::Ordering::Relaxed,
+                std::sync::atomic::Ordering::Relaxed,
+                |v| Some(v.saturating_sub(bytes)),
+            );
+        }
+    }
+
     fn push_ready(&mut self, e: Entry) {
         self.ready_bytes += e.message.body_len();
-        self.held += e.message.footprint();
+        self.count_held(e.message.footprint());
         let key = self.ready_key(&e);
         self.ready.insert(key, e);
     }
 
     fn insert_unacked(&mut self, tag: DeliveryTag, u: Unacked) {
         self.unacked_bytes += u.entry.message.body_len();
-        self.held += u.entry.message.footprint();
+        self.count_held(u.entry.message.footprint());
         self.unacked.insert(tag, u);
     }
 
     fn remove_unacked(&mut self, tag: &DeliveryTag) -> Option<Unacked> {
         let u = self.unacked.remove(tag)?;
         self.unacked_bytes -= u.entry.message.body_len();
-        self.held -= u.entry.message.footprint();
+        self.uncount_held(u.entry.message.footprint());
         Some(u)
     }
 
@@ -257,7 +287,7 @@ impl QueueState {
     fn pop_ready(&mut self) -> Option<Entry> {
         let (_, e) = self.ready.pop_first()?;
         self.ready_bytes -= e.message.body_len();
-        self.held -= e.message.footprint();
+        self.uncount_held(e.message.footprint());
         Some(e)
     }
 
@@ -630,7 +660,7 @@ impl QueueState {
     pub fn drain_all(&mut self, fx: &mut Effects) -> u64 {
         let mut n = self.purge(fx);
         self.unacked_bytes = 0;
-        self.held = 0;
+        self.uncount_held(self.held);
         for (_, u) in self.unacked.drain() {
             // The holders' budgets (shared with other queues) get the slots
             // back: nobody will settle these deliveries now.
