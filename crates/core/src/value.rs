@@ -39,6 +39,13 @@ impl FieldValue {
     /// Roughly the memory the value holds, in bytes (for memory
     /// accounting). Walks nested tables and arrays with a stack of its own.
     pub fn approx_size(&self) -> u64 {
+        // Scalars and strings (nearly every header) without the stack.
+        match self {
+            FieldValue::Table(_) | FieldValue::Array(_) => {}
+            FieldValue::ShortString(s) => return 16 + s.len() as u64,
+            FieldValue::LongString(b) | FieldValue::ByteArray(b) => return 16 + b.len() as u64,
+            _ => return 16,
+        }
         let mut total = 0u64;
         let mut stack = vec![self];
         while let Some(v) = stack.pop() {
@@ -155,5 +162,22 @@ impl FieldTable {
 impl FromIterator<(String, FieldValue)> for FieldTable {
     fn from_iter<T: IntoIterator<Item = (String, FieldValue)>>(iter: T) -> Self {
         FieldTable(iter.into_iter().collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn approx_size_counts_strings_and_walks_nested_values() {
+        assert_eq!(FieldValue::I32(7).approx_size(), 16);
+        assert_eq!(FieldValue::ShortString("abc".into()).approx_size(), 19);
+        let nested = FieldValue::Array(vec![
+            FieldValue::LongString(Bytes::from_static(b"12345")),
+            FieldValue::Table(FieldTable(vec![("k".into(), FieldValue::Void)])),
+        ]);
+        // array 16 + long string (16 + 5) + table 16 + entry (16 + 1) + void 16
+        assert_eq!(nested.approx_size(), 16 + 21 + 16 + 17 + 16);
     }
 }
