@@ -354,31 +354,9 @@ mod tests {
     fn deeply_nested_tables_are_refused_without_overflowing_the_stack() {
         use amq_protocol::protocol::connection;
         use amq_protocol::types::{AMQPValue, FieldArray, FieldTable};
-        // Build the frame bytes by hand: a start-ok whose client
-        // properties hold 20,000 nested arrays (~100 KiB).
-        let levels = 20_000usize;
-        let mut value = vec![b'V'];
-        for _ in 0..levels {
-            let mut outer = vec![b'A'];
-            outer.extend_from_slice(&(value.len() as u32).to_be_bytes());
-            outer.extend_from_slice(&value);
-            value = outer;
-        }
-        let mut table = vec![1u8, b'x'];
-        table.extend_from_slice(&value);
-        let mut args = Vec::new();
-        args.extend_from_slice(&10u16.to_be_bytes());
-        args.extend_from_slice(&11u16.to_be_bytes());
-        args.extend_from_slice(&(table.len() as u32).to_be_bytes());
-        args.extend_from_slice(&table);
-        args.extend_from_slice(&[5, b'P', b'L', b'A', b'I', b'N']);
-        args.extend_from_slice(&0u32.to_be_bytes());
-        args.extend_from_slice(&[5, b'e', b'n', b'_', b'U', b'S']);
-        let mut frame = vec![FRAME_METHOD, 0, 0];
-        frame.extend_from_slice(&(args.len() as u32).to_be_bytes());
-        frame.extend_from_slice(&args);
-        frame.push(FRAME_END);
-        let mut buf = BytesMut::from(&frame[..]);
+        // A start-ok whose client properties hold 20,000 nested arrays
+        // (~100 KiB), built by hand.
+        let mut buf = BytesMut::from(&start_ok_nesting(20_000)[..]);
         let err = decode(&mut buf, 1 << 20).unwrap_err();
         assert_eq!(err.reply_code(), 502, "{err}");
 
