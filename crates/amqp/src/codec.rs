@@ -352,7 +352,6 @@ mod tests {
 
     #[test]
     fn deeply_nested_tables_are_refused_without_overflowing_the_stack() {
-        use amq_protocol::protocol::connection;
         use amq_protocol::types::{AMQPValue, FieldArray, FieldTable};
         // A start-ok whose client properties hold 20,000 nested arrays
         // (~100 KiB), built by hand.
@@ -366,12 +365,7 @@ mod tests {
         let mut arr = FieldArray::default();
         arr.push(AMQPValue::LongString("FFFF".into()));
         props.insert("a".into(), AMQPValue::FieldArray(arr));
-        let m = AMQPClass::Connection(connection::AMQPMethod::StartOk(connection::StartOk {
-            client_properties: props,
-            mechanism: "PLAIN".into(),
-            response: "\0guest\0guest".into(),
-            locale: "en_US".into(),
-        }));
+        let m = start_ok(props);
         let mut out = Output::default();
         out.method(0, m.clone());
         let mut buf = BytesMut::from(&flat(&mut out)[..]);
@@ -389,6 +383,17 @@ mod tests {
         assert_eq!(decode(&mut buf, 4096).unwrap_err().reply_code(), 501);
         let mut buf = BytesMut::from(&[FRAME_METHOD, 0, 1, 0, 0, 0, 2, 0xFF, 0xFF, FRAME_END][..]);
         assert_eq!(decode(&mut buf, 4096).unwrap_err().reply_code(), 502);
+    }
+
+    /// A PLAIN guest start-ok carrying `props`.
+    fn start_ok(props: amq_protocol::types::FieldTable) -> AMQPClass {
+        use amq_protocol::protocol::connection;
+        AMQPClass::Connection(connection::AMQPMethod::StartOk(connection::StartOk {
+            client_properties: props,
+            mechanism: "PLAIN".into(),
+            response: "\0guest\0guest".into(),
+            locale: "en_US".into(),
+        }))
     }
 
     /// A start-ok whose client properties nest `depth` arrays.
@@ -430,19 +435,13 @@ mod tests {
 
     #[test]
     fn base64_heavy_headers_parse_inline() {
-        use amq_protocol::protocol::connection;
         use amq_protocol::types::{AMQPValue, FieldTable};
         // 100 KB of base64-looking text: tens of thousands of `A`/`F`
         // bytes, none of them a nested table.
         let text: String = "QUFBQUZGRkZBRkFGAAAAFFFFAFAF".repeat(3600);
         let mut props = FieldTable::default();
         props.insert("b64".into(), AMQPValue::LongString(text.as_str().into()));
-        let m = AMQPClass::Connection(connection::AMQPMethod::StartOk(connection::StartOk {
-            client_properties: props,
-            mechanism: "PLAIN".into(),
-            response: "\0guest\0guest".into(),
-            locale: "en_US".into(),
-        }));
+        let m = start_ok(props);
         let mut out = Output::default();
         out.method(0, m.clone());
         let bytes = flat(&mut out);
