@@ -79,13 +79,7 @@ impl Broker {
         &self,
         writes: StateWrites,
     ) -> impl std::future::Future<Output = Result<(), CoreError>> + Send + Sync + 'static {
-        let receipt = (!writes.is_empty()).then(|| self.store().submit_now(writes.batch, true));
-        async move {
-            if let Some(r) = receipt {
-                r?.await?;
-            }
-            Ok(())
-        }
+        self.queue_state(writes, true)
     }
 
     /// Queues `writes` and returns a future that resolves once they are in
@@ -97,7 +91,17 @@ impl Broker {
         &self,
         writes: StateWrites,
     ) -> impl std::future::Future<Output = Result<(), CoreError>> + Send + Sync + 'static {
-        let receipt = (!writes.is_empty()).then(|| self.store().submit_now(writes.batch, false));
+        self.queue_state(writes, false)
+    }
+
+    /// Queues `writes` now, in order with every later write; the future
+    /// resolves once they are applied (and synced, if `durable`).
+    fn queue_state(
+        &self,
+        writes: StateWrites,
+        durable: bool,
+    ) -> impl std::future::Future<Output = Result<(), CoreError>> + Send + Sync + 'static {
+        let receipt = (!writes.is_empty()).then(|| self.store().submit_now(writes.batch, durable));
         async move {
             if let Some(r) = receipt {
                 r?.await?;
