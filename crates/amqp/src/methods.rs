@@ -257,6 +257,7 @@ impl Conn {
                 let holder = ch.getter;
                 match broker
                     .get(&vhost, &name, holder, g.no_ack, conn)
+                    .await
                     .map_err(Conn::core_error)?
                 {
                     Some(ok) => {

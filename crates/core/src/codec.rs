@@ -280,6 +280,11 @@ impl<'a> Reader<'a> {
         })
     }
     /// Everything not yet read.
+    /// Whether every byte has been read.
+    pub fn is_empty(&self) -> bool {
+        self.data.is_empty()
+    }
+
     pub fn rest(&mut self) -> &'a [u8] {
         std::mem::take(&mut self.data)
     }

@@ -238,8 +238,8 @@ async fn requeued_message_keeps_its_place_and_is_flagged_redelivered() {
     let b = broker().await;
     publish(&b, &["m1", "m2", "m3"]).await;
     let holder = b.new_consumer_id();
-    let g1 = b.get(VH, "q", holder, false, None).unwrap().unwrap();
-    let g2 = b.get(VH, "q", holder, false, None).unwrap().unwrap();
+    let g1 = b.get(VH, "q", holder, false, None).await.unwrap().unwrap();
+    let g2 = b.get(VH, "q", holder, false, None).await.unwrap().unwrap();
     assert_eq!(
         (body(&g1.delivery), body(&g2.delivery)),
         ("m1".into(), "m2".into())
@@ -250,7 +250,7 @@ async fn requeued_message_keeps_its_place_and_is_flagged_redelivered() {
     b.settle(&g1.queue, holder, g1.delivery.tag, Settle::Requeue)
         .unwrap();
     assert_eq!(ready(&b, "q"), strs(&["m1", "m2", "m3"]));
-    let again = b.get(VH, "q", holder, true, None).unwrap().unwrap();
+    let again = b.get(VH, "q", holder, true, None).await.unwrap().unwrap();
     assert_eq!(body(&again.delivery), "m1");
     assert!(again.delivery.redelivered);
     assert_eq!(again.delivery.delivery_count, 1);
@@ -345,7 +345,7 @@ async fn get_returns_the_head_and_the_remaining_count() {
     let b = broker().await;
     publish(&b, &["m1", "m2"]).await;
     let holder = b.new_consumer_id();
-    let got = b.get(VH, "q", holder, false, None).unwrap().unwrap();
+    let got = b.get(VH, "q", holder, false, None).await.unwrap().unwrap();
     assert_eq!(body(&got.delivery), "m1");
     assert_eq!(got.remaining, 1);
     assert!(!got.delivery.redelivered);
@@ -353,7 +353,7 @@ async fn get_returns_the_head_and_the_remaining_count() {
     assert_eq!((q.message_count(), q.unacked_count()), (1, 1));
     b.settle(&q, holder, got.delivery.tag, Settle::Ack).unwrap();
     assert_eq!(q.unacked_count(), 0);
-    let no_ack = b.get(VH, "q", holder, true, None).unwrap().unwrap();
+    let no_ack = b.get(VH, "q", holder, true, None).await.unwrap().unwrap();
     assert_eq!(body(&no_ack.delivery), "m2");
     assert_eq!(no_ack.remaining, 0);
     assert_eq!(q.unacked_count(), 0, "no_ack: nothing to settle");
@@ -361,8 +361,8 @@ async fn get_returns_the_head_and_the_remaining_count() {
         .settle(&q, holder, no_ack.delivery.tag, Settle::Ack)
         .unwrap_err();
     assert_eq!(err.amqp_code(), 406);
-    assert!(b.get(VH, "q", holder, false, None).unwrap().is_none());
-    let err = b.get(VH, "missing", holder, false, None).unwrap_err();
+    assert!(b.get(VH, "q", holder, false, None).await.unwrap().is_none());
+    let err = b.get(VH, "missing", holder, false, None).await.unwrap_err();
     assert_eq!(err.amqp_code(), 404);
 }
 
@@ -372,9 +372,9 @@ async fn release_requeues_what_a_holder_got() {
     publish(&b, &["m1", "m2", "m3"]).await;
     let holder = b.new_consumer_id();
     let other = b.new_consumer_id();
-    let g1 = b.get(VH, "q", holder, false, None).unwrap().unwrap();
-    let g2 = b.get(VH, "q", other, false, None).unwrap().unwrap();
-    let g3 = b.get(VH, "q", holder, false, None).unwrap().unwrap();
+    let g1 = b.get(VH, "q", holder, false, None).await.unwrap().unwrap();
+    let g2 = b.get(VH, "q", other, false, None).await.unwrap().unwrap();
+    let g3 = b.get(VH, "q", holder, false, None).await.unwrap().unwrap();
     assert_eq!(
         bodies(&[g1.delivery, g2.delivery, g3.delivery]),
         strs(&["m1", "m2", "m3"])
@@ -387,7 +387,7 @@ async fn release_requeues_what_a_holder_got() {
         1,
         "the other holder's delivery stays out"
     );
-    let again = b.get(VH, "q", holder, true, None).unwrap().unwrap();
+    let again = b.get(VH, "q", holder, true, None).await.unwrap().unwrap();
     assert_eq!(body(&again.delivery), "m1");
     assert!(again.delivery.redelivered);
 }

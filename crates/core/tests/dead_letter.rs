@@ -95,10 +95,11 @@ fn count(b: &Broker, queue: &str) -> u64 {
 }
 
 /// Takes the one message waiting in `queue` (no-ack).
-fn take_one(b: &Broker, queue: &str) -> Arc<Message> {
+async fn take_one(b: &Broker, queue: &str) -> Arc<Message> {
     let holder = b.new_consumer_id();
     let got = b
         .get(VH, queue, holder, true, None)
+        .await
         .unwrap()
         .unwrap_or_else(|| panic!("a message in {queue}"));
     assert_eq!(got.remaining, 0, "exactly one message in {queue}");
@@ -200,7 +201,7 @@ async fn rejected_message_is_dead_lettered_with_reason_rejected() {
     let after = unix_now();
     assert_eq!(count(&b, "work"), 0);
     assert_eq!(c.queue().unacked_count(), 0);
-    let dead = take_one(&b, "dead");
+    let dead = take_one(&b, "dead").await;
     assert_eq!(dead.body, Bytes::from_static(b"m"));
     assert_died_once_in_work(&dead, "rejected", before, after);
 }
@@ -217,7 +218,7 @@ async fn expired_message_is_dead_lettered_with_reason_expired() {
     run_tasks().await;
     let after = unix_now();
     assert_eq!((count(&b, "work"), count(&b, "dead")), (0, 1));
-    assert_died_once_in_work(&take_one(&b, "dead"), "expired", before, after);
+    assert_died_once_in_work(&*take_one(&b, "dead").await, "expired", before, after);
 }
 
 #[tokio::test]
@@ -228,7 +229,7 @@ async fn message_dropped_by_max_length_is_dead_lettered_with_reason_maxlen() {
     publish(&b, "new").await;
     let after = unix_now();
     assert_eq!(count(&b, "work"), 1);
-    let dead = take_one(&b, "dead");
+    let dead = take_one(&b, "dead").await;
     assert_eq!(dead.body, Bytes::from_static(b"old"));
     assert_died_once_in_work(&dead, "maxlen", before, after);
 }
@@ -239,7 +240,11 @@ async fn second_requeue_past_delivery_limit_one_dead_letters_with_reason_deliver
     let before = unix_now();
     publish(&b, "m").await;
     let holder = b.new_consumer_id();
-    let first = b.get(VH, "work", holder, false, None).unwrap().unwrap();
+    let first = b
+        .get(VH, "work", holder, false, None)
+        .await
+        .unwrap()
+        .unwrap();
     b.settle(&first.queue, holder, first.delivery.tag, Settle::Requeue)
         .unwrap();
     assert_eq!(
@@ -247,14 +252,23 @@ async fn second_requeue_past_delivery_limit_one_dead_letters_with_reason_deliver
         (1, 0),
         "first requeue is allowed"
     );
-    let second = b.get(VH, "work", holder, false, None).unwrap().unwrap();
+    let second = b
+        .get(VH, "work", holder, false, None)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(second.delivery.delivery_count, 1);
     b.settle(&second.queue, holder, second.delivery.tag, Settle::Requeue)
         .unwrap();
     let after = unix_now();
     assert_eq!((count(&b, "work"), count(&b, "dead")), (0, 1));
     assert_eq!(second.queue.unacked_count(), 0);
-    assert_died_once_in_work(&take_one(&b, "dead"), "delivery_limit", before, after);
+    assert_died_once_in_work(
+        &*take_one(&b, "dead").await,
+        "delivery_limit",
+        before,
+        after,
+    );
 }
 
 #[tokio::test]
@@ -271,7 +285,11 @@ async fn dead_lettering_again_from_the_same_queue_and_reason_increments_the_coun
     publish_with(&b, "", "work", "m", Properties::default()).await;
     let holder = b.new_consumer_id();
     for round in 1..=3 {
-        let got = b.get(VH, "work", holder, false, None).unwrap().unwrap();
+        let got = b
+            .get(VH, "work", holder, false, None)
+            .await
+            .unwrap()
+            .unwrap();
         if round == 1 {
             assert_eq!(got.delivery.message.properties.headers.get("x-death"), None);
         } else {
@@ -328,7 +346,11 @@ async fn rejected_message_without_a_dead_letter_exchange_is_dropped() {
         .unwrap();
     publish_with(&b, "", "work", "m", Properties::default()).await;
     let holder = b.new_consumer_id();
-    let got = b.get(VH, "work", holder, false, None).unwrap().unwrap();
+    let got = b
+        .get(VH, "work", holder, false, None)
+        .await
+        .unwrap()
+        .unwrap();
     b.settle(&got.queue, holder, got.delivery.tag, Settle::Reject)
         .unwrap();
     assert_eq!(
@@ -349,14 +371,18 @@ async fn per_message_expiration_moves_to_original_expiration_on_the_copy() {
     };
     publish_with(&b, SOURCE_EXCHANGE, SOURCE_KEY, "m", props).await;
     let holder = b.new_consumer_id();
-    let got = b.get(VH, "work", holder, false, None).unwrap().unwrap();
+    let got = b
+        .get(VH, "work", holder, false, None)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(
         got.delivery.message.properties.expiration.as_deref(),
         Some("60000")
     );
     b.settle(&got.queue, holder, got.delivery.tag, Settle::Reject)
         .unwrap();
-    let dead = take_one(&b, "dead");
+    let dead = take_one(&b, "dead").await;
     assert_eq!(dead.properties.expiration, None, "the copy does not expire");
     let d = deaths(&dead);
     assert_eq!(d.len(), 1);
@@ -394,11 +420,15 @@ async fn without_a_dead_letter_routing_key_the_original_key_is_kept() {
         .unwrap();
     publish(&b, "m").await;
     let holder = b.new_consumer_id();
-    let got = b.get(VH, "work", holder, false, None).unwrap().unwrap();
+    let got = b
+        .get(VH, "work", holder, false, None)
+        .await
+        .unwrap()
+        .unwrap();
     b.settle(&got.queue, holder, got.delivery.tag, Settle::Reject)
         .unwrap();
     assert_eq!((count(&b, "dead"), count(&b, "wrong")), (1, 0));
-    let dead = take_one(&b, "dead");
+    let dead = take_one(&b, "dead").await;
     assert_eq!(
         (dead.exchange.as_str(), dead.routing_key.as_str()),
         (DLX, SOURCE_KEY)
@@ -437,7 +467,11 @@ async fn dead_lettered_persistent_message_survives_a_restart_with_its_history() 
         let p = b.publish(VH, msg).await.unwrap();
         assert!(p.confirmed().await.unwrap());
         let holder = b.new_consumer_id();
-        let got = b.get(VH, "work", holder, false, None).unwrap().unwrap();
+        let got = b
+            .get(VH, "work", holder, false, None)
+            .await
+            .unwrap()
+            .unwrap();
         b.settle(&got.queue, holder, got.delivery.tag, Settle::Reject)
             .unwrap();
         assert_eq!((count(&b, "work"), count(&b, "dead")), (0, 1));
@@ -445,7 +479,7 @@ async fn dead_lettered_persistent_message_survives_a_restart_with_its_history() 
     }
     let b = open_rocksdb(dir.path()).await;
     assert_eq!((count(&b, "work"), count(&b, "dead")), (0, 1));
-    let dead = take_one(&b, "dead");
+    let dead = take_one(&b, "dead").await;
     assert_eq!(dead.body, Bytes::from_static(b"m"));
     assert_eq!(dead.routing_key, DEAD_KEY);
     let d = deaths(&dead);

@@ -277,10 +277,10 @@ async fn only_the_head_expires_a_message_behind_one_without_ttl_waits() {
     advance_ms(200).await;
     assert_eq!(bodies(&b, "q"), strs(&["no-ttl", "short"]));
     let holder = b.new_consumer_id();
-    let head = b.get(VH, "q", holder, true, None).unwrap().unwrap();
+    let head = b.get(VH, "q", holder, true, None).await.unwrap().unwrap();
     assert_eq!(body_of(&head.delivery), "no-ttl");
     assert!(
-        b.get(VH, "q", holder, true, None).unwrap().is_none(),
+        b.get(VH, "q", holder, true, None).await.unwrap().is_none(),
         "the expired message is dropped once it reaches the head"
     );
 }
@@ -297,7 +297,7 @@ async fn requeued_message_still_expires_at_its_original_deadline() {
     .await;
     publish(&b, "q", "m").await;
     let holder = b.new_consumer_id();
-    let got = b.get(VH, "q", holder, false, None).unwrap().unwrap();
+    let got = b.get(VH, "q", holder, false, None).await.unwrap().unwrap();
     run_tasks().await;
     advance_ms(100).await;
     b.settle(&got.queue, holder, got.delivery.tag, Settle::Requeue)
@@ -395,6 +395,7 @@ async fn reject_publish_dlx_refuses_and_dead_letters_the_new_message() {
     let holder = b.new_consumer_id();
     let got = b
         .get(VH, "overflowed", holder, true, None)
+        .await
         .unwrap()
         .unwrap();
     assert_eq!(
@@ -438,7 +439,7 @@ async fn max_priority_orders_by_priority_then_arrival_and_caps_at_the_max() {
         "9 is capped to 5 and queues behind the earlier 5"
     );
     let holder = b.new_consumer_id();
-    let first = b.get(VH, "q", holder, true, None).unwrap().unwrap();
+    let first = b.get(VH, "q", holder, true, None).await.unwrap().unwrap();
     assert_eq!(body_of(&first.delivery), "b");
     assert_eq!(first.remaining, 5);
 }
@@ -629,6 +630,7 @@ async fn exclusive_queue_is_locked_to_its_connection_and_goes_with_it() {
     let holder = b.new_consumer_id();
     let err = b
         .get(VH, "mine", holder, true, Some(other.id()))
+        .await
         .unwrap_err();
     assert_eq!(err.amqp_code(), 405);
     let err = b
@@ -643,7 +645,10 @@ async fn exclusive_queue_is_locked_to_its_connection_and_goes_with_it() {
     assert_eq!(err.amqp_code(), 405);
 
     publish(&b, "mine", "m").await;
-    let got = b.get(VH, "mine", holder, true, Some(owner.id())).unwrap();
+    let got = b
+        .get(VH, "mine", holder, true, Some(owner.id()))
+        .await
+        .unwrap();
     assert_eq!(got.map(|g| body_of(&g.delivery)), Some("m".to_string()));
 
     drop(owner);
@@ -710,7 +715,7 @@ async fn purge_removes_ready_messages_but_not_unacked_ones() {
         publish(&b, "q", m).await;
     }
     let holder = b.new_consumer_id();
-    let got = b.get(VH, "q", holder, false, None).unwrap().unwrap();
+    let got = b.get(VH, "q", holder, false, None).await.unwrap().unwrap();
     assert_eq!(b.purge_queue(VH, "q", None).await.unwrap(), 2);
     let q = b.vhost(VH).unwrap().queue("q").unwrap();
     assert_eq!((q.message_count(), q.unacked_count()), (0, 1));
@@ -842,11 +847,11 @@ async fn durable_state_survives_shutdown_and_reopen_on_rocksdb() {
             5
         );
         let holder = b.new_consumer_id();
-        let got = b.get(VH, "q", holder, false, None).unwrap().unwrap();
+        let got = b.get(VH, "q", holder, false, None).await.unwrap().unwrap();
         assert_eq!(body_of(&got.delivery), "acked");
         b.settle(&got.queue, holder, got.delivery.tag, Settle::Ack)
             .unwrap();
-        let unacked = b.get(VH, "q", holder, false, None).unwrap().unwrap();
+        let unacked = b.get(VH, "q", holder, false, None).await.unwrap().unwrap();
         assert_eq!(body_of(&unacked.delivery), "m1");
         b.set_retained(
             VH,
@@ -874,7 +879,7 @@ async fn durable_state_survives_shutdown_and_reopen_on_rocksdb() {
         "persistent messages in order, the unacked one included"
     );
     let holder = b.new_consumer_id();
-    let first = b.get(VH, "q", holder, false, None).unwrap().unwrap();
+    let first = b.get(VH, "q", holder, false, None).await.unwrap().unwrap();
     assert_eq!(body_of(&first.delivery), "m1");
     assert!(first.delivery.redelivered);
     let p = b

@@ -123,6 +123,11 @@ pub struct BrokerConfig {
     /// Seconds a write to a client may make no progress before the
     /// connection is closed as a slow consumer.
     pub write_timeout_secs: u64,
+    /// Persistent messages a queue keeps in memory at its head; later
+    /// arrivals stay in the store until they near the head (paging).
+    pub queue_head_messages: usize,
+    /// The same bound in body bytes.
+    pub queue_head_bytes: u64,
 }
 
 impl Default for BrokerConfig {
@@ -148,6 +153,8 @@ impl Default for BrokerConfig {
             max_pending_logins: 64,
             max_handshake_size: 65_536,
             write_timeout_secs: 15,
+            queue_head_messages: 2048,
+            queue_head_bytes: 8 << 20,
         }
     }
 }

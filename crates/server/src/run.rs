@@ -340,6 +340,8 @@ impl Server {
                     max_handshake_size: config.broker.max_handshake_size,
                     write_timeout: std::time::Duration::from_secs(config.broker.write_timeout_secs),
                 },
+                queue_head_messages: config.broker.queue_head_messages,
+                queue_head_bytes: config.broker.queue_head_bytes,
             },
         )
         .await?;

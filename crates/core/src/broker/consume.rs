@@ -12,6 +12,9 @@ use crate::error::CoreError;
 use crate::ids::{ConnectionId, ConsumerId, DeliveryTag};
 use crate::queue::{Effects, Settle};
 
+/// Page-in rounds one `get` makes before it answers "empty".
+const GET_PAGE_IN_ROUNDS: usize = 8;
+
 /// A `basic.get-ok`: the delivery and how many messages remain ready.
 #[derive(Debug)]
 pub struct GetOk {
@@ -56,8 +59,10 @@ impl Broker {
     }
 
     /// `basic.get`: the head message for `holder` (a channel's id from
-    /// [`Broker::new_consumer_id`]), or None when the queue is empty.
-    pub fn get(
+    /// [`Broker::new_consumer_id`]), or None when the queue is empty. A
+    /// paged head is read back from the store first (off the async
+    /// workers).
+    pub async fn get(
         &self,
         vhost: &str,
         queue: &str,
@@ -66,19 +71,34 @@ impl Broker {
         conn: Option<ConnectionId>,
     ) -> Result<Option<GetOk>, CoreError> {
         let q = self.queue_for(vhost, queue, conn)?;
-        let mut fx = Effects::default();
-        let (delivery, remaining) = {
-            let mut st = q.state.lock();
-            let d = st.get(holder, no_ack, Instant::now(), &mut fx);
-            (d, st.ready_count())
-        };
-        self.apply_effects(&q, fx);
-        q.wake.notify_one();
-        Ok(delivery.map(|delivery| GetOk {
-            delivery,
-            remaining,
-            queue: q,
-        }))
+        // Each round reads the head back; another round is needed only if
+        // a paged entry overtook it meanwhile (a higher priority).
+        for _ in 0..GET_PAGE_IN_ROUNDS {
+            let mut fx = Effects::default();
+            let (delivery, wanted, remaining) = {
+                let mut st = q.state.lock();
+                let d = st.get(holder, no_ack, Instant::now(), &mut fx);
+                let wanted = (d.is_none() && st.head_is_paged()).then(|| st.page_in_request());
+                (d, wanted, st.ready_count())
+            };
+            self.apply_effects(&q, fx);
+            q.wake.notify_one();
+            if let Some(req) = wanted {
+                let store = self.store.clone();
+                let (loaded, lost) =
+                    tokio::task::spawn_blocking(move || super::read_paged(&store, &req.wanted))
+                        .await
+                        .map_err(|e| CoreError::Corrupt(format!("page-in task failed: {e}")))?;
+                self.finish_page_in(&q, loaded, &lost, false);
+                continue;
+            }
+            return Ok(delivery.map(|delivery| GetOk {
+                delivery,
+                remaining,
+                queue: q,
+            }));
+        }
+        Ok(None)
     }
 
     /// Settles a delivery `holder` received from `queue`. A tag that

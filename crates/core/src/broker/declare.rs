@@ -6,8 +6,6 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use junction_store::{Batch, Cf};
-use parking_lot::Mutex;
-use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::records;
@@ -15,8 +13,8 @@ use super::{Broker, Queue, VHost};
 use crate::error::CoreError;
 use crate::exchange::{Binding, Destination, ExchangeDef};
 use crate::ids::{ConnectionId, QueueId};
+use crate::queue::Effects;
 use crate::queue::args::{QueueArgs, QueueDef};
-use crate::queue::{Effects, QueueState};
 use crate::topology::Change;
 
 /// What `queue.declare-ok` reports.
@@ -246,18 +244,7 @@ impl Broker {
         let id = QueueId(self.next_queue.fetch_add(1, Ordering::Relaxed));
         // Exclusive queues die with their connection, so they are never stored.
         let stored = def.durable && def.exclusive_owner.is_none();
-        let q = Arc::new(Queue {
-            id,
-            vhost: vhost.to_string(),
-            def: def.clone(),
-            state: Mutex::new({
-                let mut st = QueueState::new(args, Instant::now());
-                st.count_into(self.queued_counter());
-                st
-            }),
-            wake: Arc::new(Notify::new()),
-            deleted: Default::default(),
-        });
+        let q = self.new_queue(id, vhost, def.clone(), args, Instant::now());
         let mut receipt = None;
         {
             let mut queues = vh.queues.write();

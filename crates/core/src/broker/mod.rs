@@ -12,8 +12,8 @@ pub(crate) mod records;
 mod recovery;
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
 
 use junction_store::{Store, StoreStats};
 use parking_lot::{Mutex, RwLock};
@@ -24,9 +24,9 @@ use tokio_util::task::TaskTracker;
 
 use crate::error::CoreError;
 use crate::ids::{ConnectionId, ConsumerId, MessageId, QueueId};
-use crate::message::Protocol;
-use crate::queue::QueueState;
-use crate::queue::args::QueueDef;
+use crate::message::{Message, Protocol};
+use crate::queue::args::{QueueArgs, QueueDef};
+use crate::queue::{Effects, Paging, QueueState, ReadyKey};
 use crate::retained::Retained;
 use crate::topology::Topology;
 
@@ -49,15 +49,23 @@ pub struct BrokerConfig {
     pub disk_free_limit: u64,
     /// Counts a client controls, each refused past its limit.
     pub limits: Limits,
+    /// Persistent messages a queue keeps in memory at its head; later
+    /// arrivals stay in the store until they near the head.
+    pub queue_head_messages: usize,
+    /// The same bound in body bytes.
+    pub queue_head_bytes: u64,
 }
 
 impl Default for BrokerConfig {
     fn default() -> Self {
+        let paging = Paging::default();
         BrokerConfig {
             vhosts: vec!["/".to_string()],
             memory_high_watermark: 0,
             disk_free_limit: 50_000_000,
             limits: Limits::default(),
+            queue_head_messages: paging.head_messages,
+            queue_head_bytes: paging.head_bytes,
         }
     }
 }
@@ -150,6 +158,9 @@ pub struct Queue {
     /// transport window has room again.
     pub(crate) wake: Arc<Notify>,
     deleted: AtomicBool,
+    /// Its broker, for reading paged messages in `peek_bodies` (weak: a
+    /// queue's service task must not keep the store open).
+    broker: Weak<Broker>,
 }
 
 impl std::fmt::Debug for Queue {
@@ -182,20 +193,93 @@ impl Queue {
     pub fn message_count(&self) -> u64 {
         self.state.lock().ready_count()
     }
+    /// Ready messages whose body is in the store only (paged).
+    pub fn paged_count(&self) -> u64 {
+        self.state.lock().paged_count()
+    }
     pub fn unacked_count(&self) -> u64 {
         self.state.lock().unacked_count()
     }
     pub fn consumer_count(&self) -> u64 {
         self.state.lock().consumer_count()
     }
-    /// Ready messages' bodies in delivery order (inspection and tests).
+    /// Ready messages' bodies in delivery order (inspection and tests;
+    /// paged ones are read from the store here, blocking).
     pub fn peek_bodies(&self) -> Vec<bytes::Bytes> {
-        self.state
+        let bodies: Vec<Result<bytes::Bytes, MessageId>> = self
+            .state
             .lock()
             .ready_messages()
-            .map(|e| e.message.body.clone())
+            .map(|e| match e.message() {
+                Some(m) => Ok(m.body.clone()),
+                None => Err(e.message_id()),
+            })
+            .collect();
+        bodies
+            .into_iter()
+            .map(|b| {
+                b.unwrap_or_else(|id| {
+                    let stored = self.broker.upgrade().map(|b| read_message(&b.store, id));
+                    match stored {
+                        Some(Ok(Some(m))) => m.body,
+                        _ => bytes::Bytes::new(),
+                    }
+                })
+            })
             .collect()
     }
+}
+
+/// Reads one stored message (blocking).
+fn read_message(store: &Store, id: MessageId) -> Result<Option<Message>, CoreError> {
+    match store.get(junction_store::Cf::Messages, &records::message_key(id))? {
+        Some(v) => crate::codec::decode_message(&v).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// Messages read back for paged entries, and the entries whose message
+/// could not be read.
+type PagedRead = (Vec<(ReadyKey, Arc<Message>)>, Vec<(ReadyKey, MessageId)>);
+
+/// Reads paged entries' messages back (blocking: off the async workers).
+/// A message not found may still be on its way to the store (an entry
+/// enters its queue as soon as its batch is queued): after one barrier
+/// through the committer, which applies batches in order, a second look
+/// is final.
+fn read_paged(store: &Store, wanted: &[(ReadyKey, MessageId)]) -> PagedRead {
+    let mut loaded = Vec::with_capacity(wanted.len());
+    let mut missing = Vec::new();
+    let mut lost = Vec::new();
+    for &(key, id) in wanted {
+        match read_message(store, id) {
+            Ok(Some(m)) => loaded.push((key, Arc::new(m))),
+            Ok(None) => missing.push((key, id)),
+            Err(e) => {
+                tracing::error!(message_id = id.0, error = %e, "paged message unreadable");
+                lost.push((key, id));
+            }
+        }
+    }
+    if missing.is_empty() {
+        return (loaded, lost);
+    }
+    if let Err(e) = store
+        .submit_now(junction_store::Batch::new(), false)
+        .and_then(|r| r.wait_blocking())
+    {
+        tracing::error!(error = %e, "store barrier failed while reading paged messages");
+    }
+    for (key, id) in missing {
+        match read_message(store, id) {
+            Ok(Some(m)) => loaded.push((key, Arc::new(m))),
+            other => {
+                tracing::error!(message_id = id.0, outcome = ?other.err(), "paged message missing from the store");
+                lost.push((key, id));
+            }
+        }
+    }
+    (loaded, lost)
 }
 
 /// Counters for `/metrics`.
@@ -250,6 +334,9 @@ pub struct BrokerStats {
 
 /// The broker core. Shared as `Arc<Broker>` by every connection.
 pub struct Broker {
+    /// This broker, for tasks it starts from `&self` (reading paged
+    /// messages back).
+    me: Weak<Broker>,
     store: Store,
     vhosts: RwLock<HashMap<String, Arc<VHost>>>,
     next_message: AtomicU64,
@@ -291,6 +378,8 @@ pub struct Broker {
     /// Memory every queue's messages hold, kept by the queues as messages
     /// come and go (`QueueState::count_into`).
     queued: Arc<AtomicU64>,
+    /// How queues page; its pressure flag is shared by every queue.
+    paging: Paging,
 }
 
 /// Memory an adapter holds for a client outside any queue (an open AMQP
@@ -327,11 +416,24 @@ impl Broker {
     pub async fn open(store: Store, config: BrokerConfig) -> Result<Arc<Broker>, CoreError> {
         let recovered = {
             let store = store.clone();
-            tokio::task::spawn_blocking(move || recovery::read(&store))
+            let head = if store.is_persistent() {
+                config.queue_head_messages
+            } else {
+                usize::MAX
+            };
+            tokio::task::spawn_blocking(move || recovery::read(&store, head))
                 .await
                 .map_err(|e| CoreError::Corrupt(format!("recovery task failed: {e}")))??
         };
-        let broker = Arc::new(Broker {
+        let paging = Paging {
+            enabled: store.is_persistent(),
+            head_messages: config.queue_head_messages,
+            head_bytes: config.queue_head_bytes,
+            pressure: Arc::default(),
+        };
+        let broker = Arc::new_cyclic(|me| Broker {
+            me: me.clone(),
+            paging,
             store,
             vhosts: RwLock::new(HashMap::new()),
             next_message: AtomicU64::new(1),
@@ -391,6 +493,11 @@ impl Broker {
             + self.retained.held_bytes()
             + self.charged.load(Ordering::Relaxed);
         self.held_bytes.store(total, Ordering::Relaxed);
+        // Past half the watermark, queues keep new persistent arrivals in
+        // the store only.
+        self.paging
+            .pressure
+            .store(total > self.memory_high_watermark / 2, Ordering::Relaxed);
         let memory = total > self.memory_high_watermark;
         if self.memory_alarm_on.swap(memory, Ordering::Relaxed) != memory {
             if memory {
@@ -484,9 +591,69 @@ impl Broker {
         c
     }
 
-    /// The counter a new queue's state adds its held memory to.
-    pub(crate) fn queued_counter(&self) -> Arc<AtomicU64> {
-        Arc::clone(&self.queued)
+    /// A new queue: its state counted by the memory alarm, paging as
+    /// configured.
+    pub(crate) fn new_queue(
+        &self,
+        id: QueueId,
+        vhost: &str,
+        def: QueueDef,
+        args: QueueArgs,
+        now: Instant,
+    ) -> Arc<Queue> {
+        let mut st = QueueState::new(args, now);
+        st.count_into(Arc::clone(&self.queued));
+        st.set_paging(self.paging.clone());
+        Arc::new(Queue {
+            id,
+            vhost: vhost.to_string(),
+            def,
+            state: Mutex::new(st),
+            wake: Arc::new(Notify::new()),
+            deleted: AtomicBool::new(false),
+            broker: self.me.clone(),
+        })
+    }
+
+    /// Reads paged entries back off the async workers, then hands them to
+    /// the queue (see [`crate::queue::PageIn`]).
+    pub(crate) fn start_page_in(&self, q: &Arc<Queue>, wanted: Vec<(ReadyKey, MessageId)>) {
+        let Some(broker) = self.me.upgrade() else {
+            return;
+        };
+        let q = Arc::clone(q);
+        let job = move || {
+            let (loaded, lost) = read_paged(&broker.store, &wanted);
+            broker.finish_page_in(&q, loaded, &lost, true);
+        };
+        if tokio::runtime::Handle::try_current().is_ok() {
+            self.tasks.spawn_blocking(job);
+        } else {
+            job();
+        }
+    }
+
+    fn finish_page_in(
+        &self,
+        q: &Arc<Queue>,
+        loaded: Vec<(ReadyKey, Arc<Message>)>,
+        lost: &[(ReadyKey, MessageId)],
+        background: bool,
+    ) {
+        if !lost.is_empty() {
+            tracing::error!(
+                queue = q.name(),
+                vhost = q.vhost(),
+                entries = lost.len(),
+                "paged messages could not be read back: they leave the queue's memory, their records stay for recovery"
+            );
+        }
+        let mut fx = Effects::default();
+        {
+            let mut st = q.state.lock();
+            st.page_in(loaded, lost, background, Instant::now(), &mut fx);
+        }
+        self.apply_effects(q, fx);
     }
 
     /// Counts a connection closed because it stopped reading (its write

@@ -63,12 +63,8 @@ struct Target {
 fn enqueue_one(msg: &Arc<Message>, t: Target, now: Instant) -> (Arc<Queue>, Effects, Accepted) {
     let mut fx = Effects::default();
     let entry = Entry {
-        seq: t.seq,
-        message: Arc::clone(msg),
-        delivery_count: 0,
-        redelivered: false,
-        expires_at: t.expires_at,
         persisted: t.persisted,
+        ..Entry::loaded(t.seq, Arc::clone(msg), t.expires_at)
     };
     let accepted = {
         let mut st = t.queue.state.lock();
@@ -178,7 +174,11 @@ impl Broker {
                 batch.put(
                     Cf::QueueEntries,
                     records::entry_key(queue.id(), seq),
-                    records::encode_entry(msg.id, expires_unix),
+                    records::encode_entry(&records::EntryRecord {
+                        message: msg.id,
+                        expires_unix_ms: expires_unix,
+                        index: Some((msg.body_len(), msg.properties.priority.unwrap_or(0))),
+                    }),
                 );
                 stored += 1;
             }
@@ -280,15 +280,17 @@ impl Broker {
             // consumer can see (and ack) a copy: an ack's delete then always
             // follows the put, so an acked copy cannot come back after a crash.
             self.write_soon(batch);
-            if copies.is_empty() {
-                continue;
-            }
             let now = Instant::now();
             for (msg, targets) in copies {
                 for t in targets {
                     let (queue, fx, _) = enqueue_one(&msg, t, now);
                     work.push((queue, fx));
                 }
+            }
+            // Last: what the read-back dead-letters must follow the copies
+            // made here.
+            if let Some(p) = fx.page_in {
+                self.start_page_in(&q, p.wanted);
             }
         }
     }

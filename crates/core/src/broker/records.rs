@@ -203,17 +203,43 @@ pub fn decode_binding(data: &[u8]) -> Result<(String, Binding), CoreError> {
     ))
 }
 
-/// A queue entry record: which message, and when it expires (Unix ms, 0 = never).
-pub fn encode_entry(message: MessageId, expires_unix_ms: u64) -> Bytes {
+/// A queue entry record: which message, when it expires, and what a
+/// queue needs to keep the entry without its message (paging).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EntryRecord {
+    pub message: MessageId,
+    /// Unix ms; 0 = never.
+    pub expires_unix_ms: u64,
+    /// The message's body size and priority. None in records written
+    /// before paging existed: recovery then reads the message itself.
+    pub index: Option<(u64, u8)>,
+}
+
+pub fn encode_entry(e: &EntryRecord) -> Bytes {
     let mut w = Writer::record();
-    w.u64(message.0);
-    w.u64(expires_unix_ms);
+    w.u64(e.message.0);
+    w.u64(e.expires_unix_ms);
+    if let Some((body_len, priority)) = e.index {
+        w.u64(body_len);
+        w.u8(priority);
+    }
     w.finish()
 }
 
-pub fn decode_entry(data: &[u8]) -> Result<(MessageId, u64), CoreError> {
+pub fn decode_entry(data: &[u8]) -> Result<EntryRecord, CoreError> {
     let mut r = Reader::record(data)?;
-    Ok((MessageId(r.u64()?), r.u64()?))
+    let message = MessageId(r.u64()?);
+    let expires_unix_ms = r.u64()?;
+    let index = if r.is_empty() {
+        None
+    } else {
+        Some((r.u64()?, r.u8()?))
+    };
+    Ok(EntryRecord {
+        message,
+        expires_unix_ms,
+        index,
+    })
 }
 
 #[cfg(test)]
@@ -252,6 +278,18 @@ mod tests {
             decode_binding(&encode_binding("/", &b)).unwrap(),
             ("/".into(), b)
         );
+    }
+
+    #[test]
+    fn entry_records_round_trip_and_read_the_old_form() {
+        let e = EntryRecord {
+            message: MessageId(9),
+            expires_unix_ms: 77,
+            index: Some((1234, 5)),
+        };
+        assert_eq!(decode_entry(&encode_entry(&e)).unwrap(), e);
+        let old = EntryRecord { index: None, ..e };
+        assert_eq!(decode_entry(&encode_entry(&old)).unwrap(), old);
     }
 
     #[test]

@@ -1,19 +1,19 @@
 //! Start-up recovery: read every durable record (off the async workers),
 //! then rebuild vhosts, exchanges, queues, bindings, queue contents and
-//! message reference counts. Nothing recovery cannot use is deleted: an
+//! message reference counts. Only the head of each queue is read with its
+//! messages; the rest comes back paged (index only: id, size, priority
+//! from the entry record), so a backlog larger than memory restarts. Nothing recovery cannot use is deleted: an
 //! undecodable record, or a queue entry whose queue is unknown, moves to
 //! the `quarantine` column family (logged and counted in `/metrics`). Only
 //! what is provably garbage goes: a binding to a missing queue, an entry
 //! whose message is gone, a message no entry refers to.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use junction_store::{Batch, Cf, Store};
-use parking_lot::Mutex;
-use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::records::{self, TAG_BINDING, TAG_EXCHANGE, TAG_QUEUE};
@@ -24,16 +24,24 @@ use crate::exchange::{Binding, ExchangeDef};
 use crate::ids::{MessageId, QueueId};
 use crate::message::Message;
 use crate::queue::args::{QueueArgs, QueueDef};
-use crate::queue::{Entry, QueueState};
+use crate::queue::{Body, Entry, Paged};
 
 /// Everything read from the store, not yet applied.
 pub(super) struct Recovered {
     exchanges: Vec<(String, ExchangeDef)>,
     queues: Vec<(String, QueueId, QueueDef)>,
     bindings: Vec<(String, Binding)>,
+    /// Messages read whole: those at the head of a queue, and those whose
+    /// entries carry no index.
     messages: HashMap<MessageId, Message>,
-    /// (queue, seq, message, expiry in Unix ms or 0), in key order.
-    entries: Vec<(QueueId, u64, MessageId, u64)>,
+    /// Every message id in the store that an entry refers to.
+    present: HashSet<MessageId>,
+    /// Messages no entry refers to (deleted).
+    unreferenced: Vec<MessageId>,
+    /// The largest message id in the store.
+    max_message: u64,
+    /// (queue, seq, record), in key order.
+    entries: Vec<(QueueId, u64, records::EntryRecord)>,
     retained: Vec<(String, Message)>,
     /// Records that could not be decoded: (family, key, value).
     unreadable: Vec<(Cf, Vec<u8>, Vec<u8>)>,
@@ -51,13 +59,18 @@ fn quarantine(batch: &mut Batch, cf: Cf, key: &[u8], value: &[u8]) {
     batch.delete(cf, key.to_vec());
 }
 
-/// Reads all durable state. Blocking: run it off the async workers.
-pub(super) fn read(store: &Store) -> Result<Recovered, CoreError> {
+/// Reads all durable state; messages only for the first `head` entries of
+/// each queue (all of them when `head` is `usize::MAX`). Blocking: run it
+/// off the async workers.
+pub(super) fn read(store: &Store, head: usize) -> Result<Recovered, CoreError> {
     let mut r = Recovered {
         exchanges: Vec::new(),
         queues: Vec::new(),
         bindings: Vec::new(),
         messages: HashMap::new(),
+        present: HashSet::new(),
+        unreferenced: Vec::new(),
+        max_message: 0,
         entries: Vec::new(),
         retained: Vec::new(),
         unreadable: Vec::new(),
@@ -84,22 +97,51 @@ pub(super) fn read(store: &Store) -> Result<Recovered, CoreError> {
         }
         true
     })?;
-    store.scan(Cf::Messages, &[], &mut |k, v| {
-        match decode_message(v) {
-            Ok(m) => {
-                r.messages.insert(m.id, m);
+    // Entries first: they say which messages are wanted whole.
+    let mut referenced = HashSet::new();
+    let mut wanted = HashSet::new();
+    let mut run: (Option<QueueId>, usize) = (None, 0);
+    store.scan(Cf::QueueEntries, &[], &mut |k, v| {
+        match records::split_entry_key(k).and_then(|(q, s)| Ok((q, s, records::decode_entry(v)?))) {
+            Ok((q, s, e)) => {
+                if run.0 != Some(q) {
+                    run = (Some(q), 0);
+                }
+                run.1 += 1;
+                referenced.insert(e.message);
+                if run.1 <= head || e.index.is_none() {
+                    wanted.insert(e.message);
+                }
+                r.entries.push((q, s, e));
             }
-            Err(e) => unreadable.push(bad(Cf::Messages, k, v, &e)),
+            Err(e) => unreadable.push(bad(Cf::QueueEntries, k, v, &e)),
         }
         true
     })?;
-    store.scan(Cf::QueueEntries, &[], &mut |k, v| {
-        match records::split_entry_key(k).and_then(|(q, s)| {
-            let (m, exp) = records::decode_entry(v)?;
-            Ok((q, s, m, exp))
-        }) {
-            Ok(e) => r.entries.push(e),
-            Err(e) => unreadable.push(bad(Cf::QueueEntries, k, v, &e)),
+    store.scan(Cf::Messages, &[], &mut |k, v| {
+        let Ok(key) = <[u8; 8]>::try_from(k) else {
+            let e = CoreError::Corrupt("message key is not 8 bytes".into());
+            unreadable.push(bad(Cf::Messages, k, v, &e));
+            return true;
+        };
+        let id = MessageId(u64::from_be_bytes(key));
+        r.max_message = r.max_message.max(id.0);
+        if !referenced.contains(&id) {
+            // Garbage if it is a message; kept aside if it cannot be read.
+            match decode_message(v) {
+                Ok(_) => r.unreferenced.push(id),
+                Err(e) => unreadable.push(bad(Cf::Messages, k, v, &e)),
+            }
+        } else if wanted.contains(&id) {
+            match decode_message(v) {
+                Ok(m) => {
+                    r.present.insert(id);
+                    r.messages.insert(m.id, m);
+                }
+                Err(e) => unreadable.push(bad(Cf::Messages, k, v, &e)),
+            }
+        } else {
+            r.present.insert(id);
         }
         true
     })?;
@@ -136,18 +178,7 @@ pub(super) fn apply(broker: &Arc<Broker>, r: Recovered) -> Result<(), CoreError>
                 QueueArgs::default()
             }
         };
-        let q = Arc::new(Queue {
-            id,
-            vhost: vhost.clone(),
-            def: def.clone(),
-            state: Mutex::new({
-                let mut st = QueueState::new(args, now);
-                st.count_into(broker.queued_counter());
-                st
-            }),
-            wake: Arc::new(Notify::new()),
-            deleted: Default::default(),
-        });
+        let q = broker.new_queue(id, &vhost, def.clone(), args, now);
         broker
             .add_vhost(&vhost)
             .queues
@@ -175,12 +206,15 @@ pub(super) fn apply(broker: &Arc<Broker>, r: Recovered) -> Result<(), CoreError>
             cleanup.delete(Cf::Meta, records::binding_key(&vhost, &b));
         }
     }
-    let max_message = r.messages.keys().map(|m| m.0).max().unwrap_or(0);
-    let mut shared: HashMap<MessageId, Arc<Message>> = r
+    let max_message = r.max_message;
+    let shared: HashMap<MessageId, Arc<Message>> = r
         .messages
         .into_iter()
         .map(|(id, m)| (id, Arc::new(m)))
         .collect();
+    for id in &r.unreferenced {
+        cleanup.delete(Cf::Messages, records::message_key(*id).to_vec());
+    }
     let mut refs: HashMap<MessageId, u32> = HashMap::new();
     let now_unix = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -189,7 +223,8 @@ pub(super) fn apply(broker: &Arc<Broker>, r: Recovered) -> Result<(), CoreError>
         quarantine(&mut cleanup, *cf, k, v);
     }
     let mut quarantined = r.unreadable.len();
-    for (qid, seq, mid, exp) in r.entries {
+    for (qid, seq, rec) in r.entries {
+        let (mid, exp) = (rec.message, rec.expires_unix_ms);
         let Some(q) = by_id.get(&qid) else {
             // A queue recovery does not know: keep the entry aside (it may
             // be a confirmed message), never delete it.
@@ -203,21 +238,29 @@ pub(super) fn apply(broker: &Arc<Broker>, r: Recovered) -> Result<(), CoreError>
                 &mut cleanup,
                 Cf::QueueEntries,
                 &key,
-                &records::encode_entry(mid, exp),
+                &records::encode_entry(&rec),
             );
             quarantined += 1;
             continue;
         };
-        let Some(m) = shared.get(&mid) else {
-            cleanup.delete(Cf::QueueEntries, records::entry_key(qid, seq));
-            continue;
+        let body = match (shared.get(&mid), rec.index) {
+            (Some(m), _) => Body::Loaded(Arc::clone(m)),
+            (None, Some((body_len, priority))) if r.present.contains(&mid) => Body::Paged(Paged {
+                id: mid,
+                body_len,
+                priority,
+            }),
+            _ => {
+                cleanup.delete(Cf::QueueEntries, records::entry_key(qid, seq));
+                continue;
+            }
         };
         *refs.entry(mid).or_default() += 1;
         let expires_at =
             (exp != 0).then(|| now + Duration::from_millis(exp.saturating_sub(now_unix)));
         q.state.lock().restore(Entry {
             seq,
-            message: Arc::clone(m),
+            body,
             delivery_count: 0,
             // It may have been delivered before the restart.
             redelivered: true,
@@ -225,13 +268,6 @@ pub(super) fn apply(broker: &Arc<Broker>, r: Recovered) -> Result<(), CoreError>
             persisted: true,
         });
     }
-    shared.retain(|id, _| {
-        let referenced = refs.contains_key(id);
-        if !referenced {
-            cleanup.delete(Cf::Messages, records::message_key(*id).to_vec());
-        }
-        referenced
-    });
     let mut max_retained = 0;
     for (vhost, m) in r.retained {
         max_retained = max_retained.max(m.id.0);

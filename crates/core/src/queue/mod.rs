@@ -2,7 +2,17 @@
 //! unacknowledged deliveries, consumers with credit, TTL, length limits and
 //! the decisions that dead-letter a message. Sans-IO: it sends deliveries on
 //! consumers' channels and returns every other effect ([`Effects`]) for the
-//! broker to carry out (store deletes, dead-letter publishes).
+//! broker to carry out (store deletes, dead-letter publishes, reading paged
+//! messages back).
+//!
+//! Paging (RabbitMQ's lazy / classic v2 behaviour): a long queue keeps only
+//! its head in memory. A persistent entry that arrives while the queue
+//! already holds [`Paging::head_messages`] or [`Paging::head_bytes`] of
+//! loaded messages, or while the broker is under memory pressure, keeps
+//! only its index ([`Paged`]: id, size, priority); its message stays in the
+//! store. When the loaded head runs low and a consumer has room, the queue
+//! asks for the next paged entries ([`Effects::page_in`]); the broker reads
+//! them off the async workers and hands them back ([`QueueState::page_in`]).
 
 pub mod args;
 
@@ -38,12 +48,67 @@ impl DeathReason {
     }
 }
 
+/// Memory one paged entry accounts for: its index node and the entry.
+const PAGED_FOOTPRINT: u64 = 160;
+
+/// Paged entries read back per request.
+const PAGE_IN_BATCH: usize = 256;
+
+/// Body bytes read back per request, at most (one entry at least).
+const PAGE_IN_BYTES: u64 = 4 << 20;
+
+/// How much of a long queue stays in memory (see the module docs).
+#[derive(Clone, Debug)]
+pub struct Paging {
+    /// Off for the in-memory store (nothing to read back from).
+    pub enabled: bool,
+    /// Loaded ready messages a queue keeps before it pages new arrivals.
+    pub head_messages: usize,
+    /// Loaded ready body bytes a queue keeps before it pages new arrivals.
+    pub head_bytes: u64,
+    /// Set by the broker while the memory it holds is past half the
+    /// watermark: every persistent arrival is paged.
+    pub pressure: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Default for Paging {
+    fn default() -> Self {
+        Paging {
+            enabled: false,
+            head_messages: 2048,
+            head_bytes: 8 << 20,
+            pressure: Arc::default(),
+        }
+    }
+}
+
+/// The index of a message that stays in the store until it nears the head.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Paged {
+    pub id: MessageId,
+    pub body_len: u64,
+    pub priority: u8,
+}
+
+/// An entry's message: in memory, or in the store only.
+#[derive(Clone, Debug)]
+pub enum Body {
+    Loaded(Arc<Message>),
+    Paged(Paged),
+}
+
+/// Paged entries the queue wants read back, by ready position.
+#[derive(Debug, Default)]
+pub struct PageIn {
+    pub wanted: Vec<(ReadyKey, MessageId)>,
+}
+
 /// A message in the queue.
 #[derive(Clone, Debug)]
 pub struct Entry {
     /// Arrival order; with the queue id it keys the entry's store record.
     pub seq: u64,
-    pub message: Arc<Message>,
+    pub body: Body,
     /// Times returned to the queue (nack/reject with requeue, consumer gone).
     pub delivery_count: u32,
     /// Delivered before, here or before a restart.
@@ -54,10 +119,75 @@ pub struct Entry {
 }
 
 impl Entry {
+    /// An entry holding `message` in memory.
+    pub fn loaded(seq: u64, message: Arc<Message>, expires_at: Option<Instant>) -> Entry {
+        Entry {
+            seq,
+            body: Body::Loaded(message),
+            delivery_count: 0,
+            redelivered: false,
+            expires_at,
+            persisted: false,
+        }
+    }
+
+    pub fn message_id(&self) -> MessageId {
+        match &self.body {
+            Body::Loaded(m) => m.id,
+            Body::Paged(p) => p.id,
+        }
+    }
+
+    pub fn body_len(&self) -> u64 {
+        match &self.body {
+            Body::Loaded(m) => m.body_len(),
+            Body::Paged(p) => p.body_len,
+        }
+    }
+
+    fn priority(&self) -> u8 {
+        match &self.body {
+            Body::Loaded(m) => m.properties.priority.unwrap_or(0),
+            Body::Paged(p) => p.priority,
+        }
+    }
+
+    /// The message, if it is in memory.
+    pub fn message(&self) -> Option<&Arc<Message>> {
+        match &self.body {
+            Body::Loaded(m) => Some(m),
+            Body::Paged(_) => None,
+        }
+    }
+
+    fn footprint(&self) -> u64 {
+        match &self.body {
+            Body::Loaded(m) => m.footprint(),
+            Body::Paged(_) => PAGED_FOOTPRINT,
+        }
+    }
+
+    fn is_paged(&self) -> bool {
+        matches!(self.body, Body::Paged(_))
+    }
+
+    /// Drops the message from memory, keeping its index (stored entries only).
+    fn page_out(&mut self) {
+        if self.persisted
+            && let Body::Loaded(m) = &self.body
+        {
+            self.body = Body::Paged(Paged {
+                id: m.id,
+                body_len: m.body_len(),
+                priority: m.properties.priority.unwrap_or(0),
+            });
+        }
+    }
+
     fn removed(&self) -> Option<Removed> {
         self.persisted.then_some(Removed {
             seq: self.seq,
-            message: self.message.id,
+            message: self.message_id(),
         })
     }
 }
@@ -83,6 +213,8 @@ pub struct DeadLetter {
 pub struct Effects {
     pub dead_letters: Vec<DeadLetter>,
     pub removed: Vec<Removed>,
+    /// Paged entries to read back from the store.
+    pub page_in: Option<PageIn>,
     /// Deliveries sent (for the out counters).
     pub delivered: u64,
     pub delivered_bytes: u64,
@@ -155,13 +287,21 @@ impl Unacked {
 }
 
 /// Ordering key of ready entries: higher priority first, then arrival.
-type ReadyKey = (u8, u64);
+pub type ReadyKey = (u8, u64);
 
 /// The state of one queue.
 pub struct QueueState {
     pub args: QueueArgs,
     ready: BTreeMap<ReadyKey, Entry>,
     ready_bytes: u64,
+    /// Ready entries whose message is in memory, and their body bytes.
+    loaded: usize,
+    loaded_bytes: u64,
+    /// Ready entries whose message is in the store only.
+    paged: usize,
+    paging: Paging,
+    /// A background read of paged entries is under way.
+    loading: bool,
     unacked: HashMap<DeliveryTag, Unacked>,
     /// Body bytes of the unacked deliveries.
     unacked_bytes: u64,
@@ -189,6 +329,11 @@ impl QueueState {
             args,
             ready: BTreeMap::new(),
             ready_bytes: 0,
+            loaded: 0,
+            loaded_bytes: 0,
+            paged: 0,
+            paging: Paging::default(),
+            loading: false,
             unacked: HashMap::new(),
             unacked_bytes: 0,
             held: 0,
@@ -204,6 +349,16 @@ impl QueueState {
 
     pub fn ready_count(&self) -> u64 {
         self.ready.len() as u64
+    }
+
+    /// Ready entries whose message is in the store only.
+    pub fn paged_count(&self) -> u64 {
+        self.paged as u64
+    }
+
+    /// How this queue pages (see the module docs).
+    pub fn set_paging(&mut self, paging: Paging) {
+        self.paging = paging;
     }
 
     pub fn unacked_count(&self) -> u64 {
@@ -227,7 +382,7 @@ impl QueueState {
 
     fn ready_key(&self, e: &Entry) -> ReadyKey {
         let prio = match self.args.max_priority {
-            Some(max) => e.message.properties.priority.unwrap_or(0).min(max),
+            Some(max) => e.priority().min(max),
             None => 0,
         };
         (u8::MAX - prio, e.seq)
@@ -259,22 +414,53 @@ impl QueueState {
     }
 
     fn push_ready(&mut self, e: Entry) {
-        self.ready_bytes += e.message.body_len();
-        self.count_held(e.message.footprint());
+        self.ready_bytes += e.body_len();
+        self.count_held(e.footprint());
+        if e.is_paged() {
+            self.paged += 1;
+        } else {
+            self.loaded += 1;
+            self.loaded_bytes += e.body_len();
+        }
         let key = self.ready_key(&e);
         self.ready.insert(key, e);
     }
 
+    /// Takes the ready entry at `key` out of the counts (it was just
+    /// removed from `ready`).
+    fn uncount_ready(&mut self, e: &Entry) {
+        self.ready_bytes -= e.body_len();
+        self.uncount_held(e.footprint());
+        if e.is_paged() {
+            self.paged -= 1;
+        } else {
+            self.loaded -= 1;
+            self.loaded_bytes -= e.body_len();
+        }
+    }
+
+    /// Whether a new persistent arrival keeps only its index.
+    fn should_page(&self, e: &Entry) -> bool {
+        self.paging.enabled
+            && e.persisted
+            && (self.loaded >= self.paging.head_messages
+                || self.loaded_bytes + e.body_len() > self.paging.head_bytes
+                || self
+                    .paging
+                    .pressure
+                    .load(std::sync::atomic::Ordering::Relaxed))
+    }
+
     fn insert_unacked(&mut self, tag: DeliveryTag, u: Unacked) {
-        self.unacked_bytes += u.entry.message.body_len();
-        self.count_held(u.entry.message.footprint());
+        self.unacked_bytes += u.entry.body_len();
+        self.count_held(u.entry.footprint());
         self.unacked.insert(tag, u);
     }
 
     fn remove_unacked(&mut self, tag: &DeliveryTag) -> Option<Unacked> {
         let u = self.unacked.remove(tag)?;
-        self.unacked_bytes -= u.entry.message.body_len();
-        self.uncount_held(u.entry.message.footprint());
+        self.unacked_bytes -= u.entry.body_len();
+        self.uncount_held(u.entry.footprint());
         Some(u)
     }
 
@@ -286,9 +472,101 @@ impl QueueState {
 
     fn pop_ready(&mut self) -> Option<Entry> {
         let (_, e) = self.ready.pop_first()?;
-        self.ready_bytes -= e.message.body_len();
-        self.uncount_held(e.message.footprint());
+        self.uncount_ready(&e);
         Some(e)
+    }
+
+    /// Whether the head's message is in the store only.
+    pub fn head_is_paged(&self) -> bool {
+        self.ready
+            .first_key_value()
+            .is_some_and(|(_, e)| e.is_paged())
+    }
+
+    /// Whether the head must be read back before it can leave: it is
+    /// paged and would be dead-lettered (the copy needs the message).
+    fn head_needs_message(&self) -> bool {
+        self.args.dead_letter_exchange.is_some() && self.head_is_paged()
+    }
+
+    /// The next paged entries from the head, up to a batch, for a read
+    /// the caller runs itself (`get`); does not mark a read under way.
+    pub fn page_in_request(&self) -> PageIn {
+        let mut wanted = Vec::new();
+        let mut bytes = 0;
+        for (key, e) in &self.ready {
+            if let Body::Paged(p) = &e.body {
+                if !wanted.is_empty() && bytes + p.body_len > PAGE_IN_BYTES {
+                    break;
+                }
+                bytes += p.body_len;
+                wanted.push((*key, p.id));
+                if wanted.len() == PAGE_IN_BATCH {
+                    break;
+                }
+            }
+        }
+        PageIn { wanted }
+    }
+
+    /// Asks for the next paged entries to be read back when the loaded
+    /// head runs low (or `now_needed`), unless a read is under way.
+    fn want_page_in(&mut self, now_needed: bool, fx: &mut Effects) {
+        if self.paged == 0 || self.loading || fx.page_in.is_some() {
+            return;
+        }
+        if !now_needed && self.loaded >= self.paging.head_messages / 2 {
+            return;
+        }
+        let request = self.page_in_request();
+        if !request.wanted.is_empty() {
+            self.loading = true;
+            fx.page_in = Some(request);
+        }
+    }
+
+    /// Puts messages read back from the store into their paged entries
+    /// (those still there: an entry may have left meanwhile), then serves
+    /// the queue. `background` ends the read [`Effects::page_in`] asked
+    /// for. Entries whose message could not be read (`lost`) leave the
+    /// queue's memory; their records stay for recovery to judge.
+    pub fn page_in(
+        &mut self,
+        loaded: Vec<(ReadyKey, Arc<Message>)>,
+        lost: &[(ReadyKey, MessageId)],
+        background: bool,
+        now: Instant,
+        fx: &mut Effects,
+    ) {
+        if background {
+            self.loading = false;
+        }
+        for (key, m) in loaded {
+            let Some(e) = self.ready.get(&key) else {
+                continue;
+            };
+            if !matches!(&e.body, Body::Paged(p) if p.id == m.id) {
+                continue;
+            }
+            let Some(mut e) = self.ready.remove(&key) else {
+                continue;
+            };
+            self.uncount_ready(&e);
+            e.body = Body::Loaded(m);
+            self.push_ready(e);
+        }
+        for (key, id) in lost {
+            if self
+                .ready
+                .get(key)
+                .is_some_and(|e| e.is_paged() && e.message_id() == *id)
+                && let Some(e) = self.ready.remove(key)
+            {
+                self.uncount_ready(&e);
+            }
+        }
+        self.service(now, fx);
+        self.trim(fx);
     }
 
     fn over_limit(&self, extra_len: u64, extra_bytes: u64) -> bool {
@@ -311,15 +589,20 @@ impl QueueState {
         Some(now + std::time::Duration::from_millis(ttl))
     }
 
+    /// Dead-letters `e` if the queue has a dead-letter exchange, else
+    /// drops it. Callers read a paged entry back before dead-lettering it
+    /// (`head_needs_message`); one that is still paged is dropped.
     fn dead_letter_or_drop(&self, e: Entry, reason: DeathReason, fx: &mut Effects) {
-        if self.args.dead_letter_exchange.is_some() {
-            fx.dead_letters.push(DeadLetter {
-                removed: e.removed(),
-                message: e.message,
-                reason,
-            });
-        } else if let Some(r) = e.removed() {
-            fx.removed.push(r);
+        let removed = e.removed();
+        match e.body {
+            Body::Loaded(message) if self.args.dead_letter_exchange.is_some() => {
+                fx.dead_letters.push(DeadLetter {
+                    removed,
+                    message,
+                    reason,
+                });
+            }
+            _ => fx.removed.extend(removed),
         }
     }
 
@@ -329,7 +612,7 @@ impl QueueState {
         self.expire(now, fx);
         match self.args.overflow {
             Overflow::RejectPublish | Overflow::RejectPublishDlx
-                if self.over_limit(1, entry.message.body_len()) =>
+                if self.over_limit(1, entry.body_len()) =>
             {
                 if self.args.overflow == Overflow::RejectPublishDlx {
                     self.dead_letter_or_drop(entry, DeathReason::MaxLen, fx);
@@ -340,20 +623,34 @@ impl QueueState {
             }
             _ => {}
         }
+        let mut entry = entry;
+        if self.should_page(&entry) {
+            entry.page_out();
+        }
         self.push_ready(entry);
         // Deliver before expiring: a message with TTL 0 reaches a consumer
         // that can take it at once, and otherwise expires (RabbitMQ's rule).
         self.deliver(now, fx);
         self.expire(now, fx);
-        // drop-head: make room by dropping the oldest ready messages. A
-        // consumer with credit has already taken what it could.
+        self.trim(fx);
+        Accepted::Yes
+    }
+
+    /// drop-head: makes room by dropping the oldest ready messages. A
+    /// consumer with credit has already taken what it could. A paged head
+    /// bound for a dead-letter exchange is read back first (the queue is
+    /// over its limit until then).
+    fn trim(&mut self, fx: &mut Effects) {
         while self.over_limit(0, 0) {
+            if self.head_needs_message() {
+                self.want_page_in(true, fx);
+                break;
+            }
             match self.pop_ready() {
                 Some(head) => self.dead_letter_or_drop(head, DeathReason::MaxLen, fx),
                 None => break,
             }
         }
-        Accepted::Yes
     }
 
     /// Restores an entry read from the store at start-up (no overflow rules:
@@ -370,14 +667,21 @@ impl QueueState {
         self.deliver(now, fx);
     }
 
-    /// Hands ready messages to consumers with room, in order.
+    /// Hands ready messages to consumers with room, in order; a paged head
+    /// waits for its message to be read back.
     fn deliver(&mut self, now: Instant, fx: &mut Effects) {
         while !self.ready.is_empty() {
             let Some(ci) = self.pick_consumer() else {
-                break;
+                return;
             };
             let Some(entry) = self.pop_ready() else {
                 break;
+            };
+            let Some(message) = entry.message().cloned() else {
+                // Paged: it leaves once read back.
+                self.push_ready(entry);
+                self.want_page_in(true, fx);
+                return;
             };
             if !self.consumers[ci].take_credit() {
                 // Another queue sharing the budget took the last slot
@@ -385,14 +689,22 @@ impl QueueState {
                 self.push_ready(entry);
                 continue;
             }
-            self.deliver_to(ci, entry, fx);
+            self.deliver_to(ci, entry, message, fx);
             self.expire(now, fx);
+        }
+        // Read ahead while consumers drain the loaded head.
+        if self.paged > 0 && self.consumers.iter().any(Consumer::has_room) {
+            self.want_page_in(false, fx);
         }
     }
 
     fn expire(&mut self, now: Instant, fx: &mut Effects) {
         while let Some((_, head)) = self.ready.first_key_value() {
             if head.expires_at.is_some_and(|t| t <= now) {
+                if self.head_needs_message() {
+                    self.want_page_in(true, fx);
+                    break;
+                }
                 if let Some(e) = self.pop_ready() {
                     self.dead_letter_or_drop(e, DeathReason::Expired, fx);
                 }
@@ -442,16 +754,17 @@ impl QueueState {
         None
     }
 
-    /// Hands `entry` to consumer `ci`, whose credit slots were taken
-    /// (`Consumer::take_credit`).
-    fn deliver_to(&mut self, ci: usize, entry: Entry, fx: &mut Effects) {
+    /// Hands `entry` (whose loaded message is `message`) to consumer `ci`,
+    /// whose credit slots were taken (`Consumer::take_credit`).
+    fn deliver_to(&mut self, ci: usize, entry: Entry, message: Arc<Message>, fx: &mut Effects) {
         let tag = DeliveryTag(self.next_tag);
         self.next_tag += 1;
         let consumer = &self.consumers[ci];
+        let body_len = message.body_len();
         let delivery = Delivery {
             consumer: consumer.id,
             tag,
-            message: Arc::clone(&entry.message),
+            message,
             redelivered: entry.redelivered,
             delivery_count: entry.delivery_count,
             _permit: Some(consumer.window.permit()),
@@ -475,7 +788,7 @@ impl QueueState {
             return;
         }
         fx.delivered += 1;
-        fx.delivered_bytes += entry.message.body_len();
+        fx.delivered_bytes += body_len;
         if consumer.spec.no_ack {
             if let Some(r) = entry.removed() {
                 fx.removed.push(r);
@@ -604,7 +917,9 @@ impl QueueState {
         self.unacked.get(&tag).is_some_and(|u| u.holder == holder)
     }
 
-    /// `basic.get`: takes the head message for `holder`, or None if empty.
+    /// `basic.get`: takes the head message for `holder`, or None if the
+    /// queue is empty or its head is paged ([`QueueState::head_is_paged`]:
+    /// the caller reads it back and asks again).
     pub fn get(
         &mut self,
         holder: ConsumerId,
@@ -614,15 +929,16 @@ impl QueueState {
     ) -> Option<Delivery> {
         self.last_used = now;
         self.expire(now, fx);
+        let message = self.ready.first_key_value()?.1.message()?.clone();
         let entry = self.pop_ready()?;
         let tag = DeliveryTag(self.next_tag);
         self.next_tag += 1;
         fx.delivered += 1;
-        fx.delivered_bytes += entry.message.body_len();
+        fx.delivered_bytes += message.body_len();
         let delivery = Delivery {
             consumer: holder,
             tag,
-            message: Arc::clone(&entry.message),
+            message,
             redelivered: entry.redelivered,
             delivery_count: entry.delivery_count,
             _permit: None,
