@@ -294,3 +294,46 @@ async fn transient_messages_are_never_paged() {
     assert_eq!(b.queue_for(VH, "q", None).unwrap().paged_count(), 0);
     b.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn the_head_is_bounded_in_bytes_before_and_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let open_small = |dir: std::path::PathBuf| async move {
+        let store = Store::open_rocksdb(&dir, StoreOptions::default()).unwrap();
+        let config = BrokerConfig {
+            queue_head_messages: 1000,
+            queue_head_bytes: 200,
+            ..BrokerConfig::default()
+        };
+        Broker::open(store, config).await.unwrap()
+    };
+    // Bodies fit while their running sum stays within 200 bytes.
+    let mut sum = 0;
+    let fitting = (0..100)
+        .take_while(|i| {
+            sum += body_of(*i).len();
+            sum <= 200
+        })
+        .count() as u64;
+    assert!(fitting > 1 && fitting < 100);
+    {
+        let b = open_small(dir.path().to_path_buf()).await;
+        b.declare_queue(VH, QueueDef::new("q"), false)
+            .await
+            .unwrap();
+        publish_n(&b, "q", 0..100).await;
+        assert_eq!(
+            b.queue_for(VH, "q", None).unwrap().paged_count(),
+            100 - fitting
+        );
+        b.shutdown().await.unwrap();
+    }
+    let b = open_small(dir.path().to_path_buf()).await;
+    assert_eq!(
+        b.queue_for(VH, "q", None).unwrap().paged_count(),
+        100 - fitting
+    );
+    let (c, mut rx) = consume(&b, "q");
+    assert_eq!(take(&mut rx, &c, 100).await, expected(0..100));
+    b.shutdown().await.unwrap();
+}

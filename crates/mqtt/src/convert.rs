@@ -173,18 +173,6 @@ pub fn remaining_expiry(m: &Message, now_unix: u64) -> Option<u32> {
     Some(u32::try_from(secs.saturating_sub(elapsed)).unwrap_or(u32::MAX))
 }
 
-/// A header value as an MQTT user property value, when it has a text form.
-fn header_text(v: &FieldValue) -> Option<String> {
-    Some(match v {
-        FieldValue::ShortString(s) => s.clone(),
-        FieldValue::LongString(b) => String::from_utf8(b.to_vec()).ok()?,
-        FieldValue::Bool(b) => b.to_string(),
-        FieldValue::F32(f) => f.to_string(),
-        FieldValue::F64(f) => f.to_string(),
-        other => other.as_i128()?.to_string(),
-    })
-}
-
 /// The MQTT 5 properties of a core message going to a client (the
 /// subscription identifiers and topic alias are the session's to add).
 /// Headers under `x-mqtt-` are the adapter's own and are not passed on.
@@ -218,7 +206,7 @@ pub fn from_core(m: &Message, now_unix: u64) -> PublishProperties {
         if k.starts_with("x-mqtt-") {
             continue;
         }
-        if let Some(text) = header_text(v) {
+        if let Some(text) = v.to_text() {
             out.user_properties.push((k.to_string(), text));
         }
     }

@@ -14,11 +14,17 @@ use crate::batch::{Batch, Cf, Op};
 use crate::engine::Engine;
 use crate::error::StoreError;
 
-/// Memtable size per column family: large enough that steady message
-/// traffic does not flush constantly, small enough for a modest host.
+/// Memtable size of the message families: large enough that steady
+/// message traffic does not flush constantly, small enough for a modest
+/// host.
 const WRITE_BUFFER_BYTES: usize = 64 << 20;
-/// Cap on all memtables together, across the five families.
-const DB_WRITE_BUFFER_BYTES: usize = 256 << 20;
+/// Memtable size of the quiet families (topology, retained messages, MQTT
+/// sessions, quarantine): their memtables fill slowly and would otherwise
+/// grow the process for hours before their first flush (the soak bench
+/// saw resident memory climb that way).
+const QUIET_WRITE_BUFFER_BYTES: usize = 8 << 20;
+/// Cap on all memtables together, across the families.
+const DB_WRITE_BUFFER_BYTES: usize = 160 << 20;
 /// Cap on the WAL files kept: past it RocksDB flushes the column families
 /// whose memtables pin the oldest WAL file, so a quiet family (retained
 /// messages, sessions) cannot keep gigabytes of log alive and slow a
@@ -64,7 +70,10 @@ impl RocksEngine {
         db_opts.set_keep_log_file_num(LOG_FILES_KEPT);
         let cfs = Cf::ALL.iter().map(|cf| {
             let mut cf_opts = Options::default();
-            cf_opts.set_write_buffer_size(WRITE_BUFFER_BYTES);
+            cf_opts.set_write_buffer_size(match cf {
+                Cf::Messages | Cf::QueueEntries => WRITE_BUFFER_BYTES,
+                _ => QUIET_WRITE_BUFFER_BYTES,
+            });
             cf_opts.set_compression_type(DBCompressionType::Lz4);
             cf_opts.add_compact_on_deletion_collector_factory(
                 DELETION_WINDOW,

@@ -414,12 +414,20 @@ impl Broker {
     /// Opens the broker on `store`, rebuilding vhosts, topology, queues,
     /// messages and reference counts from it. Must run inside a tokio runtime.
     pub async fn open(store: Store, config: BrokerConfig) -> Result<Arc<Broker>, CoreError> {
+        let watermark = match config.memory_high_watermark {
+            0 => default_watermark(),
+            n => n,
+        };
         let recovered = {
             let store = store.clone();
             let head = if store.is_persistent() {
-                config.queue_head_messages
+                recovery::Heads {
+                    messages: config.queue_head_messages,
+                    bytes: config.queue_head_bytes,
+                    total_bytes: watermark / 2,
+                }
             } else {
-                usize::MAX
+                recovery::Heads::ALL
             };
             tokio::task::spawn_blocking(move || recovery::read(&store, head))
                 .await
@@ -450,10 +458,7 @@ impl Broker {
             tasks: TaskTracker::new(),
             closed: AtomicBool::new(false),
             alarm: tokio::sync::watch::Sender::new(false),
-            memory_high_watermark: match config.memory_high_watermark {
-                0 => default_watermark(),
-                n => n,
-            },
+            memory_high_watermark: watermark,
             disk_free_limit: config.disk_free_limit,
             memory_alarm_on: AtomicBool::new(false),
             disk_alarm_on: AtomicBool::new(false),

@@ -59,10 +59,30 @@ fn quarantine(batch: &mut Batch, cf: Cf, key: &[u8], value: &[u8]) {
     batch.delete(cf, key.to_vec());
 }
 
-/// Reads all durable state; messages only for the first `head` entries of
-/// each queue (all of them when `head` is `usize::MAX`). Blocking: run it
-/// off the async workers.
-pub(super) fn read(store: &Store, head: usize) -> Result<Recovered, CoreError> {
+/// How much of each queue recovery reads whole (the rest comes back paged).
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Heads {
+    /// Entries per queue.
+    pub messages: usize,
+    /// Body bytes per queue.
+    pub bytes: u64,
+    /// Body bytes over all queues (half the memory watermark: past it new
+    /// arrivals page too).
+    pub total_bytes: u64,
+}
+
+impl Heads {
+    /// Every message whole (the in-memory store: nothing to page from).
+    pub const ALL: Heads = Heads {
+        messages: usize::MAX,
+        bytes: u64::MAX,
+        total_bytes: u64::MAX,
+    };
+}
+
+/// Reads all durable state; messages only for the head of each queue
+/// (see [`Heads`]). Blocking: run it off the async workers.
+pub(super) fn read(store: &Store, head: Heads) -> Result<Recovered, CoreError> {
     let mut r = Recovered {
         exchanges: Vec::new(),
         queues: Vec::new(),
@@ -100,16 +120,24 @@ pub(super) fn read(store: &Store, head: usize) -> Result<Recovered, CoreError> {
     // Entries first: they say which messages are wanted whole.
     let mut referenced = HashSet::new();
     let mut wanted = HashSet::new();
-    let mut run: (Option<QueueId>, usize) = (None, 0);
+    // This queue's head so far: (queue, entries, body bytes, cut off).
+    let mut run: (Option<QueueId>, usize, u64, bool) = (None, 0, 0, false);
+    let mut total = 0u64;
     store.scan(Cf::QueueEntries, &[], &mut |k, v| {
         match records::split_entry_key(k).and_then(|(q, s)| Ok((q, s, records::decode_entry(v)?))) {
             Ok((q, s, e)) => {
                 if run.0 != Some(q) {
-                    run = (Some(q), 0);
+                    run = (Some(q), 0, 0, false);
                 }
-                run.1 += 1;
                 referenced.insert(e.message);
-                if run.1 <= head || e.index.is_none() {
+                let len = e.index.map_or(0, |(len, _)| len);
+                run.3 |= run.1 >= head.messages
+                    || run.2.saturating_add(len) > head.bytes
+                    || total.saturating_add(len) > head.total_bytes;
+                if !run.3 || e.index.is_none() {
+                    run.1 += 1;
+                    run.2 += len;
+                    total += len;
                     wanted.insert(e.message);
                 }
                 r.entries.push((q, s, e));
