@@ -19,7 +19,8 @@ import pika
 import pytest
 
 READY_RE = re.compile(
-    r"^junction ready amqp=127\.0\.0\.1:(\d+) mqtt=127\.0\.0\.1:(\d+) admin=127\.0\.0\.1:(\d+)$"
+    r"^junction ready amqp=127\.0\.0\.1:(\d+) mqtt=127\.0\.0\.1:(\d+) "
+    r"stomp=127\.0\.0\.1:(\d+) admin=127\.0\.0\.1:(\d+)$"
 )
 READY_TIMEOUT = 30.0
 STOP_TIMEOUT = 15.0
@@ -43,6 +44,7 @@ class Broker:
         self.proc = None
         self.amqp_port = None
         self.mqtt_port = None
+        self.stomp_port = None
         self.admin_port = None
 
     def _args(self):
@@ -67,7 +69,7 @@ class Broker:
         log = open(self.log_path, "ab")
         try:
             self.proc = subprocess.Popen(
-                self._args() + ["--amqp-port", "0", "--mqtt-port", "0", "--admin-port", "0"],
+                self._args() + ["--amqp-port", "0", "--mqtt-port", "0", "--stomp-port", "0", "--admin-port", "0"],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=log,
@@ -79,7 +81,9 @@ class Broker:
         if not m:
             self.kill9()
             pytest.fail(f"unexpected ready line {line!r}; log:\n{self.log_tail()}")
-        self.amqp_port, self.mqtt_port, self.admin_port = (int(g) for g in m.groups())
+        self.amqp_port, self.mqtt_port, self.stomp_port, self.admin_port = (
+            int(g) for g in m.groups()
+        )
         return self
 
     def _read_ready_line(self):

@@ -224,11 +224,9 @@ listener_config!(
     AmqpConfig,
     5672
 );
-listener_config!(
-    /// `[stomp]`: the STOMP listener.
-    StompConfig,
-    61613
-);
+/// `[stomp]`: the STOMP listener and the adapter's limits (the adapter's
+/// own settings type, so the keys are listed once).
+pub use junction_stomp::StompSettings as StompConfig;
 
 impl Config {
     /// Reads `path`, or returns the defaults when there is no path.
@@ -326,6 +324,7 @@ impl Config {
             return Err("[store] max_batch_ops must be at least 1".to_owned());
         }
         self.mqtt.validate()?;
+        self.stomp.validate()?;
         let m = &self.mqtt;
         if !self.broker.vhosts.contains(&m.vhost) {
             return Err(format!(

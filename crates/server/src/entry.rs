@@ -44,9 +44,6 @@ pub fn main() -> ExitCode {
         };
     }
     init_tracing(&config.broker.log_level);
-    if cli.stomp_port.is_some() {
-        tracing::warn!("--stomp-port given, but that protocol adapter is not built yet");
-    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("junction-worker")

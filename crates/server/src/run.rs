@@ -188,6 +188,7 @@ pub struct Server {
     admin_addr: Option<SocketAddr>,
     amqp_addr: Option<SocketAddr>,
     mqtt_addr: Option<SocketAddr>,
+    stomp_addr: Option<SocketAddr>,
     /// Read by `/api/health`; false again once shutdown starts.
     ready: Arc<AtomicBool>,
     /// Cancelled to stop the listeners (and, through child tokens, the
@@ -417,8 +418,25 @@ impl Server {
                 },
             );
         }
+        let mut stomp_addr = None;
         if config.stomp.enabled {
-            tracing::debug!(protocol = "stomp", "adapter not built yet; no listener");
+            let (listener, addr) = bind("STOMP", config.broker.bind, config.stomp.port).await?;
+            stomp_addr = Some(addr);
+            let ctx = Arc::new(junction_stomp::StompContext {
+                broker: Arc::clone(&broker),
+                auth: Arc::clone(&auth),
+                settings: config.stomp.clone(),
+            });
+            spawn_accept_loop(
+                "stomp",
+                listener,
+                &admission,
+                &listeners,
+                &tasks,
+                move |stream, peer, token| {
+                    junction_stomp::serve_connection(stream, peer, Arc::clone(&ctx), token)
+                },
+            );
         }
         ready.store(true, Ordering::Release);
         tracing::info!(
@@ -433,6 +451,7 @@ impl Server {
             admin_addr,
             amqp_addr,
             mqtt_addr,
+            stomp_addr,
             ready,
             listeners,
             tasks,
@@ -448,6 +467,9 @@ impl Server {
         }
         if let Some(a) = self.mqtt_addr {
             line.push_str(&format!(" mqtt={a}"));
+        }
+        if let Some(a) = self.stomp_addr {
+            line.push_str(&format!(" stomp={a}"));
         }
         if let Some(a) = self.admin_addr {
             line.push_str(&format!(" admin={a}"));
@@ -477,6 +499,10 @@ impl Server {
 
     pub fn mqtt_addr(&self) -> Option<SocketAddr> {
         self.mqtt_addr
+    }
+
+    pub fn stomp_addr(&self) -> Option<SocketAddr> {
+        self.stomp_addr
     }
 
     /// Shuts down in DESIGN.md's order. Idempotent.

@@ -55,7 +55,16 @@ fn read_line_within(
 
 /// Flags that put every listener of the broker on a port the OS picks, so
 /// tests running at once never compete for the default ports.
-pub const ANY_PORTS: [&str; 6] = ["--admin-port", "0", "--amqp-port", "0", "--mqtt-port", "0"];
+pub const ANY_PORTS: [&str; 8] = [
+    "--admin-port",
+    "0",
+    "--amqp-port",
+    "0",
+    "--mqtt-port",
+    "0",
+    "--stomp-port",
+    "0",
+];
 
 impl BrokerProcess {
     /// Starts the `junction` binary `bin` (a test passes
