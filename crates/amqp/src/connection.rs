@@ -5,7 +5,6 @@
 //! vectored write.
 
 use std::collections::HashMap;
-use std::io::IoSlice;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -169,32 +168,7 @@ async fn flush(wr: &mut OwnedWriteHalf, out: &mut Output, stall: Duration) -> st
     if out.is_empty() {
         return Ok(());
     }
-    let chunks = out.take();
-    let mut idx = 0;
-    let mut offset = 0;
-    while idx < chunks.len() {
-        let slices: Vec<IoSlice<'_>> = std::iter::once(&chunks[idx][offset..])
-            .chain(chunks[idx + 1..].iter().map(|c| &c[..]))
-            .take(64)
-            .map(IoSlice::new)
-            .collect();
-        let mut n = junction_core::io::within(stall, wr.write_vectored(&slices)).await?;
-        if n == 0 {
-            return Err(std::io::ErrorKind::WriteZero.into());
-        }
-        while n > 0 && idx < chunks.len() {
-            let left = chunks[idx].len() - offset;
-            if n >= left {
-                n -= left;
-                idx += 1;
-                offset = 0;
-            } else {
-                offset += n;
-                n = 0;
-            }
-        }
-    }
-    Ok(())
+    junction_core::io::write_chunks_within(wr, &out.take(), stall).await
 }
 
 impl Conn {

@@ -40,6 +40,49 @@ where
     Ok(())
 }
 
+/// Writes `chunks` in order with vectored writes (up to 64 slices a
+/// call), so message bodies go out as the `Bytes` they are, uncopied;
+/// fails with `TimedOut` when one write makes no progress for `stall`.
+pub async fn write_chunks_within<W>(
+    wr: &mut W,
+    chunks: &[bytes::Bytes],
+    stall: Duration,
+) -> std::io::Result<()>
+where
+    W: AsyncWrite + Unpin,
+{
+    let mut idx = 0;
+    let mut offset = 0;
+    while idx < chunks.len() {
+        let slices: Vec<std::io::IoSlice<'_>> = std::iter::once(&chunks[idx][offset..])
+            .chain(chunks[idx + 1..].iter().map(|c| &c[..]))
+            .take(64)
+            .map(std::io::IoSlice::new)
+            .collect();
+        let mut n = within(stall, wr.write_vectored(&slices)).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        while n > 0 && idx < chunks.len() {
+            let left = chunks[idx].len() - offset;
+            if n >= left {
+                n -= left;
+                idx += 1;
+                offset = 0;
+            } else {
+                offset += n;
+                n = 0;
+            }
+        }
+        // Skip empty chunks, so the loop ends when only they are left.
+        while idx < chunks.len() && chunks[idx].len() == offset {
+            idx += 1;
+            offset = 0;
+        }
+    }
+    Ok(())
+}
+
 /// How long a closing connection keeps reading (and discarding) after its
 /// closing frame and the shutdown of its write side.
 pub const CLOSE_GRACE: Duration = Duration::from_secs(2);
@@ -103,6 +146,25 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(reader.await.unwrap(), 1000);
+    }
+
+    #[tokio::test]
+    async fn chunks_are_written_in_order_across_partial_writes() {
+        let (mut a, mut b) = tokio::io::duplex(7);
+        let chunks: Vec<bytes::Bytes> = ["abc", "", "defgh", "i", "", "jklmnopqrstu"]
+            .iter()
+            .map(|s| bytes::Bytes::from_static(s.as_bytes()))
+            .collect();
+        let reader = tokio::spawn(async move {
+            let mut all = Vec::new();
+            b.read_to_end(&mut all).await.unwrap();
+            all
+        });
+        write_chunks_within(&mut a, &chunks, Duration::from_secs(5))
+            .await
+            .unwrap();
+        drop(a);
+        assert_eq!(reader.await.unwrap(), b"abcdefghijklmnopqrstu");
     }
 
     #[tokio::test(start_paused = true)]

@@ -10,7 +10,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::stream::FuturesOrdered;
 use futures_util::{FutureExt, StreamExt};
 use junction_core::{
@@ -23,7 +23,10 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::codec::{Command, Decoded, Decoder, Frame, Headers, Limits, Version, encode};
+use crate::codec::{
+    Command, Decoded, Decoder, Frame, Headers, Limits, Version, encode, encode_head,
+    encode_heartbeat,
+};
 use crate::context::StompContext;
 use crate::convert::{self, Destination, TOPIC_EXCHANGE};
 use crate::session::{AckMode, Acks, HeartBeat, Transactions, negotiate_version};
@@ -42,6 +45,57 @@ const MAX_KNOWN_QUEUES: usize = 10_000;
 
 /// How long a closing connection may take to write its last frames.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Bodies shorter than this are copied next to their frame's headers;
+/// longer ones go out as the `Bytes` they are (a vectored write).
+const COPY_BODY_BELOW: usize = 4096;
+
+/// What one loop turn writes: frames encoded into `scratch`, large message
+/// bodies kept as their own chunks, never copied.
+#[derive(Default)]
+struct Outbox {
+    chunks: Vec<Bytes>,
+    scratch: BytesMut,
+}
+
+impl Outbox {
+    fn frame(&mut self, f: &Frame, version: Version) {
+        encode(f, version, &mut self.scratch);
+    }
+
+    /// A frame whose body is `body` (its `content-length` already set).
+    fn with_body(&mut self, head: &Frame, body: &Bytes, version: Version) {
+        if body.len() < COPY_BODY_BELOW {
+            encode_head(head, version, &mut self.scratch, body.len() + 1);
+            self.scratch.put_slice(body);
+        } else {
+            encode_head(head, version, &mut self.scratch, 1);
+            self.seal();
+            self.chunks.push(body.clone());
+        }
+        self.scratch.put_u8(0);
+    }
+
+    fn heartbeat(&mut self) {
+        encode_heartbeat(&mut self.scratch);
+    }
+
+    fn is_empty(&self) -> bool {
+        self.chunks.is_empty() && self.scratch.is_empty()
+    }
+
+    fn seal(&mut self) {
+        if !self.scratch.is_empty() {
+            self.chunks.push(self.scratch.split().freeze());
+        }
+    }
+
+    /// Everything queued, in order.
+    fn take(&mut self) -> Vec<Bytes> {
+        self.seal();
+        std::mem::take(&mut self.chunks)
+    }
+}
 
 /// A refusal sent as an ERROR frame; the connection closes after it.
 #[derive(Debug)]
@@ -182,7 +236,7 @@ pub(crate) async fn run<S>(
             version: opened.version,
             heartbeat: opened.heartbeat,
             client_id: opened.client_id,
-            out: BytesMut::new(),
+            out: Outbox::default(),
             subs: HashMap::new(),
             by_consumer: HashMap::new(),
             next_sub: 1,
@@ -399,7 +453,7 @@ struct Conn {
     version: Version,
     heartbeat: HeartBeat,
     client_id: Option<String>,
-    out: BytesMut,
+    out: Outbox,
     subs: HashMap<String, Sub>,
     by_consumer: HashMap<ConsumerId, String>,
     next_sub: u64,
@@ -456,9 +510,8 @@ impl Conn {
                 } else {
                     stall
                 };
-                if let Err(e) =
-                    junction_core::io::write_all_buf_within(wr, &mut self.out, stall).await
-                {
+                let chunks = self.out.take();
+                if let Err(e) = junction_core::io::write_chunks_within(wr, &chunks, stall).await {
                     if e.kind() == std::io::ErrorKind::TimedOut && !self.error_sent {
                         tracing::info!("stomp client stopped reading; closing as a slow consumer");
                         self.ctx.broker.note_slow_consumer();
@@ -520,7 +573,7 @@ impl Conn {
                         return Ok(());
                     }
                     if !hb.send.is_zero() && last_send.elapsed() + tick >= hb.send {
-                        crate::codec::encode_heartbeat(&mut self.out);
+                        self.out.heartbeat();
                     }
                 }
             }
@@ -541,7 +594,7 @@ impl Conn {
                 Ok(Decoded::Incomplete) => break,
                 Err(e) => {
                     tracing::info!(error = %e, "bad stomp frame");
-                    encode(&e.to_frame(), self.version, &mut self.out);
+                    self.out.frame(&e.to_frame(), self.version);
                     self.error_sent = true;
                     buf.clear();
                 }
@@ -564,17 +617,16 @@ impl Conn {
         if let Some(r) = receipt {
             f.headers.push("receipt-id", r);
         }
-        encode(&f, self.version, &mut self.out);
+        self.out.frame(&f, self.version);
         self.error_sent = true;
     }
 
     fn on_receipt(&mut self, r: Result<Option<String>, String>) {
         match r {
             Ok(Some(id)) => {
-                encode(
+                self.out.frame(
                     &Frame::new(Command::Receipt).header("receipt-id", id.as_str()),
                     self.version,
-                    &mut self.out,
                 );
                 if self.disconnect_receipt.as_deref() == Some(id.as_str()) {
                     self.finished = true;
@@ -1109,9 +1161,8 @@ impl Conn {
                 f.headers
                     .push("redelivered", if d.redelivered { "true" } else { "false" });
                 convert::from_core(m, &mut f.headers);
-                f.body = m.body.clone();
-                f.set_content_length();
-                encode(&f, self.version, &mut self.out);
+                f.headers.push("content-length", m.body.len().to_string());
+                self.out.with_body(&f, &m.body, self.version);
             }
             ConsumerEvent::Cancelled(consumer) => {
                 // The queue was deleted under the subscription.

@@ -21,6 +21,17 @@ use super::frame::{Frame, Version};
 /// anywhere; an LF, CR, or a `:` in a name, where nothing is escaped; a CR
 /// in 1.1) is written as a space, so no header text can break the framing.
 pub fn encode(frame: &Frame, version: Version, out: &mut BytesMut) {
+    encode_head(frame, version, out, frame.body.len() + 1);
+    out.put_slice(&frame.body);
+    out.put_u8(0);
+}
+
+/// Appends what [`encode`] writes before the body: the command, the
+/// headers and the blank line. The caller sends `frame.body` (or any
+/// body) and a NUL after it: a broker hands a large body to a vectored
+/// write as the `Bytes` it already is, instead of copying it.
+/// `reserve` is extra room to reserve beyond the head.
+pub fn encode_head(frame: &Frame, version: Version, out: &mut BytesMut, reserve: usize) {
     let escaping = Escaping::of(frame.command, version);
     let command = frame.command.as_str();
     // Exact unless something needs escaping; then `out` grows as needed.
@@ -29,7 +40,7 @@ pub fn encode(frame: &Frame, version: Version, out: &mut BytesMut) {
         .iter()
         .map(|(name, value)| name.len() + value.len() + 2)
         .sum();
-    out.reserve(command.len() + head + frame.body.len() + 3);
+    out.reserve(command.len() + head + 2 + reserve);
     out.put_slice(command.as_bytes());
     out.put_u8(b'\n');
     for (name, value) in &frame.headers {
@@ -39,8 +50,6 @@ pub fn encode(frame: &Frame, version: Version, out: &mut BytesMut) {
         out.put_u8(b'\n');
     }
     out.put_u8(b'\n');
-    out.put_slice(&frame.body);
-    out.put_u8(0);
 }
 
 /// Appends one heart-beat: a single EOL ("STOMP 1.2 Heart-beating": "if

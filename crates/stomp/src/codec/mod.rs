@@ -86,7 +86,7 @@ pub mod samples;
 mod tests;
 
 pub use decode::{Decoded, Decoder, decode};
-pub use encode::{encode, encode_heartbeat};
+pub use encode::{encode, encode_head, encode_heartbeat};
 pub use error::{CodecError, ErrorKind};
 pub use frame::{Command, Frame, Headers, Version};
 pub use limits::Limits;
