@@ -62,14 +62,17 @@ def _test_deadline(request):
 def make_broker(tmp_path):
     """`make_broker(vhosts=[...], users=[(name, password, [vhosts])],
     broker_options=["key = value"], mqtt_options=["key = value"],
-    data_dir=path)` returns a started broker; every one is stopped at
-    teardown."""
+    stomp_options=["key = value"], data_dir=path)` returns a started
+    broker; every one is stopped at teardown."""
     made = []
 
-    def make(vhosts=None, users=(), broker_options=(), mqtt_options=(), data_dir=None):
-        """`broker_options` / `mqtt_options`: extra `key = value` lines for
-        the [broker] / [mqtt] tables. `data_dir`: where the broker keeps its
-        store (default: a fresh dir under the test's tmp_path); its log goes
+    def make(
+        vhosts=None, users=(), broker_options=(), mqtt_options=(), stomp_options=(), data_dir=None
+    ):
+        """`broker_options` / `mqtt_options` / `stomp_options`: extra
+        `key = value` lines for the [broker] / [mqtt] / [stomp] tables.
+        `data_dir`: where the broker keeps its store (default: a fresh dir
+        under the test's tmp_path); its log goes
         beside it, `<data_dir>.log`, so a data dir that is a mount point
         (a small tmpfs) keeps the log off that file system."""
         n = len(made)
@@ -78,11 +81,13 @@ def make_broker(tmp_path):
         if vhosts is not None:
             listed = ", ".join('"%s"' % v for v in vhosts)
             lines.append(f"vhosts = [{listed}]")
-        if lines or mqtt_options:
+        if lines or mqtt_options or stomp_options:
             config = tmp_path / f"junction-{n}.toml"
             text = "[broker]\n" + "\n".join(lines) + "\n"
             if mqtt_options:
                 text += "[mqtt]\n" + "\n".join(mqtt_options) + "\n"
+            if stomp_options:
+                text += "[stomp]\n" + "\n".join(stomp_options) + "\n"
             config.write_text(text)
         b = Broker(data_dir if data_dir is not None else tmp_path / f"data-{n}", config)
         made.append(b)

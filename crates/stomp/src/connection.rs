@@ -31,9 +31,12 @@ use crate::context::StompContext;
 use crate::convert::{self, Destination, TOPIC_EXCHANGE};
 use crate::session::{AckMode, Acks, HeartBeat, Transactions, negotiate_version};
 
-/// A receipt (or a refusal) that resolves in frame order.
-type ReceiptFuture =
-    Pin<Box<dyn std::future::Future<Output = Result<Option<String>, String>> + Send>>;
+/// A frame's outcome, in frame order: its receipt (if it asked for one),
+/// or why it failed (with that receipt, for the ERROR's `receipt-id`).
+type Outcome = Result<Option<String>, (String, Option<String>)>;
+
+/// An [`Outcome`] that resolves when the frame's work is done.
+type ReceiptFuture = Pin<Box<dyn std::future::Future<Output = Outcome> + Send>>;
 
 /// Receipts (SENDs awaiting their store write) outstanding before the
 /// connection stops reading: publishers wait for the disk, not the broker's
@@ -621,7 +624,7 @@ impl Conn {
         self.error_sent = true;
     }
 
-    fn on_receipt(&mut self, r: Result<Option<String>, String>) {
+    fn on_receipt(&mut self, r: Outcome) {
         match r {
             Ok(Some(id)) => {
                 self.out.frame(
@@ -633,7 +636,9 @@ impl Conn {
                 }
             }
             Ok(None) => {}
-            Err(why) => self.error(StompError::new("message not stored").detail(why), None),
+            Err((why, receipt)) => {
+                self.error(StompError::new("message not stored").detail(why), receipt)
+            }
         }
     }
 
@@ -769,10 +774,11 @@ impl Conn {
             async move {
                 match published.confirmed().await {
                     Ok(true) => Ok(receipt),
-                    Ok(false) => {
-                        Err("a queue refused the message (x-overflow reject-publish)".to_string())
-                    }
-                    Err(e) => Err(e.to_string()),
+                    Ok(false) => Err((
+                        "a queue refused the message (x-overflow reject-publish)".to_string(),
+                        receipt,
+                    )),
+                    Err(e) => Err((e.to_string(), receipt)),
                 }
             }
             .boxed(),
