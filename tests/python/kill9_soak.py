@@ -8,14 +8,18 @@ persistent data dir and repeats, `--rounds` times:
 1. Publisher workers run concurrently (one thread each, see `PROTOCOLS`):
    AMQP publishers with publisher confirms (BlockingChannel, one publish in
    flight; and SelectConnection, up to 64 in flight), MQTT 3.1.1 and 5
-   publishers at QoS 1 (some QoS 2, up to 64 in flight). At random moments
-   they declare new durable queues (AMQP) or new durable queues bound to
-   new topics on `amq.topic` (MQTT, the binding made with pika), and
-   publish to those and to long-lived ones (two AMQP ones behind a durable
-   fanout exchange, and MQTT topics that reach two queues each).
+   publishers at QoS 1 (some QoS 2, up to 64 in flight), and STOMP 1.2
+   publishers (stomp.py) sending `persistent:true` with a `receipt` on
+   every SEND (up to 64 in flight). At random moments they declare new
+   durable queues (AMQP; STOMP by its first SEND to `/queue/<name>`) or
+   new durable queues bound to new topics on `amq.topic` (MQTT, the
+   binding made with pika), and publish to those and to long-lived ones
+   (two AMQP ones behind a durable fanout exchange, and MQTT topics that
+   reach two queues each; STOMP reaches them as `/amq/queue/<name>`,
+   `/exchange/<fanout>/` and `/topic/<key>`).
    Every body is unique: `worker|round|seq#padding`, the padding derived
    from the rest (so a corrupted body is caught too). A message counts as
-   confirmed only once its basic.ack / PUBACK / PUBCOMP arrived.
+   confirmed only once its basic.ack / PUBACK / PUBCOMP / RECEIPT arrived.
 2. At a random moment the broker gets SIGKILL. Workers end on the lost
    connection.
 3. The broker restarts on the same data dir (time to its ready line is
@@ -55,6 +59,7 @@ it, report included.
 import argparse
 import hashlib
 import json
+import logging
 import random
 import shutil
 import statistics
@@ -69,6 +74,7 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pika
 import pytest
+import stomp
 from pika.exceptions import ChannelClosedByBroker
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -82,6 +88,7 @@ DRAIN_IDLE = 5.0  # a drain waits at most this long for the next delivery
 DRAIN_BATCH = 1000  # deliveries per consumer (and prefetch) while draining
 MQTT_WINDOW = 64  # QoS 1/2 publishes in flight per MQTT worker
 AMQP_WINDOW = 64  # unconfirmed publishes per pipelining AMQP worker
+STOMP_WINDOW = 64  # SENDs awaiting their RECEIPT per STOMP worker
 ACK_TIMEOUT = 10.0  # a live broker acknowledges within this
 LONG_AMQP_QUEUES = 4
 LONG_MQTT_TOPICS = 3
@@ -161,7 +168,7 @@ class Topology:
     def __init__(self, max_queues):
         self.lock = threading.Lock()
         self.max_queues = max_queues
-        self.queues = {}  # name -> (kind, round declared); kind "long" / "amqp" / "mqtt"
+        self.queues = {}  # name -> (kind, round declared); "long" / "amqp" / "mqtt" / "stomp"
         self.amqp_targets = []  # (exchange, routing key, dests)
         self.mqtt_topics = []  # (topic, dests)
         self.bindings = []  # (exchange, routing key, dests): probed after each kill
@@ -557,6 +564,157 @@ class MqttWorker(Worker):
                 pass
 
 
+class StompPublisher(stomp.ConnectionListener):
+    """A stomp.py listener that maps RECEIPTs back to `Sent` records (the
+    record is registered before its SEND goes out: the RECEIPT may come
+    before `send_frame` returns) and notes CONNECTED, ERROR and the end
+    of the connection."""
+
+    def __init__(self, worker):
+        self.worker = worker
+        self.cond = threading.Condition()
+        self.inflight = {}  # receipt id -> Sent
+        self.connected = False
+        self.error = None  # the first ERROR frame: (headers, body)
+        self.disconnected = False
+        self.last_seq = -1  # RECEIPTs come in SEND order
+
+    def on_connected(self, frame):
+        with self.cond:
+            self.connected = True
+            self.cond.notify_all()
+
+    def on_receipt(self, frame):
+        rid = frame.headers.get("receipt-id")
+        with self.cond:
+            rec = self.inflight.pop(rid, None)
+            if rec is None:
+                self.worker.errors.append(f"{self.worker.name}: RECEIPT for unknown id {rid!r}")
+            else:
+                if rec.seq < self.last_seq:
+                    self.worker.errors.append(
+                        f"{self.worker.name}: RECEIPT of seq {rec.seq} after seq {self.last_seq}"
+                    )
+                self.last_seq = max(self.last_seq, rec.seq)
+                self.worker.confirm(rec)
+            self.cond.notify_all()
+
+    def on_error(self, frame):
+        with self.cond:
+            if self.error is None:
+                self.error = (dict(frame.headers), bytes(frame.body or b"")[:200])
+            self.cond.notify_all()
+
+    def on_disconnected(self):
+        with self.cond:
+            self.disconnected = True
+            self.cond.notify_all()
+
+    def expect(self, rid, rec):
+        with self.cond:
+            self.inflight[rid] = rec
+
+    def _gone(self):
+        return self.disconnected or self.error is not None
+
+    def wait_for(self, predicate, timeout, what):
+        """Waits until `predicate()` (under the lock); False when the
+        connection ended (or got an ERROR) first. A live broker that
+        answers nothing within `timeout` fails the worker."""
+        with self.cond:
+            ok = self.cond.wait_for(lambda: predicate() or self._gone(), timeout)
+            if predicate():
+                return True
+            if self._gone():
+                return False
+        assert ok, f"{self.worker.name}: no {what} within {timeout} s"
+        return False
+
+
+class StompWorker(Worker):
+    """stomp.py 1.2 (`host:/`), SENDs of `persistent:true` bodies each with
+    a `receipt`, up to STOMP_WINDOW awaiting their RECEIPT. Targets: new
+    durable queues it declares by SENDing to `/queue/<name>` (the queue
+    counts as declared, and is published to again, once that first SEND's
+    RECEIPT came; later SENDs use `/queue/` or `/amq/queue/`), the queues
+    and exchanges the AMQP workers publish to (`/amq/queue/<name>`,
+    `/exchange/<x>/<key>`) and the MQTT topics (`/topic/<key>`, amq.topic)."""
+
+    proto = "stomp"
+
+    def destination(self, exchange, rk):
+        if exchange == "":
+            return f"/amq/queue/{rk}"
+        if exchange == "amq.topic":
+            return f"/topic/{rk}"
+        return f"/exchange/{exchange}/{rk}"
+
+    def send(self, conn, pub, destination, dests):
+        rec, body = self.record(dests)
+        rid = str(rec.seq)
+        pub.expect(rid, rec)
+        conn.send_frame(
+            "SEND",
+            {
+                "destination": destination,
+                "persistent": "true",
+                "receipt": rid,
+                "content-length": len(body),
+            },
+            body,
+        )
+        return rec
+
+    def publish_loop(self):
+        ctx = self.ctx
+        conn = stomp.Connection12(
+            [("127.0.0.1", ctx.broker.stomp_port)],
+            heartbeats=(0, 0),
+            vhost="/",
+            auto_decode=False,
+            reconnect_attempts_max=1,
+            try_loopback_connect=False,
+        )
+        pub = StompPublisher(self)
+        conn.set_listener("soak", pub)
+        try:
+            conn.connect("guest", "guest", wait=False)
+            if not pub.wait_for(lambda: pub.connected, ACK_TIMEOUT, "CONNECTED"):
+                raise ConnectionError(f"no CONNECTED: {pub.error}")
+            mine = []  # (destination, dests) of its own queues
+            while self.more():
+                if self.time_for_new_queue() and ctx.topo.reserve():
+                    name = self.new_queue_name()
+                    ctx.topo.declaring(name)
+                    rec = self.send(conn, pub, f"/queue/{name}", (name,))
+                    if not pub.wait_for(lambda: rec.confirmed, ACK_TIMEOUT, "RECEIPT"):
+                        raise ConnectionError(f"connection lost ({pub.error})")
+                    ctx.topo.declared(name, "stomp", ctx.rnd)
+                    mine += [(f"/queue/{name}", (name,)), (f"/amq/queue/{name}", (name,))]
+                r = self.rng.random()
+                if mine and r < 0.5:
+                    destination, dests = self.rng.choice(mine)
+                elif r < 0.75:
+                    exchange, rk, dests = ctx.topo.pick_amqp(self.rng)
+                    destination = self.destination(exchange, rk)
+                else:
+                    topic, dests = ctx.topo.pick_mqtt(self.rng)
+                    destination = "/topic/" + topic.replace("/", ".")
+                if not pub.wait_for(lambda: len(pub.inflight) < STOMP_WINDOW, ACK_TIMEOUT, "room"):
+                    raise ConnectionError(f"connection lost ({pub.error})")
+                self.send(conn, pub, destination, dests)
+            # The cap: wait for the last receipts, then for the kill.
+            pub.wait_for(lambda: not pub.inflight, ACK_TIMEOUT, "last RECEIPTs")
+            self.idle_until_killed()
+        finally:
+            if pub.error is not None and not ctx.killed.is_set():
+                self.errors.append(f"{self.name}: ERROR frame {pub.error}")
+            try:
+                conn.transport.disconnect_socket()
+            except Exception:
+                pass
+
+
 @dataclass
 class Protocol:
     """One kind of publisher: `make(name, ctx)` builds its Worker."""
@@ -566,18 +724,17 @@ class Protocol:
 
 
 # The publishers of a round, one entry per protocol. `--workers` says how
-# many of each (DEFAULT_WORKERS). STOMP is one more entry here
-# once the STOMP adapter lands: a Worker subclass whose publish_loop sends
-# persistent messages with a receipt header and calls `confirm` on RECEIPT.
+# many of each (DEFAULT_WORKERS).
 PROTOCOLS = [
     Protocol("amqp", lambda name, ctx: AmqpWorker(name, ctx)),
     Protocol("amqp-window", lambda name, ctx: AmqpWindowWorker(name, ctx)),
     Protocol("mqtt311", lambda name, ctx: MqttWorker(name, ctx, V311)),
     Protocol("mqtt5", lambda name, ctx: MqttWorker(name, ctx, V5)),
+    Protocol("stomp", lambda name, ctx: StompWorker(name, ctx)),
 ]
 
 
-DEFAULT_WORKERS = "amqp=2,amqp-window=2,mqtt311=2,mqtt5=2"
+DEFAULT_WORKERS = "amqp=2,amqp-window=2,mqtt311=2,mqtt5=2,stomp=2"
 
 
 def parse_workers(spec):
@@ -1140,6 +1297,8 @@ def run_soak(cfg, data_dir=None, out=print):
 
 def main(argv=None):
     cfg = build_parser().parse_args(argv)
+    # stomp.py logs every send on a socket the kill closed, with a traceback.
+    logging.getLogger("stomp.py").setLevel(logging.CRITICAL)
     res = run_soak(cfg)
     print(res.summary())
     return 0 if res.ok else 1

@@ -4,9 +4,9 @@ first packets announcing megabytes, more connections than allowed,
 clients that stop reading, sessions asking to live forever or hold
 endless subscriptions, and clients that keep writing after the broker has
 said no. Each attack gets the protocol's own answer (MQTT CONNACK /
-SUBACK / DISCONNECT reason codes, AMQP connection.close reply codes, or a
-close at accept where nothing can be said yet), nothing crashes, and a
-fresh well-behaved client is served afterwards.
+SUBACK / DISCONNECT reason codes, AMQP connection.close reply codes, STOMP
+ERROR frames, or a close at accept where nothing can be said yet), nothing
+crashes, and a fresh well-behaved client is served afterwards.
 
 The limits are options of conf/junction.toml: `[broker]`
 max_pending_logins (64), max_handshake_size (65536), max_connections
@@ -18,10 +18,12 @@ its write side and keeps reading for a short grace (2 s, 1 MiB), so a
 client still writing reads the reason instead of a broken pipe.
 """
 
+import itertools
 import socket
 import struct
 import threading
 import time
+from pathlib import Path
 
 import pika
 import pytest
@@ -55,7 +57,11 @@ from mqtt_support import (
     varint,
 )
 from mqtt_support import wait_until as poll_until
-from net_support import unread_bytes
+from net_support import tcp_connect, unread_bytes
+from stomp_support import CLOSED
+from stomp_support import assert_serves as assert_stomp_serves
+from stomp_support import build as stomp_build
+from stomp_support import stomp_clients  # noqa: F401 (fixture)
 
 LEVELS = pytest.mark.parametrize("level", [4, 5], ids=["v311", "v5"])
 
@@ -266,6 +272,52 @@ def test_amqp_login_flood_past_max_pending_logins_gets_506(login_broker, names):
     assert_amqp_serves(login_broker, names("q2"))
 
 
+def stomp_connect_headers(login="guest", passcode="guest", extra=()):
+    """CONNECT headers of a STOMP 1.2 client for vhost "/"."""
+    return [
+        ("accept-version", "1.2"),
+        ("host", "/"),
+        ("login", login),
+        ("passcode", passcode),
+        *extra,
+    ]
+
+
+@pytest.mark.deadline(150)
+def test_stomp_login_flood_past_max_pending_logins_gets_error_server_busy(
+    login_broker, stomp_clients
+):
+    """40 STOMP CONNECTs with wrong passcodes at once, max_pending_logins =
+    1: each gets one ERROR and the close, none hangs - `server busy` for
+    those finding the one slot taken, `access_refused` for the others.
+    Then the right passcode logs in, and once it is known, 40 at once all
+    get CONNECTED (the cache needs no slot)."""
+    raws = [stomp_clients.raw(login_broker) for _ in range(FLOOD)]
+    # Every CONNECT is written before any answer is read: they arrive together.
+    for i, raw in enumerate(raws):
+        raw.send_frame("CONNECT", stomp_connect_headers(USER, f"wrong-{i}"))
+    messages = []
+    for raw in raws:
+        error = raw.expect("ERROR", timeout=WAIT)
+        assert raw.wait_closed(timeout=WAIT) == []
+        messages.append(error.headers.get("message"))
+    assert set(messages) <= {"server busy", "access_refused"}, messages
+    assert messages.count("server busy") >= 1, messages
+    assert messages.count("access_refused") >= 1, messages  # the first one took the slot
+
+    alice = stomp_clients.connect(login_broker, login=USER, passcode=PASSWORD)
+    q = uid("alice")
+    alice.subscribe(f"/queue/{q}")
+    alice.send(f"/queue/{q}", b"logged in", receipt=True)
+    assert [m.body for m in alice.wait_messages(1)] == [b"logged in"]
+
+    raws = [stomp_clients.raw(login_broker) for _ in range(FLOOD)]
+    for raw in raws:
+        raw.send_frame("CONNECT", stomp_connect_headers(USER, PASSWORD))
+    assert [raw.read_frame(timeout=WAIT).cmd for raw in raws] == ["CONNECTED"] * FLOOD
+    assert_stomp_serves(login_broker, stomp_clients)
+
+
 # --- the first packet --------------------------------------------------------
 
 
@@ -419,6 +471,100 @@ def test_amqp_start_ok_one_byte_over_max_handshake_size_is_refused_with_501(modu
     assert_amqp_serves(module_broker, names("q"))
 
 
+def stomp_connect_of_size(size):
+    """A guest CONNECT frame of exactly `size` bytes (NUL included), padded
+    with header lines of at most 8 KB (under [stomp] max_header_length)."""
+    room = size - len(stomp_build("CONNECT", stomp_connect_headers()))
+    names = [f"pad{i}" for i in range(-(-room // (8 * KiB)))]
+    each, rest = divmod(room - sum(len(n) + 2 for n in names), len(names))  # name, ':', LF
+    pads = [(n, "p" * (each + (i < rest))) for i, n in enumerate(names)]
+    frame = stomp_build("CONNECT", stomp_connect_headers(extra=pads))
+    assert len(frame) == size, (len(frame), size)
+    return frame
+
+
+def stomp_frames_until_closed(sock, timeout=10.0):
+    """Every byte the broker sends until it closes `sock`."""
+    deadline = time.monotonic() + timeout
+    data = b""
+    while True:
+        left = deadline - time.monotonic()
+        assert left > 0, f"STOMP socket still open after {timeout} s; read {data[:300]!r}"
+        sock.settimeout(left)
+        try:
+            chunk = sock.recv(64 * KiB)
+        except ConnectionResetError:
+            return data
+        if not chunk:
+            return data
+        data += chunk
+
+
+def only_stomp_error(data):
+    """`data` must be exactly one ERROR frame (1.0 framing: before CONNECT
+    nothing is escaped); returns its `message` header."""
+    assert data.startswith(b"ERROR\n") and data.endswith(b"\0"), data[:300]
+    assert data.count(b"\0") == 1, data[:300]
+    head, _, _ = data.partition(b"\n\n")
+    headers = dict(line.split(b":", 1) for line in head.split(b"\n")[1:])
+    return headers[b"message"].decode()
+
+
+@pytest.mark.parametrize("framing", ["content-length", "nul-terminated"])
+def test_stomp_connect_announcing_16_mib_is_refused_before_its_body(
+    module_broker, stomp_clients, framing
+):
+    """A CONNECT whose body is 16 MiB: with `content-length:16777216` it
+    is refused with an ERROR as soon as that header is read, after the
+    head and 4 KB of body; without content-length once 64 KiB arrived.
+    The broker does not wait for the rest, and a client that keeps writing
+    is cut off long before 16 MiB."""
+    sock = tcp_connect(module_broker.stomp_port, 5.0)
+    try:
+        extra = [("content-length", str(ANNOUNCED))] if framing == "content-length" else []
+        head = stomp_build("CONNECT", stomp_connect_headers(extra=extra))[:-1]  # no NUL
+        if framing == "content-length":
+            sock.sendall(head + b"x" * (4 * KiB))
+            limit = f"body larger than {DEFAULT_HANDSHAKE_MAX} bytes"
+        else:
+            sock.sendall(head + b"x" * (DEFAULT_HANDSHAKE_MAX))
+            limit = f"frame larger than {DEFAULT_HANDSHAKE_MAX} bytes"
+        assert only_stomp_error(stomp_frames_until_closed(sock)) == limit
+        assert_write_refused(sock)
+    finally:
+        sock.close()
+    assert_stomp_serves(module_broker, stomp_clients)
+
+
+def test_stomp_connect_of_exactly_max_handshake_size_is_accepted(module_broker, stomp_clients):
+    """A 65,536-byte CONNECT (long header lines) gets CONNECTED; after it
+    the full frame limits apply (a 200 KB SEND goes through)."""
+    q = uid("big")
+    raw = stomp_clients.raw(module_broker)
+    raw.send(stomp_connect_of_size(DEFAULT_HANDSHAKE_MAX))
+    raw.expect("CONNECTED")
+    raw.send_frame("SUBSCRIBE", {"destination": f"/queue/{q}", "id": "1", "receipt": "sub"})
+    assert raw.expect("RECEIPT").headers["receipt-id"] == "sub"
+    body = bytes(range(256)) * 800  # 200 KB, NULs included
+    raw.send_frame("SEND", {"destination": f"/queue/{q}"}, body, content_length=True)
+    msg = raw.expect("MESSAGE")
+    assert msg.body == body
+    assert_stomp_serves(module_broker, stomp_clients)
+
+
+def test_stomp_connect_one_byte_over_max_handshake_size_is_refused(module_broker, stomp_clients):
+    """A 65,537-byte CONNECT: an ERROR naming the handshake limit, then
+    the close."""
+    sock = tcp_connect(module_broker.stomp_port, 5.0)
+    try:
+        sock.sendall(stomp_connect_of_size(DEFAULT_HANDSHAKE_MAX + 1))
+        message = only_stomp_error(stomp_frames_until_closed(sock))
+        assert message == f"frame larger than {DEFAULT_HANDSHAKE_MAX} bytes"
+    finally:
+        sock.close()
+    assert_stomp_serves(module_broker, stomp_clients)
+
+
 # --- connection caps -----------------------------------------------------------
 
 
@@ -564,6 +710,80 @@ def test_max_connections_closes_connections_past_the_total_at_accept(make_broker
     assert_amqp_serves(b, names("q-after"))
 
 
+def stomp_probe(stomp_clients, broker):
+    """A raw STOMP connection that got CONNECTED, or None if the broker
+    closed it at accept (not a byte sent back)."""
+    raw = stomp_clients.raw(broker)
+    try:
+        raw.send_frame("CONNECT", stomp_connect_headers())
+        frame = raw.read_frame()
+    except (BrokenPipeError, ConnectionResetError):
+        frame = CLOSED
+    if frame is CLOSED:
+        assert raw.buf == b"", f"closed after sending {raw.buf!r}"
+        raw.close()
+        return None
+    assert frame.cmd == "CONNECTED", frame
+    return raw
+
+
+def assert_stomp_served(client):
+    """A connected stomp.py client still subscribes, sends and receives."""
+    before = len(client.messages)
+    q = uid("served")
+    client.subscribe(f"/queue/{q}")
+    client.send(f"/queue/{q}", b"served", receipt=True)
+    got = client.wait_messages(before + 1)
+    assert [(m.headers["destination"], m.body) for m in got[before:]] == [
+        (f"/queue/{q}", b"served")
+    ]
+
+
+def test_max_connections_per_ip_applies_to_stomp(make_broker, clients, stomp_clients, names):
+    """max_connections_per_ip = 4 held by two STOMP connections (stomp.py
+    and raw), one pika and one paho: a STOMP connection, and an AMQP one,
+    are closed before any protocol reply and counted in
+    junction_connections_refused_total; the four keep working; after the
+    raw STOMP one closes, a new STOMP connection is admitted and then the
+    next one is refused again."""
+    b = make_broker(broker_options=["max_connections_per_ip = 4"])
+    st = stomp_clients.connect(b)
+    raw = stomp_probe(stomp_clients, b)
+    assert raw is not None
+    conn = b.connect()
+    paho = clients.connect(b)
+    probe = None
+    try:
+        assert metric(b, REFUSED_METRIC) == 0
+        assert stomp_probe(stomp_clients, b) is None
+        assert metric(b, REFUSED_METRIC) == 1
+        assert amqp_probe(b) is None
+        assert metric(b, REFUSED_METRIC) == 2
+
+        assert_stomp_served(st)
+        raw.send_frame("SUBSCRIBE", {"destination": f"/queue/{uid('q')}", "id": "1", "receipt": "r"})
+        assert raw.expect("RECEIPT").headers["receipt-id"] == "r"
+        assert_amqp_connection_served(conn, names("q"))
+        assert_mqtt_served(paho)
+
+        raw.close()
+        probe, refused = admitted_after_a_close(lambda: stomp_probe(stomp_clients, b))
+        assert metric(b, REFUSED_METRIC) == 2 + refused
+        probe.send_frame("SUBSCRIBE", {"destination": f"/queue/{uid('q')}", "id": "1", "receipt": "r"})
+        assert probe.expect("RECEIPT").headers["receipt-id"] == "r"
+        # Four again: the next one is refused.
+        assert stomp_probe(stomp_clients, b) is None
+        assert metric(b, REFUSED_METRIC) == 3 + refused
+    finally:
+        if probe is not None:
+            probe.close()
+        if conn.is_open:
+            conn.close()
+    paho.disconnect()
+    st.disconnect()
+    assert_stomp_serves(b, stomp_clients)
+
+
 # --- clients that stop reading ----------------------------------------------------
 
 SMALL_RCVBUF = 4096
@@ -660,6 +880,130 @@ def test_mqtt_subscriber_that_stops_reading_is_cut_off_as_a_slow_consumer(make_b
     assert_broker_serves(clients, b)
 
 
+STOMP_BODY = 8 * KiB
+STOMP_COUNT = 2000  # 16 MiB, and more messages than the transport window
+TRANSPORT_WINDOW = 1024  # deliveries handed to a connection and not yet written
+
+
+def stomp_body(i, size=STOMP_BODY):
+    return struct.pack(">I", i) + bytes(size - 4)
+
+
+def kernel_send_buffer_max():
+    """The most a TCP send buffer grows to (the max of tcp_wmem)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/tcp_wmem").read_text().split()[2])
+    except (OSError, ValueError, IndexError):
+        return 4 * MiB
+
+
+def stuck_stomp_subscriber(broker, destination, ack="auto", headers=()):
+    """A raw STOMP 1.2 subscriber to `destination` with a small receive
+    buffer, that never reads again once its SUBSCRIBE's RECEIPT came."""
+    sock = tcp_connect(broker.stomp_port, 5.0, rcvbuf=SMALL_RCVBUF)
+    sub = [("destination", destination), ("id", "stuck"), ("ack", ack), ("receipt", "subscribed")]
+    sock.sendall(
+        stomp_build("CONNECT", stomp_connect_headers())
+        + stomp_build("SUBSCRIBE", sub + list(headers))
+    )
+    got = b""
+    while not got.endswith(b"receipt-id:subscribed\n\n\0"):
+        chunk = sock.recv(4096)
+        assert chunk, f"closed: {got!r}"
+        got += chunk
+    assert got.startswith(b"CONNECTED\n"), got
+    return sock
+
+
+def stomp_flood(broker, destination, count=STOMP_COUNT, size=STOMP_BODY):
+    """`count` persistent SENDs of `stomp_body` from a raw STOMP client,
+    then one with a receipt: its RECEIPT says every earlier SEND is stored.
+    Returns the (open) socket."""
+    sock = tcp_connect(broker.stomp_port, WAIT)
+    sock.sendall(stomp_build("CONNECT", stomp_connect_headers()))
+    frames = (
+        stomp_build(
+            "SEND",
+            {"destination": destination, "persistent": "true"},
+            stomp_body(i, size),
+            content_length=True,
+        )
+        for i in range(count)
+    )
+    for batch in iter(lambda: b"".join(itertools.islice(frames, 64)), b""):
+        sock.sendall(batch)
+    sock.sendall(stomp_build("SEND", {"destination": "/queue/fence", "receipt": "fence"}))
+    got = b""
+    while b"receipt-id:fence\n" not in got:
+        chunk = sock.recv(64 * KiB)
+        assert chunk, f"publisher closed: {got[-300:]!r}"
+        got += chunk
+    assert got.startswith(b"CONNECTED\n") and b"ERROR" not in got, got[:300]
+    return sock
+
+
+@pytest.mark.deadline(120)
+@pytest.mark.parametrize("ack", ["auto", "client-individual"])
+def test_stomp_subscriber_that_stops_reading_is_cut_off_as_a_slow_consumer(
+    make_broker, stomp_clients, names, ack
+):
+    """write_timeout_secs = 2, a STOMP subscriber of a durable queue that
+    stops reading while 2,000 persistent messages of 8 KB (16 MiB) are
+    routed to it - ack:auto, or client-individual with a prefetch-count of
+    100,000 so that only the transport window holds it: the broker closes
+    it (EOF after the buffered bytes), junction_slow_consumer_disconnects_total
+    is 1; a STOMP subscriber of the same messages on another queue gets
+    every one meanwhile. Afterwards the stuck queue holds every message
+    never handed to the connection (client-individual: all 2,000, none
+    was acked; auto: those past the transport window, the tail in order)."""
+    b = make_broker(broker_options=["write_timeout_secs = 2"])
+    conn = b.connect()
+    ch = conn.channel()
+    for q in ("stuck", "healthy"):
+        ch.queue_declare(q, durable=True)
+        ch.queue_bind(q, "amq.fanout")
+    conn.close()
+    healthy = stomp_clients.connect(b)
+    healthy.subscribe("/amq/queue/healthy")
+    window = [] if ack == "auto" else [("prefetch-count", "100000")]
+    stuck = stuck_stomp_subscriber(b, "/amq/queue/stuck", ack, window)
+    publisher = None
+    try:
+        publisher = stomp_flood(b, "/exchange/amq.fanout/")
+        got = healthy.wait_messages(STOMP_COUNT, timeout=WAIT)
+        assert [m.body for m in got] == [stomp_body(i) for i in range(STOMP_COUNT)]
+        assert poll_until(lambda: metric(b, SLOW_METRIC) == 1, timeout=WAIT)
+        assert drain_until_closed(stuck) in ("eof", "reset")
+        assert metric(b, SLOW_METRIC) == 1
+        assert_stomp_served(healthy)
+    finally:
+        stuck.close()
+        if publisher is not None:
+            publisher.close()
+    # The stuck subscriber's messages: back in (or never out of) its queue.
+    conn = b.connect()
+    try:
+        ch = conn.channel()
+        if ack == "auto":
+            left = [body for _, _, body in get_all(ch, "stuck")]
+            n = len(left)
+            # Handed out: the window not yet written, and what the socket
+            # buffers took (the broker's send buffer grows to tcp_wmem's max).
+            in_sockets = -(-(kernel_send_buffer_max() + 64 * KiB) // STOMP_BODY)
+            assert n >= STOMP_COUNT - TRANSPORT_WINDOW - in_sockets, (n, in_sockets)
+            assert left == [stomp_body(i) for i in range(STOMP_COUNT - n, STOMP_COUNT)]
+        else:
+            def requeued():
+                return ch.queue_declare("stuck", passive=True).method.message_count
+            assert amqp_wait_until(conn, lambda: requeued() == STOMP_COUNT, timeout=WAIT)
+            left = [body for _, _, body in get_all(ch, "stuck")]
+            assert sorted(left) == [stomp_body(i) for i in range(STOMP_COUNT)]
+    finally:
+        conn.close()
+    assert_amqp_serves(b, names("q-after"))
+    assert_stomp_serves(b, stomp_clients)
+
+
 @pytest.mark.deadline(120)
 def test_sigterm_with_clients_that_stopped_reading_exits_0(make_broker, clients):
     """An AMQP consumer and an MQTT subscriber stuck with data waiting
@@ -688,6 +1032,62 @@ def test_sigterm_with_clients_that_stopped_reading_exits_0(make_broker, clients)
     b.start()
     assert_broker_serves(clients, b)
     assert_amqp_serves(b, "after-restart")
+
+
+def stuck_stomp_at_shutdown(make_broker):
+    """A broker (write timeout 60 s) with a client-individual STOMP
+    subscriber stuck with 8 MiB of persistent messages of a durable queue
+    waiting for it (not cut off yet). Returns (broker, its socket)."""
+    b = make_broker(broker_options=["write_timeout_secs = 60"])
+    stuck = stuck_stomp_subscriber(
+        b, "/queue/stuck", "client-individual", [("prefetch-count", "100000")]
+    )
+    stomp_flood(b, "/queue/stuck", BIG_COUNT, BIG_BODY).close()
+    assert poll_until(lambda: unread_bytes(stuck) > 0)
+    assert metric(b, SLOW_METRIC) == 0
+    return b, stuck
+
+
+@pytest.mark.deadline(120)
+def test_sigterm_with_a_stomp_subscriber_that_stopped_reading_exits_0(
+    make_broker, stomp_clients, names
+):
+    """SIGTERM with that stuck subscriber still exits 0 within the 20 s
+    bound; the broker starts again on its data with every message (none
+    was acked) in the durable queue, and serves."""
+    b, stuck = stuck_stomp_at_shutdown(make_broker)
+    try:
+        assert b.terminate(timeout=20) == 0
+    finally:
+        stuck.close()
+    b.start()
+    conn = b.connect()
+    try:
+        got = [body for _, _, body in get_all(conn.channel(), "stuck")]
+        assert sorted(got) == [stomp_body(i, BIG_BODY) for i in range(BIG_COUNT)]
+    finally:
+        conn.close()
+    assert_stomp_serves(b, stomp_clients)
+    assert_amqp_serves(b, names("q-after"))
+
+
+@pytest.mark.deadline(120)
+def test_sigterm_gives_a_stomp_subscriber_that_stopped_reading_only_a_short_grace(make_broker):
+    """The same stuck subscriber does not hold the shutdown: like an AMQP
+    connection (docs/amqp.md: "shutdown gives a stuck write 3 s"), its
+    write gets a short grace once SIGTERM came, so the broker stops well
+    before shutdown_timeout_secs (10 s) and does not log that it closed
+    connections anyway at the deadline."""
+    b, stuck = stuck_stomp_at_shutdown(make_broker)
+    try:
+        started = time.monotonic()
+        assert b.terminate(timeout=20) == 0
+        took = time.monotonic() - started
+    finally:
+        stuck.close()
+    log = b.log_path.read_text(errors="replace")
+    assert "connections still open at the shutdown deadline" not in log, b.log_tail(10)
+    assert took < 8.0, took
 
 
 # --- MQTT 5 session expiry ---------------------------------------------------------

@@ -2,8 +2,9 @@
 unbounded work (topics thousands of levels deep, patterns with many `#`,
 long exchange chains, a vhost filled with queues, exchanges or bindings,
 extreme header values). Each attack gets the protocol's own error (AMQP
-channel close with a reply code, MQTT DISCONNECT / SUBACK reason codes),
-nothing crashes, and a fresh well-behaved client is served afterwards.
+channel close with a reply code, MQTT DISCONNECT / SUBACK reason codes,
+STOMP ERROR frames), nothing crashes, and a fresh well-behaved client is
+served afterwards.
 
 The limits are `[broker]` options (conf/junction.toml): max_topic_levels
 (128), max_queues_per_vhost, max_exchanges_per_vhost,
@@ -13,6 +14,7 @@ exchange published to (MAX_EXCHANGE_HOPS in crates/core/src/topology.rs).
 
 import base64
 import random
+import time
 
 import pika
 import pytest
@@ -39,6 +41,10 @@ from mqtt_support import (
     publish_packet,
     uid,
 )
+from net_support import tcp_connect
+from stomp_support import assert_serves as assert_stomp_serves
+from stomp_support import build as stomp_build
+from stomp_support import stomp_clients  # noqa: F401 (fixture)
 
 LEVELS = pytest.mark.parametrize("level", [4, 5], ids=["v311", "v5"])
 DEFAULT_MAX_LEVELS = 128
@@ -610,3 +616,292 @@ def test_limit_refusals_have_rabbitmq_style_reply_texts(make_broker):
         (406, "PRECONDITION_FAILED - routing key has 4 words; the limit is 3"),
         (406, "PRECONDITION_FAILED - routing key has 4 words; the limit is 3"),
     ]
+
+
+# --- STOMP destinations, patterns and error texts ------------------------------
+#
+# A STOMP destination names an exchange and a routing / binding key
+# (`/topic/k` is amq.topic with key `k`), so the same limits apply: a
+# refusal is an ERROR frame (message, text/plain detail, receipt-id), then
+# the close; other connections go on.
+
+NORMAL_TIME = 5.0  # a fresh client's round trip after an attack, at most
+STOMP_DEEP_DESTINATION = "/topic/" + ".".join(["x"] * DEEP)  # 30,000 words, 59,999 bytes
+
+
+def stomp_connected_socket(broker):
+    """A raw STOMP 1.2 connection that got CONNECTED."""
+    sock = tcp_connect(broker.stomp_port, 5.0)
+    connect = [("accept-version", "1.2"), ("host", "/"), ("login", "guest"), ("passcode", "guest")]
+    sock.sendall(stomp_build("CONNECT", connect))
+    got = b""
+    while b"\0" not in got:
+        chunk = sock.recv(4096)
+        assert chunk, got
+        got += chunk
+    assert got.startswith(b"CONNECTED\n") and got.endswith(b"\0"), got
+    return sock
+
+
+def read_until_closed(sock, timeout=10.0):
+    """Every byte the broker sends until it closes `sock`."""
+    deadline = time.monotonic() + timeout
+    data = b""
+    while True:
+        left = deadline - time.monotonic()
+        assert left > 0, f"still open after {timeout} s; read {data[:300]!r}"
+        sock.settimeout(left)
+        try:
+            chunk = sock.recv(65536)
+        except ConnectionResetError:
+            return data
+        if not chunk:
+            return data
+        data += chunk
+
+
+def only_error(data):
+    """`data` must be exactly one ERROR frame, as bytes that are valid
+    UTF-8; returns (headers as sent, not unescaped: the texts compared have
+    no `:` or `\\`; the body as text)."""
+    assert data.startswith(b"ERROR\n"), data[:300]
+    text = data.decode("utf-8")  # raises on invalid UTF-8
+    head, sep, rest = text.partition("\n\n")
+    assert sep, data[:300]
+    headers = {}
+    for line in head.split("\n")[1:]:
+        k, _, v = line.partition(":")
+        headers.setdefault(k, v)
+    raw_rest = rest.encode()
+    if "content-length" in headers:
+        n = int(headers["content-length"])
+        body, tail = raw_rest[:n], raw_rest[n:]
+    else:
+        body, _, tail = raw_rest.partition(b"\0")
+        tail = b"\0" + tail
+    assert tail == b"\0", f"more after the ERROR: {tail[:200]!r}"
+    return headers, body.decode("utf-8")
+
+
+def refused(broker, frame, connect=True):
+    """Sends `frame` (on a connected socket unless `connect=False`) and
+    reads the ERROR and the close (the broker shuts its write side right
+    after the ERROR); returns (headers, body, seconds until the close)."""
+    sock = stomp_connected_socket(broker) if connect else tcp_connect(broker.stomp_port, 5.0)
+    try:
+        started = time.monotonic()
+        sock.sendall(frame)
+        headers, body = only_error(read_until_closed(sock))
+        return headers, body, time.monotonic() - started
+    finally:
+        sock.close()
+
+
+def assert_stomp_serves_quickly(broker, stomp_clients):
+    started = time.monotonic()
+    assert_stomp_serves(broker, stomp_clients)
+    took = time.monotonic() - started
+    assert took < NORMAL_TIME, f"a fresh STOMP client took {took:.1f} s"
+
+
+def stomp_destination_frame(cmd, destination):
+    headers = {"destination": destination, "receipt": "deep"}
+    if cmd == "SUBSCRIBE":
+        headers["id"] = "deep"
+        return stomp_build(cmd, headers)
+    return stomp_build(cmd, headers, b"deep", content_length=True)
+
+
+def levels_phrase_stomp(words, limit=DEFAULT_MAX_LEVELS):
+    return f"routing key has {words} words; the limit is {limit}"
+
+
+STOMP_CMDS = pytest.mark.parametrize("cmd", ["SEND", "SUBSCRIBE"])
+
+
+@STOMP_CMDS
+def test_stomp_30000_level_destination_under_default_limits_is_refused(
+    module_broker, stomp_clients, cmd
+):
+    """A SEND / SUBSCRIBE to `/topic/` + 30,000 words: its 60 KB header
+    line is past [stomp] max_header_length (10240), so it is refused while
+    it arrives - ERROR, then the close; a fresh client is served."""
+    headers, body, _ = refused(module_broker, stomp_destination_frame(cmd, STOMP_DEEP_DESTINATION))
+    assert headers["message"] == "header line longer than 10240 bytes", headers
+    assert_stomp_serves_quickly(module_broker, stomp_clients)
+
+
+@pytest.fixture
+def long_header_broker(make_broker):
+    """Header lines up to 128 KiB, and topic levels up to 40,000 (as the
+    MQTT deep-topic tests have them): a 30,000-word destination is read
+    whole and reaches the routing-key checks."""
+    return make_broker(
+        broker_options=["max_topic_levels = 40000"],
+        stomp_options=["max_header_length = 131072"],
+    )
+
+
+@pytest.mark.deadline(60)
+@STOMP_CMDS
+def test_stomp_30000_level_destination_read_whole_is_refused(long_header_broker, stomp_clients, cmd):
+    """The same destination with room for its header line: refused at once
+    with ERROR `invalid destination` (a routing key is a short string, at
+    most 255 bytes, as in AMQP), receipt-id set, then the close; a fresh
+    client is served in normal time."""
+    b = long_header_broker
+    headers, body, took = refused(b, stomp_destination_frame(cmd, STOMP_DEEP_DESTINATION))
+    assert (headers["message"], headers.get("receipt-id"), body) == (
+        "invalid destination",
+        "deep",
+        "routing key longer than 255 bytes",
+    )
+    assert took < NORMAL_TIME, took
+    assert_stomp_serves_quickly(b, stomp_clients)
+
+
+@STOMP_CMDS
+def test_stomp_destination_over_128_words_is_refused_with_precondition_failed(
+    module_broker, stomp_clients, cmd
+):
+    """`/topic/` + 128 dots (129 empty words, 135 bytes): ERROR
+    `precondition_failed` with AMQP's text, receipt-id set, then the close;
+    128 words are accepted and route. Nothing of the refused SEND is
+    routed (a `#` subscriber sees only the fence after it)."""
+    watcher = stomp_clients.connect(module_broker)
+    watcher.subscribe("/topic/#")
+    ok = stomp_clients.connect(module_broker)
+    k128 = "." * (DEFAULT_MAX_LEVELS - 1)
+    if cmd == "SUBSCRIBE":
+        ok.subscribe("/topic/" + k128)
+    ok.send("/topic/" + k128, b"128 words", receipt=True)
+    headers, body, _ = refused(module_broker, stomp_destination_frame(cmd, "/topic/" + "." * 128))
+    assert (headers["message"], headers.get("receipt-id"), body) == (
+        "precondition_failed",
+        "deep",
+        "PRECONDITION_FAILED - " + levels_phrase_stomp(129),
+    )
+    fence = "fence." + uid()
+    ok.send("/topic/" + fence, b"fence", receipt=True)
+    got = watcher.wait_messages(2)
+    assert [(m.headers["destination"], m.body) for m in got] == [
+        ("/topic/" + k128, b"128 words"),
+        ("/topic/" + fence, b"fence"),
+    ]
+    if cmd == "SUBSCRIBE":
+        assert [m.body for m in ok.wait_messages(1)] == [b"128 words"]
+    assert_stomp_serves_quickly(module_broker, stomp_clients)
+
+
+@pytest.mark.parametrize(
+    "destination",
+    ["/topic/{key}", "/exchange/amq.topic/{key}", "/exchange/amq.direct/{key}", "/queue/{key}"],
+)
+def test_configured_max_topic_levels_is_enforced_by_stomp_send(
+    make_broker, stomp_clients, destination
+):
+    """max_topic_levels = 8: a SEND whose routing key has 9 words is
+    refused whatever the exchange (AMQP's rule for basic.publish): ERROR
+    `precondition_failed`; 8 words go through."""
+    b = make_broker(broker_options=["max_topic_levels = 8"])
+    c = stomp_clients.connect(b)
+    assert c.send(destination.format(key=amqp_key(8)), b"8 words", receipt=True)
+    headers, body, _ = refused(
+        b, stomp_destination_frame("SEND", destination.format(key=amqp_key(9)))
+    )
+    assert (headers["message"], body) == (
+        "precondition_failed",
+        "PRECONDITION_FAILED - " + levels_phrase_stomp(9, 8),
+    )
+    assert_stomp_serves_quickly(b, stomp_clients)
+
+
+@pytest.mark.deadline(60)
+@pytest.mark.parametrize("hashes", [13, 41])
+def test_stomp_subscription_of_many_hashes_matches_in_polynomial_time(
+    module_broker, stomp_clients, hashes
+):
+    """SUBSCRIBE `/topic/#.a.#.a...#.b` (13 or 41 `#`; 163 bytes at most),
+    then SENDs of the longest keys a destination allows (126 `a` words,
+    with and without a trailing `.b`): only the one ending in `b` is
+    delivered, once, and quickly; a fresh client is served in normal time
+    and a key with one `a` too few does not match."""
+    pattern = "#.a." * (hashes - 1) + "#.b"
+    sub = stomp_clients.connect(module_broker)
+    sub.subscribe("/topic/" + pattern)
+    pub = stomp_clients.connect(module_broker)
+    started = time.monotonic()
+    pub.send("/topic/" + amqp_key(126), b"no trailing b", receipt=True)
+    pub.send("/topic/" + amqp_key(125) + ".b", b"ends in b", receipt=True)
+    assert [m.body for m in sub.exactly(1)] == [b"ends in b"]
+    took = time.monotonic() - started
+    assert took < NORMAL_TIME, took
+    fresh = stomp_clients.connect(module_broker)
+    fresh.send("/topic/" + amqp_key(hashes - 2) + ".b", b"too few a", receipt=True)
+    fresh.send("/topic/" + amqp_key(hashes - 1) + ".b", b"enough a", receipt=True)
+    got = sub.exactly(2)
+    assert [m.body for m in got] == [b"ends in b", b"enough a"]
+    assert_stomp_serves_quickly(module_broker, stomp_clients)
+
+
+# Multi-byte text the broker echoes in an ERROR.
+
+
+@pytest.mark.parametrize(
+    "line,connect",
+    [
+        ("é" * 7, False),
+        ("AB" + "€" * 4, False),
+        ("😀" * 4, False),
+        ("AB" + "€" * 4, True),
+        ("é€😀", False),
+    ],
+    ids=["2-byte", "3-byte", "4-byte", "3-byte-after-connect", "short"],
+)
+def test_stomp_unknown_command_error_quotes_whole_characters(
+    module_broker, stomp_clients, line, connect
+):
+    """An unknown command line of multi-byte characters (14-16 bytes; 9
+    for `short`), first frame or after CONNECT: the ERROR quotes at most
+    its first 13 bytes (codec: "at most 13 bytes of it"), cut after the
+    last whole character that fits - no character split and replaced by
+    U+FFFD, as AMQP reply texts are cut - and the frame is valid UTF-8."""
+    headers, _, _ = refused(module_broker, line.encode() + b"\n\n\0", connect=connect)
+    assert headers["message"] == f'unknown command "{utf8_prefix(line, 13)}"', headers
+    assert_stomp_serves_quickly(module_broker, stomp_clients)
+
+
+def test_stomp_bad_content_length_error_quotes_whole_characters(module_broker, stomp_clients):
+    """A `content-length` of 100 multi-byte characters: the ERROR quotes
+    its first 32 characters, whole."""
+    value = "é€😀" * 34
+    frame = stomp_build("SEND", [("destination", "/queue/x"), ("content-length", value)], b"x")
+    headers, _, _ = refused(module_broker, frame)
+    assert headers["message"] == f'invalid content-length "{value[:32]}"', headers
+    assert_stomp_serves_quickly(module_broker, stomp_clients)
+
+
+@pytest.mark.parametrize(
+    "name", ["é" * 127, "€" * 85, "😀" * 63], ids=["2-byte", "3-byte", "4-byte"]
+)
+@pytest.mark.parametrize("what", ["queue", "exchange"])
+def test_stomp_not_found_for_a_multibyte_name_has_valid_utf8_text(
+    module_broker, stomp_clients, name, what
+):
+    """SUBSCRIBE to a missing `/amq/queue/<name>` or SEND to a missing
+    `/exchange/<name>/k`, names of ~255 bytes of multi-byte characters:
+    ERROR `not_found` whose text/plain body names it whole (a body has no
+    255-byte cap), valid UTF-8; a fresh client is served."""
+    if what == "queue":
+        frame = stomp_build("SUBSCRIBE", {"destination": f"/amq/queue/{name}", "id": "1"})
+        text = f"NOT_FOUND - no queue '{name}' in vhost '/'"
+    else:
+        frame = stomp_build("SEND", {"destination": f"/exchange/{name}/k"}, b"x")
+        text = f"NOT_FOUND - no exchange '{name}'"
+    headers, body, _ = refused(module_broker, frame)
+    assert (headers["message"], headers.get("content-type"), body) == (
+        "not_found",
+        "text/plain",
+        text,
+    )
+    assert_stomp_serves_quickly(module_broker, stomp_clients)

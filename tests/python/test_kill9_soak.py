@@ -1,6 +1,6 @@
-"""kill -9 soak, small: kill9_soak.py's rounds (concurrent AMQP and MQTT
-publishers, SIGKILL at a random moment, restart on the same data dir, every
-queue drained) at a count that fits the suite; the long run is the script
+"""kill -9 soak, small: kill9_soak.py's rounds (concurrent AMQP, MQTT and
+STOMP publishers, SIGKILL at a random moment, restart on the same data dir,
+every queue drained) at a count that fits the suite; the long run is the script
 itself. Also checks that the soak's check does catch what it looks for."""
 
 import pika
@@ -12,7 +12,7 @@ from kill9_soak import PERSISTENT, Sent, Topology, check_round, make_body
 
 
 @pytest.mark.deadline(150)
-def test_confirmed_messages_survive_repeated_kill_9_with_concurrent_amqp_and_mqtt_publishers(
+def test_confirmed_messages_survive_repeated_kill_9_with_amqp_mqtt_and_stomp_publishers(
     tmp_path,
 ):
     cfg = kill9_soak.defaults(
@@ -31,7 +31,7 @@ def test_confirmed_messages_survive_repeated_kill_9_with_concurrent_amqp_and_mqt
     assert res.totals["confirmed"] > 0
     assert res.totals["recovered"] == res.totals["confirmed"], summary
     # Every protocol entry published and had messages confirmed.
-    for proto in ("amqp", "amqp-window", "mqtt311", "mqtt5"):
+    for proto in ("amqp", "amqp-window", "mqtt311", "mqtt5", "stomp"):
         assert res.by_proto.get(proto, {}).get("confirmed", 0) > 0, summary
 
 

@@ -148,23 +148,30 @@ async fn paged_entries_keep_priority_order() {
     b.shutdown().await.unwrap();
 }
 
-#[tokio::test]
-async fn paged_messages_expire_into_the_dead_letter_exchange_whole() {
-    let dir = tempfile::tempdir().unwrap();
-    let b = open(dir.path()).await;
+/// A broker with queue "dead" and queue "work" dead-lettering into it,
+/// `work` also shaped by `limit`.
+async fn dead_letter_pair(dir: &Path, limit: (&str, FieldValue)) -> Arc<Broker> {
+    let b = open(dir).await;
     b.declare_queue(VH, QueueDef::new("dead"), false)
         .await
         .unwrap();
     b.declare_queue(
         VH,
         QueueDef::new("work")
-            .argument("x-message-ttl", FieldValue::I32(50))
+            .argument(limit.0, limit.1)
             .argument("x-dead-letter-exchange", FieldValue::string(""))
             .argument("x-dead-letter-routing-key", FieldValue::string("dead")),
         false,
     )
     .await
     .unwrap();
+    b
+}
+
+#[tokio::test]
+async fn paged_messages_expire_into_the_dead_letter_exchange_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = dead_letter_pair(dir.path(), ("x-message-ttl", FieldValue::I32(50))).await;
     publish_n(&b, "work", 0..30).await;
     let (c, mut rx) = consume(&b, "dead");
     assert_eq!(take(&mut rx, &c, 30).await, expected(0..30));
@@ -175,20 +182,7 @@ async fn paged_messages_expire_into_the_dead_letter_exchange_whole() {
 #[tokio::test]
 async fn drop_head_overflow_dead_letters_paged_messages_whole() {
     let dir = tempfile::tempdir().unwrap();
-    let b = open(dir.path()).await;
-    b.declare_queue(VH, QueueDef::new("dead"), false)
-        .await
-        .unwrap();
-    b.declare_queue(
-        VH,
-        QueueDef::new("work")
-            .argument("x-max-length", FieldValue::I32(10))
-            .argument("x-dead-letter-exchange", FieldValue::string(""))
-            .argument("x-dead-letter-routing-key", FieldValue::string("dead")),
-        false,
-    )
-    .await
-    .unwrap();
+    let b = dead_letter_pair(dir.path(), ("x-max-length", FieldValue::I32(10))).await;
     publish_n(&b, "work", 0..25).await;
     let (c, mut rx) = consume(&b, "dead");
     assert_eq!(take(&mut rx, &c, 15).await, expected(0..15));

@@ -219,48 +219,53 @@ async fn bind(
     Ok((listener, local))
 }
 
-/// Accepts connections on `listener` until `shutdown`, each served by
-/// `serve` in its own task on `tasks` with a clone of `shutdown` (one
-/// token for all: no allocation per connection).
-fn spawn_accept_loop<F, Fut>(
-    what: &'static str,
-    listener: TcpListener,
-    admission: &Arc<Admission>,
-    shutdown: &CancellationToken,
-    tasks: &TaskTracker,
-    serve: F,
-) where
-    F: Fn(tokio::net::TcpStream, SocketAddr, CancellationToken) -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = ()> + Send + 'static,
-{
-    let (shutdown, spawner) = (shutdown.clone(), tasks.clone());
-    let admission = Arc::clone(admission);
-    tasks.spawn(async move {
-        loop {
-            let accepted = tokio::select! {
-                _ = shutdown.cancelled() => break,
-                a = listener.accept() => a,
-            };
-            match accepted {
-                Ok((stream, peer)) => {
-                    let Some(admitted) = admission.admit(peer.ip()) else {
-                        tracing::debug!(%peer, protocol = what, "connection cap reached; closed");
-                        continue;
-                    };
-                    let served = serve(stream, peer, shutdown.clone());
-                    spawner.spawn(async move {
-                        served.await;
-                        drop(admitted);
-                    });
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, protocol = what, "accept failed");
-                    // Out of file descriptors and the like: do not spin.
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+/// What every listener's accept loop shares: the connection caps, the
+/// shutdown token and the task tracker.
+struct Acceptor<'a> {
+    admission: &'a Arc<Admission>,
+    shutdown: &'a CancellationToken,
+    tasks: &'a TaskTracker,
+}
+
+impl Acceptor<'_> {
+    /// Accepts connections on `listener` until shutdown, each served by
+    /// `serve(stream, peer, ctx, token)` in its own task, with a clone of
+    /// the one shutdown token (no allocation per connection).
+    fn spawn<C, F, Fut>(&self, what: &'static str, listener: TcpListener, ctx: Arc<C>, serve: F)
+    where
+        C: Send + Sync + 'static,
+        F: Fn(tokio::net::TcpStream, SocketAddr, Arc<C>, CancellationToken) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let (shutdown, spawner) = (self.shutdown.clone(), self.tasks.clone());
+        let admission = Arc::clone(self.admission);
+        self.tasks.spawn(async move {
+            loop {
+                let accepted = tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    a = listener.accept() => a,
+                };
+                match accepted {
+                    Ok((stream, peer)) => {
+                        let Some(admitted) = admission.admit(peer.ip()) else {
+                            tracing::debug!(%peer, protocol = what, "connection cap reached; closed");
+                            continue;
+                        };
+                        let served = serve(stream, peer, Arc::clone(&ctx), shutdown.clone());
+                        spawner.spawn(async move {
+                            served.await;
+                            drop(admitted);
+                        });
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, protocol = what, "accept failed");
+                        // Out of file descriptors and the like: do not spin.
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    }
                 }
             }
-        }
-    });
+        });
+    }
 }
 
 /// The metrics snapshot of a broker.
@@ -374,6 +379,11 @@ impl Server {
                 }
             });
         }
+        let acceptor = Acceptor {
+            admission: &admission,
+            shutdown: &listeners,
+            tasks: &tasks,
+        };
         let mut amqp_addr = None;
         if config.amqp.enabled {
             let (listener, addr) = bind("AMQP", config.broker.bind, config.amqp.port).await?;
@@ -386,16 +396,7 @@ impl Server {
                     ..junction_amqp::AmqpSettings::default()
                 },
             });
-            spawn_accept_loop(
-                "amqp",
-                listener,
-                &admission,
-                &listeners,
-                &tasks,
-                move |stream, peer, token| {
-                    junction_amqp::serve_connection(stream, peer, Arc::clone(&ctx), token)
-                },
-            );
+            acceptor.spawn("amqp", listener, ctx, junction_amqp::serve_connection);
         }
         let mut mqtt_addr = None;
         if config.mqtt.enabled {
@@ -407,16 +408,7 @@ impl Server {
                 config.mqtt.clone(),
             );
             junction_mqtt::start(&ctx, &listeners, &tasks).await?;
-            spawn_accept_loop(
-                "mqtt",
-                listener,
-                &admission,
-                &listeners,
-                &tasks,
-                move |stream, peer, token| {
-                    junction_mqtt::serve_connection(stream, peer, Arc::clone(&ctx), token)
-                },
-            );
+            acceptor.spawn("mqtt", listener, ctx, junction_mqtt::serve_connection);
         }
         let mut stomp_addr = None;
         if config.stomp.enabled {
@@ -427,16 +419,7 @@ impl Server {
                 auth: Arc::clone(&auth),
                 settings: config.stomp.clone(),
             });
-            spawn_accept_loop(
-                "stomp",
-                listener,
-                &admission,
-                &listeners,
-                &tasks,
-                move |stream, peer, token| {
-                    junction_stomp::serve_connection(stream, peer, Arc::clone(&ctx), token)
-                },
-            );
+            acceptor.spawn("stomp", listener, ctx, junction_stomp::serve_connection);
         }
         ready.store(true, Ordering::Release);
         tracing::info!(

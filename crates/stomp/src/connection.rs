@@ -514,7 +514,22 @@ impl Conn {
                     stall
                 };
                 let chunks = self.out.take();
-                if let Err(e) = junction_core::io::write_chunks_within(wr, &chunks, stall).await {
+                let written = {
+                    let writing = junction_core::io::write_chunks_within(wr, &chunks, stall);
+                    tokio::pin!(writing);
+                    // A client that stopped reading must not hold a
+                    // shutdown for the whole write timeout: a short grace.
+                    tokio::select! {
+                        r = &mut writing => r,
+                        _ = shutdown.cancelled(), if !shut_down => {
+                            match tokio::time::timeout(CLOSE_TIMEOUT, &mut writing).await {
+                                Ok(r) => r,
+                                Err(_) => return Ok(()),
+                            }
+                        }
+                    }
+                };
+                if let Err(e) = written {
                     if e.kind() == std::io::ErrorKind::TimedOut && !self.error_sent {
                         tracing::info!("stomp client stopped reading; closing as a slow consumer");
                         self.ctx.broker.note_slow_consumer();

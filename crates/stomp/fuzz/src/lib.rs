@@ -5,7 +5,7 @@
 //! what the peer sent.
 
 use bytes::BytesMut;
-use junction_stomp::codec::{CodecError, Decoded, Decoder, Frame, Limits, Version, decode, encode};
+use junction_stomp::codec::{Decoded, Frame, Limits, Version, decode, encode};
 
 /// Limits far above libFuzzer's default input size: only a
 /// `content-length` that announces more reaches one.
@@ -87,64 +87,4 @@ pub fn assert_round_trip(frame: &Frame, version: Version) {
     );
 }
 
-/// How decoding a stream ended, after the frames it yielded.
-#[derive(Debug, PartialEq, Eq)]
-pub enum End {
-    /// The decoder asked for more bytes; these were left unconsumed.
-    Incomplete(Vec<u8>),
-    /// The decoder failed (the buffer's content is then unspecified).
-    Error(CodecError),
-}
-
-/// Everything decoding a stream yielded. Heart-beats are not counted: EOLs
-/// that arrive in several reads are reported in several pieces.
-#[derive(Debug, PartialEq, Eq)]
-pub struct Outcome {
-    /// The frames, in order.
-    pub frames: Vec<Frame>,
-    /// How it ended.
-    pub end: End,
-}
-
-/// How [`decode_chunks`] decodes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    /// One [`Decoder`] for the whole stream, as a connection keeps.
-    Stateful,
-    /// A fresh decoder for every call (the stateless `decode`).
-    Stateless,
-}
-
-/// Decodes `chunks` as they would arrive on a connection: each chunk is
-/// appended to the read buffer, then frames are decoded until the decoder
-/// asks for more bytes or fails. A failure ends the stream, as it closes
-/// the connection.
-pub fn decode_chunks(version: Version, limits: &Limits, mode: Mode, chunks: &[&[u8]]) -> Outcome {
-    let mut decoder = Decoder::new(version, *limits);
-    let mut buf = BytesMut::new();
-    let mut frames = Vec::new();
-    for chunk in chunks {
-        buf.extend_from_slice(chunk);
-        loop {
-            let decoded = match mode {
-                Mode::Stateful => decoder.decode(&mut buf),
-                Mode::Stateless => decode(&mut buf, version, limits),
-            };
-            match decoded {
-                Ok(Decoded::Frame(frame)) => frames.push(frame),
-                Ok(Decoded::HeartBeat) => {}
-                Ok(Decoded::Incomplete) => break,
-                Err(e) => {
-                    return Outcome {
-                        frames,
-                        end: End::Error(e),
-                    };
-                }
-            }
-        }
-    }
-    Outcome {
-        frames,
-        end: End::Incomplete(buf.to_vec()),
-    }
-}
+pub use junction_stomp::codec::samples::{End, Mode, Outcome, decode_chunks};

@@ -286,6 +286,19 @@ fn frame_check(len: usize, limits: &Limits) -> Option<(usize, ErrorKind)> {
     ))
 }
 
+/// Peer bytes as text for an error message: a multi-byte character cut
+/// off by the end of `bytes` (a window of the input) is left out rather
+/// than replaced; other invalid UTF-8 shows as U+FFFD.
+fn quoted(bytes: &[u8]) -> String {
+    match std::str::from_utf8(bytes) {
+        Ok(s) => s.to_owned(),
+        Err(e) if e.error_len().is_none() => {
+            String::from_utf8_lossy(&bytes[..e.valid_up_to()]).into_owned()
+        }
+        Err(_) => String::from_utf8_lossy(bytes).into_owned(),
+    }
+}
+
 /// Reads the command line at the front of `buf`: the command and the
 /// offset after its LF, or `None` while the LF is not buffered.
 fn command_line(buf: &[u8], limits: &Limits) -> Result<Option<(Command, usize)>, ErrorKind> {
@@ -296,12 +309,8 @@ fn command_line(buf: &[u8], limits: &Limits) -> Result<Option<(Command, usize)>,
         .iter()
         .position(|&b| b == 0)
         .map(|at| (at, ErrorKind::UnexpectedNul));
-    let too_long = (MAX_COMMAND_LINE < end).then(|| {
-        (
-            MAX_COMMAND_LINE,
-            ErrorKind::UnknownCommand(String::from_utf8_lossy(window).into_owned()),
-        )
-    });
+    let too_long = (MAX_COMMAND_LINE < end)
+        .then(|| (MAX_COMMAND_LINE, ErrorKind::UnknownCommand(quoted(window))));
     if let Some(kind) = first_failure([nul, too_long, frame_check(end, limits)]) {
         return Err(kind);
     }
@@ -310,9 +319,7 @@ fn command_line(buf: &[u8], limits: &Limits) -> Result<Option<(Command, usize)>,
     };
     let text = strip_cr(raw);
     let Some(command) = Command::parse(text) else {
-        return Err(ErrorKind::UnknownCommand(
-            String::from_utf8_lossy(text).into_owned(),
-        ));
+        return Err(ErrorKind::UnknownCommand(quoted(text)));
     };
     // The LF itself may be the byte that reaches the limit.
     if let Some((_, kind)) = frame_check(end + 1, limits) {

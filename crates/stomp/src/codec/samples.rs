@@ -1,11 +1,12 @@
 //! Sample frames: every command, with repeated headers, escapes where the
 //! version has them, binary and NUL-terminated bodies. The codec's tests
 //! round-trip them; the fuzz targets' seed corpus is written from them
-//! (`fuzz/examples/seeds.rs`, feature `samples`).
+//! (`fuzz/examples/seeds.rs`, feature `samples`). Also [`decode_chunks`],
+//! the stream decoder the tests and the fuzz targets compare splits with.
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
-use super::{Command, Frame, Version};
+use super::{CodecError, Command, Decoded, Decoder, Frame, Limits, Version, decode};
 
 /// Header values that need escaping in `version` (none in 1.0, which
 /// cannot carry them): every escape the version defines, a raw colon, and
@@ -107,4 +108,71 @@ pub fn samples(version: Version) -> Vec<Frame> {
             .header("content-type", "text/plain")
             .with_body(Bytes::from_static(b"The frame:\n-----\nSEND\n-----\n")),
     ]
+}
+
+/// How decoding a stream ended, after the frames it yielded.
+#[derive(Debug, PartialEq, Eq)]
+pub enum End {
+    /// The decoder asked for more bytes; these were left unconsumed.
+    Incomplete(Vec<u8>),
+    /// The decoder failed (the buffer's content is then unspecified).
+    Error(CodecError),
+}
+
+/// Everything decoding a stream yielded. Heart-beats are not counted: EOLs
+/// that arrive in several reads are reported in several pieces.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Outcome {
+    /// The frames, in order.
+    pub frames: Vec<Frame>,
+    /// How it ended.
+    pub end: End,
+}
+
+/// How [`decode_chunks`] decodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// One [`Decoder`] for the whole stream, as a connection keeps.
+    Stateful,
+    /// A fresh decoder for every call (the stateless [`decode`]).
+    Stateless,
+}
+
+/// Decodes `chunks` as they would arrive on a connection: each chunk is
+/// appended to the read buffer, then frames are decoded until the decoder
+/// asks for more bytes or fails. A failure ends the stream, as it closes
+/// the connection. Panics if the decoder breaks its contract: a heart-beat
+/// that consumed nothing, an incomplete frame that consumed something.
+pub fn decode_chunks(version: Version, limits: &Limits, mode: Mode, chunks: &[&[u8]]) -> Outcome {
+    let mut decoder = Decoder::new(version, *limits);
+    let mut buf = BytesMut::new();
+    let mut frames = Vec::new();
+    for chunk in chunks {
+        buf.extend_from_slice(chunk);
+        loop {
+            let before = buf.len();
+            let decoded = match mode {
+                Mode::Stateful => decoder.decode(&mut buf),
+                Mode::Stateless => decode(&mut buf, version, limits),
+            };
+            match decoded {
+                Ok(Decoded::Frame(frame)) => frames.push(frame),
+                Ok(Decoded::HeartBeat) => assert!(buf.len() < before, "empty heart-beat"),
+                Ok(Decoded::Incomplete) => {
+                    assert_eq!(buf.len(), before, "an incomplete frame was consumed");
+                    break;
+                }
+                Err(e) => {
+                    return Outcome {
+                        frames,
+                        end: End::Error(e),
+                    };
+                }
+            }
+        }
+    }
+    Outcome {
+        frames,
+        end: End::Incomplete(buf.to_vec()),
+    }
 }

@@ -219,3 +219,20 @@ fn stomp_decoder_given_a_shorter_buffer_starts_afresh() {
     };
     assert_eq!(f.command, Command::Ack);
 }
+
+#[test]
+fn stomp_unknown_command_text_is_cut_on_a_character_boundary() {
+    let line = "é".repeat(7);
+    let mut buf = BytesMut::from(format!("{line}\n\n\0").as_bytes());
+    let err = decode(&mut buf, Version::V1_2, &Limits::default()).unwrap_err();
+    match err.kind() {
+        ErrorKind::UnknownCommand(text) => {
+            assert!(!text.contains('\u{FFFD}'), "{text:?}");
+            assert!(
+                !text.is_empty() && line.starts_with(text.as_str()),
+                "{text:?}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+}

@@ -63,55 +63,12 @@ pub(super) fn enc(frame: &Frame, v: Version) -> Vec<u8> {
     out.to_vec()
 }
 
-/// How decoding a stream ended, after its frames.
-#[derive(Debug, PartialEq, Eq)]
-pub(super) enum End {
-    /// Asked for more bytes; these were left unconsumed.
-    Incomplete(Vec<u8>),
-    /// Failed.
-    Error(CodecError),
-}
+pub(super) use super::samples::{End, Outcome};
 
-/// Everything decoding a stream yielded: frames and heart-beat count
-/// aside, how it ended.
-#[derive(Debug, PartialEq, Eq)]
-pub(super) struct Outcome {
-    pub frames: Vec<Frame>,
-    pub end: End,
-}
-
-/// Decodes `chunks` as a connection would with one [`Decoder`]: each chunk
-/// is appended to the buffer, then frames are decoded until the decoder
-/// asks for more or fails. Heart-beats are not counted: EOLs split across
-/// reads are reported in more pieces.
+/// Decodes `chunks` as a connection would, with one [`Decoder`] (see
+/// [`super::samples::decode_chunks`]).
 pub(super) fn feed(v: Version, limits: &Limits, chunks: &[&[u8]]) -> Outcome {
-    let mut decoder = Decoder::new(v, *limits);
-    let mut buf = BytesMut::new();
-    let mut frames = Vec::new();
-    for chunk in chunks {
-        buf.extend_from_slice(chunk);
-        loop {
-            let before = buf.len();
-            match decoder.decode(&mut buf) {
-                Ok(Decoded::Frame(frame)) => frames.push(frame),
-                Ok(Decoded::HeartBeat) => assert!(buf.len() < before, "empty heart-beat"),
-                Ok(Decoded::Incomplete) => {
-                    assert_eq!(buf.len(), before, "an incomplete frame was consumed");
-                    break;
-                }
-                Err(e) => {
-                    return Outcome {
-                        frames,
-                        end: End::Error(e),
-                    };
-                }
-            }
-        }
-    }
-    Outcome {
-        frames,
-        end: End::Incomplete(buf.to_vec()),
-    }
+    super::samples::decode_chunks(v, limits, super::samples::Mode::Stateful, chunks)
 }
 
 /// [`feed`] with the stream whole.

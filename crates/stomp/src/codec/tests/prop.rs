@@ -122,28 +122,7 @@ fn split<'a>(bytes: &'a [u8], points: &[Index]) -> Vec<&'a [u8]> {
 /// Like [`feed`], but with a fresh decoder for every call, as the
 /// stateless [`decode`] is used.
 fn feed_stateless(v: Version, limits: &Limits, chunks: &[&[u8]]) -> Outcome {
-    let mut buf = BytesMut::new();
-    let mut frames = Vec::new();
-    for chunk in chunks {
-        buf.extend_from_slice(chunk);
-        loop {
-            match decode(&mut buf, v, limits) {
-                Ok(Decoded::Frame(frame)) => frames.push(frame),
-                Ok(Decoded::HeartBeat) => {}
-                Ok(Decoded::Incomplete) => break,
-                Err(e) => {
-                    return Outcome {
-                        frames,
-                        end: End::Error(e),
-                    };
-                }
-            }
-        }
-    }
-    Outcome {
-        frames,
-        end: End::Incomplete(buf.to_vec()),
-    }
+    crate::codec::samples::decode_chunks(v, limits, crate::codec::samples::Mode::Stateless, chunks)
 }
 
 /// Pieces of STOMP-like input: commands, EOLs, colons, escapes, NULs,
