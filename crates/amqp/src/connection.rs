@@ -163,12 +163,20 @@ pub(crate) async fn run(
 }
 
 /// Writes every queued chunk, vectored; a write that makes no progress
-/// for `stall` fails with `TimedOut` (the client stopped reading).
-async fn flush(wr: &mut OwnedWriteHalf, out: &mut Output, stall: Duration) -> std::io::Result<()> {
+/// for `stall` fails with `TimedOut` (the client stopped reading). The
+/// memory alarm counts the chunks while they are being written.
+async fn flush(
+    broker: &junction_core::Broker,
+    wr: &mut OwnedWriteHalf,
+    out: &mut Output,
+    stall: Duration,
+) -> std::io::Result<()> {
     if out.is_empty() {
         return Ok(());
     }
-    junction_core::io::write_chunks_within(wr, &out.take(), stall).await
+    let chunks = out.take();
+    let _held = broker.charge_memory(chunks.iter().map(|c| c.len() as u64).sum());
+    junction_core::io::write_chunks_within(wr, &chunks, stall).await
 }
 
 impl Conn {
@@ -199,7 +207,7 @@ impl Conn {
                 // timeout; once the broker shuts down it gets only a short
                 // grace to read what is queued (and then the close).
                 let stall = if shut_down { CLOSE_TIMEOUT } else { stall };
-                let flushing = flush(wr, &mut self.out, stall);
+                let flushing = flush(&self.ctx.broker, wr, &mut self.out, stall);
                 tokio::pin!(flushing);
                 let flushed = tokio::select! {
                     r = &mut flushing => r,

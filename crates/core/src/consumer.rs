@@ -152,6 +152,10 @@ pub struct Delivery {
     /// Times this message was returned to the queue before this delivery.
     pub delivery_count: u32,
     pub(crate) _permit: Option<WindowPermit>,
+    /// For a no-ack delivery, which left its queue: the memory alarm counts
+    /// the message until the adapter has written it out (then its
+    /// outbound buffer is counted while being written).
+    pub(crate) _held: Option<crate::broker::MemoryCharge>,
 }
 
 /// What a consumer's channel carries.

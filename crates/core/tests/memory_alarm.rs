@@ -77,3 +77,48 @@ async fn retained_messages_and_adapter_charges_count_towards_the_alarm() {
     broker.check_memory();
     assert_eq!(broker.held_bytes(), 0, "a dropped charge counts nothing");
 }
+
+#[tokio::test]
+async fn no_ack_deliveries_count_until_the_consumer_drops_them() {
+    let hundred = || Message::new("", "q", Bytes::from(vec![0u8; 100]));
+    let one = hundred().footprint();
+    let broker = Broker::open(Store::in_memory(), BrokerConfig::default())
+        .await
+        .unwrap();
+    broker
+        .declare_queue("/", QueueDef::new("q").transient(), false)
+        .await
+        .unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let _consumer = broker
+        .consume(
+            "/",
+            "q",
+            junction_core::ConsumerSpec::new("c", junction_core::ConnectionId(1)).no_ack(),
+            tx,
+        )
+        .unwrap();
+    for _ in 0..5 {
+        let p = broker.publish("/", hundred()).await.unwrap();
+        assert_eq!(p.routed, 1);
+    }
+    // Delivered (settled, gone from the queue) but not yet taken by the
+    // connection: still held, still counted.
+    assert_eq!(broker.queue_for("/", "q", None).unwrap().message_count(), 0);
+    broker.check_memory();
+    assert_eq!(broker.held_bytes(), 5 * one);
+    let mut taken = Vec::new();
+    while let Ok(ev) = rx.try_recv() {
+        taken.push(ev);
+    }
+    assert_eq!(taken.len(), 5);
+    broker.check_memory();
+    assert_eq!(
+        broker.held_bytes(),
+        5 * one,
+        "held until written and dropped"
+    );
+    drop(taken);
+    broker.check_memory();
+    assert_eq!(broker.held_bytes(), 0);
+}

@@ -151,7 +151,7 @@ pub(crate) async fn run(
             tracing::debug!(error = %e, "mqtt connection ended");
             conn.end.get_or_insert(End::Abnormal);
         }
-        let _ = flush(&mut wr, &mut conn.out, FINAL_FLUSH).await;
+        let _ = flush(&ctx.broker, &mut wr, &mut conn.out, FINAL_FLUSH).await;
         let _ = wr.shutdown().await;
         if conn.linger {
             junction_core::io::linger(&mut rd, CLOSE_GRACE, CLOSE_DRAIN_BYTES).await;
@@ -414,7 +414,10 @@ async fn accept(
 
 /// Writes everything queued. Cancel-safe: what was written is consumed
 /// from `out` as it goes, so an interrupted flush never sends bytes twice.
+/// The memory alarm counts the buffer while it is being written (a client
+/// that reads slowly holds it until the write deadline).
 pub(crate) async fn flush(
+    broker: &junction_core::Broker,
     wr: &mut OwnedWriteHalf,
     out: &mut BytesMut,
     stall: Duration,
@@ -422,6 +425,7 @@ pub(crate) async fn flush(
     if out.is_empty() {
         return Ok(());
     }
+    let _held = broker.charge_memory(out.len() as u64);
     junction_core::io::write_all_buf_within(wr, out, stall).await?;
     if out.capacity() > 64 * 1024 {
         // Do not keep a burst's buffer for the life of the connection.
@@ -474,7 +478,7 @@ impl Conn {
             // A client that stops reading must not hold off a takeover
             // or a shutdown.
             let flushed = tokio::select! {
-                r = flush(wr, &mut self.out, stall) => r,
+                r = flush(&self.ctx.broker, wr, &mut self.out, stall) => r,
                 _ = shutdown.cancelled() => Err(std::io::ErrorKind::Interrupted.into()),
                 _ = kick.notified() => Err(std::io::ErrorKind::Interrupted.into()),
             };

@@ -514,6 +514,11 @@ impl Conn {
                     stall
                 };
                 let chunks = self.out.take();
+                // The memory alarm counts what is being written.
+                let _held = self
+                    .ctx
+                    .broker
+                    .charge_memory(chunks.iter().map(|c| c.len() as u64).sum());
                 let written = {
                     let writing = junction_core::io::write_chunks_within(wr, &chunks, stall);
                     tokio::pin!(writing);

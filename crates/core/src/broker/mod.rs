@@ -392,6 +392,13 @@ pub struct MemoryCharge {
 }
 
 impl MemoryCharge {
+    /// A charge of `bytes` on `counter` (one of the counters the memory
+    /// alarm sums).
+    pub(crate) fn on(counter: Arc<AtomicU64>, bytes: u64) -> MemoryCharge {
+        counter.fetch_add(bytes, Ordering::Relaxed);
+        MemoryCharge { counter, bytes }
+    }
+
     /// Counts `more` bytes on this charge.
     pub fn grow(&mut self, more: u64) {
         self.counter.fetch_add(more, Ordering::Relaxed);

@@ -402,6 +402,15 @@ impl QueueState {
         }
     }
 
+    /// A charge on the broker's queued-memory counter for a message that
+    /// left this queue but is still held (a no-ack delivery on its way to
+    /// the socket).
+    fn in_flight_charge(&self, bytes: u64) -> Option<crate::broker::MemoryCharge> {
+        self.total
+            .as_ref()
+            .map(|t| crate::broker::MemoryCharge::on(Arc::clone(t), bytes))
+    }
+
     fn uncount_held(&mut self, bytes: u64) {
         self.held -= bytes;
         if let Some(t) = &self.total {
@@ -761,6 +770,12 @@ impl QueueState {
         self.next_tag += 1;
         let consumer = &self.consumers[ci];
         let body_len = message.body_len();
+        // A no-ack delivery leaves the queue now: charge it until written.
+        let in_flight = self.consumers[ci]
+            .spec
+            .no_ack
+            .then(|| self.in_flight_charge(message.footprint()))
+            .flatten();
         let delivery = Delivery {
             consumer: consumer.id,
             tag,
@@ -768,6 +783,7 @@ impl QueueState {
             redelivered: entry.redelivered,
             delivery_count: entry.delivery_count,
             _permit: Some(consumer.window.permit()),
+            _held: in_flight,
         };
         if consumer
             .sink
@@ -942,6 +958,7 @@ impl QueueState {
             redelivered: entry.redelivered,
             delivery_count: entry.delivery_count,
             _permit: None,
+            _held: None,
         };
         if no_ack {
             if let Some(r) = entry.removed() {
