@@ -61,6 +61,10 @@ pub struct MetricsSnapshot {
     pub quarantined_records: u64,
     /// Connections closed because writes to them made no progress.
     pub slow_consumer_disconnects: u64,
+    /// Bytes in the store engine's write buffers (RocksDB memtables).
+    pub store_memtable_bytes: u64,
+    /// Bytes in the store engine's block cache.
+    pub store_block_cache_bytes: u64,
 }
 
 /// Renders `snapshot` as a Prometheus text exposition (format 0.0.4): each
@@ -222,7 +226,23 @@ pub fn render_into(out: &mut impl Write, s: &MetricsSnapshot) -> fmt::Result {
         "Connections closed because a write to them made no progress within the write timeout.",
         "counter",
     )?;
-    writeln!(out, "{name} {}", s.slow_consumer_disconnects)
+    writeln!(out, "{name} {}", s.slow_consumer_disconnects)?;
+    let name = "junction_store_memtable_bytes";
+    header(
+        out,
+        name,
+        "Bytes in the store's write buffers (RocksDB memtables), not counted by the memory alarm.",
+        "gauge",
+    )?;
+    writeln!(out, "{name} {}", s.store_memtable_bytes)?;
+    let name = "junction_store_block_cache_bytes";
+    header(
+        out,
+        name,
+        "Bytes in the store's block cache, not counted by the memory alarm.",
+        "gauge",
+    )?;
+    writeln!(out, "{name} {}", s.store_block_cache_bytes)
 }
 
 /// The HELP and TYPE lines of one metric family.
@@ -301,6 +321,8 @@ mod tests {
             connections_refused: 2,
             quarantined_records: 1,
             slow_consumer_disconnects: 4,
+            store_memtable_bytes: 5,
+            store_block_cache_bytes: 6,
         };
         let expected = r#"# HELP junction_queue_messages Messages ready for delivery in a queue.
 # TYPE junction_queue_messages gauge
@@ -363,6 +385,12 @@ junction_store_quarantined_records 1
 # HELP junction_slow_consumer_disconnects_total Connections closed because a write to them made no progress within the write timeout.
 # TYPE junction_slow_consumer_disconnects_total counter
 junction_slow_consumer_disconnects_total 4
+# HELP junction_store_memtable_bytes Bytes in the store's write buffers (RocksDB memtables), not counted by the memory alarm.
+# TYPE junction_store_memtable_bytes gauge
+junction_store_memtable_bytes 5
+# HELP junction_store_block_cache_bytes Bytes in the store's block cache, not counted by the memory alarm.
+# TYPE junction_store_block_cache_bytes gauge
+junction_store_block_cache_bytes 6
 "#;
         assert_eq!(render(&snapshot), expected);
     }
@@ -370,7 +398,7 @@ junction_slow_consumer_disconnects_total 4
     #[test]
     fn empty_snapshot_keeps_every_family_header_and_zero_totals() {
         let text = render(&MetricsSnapshot::default());
-        assert_eq!(text.matches("# TYPE ").count(), 19);
+        assert_eq!(text.matches("# TYPE ").count(), 21);
         assert!(
             text.contains("\njunction_store_commit_seconds_total 0\n"),
             "{text}"

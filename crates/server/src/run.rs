@@ -271,6 +271,7 @@ impl Acceptor<'_> {
 /// The metrics snapshot of a broker.
 pub fn snapshot(broker: &Broker, admission: &Admission) -> MetricsSnapshot {
     let s = broker.stats();
+    let (memtables, block_cache) = broker.store().memory_usage();
     MetricsSnapshot {
         queues: s
             .queues
@@ -303,6 +304,8 @@ pub fn snapshot(broker: &Broker, admission: &Admission) -> MetricsSnapshot {
         connections_refused: admission.refused(),
         quarantined_records: s.quarantined_records,
         slow_consumer_disconnects: s.slow_consumer_disconnects,
+        store_memtable_bytes: memtables,
+        store_block_cache_bytes: block_cache,
     }
 }
 

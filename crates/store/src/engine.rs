@@ -45,6 +45,12 @@ pub trait Engine: Send + Sync + 'static {
     fn free_disk_bytes(&self) -> Option<u64> {
         None
     }
+
+    /// Memory the engine itself holds: (write buffers, read cache), in
+    /// bytes. Zero for the in-memory engine, whose data is the broker's.
+    fn memory_usage(&self) -> (u64, u64) {
+        (0, 0)
+    }
 }
 
 /// An engine holding everything in memory: one ordered map per column

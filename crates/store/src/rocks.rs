@@ -6,30 +6,36 @@ use std::path::Path;
 
 use bytes::Bytes;
 use rocksdb::{
-    ColumnFamily, ColumnFamilyDescriptor, DB, DBCompressionType, FlushOptions, Options,
-    ReadOptions, WriteBatch, WriteOptions,
+    BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DB, DBCompressionType,
+    FlushOptions, Options, ReadOptions, WriteBatch, WriteOptions,
 };
 
 use crate::batch::{Batch, Cf, Op};
 use crate::engine::Engine;
 use crate::error::StoreError;
 
-/// Memtable size of the message families: large enough that steady
-/// message traffic does not flush constantly, small enough for a modest
-/// host.
-const WRITE_BUFFER_BYTES: usize = 64 << 20;
+/// Memtable size of the messages family: large enough that a message
+/// acked soon after it was stored dies in the memtable (put and delete
+/// never reach a table file), small enough that the broker's memory
+/// settles within minutes of steady load.
+const WRITE_BUFFER_BYTES: usize = 32 << 20;
+/// Memtable size of the queue entries (small records).
+const ENTRY_WRITE_BUFFER_BYTES: usize = 16 << 20;
 /// Memtable size of the quiet families (topology, retained messages, MQTT
 /// sessions, quarantine): their memtables fill slowly and would otherwise
 /// grow the process for hours before their first flush (the soak bench
 /// saw resident memory climb that way).
-const QUIET_WRITE_BUFFER_BYTES: usize = 8 << 20;
+const QUIET_WRITE_BUFFER_BYTES: usize = 2 << 20;
 /// Cap on all memtables together, across the families.
-const DB_WRITE_BUFFER_BYTES: usize = 160 << 20;
+const DB_WRITE_BUFFER_BYTES: usize = 64 << 20;
+/// One block cache for every family (RocksDB would give each family a
+/// cache of its own): reads are paged messages and recovery.
+const BLOCK_CACHE_BYTES: usize = 32 << 20;
 /// Cap on the WAL files kept: past it RocksDB flushes the column families
 /// whose memtables pin the oldest WAL file, so a quiet family (retained
 /// messages, sessions) cannot keep gigabytes of log alive and slow a
 /// restart's replay.
-const MAX_TOTAL_WAL_BYTES: u64 = 512 << 20;
+const MAX_TOTAL_WAL_BYTES: u64 = 256 << 20;
 /// RocksDB's own info LOG: rolled at this size, this many kept.
 const LOG_FILE_BYTES: usize = 16 << 20;
 const LOG_FILES_KEPT: usize = 4;
@@ -46,6 +52,8 @@ const DELETIONS_TRIGGER: usize = 5_000;
 pub struct RocksEngine {
     /// The open database; closed when the engine is dropped.
     db: DB,
+    /// The block cache every family shares.
+    cache: Cache,
 }
 
 impl std::fmt::Debug for RocksEngine {
@@ -68,10 +76,15 @@ impl RocksEngine {
         db_opts.set_max_total_wal_size(MAX_TOTAL_WAL_BYTES);
         db_opts.set_max_log_file_size(LOG_FILE_BYTES);
         db_opts.set_keep_log_file_num(LOG_FILES_KEPT);
+        let cache = Cache::new_lru_cache(BLOCK_CACHE_BYTES);
+        let mut table = BlockBasedOptions::default();
+        table.set_block_cache(&cache);
         let cfs = Cf::ALL.iter().map(|cf| {
             let mut cf_opts = Options::default();
+            cf_opts.set_block_based_table_factory(&table);
             cf_opts.set_write_buffer_size(match cf {
-                Cf::Messages | Cf::QueueEntries => WRITE_BUFFER_BYTES,
+                Cf::Messages => WRITE_BUFFER_BYTES,
+                Cf::QueueEntries => ENTRY_WRITE_BUFFER_BYTES,
                 _ => QUIET_WRITE_BUFFER_BYTES,
             });
             cf_opts.set_compression_type(DBCompressionType::Lz4);
@@ -84,7 +97,7 @@ impl RocksEngine {
         });
         let db = DB::open_cf_descriptors(&db_opts, dir, cfs)?;
         tracing::info!(path = %dir.display(), "opened rocksdb store");
-        Ok(Self { db })
+        Ok(Self { db, cache })
     }
 
     /// The handle of `cf`, which `open` guarantees exists.
@@ -157,6 +170,20 @@ impl Engine for RocksEngine {
     fn free_disk_bytes(&self) -> Option<u64> {
         let st = rustix::fs::statvfs(self.db.path()).ok()?;
         Some(st.f_bavail.saturating_mul(st.f_frsize))
+    }
+
+    fn memory_usage(&self) -> (u64, u64) {
+        let memtables = Cf::ALL
+            .iter()
+            .filter_map(|cf| self.handle(*cf).ok())
+            .filter_map(|h| {
+                self.db
+                    .property_int_value_cf(h, "rocksdb.cur-size-all-mem-tables")
+                    .ok()
+                    .flatten()
+            })
+            .sum();
+        (memtables, self.cache.get_usage() as u64)
     }
 
     fn flush(&self) -> Result<(), StoreError> {

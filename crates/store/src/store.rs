@@ -285,6 +285,11 @@ impl Store {
         self.inner.engine.free_disk_bytes()
     }
 
+    /// Memory the engine holds: (write buffers, block cache), in bytes.
+    pub fn memory_usage(&self) -> (u64, u64) {
+        self.inner.engine.memory_usage()
+    }
+
     /// Whether data outlives the process (false for the in-memory engine).
     pub fn is_persistent(&self) -> bool {
         self.inner.engine.is_persistent()
