@@ -270,14 +270,8 @@ impl Conn {
                     self.on_bytes(&mut buf).await;
                 }
                 Some(ev) = events.recv() => {
-                    self.on_event(ev);
-                    // Drain what else is ready, so it goes out in one write.
-                    for _ in 0..256 {
-                        match events.try_recv() {
-                            Ok(ev) => self.on_event(ev),
-                            Err(_) => break,
-                        }
-                    }
+                    // What else is ready goes out in the same write.
+                    junction_core::consumer::drain(&mut events, ev, |ev| self.on_event(ev));
                 }
                 Some(c) = self.confirms.next(), if !self.confirms.is_empty() => {
                     self.confirm(c);

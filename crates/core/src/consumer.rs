@@ -211,5 +211,22 @@ impl ConsumerSpec {
     }
 }
 
+/// Events a connection takes from its consumer channel in one loop turn
+/// beyond the first: a burst goes out in one write, and the socket is
+/// read again soon.
+pub const DRAIN_BATCH: usize = 256;
+
+/// Calls `f` on `first`, then on what else `rx` already holds, at most
+/// [`DRAIN_BATCH`] more.
+pub fn drain<T>(rx: &mut tokio::sync::mpsc::UnboundedReceiver<T>, first: T, mut f: impl FnMut(T)) {
+    f(first);
+    for _ in 0..DRAIN_BATCH {
+        match rx.try_recv() {
+            Ok(next) => f(next),
+            Err(_) => break,
+        }
+    }
+}
+
 /// Default transport window: deliveries in flight between a queue and a socket.
 pub const DEFAULT_WINDOW: usize = 1024;

@@ -569,13 +569,8 @@ impl Conn {
                     self.on_bytes(&mut buf, &mut decoder).await;
                 }
                 Some(ev) = events.recv() => {
-                    self.on_event(ev);
-                    for _ in 0..256 {
-                        match events.try_recv() {
-                            Ok(ev) => self.on_event(ev),
-                            Err(_) => break,
-                        }
-                    }
+                    // What else is ready goes out in the same write.
+                    junction_core::consumer::drain(&mut events, ev, |ev| self.on_event(ev));
                 }
                 Some(r) = self.receipts.next(), if !self.receipts.is_empty() => {
                     self.on_receipt(r);
