@@ -3,7 +3,7 @@ alternate exchanges, exchange-to-exchange bindings and the errors each
 method can end in."""
 
 import pytest
-from pika.exceptions import ConnectionClosedByBroker
+from pika.exceptions import ChannelClosedByBroker
 
 from amqp_support import bodies, channel_error
 
@@ -84,15 +84,18 @@ def test_exchange_to_exchange_binding_routes_until_unbound(amqp_channel, names):
     assert bodies(amqp_channel, q) == []
 
 
-def test_unknown_exchange_type_closes_the_connection_with_503(module_broker, names):
+def test_unknown_exchange_type_closes_the_channel_with_406(module_broker, names):
     conn = module_broker.connect()
     ch = conn.channel()
-    with pytest.raises(ConnectionClosedByBroker) as e:
+    with pytest.raises(ChannelClosedByBroker) as e:
         ch.exchange_declare(names("x"), "x-no-such-type")
-    assert e.value.reply_code == 503
-    assert e.value.reply_text.startswith("COMMAND_INVALID - "), e.value.reply_text
+    assert e.value.reply_code == 406
+    assert e.value.reply_text.startswith("PRECONDITION_FAILED - "), e.value.reply_text
     assert "x-no-such-type" in e.value.reply_text
-    assert not conn.is_open
+    # Only the channel closed: the connection goes on.
+    assert conn.is_open
+    conn.channel().queue_declare(names("q"), exclusive=True)
+    conn.close()
 
 
 def test_redeclaring_an_exchange_with_another_type_closes_the_channel_with_406(
@@ -113,3 +116,21 @@ def test_publish_to_a_missing_exchange_closes_the_channel_with_404(amqp_channel,
         404,
         f"NOT_FOUND - no exchange '{x}'",
     )
+
+
+def test_deleting_and_unbinding_what_does_not_exist_is_ok_as_in_rabbitmq(module_broker, names):
+    # RabbitMQ 3.x answers delete-ok / unbind-ok for an exchange or queue
+    # that does not exist (checked against Debian's 3.10); cleanup code in
+    # clients and their test suites relies on it.
+    conn = module_broker.connect()
+    ch = conn.channel()
+    missing_q, missing_x = names("missing-q"), names("missing-x")
+    assert ch.queue_delete(missing_q).method.message_count == 0
+    ch.exchange_delete(missing_x)
+    ch.queue_unbind(missing_q, "amq.topic", "k")
+    # The channel is still open, and nothing was created on the way.
+    assert ch.is_open
+    with pytest.raises(ChannelClosedByBroker) as e:
+        ch.queue_declare(missing_q, passive=True)
+    assert e.value.reply_code == 404
+    conn.close()

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use amq_protocol::protocol::{AMQPClass, access, basic, channel, confirm, exchange, queue, tx};
 use amq_protocol::types::{FieldTable, ShortString};
-use junction_core::{Binding, Destination, ExchangeDef, ExchangeKind, QueueDef, Settle};
+use junction_core::{Binding, CoreError, Destination, ExchangeDef, ExchangeKind, QueueDef, Settle};
 
 use crate::channel::{Outstanding, TxOp};
 use crate::connection::Conn;
@@ -105,10 +105,15 @@ impl Conn {
                 }
             }
             AMQPClass::Exchange(exchange::AMQPMethod::Delete(d)) => {
-                broker
+                // Deleting what does not exist is delete-ok, as in RabbitMQ
+                // 3.x (cleanup code relies on it).
+                match broker
                     .delete_exchange(&vhost, d.exchange.as_str(), d.if_unused)
                     .await
-                    .map_err(Conn::core_error)?;
+                {
+                    Ok(_) | Err(CoreError::NotFound(_)) => {}
+                    Err(e) => return Err(Conn::core_error(e)),
+                }
                 if !d.nowait {
                     self.reply(
                         id,
@@ -190,10 +195,16 @@ impl Conn {
             }
             AMQPClass::Queue(queue::AMQPMethod::Delete(d)) => {
                 let name = self.open_channel(id)?.queue_name(d.queue.as_str())?;
-                let n = broker
+                // A queue that does not exist is deleted: delete-ok, 0
+                // messages (RabbitMQ 3.x).
+                let n = match broker
                     .delete_queue(&vhost, &name, d.if_unused, d.if_empty, conn)
                     .await
-                    .map_err(Conn::core_error)?;
+                {
+                    Ok(n) => n,
+                    Err(CoreError::NotFound(_)) => 0,
+                    Err(e) => return Err(Conn::core_error(e)),
+                };
                 if !d.nowait {
                     self.reply(
                         id,
@@ -423,7 +434,12 @@ impl Conn {
         let changed = if add {
             broker.bind(&self.vhost, binding, conn).await
         } else {
-            broker.unbind(&self.vhost, &binding, conn).await
+            // Unbinding from a queue or exchange that is gone is unbind-ok
+            // (RabbitMQ 3.x): the binding does not exist either way.
+            match broker.unbind(&self.vhost, &binding, conn).await {
+                Err(CoreError::NotFound(_)) => Ok(()),
+                other => other,
+            }
         };
         changed.map_err(Conn::core_error)?;
         if let Some(ok) = ok {

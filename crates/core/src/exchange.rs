@@ -35,14 +35,16 @@ impl fmt::Display for ExchangeKind {
 impl FromStr for ExchangeKind {
     type Err = CoreError;
 
-    /// An unknown type is 503 COMMAND_INVALID, as RabbitMQ answers.
+    /// An unknown type is 406 PRECONDITION_FAILED, a channel error, as
+    /// current RabbitMQ answers and client test suites expect (RabbitMQ
+    /// 3.10, Debian 12's, closed the connection with 503 COMMAND_INVALID).
     fn from_str(s: &str) -> Result<Self, CoreError> {
         match s {
             "direct" => Ok(ExchangeKind::Direct),
             "fanout" => Ok(ExchangeKind::Fanout),
             "topic" => Ok(ExchangeKind::Topic),
             "headers" => Ok(ExchangeKind::Headers),
-            other => Err(CoreError::CommandInvalid(format!(
+            other => Err(CoreError::PreconditionFailed(format!(
                 "unknown exchange type '{other}'"
             ))),
         }

@@ -545,9 +545,9 @@ async fn declaring_an_amq_prefixed_exchange_is_403() {
 }
 
 #[test]
-fn unknown_exchange_type_is_503() {
+fn unknown_exchange_type_is_406() {
     let err = "x-delayed".parse::<ExchangeKind>().unwrap_err();
-    assert_eq!(err.amqp_code(), 503);
+    assert_eq!(err.amqp_code(), 406);
     assert_eq!(
         "headers".parse::<ExchangeKind>().unwrap(),
         ExchangeKind::Headers
