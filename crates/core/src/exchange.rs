@@ -258,14 +258,14 @@ mod tests {
     }
 
     #[test]
-    fn unknown_exchange_type_is_command_invalid() {
+    fn unknown_exchange_type_is_precondition_failed() {
         assert_eq!(
             "topic".parse::<ExchangeKind>().unwrap(),
             ExchangeKind::Topic
         );
         assert_eq!(
             "x-custom".parse::<ExchangeKind>().unwrap_err().amqp_code(),
-            503
+            406
         );
     }
 }
