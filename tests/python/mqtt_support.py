@@ -30,7 +30,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from net_support import tcp_connect
+from net_support import tcp_connect, wait_until  # noqa: F401 (re-exported)
 
 V31, V311, V5 = mqtt.MQTTv31, mqtt.MQTTv311, mqtt.MQTTv5
 VERSION_NAMES = {V31: "v31", V311: "v311", V5: "v5"}
@@ -42,17 +42,6 @@ def uid(prefix="t"):
     """A short name no other test uses (topic levels, client ids: MQTT 3.1
     allows at most 23 characters in a client id)."""
     return prefix + uuid.uuid4().hex[:14]
-
-
-def wait_until(predicate, timeout=TIMEOUT, step=0.02):
-    """Polls `predicate()` until it holds or `timeout` passes; returns
-    whether it held."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(step)
-    return True
 
 
 def props_dict(p):

@@ -7,6 +7,7 @@ import array
 import fcntl
 import socket
 import termios
+import time
 
 
 def tcp_connect(port, timeout, rcvbuf=None):
@@ -31,3 +32,14 @@ def unread_bytes(sock):
     n = array.array("i", [0])
     fcntl.ioctl(sock.fileno(), termios.FIONREAD, n, True)
     return n[0]
+
+
+def wait_until(predicate, timeout=5.0, step=0.02):
+    """Polls `predicate()` until it holds or `timeout` passes; returns
+    whether it held."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(step)
+    return True

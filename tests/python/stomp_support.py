@@ -31,7 +31,7 @@ from collections import namedtuple
 import pytest
 import stomp
 
-from net_support import tcp_connect
+from net_support import tcp_connect, wait_until  # noqa: F401 (re-exported)
 
 TIMEOUT = 5.0
 VERSIONS = ["1.0", "1.1", "1.2"]
@@ -41,17 +41,6 @@ ALL_VERSIONS = pytest.mark.parametrize("version", VERSIONS)
 def uid(prefix="t"):
     """A short word no other test uses (queue names, topic words)."""
     return prefix + uuid.uuid4().hex[:12]
-
-
-def wait_until(predicate, timeout=TIMEOUT, step=0.02):
-    """Polls `predicate()` until it holds or `timeout` passes; returns
-    whether it held."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(step)
-    return True
 
 
 # ---------------------------------------------------------------------------

@@ -28,6 +28,15 @@ async fn open(dir: &Path) -> Arc<Broker> {
     Broker::open(store, config).await.expect("broker opens")
 }
 
+/// [`open`], with durable queue `name` declared.
+async fn open_with_queue(dir: &Path, name: &str) -> Arc<Broker> {
+    let b = open(dir).await;
+    b.declare_queue(VH, QueueDef::new(name), false)
+        .await
+        .unwrap();
+    b
+}
+
 fn body_of(i: usize) -> Bytes {
     Bytes::from(format!("message {i:04} {}", "x".repeat(i % 50)))
 }
@@ -85,10 +94,7 @@ fn expected(range: std::ops::Range<usize>) -> Vec<Bytes> {
 #[tokio::test]
 async fn a_long_queue_keeps_its_head_in_memory_and_delivers_everything_in_order() {
     let dir = tempfile::tempdir().unwrap();
-    let b = open(dir.path()).await;
-    b.declare_queue(VH, QueueDef::new("q"), false)
-        .await
-        .unwrap();
+    let b = open_with_queue(dir.path(), "q").await;
     publish_n(&b, "q", 0..300).await;
     let q = b.queue_for(VH, "q", None).unwrap();
     assert_eq!(q.message_count(), 300);
@@ -108,10 +114,7 @@ async fn a_long_queue_keeps_its_head_in_memory_and_delivers_everything_in_order(
 #[tokio::test]
 async fn get_reads_a_paged_head_back() {
     let dir = tempfile::tempdir().unwrap();
-    let b = open(dir.path()).await;
-    b.declare_queue(VH, QueueDef::new("q"), false)
-        .await
-        .unwrap();
+    let b = open_with_queue(dir.path(), "q").await;
     publish_n(&b, "q", 0..20).await;
     let holder = b.new_consumer_id();
     let mut got = Vec::new();
@@ -195,10 +198,7 @@ async fn drop_head_overflow_dead_letters_paged_messages_whole() {
 async fn purge_and_delete_remove_paged_records() {
     let dir = tempfile::tempdir().unwrap();
     {
-        let b = open(dir.path()).await;
-        b.declare_queue(VH, QueueDef::new("q"), false)
-            .await
-            .unwrap();
+        let b = open_with_queue(dir.path(), "q").await;
         publish_n(&b, "q", 0..50).await;
         assert_eq!(b.purge_queue(VH, "q", None).await.unwrap(), 50);
         publish_n(&b, "q", 50..60).await;
@@ -247,10 +247,7 @@ async fn a_restart_reads_indexes_and_only_the_head_of_each_queue() {
 #[tokio::test]
 async fn requeued_messages_return_to_their_place_among_paged_ones() {
     let dir = tempfile::tempdir().unwrap();
-    let b = open(dir.path()).await;
-    b.declare_queue(VH, QueueDef::new("q"), false)
-        .await
-        .unwrap();
+    let b = open_with_queue(dir.path(), "q").await;
     publish_n(&b, "q", 0..20).await;
     let (tx, mut rx) = unbounded_channel();
     let c = b
@@ -274,10 +271,7 @@ async fn requeued_messages_return_to_their_place_among_paged_ones() {
 #[tokio::test]
 async fn transient_messages_are_never_paged() {
     let dir = tempfile::tempdir().unwrap();
-    let b = open(dir.path()).await;
-    b.declare_queue(VH, QueueDef::new("q"), false)
-        .await
-        .unwrap();
+    let b = open_with_queue(dir.path(), "q").await;
     for i in 0..20 {
         let p = b
             .publish(VH, Message::new("", "q", body_of(i)))
