@@ -1107,21 +1107,14 @@ impl Conn {
     /// dead-letters where the queue has a dead-letter exchange (or with
     /// `requeue:false`), else requeues.
     fn settle(&mut self, id: u64, nack: Option<bool>, late: bool) {
-        let Some(sub) = self.acks.subscription_of(id) else {
-            if late {
-                tracing::debug!(
-                    id,
-                    "acknowledgement in a transaction found nothing left to settle"
-                );
-            }
-            return;
-        };
-        let cumulative = self
-            .subs
-            .values()
-            .find(|s| s.key == sub)
-            .is_some_and(|s| s.mode == AckMode::Client);
-        for p in self.acks.take(id, cumulative) {
+        let settled = self.acks.take(id);
+        if settled.is_empty() && late {
+            tracing::debug!(
+                id,
+                "acknowledgement in a transaction found nothing left to settle"
+            );
+        }
+        for p in settled {
             let how = match nack {
                 None => Settle::Ack,
                 Some(requeue) => {
@@ -1159,6 +1152,7 @@ impl Conn {
                     AckMode::Auto => self.acks.next_id(),
                     _ => self.acks.track(
                         sub.key,
+                        sub.mode == AckMode::Client,
                         Pending {
                             queue: Arc::clone(sub.handle.queue()),
                             holder: d.consumer,

@@ -92,19 +92,30 @@ impl AckMode {
 }
 
 /// Deliveries awaiting ACK or NACK, by the id the client acks with (the
-/// `message-id` of 1.0/1.1, the `ack` header of 1.2: the same number).
+/// `message-id` of 1.0/1.1, the `ack` header of 1.2: the same number),
+/// kept per subscription in id order, so a cumulative ACK takes its run
+/// of the subscription's deliveries without looking at any other's.
 #[derive(Debug)]
 pub struct Acks<T> {
     next: u64,
-    /// id → (subscription key, what to settle).
-    pending: BTreeMap<u64, (u64, T)>,
+    /// id → its subscription.
+    owner: HashMap<u64, u64>,
+    subs: HashMap<u64, SubAcks<T>>,
+}
+
+#[derive(Debug)]
+struct SubAcks<T> {
+    /// `client` mode: an ACK settles every earlier delivery too.
+    cumulative: bool,
+    pending: BTreeMap<u64, T>,
 }
 
 impl<T> Default for Acks<T> {
     fn default() -> Self {
         Acks {
             next: 1,
-            pending: BTreeMap::new(),
+            owner: HashMap::new(),
+            subs: HashMap::new(),
         }
     }
 }
@@ -117,57 +128,78 @@ impl<T> Acks<T> {
         id
     }
 
-    /// Records a delivery of subscription `sub`; returns its ack id.
-    pub fn track(&mut self, sub: u64, item: T) -> u64 {
+    /// Records a delivery of subscription `sub` (acked cumulatively when
+    /// `cumulative`); returns its ack id.
+    pub fn track(&mut self, sub: u64, cumulative: bool, item: T) -> u64 {
         let id = self.next_id();
-        self.pending.insert(id, (sub, item));
+        self.owner.insert(id, sub);
+        self.subs
+            .entry(sub)
+            .or_insert_with(|| SubAcks {
+                cumulative,
+                pending: BTreeMap::new(),
+            })
+            .pending
+            .insert(id, item);
         id
     }
 
-    /// Takes what an ACK/NACK of `id` settles: with `cumulative`, every
-    /// outstanding delivery of the same subscription up to `id`, oldest
-    /// first. Empty when `id` is unknown (already settled, or never sent).
-    pub fn take(&mut self, id: u64, cumulative: bool) -> Vec<T> {
-        let Some((sub, _)) = self.pending.get(&id) else {
+    /// Takes what an ACK/NACK of `id` settles: in a cumulative
+    /// subscription every outstanding delivery up to `id`, oldest first;
+    /// else that one. Empty when `id` is unknown (already settled, or
+    /// never sent).
+    pub fn take(&mut self, id: u64) -> Vec<T> {
+        let Some(sub) = self.owner.get(&id).copied() else {
             return Vec::new();
         };
-        let sub = *sub;
-        if !cumulative {
-            return self
-                .pending
-                .remove(&id)
-                .map(|(_, t)| t)
+        let Some(acks) = self.subs.get_mut(&sub) else {
+            return Vec::new();
+        };
+        let taken: Vec<(u64, T)> = if acks.cumulative {
+            let rest = acks.pending.split_off(&(id + 1));
+            std::mem::replace(&mut acks.pending, rest)
                 .into_iter()
-                .collect();
+                .collect()
+        } else {
+            acks.pending
+                .remove(&id)
+                .map(|t| (id, t))
+                .into_iter()
+                .collect()
+        };
+        if acks.pending.is_empty() {
+            self.subs.remove(&sub);
         }
-        let ids: Vec<u64> = self
-            .pending
-            .range(..=id)
-            .filter(|(_, (s, _))| *s == sub)
-            .map(|(i, _)| *i)
-            .collect();
-        ids.into_iter()
-            .filter_map(|i| self.pending.remove(&i).map(|(_, t)| t))
+        taken
+            .into_iter()
+            .map(|(i, t)| {
+                self.owner.remove(&i);
+                t
+            })
             .collect()
     }
 
     /// The subscription a pending id belongs to.
     pub fn subscription_of(&self, id: u64) -> Option<u64> {
-        self.pending.get(&id).map(|(s, _)| *s)
+        self.owner.get(&id).copied()
     }
 
     /// Forgets every pending delivery of `sub` (its consumer is gone and
     /// they went back to the queue).
     pub fn forget(&mut self, sub: u64) {
-        self.pending.retain(|_, (s, _)| *s != sub);
+        if let Some(acks) = self.subs.remove(&sub) {
+            for id in acks.pending.keys() {
+                self.owner.remove(id);
+            }
+        }
     }
 
     pub fn len(&self) -> usize {
-        self.pending.len()
+        self.owner.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.pending.is_empty()
+        self.owner.is_empty()
     }
 }
 
@@ -280,27 +312,28 @@ mod tests {
     #[test]
     fn client_acks_are_cumulative_per_subscription() {
         let mut acks = Acks::default();
-        let a1 = acks.track(1, "a1");
-        let b1 = acks.track(2, "b1");
-        let a2 = acks.track(1, "a2");
-        let a3 = acks.track(1, "a3");
-        assert_eq!(acks.take(a2, true), vec!["a1", "a2"]);
-        assert_eq!(acks.take(a1, true), Vec::<&str>::new(), "already settled");
+        let a1 = acks.track(1, true, "a1");
+        let b1 = acks.track(2, true, "b1");
+        let a2 = acks.track(1, true, "a2");
+        let a3 = acks.track(1, true, "a3");
+        assert_eq!(acks.take(a2), vec!["a1", "a2"]);
+        assert_eq!(acks.take(a1), Vec::<&str>::new(), "already settled");
         assert_eq!(acks.subscription_of(b1), Some(2));
-        assert_eq!(acks.take(a3, false), vec!["a3"]);
-        assert_eq!(acks.take(b1, true), vec!["b1"]);
+        assert_eq!(acks.take(a3), vec!["a3"]);
+        assert_eq!(acks.take(b1), vec!["b1"]);
         assert!(acks.is_empty());
     }
 
     #[test]
     fn individual_acks_take_one_and_forget_drops_a_subscription() {
         let mut acks = Acks::default();
-        let x = acks.track(1, 10);
-        let y = acks.track(1, 20);
-        acks.track(2, 30);
-        assert_eq!(acks.take(y, false), vec![20]);
+        let x = acks.track(1, false, 10);
+        let y = acks.track(1, false, 20);
+        acks.track(2, false, 30);
+        assert_eq!(acks.take(y), vec![20]);
         acks.forget(1);
-        assert_eq!(acks.take(x, false), Vec::<i32>::new());
+        assert_eq!(acks.take(x), Vec::<i32>::new());
+        assert_eq!(acks.subscription_of(x), None);
         assert_eq!(acks.len(), 1);
         assert_ne!(acks.next_id(), x);
     }
