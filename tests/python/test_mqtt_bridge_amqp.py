@@ -141,18 +141,31 @@ def test_mqtt5_request_and_amqp_reply_with_correlation(module_broker, clients, a
     )
     ((m, props, body),) = amqp_get(amqp_channel, service_q, 1)
     assert (m.routing_key, body) == (p + ".req.dev7", b"what is the setpoint?")
-    assert props.reply_to == p + ".reply.dev7"
+    # reply_to is an address the default exchange resolves; the header is
+    # RabbitMQ's MQTT plugin's name for the same topic.
+    assert props.reply_to == "/topic/" + p + ".reply.dev7"
+    assert props.headers["x-reply-to-topic"] == p + ".reply.dev7"
     assert props.correlation_id == "req-42"
 
+    # The usual AMQP RPC reply, and the RabbitMQ way, both arrive.
     amqp_channel.basic_publish(
-        "amq.topic",
+        "",
         props.reply_to,
         b"21.5",
         pika.BasicProperties(correlation_id=props.correlation_id, delivery_mode=2),
     )
-    (reply,) = dev.wait_messages(1)
-    assert (reply.topic, reply.payload, reply.qos) == (p + "/reply/dev7", b"21.5", 1)
-    assert reply.props.get("CorrelationData") == b"req-42"
+    amqp_channel.basic_publish(
+        "amq.topic",
+        props.headers["x-reply-to-topic"],
+        b"21.6",
+        pika.BasicProperties(correlation_id=props.correlation_id, delivery_mode=2),
+    )
+    replies = dev.wait_messages(2)
+    assert [(r.topic, r.payload, r.qos) for r in replies] == [
+        (p + "/reply/dev7", b"21.5", 1),
+        (p + "/reply/dev7", b"21.6", 1),
+    ]
+    assert [r.props.get("CorrelationData") for r in replies] == [b"req-42", b"req-42"]
     amqp_channel.queue_delete(service_q)
 
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use amq_protocol::protocol::basic::AMQPProperties;
 use amq_protocol::protocol::{AMQPClass, basic};
 use bytes::Bytes;
-use junction_core::{ConsumerSpec, Message, Origin, Protocol, Settle};
+use junction_core::{ConsumerSpec, Message, Origin, Protocol, Settle, interop};
 
 use crate::channel::{ChannelConsumer, TxOp};
 use crate::connection::{Conn, ConsumerRef};
@@ -15,6 +15,37 @@ use crate::convert;
 use crate::error::{AmqpError, code};
 
 impl Conn {
+    /// `basic.consume` from `amq.rabbitmq.reply-to` (RabbitMQ's direct
+    /// reply-to): makes the channel's private reply queue and returns its
+    /// name, for the consumer to start on. No-ack only, one per channel
+    /// (RabbitMQ's rules and words).
+    pub(crate) async fn direct_reply_queue(
+        &mut self,
+        id: u16,
+        c: &basic::Consume,
+    ) -> Result<String, AmqpError> {
+        if !c.no_ack {
+            return Err(AmqpError::channel(
+                code::PRECONDITION_FAILED,
+                "reply consumer cannot acknowledge",
+            ));
+        }
+        if self.open_channel(id)?.live_direct_reply().is_some() {
+            return Err(AmqpError::channel(
+                code::PRECONDITION_FAILED,
+                "reply consumer already set",
+            ));
+        }
+        let name = self
+            .ctx
+            .broker
+            .declare_reply_queue(&self.vhost, self.guard.id())
+            .await
+            .map_err(Conn::core_error)?;
+        self.open_channel(id)?.direct_reply = Some(name.clone());
+        Ok(name)
+    }
+
     pub(crate) fn consume(&mut self, id: u16, c: basic::Consume) -> Result<(), AmqpError> {
         let generated = self.consumer_tag();
         let events = self.events_tx.clone();
@@ -143,7 +174,18 @@ impl Conn {
         properties: AMQPProperties,
         body: Bytes,
     ) -> Result<(), AmqpError> {
-        let core_props = convert::properties_to_core(&properties);
+        let mut core_props = convert::properties_to_core(&properties);
+        if core_props.reply_to.as_deref() == Some(interop::DIRECT_REPLY_TO) {
+            // Direct reply-to: the reply goes to this channel's reply queue.
+            let Some(q) = self.open_channel(id)?.live_direct_reply() else {
+                return Err(AmqpError::channel(
+                    code::PRECONDITION_FAILED,
+                    "fast reply consumer does not exist",
+                )
+                .during(60, 40));
+            };
+            core_props.reply_to = Some(q.to_string());
+        }
         if let Some(exp) = &core_props.expiration
             && !exp.parse::<u64>().is_ok_and(|ms| ms <= u64::from(u32::MAX))
         {

@@ -142,6 +142,9 @@ pub struct Channel {
     /// The queue named by the last `queue.declare`, for methods that give
     /// an empty queue name.
     pub last_queue: Option<String>,
+    /// Direct reply-to: the private queue `amq.rabbitmq.reply-to.<id>` made
+    /// for this channel's reply consumer (live while that consumer is).
+    pub direct_reply: Option<String>,
     /// `channel.flow`: false holds deliveries back.
     pub flow_active: bool,
     pub held: VecDeque<Delivery>,
@@ -166,6 +169,7 @@ impl Channel {
             tx: None,
             tx_bytes: 0,
             last_queue: None,
+            direct_reply: None,
             flow_active: true,
             held: VecDeque::new(),
             epoch,
@@ -210,6 +214,15 @@ impl Channel {
 
     /// A queue name from a method, or the channel's last declared queue
     /// when the name is empty (AMQP 0-9-1 "default queue").
+    /// The direct reply-to queue, while a consumer of this channel is on it.
+    pub fn live_direct_reply(&self) -> Option<&str> {
+        let q = self.direct_reply.as_deref()?;
+        self.consumers
+            .values()
+            .any(|c| c.handle.queue().name() == q)
+            .then_some(q)
+    }
+
     pub fn queue_name(&self, name: &str) -> Result<String, AmqpError> {
         if !name.is_empty() {
             return Ok(name.to_string());

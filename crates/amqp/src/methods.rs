@@ -227,7 +227,12 @@ impl Conn {
                 );
                 self.pump(id);
             }
-            AMQPClass::Basic(basic::AMQPMethod::Consume(c)) => self.consume(id, c)?,
+            AMQPClass::Basic(basic::AMQPMethod::Consume(mut c)) => {
+                if c.queue.as_str() == junction_core::interop::DIRECT_REPLY_TO {
+                    c.queue = self.direct_reply_queue(id, &c).await?.as_str().into();
+                }
+                self.consume(id, c)?
+            }
             AMQPClass::Basic(basic::AMQPMethod::Cancel(c)) => {
                 let ch = self.open_channel(id)?;
                 if let Some(consumer) = ch.consumers.remove(c.consumer_tag.as_str()) {

@@ -4,6 +4,8 @@
 //! - [`ids`]: newtype ids (messages, queues, connections, consumers, deliveries).
 //! - [`value`]: typed header values (the AMQP field-table types).
 //! - [`message`]: the immutable [`Message`] and its properties.
+//! - [`interop`]: what the adapters share when a message crosses protocols:
+//!   names, reply addresses, header values as text (docs/interop.md).
 //! - [`codec`]: binary encoding of durable records.
 //! - `records` (feature `fuzzing` only): the broker's store records, opened
 //!   to the fuzz targets in `fuzz/`.
@@ -25,6 +27,7 @@ pub mod consumer;
 pub mod error;
 pub mod exchange;
 pub mod ids;
+pub mod interop;
 pub mod io;
 pub mod message;
 pub mod queue;

@@ -66,21 +66,6 @@ impl FieldValue {
         total
     }
 
-    /// The value as text, for protocols whose headers are strings (MQTT
-    /// user properties, STOMP headers): strings (long strings only when
-    /// UTF-8), booleans, numbers and timestamps (seconds). Tables, arrays,
-    /// byte arrays, decimals and void have no text form here.
-    pub fn to_text(&self) -> Option<String> {
-        Some(match self {
-            FieldValue::ShortString(s) => s.clone(),
-            FieldValue::LongString(b) => String::from_utf8(b.to_vec()).ok()?,
-            FieldValue::Bool(b) => b.to_string(),
-            FieldValue::F32(f) => f.to_string(),
-            FieldValue::F64(f) => f.to_string(),
-            other => other.as_i128()?.to_string(),
-        })
-    }
-
     /// The value as an integer, if it is one of the integer types.
     pub fn as_i128(&self) -> Option<i128> {
         Some(match *self {

@@ -132,6 +132,10 @@ pub(crate) struct Stats {
     pub bytes_received: AtomicU64,
     pub bytes_sent: AtomicU64,
     pub subscriptions: AtomicI64,
+    /// Messages a subscription matched that MQTT cannot carry: a routing
+    /// key that is no valid topic name (`+`, `#`, U+0000, empty), from
+    /// AMQP or STOMP. Acknowledged and skipped (docs/interop.md).
+    pub messages_undeliverable: AtomicU64,
 }
 
 /// What every MQTT connection shares.

@@ -2,19 +2,22 @@
 //! patterns on `amq.topic`, and PUBLISH packets to and from the core
 //! [`Message`]. The mapping tables are in docs/mqtt.md.
 //!
-//! Topic levels: MQTT separates them with `/`, AMQP topic words with `.`;
-//! the two characters are swapped both ways (RabbitMQ's convention), so
-//! `plant/7/temp` is the routing key `plant.7.temp` and `a.b/c` is `a/b.c`.
+//! The conversions the three adapters share (topic separators, reply
+//! addresses, header values as text) are in `junction_core::interop`;
+//! docs/interop.md has the cross-protocol tables.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use junction_core::interop::{self, ReplyAddress};
 use junction_core::{FieldTable, FieldValue, Message, Origin, Properties};
+
+pub use junction_core::interop::{H_PUBLISH_QOS, H_RETAIN, filter_to_pattern, swap_separators};
 
 use crate::codec::{PayloadFormat, Publish, PublishProperties, QoS, TopicName};
 
 /// The exchange every MQTT topic lives on.
-pub const TOPIC_EXCHANGE: &str = "amq.topic";
+pub const TOPIC_EXCHANGE: &str = interop::TOPIC_EXCHANGE;
 
 /// The exchange of the broker's own `$SYS/...` topics: apart from
 /// `amq.topic`, so queues bound there with `#` (AMQP consumers, MQTT
@@ -31,38 +34,16 @@ pub fn exchange_for(topic_or_filter: &str) -> &'static str {
     }
 }
 
-/// Header: the QoS the MQTT publisher used (RabbitMQ's name).
-pub const H_PUBLISH_QOS: &str = "x-mqtt-publish-qos";
-/// Header: the publisher set the RETAIN flag (for Retain As Published).
-pub const H_RETAIN: &str = "x-mqtt-retain";
 /// Header: MQTT 5 Payload Format Indicator 1 (UTF-8 payload).
 pub const H_PAYLOAD_FORMAT: &str = "x-mqtt-payload-format-indicator";
 /// Header: MQTT 5 Correlation Data that is not a short UTF-8 string.
 pub const H_CORRELATION_DATA: &str = "x-mqtt-correlation-data";
 
-/// Swaps `/` and `.`: an MQTT topic to an AMQP routing key and back.
-pub fn swap_separators(s: &str) -> String {
-    s.chars()
-        .map(|c| match c {
-            '/' => '.',
-            '.' => '/',
-            c => c,
-        })
-        .collect()
-}
-
-/// An MQTT topic filter as an AMQP topic binding pattern: separators
-/// swapped, `+` → `*`, `#` stays.
-pub fn filter_to_pattern(filter: &str) -> String {
-    filter
-        .split('/')
-        .map(|level| match level {
-            "+" => "*".to_string(),
-            l => l.replace('.', "/"),
-        })
-        .collect::<Vec<_>>()
-        .join(".")
-}
+/// Topics under this prefix name a queue, not a topic: a PUBLISH to
+/// `$queue/q` goes to queue `q` through the default exchange. It is the
+/// Response Topic an MQTT responder gets for a requester that waits on a
+/// queue (AMQP `reply_to`, STOMP `/temp-queue/`).
+pub const QUEUE_PREFIX: &str = "$queue/";
 
 /// Does the MQTT `topic` match the MQTT `filter`? A topic starting with
 /// `$` is not matched by a filter starting with a wildcard [MQTT-4.7.2-1].
@@ -101,12 +82,18 @@ pub fn to_core(p: &Publish, topic: &str, origin: Origin) -> Message {
     let mut props = Properties {
         delivery_mode: Some(if p.qos == QoS::AtMostOnce { 1 } else { 2 }),
         content_type: pp.content_type.clone(),
-        reply_to: pp
-            .response_topic
-            .as_ref()
-            .map(|t| swap_separators(t.as_str())),
         ..Properties::default()
     };
+    if let Some(t) = &pp.response_topic {
+        match t.as_str().strip_prefix(QUEUE_PREFIX) {
+            Some(queue) => props.reply_to = Some(queue.to_string()),
+            None => {
+                let key = swap_separators(t.as_str());
+                props.reply_to = Some(ReplyAddress::topic(&key));
+                headers.insert(interop::H_REPLY_TO_TOPIC, FieldValue::string(key));
+            }
+        }
+    }
     if pp.payload_format == Some(PayloadFormat::Utf8) {
         headers.insert(H_PAYLOAD_FORMAT, FieldValue::U8(1));
     }
@@ -132,35 +119,29 @@ pub fn to_core(p: &Publish, topic: &str, origin: Origin) -> Message {
     }
     props.headers = headers;
     let body = junction_core::message::detach_body(p.payload.clone());
-    let mut m = Message::new(TOPIC_EXCHANGE, swap_separators(topic), body);
+    let mut m = match topic.strip_prefix(QUEUE_PREFIX) {
+        Some(queue) => Message::new("", queue, body),
+        None => Message::new(TOPIC_EXCHANGE, swap_separators(topic), body),
+    };
     m.properties = props;
     m.origin = origin;
     m
 }
 
-/// The QoS the message was published with: MQTT's own header, else AMQP's
-/// delivery mode (persistent → 1, as RabbitMQ maps it).
+/// The QoS the message was published with: MQTT's own header (which
+/// AMQP and STOMP publishers may set too), else AMQP's delivery mode
+/// (persistent → 1, as RabbitMQ maps it).
 pub fn published_qos(m: &Message) -> QoS {
-    match m
-        .properties
-        .headers
-        .get(H_PUBLISH_QOS)
-        .and_then(FieldValue::as_i128)
-    {
-        Some(2) => QoS::ExactlyOnce,
-        Some(1) => QoS::AtLeastOnce,
-        Some(_) => QoS::AtMostOnce,
-        None if m.properties.is_persistent() => QoS::AtLeastOnce,
-        None => QoS::AtMostOnce,
+    match interop::publish_qos(&m.properties) {
+        2 => QoS::ExactlyOnce,
+        1 => QoS::AtLeastOnce,
+        _ => QoS::AtMostOnce,
     }
 }
 
-/// Whether the publisher set RETAIN.
+/// Whether the publisher set RETAIN (or the header that stands for it).
 pub fn published_retain(m: &Message) -> bool {
-    matches!(
-        m.properties.headers.get(H_RETAIN),
-        Some(FieldValue::Bool(true))
-    )
+    interop::retain_requested(&m.properties)
 }
 
 /// Seconds left before the message expires (`Some(0)`: expired), or None
@@ -181,18 +162,11 @@ pub fn from_core(m: &Message, now_unix: u64) -> PublishProperties {
     let h = &p.headers;
     let mut out = PublishProperties {
         content_type: p.content_type.clone(),
-        response_topic: p
-            .reply_to
-            .as_deref()
-            .and_then(|r| TopicName::new(swap_separators(r)).ok())
-            .filter(|t| !t.is_empty()),
+        response_topic: response_topic(p),
         message_expiry_interval: remaining_expiry(m, now_unix),
         ..PublishProperties::default()
     };
-    if matches!(
-        h.get(H_PAYLOAD_FORMAT).and_then(FieldValue::as_i128),
-        Some(1)
-    ) {
+    if h.get(H_PAYLOAD_FORMAT).and_then(interop::integer) == Some(1) {
         out.payload_format = Some(PayloadFormat::Utf8);
     }
     out.correlation_data = match h.get(H_CORRELATION_DATA) {
@@ -203,14 +177,33 @@ pub fn from_core(m: &Message, now_unix: u64) -> PublishProperties {
             .map(|c| Bytes::from(c.clone().into_bytes())),
     };
     for (k, v) in h.iter() {
-        if k.starts_with("x-mqtt-") {
+        // The adapter's own headers, and the Response Topic already sent.
+        if k.starts_with("x-mqtt-") || k == interop::H_REPLY_TO_TOPIC {
             continue;
         }
-        if let Some(text) = v.to_text() {
-            out.user_properties.push((k.to_string(), text));
-        }
+        out.user_properties
+            .push((k.to_string(), interop::value_text(v)));
     }
     out
+}
+
+/// The Response Topic for a message's `reply_to`: a topic for an
+/// `amq.topic` address, `$queue/q` for a queue (an AMQP or STOMP
+/// requester's reply queue). Another exchange has no topic: none is sent.
+/// Without `reply_to`, RabbitMQ's `x-reply-to-topic` header.
+fn response_topic(p: &Properties) -> Option<TopicName> {
+    let topic = match p.reply_to.as_deref() {
+        Some(r) => match ReplyAddress::parse(r) {
+            ReplyAddress::Exchange {
+                exchange: interop::TOPIC_EXCHANGE,
+                key,
+            } => swap_separators(key),
+            ReplyAddress::Queue(q) => format!("{QUEUE_PREFIX}{q}"),
+            ReplyAddress::Exchange { .. } => return None,
+        },
+        None => swap_separators(p.headers.get(interop::H_REPLY_TO_TOPIC)?.as_str()?),
+    };
+    TopicName::new(topic).ok().filter(|t| !t.is_empty())
 }
 
 /// Levels of an MQTT topic or filter ("a/b/c" has three): the routing
@@ -317,7 +310,11 @@ mod tests {
             ..PublishProperties::default()
         };
         let m = to_core(&p, "dev/7/req", ORIGIN);
-        assert_eq!(m.properties.reply_to.as_deref(), Some("reply.dev7"));
+        assert_eq!(m.properties.reply_to.as_deref(), Some("/topic/reply.dev7"));
+        assert_eq!(
+            m.properties.headers.get(interop::H_REPLY_TO_TOPIC),
+            Some(&FieldValue::string("reply.dev7"))
+        );
         assert_eq!(m.properties.correlation_id.as_deref(), Some("req-42"));
         assert_eq!(
             m.properties.content_type.as_deref(),
@@ -354,15 +351,56 @@ mod tests {
         m.properties
             .headers
             .insert("t", FieldValue::Table(FieldTable::new()));
-        m.properties.reply_to = Some("amq.rabbitmq.reply-to".into());
+        m.properties.reply_to = Some("amq.rabbitmq.reply-to.abc".into());
         let p = from_core(&m, 0);
         assert_eq!(
             p.user_properties,
             vec![
                 ("s".to_string(), "v".to_string()),
-                ("n".into(), "-3".into())
+                ("n".into(), "-3".into()),
+                ("t".into(), "{}".into())
             ]
         );
-        assert_eq!(p.response_topic.unwrap().as_str(), "amq/rabbitmq/reply-to");
+        assert_eq!(
+            p.response_topic.unwrap().as_str(),
+            "$queue/amq.rabbitmq.reply-to.abc"
+        );
+    }
+
+    #[test]
+    fn response_topics_for_each_reply_address() {
+        let topic = |reply_to: &str| {
+            let mut m = Message::new("amq.topic", "a", Bytes::new());
+            m.properties.reply_to = Some(reply_to.into());
+            from_core(&m, 0)
+                .response_topic
+                .map(|t| t.as_str().to_string())
+        };
+        assert_eq!(topic("/topic/r.dev/7").as_deref(), Some("r/dev.7"));
+        assert_eq!(topic("/exchange/amq.topic/r.x").as_deref(), Some("r/x"));
+        assert_eq!(topic("amq.gen-1").as_deref(), Some("$queue/amq.gen-1"));
+        assert_eq!(topic("/queue/q").as_deref(), Some("$queue/q"));
+        assert_eq!(topic("/exchange/logs/k"), None);
+        assert_eq!(topic("/topic/a.#"), None);
+        let mut m = Message::new("amq.topic", "a", Bytes::new());
+        m.properties
+            .headers
+            .insert(interop::H_REPLY_TO_TOPIC, FieldValue::string("r.9"));
+        let p = from_core(&m, 0);
+        assert_eq!(p.response_topic.unwrap().as_str(), "r/9");
+        assert!(p.user_properties.is_empty());
+    }
+
+    #[test]
+    fn queue_topics_publish_to_a_queue() {
+        let mut p = publish("$queue/work.items", QoS::AtLeastOnce);
+        p.properties.response_topic = Some(TopicName::new("$queue/amq.gen-7").unwrap());
+        let m = to_core(&p, "$queue/work.items", ORIGIN);
+        assert_eq!(
+            (m.exchange.as_str(), m.routing_key.as_str()),
+            ("", "work.items")
+        );
+        assert_eq!(m.properties.reply_to.as_deref(), Some("amq.gen-7"));
+        assert_eq!(m.properties.headers.get(interop::H_REPLY_TO_TOPIC), None);
     }
 }

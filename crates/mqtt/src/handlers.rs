@@ -285,7 +285,11 @@ impl Conn {
                 }
             };
             let levels = shared.as_ref().map_or(filter.as_str(), |(_, f)| f.as_str());
-            if convert::topic_levels(levels) > self.ctx.broker.limits().max_topic_levels {
+            // `$queue/q` is a queue to publish to; nothing is published
+            // to it as a topic, so a subscription could never match.
+            if levels.starts_with(convert::QUEUE_PREFIX)
+                || convert::topic_levels(levels) > self.ctx.broker.limits().max_topic_levels
+            {
                 reasons.push(ReasonCode::TOPIC_FILTER_INVALID);
                 continue;
             }
@@ -590,7 +594,9 @@ impl Conn {
         // The context, not a copy of the vhost name per message.
         let ctx = Arc::clone(&self.ctx);
         let vhost = ctx.settings.vhost.as_str();
+        // `$queue/` topics name a queue: nothing to retain.
         if p.retain
+            && msg.exchange == convert::TOPIC_EXCHANGE
             && let Err(e) = self.ctx.broker.set_retained(vhost, msg.clone()).await
         {
             // Never acknowledge a retained message that is not stored.
@@ -872,7 +878,18 @@ impl Conn {
         let m = self.match_delivery(&d, &topic);
         let now = d.message.properties.expiration.is_some().then(unix_secs);
         let expired = now.is_some_and(|n| convert::remaining_expiry(&d.message, n) == Some(0));
-        let (Some(m), Ok(topic_name), false) = (m, TopicName::new(topic), expired) else {
+        let (Some(m), false) = (m, expired) else {
+            self.settle(Source::Queue(d.consumer, d.tag));
+            return;
+        };
+        let Ok(topic_name) = TopicName::new(topic) else {
+            // An AMQP or STOMP routing key MQTT cannot name: counted in
+            // $SYS, not sent.
+            self.ctx
+                .stats
+                .messages_undeliverable
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(key = %d.message.routing_key, "mqtt: routing key is no topic name; skipped");
             self.settle(Source::Queue(d.consumer, d.tag));
             return;
         };

@@ -50,6 +50,10 @@ fn snapshot(ctx: &MqttContext, started: Instant) -> Vec<(String, Bytes)> {
             u(s.messages_sent.load(Ordering::Relaxed)),
         ),
         (
+            "$SYS/broker/messages/undeliverable".into(),
+            u(s.messages_undeliverable.load(Ordering::Relaxed)),
+        ),
+        (
             "$SYS/broker/bytes/received".into(),
             u(s.bytes_received.load(Ordering::Relaxed)),
         ),

@@ -24,7 +24,7 @@ use crate::codec::Headers;
 const MAX_NAME: usize = 255;
 
 /// The exchange MQTT topics and STOMP `/topic/` destinations share.
-pub const TOPIC_EXCHANGE: &str = "amq.topic";
+pub const TOPIC_EXCHANGE: &str = junction_core::interop::TOPIC_EXCHANGE;
 
 /// A parsed `destination` header.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -52,9 +52,28 @@ fn name(kind: &str, s: &str) -> Result<String, String> {
         return Err(format!("{kind} name longer than {MAX_NAME} bytes"));
     }
     if s.contains('/') {
-        return Err(format!("{kind} name '{s}' contains '/'"));
+        return Err(format!("{kind} name '{s}' contains '/' (write it as %2F)"));
     }
-    Ok(s.to_string())
+    Ok(unescape(s))
+}
+
+/// RabbitMQ's one escape in destination names: `%2F` is a `/` (queue
+/// names such as an MQTT shared subscription's hold one).
+fn unescape(s: &str) -> String {
+    if s.contains('%') {
+        s.replace("%2F", "/").replace("%2f", "/")
+    } else {
+        s.to_string()
+    }
+}
+
+/// A queue or exchange name as it goes into a destination: `/` as `%2F`.
+pub fn escape(name: &str) -> std::borrow::Cow<'_, str> {
+    if name.contains('/') {
+        name.replace('/', "%2F").into()
+    } else {
+        name.into()
+    }
 }
 
 /// ActiveMQ's `>` wildcard (the rest of the name) as AMQP's `#`.
@@ -101,31 +120,32 @@ impl Destination {
 /// in STOMP terms (`/topic/k` for `amq.topic`, MQTT's topics included).
 pub fn destination_of(m: &Message) -> String {
     match m.exchange.as_str() {
-        "" => format!("/queue/{}", m.routing_key),
+        "" => format!("/queue/{}", escape(&m.routing_key)),
         TOPIC_EXCHANGE => format!("/topic/{}", m.routing_key),
-        x => format!("/exchange/{x}/{}", m.routing_key),
+        x => format!("/exchange/{}/{}", escape(x), m.routing_key),
     }
 }
 
-/// A `reply-to` header as the core's `reply_to` (a queue name an AMQP
-/// responder publishes to through the default exchange). `/temp-queue/`
-/// names are the connection's to resolve first.
+/// A `reply-to` header as the core's `reply_to` (docs/interop.md): a
+/// queue destination becomes the bare queue name, which an AMQP responder
+/// publishes to through the default exchange; `/topic/` and `/exchange/`
+/// stay addresses the core resolves. `/temp-queue/` names are the
+/// connection's to resolve first.
 pub fn reply_to_core(v: &str) -> String {
-    for prefix in ["/reply-queue/", "/queue/", "/amq/queue/"] {
-        if let Some(q) = v.strip_prefix(prefix) {
-            return q.to_string();
-        }
+    match Destination::parse(v) {
+        Ok(Destination::Queue(q) | Destination::AmqQueue(q) | Destination::ReplyQueue(q)) => q,
+        _ => v.to_string(),
     }
-    v.to_string()
 }
 
 /// The core's `reply_to` as a STOMP `reply-to`: a plain queue name becomes
-/// `/reply-queue/name`, which a STOMP responder can SEND to.
+/// `/reply-queue/name`, which a STOMP responder can SEND to; an address
+/// (`/topic/k`, from an MQTT Response Topic) stays as it is.
 pub fn reply_to_stomp(v: &str) -> String {
     if v.starts_with('/') {
         v.to_string()
     } else {
-        format!("/reply-queue/{v}")
+        format!("/reply-queue/{}", escape(v))
     }
 }
 
@@ -274,9 +294,7 @@ pub fn from_core(m: &Message, out: &mut Headers) {
         if MESSAGE_HEADERS.contains(&k) || PROPERTY_HEADERS.contains(&k) {
             continue;
         }
-        if let Some(text) = v.to_text() {
-            out.push(k, text);
-        }
+        out.push(k, junction_core::interop::value_text(v));
     }
 }
 
@@ -352,6 +370,10 @@ mod tests {
             ),
             ("/temp-queue/replies", TempQueue("replies".into())),
             ("/reply-queue/amq.gen-x", ReplyQueue("amq.gen-x".into())),
+            (
+                "/amq/queue/mqtt-shared-g%2Fa%2f%2B",
+                AmqQueue("mqtt-shared-g/a/%2B".into()),
+            ),
         ];
         for (text, want) in cases {
             assert_eq!(Destination::parse(text), Ok(want), "{text}");
@@ -375,6 +397,7 @@ mod tests {
         assert_eq!(destination_of(&m("amq.topic", "a.b")), "/topic/a.b");
         assert_eq!(destination_of(&m("", "q")), "/queue/q");
         assert_eq!(destination_of(&m("logs", "k")), "/exchange/logs/k");
+        assert_eq!(destination_of(&m("", "a/b")), "/queue/a%2Fb");
     }
 
     #[test]
@@ -475,7 +498,7 @@ mod tests {
         assert_eq!(h.get("timestamp"), Some("5000"));
         assert_eq!(h.get("n"), Some("-3"));
         assert_eq!(h.get("destination"), None);
-        assert_eq!(h.get("t"), None);
+        assert_eq!(h.get("t"), Some("{}"));
     }
 
     #[test]
@@ -485,6 +508,12 @@ mod tests {
         assert_eq!(reply_to_core("/topic/t"), "/topic/t");
         assert_eq!(reply_to_stomp("amq.gen-1"), "/reply-queue/amq.gen-1");
         assert_eq!(reply_to_stomp("/topic/t"), "/topic/t");
+        assert_eq!(reply_to_core("/amq/queue/a%2Fb"), "a/b");
+        assert_eq!(
+            reply_to_stomp("mqtt-shared-g/t"),
+            "/reply-queue/mqtt-shared-g%2Ft"
+        );
+        assert_eq!(reply_to_core("/exchange/x/k"), "/exchange/x/k");
     }
 
     #[test]

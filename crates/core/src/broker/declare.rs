@@ -13,9 +13,11 @@ use super::{Broker, Queue, VHost};
 use crate::error::CoreError;
 use crate::exchange::{Binding, Destination, ExchangeDef};
 use crate::ids::{ConnectionId, QueueId};
+use crate::interop;
 use crate::queue::Effects;
 use crate::queue::args::{QueueArgs, QueueDef};
 use crate::topology::Change;
+use crate::value::FieldTable;
 
 /// What `queue.declare-ok` reports.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -190,12 +192,64 @@ impl Broker {
 
     /// `queue.declare` from connection `conn`, which may use (passively or
     /// not) an exclusive queue it owns even without asking for exclusivity.
+    /// A passive declare of `amq.rabbitmq.reply-to` answers ok with no
+    /// messages and no consumers, as RabbitMQ does.
     pub async fn declare_queue_as(
+        self: &Arc<Self>,
+        vhost: &str,
+        def: QueueDef,
+        passive: bool,
+        conn: Option<ConnectionId>,
+    ) -> Result<QueueInfo, CoreError> {
+        if passive && def.name == interop::DIRECT_REPLY_TO {
+            self.vhost(vhost)?;
+            return Ok(QueueInfo {
+                name: def.name,
+                messages: 0,
+                consumers: 0,
+                created: false,
+            });
+        }
+        self.declare_queue_inner(vhost, def, passive, conn, false)
+            .await
+    }
+
+    /// Direct reply-to (`amq.rabbitmq.reply-to`): a fresh transient queue
+    /// `amq.rabbitmq.reply-to.<22 characters>`, exclusive to `owner` and
+    /// deleted with its last consumer. Its name is what a requester's
+    /// `reply_to` becomes, so any protocol's responder reaches it through
+    /// the default exchange.
+    pub async fn declare_reply_queue(
+        self: &Arc<Self>,
+        vhost: &str,
+        owner: ConnectionId,
+    ) -> Result<String, CoreError> {
+        let generated = generated_queue_name(self.next_queue.load(Ordering::Relaxed));
+        let def = QueueDef {
+            name: format!(
+                "{}.{}",
+                interop::DIRECT_REPLY_TO,
+                &generated["amq.gen-".len()..]
+            ),
+            durable: false,
+            exclusive_owner: Some(owner),
+            auto_delete: true,
+            arguments: FieldTable::new(),
+        };
+        let info = self
+            .declare_queue_inner(vhost, def, false, Some(owner), true)
+            .await?;
+        Ok(info.name)
+    }
+
+    /// `reserved_ok`: the broker itself names the queue `amq.…`.
+    async fn declare_queue_inner(
         self: &Arc<Self>,
         vhost: &str,
         mut def: QueueDef,
         passive: bool,
         conn: Option<ConnectionId>,
+        reserved_ok: bool,
     ) -> Result<QueueInfo, CoreError> {
         let vh = self.vhost(vhost)?;
         if def.name.is_empty() && !passive {
@@ -234,7 +288,7 @@ impl Broker {
                 "no queue '{}' in vhost '{vhost}'",
                 def.name
             )));
-        } else if def.name.starts_with("amq.") {
+        } else if def.name.starts_with("amq.") && !reserved_ok {
             return Err(CoreError::AccessRefused(format!(
                 "queue name '{}' contains reserved prefix 'amq.'",
                 def.name

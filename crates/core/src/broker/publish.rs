@@ -13,7 +13,8 @@ use tokio::time::Instant;
 use super::records;
 use super::{Broker, Queue};
 use crate::error::CoreError;
-use crate::message::{Message, Origin};
+use crate::interop;
+use crate::message::{Message, Origin, Protocol};
 use crate::queue::{Accepted, DeadLetter, DeathReason, Effects, Entry, Removed};
 use crate::value::{FieldTable, FieldValue};
 
@@ -105,9 +106,19 @@ impl Broker {
     pub(crate) async fn publish_batch(
         &self,
         vhost: &str,
-        msg: Message,
+        mut msg: Message,
         extra: Batch,
     ) -> Result<Published, CoreError> {
+        self.resolve_address(vhost, &mut msg)?;
+        // MQTT's adapter keeps its own publishers' retained messages (it
+        // must refuse the PUBLISH when that fails); AMQP and STOMP
+        // publishers ask for it with a header (docs/interop.md).
+        if msg.origin.protocol != Protocol::Mqtt
+            && msg.exchange == interop::TOPIC_EXCHANGE
+            && interop::retain_requested(&msg.properties)
+        {
+            self.set_retained(vhost, msg.clone()).await?;
+        }
         let (msg, targets, mut batch) = self.prepare(vhost, msg)?;
         batch.append(extra);
         let receipt = if batch.is_empty() {
@@ -116,6 +127,34 @@ impl Broker {
             Some(self.store.submit(batch, true).await?)
         };
         Ok(self.enqueue(&msg, targets, receipt))
+    }
+
+    /// A message for the default exchange whose routing key is an address
+    /// (`/topic/k`, `/exchange/x/k`, `/queue/q`: how a reply_to from MQTT
+    /// or STOMP reads) and that names no queue goes where the address
+    /// says, so an AMQP responder's usual `basic_publish("", reply_to)`
+    /// reaches an MQTT or STOMP requester. An address of an exchange that
+    /// does not exist is left alone: unroutable, as any unknown key.
+    fn resolve_address(&self, vhost: &str, msg: &mut Message) -> Result<(), CoreError> {
+        if !msg.exchange.is_empty() || !interop::ReplyAddress::is_address(&msg.routing_key) {
+            return Ok(());
+        }
+        let vh = self.vhost(vhost)?;
+        if vh.queue(&msg.routing_key).is_some() {
+            return Ok(());
+        }
+        let (exchange, key) = match interop::ReplyAddress::parse(&msg.routing_key) {
+            interop::ReplyAddress::Queue(q) => (String::new(), q.to_string()),
+            interop::ReplyAddress::Exchange { exchange, key } => {
+                if vh.topology.read().exchange(exchange).is_none() {
+                    return Ok(());
+                }
+                (exchange.to_string(), key.to_string())
+            }
+        };
+        msg.exchange = exchange;
+        msg.routing_key = key;
+        Ok(())
     }
 
     /// Routes the message and plans where it goes and what is written.
