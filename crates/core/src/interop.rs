@@ -26,6 +26,12 @@ pub const H_PUBLISH_QOS: &str = "x-mqtt-publish-qos";
 /// or the text `true`) or STOMP (`true`), on a message published to
 /// `amq.topic`, it makes the message the topic's retained message.
 pub const H_RETAIN: &str = "x-mqtt-retain";
+/// Header: MQTT 5 Correlation Data that is not a short UTF-8 string (a
+/// byte array). STOMP carries it as base64 text and reads it back from
+/// base64, so a STOMP responder that echoes it answers an MQTT requester
+/// with the exact bytes.
+pub const H_CORRELATION_DATA: &str = "x-mqtt-correlation-data";
+
 /// Header: an MQTT Response Topic as an `amq.topic` routing key, as
 /// RabbitMQ's MQTT plugin writes it for AMQP 0-9-1 consumers.
 pub const H_REPLY_TO_TOPIC: &str = "x-reply-to-topic";
@@ -168,6 +174,14 @@ pub fn value_text(v: &FieldValue) -> String {
         FieldValue::Table(_) | FieldValue::Array(_) => json(v).to_string(),
         other => other.as_i128().map(|n| n.to_string()).unwrap_or_default(),
     }
+}
+
+/// Bytes written as text by [`value_text`] (standard base64, padded).
+pub fn base64_bytes(text: &str) -> Option<bytes::Bytes> {
+    base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .ok()
+        .map(bytes::Bytes::from)
 }
 
 fn base64_text(b: &[u8]) -> String {

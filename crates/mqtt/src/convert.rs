@@ -37,7 +37,7 @@ pub fn exchange_for(topic_or_filter: &str) -> &'static str {
 /// Header: MQTT 5 Payload Format Indicator 1 (UTF-8 payload).
 pub const H_PAYLOAD_FORMAT: &str = "x-mqtt-payload-format-indicator";
 /// Header: MQTT 5 Correlation Data that is not a short UTF-8 string.
-pub const H_CORRELATION_DATA: &str = "x-mqtt-correlation-data";
+pub const H_CORRELATION_DATA: &str = interop::H_CORRELATION_DATA;
 
 /// Topics under this prefix name a queue, not a topic: a PUBLISH to
 /// `$queue/q` goes to queue `q` through the default exchange. It is the

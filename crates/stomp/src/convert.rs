@@ -16,7 +16,7 @@
 //! consumers and MQTT 5 user properties see it.
 
 use bytes::Bytes;
-use junction_core::{FieldValue, Message, Origin, Properties};
+use junction_core::{FieldValue, Message, Origin, Properties, interop};
 
 use crate::codec::Headers;
 
@@ -250,7 +250,16 @@ pub fn to_core(
         if FRAME_HEADERS.contains(&k) || PROPERTY_HEADERS.contains(&k) || !seen.insert(k) {
             continue;
         }
-        p.headers.0.push((k.to_string(), FieldValue::string(v)));
+        let value = match k {
+            // Binary MQTT Correlation Data, as STOMP received it: base64
+            // back to bytes, so an echoing responder returns it exact.
+            interop::H_CORRELATION_DATA => match interop::base64_bytes(v) {
+                Some(b) => FieldValue::ByteArray(b),
+                None => FieldValue::string(v),
+            },
+            _ => FieldValue::string(v),
+        };
+        p.headers.0.push((k.to_string(), value));
     }
     let mut m = Message::new("", "", junction_core::message::detach_body(body)).with_properties(p);
     m.origin = origin;
@@ -436,6 +445,24 @@ mod tests {
         assert_eq!(p.headers.get("color"), Some(&FieldValue::string("blue")));
         assert_eq!(&m.body[..], b"x\0y");
         assert_eq!(m.origin, origin);
+    }
+
+    #[test]
+    fn binary_correlation_data_comes_back_from_base64() {
+        let h = headers(&[("x-mqtt-correlation-data", "AP8="), ("x-other", "AP8=")]);
+        let m = to_core(&h, Bytes::new(), Origin::INTERNAL, 0).unwrap();
+        let t = &m.properties.headers;
+        assert_eq!(
+            t.get("x-mqtt-correlation-data"),
+            Some(&FieldValue::ByteArray(Bytes::from_static(b"\x00\xff")))
+        );
+        assert_eq!(t.get("x-other"), Some(&FieldValue::string("AP8=")));
+        let bad = headers(&[("x-mqtt-correlation-data", "not base64!")]);
+        let m = to_core(&bad, Bytes::new(), Origin::INTERNAL, 0).unwrap();
+        assert_eq!(
+            m.properties.headers.get("x-mqtt-correlation-data"),
+            Some(&FieldValue::string("not base64!"))
+        );
     }
 
     #[test]
