@@ -40,6 +40,8 @@ pub struct Collector {
     publishers: u32,
     /// Messages written to the wire, all publishers together.
     sent: AtomicU64,
+    /// MQTT deliveries that arrived at a lower QoS than subscribed.
+    below_qos: AtomicU64,
     /// Start of the throughput window: the first message stamped.
     first_publish: OnceLock<Instant>,
     /// Receive-side state.
@@ -59,6 +61,8 @@ pub struct Snapshot {
     pub lost: u64,
     /// Arrivals that were not this run's.
     pub strays: u64,
+    /// MQTT deliveries that arrived at a lower QoS than subscribed.
+    pub below_qos: u64,
     /// Latency percentiles, `None` before the first arrival.
     pub latency: Option<Percentiles>,
     /// Seconds from the first publish to the last receive, `None` before both.
@@ -72,6 +76,7 @@ impl Collector {
             base_id,
             publishers,
             sent: AtomicU64::new(0),
+            below_qos: AtomicU64::new(0),
             first_publish: OnceLock::new(),
             inner: Mutex::new(Inner {
                 tracker,
@@ -143,6 +148,15 @@ impl Collector {
         }
     }
 
+    /// MQTT consumer `consumer` received `body` at QoS `qos`, having
+    /// subscribed at `subscribed`.
+    pub fn on_mqtt_message(&self, consumer: ConsumerIx, body: &[u8], qos: u8, subscribed: u8) {
+        if qos < subscribed {
+            self.below_qos.fetch_add(1, Ordering::Relaxed);
+        }
+        self.on_message(consumer, body);
+    }
+
     /// The run so far.
     pub fn snapshot(&self) -> Snapshot {
         let sent = self.sent.load(Ordering::Relaxed);
@@ -157,6 +171,7 @@ impl Collector {
             counts: inner.tracker.counts(),
             lost: inner.tracker.lost(sent),
             strays: inner.strays,
+            below_qos: self.below_qos.load(Ordering::Relaxed),
             latency: inner.latency.percentiles(),
             window_s,
         }
@@ -210,6 +225,18 @@ mod tests {
         );
         assert!(s.latency.is_some());
         assert!(c.complete());
+    }
+
+    #[test]
+    fn mqtt_deliveries_below_the_subscribed_qos_are_counted() {
+        let c = collector(7, 1, 1);
+        for (seq, qos) in [(0, 1), (1, 0), (2, 2)] {
+            let body = c.message(PublisherIx(0), seq, 20);
+            c.on_sent(1);
+            c.on_mqtt_message(ConsumerIx(0), &body, qos, 1);
+        }
+        let s = c.snapshot();
+        assert_eq!((s.counts.received, s.lost, s.below_qos), (3, 0, 1));
     }
 
     #[test]

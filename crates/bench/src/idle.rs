@@ -91,6 +91,7 @@ pub async fn run(
         bench_cpu_s: None,
         connections: Some(connections),
         rss_per_connection_bytes: None,
+        mqtt_below_qos: None,
     };
     probe.finish(&mut report);
     report.rss_per_connection_bytes = match (report.broker_rss_start_kb, report.broker_rss_kb) {

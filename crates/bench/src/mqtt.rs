@@ -80,7 +80,8 @@ enum Session {
 enum Event {
     ConnAck,
     SubAck(Result<(), String>),
-    Message(Bytes),
+    /// A PUBLISH arrived: its payload and the QoS it was delivered at.
+    Message(Bytes, u8),
     /// A PUBLISH went onto the wire.
     Written,
     /// A PUBACK or PUBCOMP arrived: one publish fully acknowledged.
@@ -106,6 +107,24 @@ fn qos5(qos: u8) -> v5::mqttbytes::QoS {
     }
 }
 
+/// The QoS level a 3.1.1 PUBLISH arrived at.
+fn level4(qos: rumqttc::QoS) -> u8 {
+    match qos {
+        rumqttc::QoS::AtMostOnce => 0,
+        rumqttc::QoS::AtLeastOnce => 1,
+        rumqttc::QoS::ExactlyOnce => 2,
+    }
+}
+
+/// The QoS level a 5.0 PUBLISH arrived at.
+fn level5(qos: v5::mqttbytes::QoS) -> u8 {
+    match qos {
+        v5::mqttbytes::QoS::AtMostOnce => 0,
+        v5::mqttbytes::QoS::AtLeastOnce => 1,
+        v5::mqttbytes::QoS::ExactlyOnce => 2,
+    }
+}
+
 fn event4(event: rumqttc::Event) -> Event {
     use rumqttc::{Event as E, Outgoing as O, Packet as P, SubscribeReasonCode as R};
     match event {
@@ -114,7 +133,7 @@ fn event4(event: rumqttc::Event) -> Event {
             Event::SubAck(Ok(()))
         }
         E::Incoming(P::SubAck(s)) => Event::SubAck(Err(format!("{:?}", s.return_codes))),
-        E::Incoming(P::Publish(p)) => Event::Message(p.payload),
+        E::Incoming(P::Publish(p)) => Event::Message(p.payload, level4(p.qos)),
         E::Incoming(P::PubAck(_) | P::PubComp(_)) => Event::Acked,
         E::Outgoing(O::Publish(_)) => Event::Written,
         E::Outgoing(O::Disconnect) => Event::Disconnected,
@@ -132,7 +151,7 @@ fn event5(event: v5::Event) -> Event {
             Event::SubAck(Ok(()))
         }
         E::Incoming(P::SubAck(s)) => Event::SubAck(Err(format!("{:?}", s.return_codes))),
-        E::Incoming(P::Publish(p)) => Event::Message(p.payload),
+        E::Incoming(P::Publish(p)) => Event::Message(p.payload, level5(p.qos)),
         E::Incoming(P::PubAck(_) | P::PubComp(_)) => Event::Acked,
         E::Outgoing(O::Publish(_)) => Event::Written,
         E::Outgoing(O::Disconnect) => Event::Disconnected,
@@ -307,6 +326,9 @@ pub async fn consume(
 ) -> Result<JoinHandle<Result<(), BenchError>>, BenchError> {
     let (client, mut session) = connect(s, s.client_id("s", index)).await?;
     let consumer = ConsumerIx(index);
+    // Deliveries below the subscribed QoS are counted: a broker may grant
+    // less, or deliver at the publisher's lower QoS (min of the two).
+    let wanted = s.qos;
     client
         .subscribe(filter, s.qos)
         .await
@@ -321,7 +343,9 @@ pub async fn consume(
                         format!("SUBSCRIBE {filter} refused: {codes}"),
                     ));
                 }
-                Ok(Event::Message(body)) => collector.on_message(consumer, &body),
+                Ok(Event::Message(body, qos)) => {
+                    collector.on_mqtt_message(consumer, &body, qos, wanted)
+                }
                 Ok(_) => {}
                 Err(reason) => return Err(BenchError::protocol(MQTT, reason)),
             }
@@ -330,9 +354,12 @@ pub async fn consume(
     timeout(CONNECT_TIMEOUT, suback)
         .await
         .map_err(|_| BenchError::Timeout(format!("MQTT SUBACK for {filter}")))??;
-    Ok(tokio::spawn(hold(client, session, cancel, move |body| {
-        collector.on_message(consumer, &body)
-    })))
+    Ok(tokio::spawn(hold(
+        client,
+        session,
+        cancel,
+        move |body, qos| collector.on_mqtt_message(consumer, &body, qos, wanted),
+    )))
 }
 
 /// Opens idle connection `index` and keeps it alive (keep-alive pings) in a
@@ -343,23 +370,23 @@ pub async fn idle(
     cancel: CancellationToken,
 ) -> Result<JoinHandle<Result<(), BenchError>>, BenchError> {
     let (client, session) = connect(s, s.client_id("i", index)).await?;
-    Ok(tokio::spawn(hold(client, session, cancel, |_| {})))
+    Ok(tokio::spawn(hold(client, session, cancel, |_, _| {})))
 }
 
-/// Polls `session` until `cancel`, passing messages to `on_message`; then
-/// sends DISCONNECT and waits briefly for it to go out.
+/// Polls `session` until `cancel`, passing messages (payload, QoS) to
+/// `on_message`; then sends DISCONNECT and waits briefly for it to go out.
 async fn hold(
     client: Client,
     mut session: Session,
     cancel: CancellationToken,
-    mut on_message: impl FnMut(Bytes),
+    mut on_message: impl FnMut(Bytes, u8),
 ) -> Result<(), BenchError> {
     let result = loop {
         tokio::select! {
             biased;
             () = cancel.cancelled() => break Ok(()),
             event = session.poll() => match event {
-                Ok(Event::Message(body)) => on_message(body),
+                Ok(Event::Message(body, qos)) => on_message(body, qos),
                 Ok(_) => {}
                 Err(reason) => break Err(BenchError::protocol(MQTT, reason)),
             },

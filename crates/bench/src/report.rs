@@ -54,6 +54,10 @@ pub struct Report {
     pub connections: Option<u64>,
     /// Idle scenario: broker RSS growth per connection, bytes.
     pub rss_per_connection_bytes: Option<f64>,
+    /// MQTT consumers: deliveries that arrived at a lower QoS than
+    /// subscribed (the broker granted less, or delivered at a lower
+    /// published QoS); `None` when no MQTT consumer ran.
+    pub mqtt_below_qos: Option<u64>,
 }
 
 /// Rounds to three decimals (enough for rates and seconds, and keeps the
@@ -119,6 +123,7 @@ mod tests {
             bench_cpu_s: Some(0.2),
             connections: Some(100),
             rss_per_connection_bytes: Some(10485.76),
+            mqtt_below_qos: None,
         }
     }
 
@@ -133,7 +138,7 @@ mod tests {
              \"reordered\":null,\"elapsed_s\":5.0,\"msgs_per_sec\":null,\"bytes_per_sec\":null,\
              \"latency_us\":null,\"broker_rss_kb\":2048,\"broker_rss_start_kb\":1024,\
              \"broker_cpu_s\":0.1,\"bench_cpu_s\":0.2,\"connections\":100,\
-             \"rss_per_connection_bytes\":10485.76}"
+             \"rss_per_connection_bytes\":10485.76,\"mqtt_below_qos\":null}"
         );
     }
 
@@ -175,6 +180,7 @@ mod tests {
             },
             lost: 2,
             strays: 0,
+            below_qos: 0,
             latency: None,
             window_s: None,
         };

@@ -13,7 +13,7 @@
 //! a failure mid-run still yields the result, plus the failure.
 
 use crate::address::{self, SubSource};
-use crate::cli::{Args, Scenario};
+use crate::cli::{Args, Proto, Scenario};
 use crate::clients::{Clients, Held};
 use crate::collector::Collector;
 use crate::error::BenchError;
@@ -222,6 +222,7 @@ pub async fn run(args: &Args) -> Result<Outcome, BenchError> {
         bench_cpu_s: None,
         connections: Some(u64::from(args.publishers) + u64::from(args.consumers)),
         rss_per_connection_bytes: None,
+        mqtt_below_qos: (args.sub_proto() == Proto::Mqtt).then_some(snap.below_qos),
     };
     probe.finish(&mut report);
     Ok(Outcome { report, failure })

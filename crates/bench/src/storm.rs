@@ -75,6 +75,7 @@ pub async fn run(
         bench_cpu_s: None,
         connections: Some(u64::from(args.publishers)),
         rss_per_connection_bytes: None,
+        mqtt_below_qos: None,
     };
     probe.finish(&mut report);
     Ok(Outcome { report, failure })
