@@ -2,15 +2,85 @@
 draining a queue with basic.get, catching a broker-closed channel,
 checking that a broker still serves a fresh connection, and
 `ConfirmPublisher`, a publisher whose confirms the test waits for (or
-does not) on its own terms."""
+does not) on its own terms.
+
+Also `Typed`: header values of the AMQP field types pika cannot choose
+(it writes every int as long-int or long-long-int and has no float).
+Importing this module teaches pika's field-table codec (`pika.data`, for
+the whole process) to write `Typed` values and Python floats (as double),
+and to read float and double values as floats (pika 1.x truncates them
+to ints)."""
 
 import re
+import struct
 import time
 
 import pika
+import pika.data
 import pika.exceptions
 import pytest
 from pika.exceptions import ChannelClosedByBroker
+
+
+class Typed:
+    """One AMQP field value of an explicit type, for pika's `headers`:
+    `Typed(tag, value)` with the field-type tag as RabbitMQ reads it:
+    "b" short-short-int, "B" short-short-uint, "s" short-int, "u"
+    short-uint, "I" long-int, "i" long-uint, "l" long-long-int, "f" float,
+    "d" double, "T" timestamp (seconds), "D" decimal (value: (scale,
+    unscaled)), "S" long string (value: bytes, need not be UTF-8), "x" byte
+    array. Nests in dicts and lists like any pika header value."""
+
+    FORMATS = {
+        "b": ">b", "B": ">B", "s": ">h", "u": ">H", "I": ">i", "i": ">I",
+        "l": ">q", "f": ">f", "d": ">d", "T": ">Q",
+    }
+
+    def __init__(self, tag, value):
+        assert tag in self.FORMATS or tag in "DSx", tag
+        self.tag, self.value = tag, value
+
+    def encode(self):
+        tag = self.tag.encode()
+        if self.tag == "D":
+            scale, unscaled = self.value
+            return tag + struct.pack(">BI", scale, unscaled)
+        if self.tag in "Sx":
+            data = self.value.encode() if isinstance(self.value, str) else self.value
+            return tag + struct.pack(">I", len(data)) + data
+        return tag + struct.pack(self.FORMATS[self.tag], self.value)
+
+    def __repr__(self):
+        return f"Typed({self.tag!r}, {self.value!r})"
+
+
+_pika_encode_value = pika.data.encode_value
+_pika_decode_value = pika.data.decode_value
+
+
+def _encode_value(pieces, value):
+    if isinstance(value, float):
+        value = Typed("d", value)
+    if isinstance(value, Typed):
+        data = value.encode()
+        pieces.append(data)
+        return len(data)
+    return _pika_encode_value(pieces, value)
+
+
+def _decode_value(encoded, offset):
+    kind = encoded[offset : offset + 1]
+    if kind in (b"f", b"d"):
+        fmt = ">f" if kind == b"f" else ">d"
+        return struct.unpack_from(fmt, encoded, offset + 1)[0], offset + 1 + struct.calcsize(fmt)
+    return _pika_decode_value(encoded, offset)
+
+
+if getattr(pika.data.encode_value, "__module__", None) != __name__:
+    # pika.data's table codec looks both names up as module globals, so
+    # nested tables and arrays go through these too.
+    pika.data.encode_value = _encode_value
+    pika.data.decode_value = _decode_value
 
 
 class Collector:
