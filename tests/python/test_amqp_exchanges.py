@@ -105,7 +105,10 @@ def test_redeclaring_an_exchange_with_another_type_closes_the_channel_with_406(
     amqp_channel.exchange_declare(x, "direct")
     code, text = channel_error(amqp_channel.exchange_declare, x, "fanout")
     assert code == 406
-    assert text.startswith(f"PRECONDITION_FAILED - inequivalent arg for exchange '{x}'"), text
+    assert text == (
+        f"PRECONDITION_FAILED - inequivalent arg 'type' for exchange '{x}': "
+        "received 'fanout' but current is 'direct'"
+    ), text
     assert shared_amqp.get().is_open
 
 

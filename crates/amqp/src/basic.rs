@@ -135,6 +135,10 @@ impl Conn {
         how: Settle,
     ) -> Result<(), AmqpError> {
         let ch = self.open_channel(id)?;
+        if ch.tx.is_some() {
+            // Checked now, not at commit, as RabbitMQ does.
+            ch.check_outstanding(tag, multiple)?;
+        }
         if ch
             .hold_in_tx(TxOp::Settle { tag, multiple, how })?
             .is_none()
@@ -219,6 +223,22 @@ impl Conn {
                 connection: self.guard.id(),
             },
         };
+        if self.open_channel(id)?.tx.is_some() && !message.exchange.is_empty() {
+            // Inside a transaction the publish waits for the commit, but a
+            // missing or internal exchange is refused now (RabbitMQ).
+            let def = self
+                .ctx
+                .broker
+                .exchange(&self.vhost, &message.exchange)
+                .map_err(|e| Conn::core_error(e).during(60, 40))?;
+            if def.internal {
+                return Err(AmqpError::channel(
+                    code::ACCESS_REFUSED,
+                    format!("cannot publish to internal exchange '{}'", def.name),
+                )
+                .during(60, 40));
+            }
+        }
         let charge = self.ctx.broker.charge_memory(message.footprint());
         let ch = self.open_channel(id)?;
         let held = ch.hold_in_tx(TxOp::Publish {

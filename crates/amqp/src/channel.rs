@@ -189,31 +189,35 @@ impl Channel {
     /// The outstanding deliveries a settle names: `tag` alone, or with
     /// `multiple` every one up to it (0 with `multiple` means all). An
     /// unknown tag is 406 PRECONDITION_FAILED, a channel error.
+    /// Is an ack, nack or reject of `tag` valid now? The tag named must be
+    /// outstanding, with `multiple` too (RabbitMQ's rule); only tag 0 with
+    /// `multiple` means "everything".
+    pub fn check_outstanding(&self, tag: u64, multiple: bool) -> Result<(), AmqpError> {
+        if (multiple && tag == 0) || self.unacked.contains_key(&tag) {
+            Ok(())
+        } else {
+            Err(unknown_tag(tag))
+        }
+    }
+
     pub fn take_outstanding(
         &mut self,
         tag: u64,
         multiple: bool,
     ) -> Result<Vec<Outstanding>, AmqpError> {
+        self.check_outstanding(tag, multiple)?;
         if multiple {
             let keys: Vec<u64> = if tag == 0 {
                 self.unacked.keys().copied().collect()
             } else {
                 self.unacked.range(..=tag).map(|(k, _)| *k).collect()
             };
-            if tag != 0 && keys.is_empty() {
-                return Err(unknown_tag(tag));
-            }
             Ok(keys.iter().filter_map(|k| self.unacked.remove(k)).collect())
         } else {
-            self.unacked
-                .remove(&tag)
-                .map(|o| vec![o])
-                .ok_or_else(|| unknown_tag(tag))
+            Ok(self.unacked.remove(&tag).into_iter().collect())
         }
     }
 
-    /// A queue name from a method, or the channel's last declared queue
-    /// when the name is empty (AMQP 0-9-1 "default queue").
     /// The direct reply-to queue, while a consumer of this channel is on it.
     pub fn live_direct_reply(&self) -> Option<&str> {
         let q = self.direct_reply.as_deref()?;
@@ -223,6 +227,8 @@ impl Channel {
             .then_some(q)
     }
 
+    /// A queue name from a method, or the channel's last declared queue
+    /// when the name is empty (AMQP 0-9-1 "default queue").
     pub fn queue_name(&self, name: &str) -> Result<String, AmqpError> {
         if !name.is_empty() {
             return Ok(name.to_string());

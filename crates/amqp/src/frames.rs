@@ -96,8 +96,14 @@ impl Conn {
             AMQPClass::Connection(
                 connection::AMQPMethod::Blocked(_) | connection::AMQPMethod::Unblocked(_),
             ) => Ok(()),
+            // A channel's method on channel 0 is a channel error, as
+            // RabbitMQ answers it; a connection method out of place is not.
             other => Err(AmqpError::connection(
-                code::COMMAND_INVALID,
+                if matches!(other, AMQPClass::Connection(_)) {
+                    code::COMMAND_INVALID
+                } else {
+                    code::CHANNEL_ERROR
+                },
                 format!("unexpected method on channel 0: {}", method_name(&other)),
             )
             .during(other.get_amqp_class_id(), other.get_amqp_method_id())),

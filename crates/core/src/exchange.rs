@@ -84,13 +84,56 @@ impl ExchangeDef {
     }
 
     /// Whether a redeclaration with `other` is equivalent (AMQP: same type,
-    /// durability, auto-delete, internal and arguments, else 406).
+    /// durability, auto-delete, internal; of the arguments only
+    /// `alternate-exchange` counts, as in RabbitMQ), else 406.
     pub fn equivalent(&self, other: &ExchangeDef) -> bool {
-        self.kind == other.kind
-            && self.durable == other.durable
-            && self.auto_delete == other.auto_delete
-            && self.internal == other.internal
-            && self.arguments.equivalent(&other.arguments)
+        self.inequivalence(other).is_none()
+    }
+
+    /// The argument that differs and how, in RabbitMQ's words (`type`,
+    /// `received 'fanout' but current is 'direct'`), or None when a
+    /// redeclaration with `received` is equivalent.
+    pub fn inequivalence(&self, received: &ExchangeDef) -> Option<(String, String)> {
+        fn differ(
+            name: &str,
+            received: impl fmt::Display,
+            current: impl fmt::Display,
+        ) -> (String, String) {
+            (
+                name.to_string(),
+                format!("received '{received}' but current is '{current}'"),
+            )
+        }
+        if self.kind != received.kind {
+            return Some(differ("type", received.kind, self.kind));
+        }
+        for (name, r, c) in [
+            ("durable", received.durable, self.durable),
+            ("auto_delete", received.auto_delete, self.auto_delete),
+            ("internal", received.internal, self.internal),
+        ] {
+            if r != c {
+                return Some(differ(name, r, c));
+            }
+        }
+        const AE: &str = "alternate-exchange";
+        let (r, c) = (received.arguments.get(AE), self.arguments.get(AE));
+        let same = match (r, c) {
+            (Some(a), Some(b)) => a.loosely_equals(b),
+            (None, None) => true,
+            _ => false,
+        };
+        let text = |v: Option<&FieldValue>| {
+            v.map_or("none".to_string(), |v| {
+                format!("'{}'", crate::interop::value_text(v))
+            })
+        };
+        (!same).then(|| {
+            (
+                AE.to_string(),
+                format!("received {} but current is {}", text(r), text(c)),
+            )
+        })
     }
 }
 

@@ -59,7 +59,7 @@ pub use error::CoreError;
 pub use exchange::{Binding, Destination, ExchangeDef, ExchangeKind};
 pub use ids::{ConnectionId, ConsumerId, DeliveryTag, MessageId, QueueId};
 pub use message::{Message, Origin, Properties, Protocol};
-pub use queue::args::{Overflow, QueueArgs, QueueDef};
+pub use queue::args::{Overflow, QueueArgs, QueueDef, QueueType};
 pub use queue::{DeathReason, Settle};
 pub use state::StateWrites;
 pub use value::{FieldTable, FieldValue};

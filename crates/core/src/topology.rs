@@ -320,17 +320,16 @@ impl Topology {
             ));
         }
         if let Some(existing) = self.exchanges.get(&def.name) {
-            if passive || existing.def.equivalent(&def) {
+            if passive {
                 return Ok(None);
             }
-            return Err(CoreError::PreconditionFailed(format!(
-                "inequivalent arg for exchange '{}': declared as {} durable={} auto_delete={} internal={}",
-                def.name,
-                existing.def.kind,
-                existing.def.durable,
-                existing.def.auto_delete,
-                existing.def.internal
-            )));
+            return match existing.def.inequivalence(&def) {
+                None => Ok(None),
+                Some((arg, why)) => Err(CoreError::PreconditionFailed(format!(
+                    "inequivalent arg '{arg}' for exchange '{}': {why}",
+                    def.name
+                ))),
+            };
         }
         if passive {
             return Err(CoreError::NotFound(format!("no exchange '{}'", def.name)));

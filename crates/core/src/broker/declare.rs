@@ -15,9 +15,9 @@ use crate::exchange::{Binding, Destination, ExchangeDef};
 use crate::ids::{ConnectionId, QueueId};
 use crate::interop;
 use crate::queue::Effects;
-use crate::queue::args::{QueueArgs, QueueDef};
+use crate::queue::args::{QueueArgs, QueueDef, QueueType};
 use crate::topology::Change;
-use crate::value::FieldTable;
+use crate::value::{FieldTable, FieldValue};
 
 /// What `queue.declare-ok` reports.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -43,6 +43,56 @@ fn generated_queue_name(seed: u64) -> String {
         bits >>= 6;
     }
     out
+}
+
+/// The argument that differs between an existing queue and a
+/// redeclaration and how, in RabbitMQ's words (`durable`, `received 'true'
+/// but current is 'false'`), or None when they are equivalent.
+fn inequivalence(
+    current: &QueueDef,
+    current_args: &QueueArgs,
+    received: &QueueDef,
+    received_args: &QueueArgs,
+) -> Option<(String, String)> {
+    for (name, r, c) in [
+        ("durable", received.durable, current.durable),
+        ("auto_delete", received.auto_delete, current.auto_delete),
+    ] {
+        if r != c {
+            return Some((
+                name.to_string(),
+                format!("received '{r}' but current is '{c}'"),
+            ));
+        }
+    }
+    if received_args == current_args {
+        return None;
+    }
+    // The first argument that differs, by name.
+    let text = |v: Option<&FieldValue>| match v {
+        Some(v) => format!("'{}'", crate::interop::value_text(v)),
+        None => "none".to_string(),
+    };
+    let names = received
+        .arguments
+        .iter()
+        .chain(current.arguments.iter())
+        .map(|(k, _)| k);
+    for name in names {
+        let (r, c) = (received.arguments.get(name), current.arguments.get(name));
+        let same = match (r, c) {
+            (Some(a), Some(b)) => a.loosely_equals(b),
+            (None, None) => true,
+            _ => false,
+        };
+        if !same {
+            return Some((
+                name.to_string(),
+                format!("received {} but current is {}", text(r), text(c)),
+            ));
+        }
+    }
+    Some(("arguments".to_string(), "they differ".to_string()))
 }
 
 fn queue_locked(name: &str) -> CoreError {
@@ -260,16 +310,19 @@ impl Broker {
             {
                 return Err(queue_locked(&def.name));
             }
+            // Exclusivity cannot change: asking for it on a shared queue, or
+            // not asking for it on one's own exclusive queue, is 405
+            // (RabbitMQ).
+            if !passive && q.def.exclusive_owner.is_some() != def.exclusive_owner.is_some() {
+                return Err(queue_locked(&def.name));
+            }
             let mut st = q.state.lock();
             if !passive {
                 let args = QueueArgs::parse(&def.arguments)?;
-                if q.def.durable != def.durable
-                    || q.def.auto_delete != def.auto_delete
-                    || st.args != args
-                {
+                if let Some((arg, why)) = inequivalence(&q.def, &st.args, &def, &args) {
                     return Err(CoreError::PreconditionFailed(format!(
-                        "inequivalent arg for queue '{}' in vhost '{vhost}': declared durable={} auto_delete={} arguments={:?}",
-                        def.name, q.def.durable, q.def.auto_delete, q.def.arguments
+                        "inequivalent arg '{arg}' for queue '{}' in vhost '{vhost}': {why}",
+                        def.name
                     )));
                 }
             }
@@ -295,6 +348,24 @@ impl Broker {
             )));
         }
         let args = QueueArgs::parse(&def.arguments)?;
+        if args.queue_type != QueueType::Classic {
+            // RabbitMQ's rules for quorum queues and streams.
+            let refused = if !def.durable {
+                Some("non-durable")
+            } else if def.exclusive_owner.is_some() {
+                Some("exclusive-owner")
+            } else if def.auto_delete {
+                Some("auto-delete")
+            } else {
+                None
+            };
+            if let Some(property) = refused {
+                return Err(CoreError::PreconditionFailed(format!(
+                    "invalid property '{property}' for queue '{}' in vhost '{vhost}'",
+                    def.name
+                )));
+            }
+        }
         let id = QueueId(self.next_queue.fetch_add(1, Ordering::Relaxed));
         // Exclusive queues die with their connection, so they are never stored.
         let stored = def.durable && def.exclusive_owner.is_none();

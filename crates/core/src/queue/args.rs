@@ -17,6 +17,18 @@ pub enum Overflow {
     RejectPublishDlx,
 }
 
+/// `x-queue-type`. Every queue here behaves as a classic queue; quorum
+/// and stream are accepted (with RabbitMQ's rules for their declarations)
+/// so that clients written for them still run, and kept so a redeclaration
+/// with another type is refused as RabbitMQ refuses it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum QueueType {
+    #[default]
+    Classic,
+    Quorum,
+    Stream,
+}
+
 /// The queue arguments the core acts on. Unknown arguments are kept in the
 /// declaration but ignored, as RabbitMQ does.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -41,6 +53,8 @@ pub struct QueueArgs {
     pub delivery_limit: Option<u64>,
     /// `x-single-active-consumer`.
     pub single_active_consumer: bool,
+    /// `x-queue-type` (absent is classic).
+    pub queue_type: QueueType,
 }
 
 fn invalid(name: &str, why: &str) -> CoreError {
@@ -108,7 +122,18 @@ impl QueueArgs {
             Some(FieldValue::Bool(b)) => *b,
             Some(_) => return Err(invalid("x-single-active-consumer", "must be a boolean")),
         };
+        let queue_type = match string(args, "x-queue-type")?.as_deref() {
+            None | Some("classic") => QueueType::Classic,
+            Some("quorum") => QueueType::Quorum,
+            Some("stream") => QueueType::Stream,
+            Some(other) => {
+                return Err(CoreError::PreconditionFailed(format!(
+                    "invalid arg 'x-queue-type': unsupported queue type '{other}'"
+                )));
+            }
+        };
         Ok(QueueArgs {
+            queue_type,
             message_ttl,
             expires,
             max_length: non_negative(args, "x-max-length")?,
@@ -184,6 +209,7 @@ mod tests {
             ("x-max-priority", FieldValue::U8(9)),
             ("x-delivery-limit", FieldValue::I32(3)),
             ("x-single-active-consumer", FieldValue::Bool(true)),
+            ("x-queue-type", FieldValue::string("quorum")),
             ("x-unknown", FieldValue::Bool(true)),
         ]))
         .unwrap();
@@ -200,6 +226,7 @@ mod tests {
                 max_priority: Some(9),
                 delivery_limit: Some(3),
                 single_active_consumer: true,
+                queue_type: QueueType::Quorum,
             }
         );
     }
@@ -213,6 +240,7 @@ mod tests {
             ("x-max-length", FieldValue::Bool(true)),
             ("x-overflow", FieldValue::string("drop-tail")),
             ("x-max-priority", FieldValue::I32(256)),
+            ("x-queue-type", FieldValue::string("bogus")),
             ("x-single-active-consumer", FieldValue::string("yes")),
             ("x-dead-letter-routing-key", FieldValue::string("k")),
         ];
