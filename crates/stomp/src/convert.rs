@@ -221,9 +221,12 @@ pub fn to_core(
             .map(str::to_string),
         ..Properties::default()
     };
-    if let Some(v) = headers.get("persistent") {
-        p.delivery_mode = Some(if v.eq_ignore_ascii_case("true") { 2 } else { 1 });
-    }
+    // Without `persistent:true` a message is transient: delivery mode 1,
+    // said outright as MQTT's QoS 0 says it.
+    let persistent = headers
+        .get("persistent")
+        .is_some_and(|v| v.eq_ignore_ascii_case("true"));
+    p.delivery_mode = Some(if persistent { 2 } else { 1 });
     if let Some(v) = headers.get("priority") {
         let n = parse_u64("priority", v)?;
         p.priority = Some(n.min(255) as u8);
