@@ -131,6 +131,26 @@ def get_all(ch, queue, limit=10_000):
     raise AssertionError(f"{queue} still not empty after {limit} gets")
 
 
+
+def take_exactly(ch, queue, n, timeout=5):
+    """Takes `n` messages from `queue` (basic.get, auto ack), waiting up to
+    `timeout` for them, and checks that no more are there; returns
+    [(method, properties, body)]."""
+    from net_support import wait_until
+
+    got = []
+
+    def take():
+        while True:
+            method, props, body = ch.basic_get(queue, auto_ack=True)
+            if method is None:
+                return len(got) >= n
+            got.append((method, props, body))
+
+    assert wait_until(take, timeout, step=0.05), f"{len(got)} of {n} messages: {got}"
+    assert len(got) == n, got
+    return got
+
 def bodies(ch, queue):
     return [b for _, _, b in get_all(ch, queue)]
 

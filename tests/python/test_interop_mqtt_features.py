@@ -10,7 +10,7 @@ from collections import Counter
 import pika
 import pytest
 
-from amqp_support import Collector
+from amqp_support import Collector, take_exactly
 from amqp_support import wait_until as amqp_wait_until
 from mqtt_support import (
     PUBCOMP,
@@ -43,23 +43,6 @@ def amqp_topic(ch, key, body, headers=None, delivery_mode=2):
         body,
         pika.BasicProperties(delivery_mode=delivery_mode, headers=headers),
     )
-
-
-def amqp_take(ch, queue, n, timeout=5):
-    """Takes `n` messages from `queue` (basic.get, auto ack) and checks
-    that no more are there; returns [(method, properties, body)]."""
-    got = []
-
-    def take():
-        while True:
-            method, props, body = ch.basic_get(queue, auto_ack=True)
-            if method is None:
-                return len(got) >= n
-            got.append((method, props, body))
-
-    assert wait_until(take, timeout, step=0.05), f"{len(got)} of {n} messages: {got}"
-    assert len(got) == n, got
-    return got
 
 
 # --- retained messages from AMQP and STOMP --------------------------------------------
@@ -369,7 +352,7 @@ def test_mqtt_publish_to_dollar_queue_goes_to_the_queue(
     pub = clients.connect(module_broker, version=version)
     assert pub.publish(f"$queue/{q}", b"job \x00\xff", qos=1) == 0
     assert pub.publish(f"$queue/{q}", b"retained flag ignored", qos=1, retain=True) == 0
-    got = amqp_take(amqp_channel, q, 2)
+    got = take_exactly(amqp_channel, q, 2)
     assert [(m.exchange, m.routing_key, body) for m, _, body in got] == [
         ("", q, b"job \x00\xff"),
         ("", q, b"retained flag ignored"),

@@ -12,13 +12,12 @@ import pika
 import pytest
 from pika.exceptions import ChannelClosedByBroker, UnroutableError
 
-from amqp_support import Collector, channel_error
+from amqp_support import Collector, channel_error, take_exactly
 from amqp_support import wait_until as amqp_wait_until
 from mqtt_support import (
     V5,
     clients,  # noqa: F401 (fixture)
     uid,
-    wait_until,
 )
 from stomp_support import stomp_clients  # noqa: F401 (fixture)
 
@@ -35,23 +34,6 @@ CORRELATIONS = pytest.mark.parametrize(
 )
 REQUEST = b"what is the setpoint? \x00\xff"
 REPLY = b"21.5 \x00\xff\x01"
-
-
-def amqp_take(ch, queue, n, timeout=5):
-    """Takes `n` messages from `queue` (basic.get, auto ack) and checks
-    that no more are there; returns [(method, properties, body)]."""
-    got = []
-
-    def take():
-        while True:
-            method, props, body = ch.basic_get(queue, auto_ack=True)
-            if method is None:
-                return len(got) >= n
-            got.append((method, props, body))
-
-    assert wait_until(take, timeout, step=0.05), f"{len(got)} of {n} messages: {got}"
-    assert len(got) == n, got
-    return got
 
 
 def service_queue(ch, names, pattern):
@@ -91,7 +73,7 @@ def test_mqtt5_requester_amqp_responder(module_broker, clients, amqp_channel, na
         == 0
     )
 
-    ((m, props, body),) = amqp_take(amqp_channel, svc, 1)
+    ((m, props, body),) = take_exactly(amqp_channel, svc, 1)
     assert (m.routing_key, body) == (p + ".req.dev7", REQUEST)
     assert props.reply_to == "/topic/" + p + ".reply.dev7"
     assert props.headers["x-reply-to-topic"] == p + ".reply.dev7"
@@ -278,7 +260,7 @@ def test_stomp_requester_amqp_responder(module_broker, stomp_clients, amqp_chann
         receipt=True,
     )
 
-    ((m, props, body),) = amqp_take(amqp_channel, svc, 1)
+    ((m, props, body),) = take_exactly(amqp_channel, svc, 1)
     assert body == REQUEST
     assert SERVER_NAMED.match(props.reply_to), props.reply_to
     assert props.correlation_id == correlation
@@ -379,7 +361,7 @@ def test_direct_reply_queue_is_gone_after_the_consumer_is_cancelled(shared_amqp,
     replies = Collector()
     tag = ch.basic_consume(DIRECT, replies, auto_ack=True)
     ch.basic_publish("", q, b"request", pika.BasicProperties(reply_to=DIRECT))
-    ((_, props, _),) = amqp_take(ch, q, 1)
+    ((_, props, _),) = take_exactly(ch, q, 1)
     reply_queue = props.reply_to
     assert DIRECT_QUEUE.match(reply_queue), reply_queue
 

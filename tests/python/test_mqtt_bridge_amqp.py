@@ -8,6 +8,7 @@ import pika
 import pytest
 
 from admin_support import memory_alarm
+from amqp_support import take_exactly
 from mqtt_support import (
     PUBACK,
     PUBLISH,
@@ -33,24 +34,6 @@ def bound_queue(ch, names, pattern):
     return q
 
 
-def amqp_get(ch, queue, n, timeout=5):
-    """Waits until `n` messages were taken from `queue` (basic.get, auto
-    ack) and checks that no more are there; returns
-    [(method, properties, body)]."""
-    got = []
-
-    def take():
-        while True:
-            method, props, body = ch.basic_get(queue, auto_ack=True)
-            if method is None:
-                return len(got) >= n
-            got.append((method, props, body))
-
-    assert wait_until(take, timeout, step=0.05), f"{len(got)} of {n} messages: {got}"
-    assert len(got) == n, got
-    return got
-
-
 @pytest.mark.parametrize("version", [V311, V5], ids=["v311", "v5"])
 def test_mqtt_device_publishes_reach_an_amqp_queue_byte_for_byte(
     module_broker, clients, amqp_channel, names, version
@@ -63,7 +46,7 @@ def test_mqtt_device_publishes_reach_an_amqp_queue_byte_for_byte(
     dev.publish(f"{p}/plant/7/8/temp", b"two levels: no match", qos=1)
     dev.publish(f"{p}/plant/7/temp2", b"other word: no match", qos=1)
 
-    got = amqp_get(amqp_channel, q, 3)
+    got = take_exactly(amqp_channel, q, 3)
     assert [(m.exchange, m.routing_key, body) for m, _, body in got] == [
         ("amq.topic", p + ".plant.7.temp", BINARY + bytes([qos])) for qos in (0, 1, 2)
     ]
@@ -79,7 +62,7 @@ def test_dots_in_mqtt_topics_become_slashes_in_routing_keys(
     p = uid("p")
     q = bound_queue(amqp_channel, names, p + ".v1/2.#")
     clients.connect(module_broker).publish(f"{p}/v1.2/x", b"dotted", qos=1)
-    ((m, _, body),) = amqp_get(amqp_channel, q, 1)
+    ((m, _, body),) = take_exactly(amqp_channel, q, 1)
     assert (m.routing_key, body) == (p + ".v1/2.x", b"dotted")
     amqp_channel.queue_delete(q)
 
@@ -139,7 +122,7 @@ def test_mqtt5_request_and_amqp_reply_with_correlation(module_broker, clients, a
         qos=1,
         props={"ResponseTopic": p + "/reply/dev7", "CorrelationData": b"req-42"},
     )
-    ((m, props, body),) = amqp_get(amqp_channel, service_q, 1)
+    ((m, props, body),) = take_exactly(amqp_channel, service_q, 1)
     assert (m.routing_key, body) == (p + ".req.dev7", b"what is the setpoint?")
     # reply_to is an address the default exchange resolves; the header is
     # RabbitMQ's MQTT plugin's name for the same topic.
@@ -182,7 +165,7 @@ def test_mqtt5_content_type_and_user_properties_become_amqp_properties(
         qos=1,
         props={"ContentType": "application/json", "UserProperty": user},
     )
-    ((_, props, body),) = amqp_get(amqp_channel, q, 1)
+    ((_, props, body),) = take_exactly(amqp_channel, q, 1)
     assert body == b'{"t": 21.5}'
     assert props.content_type == "application/json"
     own = {k: v for k, v in props.headers.items() if not k.startswith("x-mqtt-")}

@@ -6,32 +6,15 @@ across protocols in both directions."""
 import pika
 import pytest
 
+from amqp_support import take_exactly
 from mqtt_support import V5, V311
 from mqtt_support import clients as mqtt_clients  # noqa: F401 (fixture)
 from stomp_support import (
     stomp_clients,  # noqa: F401 (fixture)
     uid,
-    wait_until,
 )
 
 BINARY = bytes([0x00, 0xFF, 0x7F, 0x80, 0x0A, 0x0D]) + "°C".encode() + b"\x00"
-
-
-def amqp_get(ch, queue, n, timeout=5):
-    """Takes `n` messages from `queue` (basic.get, auto ack) and checks no
-    more are there; returns [(method, properties, body)]."""
-    got = []
-
-    def take():
-        while True:
-            method, props, body = ch.basic_get(queue, auto_ack=True)
-            if method is None:
-                return len(got) >= n
-            got.append((method, props, body))
-
-    assert wait_until(take, timeout, step=0.05), f"{len(got)} of {n} messages: {got}"
-    assert len(got) == n, got
-    return got
 
 
 def bound_queue(ch, name, pattern, exchange="amq.topic"):
@@ -74,7 +57,7 @@ def test_stomp_topic_send_reaches_mqtt_and_amqp_subscribers(
             assert m.props["ContentType"] == "text/plain"
             assert m.props["CorrelationData"] == b"corr-7"
             assert ("x-site", "north") in m.props["UserProperty"]
-    ((method, props, body),) = amqp_get(amqp_channel, q, 1)
+    ((method, props, body),) = take_exactly(amqp_channel, q, 1)
     assert body == b"21.5"
     assert (method.exchange, method.routing_key) == ("amq.topic", f"{p}.plant.7.temp")
     assert props.content_type == "text/plain"
@@ -118,7 +101,7 @@ def test_stomp_send_with_every_property_as_amqp_sees_it(module_broker, stomp_cli
         },
         receipt=True,
     )
-    ((method, props, body),) = amqp_get(amqp_channel, q, 1)
+    ((method, props, body),) = take_exactly(amqp_channel, q, 1)
     assert body == b"payload"
     assert (method.exchange, method.routing_key) == ("", q)
     assert props.content_type == "application/json"
@@ -251,7 +234,7 @@ def test_amqp_request_answered_by_a_stomp_responder(module_broker, stomp_clients
     assert req.headers["correlation-id"] == "rpc-1"
     responder.send(req.headers["reply-to"], "pong", {"correlation-id": "rpc-1"}, receipt=True)
     responder.ack(req)
-    ((method, props, body),) = amqp_get(amqp_channel, reply_q, 1)
+    ((method, props, body),) = take_exactly(amqp_channel, reply_q, 1)
     assert (body, props.correlation_id) == (b"pong", "rpc-1")
     assert (method.exchange, method.routing_key) == ("", reply_q)
 
@@ -268,7 +251,7 @@ def test_stomp_request_with_a_temp_queue_answered_by_an_amqp_responder(
         {"reply-to": "/temp-queue/rpc", "correlation-id": "rpc-2"},
         receipt=True,
     )
-    ((_, props, body),) = amqp_get(amqp_channel, service, 1)
+    ((_, props, body),) = take_exactly(amqp_channel, service, 1)
     assert body == b"ping"
     assert props.correlation_id == "rpc-2"
     assert props.reply_to.startswith("amq.gen-"), props.reply_to
@@ -293,5 +276,5 @@ def test_stomp_ack_modes_settle_amqp_published_messages(module_broker, stomp_cli
     s.ack(got[0])
     s.ack(got[2])
     s.disconnect()
-    rest = amqp_get(amqp_channel, q, 1)
+    rest = take_exactly(amqp_channel, q, 1)
     assert [(m.redelivered, b) for m, _, b in rest] == [(True, b"a1")]

@@ -235,21 +235,6 @@ mod tests {
     };
 
     #[test]
-    fn separators_swap_both_ways() {
-        assert_eq!(swap_separators("plant/7/temp"), "plant.7.temp");
-        assert_eq!(swap_separators("a.b/c"), "a/b.c");
-        assert_eq!(swap_separators(&swap_separators("x/y.z//")), "x/y.z//");
-    }
-
-    #[test]
-    fn filters_become_topic_patterns() {
-        assert_eq!(filter_to_pattern("cmd/+"), "cmd.*");
-        assert_eq!(filter_to_pattern("a/#"), "a.#");
-        assert_eq!(filter_to_pattern("#"), "#");
-        assert_eq!(filter_to_pattern("+/v1.2/#"), "*.v1/2.#");
-    }
-
-    #[test]
     fn mqtt_4_7_1_filter_matching() {
         assert!(filter_matches("a/#", "a"));
         assert!(filter_matches("a/#", "a/b/c"));
