@@ -720,9 +720,10 @@ async fn redeclaring_a_queue_with_other_arguments_is_channel_error_406() {
     .expect_err("inequivalent arguments");
     let (code, text) = amqp_error(&err);
     assert_eq!(code, 406, "{text}");
-    assert!(
-        text.starts_with("PRECONDITION_FAILED - inequivalent arg for queue 'shaped' in vhost '/'"),
-        "{text}"
+    assert_eq!(
+        text,
+        "PRECONDITION_FAILED - inequivalent arg 'x-max-length' for queue 'shaped' in vhost '/': \
+         received '20' but current is '10'"
     );
     assert!(err.is_amqp_soft_error(), "a channel error: {err}");
     assert!(conn.status().connected(), "the connection stays open");
