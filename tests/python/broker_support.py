@@ -18,10 +18,10 @@ from pathlib import Path
 import pika
 import pytest
 
-READY_RE = re.compile(
-    r"^junction ready amqp=127\.0\.0\.1:(\d+) mqtt=127\.0\.0\.1:(\d+) "
-    r"stomp=127\.0\.0\.1:(\d+) admin=127\.0\.0\.1:(\d+)$"
-)
+# `junction ready amqp=127.0.0.1:N mqtt=... stomp=... admin=...`, then the
+# TLS listeners (`amqps=`, `mqtts=`, `stomps=`) when TLS is configured.
+READY_RE = re.compile(r"^junction ready((?: [a-z]+=127\.0\.0\.1:\d+)+)$")
+PLAIN_LISTENERS = ("amqp", "mqtt", "stomp", "admin")
 READY_TIMEOUT = 30.0
 STOP_TIMEOUT = 15.0
 
@@ -37,9 +37,13 @@ def junction_bin():
 class Broker:
     """One junction process over one data dir; `restart` keeps the dir."""
 
-    def __init__(self, data_dir, config=None):
+    def __init__(self, data_dir, config=None, extra_args=()):
         self.data_dir = Path(data_dir)
         self.config = config
+        # More flags for every start (TLS files and ports, say).
+        self.extra_args = list(extra_args)
+        # Every listener of the last start, by name (`amqps` too with TLS).
+        self.ports = {}
         self.log_path = self.data_dir.parent / (self.data_dir.name + ".log")
         self.proc = None
         self.amqp_port = None
@@ -69,7 +73,9 @@ class Broker:
         log = open(self.log_path, "ab")
         try:
             self.proc = subprocess.Popen(
-                self._args() + ["--amqp-port", "0", "--mqtt-port", "0", "--stomp-port", "0", "--admin-port", "0"],
+                self._args()
+                + ["--amqp-port", "0", "--mqtt-port", "0", "--stomp-port", "0", "--admin-port", "0"]
+                + self.extra_args,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=log,
@@ -78,11 +84,17 @@ class Broker:
             log.close()
         line = self._read_ready_line()
         m = READY_RE.match(line)
-        if not m:
+        ports = {}
+        if m:
+            for item in m.group(1).split():
+                name, addr = item.split("=", 1)
+                ports[name] = int(addr.rsplit(":", 1)[1])
+        if not all(name in ports for name in PLAIN_LISTENERS):
             self.kill9()
             pytest.fail(f"unexpected ready line {line!r}; log:\n{self.log_tail()}")
+        self.ports = ports
         self.amqp_port, self.mqtt_port, self.stomp_port, self.admin_port = (
-            int(g) for g in m.groups()
+            ports[name] for name in PLAIN_LISTENERS
         )
         return self
 

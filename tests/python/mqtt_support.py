@@ -101,8 +101,13 @@ class Client:
         will=None,
         session_expiry=None,
         connect_props=None,
+        port=None,
+        tls=None,
     ):
         self.broker = broker
+        # `port`: another listener than the broker's MQTT one (mqtts);
+        # `tls`: an ssl.SSLContext for it.
+        self.port = port
         self.client_id = uid("c") if client_id is None else client_id
         self.version = version
         self.clean = clean
@@ -122,6 +127,8 @@ class Client:
             reconnect_on_failure=False,
             **kw,
         )
+        if tls is not None:
+            self.paho.tls_set_context(tls)
         self.paho.on_connect = self._on_connect
         self.paho.on_disconnect = self._on_disconnect
         self.paho.on_message = self._on_message
@@ -199,7 +206,8 @@ class Client:
             if self.session_expiry is not None:
                 props["SessionExpiryInterval"] = self.session_expiry
             kw = {"clean_start": self.clean, "properties": make_props(PacketTypes.CONNECT, props)}
-        self.paho.connect("127.0.0.1", self.broker.mqtt_port, keepalive=self.keepalive, **kw)
+        port = self.port or self.broker.mqtt_port
+        self.paho.connect("127.0.0.1", port, keepalive=self.keepalive, **kw)
         self.paho.loop_start()
         self._started = True
         self._wait(

@@ -102,7 +102,10 @@ class Client:
     `vhost`: the `host` header for 1.1/1.2 ("/" unless told; None: what
     stomp.py sends by default, the address)."""
 
-    def __init__(self, broker, version="1.2", heartbeats=(0, 0), vhost="/", port=None):
+    def __init__(self, broker, version="1.2", heartbeats=(0, 0), vhost="/", port=None, ssl=None):
+        """`port`: another listener than the broker's STOMP one (stomps);
+        `ssl`: stomp.py's set_ssl arguments for it (ca_certs, cert_file,
+        key_file)."""
         self.broker = broker
         self.version = version
         self.listener = Listener()
@@ -119,6 +122,8 @@ class Client:
             self.conn = stomp.Connection11(heartbeats=heartbeats, vhost=vhost, **kw)
         else:
             self.conn = stomp.Connection12(heartbeats=heartbeats, vhost=vhost, **kw)
+        if ssl is not None:
+            self.conn.set_ssl(for_hosts=host_and_ports, **ssl)
         self.conn.set_listener("collector", self.listener)
         self.connected_frame = None
 

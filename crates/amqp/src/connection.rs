@@ -14,10 +14,10 @@ use amq_protocol::protocol::{AMQPClass, basic, channel, connection};
 use bytes::{Bytes, BytesMut};
 use futures_util::stream::FuturesOrdered;
 use futures_util::{FutureExt, StreamExt};
+use junction_core::io::Stream;
+use junction_core::io::WriteHalf;
 use junction_core::{ConnectionGuard, ConsumerEvent, ConsumerId, CoreError, Protocol};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -82,15 +82,15 @@ pub(crate) struct Conn {
 }
 
 pub(crate) async fn run(
-    stream: TcpStream,
+    stream: Stream,
     peer: SocketAddr,
     ctx: Arc<AmqpContext>,
     shutdown: CancellationToken,
 ) {
     let span = tracing::info_span!("amqp", %peer, user = tracing::field::Empty, vhost = tracing::field::Empty);
     async move {
-        let _ = stream.set_nodelay(true);
-        let (mut rd, mut wr) = stream.into_split();
+        stream.set_nodelay();
+        let (mut rd, mut wr) = stream.split();
         let mut buf = BytesMut::with_capacity(16 * 1024);
         let opened = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -167,7 +167,7 @@ pub(crate) async fn run(
 /// memory alarm counts the chunks while they are being written.
 async fn flush(
     broker: &junction_core::Broker,
-    wr: &mut OwnedWriteHalf,
+    wr: &mut WriteHalf,
     out: &mut Output,
     stall: Duration,
 ) -> std::io::Result<()> {
@@ -182,8 +182,8 @@ async fn flush(
 impl Conn {
     async fn serve(
         &mut self,
-        mut rd: tokio::net::tcp::OwnedReadHalf,
-        wr: &mut OwnedWriteHalf,
+        mut rd: junction_core::io::ReadHalf,
+        wr: &mut WriteHalf,
         mut buf: BytesMut,
         mut events: mpsc::UnboundedReceiver<ConsumerEvent>,
         heartbeat: Option<Duration>,

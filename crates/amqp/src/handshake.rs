@@ -8,8 +8,8 @@ use amq_protocol::protocol::{AMQPClass, connection};
 use amq_protocol::types::parsing::parse_field_table;
 use amq_protocol::types::{AMQPValue, FieldTable, LongString};
 use bytes::BytesMut;
+use junction_core::io::{ReadHalf, WriteHalf};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 use crate::AmqpContext;
 use crate::codec::{self, Frame, Output, PROTOCOL_HEADER};
@@ -70,7 +70,7 @@ fn server_properties() -> FieldTable {
     p
 }
 
-async fn write(wr: &mut OwnedWriteHalf, out: &mut Output) -> std::io::Result<()> {
+async fn write(wr: &mut WriteHalf, out: &mut Output) -> std::io::Result<()> {
     for chunk in out.take() {
         wr.write_all(&chunk).await?;
     }
@@ -78,7 +78,7 @@ async fn write(wr: &mut OwnedWriteHalf, out: &mut Output) -> std::io::Result<()>
 }
 
 async fn read_frame(
-    rd: &mut OwnedReadHalf,
+    rd: &mut ReadHalf,
     buf: &mut BytesMut,
     frame_max: usize,
 ) -> Result<Frame, HandshakeError> {
@@ -104,8 +104,8 @@ async fn read_frame(
 /// frame the codec refuses (too large, malformed), is answered with
 /// `connection.close` before the error returns.
 async fn expect(
-    rd: &mut OwnedReadHalf,
-    wr: &mut OwnedWriteHalf,
+    rd: &mut ReadHalf,
+    wr: &mut WriteHalf,
     buf: &mut BytesMut,
     frame_max: usize,
 ) -> Result<connection::AMQPMethod, HandshakeError> {
@@ -180,7 +180,7 @@ fn credentials(mechanism: &str, response: &LongString) -> Result<(String, String
 }
 
 /// Sends `connection.close` for a refused handshake.
-async fn refuse(wr: &mut OwnedWriteHalf, e: AmqpError) -> HandshakeError {
+async fn refuse(wr: &mut WriteHalf, e: AmqpError) -> HandshakeError {
     let mut out = Output::default();
     out.method(
         0,
@@ -197,8 +197,8 @@ async fn refuse(wr: &mut OwnedWriteHalf, e: AmqpError) -> HandshakeError {
 
 /// Runs the handshake up to and including `connection.open-ok`.
 pub(crate) async fn handshake(
-    rd: &mut OwnedReadHalf,
-    wr: &mut OwnedWriteHalf,
+    rd: &mut ReadHalf,
+    wr: &mut WriteHalf,
     buf: &mut BytesMut,
     ctx: &AmqpContext,
     peer: SocketAddr,

@@ -50,7 +50,7 @@ use std::time::Duration;
 #[cfg(feature = "adapter")]
 use junction_core::Broker;
 #[cfg(feature = "adapter")]
-use tokio::net::TcpStream;
+use junction_core::io::Stream;
 #[cfg(feature = "adapter")]
 use tokio_util::sync::CancellationToken;
 
@@ -98,7 +98,7 @@ pub struct AmqpContext {
 /// closed with 320 CONNECTION_FORCED. The server's accept loop calls it.
 #[cfg(feature = "adapter")]
 pub fn serve_connection(
-    stream: TcpStream,
+    stream: Stream,
     peer: SocketAddr,
     ctx: Arc<AmqpContext>,
     shutdown: CancellationToken,

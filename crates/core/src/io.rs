@@ -109,9 +109,178 @@ pub async fn linger<R: AsyncRead + Unpin>(rd: &mut R, grace: Duration, max_bytes
     let _ = tokio::time::timeout(grace, drain).await;
 }
 
+/// Any byte stream a listener hands an adapter besides plain TCP (TLS;
+/// later WebSocket).
+pub trait ByteStream: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> ByteStream for T {}
+
+/// An accepted connection: TCP as it is, or another stream wrapping it.
+/// Adapters take this, split it, and read and write the halves; TCP keeps
+/// its own lock-free halves, the others share one stream behind tokio's
+/// split.
+pub enum Stream {
+    Tcp(tokio::net::TcpStream),
+    Other(Box<dyn ByteStream>),
+}
+
+impl Stream {
+    /// Turns Nagle off for TCP (a TLS stream's socket was set up before
+    /// its handshake).
+    pub fn set_nodelay(&self) {
+        if let Stream::Tcp(s) = self {
+            let _ = s.set_nodelay(true);
+        }
+    }
+
+    pub fn split(self) -> (ReadHalf, WriteHalf) {
+        match self {
+            Stream::Tcp(s) => {
+                let (r, w) = s.into_split();
+                (ReadHalf::Tcp(r), WriteHalf::Tcp(w))
+            }
+            Stream::Other(s) => {
+                let (r, w) = tokio::io::split(s);
+                (ReadHalf::Other(r), WriteHalf::Other(w))
+            }
+        }
+    }
+}
+
+impl From<tokio::net::TcpStream> for Stream {
+    fn from(s: tokio::net::TcpStream) -> Stream {
+        Stream::Tcp(s)
+    }
+}
+
+/// The reading half of a [`Stream`].
+pub enum ReadHalf {
+    Tcp(tokio::net::tcp::OwnedReadHalf),
+    Other(tokio::io::ReadHalf<Box<dyn ByteStream>>),
+}
+
+/// The writing half of a [`Stream`].
+pub enum WriteHalf {
+    Tcp(tokio::net::tcp::OwnedWriteHalf),
+    Other(tokio::io::WriteHalf<Box<dyn ByteStream>>),
+}
+
+impl ReadHalf {
+    /// Reads what is there now without waiting: `Ok(0)` at end of stream,
+    /// `WouldBlock` when nothing is ready (as TCP's `try_read_buf`).
+    pub fn try_read_buf(&mut self, buf: &mut bytes::BytesMut) -> std::io::Result<usize> {
+        match self {
+            ReadHalf::Tcp(r) => r.try_read_buf(buf),
+            ReadHalf::Other(r) => {
+                use std::future::Future;
+                let mut read = std::pin::pin!(r.read_buf(buf));
+                let waker = std::task::Waker::noop();
+                match read
+                    .as_mut()
+                    .poll(&mut std::task::Context::from_waker(waker))
+                {
+                    std::task::Poll::Ready(r) => r,
+                    std::task::Poll::Pending => Err(std::io::ErrorKind::WouldBlock.into()),
+                }
+            }
+        }
+    }
+}
+
+/// `AsyncRead` for an enum whose every variant holds a reader.
+macro_rules! delegate_read {
+    ($ty:ident: $($variant:ident),+) => {
+        impl AsyncRead for $ty {
+            fn poll_read(
+                self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+                buf: &mut tokio::io::ReadBuf<'_>,
+            ) -> std::task::Poll<std::io::Result<()>> {
+                match self.get_mut() {
+                    $($ty::$variant(s) => std::pin::Pin::new(s).poll_read(cx, buf),)+
+                }
+            }
+        }
+    };
+}
+
+/// `AsyncWrite` for an enum whose every variant holds a writer (vectored
+/// writes kept: the adapters write frames as slices).
+macro_rules! delegate_write {
+    ($ty:ident: $($variant:ident),+) => {
+        impl AsyncWrite for $ty {
+            fn poll_write(
+                self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+                buf: &[u8],
+            ) -> std::task::Poll<std::io::Result<usize>> {
+                match self.get_mut() {
+                    $($ty::$variant(s) => std::pin::Pin::new(s).poll_write(cx, buf),)+
+                }
+            }
+
+            fn poll_write_vectored(
+                self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+                bufs: &[std::io::IoSlice<'_>],
+            ) -> std::task::Poll<std::io::Result<usize>> {
+                match self.get_mut() {
+                    $($ty::$variant(s) => std::pin::Pin::new(s).poll_write_vectored(cx, bufs),)+
+                }
+            }
+
+            fn is_write_vectored(&self) -> bool {
+                match self {
+                    $($ty::$variant(s) => s.is_write_vectored(),)+
+                }
+            }
+
+            fn poll_flush(
+                self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+            ) -> std::task::Poll<std::io::Result<()>> {
+                match self.get_mut() {
+                    $($ty::$variant(s) => std::pin::Pin::new(s).poll_flush(cx),)+
+                }
+            }
+
+            fn poll_shutdown(
+                self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+            ) -> std::task::Poll<std::io::Result<()>> {
+                match self.get_mut() {
+                    $($ty::$variant(s) => std::pin::Pin::new(s).poll_shutdown(cx),)+
+                }
+            }
+        }
+    };
+}
+
+delegate_read!(Stream: Tcp, Other);
+delegate_write!(Stream: Tcp, Other);
+delegate_read!(ReadHalf: Tcp, Other);
+delegate_write!(WriteHalf: Tcp, Other);
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn other_streams_split_and_read_without_waiting() {
+        let (a, mut b) = tokio::io::duplex(1024);
+        let (mut rd, mut wr) = Stream::Other(Box::new(a)).split();
+        let mut buf = bytes::BytesMut::with_capacity(64);
+        let err = rd.try_read_buf(&mut buf).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::WouldBlock);
+        b.write_all(b"ping").await.unwrap();
+        assert_eq!(rd.try_read_buf(&mut buf).unwrap(), 4);
+        assert_eq!(&buf[..], b"ping");
+        wr.write_all(b"pong").await.unwrap();
+        let mut got = [0u8; 4];
+        b.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"pong");
+        drop(b);
+        assert_eq!(rd.try_read_buf(&mut buf).unwrap(), 0);
+    }
 
     #[tokio::test(start_paused = true)]
     async fn a_write_that_makes_no_progress_times_out() {

@@ -14,11 +14,11 @@ use std::time::Duration;
 use bytes::BytesMut;
 use futures_util::StreamExt;
 use futures_util::stream::FuturesOrdered;
+use junction_core::io::Stream;
 use junction_core::io::{CLOSE_DRAIN_BYTES, CLOSE_GRACE};
+use junction_core::io::{ReadHalf, WriteHalf};
 use junction_core::{ConnectionGuard, ConsumerEvent, Protocol};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -100,7 +100,7 @@ pub(crate) struct Conn {
 }
 
 pub(crate) async fn run(
-    stream: TcpStream,
+    stream: Stream,
     peer: SocketAddr,
     ctx: Arc<MqttContext>,
     shutdown: CancellationToken,
@@ -109,8 +109,8 @@ pub(crate) async fn run(
     // idle connection should cost little (log events name the peer).
     let span = tracing::debug_span!("mqtt", %peer, client_id = tracing::field::Empty);
     async move {
-        let _ = stream.set_nodelay(true);
-        let (mut rd, mut wr) = stream.into_split();
+        stream.set_nodelay();
+        let (mut rd, mut wr) = stream.split();
         let mut buf = BytesMut::with_capacity(READ_START);
         let max = ctx.settings.max_packet_size as usize;
         // Before login a peer gets a small first packet only.
@@ -180,7 +180,7 @@ fn peek_level(buf: &[u8]) -> Option<u8> {
 }
 
 async fn read_connect(
-    rd: &mut OwnedReadHalf,
+    rd: &mut ReadHalf,
     buf: &mut BytesMut,
     max: usize,
 ) -> Result<Connect, ConnectError> {
@@ -208,7 +208,7 @@ async fn read_connect(
 
 /// Answers a CONNECT that did not decode: MQTT 5 gets a CONNACK with the
 /// reason code, 3.1.1 one with a return code where the spec has one.
-async fn refuse_undecodable(wr: &mut OwnedWriteHalf, e: &DecodeError, level: Option<u8>) {
+async fn refuse_undecodable(wr: &mut WriteHalf, e: &DecodeError, level: Option<u8>) {
     let mut out = BytesMut::new();
     if level == Some(5) {
         let ack = ConnAck {
@@ -227,7 +227,7 @@ async fn refuse_undecodable(wr: &mut OwnedWriteHalf, e: &DecodeError, level: Opt
 }
 
 /// Writes one CONNACK refusing the connection.
-async fn refuse(wr: &mut OwnedWriteHalf, version: ProtocolVersion, reason: ReasonCode) {
+async fn refuse(wr: &mut WriteHalf, version: ProtocolVersion, reason: ReasonCode) {
     let ack = ConnAck {
         session_present: false,
         reason,
@@ -245,7 +245,7 @@ async fn accept(
     ctx: &Arc<MqttContext>,
     c: Connect,
     peer: SocketAddr,
-    wr: &mut OwnedWriteHalf,
+    wr: &mut WriteHalf,
     kick: registry::Kick,
 ) -> Option<(Conn, Option<Duration>)> {
     let v = c.version;
@@ -418,7 +418,7 @@ async fn accept(
 /// that reads slowly holds it until the write deadline).
 pub(crate) async fn flush(
     broker: &junction_core::Broker,
-    wr: &mut OwnedWriteHalf,
+    wr: &mut WriteHalf,
     out: &mut BytesMut,
     stall: Duration,
 ) -> std::io::Result<()> {
@@ -459,8 +459,8 @@ impl Conn {
     #[allow(clippy::too_many_arguments)]
     async fn serve(
         &mut self,
-        rd: &mut OwnedReadHalf,
-        wr: &mut OwnedWriteHalf,
+        rd: &mut ReadHalf,
+        wr: &mut WriteHalf,
         mut buf: BytesMut,
         mut events: Option<tokio::sync::mpsc::UnboundedReceiver<ConsumerEvent>>,
         keepalive: Option<Duration>,

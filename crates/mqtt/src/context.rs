@@ -9,7 +9,7 @@ use junction_core::{Authenticator, Broker, CoreError};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 
-use tokio::net::TcpStream;
+use junction_core::io::Stream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -200,7 +200,7 @@ pub async fn start(
 /// (A plain function returning the connection's future: no wrapper state
 /// in every connection's task.)
 pub fn serve_connection(
-    stream: TcpStream,
+    stream: Stream,
     peer: SocketAddr,
     ctx: Arc<MqttContext>,
     shutdown: CancellationToken,

@@ -36,6 +36,8 @@ pub struct AdminState {
     /// Why the broker cannot take persistent messages (its store failed),
     /// if it cannot: `/api/health` then answers 503 too.
     pub failure: Arc<dyn Fn() -> Option<String> + Send + Sync>,
+    /// Reads the TLS files again (`POST /api/tls/reload`); None without TLS.
+    pub tls_reload: Option<Arc<dyn Fn() -> Result<(), String> + Send + Sync>>,
 }
 
 impl AdminState {
@@ -48,7 +50,17 @@ impl AdminState {
             ready,
             snapshot: Arc::new(snapshot),
             failure: Arc::new(|| None),
+            tls_reload: None,
         }
+    }
+
+    /// Sets what `POST /api/tls/reload` does.
+    pub fn with_tls_reload(
+        mut self,
+        reload: impl Fn() -> Result<(), String> + Send + Sync + 'static,
+    ) -> AdminState {
+        self.tls_reload = Some(Arc::new(reload));
+        self
     }
 
     /// Sets the check `/api/health` asks for a failure.
@@ -69,12 +81,38 @@ impl fmt::Debug for AdminState {
     }
 }
 
-/// The admin routes: `GET /api/health` and `GET /metrics`.
+/// The admin routes: `GET /api/health`, `GET /metrics` and
+/// `POST /api/tls/reload`.
 pub fn router(state: AdminState) -> Router {
     Router::new()
         .route("/api/health", get(health))
         .route("/metrics", get(metrics))
+        .route("/api/tls/reload", axum::routing::post(tls_reload))
         .with_state(state)
+}
+
+/// `POST /api/tls/reload`: 200 `{"status":"reloaded"}`; 500 with the
+/// reason when a file is bad (the files in use stay); 404 without TLS.
+async fn tls_reload(State(state): State<AdminState>) -> Response {
+    let (status, body) = match &state.tls_reload {
+        None => (
+            StatusCode::NOT_FOUND,
+            serde_json::json!({"status": "TLS is not configured"}),
+        ),
+        Some(reload) => match reload() {
+            Ok(()) => (StatusCode::OK, serde_json::json!({"status": "reloaded"})),
+            Err(why) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                serde_json::json!({"status": "not reloaded", "reason": why}),
+            ),
+        },
+    };
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
 }
 
 /// Serves [`router`] on `listener` until `shutdown` is cancelled, then lets

@@ -47,6 +47,39 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "N")]
     pub stomp_port: Option<u16>,
 
+    /// Overrides `[tls] cert`: the server's certificate chain (PEM). With
+    /// it, the TLS listeners open.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// Overrides `[tls] key`: the server's private key (PEM).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Overrides `[tls] ca`: the CAs that sign client certificates (PEM).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
+
+    /// Overrides `[tls] crl`: revoked client certificates (PEM CRLs).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub tls_crl: Option<PathBuf>,
+
+    /// Overrides `[tls] verify`: client certificates none, optional or required.
+    #[arg(long, global = true, value_name = "MODE")]
+    pub tls_verify: Option<crate::tls::Verify>,
+
+    /// Overrides `[tls] amqps_port`.
+    #[arg(long, global = true, value_name = "N")]
+    pub amqps_port: Option<u16>,
+
+    /// Overrides `[tls] mqtts_port`.
+    #[arg(long, global = true, value_name = "N")]
+    pub mqtts_port: Option<u16>,
+
+    /// Overrides `[tls] stomps_port`.
+    #[arg(long, global = true, value_name = "N")]
+    pub stomps_port: Option<u16>,
+
     /// Overrides `[admin] port`; 0 asks the OS for any free port (tests).
     #[arg(long, global = true, value_name = "N")]
     pub admin_port: Option<u16>,
@@ -136,6 +169,14 @@ mod tests {
                 amqp_port: None,
                 stomp_port: None,
                 admin_port: None,
+                tls_cert: None,
+                tls_key: None,
+                tls_ca: None,
+                tls_crl: None,
+                tls_verify: None,
+                amqps_port: None,
+                mqtts_port: None,
+                stomps_port: None,
                 in_memory: false,
                 command: None,
             }

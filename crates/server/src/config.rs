@@ -7,6 +7,7 @@
 //! lists every option at its default; a unit test keeps it equal to
 //! [`Config::default`].
 
+use crate::tls::TlsConfig;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -61,6 +62,8 @@ pub struct Config {
     pub amqp: AmqpConfig,
     /// `[stomp]`: the STOMP listener.
     pub stomp: StompConfig,
+    /// `[tls]`: certificates and ports of the TLS listeners.
+    pub tls: TlsConfig,
 }
 
 /// `[broker]`.
@@ -276,6 +279,29 @@ impl Config {
         if let Some(port) = cli.admin_port {
             self.admin.port = port;
         }
+        let tls = &mut self.tls;
+        for (flag, field) in [
+            (&cli.tls_cert, &mut tls.cert),
+            (&cli.tls_key, &mut tls.key),
+            (&cli.tls_ca, &mut tls.ca),
+            (&cli.tls_crl, &mut tls.crl),
+        ] {
+            if let Some(path) = flag {
+                field.clone_from(path);
+            }
+        }
+        if let Some(v) = cli.tls_verify {
+            tls.verify = v;
+        }
+        for (flag, port) in [
+            (cli.amqps_port, &mut tls.amqps_port),
+            (cli.mqtts_port, &mut tls.mqtts_port),
+            (cli.stomps_port, &mut tls.stomps_port),
+        ] {
+            if let Some(p) = flag {
+                *port = p;
+            }
+        }
     }
 
     /// The users file: `[broker] users_file`, or `<data_dir>/users.toml` when
@@ -325,6 +351,7 @@ impl Config {
         }
         self.mqtt.validate()?;
         self.stomp.validate()?;
+        self.tls.validate()?;
         let m = &self.mqtt;
         if !self.broker.vhosts.contains(&m.vhost) {
             return Err(format!(

@@ -76,7 +76,23 @@ pub fn main() -> ExitCode {
             let _ = writeln!(out, "{}", server.ready_line());
             let _ = out.flush();
         }
-        signals.recv().await;
+        // SIGHUP reloads the TLS files; SIGTERM or SIGINT stops.
+        let mut hangups =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+                Ok(h) => Some(h),
+                Err(e) => {
+                    tracing::warn!(error = %e, "no SIGHUP handler: TLS reloads by the admin call only");
+                    None
+                }
+            };
+        loop {
+            tokio::select! {
+                _ = signals.recv() => break,
+                Some(()) = async { match hangups.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
+                    let _ = server.reload_tls();
+                }
+            }
+        }
         match server.shutdown().await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

@@ -7,6 +7,7 @@
 //! - [`metrics`]: the metrics snapshot and its Prometheus rendering.
 //! - [`admin`]: the admin HTTP endpoint (`/api/health`, `/metrics`).
 //! - [`admission`]: connection caps at accept (total and per address).
+//! - [`tls`]: TLS for the protocol listeners (rustls, ring), reloadable.
 //! - [`run`]: starting the broker (store, core, listeners) and shutting it down.
 //! - [`entry`]: the `junction` command's `main`.
 
@@ -15,6 +16,7 @@ pub mod admission;
 pub mod cli;
 pub mod config;
 pub mod metrics;
+pub mod tls;
 pub mod users;
 
 pub mod entry;

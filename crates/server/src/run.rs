@@ -5,6 +5,9 @@
 //! → wait for connection tasks under `shutdown_timeout_secs` → stop queue
 //! tasks → flush the committer → close RocksDB.
 
+use junction_core::io::Stream;
+
+use crate::tls::Tls;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -171,6 +174,8 @@ pub enum ServerError {
     Core(#[from] CoreError),
     #[error(transparent)]
     Users(#[from] UsersError),
+    #[error("{0}")]
+    Tls(String),
     #[error("cannot listen on {addr} for {what}: {source}")]
     Bind {
         what: &'static str,
@@ -189,6 +194,10 @@ pub struct Server {
     amqp_addr: Option<SocketAddr>,
     mqtt_addr: Option<SocketAddr>,
     stomp_addr: Option<SocketAddr>,
+    /// The TLS listeners, by name (`amqps`, `mqtts`, `stomps`).
+    tls_addrs: Vec<(&'static str, SocketAddr)>,
+    /// The TLS configuration in use (reloadable), when TLS is on.
+    tls: Option<Arc<Tls>>,
     /// Read by `/api/health`; false again once shutdown starts.
     ready: Arc<AtomicBool>,
     /// Cancelled to stop the listeners (and, through child tokens, the
@@ -219,6 +228,49 @@ async fn bind(
     Ok((listener, local))
 }
 
+/// [`Tls::reload`], logged either way.
+fn reload_logged(tls: &Tls, why: &str) -> Result<(), String> {
+    match tls.reload() {
+        Ok(()) => {
+            tracing::info!(trigger = why, "TLS certificates reloaded");
+            Ok(())
+        }
+        Err(e) => {
+            tracing::warn!(trigger = why, error = %e, "TLS reload failed; the files in use stay");
+            Err(e)
+        }
+    }
+}
+
+/// The TLS handshake of an accepted connection, within the handshake
+/// timeout; None (logged at debug: scanners and health checks do this
+/// all day) when it fails, times out or the broker shuts down.
+async fn handshake(
+    tls: &Tls,
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    what: &'static str,
+    shutdown: &CancellationToken,
+) -> Option<Stream> {
+    let _ = stream.set_nodelay(true);
+    let accept = tls.acceptor().accept(stream);
+    let done = tokio::select! {
+        _ = shutdown.cancelled() => return None,
+        r = tokio::time::timeout(tls.handshake_timeout(), accept) => r,
+    };
+    match done {
+        Ok(Ok(s)) => Some(Stream::Other(Box::new(s))),
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, protocol = what, error = %e, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            tracing::debug!(%peer, protocol = what, "TLS handshake timed out");
+            None
+        }
+    }
+}
+
 /// What every listener's accept loop shares: the connection caps, the
 /// shutdown token and the task tracker.
 struct Acceptor<'a> {
@@ -230,13 +282,22 @@ struct Acceptor<'a> {
 impl Acceptor<'_> {
     /// Accepts connections on `listener` until shutdown, each served by
     /// `serve(stream, peer, ctx, token)` in its own task, with a clone of
-    /// the one shutdown token (no allocation per connection).
-    fn spawn<C, F, Fut>(&self, what: &'static str, listener: TcpListener, ctx: Arc<C>, serve: F)
-    where
+    /// the one shutdown token (no allocation per connection). With `tls`
+    /// the task first runs the TLS handshake (bounded by its timeout and by
+    /// shutdown); the connection counts against the caps from accept on.
+    fn spawn<C, F, Fut>(
+        &self,
+        what: &'static str,
+        listener: TcpListener,
+        tls: Option<Arc<Tls>>,
+        ctx: Arc<C>,
+        serve: F,
+    ) where
         C: Send + Sync + 'static,
-        F: Fn(tokio::net::TcpStream, SocketAddr, Arc<C>, CancellationToken) -> Fut + Send + 'static,
+        F: Fn(Stream, SocketAddr, Arc<C>, CancellationToken) -> Fut + Send + Sync + 'static,
         Fut: std::future::Future<Output = ()> + Send + 'static,
     {
+        let serve = Arc::new(serve);
         let (shutdown, spawner) = (self.shutdown.clone(), self.tasks.clone());
         let admission = Arc::clone(self.admission);
         self.tasks.spawn(async move {
@@ -251,9 +312,20 @@ impl Acceptor<'_> {
                             tracing::debug!(%peer, protocol = what, "connection cap reached; closed");
                             continue;
                         };
-                        let served = serve(stream, peer, Arc::clone(&ctx), shutdown.clone());
+                        let Some(tls) = &tls else {
+                            let served = serve(stream.into(), peer, Arc::clone(&ctx), shutdown.clone());
+                            spawner.spawn(async move {
+                                served.await;
+                                drop(admitted);
+                            });
+                            continue;
+                        };
+                        let (tls, serve, ctx) = (Arc::clone(tls), Arc::clone(&serve), Arc::clone(&ctx));
+                        let token = shutdown.clone();
                         spawner.spawn(async move {
-                            served.await;
+                            if let Some(stream) = handshake(&tls, stream, peer, what, &token).await {
+                                serve(stream, peer, ctx, token).await;
+                            }
                             drop(admitted);
                         });
                     }
@@ -365,6 +437,11 @@ impl Server {
         );
         let listeners = CancellationToken::new();
         let tasks = TaskTracker::new();
+        let tls = if config.tls.enabled() {
+            Some(Arc::new(Tls::load(&config.tls).map_err(ServerError::Tls)?))
+        } else {
+            None
+        };
         let mut admin_addr = None;
         if config.admin.enabled {
             let (listener, addr) =
@@ -373,8 +450,12 @@ impl Server {
             let b = Arc::clone(&broker);
             let adm = Arc::clone(&admission);
             let store = broker.store().clone();
-            let state = AdminState::new(Arc::clone(&ready), move || snapshot(&b, &adm))
+            let mut state = AdminState::new(Arc::clone(&ready), move || snapshot(&b, &adm))
                 .with_failure(move || store.stats().failure);
+            if let Some(tls) = &tls {
+                let tls = Arc::clone(tls);
+                state = state.with_tls_reload(move || reload_logged(&tls, "admin call"));
+            }
             let token = listeners.child_token();
             tasks.spawn(async move {
                 if let Err(e) = admin::serve(listener, state, token).await {
@@ -382,6 +463,7 @@ impl Server {
                 }
             });
         }
+        let mut tls_addrs = Vec::new();
         let acceptor = Acceptor {
             admission: &admission,
             shutdown: &listeners,
@@ -399,7 +481,20 @@ impl Server {
                     ..junction_amqp::AmqpSettings::default()
                 },
             });
-            acceptor.spawn("amqp", listener, ctx, junction_amqp::serve_connection);
+            if let Some(tls) = &tls {
+                let (listener, addr) =
+                    bind("AMQPS", config.broker.bind, config.tls.amqps_port).await?;
+                tls_addrs.push(("amqps", addr));
+                let ctx = Arc::clone(&ctx);
+                acceptor.spawn(
+                    "amqps",
+                    listener,
+                    Some(Arc::clone(tls)),
+                    ctx,
+                    junction_amqp::serve_connection,
+                );
+            }
+            acceptor.spawn("amqp", listener, None, ctx, junction_amqp::serve_connection);
         }
         let mut mqtt_addr = None;
         if config.mqtt.enabled {
@@ -411,7 +506,20 @@ impl Server {
                 config.mqtt.clone(),
             );
             junction_mqtt::start(&ctx, &listeners, &tasks).await?;
-            acceptor.spawn("mqtt", listener, ctx, junction_mqtt::serve_connection);
+            if let Some(tls) = &tls {
+                let (listener, addr) =
+                    bind("MQTTS", config.broker.bind, config.tls.mqtts_port).await?;
+                tls_addrs.push(("mqtts", addr));
+                let ctx = Arc::clone(&ctx);
+                acceptor.spawn(
+                    "mqtts",
+                    listener,
+                    Some(Arc::clone(tls)),
+                    ctx,
+                    junction_mqtt::serve_connection,
+                );
+            }
+            acceptor.spawn("mqtt", listener, None, ctx, junction_mqtt::serve_connection);
         }
         let mut stomp_addr = None;
         if config.stomp.enabled {
@@ -422,7 +530,26 @@ impl Server {
                 auth: Arc::clone(&auth),
                 settings: config.stomp.clone(),
             });
-            acceptor.spawn("stomp", listener, ctx, junction_stomp::serve_connection);
+            if let Some(tls) = &tls {
+                let (listener, addr) =
+                    bind("STOMPS", config.broker.bind, config.tls.stomps_port).await?;
+                tls_addrs.push(("stomps", addr));
+                let ctx = Arc::clone(&ctx);
+                acceptor.spawn(
+                    "stomps",
+                    listener,
+                    Some(Arc::clone(tls)),
+                    ctx,
+                    junction_stomp::serve_connection,
+                );
+            }
+            acceptor.spawn(
+                "stomp",
+                listener,
+                None,
+                ctx,
+                junction_stomp::serve_connection,
+            );
         }
         ready.store(true, Ordering::Release);
         tracing::info!(
@@ -438,6 +565,8 @@ impl Server {
             amqp_addr,
             mqtt_addr,
             stomp_addr,
+            tls_addrs,
+            tls,
             ready,
             listeners,
             tasks,
@@ -456,6 +585,9 @@ impl Server {
         }
         if let Some(a) = self.stomp_addr {
             line.push_str(&format!(" stomp={a}"));
+        }
+        for (name, a) in &self.tls_addrs {
+            line.push_str(&format!(" {name}={a}"));
         }
         if let Some(a) = self.admin_addr {
             line.push_str(&format!(" admin={a}"));
@@ -489,6 +621,24 @@ impl Server {
 
     pub fn stomp_addr(&self) -> Option<SocketAddr> {
         self.stomp_addr
+    }
+
+    /// A TLS listener's address by name (`amqps`, `mqtts`, `stomps`).
+    pub fn tls_addr(&self, name: &str) -> Option<SocketAddr> {
+        self.tls_addrs
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, a)| *a)
+    }
+
+    /// Reads the TLS files again (on SIGHUP): new handshakes use them, open
+    /// connections keep theirs; on error the files in use stay and the
+    /// error says why. Without TLS there is nothing to do.
+    pub fn reload_tls(&self) -> Result<(), String> {
+        match &self.tls {
+            None => Ok(()),
+            Some(tls) => reload_logged(tls, "SIGHUP"),
+        }
     }
 
     /// Shuts down in DESIGN.md's order. Idempotent.
