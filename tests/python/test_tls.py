@@ -117,7 +117,9 @@ def test_an_mqtts_publish_reaches_an_amqps_consumer(make_tls_broker, certs, clie
 
 
 def test_required_client_certificates(make_tls_broker, certs, clients):
-    b = make_tls_broker(verify="required")
+    # tls-user exists: the MQTT and STOMP clients below give no password,
+    # so they log in as their certificate's user (test_tls_login.py).
+    b = make_tls_broker(verify="required", users=[("tls-user", "pw", ["/"])])
     # With the CA's client certificate: served.
     round_trip_amqps(b, tls_context(certs, certs.client, certs.client_key))
     dev = clients.connect(

@@ -12,7 +12,12 @@ TLS listeners.
   CA (CN `junction-2`), for reload tests;
 - `revoked-client.pem` / `.key`: signed by the CA and revoked in `crl.pem`
   (made with `openssl ca -revoke` and `-gencrl`);
-- `expired-client.pem` / `.key`: signed by the CA, valid in 2020 only.
+- `expired-client.pem` / `.key`: signed by the CA, valid in 2020 only;
+- `stranger-client.pem` / `.key`: signed by the CA, CN `stranger` (a user
+  the broker does not know);
+- `san-client.pem` / `.key`: CN `san-user`, with subject alternative names
+  DNS `a.plant.example`, DNS `b.plant.example`, email
+  `device-7@plant.example`.
 
 `make_tls_broker(verify=..., tls_options=[...])` starts a broker whose
 `amqps`, `mqtts` and `stomps` listeners take any free port; `tls_context()`
@@ -118,7 +123,14 @@ def certs(tmp_path_factory):
     _leaf(d, "revoked-client", "ca", "tls-user", CLIENT_EXT)
     _revoke_and_crl(d, "revoked-client")
     _expired_leaf(d, "expired-client", "tls-user")
-    leaves = ("server", "server-2", "client", "other-client", "revoked-client", "expired-client")
+    _leaf(d, "stranger-client", "ca", "stranger", CLIENT_EXT)
+    _leaf(d, "san-client", "ca", "san-user", CLIENT_EXT + (
+        "subjectAltName=DNS:a.plant.example,DNS:b.plant.example,email:device-7@plant.example\n"
+    ))
+    leaves = (
+        "server", "server-2", "client", "other-client", "revoked-client", "expired-client",
+        "stranger-client", "san-client",
+    )
     return SimpleNamespace(
         dir=d,
         crl=d / "crl.pem",
@@ -153,7 +165,9 @@ def tls_connect(port, ctx, timeout=5.0):
 def make_tls_broker(tmp_path, certs):
     made = []
 
-    def make(verify="none", tls_options=(), cert=None, key=None, crl=None):
+    def make(verify="none", tls_options=(), cert=None, key=None, crl=None, users=(), vhosts=None):
+        """`users`: (name, password, [vhosts]) added before the start;
+        `vhosts`: the broker's vhosts (default: just "/")."""
         n = len(made)
         args = [
             "--tls-cert", str(cert or certs.server), "--tls-key", str(key or certs.server_key),
@@ -163,11 +177,16 @@ def make_tls_broker(tmp_path, certs):
         if crl is not None:
             args += ["--tls-crl", str(crl)]
         config = None
-        if tls_options:
+        if tls_options or vhosts:
             config = tmp_path / f"tls-{n}.toml"
-            config.write_text("[tls]\n" + "\n".join(tls_options) + "\n")
+            text = "[tls]\n" + "\n".join(tls_options) + "\n"
+            if vhosts:
+                text += "[broker]\nvhosts = [%s]\n" % ", ".join(f'"{v}"' for v in vhosts)
+            config.write_text(text)
         b = Broker(tmp_path / f"tls-data-{n}", config, extra_args=args)
         made.append(b)
+        for name, password, user_vhosts in users:
+            b.add_user(name, password, user_vhosts)
         return b.start()
 
     yield make

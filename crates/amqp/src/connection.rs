@@ -90,13 +90,14 @@ pub(crate) async fn run(
     let span = tracing::info_span!("amqp", %peer, user = tracing::field::Empty, vhost = tracing::field::Empty);
     async move {
         stream.set_nodelay();
+        let client_name = stream.client_name();
         let (mut rd, mut wr) = stream.split();
         let mut buf = BytesMut::with_capacity(16 * 1024);
         let opened = tokio::select! {
             _ = shutdown.cancelled() => return,
             r = tokio::time::timeout(
                 ctx.settings.handshake_timeout,
-                handshake::handshake(&mut rd, &mut wr, &mut buf, &ctx, peer),
+                handshake::handshake(&mut rd, &mut wr, &mut buf, &ctx, peer, client_name.as_deref()),
             ) => r,
         };
         let opened = match opened {

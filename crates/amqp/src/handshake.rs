@@ -196,12 +196,15 @@ async fn refuse(wr: &mut WriteHalf, e: AmqpError) -> HandshakeError {
 }
 
 /// Runs the handshake up to and including `connection.open-ok`.
+/// `client_name`: the user a verified TLS client certificate stands for;
+/// with it the broker also offers EXTERNAL (RabbitMQ's certificate login).
 pub(crate) async fn handshake(
     rd: &mut ReadHalf,
     wr: &mut WriteHalf,
     buf: &mut BytesMut,
     ctx: &AmqpContext,
     peer: SocketAddr,
+    client_name: Option<&str>,
 ) -> Result<Opened, HandshakeError> {
     while buf.len() < PROTOCOL_HEADER.len() {
         if rd.read_buf(buf).await? == 0 {
@@ -226,7 +229,11 @@ pub(crate) async fn handshake(
             version_major: 0,
             version_minor: 9,
             server_properties: server_properties(),
-            mechanisms: "PLAIN AMQPLAIN".into(),
+            mechanisms: if client_name.is_some() {
+                "PLAIN AMQPLAIN EXTERNAL".into()
+            } else {
+                "PLAIN AMQPLAIN".into()
+            },
             locales: "en_US".into(),
         })),
     );
@@ -247,15 +254,34 @@ pub(crate) async fn handshake(
         Some(AMQPValue::FieldTable(caps))
             if matches!(caps.inner().get("connection.blocked"), Some(AMQPValue::Boolean(true)))
     );
-    let (user, password) = match credentials(start_ok.mechanism.as_str(), &start_ok.response) {
-        Ok(c) => c,
-        Err(e) => return Err(refuse(wr, e).await),
+    let (user, verdict) = if start_ok.mechanism.as_str() == "EXTERNAL" {
+        // The certificate is the credential; the response (an optional
+        // authorization id) is not read, as in RabbitMQ.
+        let Some(name) = client_name else {
+            let e = AmqpError::connection(
+                code::ACCESS_REFUSED,
+                "EXTERNAL needs a verified TLS client certificate",
+            );
+            return Err(refuse(wr, e).await);
+        };
+        let verdict = ctx
+            .auth
+            .certificate_login(name, peer.ip())
+            .map_err(junction_core::LoginError::Refused);
+        (name.to_string(), verdict)
+    } else {
+        let (user, password) = match credentials(start_ok.mechanism.as_str(), &start_ok.response) {
+            Ok(c) => c,
+            Err(e) => return Err(refuse(wr, e).await),
+        };
+        let verdict = ctx
+            .broker
+            .logins()
+            .check(&ctx.auth, &user, password, peer.ip())
+            .await;
+        (user, verdict)
     };
-    let verdict = ctx
-        .broker
-        .logins()
-        .check(&ctx.auth, &user, password, peer.ip());
-    if let Err(why) = verdict.await {
+    if let Err(why) = verdict {
         tracing::info!(user, reason = %why, "amqp login refused");
         let e = match why {
             junction_core::LoginError::Busy => AmqpError::connection(

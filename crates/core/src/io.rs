@@ -111,8 +111,76 @@ pub async fn linger<R: AsyncRead + Unpin>(rd: &mut R, grace: Duration, max_bytes
 
 /// Any byte stream a listener hands an adapter besides plain TCP (TLS;
 /// later WebSocket).
-pub trait ByteStream: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
-impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> ByteStream for T {}
+pub trait ByteStream: AsyncRead + AsyncWrite + Send + Unpin + 'static {
+    /// The user name a verified client certificate stands for, when the
+    /// stream carries one (TLS with a client certificate): adapters log
+    /// such a client in without a password.
+    fn client_name(&self) -> Option<&str> {
+        None
+    }
+}
+
+/// In-memory pipes (tests) carry no certificate.
+impl ByteStream for tokio::io::DuplexStream {}
+
+/// A stream and the user name its client certificate stands for (what a
+/// TLS listener hands on).
+pub struct Identified<S> {
+    pub io: S,
+    pub client_name: Option<String>,
+}
+
+impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> ByteStream for Identified<S> {
+    fn client_name(&self) -> Option<&str> {
+        self.client_name.as_deref()
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Identified<S> {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Identified<S> {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
 
 /// An accepted connection: TCP as it is, or another stream wrapping it.
 /// Adapters take this, split it, and read and write the halves; TCP keeps
@@ -129,6 +197,14 @@ impl Stream {
     pub fn set_nodelay(&self) {
         if let Stream::Tcp(s) = self {
             let _ = s.set_nodelay(true);
+        }
+    }
+
+    /// See [`ByteStream::client_name`]; read it before [`Stream::split`].
+    pub fn client_name(&self) -> Option<String> {
+        match self {
+            Stream::Tcp(_) => None,
+            Stream::Other(s) => s.client_name().map(str::to_string),
         }
     }
 

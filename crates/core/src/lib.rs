@@ -89,6 +89,22 @@ pub trait Authenticator: Send + Sync + 'static {
     }
     /// Whether `user` may use `vhost`.
     fn may_access(&self, user: &str, vhost: &str) -> bool;
+    /// Whether `user` exists (a login without a password, by a verified
+    /// client certificate, names a user that must).
+    fn knows_user(&self, _user: &str) -> bool {
+        false
+    }
+    /// A login by a verified client certificate standing for `user`: the
+    /// user must exist and may connect from `peer`; no password.
+    fn certificate_login(&self, user: &str, peer: std::net::IpAddr) -> Result<(), String> {
+        if !self.knows_user(user) {
+            return Err(format!("no user '{user}' for the client certificate"));
+        }
+        if !self.may_connect_from(user, peer) {
+            return Err(format!("user '{user}' may not connect from {peer}"));
+        }
+        Ok(())
+    }
     /// Whether `user` may connect from `peer` at all (checked for logins
     /// without a password too, e.g. MQTT's anonymous user).
     fn may_connect_from(&self, _user: &str, _peer: std::net::IpAddr) -> bool {

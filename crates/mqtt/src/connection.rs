@@ -110,6 +110,7 @@ pub(crate) async fn run(
     let span = tracing::debug_span!("mqtt", %peer, client_id = tracing::field::Empty);
     async move {
         stream.set_nodelay();
+        let client_name = stream.client_name();
         let (mut rd, mut wr) = stream.split();
         let mut buf = BytesMut::with_capacity(READ_START);
         let max = ctx.settings.max_packet_size as usize;
@@ -135,7 +136,7 @@ pub(crate) async fn run(
         };
         let kick: registry::Kick = Arc::default();
         let Some((mut conn, keepalive)) =
-            Box::pin(accept(&ctx, connect, peer, &mut wr, Arc::clone(&kick))).await
+            Box::pin(accept(&ctx, connect, peer, client_name.as_deref(), &mut wr, Arc::clone(&kick))).await
         else {
             let _ = wr.shutdown().await;
             junction_core::io::linger(&mut rd, CLOSE_GRACE, CLOSE_DRAIN_BYTES).await;
@@ -245,6 +246,7 @@ async fn accept(
     ctx: &Arc<MqttContext>,
     c: Connect,
     peer: SocketAddr,
+    client_name: Option<&str>,
     wr: &mut WriteHalf,
     kick: registry::Kick,
 ) -> Option<(Conn, Option<Duration>)> {
@@ -255,8 +257,19 @@ async fn accept(
         refuse(wr, v, ReasonCode::BAD_AUTHENTICATION_METHOD).await;
         return None;
     }
-    // Who is this?
+    // Who is this? A verified client certificate logs in a client that
+    // gives no password, as the certificate's user (Mosquitto's
+    // use_identity_as_username: a user name in CONNECT is not used).
     let user = match (&c.username, &c.password) {
+        (_, None) if client_name.is_some() => {
+            let name = client_name.unwrap_or_default();
+            if let Err(why) = ctx.auth.certificate_login(name, peer.ip()) {
+                tracing::info!(user = %name, reason = %why, "mqtt certificate login refused");
+                refuse(wr, v, ReasonCode::NOT_AUTHORIZED).await;
+                return None;
+            }
+            name.to_string()
+        }
         (None, _) if settings.allow_anonymous => {
             if !ctx
                 .auth

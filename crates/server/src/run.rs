@@ -5,7 +5,7 @@
 //! → wait for connection tasks under `shutdown_timeout_secs` → stop queue
 //! tasks → flush the committer → close RocksDB.
 
-use junction_core::io::Stream;
+use junction_core::io::{Identified, Stream};
 
 use crate::tls::Tls;
 use std::collections::HashMap;
@@ -158,6 +158,10 @@ impl junction_core::Authenticator for UsersAuth {
     fn may_access(&self, user: &str, vhost: &str) -> bool {
         self.db.get(user).is_some_and(|u| u.may_access(vhost))
     }
+
+    fn knows_user(&self, user: &str) -> bool {
+        self.db.get(user).is_some()
+    }
 }
 
 /// Why the server could not start or stop cleanly.
@@ -259,7 +263,15 @@ async fn handshake(
         r = tokio::time::timeout(tls.handshake_timeout(), accept) => r,
     };
     match done {
-        Ok(Ok(s)) => Some(Stream::Other(Box::new(s))),
+        Ok(Ok(s)) => {
+            // Only a certificate the verifier accepted is here.
+            let client_name = s
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|chain| tls.client_name(chain));
+            Some(Stream::Other(Box::new(Identified { io: s, client_name })))
+        }
         Ok(Err(e)) => {
             tracing::debug!(%peer, protocol = what, error = %e, "TLS handshake failed");
             None

@@ -43,6 +43,31 @@ impl std::str::FromStr for Verify {
     }
 }
 
+/// Which name in a client certificate becomes the user it logs in as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LoginName {
+    /// The subject's Common Name (RabbitMQ's and Mosquitto's default).
+    #[default]
+    CommonName,
+    /// The whole subject, as `CN=device-7, O=Plant` (attributes in the
+    /// certificate's order).
+    DistinguishedName,
+    /// A subject alternative name: the `login_san_index`th (from 0) of
+    /// type `login_san_type`.
+    SubjectAlternativeName,
+}
+
+/// The kind of subject alternative name [`LoginName::SubjectAlternativeName`] takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SanType {
+    #[default]
+    Dns,
+    Email,
+    Uri,
+}
+
 /// `[tls]`: certificates for the TLS listeners and their ports. With no
 /// `cert` there are no TLS listeners.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -63,6 +88,10 @@ pub struct TlsConfig {
     pub min_version: String,
     /// Seconds a client has to finish its handshake.
     pub handshake_timeout_secs: u64,
+    /// The certificate name a client without a password logs in as.
+    pub login_name: LoginName,
+    pub login_san_type: SanType,
+    pub login_san_index: usize,
     /// The TLS listeners' ports on `[broker] bind` (0: any free port).
     pub amqps_port: u16,
     pub mqtts_port: u16,
@@ -79,6 +108,9 @@ impl Default for TlsConfig {
             verify: Verify::None,
             min_version: "1.2".into(),
             handshake_timeout_secs: 10,
+            login_name: LoginName::CommonName,
+            login_san_type: SanType::Dns,
+            login_san_index: 0,
             amqps_port: 5671,
             mqtts_port: 8883,
             stomps_port: 61614,
@@ -149,6 +181,36 @@ impl Tls {
 
     pub fn handshake_timeout(&self) -> Duration {
         self.config.handshake_timeout()
+    }
+
+    /// The user a verified client certificate chain (leaf first) stands
+    /// for, by `[tls] login_name`; None when it has no such name.
+    pub fn client_name(&self, chain: &[CertificateDer<'_>]) -> Option<String> {
+        let (_, cert) = x509_parser::parse_x509_certificate(chain.first()?.as_ref()).ok()?;
+        let subject = cert.subject();
+        match self.config.login_name {
+            LoginName::CommonName => subject
+                .iter_common_name()
+                .next()
+                .and_then(|cn| cn.as_str().ok())
+                .map(str::to_string),
+            LoginName::DistinguishedName => Some(subject.to_string()),
+            LoginName::SubjectAlternativeName => {
+                use x509_parser::extensions::GeneralName;
+                let sans = cert.subject_alternative_name().ok()??;
+                sans.value
+                    .general_names
+                    .iter()
+                    .filter_map(|n| match (self.config.login_san_type, n) {
+                        (SanType::Dns, GeneralName::DNSName(s))
+                        | (SanType::Email, GeneralName::RFC822Name(s))
+                        | (SanType::Uri, GeneralName::URI(s)) => Some(s.to_string()),
+                        _ => None,
+                    })
+                    .nth(self.config.login_san_index)
+            }
+        }
+        .filter(|name| !name.is_empty())
     }
 }
 

@@ -13,11 +13,12 @@ use std::time::Duration;
 use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::stream::FuturesOrdered;
 use futures_util::{FutureExt, StreamExt};
+use junction_core::io::{ReadHalf, Stream, WriteHalf};
 use junction_core::{
     Binding, ConnectionGuard, ConsumerEvent, ConsumerHandle, ConsumerId, ConsumerSpec, CoreError,
     DeliveryTag, LoginError, MemoryCharge, Message, Origin, Protocol, QueueDef, Settle,
 };
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -175,17 +176,17 @@ enum ConnectError {
     Refused,
 }
 
-pub(crate) async fn run<S>(
-    stream: S,
+pub(crate) async fn run(
+    stream: Stream,
     peer: SocketAddr,
     ctx: Arc<StompContext>,
     shutdown: CancellationToken,
-) where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
+) {
     let span = tracing::info_span!("stomp", %peer, user = tracing::field::Empty, vhost = tracing::field::Empty);
     async move {
-        let (mut rd, mut wr) = tokio::io::split(stream);
+        stream.set_nodelay();
+        let client_name = stream.client_name();
+        let (mut rd, mut wr) = stream.split();
         let mut buf = BytesMut::with_capacity(8 * 1024);
         // Before login a peer gets little buffer: the handshake limit.
         let handshake = ctx.broker.limits().max_handshake_size;
@@ -198,7 +199,15 @@ pub(crate) async fn run<S>(
                 ..full
             },
         );
-        let connect = connect(&mut rd, &mut wr, &mut buf, &mut decoder, &ctx, peer);
+        let connect = connect(
+            &mut rd,
+            &mut wr,
+            &mut buf,
+            &mut decoder,
+            &ctx,
+            peer,
+            client_name.as_deref(),
+        );
         let opened = tokio::select! {
             _ = shutdown.cancelled() => return,
             r = tokio::time::timeout(ctx.settings.connect_timeout(), connect) => r,
@@ -281,7 +290,7 @@ pub(crate) async fn run<S>(
 
 /// After an ERROR: shut the write side and read what the client still
 /// sends for a short grace, so it reads the ERROR instead of a reset.
-async fn close_after_error<S: AsyncRead + AsyncWrite>(rd: &mut ReadHalf<S>, wr: &mut WriteHalf<S>) {
+async fn close_after_error(rd: &mut ReadHalf, wr: &mut WriteHalf) {
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, wr.shutdown()).await;
     junction_core::io::linger(
         rd,
@@ -293,13 +302,14 @@ async fn close_after_error<S: AsyncRead + AsyncWrite>(rd: &mut ReadHalf<S>, wr: 
 
 /// Reads the CONNECT (or STOMP) frame, logs the client in and answers
 /// CONNECTED; refusals are written as ERROR frames.
-async fn connect<S: AsyncRead + AsyncWrite>(
-    rd: &mut ReadHalf<S>,
-    wr: &mut WriteHalf<S>,
+async fn connect(
+    rd: &mut ReadHalf,
+    wr: &mut WriteHalf,
     buf: &mut BytesMut,
     decoder: &mut Decoder,
     ctx: &StompContext,
     peer: SocketAddr,
+    client_name: Option<&str>,
 ) -> Result<Opened, ConnectError> {
     let frame = loop {
         match decoder.decode(buf) {
@@ -354,7 +364,25 @@ async fn connect<S: AsyncRead + AsyncWrite>(
         );
         return Err(refuse(wr, f, version).await);
     }
+    // A verified client certificate logs in a client that gives no
+    // passcode, as the certificate's user (a login header is not used).
+    let certified = match (client_name, frame.get("passcode")) {
+        (Some(name), None) => Some(name),
+        _ => None,
+    };
     let user = match frame.get("login") {
+        _ if certified.is_some() => {
+            let name = certified.unwrap_or_default();
+            if let Err(why) = ctx.auth.certificate_login(name, peer.ip()) {
+                tracing::info!(user = name, reason = why, "stomp certificate login refused");
+                let f = refuse_with(
+                    "access_refused",
+                    format!("access refused for the certificate's user '{name}'"),
+                );
+                return Err(refuse(wr, f, version).await);
+            }
+            name.to_string()
+        }
         Some(login) => {
             let passcode = frame.get("passcode").unwrap_or("").to_string();
             match ctx
@@ -431,11 +459,7 @@ async fn connect<S: AsyncRead + AsyncWrite>(
     })
 }
 
-async fn refuse<S: AsyncRead + AsyncWrite>(
-    wr: &mut WriteHalf<S>,
-    frame: Frame,
-    version: Version,
-) -> ConnectError {
+async fn refuse(wr: &mut WriteHalf, frame: Frame, version: Version) -> ConnectError {
     tracing::info!(
         message = frame.get("message").unwrap_or(""),
         "stomp connection refused"
@@ -481,10 +505,10 @@ struct Conn {
 }
 
 impl Conn {
-    async fn serve<S: AsyncRead + AsyncWrite>(
+    async fn serve(
         &mut self,
-        rd: &mut ReadHalf<S>,
-        wr: &mut WriteHalf<S>,
+        rd: &mut ReadHalf,
+        wr: &mut WriteHalf,
         mut buf: BytesMut,
         mut decoder: Decoder,
         mut events: mpsc::UnboundedReceiver<ConsumerEvent>,

@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use junction_core::{Authenticator, Broker};
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 
 use crate::codec::Limits;
@@ -113,17 +112,14 @@ pub struct StompContext {
     pub settings: StompSettings,
 }
 
-/// Serves one accepted STOMP connection, over any byte stream, until it
+/// Serves one accepted STOMP connection (TCP or TLS) until it
 /// closes; at `shutdown` the client gets an ERROR ("broker shutting down").
 /// The server's accept loop calls it.
-pub fn serve_connection<S>(
-    stream: S,
+pub fn serve_connection(
+    stream: junction_core::io::Stream,
     peer: SocketAddr,
     ctx: Arc<StompContext>,
     shutdown: CancellationToken,
-) -> impl std::future::Future<Output = ()> + Send + 'static
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
+) -> impl std::future::Future<Output = ()> + Send + 'static {
     crate::connection::run(stream, peer, ctx, shutdown)
 }
