@@ -93,11 +93,14 @@ pub(crate) async fn run(
         let client_name = stream.client_name();
         let (mut rd, mut wr) = stream.split();
         let mut buf = BytesMut::with_capacity(16 * 1024);
+        // Registered before the handshake: `connection.open` logs it in
+        // (the per-user cap).
+        let mut guard = ctx.broker.open_connection(Protocol::Amqp);
         let opened = tokio::select! {
             _ = shutdown.cancelled() => return,
             r = tokio::time::timeout(
                 ctx.settings.handshake_timeout,
-                handshake::handshake(&mut rd, &mut wr, &mut buf, &ctx, peer, client_name.as_deref()),
+                handshake::handshake(&mut rd, &mut wr, &mut buf, &ctx, peer, client_name.as_deref(), &mut guard),
             ) => r,
         };
         let opened = match opened {
@@ -131,7 +134,7 @@ pub(crate) async fn run(
         );
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let mut conn = Conn {
-            guard: ctx.broker.open_connection(Protocol::Amqp),
+            guard,
             ctx: Arc::clone(&ctx),
             user: opened.user,
             vhost: opened.vhost,

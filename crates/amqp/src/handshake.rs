@@ -205,6 +205,7 @@ pub(crate) async fn handshake(
     ctx: &AmqpContext,
     peer: SocketAddr,
     client_name: Option<&str>,
+    guard: &mut junction_core::ConnectionGuard,
 ) -> Result<Opened, HandshakeError> {
     while buf.len() < PROTOCOL_HEADER.len() {
         if rd.read_buf(buf).await? == 0 {
@@ -344,6 +345,12 @@ pub(crate) async fn handshake(
                 "access to vhost '{vhost}' refused for user '{user}' (no such vhost or no permission)"
             ),
         );
+        return Err(refuse(wr, e).await);
+    }
+    if let Err(why) = guard.login(&user) {
+        tracing::info!(user, reason = %why, "amqp connection refused");
+        let e = AmqpError::connection(code::NOT_ALLOWED, format!("connection refused: {why}"))
+            .during(10, 40);
         return Err(refuse(wr, e).await);
     }
     out.method(

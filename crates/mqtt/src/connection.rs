@@ -332,7 +332,12 @@ async fn accept(
     } else {
         settings.persistent_session_expiry.max(1)
     };
-    let guard = ctx.broker.open_connection(Protocol::Mqtt);
+    let mut guard = ctx.broker.open_connection(Protocol::Mqtt);
+    if let Err(why) = guard.login(&user) {
+        tracing::info!(user = %user, reason = %why, "mqtt connection refused");
+        refuse(wr, v, ReasonCode::QUOTA_EXCEEDED).await;
+        return None;
+    }
     let (session, present) = match ctx.registry.claim(&client_id, guard.id(), kick).await {
         Claim::Busy => {
             refuse(wr, v, ReasonCode::SERVER_BUSY).await;

@@ -117,6 +117,13 @@ pub struct BrokerConfig {
     /// Most client connections open at once from one source address (0: no
     /// cap).
     pub max_connections_per_ip: usize,
+    /// Most new connections per second from one source address (0: no
+    /// cap); more are closed at accept.
+    pub max_connection_rate_per_ip: u32,
+    /// Most connections open at once per user, every protocol together (0:
+    /// no cap); past it the login is refused (AMQP 530, MQTT CONNACK 0x97
+    /// Quota exceeded / 3.1.1: 3, STOMP ERROR).
+    pub max_connections_per_user: usize,
     /// Logins that may wait for a password check at once; more are refused
     /// at once (AMQP 506, MQTT 0x89 Server busy).
     pub max_pending_logins: usize,
@@ -153,6 +160,8 @@ impl Default for BrokerConfig {
             max_bindings_per_vhost: 5_000_000,
             max_connections: 100_000,
             max_connections_per_ip: 20_000,
+            max_connection_rate_per_ip: 0,
+            max_connections_per_user: 0,
             max_pending_logins: 64,
             max_handshake_size: 65_536,
             write_timeout_secs: 15,

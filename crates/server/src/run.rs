@@ -432,6 +432,7 @@ impl Server {
                     max_pending_logins: config.broker.max_pending_logins,
                     max_handshake_size: config.broker.max_handshake_size,
                     write_timeout: std::time::Duration::from_secs(config.broker.write_timeout_secs),
+                    max_connections_per_user: config.broker.max_connections_per_user,
                 },
                 queue_head_messages: config.broker.queue_head_messages,
                 queue_head_bytes: config.broker.queue_head_bytes,
@@ -446,6 +447,7 @@ impl Server {
         let admission = Admission::new(
             config.broker.max_connections,
             config.broker.max_connections_per_ip,
+            config.broker.max_connection_rate_per_ip,
         );
         let listeners = CancellationToken::new();
         let tasks = TaskTracker::new();

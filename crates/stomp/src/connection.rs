@@ -199,14 +199,20 @@ pub(crate) async fn run(
                 ..full
             },
         );
+        // Registered before CONNECT: the login counts it against the
+        // user's connections (the per-user cap).
+        let mut guard = ctx.broker.open_connection(Protocol::Stomp);
         let connect = connect(
             &mut rd,
             &mut wr,
             &mut buf,
             &mut decoder,
             &ctx,
-            peer,
-            client_name.as_deref(),
+            Caller {
+                peer,
+                client_name: client_name.as_deref(),
+                guard: &mut guard,
+            },
         );
         let opened = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -241,7 +247,7 @@ pub(crate) async fn run(
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let settings = &ctx.settings;
         let mut conn = Conn {
-            guard: ctx.broker.open_connection(Protocol::Stomp),
+            guard,
             ctx: Arc::clone(&ctx),
             user: opened.user,
             vhost: opened.vhost,
@@ -300,6 +306,14 @@ async fn close_after_error(rd: &mut ReadHalf, wr: &mut WriteHalf) {
     .await;
 }
 
+/// Who is connecting: the peer, the user its TLS client certificate
+/// stands for, and the connection's registration (logged in by CONNECT).
+struct Caller<'a> {
+    peer: SocketAddr,
+    client_name: Option<&'a str>,
+    guard: &'a mut junction_core::ConnectionGuard,
+}
+
 /// Reads the CONNECT (or STOMP) frame, logs the client in and answers
 /// CONNECTED; refusals are written as ERROR frames.
 async fn connect(
@@ -308,9 +322,13 @@ async fn connect(
     buf: &mut BytesMut,
     decoder: &mut Decoder,
     ctx: &StompContext,
-    peer: SocketAddr,
-    client_name: Option<&str>,
+    caller: Caller<'_>,
 ) -> Result<Opened, ConnectError> {
+    let Caller {
+        peer,
+        client_name,
+        guard,
+    } = caller;
     let frame = loop {
         match decoder.decode(buf) {
             Ok(Decoded::Frame(f)) => break f,
@@ -427,6 +445,10 @@ async fn connect(
             format!("user '{user}' may not use virtual host '{vhost}'"),
         );
         return Err(refuse(wr, f, version).await);
+    }
+    if let Err(why) = guard.login(&user) {
+        tracing::info!(user, reason = why, "stomp connection refused");
+        return Err(refuse(wr, refuse_with("not_allowed", why), version).await);
     }
     let connected = Frame::new(Command::Connected)
         .header("version", version.as_str())

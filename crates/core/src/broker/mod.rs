@@ -94,6 +94,9 @@ pub struct Limits {
     /// How long a write to a client may make no progress before the
     /// connection is closed as a slow consumer (see [`crate::io`]).
     pub write_timeout: std::time::Duration,
+    /// Connections one user may have open at once, every protocol together
+    /// (0: no cap); see [`ConnectionGuard::login`].
+    pub max_connections_per_user: usize,
 }
 
 impl Default for Limits {
@@ -106,6 +109,7 @@ impl Default for Limits {
             max_pending_logins: 64,
             max_handshake_size: 65_536,
             write_timeout: std::time::Duration::from_secs(15),
+            max_connections_per_user: 0,
         }
     }
 }
@@ -350,6 +354,8 @@ pub struct Broker {
     /// closing connection finds its own without scanning every queue.
     exclusive: Mutex<HashMap<ConnectionId, Vec<(String, String)>>>,
     counters: Counters,
+    /// Open connections by logged-in user (for the per-user cap).
+    users_online: parking_lot::Mutex<HashMap<String, usize>>,
     retained: Retained,
     /// Cancels every queue service task at shutdown.
     shutdown: CancellationToken,
@@ -460,6 +466,7 @@ impl Broker {
             refs: Mutex::new(HashMap::new()),
             exclusive: Mutex::new(HashMap::new()),
             counters: Counters::default(),
+            users_online: parking_lot::Mutex::new(HashMap::new()),
             retained: Retained::default(),
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
@@ -720,6 +727,7 @@ impl Broker {
             broker: Arc::clone(self),
             id: self.new_connection_id(),
             protocol,
+            user: None,
         }
     }
 
@@ -835,11 +843,32 @@ pub struct ConnectionGuard {
     broker: Arc<Broker>,
     id: ConnectionId,
     protocol: Protocol,
+    /// The user this connection logged in as, once it has (counted in
+    /// the broker's per-user totals until the guard drops).
+    user: Option<String>,
 }
 
 impl ConnectionGuard {
     pub fn id(&self) -> ConnectionId {
         self.id
+    }
+
+    /// Counts this connection against `user`'s connections; refused past
+    /// `Limits::max_connections_per_user` (the adapter answers with its
+    /// protocol's refusal). A guard logs in once.
+    pub fn login(&mut self, user: &str) -> Result<(), String> {
+        debug_assert!(self.user.is_none(), "a connection logs in once");
+        let cap = self.broker.limits.max_connections_per_user;
+        let mut online = self.broker.users_online.lock();
+        let n = online.get(user).copied().unwrap_or(0);
+        if cap > 0 && n >= cap {
+            return Err(format!(
+                "user '{user}' has {n} connections open, the most allowed"
+            ));
+        }
+        online.insert(user.to_string(), n + 1);
+        self.user = Some(user.to_string());
+        Ok(())
     }
 
     /// Deletes the connection's exclusive queues now, before the guard is
@@ -854,6 +883,15 @@ impl Drop for ConnectionGuard {
     fn drop(&mut self) {
         self.broker.counters.connections[protocol_index(self.protocol)]
             .fetch_sub(1, Ordering::Relaxed);
+        if let Some(user) = self.user.take() {
+            let mut online = self.broker.users_online.lock();
+            if let Some(n) = online.get_mut(&user) {
+                *n -= 1;
+                if *n == 0 {
+                    online.remove(&user);
+                }
+            }
+        }
         self.broker.connection_closed(self.id);
     }
 }
