@@ -400,6 +400,11 @@ async fn round_trip(
     within("basic.ack", d.ack(BasicAckOptions::default()))
         .await
         .expect("basic.ack");
+    // Closed here, not left to its drop: a channel still closing in the
+    // background would race the test's connection.close.
+    within("channel.close", ch.close(200, "done".into()))
+        .await
+        .expect("channel.close");
     d
 }
 
