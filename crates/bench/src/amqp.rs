@@ -16,6 +16,7 @@ use crate::cli::Proto::Amqp as AMQP;
 use crate::collector::Collector;
 use crate::error::BenchError;
 use crate::load::{CLOSE_TIMEOUT, CONNECT_TIMEOUT, Endpoint, Pacer, PubPlan};
+use crate::tls::TlsClient;
 use crate::tracker::ConsumerIx;
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
@@ -23,8 +24,9 @@ use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
     ConfirmSelectOptions, QueueBindOptions, QueueDeclareOptions,
 };
+use lapin::tcp::OwnedTLSConfig;
 use lapin::types::FieldTable;
-use lapin::uri::{AMQPAuthority, AMQPQueryString, AMQPUri, AMQPUserInfo};
+use lapin::uri::{AMQPAuthority, AMQPQueryString, AMQPScheme, AMQPUri, AMQPUserInfo};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use std::sync::Arc;
 use std::time::Instant;
@@ -55,6 +57,8 @@ pub struct AmqpSettings {
     /// and one OS thread, so a frame no bigger than the payload needs keeps
     /// thousands of idle connections affordable.
     pub frame_max: u32,
+    /// TLS (`--tls-ca`): every connection is `amqps`.
+    pub tls: Option<TlsClient>,
 }
 
 fn proto_error(e: lapin::Error) -> BenchError {
@@ -65,6 +69,11 @@ fn proto_error(e: lapin::Error) -> BenchError {
 async fn connect(s: &AmqpSettings, name: &str) -> Result<Connection, BenchError> {
     let e = &s.endpoint;
     let uri = AMQPUri {
+        scheme: if s.tls.is_some() {
+            AMQPScheme::AMQPS
+        } else {
+            AMQPScheme::AMQP
+        },
         authority: AMQPAuthority {
             userinfo: AMQPUserInfo {
                 username: e.user.clone(),
@@ -78,10 +87,24 @@ async fn connect(s: &AmqpSettings, name: &str) -> Result<Connection, BenchError>
             frame_max: Some(s.frame_max),
             ..AMQPQueryString::default()
         },
-        ..AMQPUri::default()
     };
     let props = ConnectionProperties::default().with_connection_name(name.into());
-    match timeout(CONNECT_TIMEOUT, Connection::connect_uri(uri, props)).await {
+    let connecting = async {
+        match &s.tls {
+            None => Connection::connect_uri(uri, props).await,
+            Some(tls) => {
+                // The server's certificate is checked against the URI's
+                // host; only the CA is trusted (no client certificate).
+                let config = OwnedTLSConfig {
+                    identity: None,
+                    cert_chain: Some(tls.ca_pem().to_string()),
+                };
+                let runtime = lapin::runtime::default_runtime()?;
+                Connection::connect_uri_with_config(uri, props, config, runtime).await
+            }
+        }
+    };
+    match timeout(CONNECT_TIMEOUT, connecting).await {
         Ok(Ok(conn)) => Ok(conn),
         Ok(Err(err)) => Err(BenchError::connect(AMQP, &e.addr(), err)),
         Err(_) => Err(BenchError::connect(

@@ -6,6 +6,7 @@ use crate::error::BenchError;
 use crate::payload::HEADER_LEN;
 use clap::{ArgAction, Parser, ValueEnum};
 use serde::Serialize;
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// Which traffic shape to run.
@@ -171,6 +172,12 @@ pub struct Args {
     /// AMQP virtual host; also the STOMP `host` header.
     #[arg(long, default_value = "/")]
     pub vhost: String,
+    /// TLS for every MQTT and AMQP connection, trusting only the CA
+    /// certificates in this PEM file; the broker's certificate must name
+    /// --host (an IP address in its subjectAltName for 127.0.0.1). The
+    /// ports are then the TLS listeners' (mqtts, amqps). Not for STOMP.
+    #[arg(long, value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
     /// Broker process id: its RSS and CPU time are read from /proc.
     #[arg(long)]
     pub broker_pid: Option<u32>,
@@ -244,6 +251,11 @@ impl Args {
         }
         if self.queue.is_empty() {
             return usage("--queue must not be empty".into());
+        }
+        if self.tls_ca.is_some() && [self.pub_proto(), self.sub_proto()].contains(&Proto::Stomp) {
+            return usage(
+                "--tls-ca: TLS is for the MQTT and AMQP clients; the STOMP client has none".into(),
+            );
         }
         Ok(())
     }

@@ -10,6 +10,7 @@ use crate::error::BenchError;
 use crate::load::{Endpoint, PubPlan};
 use crate::mqtt::{self, MqttSettings};
 use crate::stomp::{self, StompSettings};
+use crate::tls::TlsClient;
 use std::sync::Arc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -44,8 +45,9 @@ pub type Held = JoinHandle<Result<(), BenchError>>;
 
 impl Clients {
     /// Settings from the flags; `run_id` keeps this run's MQTT client ids
-    /// apart from another run's.
-    pub fn from_args(args: &Args, run_id: u32) -> Self {
+    /// apart from another run's. Fails only on an unusable `--tls-ca`.
+    pub fn from_args(args: &Args, run_id: u32) -> Result<Self, BenchError> {
+        let tls = args.tls_ca.as_deref().map(TlsClient::load).transpose()?;
         let endpoint = |port| Endpoint {
             host: args.host.clone(),
             port,
@@ -54,7 +56,7 @@ impl Clients {
             vhost: args.vhost.clone(),
         };
         let max = args.size.saturating_add(HEADROOM);
-        Clients {
+        Ok(Clients {
             mqtt: MqttSettings {
                 endpoint: endpoint(args.mqtt_port),
                 version: args.mqtt_version,
@@ -63,6 +65,7 @@ impl Clients {
                 inflight: args.inflight_for(Proto::Mqtt),
                 max_packet: max,
                 run_id,
+                tls: tls.clone(),
             },
             amqp: AmqpSettings {
                 endpoint: endpoint(args.amqp_port),
@@ -72,6 +75,7 @@ impl Clients {
                 prefetch: args.prefetch,
                 inflight: args.inflight_for(Proto::Amqp),
                 frame_max: amqp_frame_max(args.size),
+                tls,
             },
             stomp: StompSettings {
                 endpoint: endpoint(args.stomp_port),
@@ -82,7 +86,7 @@ impl Clients {
                 inflight: args.inflight_for(Proto::Stomp),
                 max_frame: max,
             },
-        }
+        })
     }
 
     /// Runs one publisher to completion.

@@ -19,6 +19,7 @@
 //! - [`mqtt`], [`amqp`], [`stomp`]: publisher, consumer and idle connection
 //!   of each protocol (rumqttc, lapin, our own STOMP client).
 //! - [`clients`]: flags → per-protocol settings, and dispatch.
+//! - [`tls`]: the MQTT and AMQP clients' TLS (`--tls-ca`), rustls on ring.
 //! - [`run`]: the message scenarios end to end; [`idle`]: the idle one;
 //!   [`storm`]: the MQTT subscribe storm.
 //! - [`error`]: the one error type.
@@ -39,6 +40,7 @@ pub mod run;
 pub mod stats;
 pub mod stomp;
 pub mod storm;
+pub mod tls;
 pub mod tracker;
 
 pub use cli::Args;

@@ -12,6 +12,7 @@
 use crate::collector::Collector;
 use crate::error::BenchError;
 use crate::load::{CLOSE_TIMEOUT, CONNECT_TIMEOUT, Endpoint, Pacer, PubPlan};
+use crate::tls::TlsClient;
 use crate::tracker::ConsumerIx;
 use bytes::Bytes;
 use rumqttc::v5;
@@ -49,6 +50,8 @@ pub struct MqttSettings {
     pub max_packet: usize,
     /// Distinguishes this run's client ids from a concurrent run's.
     pub run_id: u32,
+    /// TLS (`--tls-ca`): every connection goes over it.
+    pub tls: Option<TlsClient>,
 }
 
 impl MqttSettings {
@@ -220,6 +223,9 @@ async fn connect(s: &MqttSettings, client_id: String) -> Result<(Client, Session
             // A v5 session without an expiry ends with the connection.
             o.set_session_expiry_interval(Some(3_600));
         }
+        if let Some(tls) = &s.tls {
+            o.set_transport(tls.mqtt_transport());
+        }
         let (c, el) = v5::AsyncClient::new(o, cap);
         (Client::V5(c), Session::V5(Box::new(el)))
     } else {
@@ -229,6 +235,9 @@ async fn connect(s: &MqttSettings, client_id: String) -> Result<(Client, Session
             .set_credentials(e.user.clone(), e.password.clone())
             .set_max_packet_size(s.max_packet, s.max_packet)
             .set_inflight(s.inflight);
+        if let Some(tls) = &s.tls {
+            o.set_transport(tls.mqtt_transport());
+        }
         let (c, el) = rumqttc::AsyncClient::new(o, cap);
         (Client::V4(c), Session::V4(Box::new(el)))
     };

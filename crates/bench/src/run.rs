@@ -94,7 +94,7 @@ pub async fn run(args: &Args) -> Result<Outcome, BenchError> {
     let started = Instant::now();
     let probe = Probe::start(args.broker_pid)?;
     let run_id = Collector::fresh_base_id();
-    let clients = Clients::from_args(args, run_id);
+    let clients = Clients::from_args(args, run_id)?;
     if args.scenario == Scenario::Idle {
         return idle::run(args, &clients, probe, started).await;
     }

@@ -38,6 +38,7 @@ fn defaults_match_the_contract() {
         ("guest", "guest", "/")
     );
     assert_eq!((a.broker_pid, a.quiet), (None, false));
+    assert_eq!(a.tls_ca, None);
     assert_eq!(
         (a.inflight_for(Proto::Mqtt), a.inflight_for(Proto::Amqp)),
         (20, 100)
@@ -107,6 +108,8 @@ fn every_contract_flag_parses() {
         "--quiet",
         "--inflight",
         "7",
+        "--tls-ca",
+        "/etc/ca.pem",
     ])
     .unwrap();
     assert_eq!(a.scenario, Scenario::Queue);
@@ -136,6 +139,10 @@ fn every_contract_flag_parses() {
         ("u", "p", "v")
     );
     assert_eq!(a.broker_pid, Some(1234));
+    assert_eq!(
+        a.tls_ca.as_deref(),
+        Some(std::path::Path::new("/etc/ca.pem"))
+    );
     assert_eq!(
         (a.inflight_for(Proto::Mqtt), a.inflight_for(Proto::Stomp)),
         (7, 7)
@@ -182,6 +189,22 @@ fn zero_duration_and_wildcard_topic_fail_validation() {
     assert!(parse(&["--duration", "0"]).unwrap().validate().is_err());
     assert!(parse(&["--topic", "a/+"]).unwrap().validate().is_err());
     assert!(parse(&["--rate=-1"]).unwrap().validate().is_err());
+}
+
+#[test]
+fn tls_is_for_mqtt_and_amqp_only() {
+    let tls = ["--tls-ca", "ca.pem"];
+    for proto in ["mqtt", "amqp"] {
+        let a = parse(&[&tls[..], &["--proto", proto]].concat()).unwrap();
+        assert!(a.validate().is_ok(), "--tls-ca with {proto}");
+    }
+    let stomp = parse(&[&tls[..], &["--proto", "stomp"]].concat()).unwrap();
+    assert!(matches!(stomp.validate(), Err(BenchError::Usage(_))));
+    let cross = parse(&[&tls[..], &["--pub-proto", "stomp", "--sub-proto", "amqp"]].concat());
+    assert!(matches!(
+        cross.unwrap().validate(),
+        Err(BenchError::Usage(_))
+    ));
 }
 
 #[test]
