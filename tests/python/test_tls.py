@@ -311,3 +311,42 @@ def test_revoked_and_expired_client_certificates_are_refused(make_tls_broker, ce
         for port in (b.ports["amqps"], b.ports["mqtts"], b.ports["stomps"]):
             assert_refused_in_handshake(port, ctx)
     round_trip_amqps(b, good)
+
+
+def test_stalled_handshakes_from_one_address_hit_its_cap_and_then_time_out(make_tls_broker, certs):
+    """300 sockets from one address open the mqtts port and never start
+    their handshake: the address's cap (200) admits 200, closes the rest at
+    accept, and the 200 are dropped at the handshake timeout, after which
+    the address is served again."""
+    import select
+
+    b = make_tls_broker(
+        tls_options=["handshake_timeout_secs = 6"],
+        broker_options=["max_connections_per_ip = 200"],
+    )
+    socks = []
+    try:
+        started = time.monotonic()
+        for _ in range(300):
+            s = socket.create_connection(("127.0.0.1", b.ports["mqtts"]), timeout=5)
+            socks.append(s)
+        time.sleep(0.5)
+
+        def closed(s):
+            r, _, _ = select.select([s], [], [], 0)
+            if not r:
+                return False
+            try:
+                return s.recv(1) == b""
+            except ConnectionResetError:
+                return True
+
+        elapsed = time.monotonic() - started
+        assert elapsed < 5, f"{elapsed:.1f} s: too slow to tell accept-time closes apart"
+        assert sum(closed(s) for s in socks) == 100
+        # The admitted ones time out; then the address is served again.
+        assert wait_until(lambda: all(closed(s) for s in socks), 10)
+        round_trip_amqps(b, tls_context(certs))
+    finally:
+        for s in socks:
+            s.close()

@@ -165,9 +165,13 @@ def tls_connect(port, ctx, timeout=5.0):
 def make_tls_broker(tmp_path, certs):
     made = []
 
-    def make(verify="none", tls_options=(), cert=None, key=None, crl=None, users=(), vhosts=None):
+    def make(
+        verify="none", tls_options=(), cert=None, key=None, crl=None, users=(), vhosts=None,
+        broker_options=(),
+    ):
         """`users`: (name, password, [vhosts]) added before the start;
-        `vhosts`: the broker's vhosts (default: just "/")."""
+        `vhosts`: the broker's vhosts (default: just "/");
+        `broker_options`: `key = value` lines for [broker]."""
         n = len(made)
         args = [
             "--tls-cert", str(cert or certs.server), "--tls-key", str(key or certs.server_key),
@@ -177,11 +181,13 @@ def make_tls_broker(tmp_path, certs):
         if crl is not None:
             args += ["--tls-crl", str(crl)]
         config = None
-        if tls_options or vhosts:
+        broker_lines = list(broker_options)
+        if vhosts:
+            broker_lines.append("vhosts = [%s]" % ", ".join(f'"{v}"' for v in vhosts))
+        if tls_options or broker_lines:
             config = tmp_path / f"tls-{n}.toml"
             text = "[tls]\n" + "\n".join(tls_options) + "\n"
-            if vhosts:
-                text += "[broker]\nvhosts = [%s]\n" % ", ".join(f'"{v}"' for v in vhosts)
+            text += "[broker]\n" + "\n".join(broker_lines) + "\n"
             config.write_text(text)
         b = Broker(tmp_path / f"tls-data-{n}", config, extra_args=args)
         made.append(b)
