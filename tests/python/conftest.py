@@ -62,12 +62,14 @@ def _test_deadline(request):
 def make_broker(tmp_path):
     """`make_broker(vhosts=[...], users=[(name, password, [vhosts])],
     broker_options=["key = value"], mqtt_options=["key = value"],
-    stomp_options=["key = value"], data_dir=path)` returns a started
+    stomp_options=["key = value"], amqp_options=["key = value"],
+    data_dir=path)` returns a started
     broker; every one is stopped at teardown."""
     made = []
 
     def make(
-        vhosts=None, users=(), broker_options=(), mqtt_options=(), stomp_options=(), data_dir=None
+        vhosts=None, users=(), broker_options=(), mqtt_options=(), stomp_options=(), data_dir=None,
+        amqp_options=(),
     ):
         """`broker_options` / `mqtt_options` / `stomp_options`: extra
         `key = value` lines for the [broker] / [mqtt] / [stomp] tables.
@@ -81,13 +83,15 @@ def make_broker(tmp_path):
         if vhosts is not None:
             listed = ", ".join('"%s"' % v for v in vhosts)
             lines.append(f"vhosts = [{listed}]")
-        if lines or mqtt_options or stomp_options:
+        if lines or mqtt_options or stomp_options or amqp_options:
             config = tmp_path / f"junction-{n}.toml"
             text = "[broker]\n" + "\n".join(lines) + "\n"
             if mqtt_options:
                 text += "[mqtt]\n" + "\n".join(mqtt_options) + "\n"
             if stomp_options:
                 text += "[stomp]\n" + "\n".join(stomp_options) + "\n"
+            if amqp_options:
+                text += "[amqp]\n" + "\n".join(amqp_options) + "\n"
             config.write_text(text)
         b = Broker(data_dir if data_dir is not None else tmp_path / f"data-{n}", config)
         made.append(b)

@@ -80,3 +80,24 @@ def test_refused_logins_do_not_hold_places(make_broker):
     # Only the one open connection ever counted: after it closes, one fits.
     conn = b.connect()
     conn.close()
+
+
+def test_amqp_channel_max_is_offered_and_enforced(make_broker):
+    import amqp_raw
+    from test_amqp_robustness import close_then_eof
+
+    b = make_broker(amqp_options=["channel_max = 5"])
+    with amqp_raw.RawClient(b.amqp_port) as c:
+        channel_max, _, _ = c.handshake()
+        assert channel_max == 5
+        for ch in range(1, 6):
+            c.open_channel(ch)
+        c.send(amqp_raw.method_frame(6, amqp_raw.CHANNEL_OPEN, amqp_raw.shortstr("")))
+        close = close_then_eof(c)
+    assert close.reply_code == 530, close
+    # pika, told channel_max 5, keeps to it.
+    conn = b.connect()
+    try:
+        assert conn._impl.params.channel_max == 5
+    finally:
+        conn.close()

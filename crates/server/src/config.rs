@@ -195,47 +195,52 @@ impl Default for StoreConfig {
     }
 }
 
-/// Defines a listener table (`[admin]`, `[amqp]`, `[stomp]`). The
-/// tables share their keys and differ only in the default port; each is its
-/// own type so that a table written with just `enabled = false` still gets
-/// its protocol's port.
-macro_rules! listener_config {
-    ($(#[$doc:meta])* $name:ident, $port:expr) => {
-        $(#[$doc])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-        #[serde(default, deny_unknown_fields)]
-        pub struct $name {
-            /// TCP port on [`BrokerConfig::bind`]; 0 asks the OS for any free port.
-            pub port: u16,
-            /// Whether to open this listener at all.
-            pub enabled: bool,
-        }
-
-        impl Default for $name {
-            fn default() -> Self {
-                $name {
-                    port: $port,
-                    enabled: true,
-                }
-            }
-        }
-    };
+/// `[admin]`: the HTTP health and metrics endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    /// TCP port on [`BrokerConfig::bind`]; 0 asks the OS for any free port.
+    pub port: u16,
+    /// Whether to open this listener at all.
+    pub enabled: bool,
 }
 
-listener_config!(
-    /// `[admin]`: the HTTP health and metrics endpoint.
-    AdminConfig,
-    15672
-);
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            port: 15672,
+            enabled: true,
+        }
+    }
+}
+
 /// `[mqtt]`: the MQTT listener and the adapter's limits (the adapter's own
 /// settings type, so the keys are listed once).
 pub use junction_mqtt::MqttSettings as MqttConfig;
 
-listener_config!(
-    /// `[amqp]`: the AMQP 0-9-1 listener.
-    AmqpConfig,
-    5672
-);
+/// `[amqp]`: the AMQP 0-9-1 listener and its channel limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AmqpConfig {
+    /// TCP port on [`BrokerConfig::bind`]; 0 asks the OS for any free port.
+    pub port: u16,
+    /// Whether to open this listener at all.
+    pub enabled: bool,
+    /// Most channels per connection, offered in `connection.tune` (the
+    /// client may ask fewer); a channel number above it closes the
+    /// connection with 530 NOT_ALLOWED. 1 to 65535.
+    pub channel_max: u16,
+}
+
+impl Default for AmqpConfig {
+    fn default() -> Self {
+        AmqpConfig {
+            port: 5672,
+            enabled: true,
+            channel_max: 2047,
+        }
+    }
+}
 /// `[stomp]`: the STOMP listener and the adapter's limits (the adapter's
 /// own settings type, so the keys are listed once).
 pub use junction_stomp::StompSettings as StompConfig;
@@ -361,6 +366,9 @@ impl Config {
         self.mqtt.validate()?;
         self.stomp.validate()?;
         self.tls.validate()?;
+        if self.amqp.channel_max == 0 {
+            return Err("[amqp] channel_max must be at least 1".to_owned());
+        }
         let m = &self.mqtt;
         if !self.broker.vhosts.contains(&m.vhost) {
             return Err(format!(

@@ -492,6 +492,7 @@ impl Server {
                 auth: Arc::clone(&auth),
                 settings: junction_amqp::AmqpSettings {
                     max_message_size: config.broker.max_message_size,
+                    channel_max: config.amqp.channel_max,
                     ..junction_amqp::AmqpSettings::default()
                 },
             });
