@@ -292,6 +292,33 @@ struct Acceptor<'a> {
 }
 
 impl Acceptor<'_> {
+    /// Binds the TLS listener `name` on `ip:port` and serves it like
+    /// [`Acceptor::spawn`], with handshakes; returns its address.
+    async fn spawn_tls<C, F, Fut>(
+        &self,
+        name: &'static str,
+        tls: &Arc<Tls>,
+        ip: std::net::IpAddr,
+        port: u16,
+        ctx: &Arc<C>,
+        serve: F,
+    ) -> Result<SocketAddr, ServerError>
+    where
+        C: Send + Sync + 'static,
+        F: Fn(Stream, SocketAddr, Arc<C>, CancellationToken) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let (listener, addr) = bind(name, ip, port).await?;
+        self.spawn(
+            name,
+            listener,
+            Some(Arc::clone(tls)),
+            Arc::clone(ctx),
+            serve,
+        );
+        Ok(addr)
+    }
+
     /// Accepts connections on `listener` until shutdown, each served by
     /// `serve(stream, peer, ctx, token)` in its own task, with a clone of
     /// the one shutdown token (no allocation per connection). With `tls`
@@ -497,17 +524,17 @@ impl Server {
                 },
             });
             if let Some(tls) = &tls {
-                let (listener, addr) =
-                    bind("AMQPS", config.broker.bind, config.tls.amqps_port).await?;
+                let addr = acceptor
+                    .spawn_tls(
+                        "amqps",
+                        tls,
+                        config.broker.bind,
+                        config.tls.amqps_port,
+                        &ctx,
+                        junction_amqp::serve_connection,
+                    )
+                    .await?;
                 tls_addrs.push(("amqps", addr));
-                let ctx = Arc::clone(&ctx);
-                acceptor.spawn(
-                    "amqps",
-                    listener,
-                    Some(Arc::clone(tls)),
-                    ctx,
-                    junction_amqp::serve_connection,
-                );
             }
             acceptor.spawn("amqp", listener, None, ctx, junction_amqp::serve_connection);
         }
@@ -522,17 +549,17 @@ impl Server {
             );
             junction_mqtt::start(&ctx, &listeners, &tasks).await?;
             if let Some(tls) = &tls {
-                let (listener, addr) =
-                    bind("MQTTS", config.broker.bind, config.tls.mqtts_port).await?;
+                let addr = acceptor
+                    .spawn_tls(
+                        "mqtts",
+                        tls,
+                        config.broker.bind,
+                        config.tls.mqtts_port,
+                        &ctx,
+                        junction_mqtt::serve_connection,
+                    )
+                    .await?;
                 tls_addrs.push(("mqtts", addr));
-                let ctx = Arc::clone(&ctx);
-                acceptor.spawn(
-                    "mqtts",
-                    listener,
-                    Some(Arc::clone(tls)),
-                    ctx,
-                    junction_mqtt::serve_connection,
-                );
             }
             acceptor.spawn("mqtt", listener, None, ctx, junction_mqtt::serve_connection);
         }
@@ -546,17 +573,17 @@ impl Server {
                 settings: config.stomp.clone(),
             });
             if let Some(tls) = &tls {
-                let (listener, addr) =
-                    bind("STOMPS", config.broker.bind, config.tls.stomps_port).await?;
+                let addr = acceptor
+                    .spawn_tls(
+                        "stomps",
+                        tls,
+                        config.broker.bind,
+                        config.tls.stomps_port,
+                        &ctx,
+                        junction_stomp::serve_connection,
+                    )
+                    .await?;
                 tls_addrs.push(("stomps", addr));
-                let ctx = Arc::clone(&ctx);
-                acceptor.spawn(
-                    "stomps",
-                    listener,
-                    Some(Arc::clone(tls)),
-                    ctx,
-                    junction_stomp::serve_connection,
-                );
             }
             acceptor.spawn(
                 "stomp",
