@@ -988,8 +988,10 @@ def test_stomp_subscriber_that_stops_reading_is_cut_off_as_a_slow_consumer(
             left = [body for _, _, body in get_all(ch, "stuck")]
             n = len(left)
             # Handed out: the window not yet written, and what the socket
-            # buffers took (the broker's send buffer grows to tcp_wmem's max).
-            in_sockets = -(-(kernel_send_buffer_max() + 64 * KiB) // STOMP_BODY)
+            # buffers took (the broker's send buffer grows to tcp_wmem's max;
+            # a quarter more for what the kernel packs beyond that count and
+            # the peer's receive side: seen 8% over it with Nagle off).
+            in_sockets = -(-(kernel_send_buffer_max() * 5 // 4 + 64 * KiB) // STOMP_BODY)
             assert n >= STOMP_COUNT - TRANSPORT_WINDOW - in_sockets, (n, in_sockets)
             assert left == [stomp_body(i) for i in range(STOMP_COUNT - n, STOMP_COUNT)]
         else:
