@@ -350,3 +350,48 @@ def test_stalled_handshakes_from_one_address_hit_its_cap_and_then_time_out(make_
     finally:
         for s in socks:
             s.close()
+
+
+@pytest.mark.parametrize("over_tls", [False, True])
+def test_a_slow_loris_stomp_connect_is_cut_off_at_the_connect_timeout(
+    make_tls_broker, certs, over_tls
+):
+    """A client that sends its CONNECT frame a byte at a time never gets
+    past `[stomp] connect_timeout` (2 s here): trickling bytes does not
+    extend it. It gets an ERROR `connect timeout`, then the close, and the
+    broker serves others meanwhile."""
+    b = make_tls_broker(stomp_options=["connect_timeout = 2"])
+    port = b.ports["stomps"] if over_tls else b.stomp_port
+    if over_tls:
+        s = tls_connect(port, tls_context(certs))
+    else:
+        s = socket.create_connection(("127.0.0.1", port), timeout=5)
+    frame = b"CONNECT\naccept-version:1.2\nhost:/\nlogin:guest\npasscode:guest\n\n\x00"
+    started = time.monotonic()
+    got = b""
+    s.settimeout(0.25)
+    try:
+        for byte in frame[:-1]:
+            s.sendall(bytes([byte]))
+            try:
+                chunk = s.recv(4096)
+            except (socket.timeout, ssl.SSLWantReadError):
+                continue
+            except (ConnectionError, ssl.SSLError):
+                break
+            if not chunk:
+                break
+            got += chunk
+            if time.monotonic() - started > 6:
+                break
+    except (BrokenPipeError, ConnectionError, ssl.SSLError):
+        pass
+    elapsed = time.monotonic() - started
+    s.close()
+    assert got.startswith(b"ERROR\n") and b"message:connect timeout" in got, got
+    assert 1.5 < elapsed < 5, elapsed
+    c = StompClient(b)
+    try:
+        assert c.connect().cmd == "CONNECTED"
+    finally:
+        c.close()

@@ -167,11 +167,12 @@ def make_tls_broker(tmp_path, certs):
 
     def make(
         verify="none", tls_options=(), cert=None, key=None, crl=None, users=(), vhosts=None,
-        broker_options=(),
+        broker_options=(), stomp_options=(),
     ):
         """`users`: (name, password, [vhosts]) added before the start;
         `vhosts`: the broker's vhosts (default: just "/");
-        `broker_options`: `key = value` lines for [broker]."""
+        `broker_options` / `stomp_options`: `key = value` lines for
+        [broker] / [stomp]."""
         n = len(made)
         args = [
             "--tls-cert", str(cert or certs.server), "--tls-key", str(key or certs.server_key),
@@ -184,10 +185,11 @@ def make_tls_broker(tmp_path, certs):
         broker_lines = list(broker_options)
         if vhosts:
             broker_lines.append("vhosts = [%s]" % ", ".join(f'"{v}"' for v in vhosts))
-        if tls_options or broker_lines:
+        if tls_options or broker_lines or stomp_options:
             config = tmp_path / f"tls-{n}.toml"
             text = "[tls]\n" + "\n".join(tls_options) + "\n"
             text += "[broker]\n" + "\n".join(broker_lines) + "\n"
+            text += "[stomp]\n" + "\n".join(stomp_options) + "\n"
             config.write_text(text)
         b = Broker(tmp_path / f"tls-data-{n}", config, extra_args=args)
         made.append(b)
