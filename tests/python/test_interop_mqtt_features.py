@@ -421,3 +421,21 @@ def test_routing_keys_that_are_no_mqtt_topic_are_not_delivered_and_counted(
     assert summary(got) == [(p + "/ok", b"valid", 1, False)]
     mark = len(monitor.received())
     assert sys_value_after(monitor, UNDELIVERABLE, mark) == before + 4
+
+
+def test_amqp_headers_mqtt_cannot_carry_do_not_block_delivery(module_broker, clients, amqp_channel):
+    """An AMQP header of 70 KB (longer than any MQTT string) or holding
+    U+0000 is left out of the MQTT 5 PUBLISH; the message and the ones
+    after it arrive, QoS 1, with the headers that fit."""
+    topic = uid("big") + "/h"
+    sub = clients.connect(module_broker, version=V5)
+    assert sub.subscribe(topic, qos=1) == [1]
+    key = topic.replace("/", ".")
+    headers = {"big": "x" * 70_000, "nul": "a\x00b", "small": "ok"}
+    for i in range(3):
+        amqp_channel.basic_publish(
+            "amq.topic", key, b"m%d" % i, pika.BasicProperties(delivery_mode=2, headers=headers)
+        )
+    got = sub.wait_messages(3)
+    assert [(m.payload, m.qos) for m in got] == [(b"m0", 1), (b"m1", 1), (b"m2", 1)]
+    assert [m.props.get("UserProperty") for m in got] == [[("small", "ok")]] * 3

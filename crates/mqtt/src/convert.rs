@@ -170,7 +170,7 @@ pub fn from_core(m: &Message, now_unix: u64) -> PublishProperties {
         out.payload_format = Some(PayloadFormat::Utf8);
     }
     out.correlation_data = match h.get(H_CORRELATION_DATA) {
-        Some(FieldValue::ByteArray(b)) => Some(b.clone()),
+        Some(FieldValue::ByteArray(b)) if b.len() <= MAX_FIELD => Some(b.clone()),
         _ => p
             .correlation_id
             .as_ref()
@@ -181,10 +181,23 @@ pub fn from_core(m: &Message, now_unix: u64) -> PublishProperties {
         if k.starts_with("x-mqtt-") || k == interop::H_REPLY_TO_TOPIC {
             continue;
         }
-        out.user_properties
-            .push((k.to_string(), interop::value_text(v)));
+        let text = interop::value_text(v);
+        // An AMQP or STOMP header MQTT cannot carry (a string over 64 KiB,
+        // or with U+0000) is left out: sent, it would make the whole
+        // PUBLISH unencodable [MQTT-1.5.4-1] [MQTT-1.5.4-2].
+        if mqtt_string(k) && mqtt_string(&text) {
+            out.user_properties.push((k.to_string(), text));
+        }
     }
     out
+}
+
+/// Longest MQTT string or binary field (a 16-bit length prefix).
+const MAX_FIELD: usize = 65_535;
+
+/// Can `s` be an MQTT UTF-8 string?
+fn mqtt_string(s: &str) -> bool {
+    s.len() <= MAX_FIELD && !s.contains('\0')
 }
 
 /// The Response Topic for a message's `reply_to`: a topic for an
@@ -350,6 +363,29 @@ mod tests {
             p.response_topic.unwrap().as_str(),
             "$queue/amq.rabbitmq.reply-to.abc"
         );
+    }
+
+    #[test]
+    fn headers_mqtt_cannot_carry_are_left_out() {
+        let mut m = Message::new("amq.topic", "a", Bytes::new());
+        let h = &mut m.properties.headers;
+        h.insert("big", FieldValue::string("x".repeat(65_536)));
+        h.insert("nul", FieldValue::string("a\0b"));
+        h.insert("fits", FieldValue::string("y".repeat(65_535)));
+        h.insert(
+            H_CORRELATION_DATA,
+            FieldValue::ByteArray(Bytes::from(vec![0u8; 65_536])),
+        );
+        m.properties.correlation_id = Some("c-1".into());
+        let p = from_core(&m, 0);
+        assert_eq!(
+            p.user_properties
+                .iter()
+                .map(|(k, _)| k.as_str())
+                .collect::<Vec<_>>(),
+            ["fits"]
+        );
+        assert_eq!(p.correlation_data.as_deref(), Some(&b"c-1"[..]));
     }
 
     #[test]
