@@ -331,8 +331,6 @@ macro_rules! delegate_write {
     };
 }
 
-delegate_read!(Stream: Tcp, Other);
-delegate_write!(Stream: Tcp, Other);
 delegate_read!(ReadHalf: Tcp, Other);
 delegate_write!(WriteHalf: Tcp, Other);
 

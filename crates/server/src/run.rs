@@ -665,14 +665,6 @@ impl Server {
         self.stomp_addr
     }
 
-    /// A TLS listener's address by name (`amqps`, `mqtts`, `stomps`).
-    pub fn tls_addr(&self, name: &str) -> Option<SocketAddr> {
-        self.tls_addrs
-            .iter()
-            .find(|(n, _)| *n == name)
-            .map(|(_, a)| *a)
-    }
-
     /// Reads the TLS files again (on SIGHUP): new handshakes use them, open
     /// connections keep theirs; on error the files in use stay and the
     /// error says why. Without TLS there is nothing to do.
