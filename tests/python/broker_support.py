@@ -65,6 +65,38 @@ class Broker:
             args += ["--vhost", v]
         subprocess.run(args, check=True, timeout=60, capture_output=True)
 
+    def command(self, *args, check=True):
+        """`junction <args>` on this broker's config and data dir (a
+        `user`, `permission` or `topic-permission` command); returns the
+        CompletedProcess, text. A running broker notices the users file
+        changing (see `wait_users_reloaded`)."""
+        return subprocess.run(
+            self._args() + [str(a) for a in args],
+            check=check,
+            timeout=60,
+            capture_output=True,
+            text=True,
+        )
+
+    def users_reloads(self):
+        """How many times this broker has read its users file again."""
+        try:
+            return self.log_path.read_text(errors="replace").count("users file read again")
+        except FileNotFoundError:
+            return 0
+
+    def change_users(self, *args, timeout=10.0):
+        """Runs `junction <args>` against the running broker and waits until
+        the broker has read the changed users file (it checks every second)."""
+        before = self.users_reloads()
+        out = self.command(*args)
+        deadline = time.monotonic() + timeout
+        while self.users_reloads() <= before:
+            if time.monotonic() > deadline:
+                pytest.fail(f"users file not read again within {timeout}s; log:\n{self.log_tail()}")
+            time.sleep(0.05)
+        return out
+
     def start(self):
         binary = junction_bin()
         if not binary.exists():

@@ -69,21 +69,24 @@ def make_broker(tmp_path):
 
     def make(
         vhosts=None, users=(), broker_options=(), mqtt_options=(), stomp_options=(), data_dir=None,
-        amqp_options=(),
+        amqp_options=(), extra_config="", commands=(),
     ):
         """`broker_options` / `mqtt_options` / `stomp_options`: extra
         `key = value` lines for the [broker] / [mqtt] / [stomp] tables.
         `data_dir`: where the broker keeps its store (default: a fresh dir
         under the test's tmp_path); its log goes
         beside it, `<data_dir>.log`, so a data dir that is a mount point
-        (a small tmpfs) keeps the log off that file system."""
+        (a small tmpfs) keeps the log off that file system.
+        `extra_config`: more TOML after those tables (`[auth]`, say).
+        `commands`: `junction` commands (argument lists) run before the
+        start, after the users are added (`["permission", "set", ...]`)."""
         n = len(made)
         config = None
         lines = list(broker_options)
         if vhosts is not None:
             listed = ", ".join('"%s"' % v for v in vhosts)
             lines.append(f"vhosts = [{listed}]")
-        if lines or mqtt_options or stomp_options or amqp_options:
+        if lines or mqtt_options or stomp_options or amqp_options or extra_config:
             config = tmp_path / f"junction-{n}.toml"
             text = "[broker]\n" + "\n".join(lines) + "\n"
             if mqtt_options:
@@ -92,11 +95,13 @@ def make_broker(tmp_path):
                 text += "[stomp]\n" + "\n".join(stomp_options) + "\n"
             if amqp_options:
                 text += "[amqp]\n" + "\n".join(amqp_options) + "\n"
-            config.write_text(text)
+            config.write_text(text + extra_config)
         b = Broker(data_dir if data_dir is not None else tmp_path / f"data-{n}", config)
         made.append(b)
         for name, password, user_vhosts in users:
             b.add_user(name, password, user_vhosts)
+        for args in commands:
+            b.command(*args)
         return b.start()
 
     yield make

@@ -7,7 +7,9 @@ use std::sync::Arc;
 use amq_protocol::protocol::basic::AMQPProperties;
 use amq_protocol::protocol::{AMQPClass, basic};
 use bytes::Bytes;
-use junction_core::{ConsumerSpec, Message, Origin, Protocol, Settle, interop};
+use junction_core::{
+    ConsumerSpec, Message, Origin, Permission, Protocol, Resource, Settle, interop,
+};
 
 use crate::channel::{ChannelConsumer, TxOp};
 use crate::connection::{Conn, ConsumerRef};
@@ -178,6 +180,15 @@ impl Conn {
         properties: AMQPProperties,
         body: Bytes,
     ) -> Result<(), AmqpError> {
+        // RabbitMQ checks write on the exchange (the default one as
+        // `amq.default`) before it looks the exchange up.
+        let exchange = method.exchange.as_str();
+        self.allow(Permission::Write, Resource::Exchange(exchange))
+            .await
+            .map_err(|e| e.during(60, 40))?;
+        self.allow_topic(Permission::Write, exchange, method.routing_key.as_str())
+            .await
+            .map_err(|e| e.during(60, 40))?;
         let mut core_props = convert::properties_to_core(&properties);
         if core_props.reply_to.as_deref() == Some(interop::DIRECT_REPLY_TO) {
             // Direct reply-to: the reply goes to this channel's reply queue.

@@ -60,6 +60,8 @@ pub(crate) struct Conn {
     pub guard: ConnectionGuard,
     pub user: String,
     pub vhost: String,
+    /// What the user may do on `vhost`.
+    pub access: junction_core::Access,
     pub frame_max: usize,
     pub channel_max: u16,
     pub channels: HashMap<u16, Channel>,
@@ -138,6 +140,7 @@ pub(crate) async fn run(
             ctx: Arc::clone(&ctx),
             user: opened.user,
             vhost: opened.vhost,
+            access: opened.access,
             frame_max: opened.frame_max,
             channel_max: opened.channel_max,
             channels: HashMap::new(),

@@ -20,6 +20,8 @@ use crate::error::{AmqpError, code};
 pub(crate) struct Opened {
     pub user: String,
     pub vhost: String,
+    /// The user's permission checks on `vhost`.
+    pub access: junction_core::Access,
     pub frame_max: usize,
     pub channel_max: u16,
     pub heartbeat: u16,
@@ -282,23 +284,26 @@ pub(crate) async fn handshake(
             .await;
         (user, verdict)
     };
-    if let Err(why) = verdict {
-        tracing::info!(user, reason = %why, "amqp login refused");
-        let e = match why {
-            junction_core::LoginError::Busy => AmqpError::connection(
-                code::RESOURCE_ERROR,
-                "too many logins waiting for a password check; try again later",
-            ),
-            junction_core::LoginError::Refused(_) => AmqpError::connection(
-                code::ACCESS_REFUSED,
-                format!(
-                    "Login was refused using authentication mechanism {}. For details see the broker logfile.",
-                    start_ok.mechanism
+    let login = match verdict {
+        Ok(login) => login,
+        Err(why) => {
+            tracing::info!(user, reason = %why, "amqp login refused");
+            let e = match why {
+                junction_core::LoginError::Busy => AmqpError::connection(
+                    code::RESOURCE_ERROR,
+                    "too many logins waiting for a password check; try again later",
                 ),
-            ),
-        };
-        return Err(refuse(wr, e).await);
-    }
+                junction_core::LoginError::Refused(_) => AmqpError::connection(
+                    code::ACCESS_REFUSED,
+                    format!(
+                        "Login was refused using authentication mechanism {}. For details see the broker logfile.",
+                        start_ok.mechanism
+                    ),
+                ),
+            };
+            return Err(refuse(wr, e).await);
+        }
+    };
 
     out.method(
         0,
@@ -338,7 +343,19 @@ pub(crate) async fn handshake(
         }
     };
     let vhost = open.virtual_host.as_str().to_string();
-    if ctx.broker.vhost(&vhost).is_err() || !ctx.auth.may_access(&user, &vhost) {
+    let who = junction_core::Principal {
+        user: user.clone(),
+        vhost: vhost.clone(),
+        client_id: String::new(),
+        peer: peer.ip(),
+        backend: login.backend,
+    };
+    let access = if ctx.broker.vhost(&vhost).is_ok() {
+        junction_core::Access::open(std::sync::Arc::clone(&ctx.auth), who).await
+    } else {
+        None
+    };
+    let Some(access) = access else {
         let e = AmqpError::connection(
             code::ACCESS_REFUSED,
             format!(
@@ -346,7 +363,7 @@ pub(crate) async fn handshake(
             ),
         );
         return Err(refuse(wr, e).await);
-    }
+    };
     if let Err(why) = guard.login(&user) {
         tracing::info!(user, reason = %why, "amqp connection refused");
         let e = AmqpError::connection(code::NOT_ALLOWED, format!("connection refused: {why}"))
@@ -361,6 +378,7 @@ pub(crate) async fn handshake(
     Ok(Opened {
         user,
         vhost,
+        access,
         frame_max,
         channel_max,
         heartbeat: tune_ok.heartbeat,

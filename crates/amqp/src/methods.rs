@@ -5,7 +5,10 @@ use std::sync::Arc;
 
 use amq_protocol::protocol::{AMQPClass, access, basic, channel, confirm, exchange, queue, tx};
 use amq_protocol::types::{FieldTable, ShortString};
-use junction_core::{Binding, CoreError, Destination, ExchangeDef, ExchangeKind, QueueDef, Settle};
+use junction_core::{
+    Binding, CoreError, Destination, ExchangeDef, ExchangeKind, Permission, QueueDef, Resource,
+    Settle,
+};
 
 use crate::channel::{Outstanding, TxOp};
 use crate::connection::Conn;
@@ -83,6 +86,20 @@ impl Conn {
                         .parse::<ExchangeKind>()
                         .map_err(Conn::core_error)?
                 };
+                if !d.passive {
+                    self.allow(
+                        Permission::Configure,
+                        Resource::Exchange(d.exchange.as_str()),
+                    )
+                    .await?;
+                    if let Some(ae) = string_arg(&d.arguments, "alternate-exchange") {
+                        // RabbitMQ: read on this exchange, write on its AE.
+                        self.allow(Permission::Read, Resource::Exchange(d.exchange.as_str()))
+                            .await?;
+                        self.allow(Permission::Write, Resource::Exchange(&ae))
+                            .await?;
+                    }
+                }
                 let def = ExchangeDef {
                     name: d.exchange.as_str().to_string(),
                     kind,
@@ -105,6 +122,11 @@ impl Conn {
                 }
             }
             AMQPClass::Exchange(exchange::AMQPMethod::Delete(d)) => {
+                self.allow(
+                    Permission::Configure,
+                    Resource::Exchange(d.exchange.as_str()),
+                )
+                .await?;
                 // Deleting what does not exist is delete-ok, as in RabbitMQ
                 // 3.x (cleanup code relies on it).
                 match broker
@@ -138,17 +160,35 @@ impl Conn {
                 self.set_binding(id, false, binding, ok).await?;
             }
             AMQPClass::Queue(queue::AMQPMethod::Declare(d)) => {
+                let server_named = d.queue.as_str().is_empty() && !d.passive;
+                let name = if server_named {
+                    broker.new_queue_name()
+                } else {
+                    d.queue.as_str().to_string()
+                };
+                if !d.passive {
+                    self.allow(Permission::Configure, Resource::Queue(&name))
+                        .await?;
+                    if let Some(dlx) = string_arg(&d.arguments, "x-dead-letter-exchange") {
+                        // RabbitMQ: read on the queue, write on its DLX.
+                        self.allow(Permission::Read, Resource::Queue(&name)).await?;
+                        self.allow(Permission::Write, Resource::Exchange(&dlx))
+                            .await?;
+                    }
+                }
                 let def = QueueDef {
-                    name: d.queue.as_str().to_string(),
+                    name,
                     durable: d.durable,
                     exclusive_owner: d.exclusive.then_some(self.guard.id()),
                     auto_delete: d.auto_delete,
                     arguments: convert::table_to_core(&d.arguments),
                 };
-                let info = broker
-                    .declare_queue_as(&vhost, def, d.passive, conn)
-                    .await
-                    .map_err(Conn::core_error)?;
+                let info = if server_named {
+                    broker.declare_server_named(&vhost, def, conn).await
+                } else {
+                    broker.declare_queue_as(&vhost, def, d.passive, conn).await
+                }
+                .map_err(Conn::core_error)?;
                 self.open_channel(id)?.last_queue = Some(info.name.clone());
                 if !d.nowait {
                     self.reply(
@@ -180,6 +220,7 @@ impl Conn {
             }
             AMQPClass::Queue(queue::AMQPMethod::Purge(p)) => {
                 let name = self.open_channel(id)?.queue_name(p.queue.as_str())?;
+                self.allow(Permission::Read, Resource::Queue(&name)).await?;
                 let n = broker
                     .purge_queue(&vhost, &name, conn)
                     .await
@@ -195,6 +236,8 @@ impl Conn {
             }
             AMQPClass::Queue(queue::AMQPMethod::Delete(d)) => {
                 let name = self.open_channel(id)?.queue_name(d.queue.as_str())?;
+                self.allow(Permission::Configure, Resource::Queue(&name))
+                    .await?;
                 // A queue that does not exist is deleted: delete-ok, 0
                 // messages (RabbitMQ 3.x).
                 let n = match broker
@@ -229,7 +272,12 @@ impl Conn {
             }
             AMQPClass::Basic(basic::AMQPMethod::Consume(mut c)) => {
                 if c.queue.as_str() == junction_core::interop::DIRECT_REPLY_TO {
+                    // A connection's own reply queue needs no permission
+                    // (RabbitMQ).
                     c.queue = self.direct_reply_queue(id, &c).await?.as_str().into();
+                } else {
+                    let name = self.open_channel(id)?.queue_name(c.queue.as_str())?;
+                    self.allow(Permission::Read, Resource::Queue(&name)).await?;
                 }
                 self.consume(id, c)?
             }
@@ -268,8 +316,9 @@ impl Conn {
                 self.start_pending(id, p)?;
             }
             AMQPClass::Basic(basic::AMQPMethod::Get(g)) => {
+                let name = self.open_channel(id)?.queue_name(g.queue.as_str())?;
+                self.allow(Permission::Read, Resource::Queue(&name)).await?;
                 let ch = self.open_channel(id)?;
-                let name = ch.queue_name(g.queue.as_str())?;
                 let holder = ch.getter;
                 match broker
                     .get(&vhost, &name, holder, g.no_ack, conn)
@@ -424,7 +473,51 @@ impl Conn {
     }
 }
 
+/// A string argument of a declare (`alternate-exchange`,
+/// `x-dead-letter-exchange`).
+fn string_arg(arguments: &FieldTable, key: &str) -> Option<String> {
+    match arguments.inner().get(key) {
+        Some(amq_protocol::types::AMQPValue::LongString(s)) => Some(s.to_string()),
+        Some(amq_protocol::types::AMQPValue::ShortString(s)) => Some(s.as_str().to_string()),
+        _ => None,
+    }
+}
+
 impl Conn {
+    /// `perm` on `what`, or 403 ACCESS_REFUSED on the channel.
+    pub(crate) async fn allow(
+        &mut self,
+        perm: Permission,
+        what: Resource<'_>,
+    ) -> Result<(), AmqpError> {
+        self.access
+            .check(perm, what)
+            .await
+            .map_err(|d| AmqpError::channel(code::ACCESS_REFUSED, d.0))
+    }
+
+    /// Topic `perm` on `routing_key` when `exchange` is a topic exchange
+    /// the user has topic permissions on; else nothing to check (a missing
+    /// exchange fails the operation itself).
+    pub(crate) async fn allow_topic(
+        &mut self,
+        perm: Permission,
+        exchange: &str,
+        routing_key: &str,
+    ) -> Result<(), AmqpError> {
+        if !self.access.has_topic_rules(exchange) {
+            return Ok(());
+        }
+        match self.ctx.broker.exchange(&self.vhost, exchange) {
+            Ok(def) if def.kind == ExchangeKind::Topic => self
+                .access
+                .check_topic(perm, exchange, routing_key)
+                .await
+                .map_err(|d| AmqpError::channel(code::ACCESS_REFUSED, d.0)),
+            _ => Ok(()),
+        }
+    }
+
     /// `queue.bind`/`exchange.bind` (`add`) or their unbind: changes the
     /// binding in the core, then sends `ok` (None under nowait).
     async fn set_binding(
@@ -434,6 +527,18 @@ impl Conn {
         binding: Binding,
         ok: Option<AMQPClass>,
     ) -> Result<(), AmqpError> {
+        // RabbitMQ: write on the destination, read on the source, and
+        // topic read on the binding key of a topic exchange.
+        match &binding.destination {
+            Destination::Queue(q) => self.allow(Permission::Write, Resource::Queue(q)).await?,
+            Destination::Exchange(x) => {
+                self.allow(Permission::Write, Resource::Exchange(x)).await?
+            }
+        }
+        self.allow(Permission::Read, Resource::Exchange(&binding.source))
+            .await?;
+        self.allow_topic(Permission::Read, &binding.source, &binding.routing_key)
+            .await?;
         let broker = Arc::clone(&self.ctx.broker);
         let conn = Some(self.guard.id());
         let changed = if add {

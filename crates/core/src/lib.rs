@@ -19,8 +19,12 @@
 //! - [`state`]: durable adapter state (MQTT sessions).
 //! - [`io`]: the write deadline and the close linger every adapter uses.
 //! - [`error`]: the core's error type.
-//! - [`Authenticator`]: the seam through which adapters check logins.
+//! - [`access`]: permissions per operation (RabbitMQ's configure, write,
+//!   read and topic checks), asked through [`access::Access`].
+//! - [`Authenticator`]: the seam through which adapters check logins and
+//!   permissions.
 
+pub mod access;
 pub mod broker;
 pub mod codec;
 pub mod consumer;
@@ -50,6 +54,7 @@ pub mod records {
     };
 }
 
+pub use access::{Access, Denied, Login, Permission, Principal, Resource};
 pub use broker::{
     Broker, BrokerConfig, BrokerStats, ConnectionGuard, ConsumerHandle, GetOk, Limits,
     MemoryCharge, Published, Queue, QueueInfo, QueueStats,
@@ -64,18 +69,18 @@ pub use queue::{DeathReason, Settle};
 pub use state::StateWrites;
 pub use value::{FieldTable, FieldValue};
 
-/// Checks logins for the protocol adapters. The server implements it over
-/// its users file, so neither the core nor the adapters know how users are
-/// stored.
+/// Checks logins and permissions for the protocol adapters. The server
+/// implements it over its users file (and an HTTP back-end), so neither the
+/// core nor the adapters know how users are stored.
 pub trait Authenticator: Send + Sync + 'static {
     /// Checks a user name and password from `peer`. May be slow (password
-    /// hashing): adapters call it on a blocking thread.
+    /// hashing, a network call): adapters call it on a blocking thread.
     fn authenticate(
         &self,
         user: &str,
         password: &str,
         peer: std::net::IpAddr,
-    ) -> Result<(), String>;
+    ) -> Result<Login, String>;
     /// Answers without the slow check when it can (a login verified
     /// before, a refusal that needs no hashing); None sends the caller to
     /// [`Authenticator::authenticate`] on a blocking thread.
@@ -84,11 +89,9 @@ pub trait Authenticator: Send + Sync + 'static {
         _user: &str,
         _password: &str,
         _peer: std::net::IpAddr,
-    ) -> Option<Result<(), String>> {
+    ) -> Option<Result<Login, String>> {
         None
     }
-    /// Whether `user` may use `vhost`.
-    fn may_access(&self, user: &str, vhost: &str) -> bool;
     /// Whether `user` exists (a login without a password, by a verified
     /// client certificate, names a user that must).
     fn knows_user(&self, _user: &str) -> bool {
@@ -96,19 +99,49 @@ pub trait Authenticator: Send + Sync + 'static {
     }
     /// A login by a verified client certificate standing for `user`: the
     /// user must exist and may connect from `peer`; no password.
-    fn certificate_login(&self, user: &str, peer: std::net::IpAddr) -> Result<(), String> {
+    fn certificate_login(&self, user: &str, peer: std::net::IpAddr) -> Result<Login, String> {
         if !self.knows_user(user) {
             return Err(format!("no user '{user}' for the client certificate"));
         }
         if !self.may_connect_from(user, peer) {
             return Err(format!("user '{user}' may not connect from {peer}"));
         }
-        Ok(())
+        Ok(Login::default())
     }
     /// Whether `user` may connect from `peer` at all (checked for logins
     /// without a password too, e.g. MQTT's anonymous user).
     fn may_connect_from(&self, _user: &str, _peer: std::net::IpAddr) -> bool {
         true
+    }
+    /// Whether the logged-in `who` may use its vhost.
+    fn vhost_access<'a>(&'a self, who: &'a Principal) -> access::BoxFuture<'a, bool>;
+    /// Answers a permission check at once when it can (a rule in memory, a
+    /// cached answer); None sends [`crate::Access`] to
+    /// [`Authenticator::authorize`].
+    fn authorize_fast(
+        &self,
+        who: &Principal,
+        perm: Permission,
+        what: &Resource<'_>,
+    ) -> Option<bool>;
+    /// The slow answer to a permission check (a network call). Refuses
+    /// unless overridden: a back-end that answers everything at once never
+    /// gets here.
+    fn authorize<'a>(
+        &'a self,
+        _who: &'a Principal,
+        _perm: Permission,
+        _what: Resource<'a>,
+    ) -> access::BoxFuture<'a, bool> {
+        Box::pin(std::future::ready(false))
+    }
+    /// Whether topic permissions may restrict `who` on `exchange`; false
+    /// lets every routing key through without asking.
+    fn topic_rules(&self, who: &Principal, exchange: &str) -> bool;
+    /// Moves whenever users or permissions change, so connections drop the
+    /// answers they remember.
+    fn access_epoch(&self) -> u64 {
+        0
     }
 }
 
@@ -158,7 +191,7 @@ impl LoginGate {
         user: &str,
         password: String,
         peer: std::net::IpAddr,
-    ) -> Result<(), LoginError> {
+    ) -> Result<Login, LoginError> {
         if let Some(verdict) = auth.authenticate_fast(user, &password, peer) {
             return verdict.map_err(LoginError::Refused);
         }

@@ -97,6 +97,8 @@ pub(crate) struct Conn {
     pub linger: bool,
     /// This connection has published: the memory alarm stops reading it.
     pub has_published: bool,
+    /// What the user may publish and subscribe to.
+    pub access: junction_core::Access,
 }
 
 pub(crate) async fn run(
@@ -260,15 +262,17 @@ async fn accept(
     // Who is this? A verified client certificate logs in a client that
     // gives no password, as the certificate's user (Mosquitto's
     // use_identity_as_username: a user name in CONNECT is not used).
-    let user = match (&c.username, &c.password) {
+    let (user, login) = match (&c.username, &c.password) {
         (_, None) if client_name.is_some() => {
             let name = client_name.unwrap_or_default();
-            if let Err(why) = ctx.auth.certificate_login(name, peer.ip()) {
-                tracing::info!(user = %name, reason = %why, "mqtt certificate login refused");
-                refuse(wr, v, ReasonCode::NOT_AUTHORIZED).await;
-                return None;
+            match ctx.auth.certificate_login(name, peer.ip()) {
+                Ok(login) => (name.to_string(), login),
+                Err(why) => {
+                    tracing::info!(user = %name, reason = %why, "mqtt certificate login refused");
+                    refuse(wr, v, ReasonCode::NOT_AUTHORIZED).await;
+                    return None;
+                }
             }
-            name.to_string()
         }
         (None, _) if settings.allow_anonymous => {
             if !ctx
@@ -279,7 +283,10 @@ async fn accept(
                 refuse(wr, v, ReasonCode::NOT_AUTHORIZED).await;
                 return None;
             }
-            settings.anonymous_user.clone()
+            (
+                settings.anonymous_user.clone(),
+                junction_core::Login::default(),
+            )
         }
         (None, _) => {
             refuse(wr, v, ReasonCode::NOT_AUTHORIZED).await;
@@ -291,22 +298,22 @@ async fn accept(
                 .map(|p| String::from_utf8_lossy(p).into_owned())
                 .unwrap_or_default();
             let verdict = ctx.broker.logins().check(&ctx.auth, u, password, peer.ip());
-            if let Err(why) = verdict.await {
-                tracing::info!(user = %u, reason = %why, "mqtt login refused");
-                let reason = match why {
-                    junction_core::LoginError::Busy => ReasonCode::SERVER_BUSY,
-                    junction_core::LoginError::Refused(_) => ReasonCode::BAD_USER_NAME_OR_PASSWORD,
-                };
-                refuse(wr, v, reason).await;
-                return None;
+            match verdict.await {
+                Ok(login) => (u.clone(), login),
+                Err(why) => {
+                    tracing::info!(user = %u, reason = %why, "mqtt login refused");
+                    let reason = match why {
+                        junction_core::LoginError::Busy => ReasonCode::SERVER_BUSY,
+                        junction_core::LoginError::Refused(_) => {
+                            ReasonCode::BAD_USER_NAME_OR_PASSWORD
+                        }
+                    };
+                    refuse(wr, v, reason).await;
+                    return None;
+                }
             }
-            u.clone()
         }
     };
-    if !ctx.auth.may_access(&user, &settings.vhost) {
-        refuse(wr, v, ReasonCode::NOT_AUTHORIZED).await;
-        return None;
-    }
     // Client id rules [MQTT-3.1.3-6], [MQTT-3.1.3-8].
     let mut assigned = None;
     let client_id = if c.client_id.is_empty() {
@@ -324,6 +331,27 @@ async fn accept(
     } else {
         c.client_id.clone()
     };
+    let who = junction_core::Principal {
+        user,
+        vhost: settings.vhost.clone(),
+        client_id: client_id.clone(),
+        peer: peer.ip(),
+        backend: login.backend,
+    };
+    let Some(mut access) = junction_core::Access::open(Arc::clone(&ctx.auth), who).await else {
+        refuse(wr, v, ReasonCode::NOT_AUTHORIZED).await;
+        return None;
+    };
+    if let Some(w) = &c.will {
+        // A will the user could not publish is refused now, not dropped
+        // at the disconnect (MQTT 5: 0x87 in CONNACK).
+        if let Err(denied) = may_publish(&mut access, w.topic.as_str()).await {
+            tracing::info!(reason = %denied, "mqtt will refused");
+            refuse(wr, v, ReasonCode::NOT_AUTHORIZED).await;
+            return None;
+        }
+    }
+    let user = access.principal().user.clone();
     let asked = c.properties.session_expiry_interval.unwrap_or(0);
     let expiry = if v.is_v5() {
         settings.cap_session_expiry(asked)
@@ -409,6 +437,7 @@ async fn accept(
         end: None,
         linger: false,
         has_published: false,
+        access,
     };
     if conn.session.is_persistent() || was_persistent {
         // The record holds the expiry in force; a session made persistent
@@ -428,6 +457,32 @@ async fn accept(
     conn.resend_inflight();
     let keepalive = (keepalive > 0).then(|| Duration::from_millis(u64::from(keepalive) * 1500));
     Some((conn, keepalive))
+}
+
+/// Whether `access` allows publishing on `topic`: write on its exchange,
+/// and topic write on its routing key when that is `amq.topic`.
+pub(crate) async fn may_publish(
+    access: &mut junction_core::Access,
+    topic: &str,
+) -> Result<(), junction_core::Denied> {
+    let (exchange, key) = crate::convert::address(topic);
+    may_route(access, exchange, &key).await
+}
+
+/// [`may_publish`] for a message already addressed.
+pub(crate) async fn may_route(
+    access: &mut junction_core::Access,
+    exchange: &str,
+    key: &str,
+) -> Result<(), junction_core::Denied> {
+    use junction_core::{Permission, Resource};
+    access
+        .check(Permission::Write, Resource::Exchange(exchange))
+        .await?;
+    if exchange == crate::convert::TOPIC_EXCHANGE {
+        access.check_topic(Permission::Write, exchange, key).await?;
+    }
+    Ok(())
 }
 
 /// Writes everything queued. Cancel-safe: what was written is consumed

@@ -70,6 +70,15 @@ pub(crate) fn unix_secs() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// Where a PUBLISH on `topic` goes: `amq.topic` and the topic with AMQP
+/// separators, or for `$queue/q` the default exchange and key `q`.
+pub fn address(topic: &str) -> (&'static str, String) {
+    match topic.strip_prefix(QUEUE_PREFIX) {
+        Some(queue) => ("", queue.to_string()),
+        None => (TOPIC_EXCHANGE, swap_separators(topic)),
+    }
+}
+
 /// A PUBLISH from a client as a core message on `amq.topic`. QoS 1 and 2
 /// messages are persistent (stored in durable queues), QoS 0 ones are not.
 pub fn to_core(p: &Publish, topic: &str, origin: Origin) -> Message {
@@ -119,10 +128,8 @@ pub fn to_core(p: &Publish, topic: &str, origin: Origin) -> Message {
     }
     props.headers = headers;
     let body = junction_core::message::detach_body(p.payload.clone());
-    let mut m = match topic.strip_prefix(QUEUE_PREFIX) {
-        Some(queue) => Message::new("", queue, body),
-        None => Message::new(TOPIC_EXCHANGE, swap_separators(topic), body),
-    };
+    let (exchange, key) = address(topic);
+    let mut m = Message::new(exchange, key, body);
     m.properties = props;
     m.origin = origin;
     m

@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 
 use junction_core::{
     Binding, ConsumerEvent, ConsumerSpec, CoreError, Delivery, Destination, FieldTable, FieldValue,
-    QueueDef, Settle, StateWrites,
+    Permission, QueueDef, Resource, Settle, StateWrites,
 };
 
 use crate::codec::{
@@ -248,6 +248,18 @@ impl Conn {
         Ok(())
     }
 
+    /// Read on the filter's exchange, and topic read on the filter in its
+    /// AMQP form (`a/+/#` as `a.*.#`), as RabbitMQ's MQTT plugin asks.
+    async fn may_subscribe(&mut self, filter: &str) -> Result<(), junction_core::Denied> {
+        let exchange = convert::exchange_for(filter);
+        self.access
+            .check(Permission::Read, Resource::Exchange(exchange))
+            .await?;
+        self.access
+            .check_topic(Permission::Read, exchange, &filter_to_pattern(filter))
+            .await
+    }
+
     async fn bind(&self, queue: &str, filter: &str, bind: bool) -> Result<(), CoreError> {
         let b = Binding {
             source: convert::exchange_for(filter).to_string(),
@@ -297,6 +309,11 @@ impl Conn {
                 && !self.session.subs.by_filter.contains_key(&filter)
             {
                 reasons.push(ReasonCode::QUOTA_EXCEEDED);
+                continue;
+            }
+            if self.may_subscribe(levels).await.is_err() {
+                // This filter only; the others and the connection stay.
+                reasons.push(ReasonCode::NOT_AUTHORIZED);
                 continue;
             }
             let result = match &shared {
@@ -591,6 +608,19 @@ impl Conn {
             .bytes_received
             .fetch_add(p.payload.len() as u64, Ordering::Relaxed);
         let msg = convert::to_core(&p, p.topic.as_str(), self.origin());
+        if let Err(denied) =
+            crate::connection::may_route(&mut self.access, &msg.exchange, &msg.routing_key).await
+        {
+            // MQTT 5 answers the publish with 0x87 and keeps the
+            // connection (QoS 0 is dropped); 3.1.1 has no such answer, so
+            // the connection closes, as in Mosquitto and RabbitMQ.
+            if self.version.is_v5() {
+                self.ack_now(&p, ReasonCode::NOT_AUTHORIZED);
+            } else {
+                self.fail(ReasonCode::NOT_AUTHORIZED, &denied.0);
+            }
+            return;
+        }
         // The context, not a copy of the vhost name per message.
         let ctx = Arc::clone(&self.ctx);
         let vhost = ctx.settings.vhost.as_str();

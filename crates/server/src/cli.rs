@@ -97,9 +97,89 @@ pub struct Cli {
 /// A subcommand: an offline administrative task instead of running the broker.
 #[derive(Debug, Clone, PartialEq, Eq, Subcommand)]
 pub enum Command {
-    /// Manage the users file (the broker reads it at start).
+    /// Manage the users file (a running broker reads it again when it
+    /// changes).
     #[command(subcommand)]
     User(UserCommand),
+    /// Manage users' configure / write / read permissions per vhost.
+    #[command(subcommand)]
+    Permission(PermissionCommand),
+    /// Manage users' topic permissions (routing keys of a topic exchange,
+    /// MQTT topics, STOMP /topic/ destinations).
+    #[command(subcommand)]
+    TopicPermission(TopicPermissionCommand),
+}
+
+/// `junction permission ...`: RabbitMQ's `set_permissions` and friends.
+#[derive(Debug, Clone, PartialEq, Eq, Subcommand)]
+pub enum PermissionCommand {
+    /// Set USER's regular expressions on VHOST, replacing any ("" allows
+    /// nothing, ".*" everything; lookahead such as "^(?!secret\.).*" works).
+    Set {
+        /// The user.
+        user: String,
+        /// The vhost.
+        vhost: String,
+        /// Exchange and queue names the user may declare and delete.
+        configure: String,
+        /// Names the user may publish to (exchanges) and bind to (queues).
+        write: String,
+        /// Names the user may consume from (queues) and bind from
+        /// (exchanges).
+        read: String,
+    },
+    /// Take USER's permissions on VHOST away (the vhost can no longer be used).
+    Clear {
+        /// The user.
+        user: String,
+        /// The vhost.
+        vhost: String,
+    },
+    /// List permissions: user, vhost, configure, write, read (tab-separated).
+    List {
+        /// Only this user's.
+        user: Option<String>,
+        /// Only on this vhost.
+        #[arg(long = "vhost", value_name = "V")]
+        vhost: Option<String>,
+    },
+}
+
+/// `junction topic-permission ...`: RabbitMQ's `set_topic_permissions`.
+#[derive(Debug, Clone, PartialEq, Eq, Subcommand)]
+pub enum TopicPermissionCommand {
+    /// Set USER's routing-key patterns on the topic EXCHANGE of VHOST;
+    /// "{username}", "{vhost}" and "{client_id}" stand for the
+    /// connection's values.
+    Set {
+        /// The user.
+        user: String,
+        /// The vhost.
+        vhost: String,
+        /// The topic exchange (MQTT and STOMP /topic/ use amq.topic).
+        exchange: String,
+        /// Routing keys the user may publish with.
+        write: String,
+        /// Binding keys the user may subscribe with.
+        read: String,
+    },
+    /// Remove USER's topic permissions in VHOST, on EXCHANGE or on all.
+    Clear {
+        /// The user.
+        user: String,
+        /// The vhost.
+        vhost: String,
+        /// Only this exchange's.
+        exchange: Option<String>,
+    },
+    /// List topic permissions: user, vhost, exchange, write, read.
+    List {
+        /// Only this user's.
+        user: Option<String>,
+        /// Only on this vhost.
+        #[arg(long = "vhost", value_name = "V")]
+        vhost: Option<String>,
+    },
 }
 
 /// `junction user ...`: edits the users file named by the configuration.
@@ -113,8 +193,9 @@ pub enum UserCommand {
         /// need not appear in the process list or shell history.
         #[arg(long)]
         password: Option<String>,
-        /// A vhost the user may use; repeat the flag or separate with commas.
-        /// Defaults to "/" when not given.
+        /// A vhost the user may use, with ".*" permissions (narrow them
+        /// with `junction permission set`); repeat the flag or separate
+        /// with commas. Defaults to "/" when not given.
         #[arg(long = "vhost", value_name = "V", value_delimiter = ',')]
         vhosts: Vec<String>,
         /// Free-form tags (e.g. "administrator"); repeat or separate with
@@ -256,6 +337,47 @@ mod tests {
             Some(Command::User(UserCommand::Passwd {
                 name: "bob".into(),
                 password: None,
+            }))
+        );
+    }
+
+    #[test]
+    fn permission_commands_take_rabbitmq_argument_order() {
+        let cli = parse(&[
+            "junction",
+            "permission",
+            "set",
+            "bob",
+            "/",
+            "",
+            "^bob\\.",
+            ".*",
+        ]);
+        assert_eq!(
+            cli.command,
+            Some(Command::Permission(PermissionCommand::Set {
+                user: "bob".into(),
+                vhost: "/".into(),
+                configure: String::new(),
+                write: "^bob\\.".into(),
+                read: ".*".into(),
+            }))
+        );
+        let cli = parse(&[
+            "junction",
+            "topic-permission",
+            "clear",
+            "bob",
+            "/",
+            "--data-dir",
+            "d",
+        ]);
+        assert_eq!(
+            cli.command,
+            Some(Command::TopicPermission(TopicPermissionCommand::Clear {
+                user: "bob".into(),
+                vhost: "/".into(),
+                exchange: None,
             }))
         );
     }

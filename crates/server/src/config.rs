@@ -64,6 +64,87 @@ pub struct Config {
     pub stomp: StompConfig,
     /// `[tls]`: certificates and ports of the TLS listeners.
     pub tls: TlsConfig,
+    /// `[auth]`: where logins and permissions are checked.
+    pub auth: AuthConfig,
+}
+
+/// An authentication back-end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthBackend {
+    /// The users file (`junction user`, `junction permission`).
+    File,
+    /// The HTTP service of `[auth.http]`.
+    Http,
+}
+
+/// `[auth]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Back-ends asked in turn for a login; the first that accepts it
+    /// answers that connection's permission checks too (RabbitMQ's
+    /// `auth_backends`).
+    pub backends: Vec<AuthBackend>,
+    /// `[auth.http]`: the HTTP back-end.
+    pub http: HttpAuthConfig,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            backends: vec![AuthBackend::File],
+            http: HttpAuthConfig::default(),
+        }
+    }
+}
+
+/// How the HTTP back-end sends its questions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HttpMethod {
+    /// Parameters in the query string.
+    Get,
+    /// Parameters as an `application/x-www-form-urlencoded` body.
+    Post,
+}
+
+/// `[auth.http]`: RabbitMQ's `rabbitmq_auth_backend_http` settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpAuthConfig {
+    /// Asked for logins (`username`, `password`); empty refuses every login.
+    pub user_path: String,
+    /// Asked for vhost access (`username`, `vhost`, `ip`); empty refuses.
+    pub vhost_path: String,
+    /// Asked for configure / write / read (`username`, `vhost`,
+    /// `resource`, `name`, `permission`); empty refuses.
+    pub resource_path: String,
+    /// Asked for topic write / read (those and `routing_key`,
+    /// `variable_map.username|vhost|client_id`); empty asks nothing and
+    /// lets every routing key through.
+    pub topic_path: String,
+    /// `get` or `post`.
+    pub method: HttpMethod,
+    /// How long an answer is kept, in seconds; 0 asks every time.
+    pub cache_ttl_secs: u64,
+    /// How long a question may take, in milliseconds, before it is a
+    /// refusal.
+    pub timeout_ms: u64,
+}
+
+impl Default for HttpAuthConfig {
+    fn default() -> Self {
+        HttpAuthConfig {
+            user_path: String::new(),
+            vhost_path: String::new(),
+            resource_path: String::new(),
+            topic_path: String::new(),
+            method: HttpMethod::Get,
+            cache_ttl_secs: 60,
+            timeout_ms: 5000,
+        }
+    }
 }
 
 /// `[broker]`.
@@ -368,6 +449,22 @@ impl Config {
         self.tls.validate()?;
         if self.amqp.channel_max == 0 {
             return Err("[amqp] channel_max must be at least 1".to_owned());
+        }
+        let auth = &self.auth;
+        if auth.backends.is_empty() {
+            return Err("[auth] backends must name at least one back-end".to_owned());
+        }
+        let mut distinct = auth.backends.clone();
+        distinct.sort_by_key(|b| *b as u8);
+        distinct.dedup();
+        if distinct.len() != auth.backends.len() {
+            return Err("[auth] backends names a back-end twice".to_owned());
+        }
+        if auth.backends.contains(&AuthBackend::Http) {
+            crate::auth::HttpAuth::new(&auth.http)?;
+            if auth.http.user_path.is_empty() {
+                return Err("[auth.http] user_path is needed when backends has \"http\"".to_owned());
+            }
         }
         let m = &self.mqtt;
         if !self.broker.vhosts.contains(&m.vhost) {

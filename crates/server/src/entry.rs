@@ -10,7 +10,7 @@ use tracing_subscriber::EnvFilter;
 use crate::cli::{Cli, Command};
 use crate::config::Config;
 use crate::run::{Server, ShutdownSignals};
-use crate::users::run_user_command;
+use crate::users::{run_permission_command, run_user_command};
 
 fn init_tracing(level: &str) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
@@ -31,8 +31,12 @@ pub fn main() -> ExitCode {
         }
     };
     config.apply_cli(&cli);
-    if let Some(Command::User(cmd)) = &cli.command {
-        return match run_user_command(cmd, &config.users_path()) {
+    if let Some(cmd) = &cli.command {
+        let done = match cmd {
+            Command::User(cmd) => run_user_command(cmd, &config.users_path()),
+            other => run_permission_command(other, &config.users_path(), &config.broker.vhosts),
+        };
+        return match done {
             Ok(out) => {
                 println!("{out}");
                 ExitCode::SUCCESS
@@ -76,7 +80,8 @@ pub fn main() -> ExitCode {
             let _ = writeln!(out, "{}", server.ready_line());
             let _ = out.flush();
         }
-        // SIGHUP reloads the TLS files; SIGTERM or SIGINT stops.
+        // SIGHUP reloads the TLS files and the users file; SIGTERM or
+        // SIGINT stops.
         let mut hangups =
             match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
                 Ok(h) => Some(h),
@@ -90,6 +95,7 @@ pub fn main() -> ExitCode {
                 _ = signals.recv() => break,
                 Some(()) = async { match hangups.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
                     let _ = server.reload_tls();
+                    server.reload_users().await;
                 }
             }
         }

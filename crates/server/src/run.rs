@@ -8,7 +8,6 @@
 use junction_core::io::{Identified, Stream};
 
 use crate::tls::Tls;
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,148 +20,11 @@ use tokio_util::task::TaskTracker;
 
 use crate::admin::{self, AdminState};
 use crate::admission::Admission;
+use crate::auth::{Backend, Chain, FileAuth, HttpAuth};
+use crate::config::AuthBackend;
 use crate::config::Config;
 use crate::metrics::{MetricsSnapshot, QueueMetrics};
 use crate::users::{UserDb, UsersError};
-
-/// The protocol adapters' view of the users file.
-///
-/// Argon2 is slow and takes 19 MiB per verification on purpose, which is
-/// right for a password file but wrong for a broker that a fleet of devices
-/// reconnects to at once. So a login verified once is remembered as a keyed
-/// digest (BLAKE2b, key random per process) and later logins with the same
-/// password are checked against that; and at most two argon2 checks run at
-/// a time, so a storm of (possibly wrong) logins cannot exhaust memory.
-struct UsersAuth {
-    db: Arc<UserDb>,
-    guest_loopback_only: bool,
-    verified: parking_lot::Mutex<HashMap<String, [u8; 32]>>,
-    key: [u8; 32],
-    /// Argon2 checks running now, bounded by [`MAX_HASHING`].
-    hashing: (parking_lot::Mutex<usize>, parking_lot::Condvar),
-}
-
-/// Most argon2 verifications at once.
-const MAX_HASHING: usize = 2;
-
-impl UsersAuth {
-    fn new(db: Arc<UserDb>, guest_loopback_only: bool) -> UsersAuth {
-        use argon2::password_hash::rand_core::{OsRng, RngCore};
-        let mut key = [0u8; 32];
-        OsRng.fill_bytes(&mut key);
-        UsersAuth {
-            db,
-            guest_loopback_only,
-            verified: parking_lot::Mutex::new(HashMap::new()),
-            key,
-            hashing: (parking_lot::Mutex::new(0), parking_lot::Condvar::new()),
-        }
-    }
-
-    fn digest(&self, user: &str, password: &str) -> [u8; 32] {
-        use blake2::digest::{KeyInit, Mac};
-        type Blake2bMac256 = blake2::Blake2bMac<blake2::digest::consts::U32>;
-        let mut mac = match <Blake2bMac256 as KeyInit>::new_from_slice(&self.key) {
-            Ok(m) => m,
-            // A 32-byte key is always valid for BLAKE2b.
-            Err(_) => return [0u8; 32],
-        };
-        Mac::update(&mut mac, user.as_bytes());
-        Mac::update(&mut mac, &[0]);
-        Mac::update(&mut mac, password.as_bytes());
-        mac.finalize().into_bytes().into()
-    }
-
-    /// Whether `user` logged in before with the password of `digest`.
-    fn is_verified(&self, user: &str, digest: &[u8; 32]) -> bool {
-        self.verified
-            .lock()
-            .get(user)
-            .is_some_and(|d| same_digest(d, digest))
-    }
-
-    fn verify_slowly(
-        &self,
-        user: &str,
-        password: &str,
-        peer: std::net::IpAddr,
-        digest: &[u8; 32],
-    ) -> Result<(), String> {
-        let (count, cv) = &self.hashing;
-        {
-            let mut n = count.lock();
-            while *n >= MAX_HASHING {
-                cv.wait(&mut n);
-            }
-            *n += 1;
-        }
-        // Many clients often log in with the same credentials at once (a
-        // fleet reconnecting): the first check's result serves the rest.
-        let result = if self.is_verified(user, digest) {
-            Ok(())
-        } else {
-            self.db
-                .authenticate(user, password, peer, self.guest_loopback_only)
-                .map(|_| ())
-                .map_err(|e| e.to_string())
-        };
-        *count.lock() -= 1;
-        cv.notify_one();
-        result
-    }
-}
-
-/// Equality that takes the same time wherever the first difference is.
-fn same_digest(a: &[u8; 32], b: &[u8; 32]) -> bool {
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-impl junction_core::Authenticator for UsersAuth {
-    fn authenticate_fast(
-        &self,
-        user: &str,
-        password: &str,
-        peer: std::net::IpAddr,
-    ) -> Option<Result<(), String>> {
-        if !self.may_connect_from(user, peer) {
-            return Some(Err(crate::users::AuthError::LoopbackOnly.to_string()));
-        }
-        self.is_verified(user, &self.digest(user, password))
-            .then_some(Ok(()))
-    }
-
-    fn authenticate(
-        &self,
-        user: &str,
-        password: &str,
-        peer: std::net::IpAddr,
-    ) -> Result<(), String> {
-        if !self.may_connect_from(user, peer) {
-            return Err(crate::users::AuthError::LoopbackOnly.to_string());
-        }
-        let digest = self.digest(user, password);
-        if self.is_verified(user, &digest) {
-            return Ok(());
-        }
-        self.verify_slowly(user, password, peer, &digest)?;
-        self.verified.lock().insert(user.to_string(), digest);
-        Ok(())
-    }
-
-    fn may_connect_from(&self, user: &str, peer: std::net::IpAddr) -> bool {
-        !(user == crate::users::GUEST
-            && self.guest_loopback_only
-            && !peer.to_canonical().is_loopback())
-    }
-
-    fn may_access(&self, user: &str, vhost: &str) -> bool {
-        self.db.get(user).is_some_and(|u| u.may_access(vhost))
-    }
-
-    fn knows_user(&self, user: &str) -> bool {
-        self.db.get(user).is_some()
-    }
-}
 
 /// Why the server could not start or stop cleanly.
 #[derive(Debug, thiserror::Error)]
@@ -180,6 +42,8 @@ pub enum ServerError {
     Users(#[from] UsersError),
     #[error("{0}")]
     Tls(String),
+    #[error("{0}")]
+    Auth(String),
     #[error("cannot listen on {addr} for {what}: {source}")]
     Bind {
         what: &'static str,
@@ -191,8 +55,9 @@ pub enum ServerError {
 /// A running broker.
 pub struct Server {
     broker: Arc<Broker>,
-    /// The users the protocol adapters authenticate against.
-    users: Arc<UserDb>,
+    /// The users file the protocol adapters authenticate against (read
+    /// again when it changes), when `[auth] backends` has it.
+    users: Option<Arc<FileAuth>>,
     config: Config,
     admin_addr: Option<SocketAddr>,
     amqp_addr: Option<SocketAddr>,
@@ -242,6 +107,36 @@ fn reload_logged(tls: &Tls, why: &str) -> Result<(), String> {
         Err(e) => {
             tracing::warn!(trigger = why, error = %e, "TLS reload failed; the files in use stay");
             Err(e)
+        }
+    }
+}
+
+/// How often the users file is checked for a change.
+const USERS_POLL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Reads the users file again when it changes (or always, with `force`),
+/// logged: `junction user|permission|topic-permission` take effect in a
+/// running broker this way.
+async fn reload_users(users: &Arc<FileAuth>, force: bool, why: &str) {
+    let u = Arc::clone(users);
+    match tokio::task::spawn_blocking(move || u.reload(force)).await {
+        Ok(Ok(true)) => tracing::info!(trigger = why, "users file read again"),
+        Ok(Ok(false)) => {}
+        Ok(Err(e)) => {
+            tracing::warn!(trigger = why, error = %e, "users file not read again; the users in force stay")
+        }
+        Err(e) => tracing::warn!(error = %e, "users file reload failed"),
+    }
+}
+
+/// Checks the users file every [`USERS_POLL`] until `stop`.
+async fn watch_users(users: Arc<FileAuth>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(USERS_POLL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => reload_users(&users, false, "file change").await,
         }
     }
 }
@@ -440,11 +335,12 @@ impl Server {
         };
         // Loading may hash the built-in guest's password: not on a worker.
         let users_path = config.users_path();
-        let users = Arc::new(
+        let users = Arc::new(FileAuth::new(
             tokio::task::spawn_blocking(move || UserDb::load(&users_path))
                 .await
                 .map_err(|e| StoreError::Io(std::io::Error::other(e.to_string())))??,
-        );
+            config.broker.guest_loopback_only,
+        ));
         let broker = Broker::open(
             store,
             BrokerConfig {
@@ -466,18 +362,32 @@ impl Server {
             },
         )
         .await?;
-        let auth: Arc<dyn junction_core::Authenticator> = Arc::new(UsersAuth::new(
-            Arc::clone(&users),
-            config.broker.guest_loopback_only,
-        ));
+        let mut backends = Vec::new();
+        for b in &config.auth.backends {
+            backends.push(match b {
+                AuthBackend::File => Backend::File(Arc::clone(&users)),
+                AuthBackend::Http => Backend::Http(Arc::new(
+                    HttpAuth::new(&config.auth.http).map_err(ServerError::Auth)?,
+                )),
+            });
+        }
+        let users = config
+            .auth
+            .backends
+            .contains(&AuthBackend::File)
+            .then_some(users);
+        let auth: Arc<dyn junction_core::Authenticator> = Arc::new(Chain::new(backends));
+        let listeners = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        if let Some(users) = &users {
+            tasks.spawn(watch_users(Arc::clone(users), listeners.child_token()));
+        }
         let ready = Arc::new(AtomicBool::new(false));
         let admission = Admission::new(
             config.broker.max_connections,
             config.broker.max_connections_per_ip,
             config.broker.max_connection_rate_per_ip,
         );
-        let listeners = CancellationToken::new();
-        let tasks = TaskTracker::new();
         let tls = if config.tls.enabled() {
             Some(Arc::new(Tls::load(&config.tls).map_err(ServerError::Tls)?))
         } else {
@@ -641,8 +551,8 @@ impl Server {
         &self.broker
     }
 
-    pub fn users(&self) -> &Arc<UserDb> {
-        &self.users
+    pub fn users(&self) -> Option<Arc<UserDb>> {
+        self.users.as_ref().map(|u| u.db())
     }
 
     pub fn config(&self) -> &Config {
@@ -663,6 +573,13 @@ impl Server {
 
     pub fn stomp_addr(&self) -> Option<SocketAddr> {
         self.stomp_addr
+    }
+
+    /// Reads the users file again (SIGHUP), changed or not.
+    pub async fn reload_users(&self) {
+        if let Some(users) = &self.users {
+            reload_users(users, true, "SIGHUP").await;
+        }
     }
 
     /// Reads the TLS files again (on SIGHUP): new handshakes use them, open

@@ -1,18 +1,34 @@
 //! Users: the users file and password checks; the `junction user` command
 //! lives in the `command` submodule ([`run_user_command`]).
 //!
-//! The file is TOML, one `[[user]]` table per user:
+//! The file is TOML, one `[[user]]` table per user, with its permissions
+//! (RabbitMQ's model, see `permissions`):
 //!
 //! ```toml
 //! [[user]]
 //! name = "alice"
 //! password_hash = "$argon2id$v=19$m=19456,t=2,p=1$..."
-//! vhosts = ["/"]
 //! tags = ["administrator"]
+//!
+//! [[user.permissions]]
+//! vhost = "/"
+//! configure = ".*"
+//! write = ".*"
+//! read = ".*"
+//!
+//! [[user.topic_permissions]]
+//! vhost = "/"
+//! exchange = "amq.topic"
+//! write = "^devices\\.{client_id}\\."
+//! read = ".*"
 //! ```
 //!
+//! A user may use only the vhosts it has permissions on. An older file's
+//! `vhosts = ["/"]` still loads, as `.*` permissions on each vhost listed,
+//! and is written back in the new form.
+//!
 //! Passwords are stored only as argon2id PHC strings. When the file does not
-//! exist the database holds just the built-in `guest`/`guest` (vhost "/"),
+//! exist the database holds just the built-in `guest`/`guest` (`.*` on "/"),
 //! which is not written to disk until a command saves the database; from
 //! then on `guest` is an ordinary entry of the file (`junction user passwd
 //! guest` changes it, `junction user delete guest` removes it for good).
@@ -34,8 +50,10 @@ use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, Salt
 use serde::{Deserialize, Serialize};
 
 mod command;
+pub mod permissions;
 
-pub use command::run_user_command;
+pub use command::{run_permission_command, run_user_command};
+pub use permissions::{ExpansionCache, Pattern, TopicPermissions, VhostPermissions};
 
 /// The built-in user that exists while there is no users file.
 pub const GUEST: &str = "guest";
@@ -45,7 +63,8 @@ pub const GUEST: &str = "guest";
 const MAX_NAME_LEN: usize = 255;
 
 /// Comment lines at the top of every saved users file.
-const FILE_HEADER: &str = "# Junction users. Edit with `junction user add|delete|passwd|list`.\n\
+const FILE_HEADER: &str = "# Junction users. Edit with `junction user add|delete|passwd|list`,\n\
+# `junction permission set|clear|list` and `junction topic-permission set|clear|list`.\n\
 # password_hash is an argon2id PHC string; passwords are never stored.\n\n";
 
 /// What a user may do once logged in. Never holds the password hash, so it
@@ -54,17 +73,26 @@ const FILE_HEADER: &str = "# Junction users. Edit with `junction user add|delete
 pub struct User {
     /// Login name, unique in the database.
     pub name: String,
-    /// The vhosts this user may open; see [`User::may_access`].
-    pub vhosts: Vec<String>,
     /// Free-form roles (e.g. "administrator"); the broker does not interpret
     /// them yet, they are kept for the admin API.
     pub tags: Vec<String>,
+    /// Configure / write / read patterns by vhost; a vhost not here cannot
+    /// be used.
+    pub permissions: BTreeMap<String, VhostPermissions>,
+    /// Topic patterns by vhost and exchange; an exchange not here limits
+    /// no routing key.
+    pub topic_permissions: BTreeMap<(String, String), TopicPermissions>,
 }
 
 impl User {
-    /// Whether this user may open `vhost` (exact name match).
+    /// Whether this user may open `vhost`: it has permissions there.
     pub fn may_access(&self, vhost: &str) -> bool {
-        self.vhosts.iter().any(|v| v == vhost)
+        self.permissions.contains_key(vhost)
+    }
+
+    /// The vhosts this user may open, sorted.
+    pub fn vhosts(&self) -> impl Iterator<Item = &str> {
+        self.permissions.keys().map(String::as_str)
     }
 }
 
@@ -125,6 +153,12 @@ pub enum UsersError {
     /// `delete` or `passwd` of a name that is not there.
     #[error("no user '{0}'")]
     NoSuchUser(String),
+    /// A permission pattern that is not a valid regular expression.
+    #[error("{0}")]
+    InvalidPattern(String),
+    /// A permission for a vhost the broker does not have.
+    #[error("no vhost '{0}' (the vhosts are [broker] vhosts in the config)")]
+    NoSuchVhost(String),
     /// A user name, vhost or tag that is empty, too long or holds control
     /// characters.
     #[error("invalid {kind} {value:?}: must be 1 to 255 bytes without control characters")]
@@ -151,9 +185,35 @@ pub enum UsersError {
 struct UserRecord {
     name: String,
     password_hash: String,
+    /// The older form: `.*` permissions on each vhost listed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     vhosts: Vec<String>,
     #[serde(default)]
     tags: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    permissions: Vec<PermissionRecord>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    topic_permissions: Vec<TopicPermissionRecord>,
+}
+
+/// One `[[user.permissions]]` table.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PermissionRecord {
+    vhost: String,
+    configure: String,
+    write: String,
+    read: String,
+}
+
+/// One `[[user.topic_permissions]]` table.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TopicPermissionRecord {
+    vhost: String,
+    exchange: String,
+    write: String,
+    read: String,
 }
 
 /// The whole file.
@@ -234,8 +294,34 @@ impl UserDb {
         };
         for record in file.users {
             check_label("user name", &record.name).map_err(|e| invalid(e.to_string()))?;
+            let mut permissions = BTreeMap::new();
             for vhost in &record.vhosts {
                 check_label("vhost", vhost).map_err(|e| invalid(e.to_string()))?;
+                permissions.insert(vhost.clone(), VhostPermissions::all());
+            }
+            let in_user = |e: String| invalid(format!("user '{}': {e}", record.name));
+            for p in &record.permissions {
+                check_label("vhost", &p.vhost).map_err(|e| in_user(e.to_string()))?;
+                permissions.insert(
+                    p.vhost.clone(),
+                    VhostPermissions {
+                        configure: Pattern::resource(&p.configure).map_err(in_user)?,
+                        write: Pattern::resource(&p.write).map_err(in_user)?,
+                        read: Pattern::resource(&p.read).map_err(in_user)?,
+                    },
+                );
+            }
+            let mut topic_permissions = BTreeMap::new();
+            for t in &record.topic_permissions {
+                check_label("vhost", &t.vhost).map_err(|e| in_user(e.to_string()))?;
+                check_label("exchange", &t.exchange).map_err(|e| in_user(e.to_string()))?;
+                topic_permissions.insert(
+                    (t.vhost.clone(), t.exchange.clone()),
+                    TopicPermissions {
+                        write: Pattern::topic(&t.write).map_err(in_user)?,
+                        read: Pattern::topic(&t.read).map_err(in_user)?,
+                    },
+                );
             }
             for tag in &record.tags {
                 check_label("tag", tag).map_err(|e| invalid(e.to_string()))?;
@@ -254,8 +340,9 @@ impl UserDb {
                 Entry {
                     user: User {
                         name: record.name,
-                        vhosts: record.vhosts,
                         tags: record.tags,
+                        permissions,
+                        topic_permissions,
                     },
                     password_hash: record.password_hash,
                 },
@@ -274,13 +361,18 @@ impl UserDb {
         self.users.values().map(|e| &e.user)
     }
 
+    /// The stored hash of `name`'s password (to tell whether it changed).
+    pub(crate) fn password_hash(&self, name: &str) -> Option<&str> {
+        self.users.get(name).map(|e| e.password_hash.as_str())
+    }
+
     /// The user called `name`, if any.
     pub fn get(&self, name: &str) -> Option<&User> {
         self.users.get(name).map(|e| &e.user)
     }
 
-    /// Adds a user (in memory; call [`UserDb::save`] to keep it).
-    /// Slow: hashes the password.
+    /// Adds a user (in memory; call [`UserDb::save`] to keep it), with
+    /// `.*` permissions on each of `vhosts`. Slow: hashes the password.
     pub fn add(
         &mut self,
         name: &str,
@@ -304,8 +396,12 @@ impl UserDb {
             Entry {
                 user: User {
                     name: name.to_owned(),
-                    vhosts,
                     tags,
+                    permissions: vhosts
+                        .into_iter()
+                        .map(|v| (v, VhostPermissions::all()))
+                        .collect(),
+                    topic_permissions: BTreeMap::new(),
                 },
                 password_hash,
             },
@@ -337,6 +433,76 @@ impl UserDb {
         }
     }
 
+    /// Sets `user`'s configure / write / read patterns on `vhost`, replacing
+    /// any (in memory; call [`UserDb::save`] to keep it).
+    pub fn set_permissions(
+        &mut self,
+        user: &str,
+        vhost: &str,
+        configure: &str,
+        write: &str,
+        read: &str,
+    ) -> Result<(), UsersError> {
+        check_label("vhost", vhost)?;
+        let perms = VhostPermissions {
+            configure: Pattern::resource(configure).map_err(UsersError::InvalidPattern)?,
+            write: Pattern::resource(write).map_err(UsersError::InvalidPattern)?,
+            read: Pattern::resource(read).map_err(UsersError::InvalidPattern)?,
+        };
+        self.user_mut(user)?
+            .permissions
+            .insert(vhost.to_owned(), perms);
+        Ok(())
+    }
+
+    /// Takes `user`'s permissions on `vhost` away (the vhost can no longer
+    /// be used); whether there were any.
+    pub fn clear_permissions(&mut self, user: &str, vhost: &str) -> Result<bool, UsersError> {
+        Ok(self.user_mut(user)?.permissions.remove(vhost).is_some())
+    }
+
+    /// Sets `user`'s topic patterns on `exchange` in `vhost`, replacing any.
+    pub fn set_topic_permissions(
+        &mut self,
+        user: &str,
+        vhost: &str,
+        exchange: &str,
+        write: &str,
+        read: &str,
+    ) -> Result<(), UsersError> {
+        check_label("vhost", vhost)?;
+        check_label("exchange", exchange)?;
+        let perms = TopicPermissions {
+            write: Pattern::topic(write).map_err(UsersError::InvalidPattern)?,
+            read: Pattern::topic(read).map_err(UsersError::InvalidPattern)?,
+        };
+        self.user_mut(user)?
+            .topic_permissions
+            .insert((vhost.to_owned(), exchange.to_owned()), perms);
+        Ok(())
+    }
+
+    /// Removes `user`'s topic patterns in `vhost`, on `exchange` or on every
+    /// exchange; how many were removed.
+    pub fn clear_topic_permissions(
+        &mut self,
+        user: &str,
+        vhost: &str,
+        exchange: Option<&str>,
+    ) -> Result<usize, UsersError> {
+        let topics = &mut self.user_mut(user)?.topic_permissions;
+        let before = topics.len();
+        topics.retain(|(v, x), _| !(v == vhost && exchange.is_none_or(|e| e == x)));
+        Ok(before - topics.len())
+    }
+
+    fn user_mut(&mut self, name: &str) -> Result<&mut User, UsersError> {
+        self.users
+            .get_mut(name)
+            .map(|e| &mut e.user)
+            .ok_or_else(|| UsersError::NoSuchUser(name.to_owned()))
+    }
+
     /// Writes the database to its file atomically: a temporary file in the
     /// same directory (mode 0600: it holds password hashes), synced, then
     /// renamed over the old one, then the directory synced. A crash leaves
@@ -352,8 +518,30 @@ impl UserDb {
                 .map(|e| UserRecord {
                     name: e.user.name.clone(),
                     password_hash: e.password_hash.clone(),
-                    vhosts: e.user.vhosts.clone(),
+                    vhosts: Vec::new(),
                     tags: e.user.tags.clone(),
+                    permissions: e
+                        .user
+                        .permissions
+                        .iter()
+                        .map(|(vhost, p)| PermissionRecord {
+                            vhost: vhost.clone(),
+                            configure: p.configure.to_string(),
+                            write: p.write.to_string(),
+                            read: p.read.to_string(),
+                        })
+                        .collect(),
+                    topic_permissions: e
+                        .user
+                        .topic_permissions
+                        .iter()
+                        .map(|((vhost, exchange), t)| TopicPermissionRecord {
+                            vhost: vhost.clone(),
+                            exchange: exchange.clone(),
+                            write: t.write.to_string(),
+                            read: t.read.to_string(),
+                        })
+                        .collect(),
                 })
                 .collect(),
         };
@@ -503,8 +691,9 @@ mod tests {
         let db = UserDb::load(&path).expect("load");
         let guest = User {
             name: "guest".into(),
-            vhosts: vec!["/".into()],
             tags: vec![],
+            permissions: BTreeMap::from([("/".to_owned(), VhostPermissions::all())]),
+            topic_permissions: BTreeMap::new(),
         };
         assert_eq!(
             db.authenticate("guest", "guest", ip("127.0.0.1"), true),

@@ -16,7 +16,8 @@ use futures_util::{FutureExt, StreamExt};
 use junction_core::io::{ReadHalf, Stream, WriteHalf};
 use junction_core::{
     Binding, ConnectionGuard, ConsumerEvent, ConsumerHandle, ConsumerId, ConsumerSpec, CoreError,
-    DeliveryTag, LoginError, MemoryCharge, Message, Origin, Protocol, QueueDef, Settle,
+    DeliveryTag, LoginError, MemoryCharge, Message, Origin, Permission, Protocol, QueueDef,
+    Resource, Settle,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
@@ -164,6 +165,7 @@ struct Sub {
 struct Opened {
     user: String,
     vhost: String,
+    access: junction_core::Access,
     version: Version,
     heartbeat: HeartBeat,
     client_id: Option<String>,
@@ -251,6 +253,7 @@ pub(crate) async fn run(
             ctx: Arc::clone(&ctx),
             user: opened.user,
             vhost: opened.vhost,
+            access: opened.access,
             version: opened.version,
             heartbeat: opened.heartbeat,
             client_id: opened.client_id,
@@ -388,18 +391,20 @@ async fn connect(
         (Some(name), None) => Some(name),
         _ => None,
     };
-    let user = match frame.get("login") {
+    let (user, login) = match frame.get("login") {
         _ if certified.is_some() => {
             let name = certified.unwrap_or_default();
-            if let Err(why) = ctx.auth.certificate_login(name, peer.ip()) {
-                tracing::info!(user = name, reason = why, "stomp certificate login refused");
-                let f = refuse_with(
-                    "access_refused",
-                    format!("access refused for the certificate's user '{name}'"),
-                );
-                return Err(refuse(wr, f, version).await);
+            match ctx.auth.certificate_login(name, peer.ip()) {
+                Ok(login) => (name.to_string(), login),
+                Err(why) => {
+                    tracing::info!(user = name, reason = why, "stomp certificate login refused");
+                    let f = refuse_with(
+                        "access_refused",
+                        format!("access refused for the certificate's user '{name}'"),
+                    );
+                    return Err(refuse(wr, f, version).await);
+                }
             }
-            name.to_string()
         }
         Some(login) => {
             let passcode = frame.get("passcode").unwrap_or("").to_string();
@@ -409,7 +414,7 @@ async fn connect(
                 .check(&ctx.auth, login, passcode, peer.ip())
                 .await
             {
-                Ok(()) => login.to_string(),
+                Ok(ok) => (login.to_string(), ok),
                 Err(LoginError::Busy) => {
                     let f = refuse_with(
                         "server busy",
@@ -432,20 +437,30 @@ async fn connect(
                 .auth
                 .may_connect_from(&ctx.settings.anonymous_user, peer.ip()) =>
         {
-            ctx.settings.anonymous_user.clone()
+            (
+                ctx.settings.anonymous_user.clone(),
+                junction_core::Login::default(),
+            )
         }
         None => {
             let f = refuse_with("access_refused", "a login is required".into());
             return Err(refuse(wr, f, version).await);
         }
     };
-    if !ctx.auth.may_access(&user, &vhost) {
+    let who = junction_core::Principal {
+        user: user.clone(),
+        vhost: vhost.clone(),
+        client_id: String::new(),
+        peer: peer.ip(),
+        backend: login.backend,
+    };
+    let Some(access) = junction_core::Access::open(Arc::clone(&ctx.auth), who).await else {
         let f = refuse_with(
             "access_refused",
             format!("user '{user}' may not use virtual host '{vhost}'"),
         );
         return Err(refuse(wr, f, version).await);
-    }
+    };
     if let Err(why) = guard.login(&user) {
         tracing::info!(user, reason = why, "stomp connection refused");
         return Err(refuse(wr, refuse_with("not_allowed", why), version).await);
@@ -475,6 +490,7 @@ async fn connect(
     Ok(Opened {
         user,
         vhost,
+        access,
         version,
         heartbeat,
         client_id: frame.get("client-id").map(str::to_string),
@@ -499,6 +515,8 @@ struct Conn {
     guard: ConnectionGuard,
     user: String,
     vhost: String,
+    /// What the user may do on `vhost`.
+    access: junction_core::Access,
     version: Version,
     heartbeat: HeartBeat,
     client_id: Option<String>,
@@ -817,6 +835,9 @@ impl Conn {
         receipt: Option<String>,
     ) -> Result<(), StompError> {
         let (exchange, key) = self.route(&dest).await?;
+        self.allow(Permission::Write, Resource::Exchange(&exchange))
+            .await?;
+        self.allow_topic(Permission::Write, &exchange, &key).await?;
         msg.exchange = exchange;
         msg.routing_key = key;
         if let Some(r) = msg.properties.reply_to.take() {
@@ -881,6 +902,8 @@ impl Conn {
             self.remember_queue(q);
             return Ok(());
         }
+        self.allow(Permission::Configure, Resource::Queue(q))
+            .await?;
         let def = QueueDef {
             arguments,
             ..QueueDef::new(q)
@@ -995,9 +1018,13 @@ impl Conn {
         let queue = match &dest {
             Destination::Queue(q) => {
                 self.ensure_queue(q, arguments).await?;
+                self.allow(Permission::Read, Resource::Queue(q)).await?;
                 q.clone()
             }
-            Destination::AmqQueue(q) | Destination::ReplyQueue(q) => q.clone(),
+            Destination::AmqQueue(q) | Destination::ReplyQueue(q) => {
+                self.allow(Permission::Read, Resource::Queue(q)).await?;
+                q.clone()
+            }
             Destination::TempQueue(_) => {
                 return Err(StompError::new("invalid destination").detail(
                     "/temp-queue/ destinations are subscribed implicitly: name one in reply-to",
@@ -1013,6 +1040,41 @@ impl Conn {
             }
         };
         self.start_consumer(id, &queue, mode, prefetch, None)
+    }
+
+    /// `perm` on `what`, or the ERROR `access_refused` that closes the
+    /// connection (RabbitMQ's STOMP words).
+    async fn allow(&mut self, perm: Permission, what: Resource<'_>) -> Result<(), StompError> {
+        self.access
+            .check(perm, what)
+            .await
+            .map_err(|d| StompError::new("access_refused").detail(d.0))
+    }
+
+    /// Topic `perm` on `key` when `exchange` is a topic exchange the user
+    /// has topic permissions on.
+    async fn allow_topic(
+        &mut self,
+        perm: Permission,
+        exchange: &str,
+        key: &str,
+    ) -> Result<(), StompError> {
+        if !self.access.has_topic_rules(exchange) {
+            return Ok(());
+        }
+        let topic = exchange == TOPIC_EXCHANGE
+            || self
+                .ctx
+                .broker
+                .exchange(&self.vhost, exchange)
+                .is_ok_and(|d| d.kind == junction_core::ExchangeKind::Topic);
+        if !topic {
+            return Ok(());
+        }
+        self.access
+            .check_topic(perm, exchange, key)
+            .await
+            .map_err(|d| StompError::new("access_refused").detail(d.0))
     }
 
     /// The queue of a topic or exchange subscription, declared and bound:
@@ -1044,6 +1106,19 @@ impl Conn {
         if name.len() > 255 {
             return Err(StompError::new("invalid header")
                 .detail("subscription queue name longer than 255 bytes"));
+        }
+        self.allow(Permission::Read, Resource::Exchange(exchange))
+            .await?;
+        self.allow_topic(Permission::Read, exchange, key).await?;
+        if durable || h.get("x-queue-name").is_some() {
+            // A queue the client names may be anyone's: declaring, binding
+            // and reading it need what AMQP would. The connection's own
+            // private queue needs nothing more.
+            self.allow(Permission::Configure, Resource::Queue(&name))
+                .await?;
+            self.allow(Permission::Write, Resource::Queue(&name))
+                .await?;
+            self.allow(Permission::Read, Resource::Queue(&name)).await?;
         }
         let exclusive = h
             .get("exclusive")

@@ -264,6 +264,25 @@ impl Broker {
             .await
     }
 
+    /// A name for a server-named queue (`amq.gen-…`), for an adapter that
+    /// checks permissions on the name before it declares the queue with
+    /// [`Broker::declare_server_named`].
+    pub fn new_queue_name(&self) -> String {
+        generated_queue_name(self.next_queue.load(Ordering::Relaxed))
+    }
+
+    /// `queue.declare` (not passive) of a queue named by
+    /// [`Broker::new_queue_name`].
+    pub async fn declare_server_named(
+        self: &Arc<Self>,
+        vhost: &str,
+        def: QueueDef,
+        conn: Option<ConnectionId>,
+    ) -> Result<QueueInfo, CoreError> {
+        self.declare_queue_inner(vhost, def, false, conn, true)
+            .await
+    }
+
     /// Direct reply-to (`amq.rabbitmq.reply-to`): a fresh transient queue
     /// `amq.rabbitmq.reply-to.<22 characters>`, exclusive to `owner` and
     /// deleted with its last consumer. Its name is what a requester's

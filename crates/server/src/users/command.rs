@@ -1,5 +1,7 @@
-//! `junction user add|delete|passwd|list`: the offline edit of the users
-//! file behind the CLI subcommand.
+//! `junction user add|delete|passwd|list`, `junction permission
+//! set|clear|list` and `junction topic-permission set|clear|list`: the
+//! offline edits of the users file behind the CLI subcommands (a running
+//! broker notices the file change and reads it again).
 
 use std::io::BufRead;
 use std::path::Path;
@@ -7,7 +9,7 @@ use std::path::Path;
 use argon2::Argon2;
 
 use super::{UserDb, UsersError};
-use crate::cli::UserCommand;
+use crate::cli::{Command, PermissionCommand, TopicPermissionCommand, UserCommand};
 
 /// Carries out `junction user ...` on the users file at `users_path` and
 /// returns the text to print (no trailing newline; empty for `list` of an
@@ -69,9 +71,112 @@ fn run_with(
                 format!(
                     "{}\tvhosts={}\ttags={}",
                     u.name,
-                    u.vhosts.join(","),
+                    u.vhosts().collect::<Vec<_>>().join(","),
                     u.tags.join(",")
                 )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")),
+    }
+}
+
+/// Carries out `junction permission ...` or `junction topic-permission
+/// ...` on the users file at `users_path`; `vhosts` are the broker's (a
+/// permission on any other is refused). Returns the text to print.
+pub fn run_permission_command(
+    cmd: &Command,
+    users_path: &Path,
+    vhosts: &[String],
+) -> Result<String, UsersError> {
+    permission_with(cmd, users_path, vhosts, Argon2::default())
+}
+
+fn permission_with(
+    cmd: &Command,
+    users_path: &Path,
+    vhosts: &[String],
+    hasher: Argon2<'static>,
+) -> Result<String, UsersError> {
+    let mut db = UserDb::load_with(users_path, hasher)?;
+    let known = |vhost: &str| {
+        if vhosts.iter().any(|v| v == vhost) {
+            Ok(())
+        } else {
+            Err(UsersError::NoSuchVhost(vhost.to_owned()))
+        }
+    };
+    let wanted = |u: &str, v: &str, user: &Option<String>, vhost: &Option<String>| {
+        user.as_deref().is_none_or(|x| x == u) && vhost.as_deref().is_none_or(|x| x == v)
+    };
+    match cmd {
+        Command::User(_) => Ok(String::new()),
+        Command::Permission(PermissionCommand::Set {
+            user,
+            vhost,
+            configure,
+            write,
+            read,
+        }) => {
+            known(vhost)?;
+            db.set_permissions(user, vhost, configure, write, read)?;
+            db.save()?;
+            Ok(format!(
+                "set permissions of '{user}' on vhost '{vhost}': configure={configure:?} write={write:?} read={read:?}"
+            ))
+        }
+        Command::Permission(PermissionCommand::Clear { user, vhost }) => {
+            let had = db.clear_permissions(user, vhost)?;
+            db.save()?;
+            Ok(if had {
+                format!("cleared permissions of '{user}' on vhost '{vhost}'")
+            } else {
+                format!("'{user}' had no permissions on vhost '{vhost}'")
+            })
+        }
+        Command::Permission(PermissionCommand::List { user, vhost }) => Ok(db
+            .list()
+            .flat_map(|u| {
+                u.permissions
+                    .iter()
+                    .filter(|(v, _)| wanted(&u.name, v, user, vhost))
+                    .map(|(v, p)| {
+                        format!("{}\t{v}\t{}\t{}\t{}", u.name, p.configure, p.write, p.read)
+                    })
+            })
+            .collect::<Vec<_>>()
+            .join("\n")),
+        Command::TopicPermission(TopicPermissionCommand::Set {
+            user,
+            vhost,
+            exchange,
+            write,
+            read,
+        }) => {
+            known(vhost)?;
+            db.set_topic_permissions(user, vhost, exchange, write, read)?;
+            db.save()?;
+            Ok(format!(
+                "set topic permissions of '{user}' on exchange '{exchange}' in vhost '{vhost}': write={write:?} read={read:?}"
+            ))
+        }
+        Command::TopicPermission(TopicPermissionCommand::Clear {
+            user,
+            vhost,
+            exchange,
+        }) => {
+            let n = db.clear_topic_permissions(user, vhost, exchange.as_deref())?;
+            db.save()?;
+            Ok(format!(
+                "cleared {n} topic permission(s) of '{user}' in vhost '{vhost}'"
+            ))
+        }
+        Command::TopicPermission(TopicPermissionCommand::List { user, vhost }) => Ok(db
+            .list()
+            .flat_map(|u| {
+                u.topic_permissions
+                    .iter()
+                    .filter(|((v, _), _)| wanted(&u.name, v, user, vhost))
+                    .map(|((v, x), t)| format!("{}\t{v}\t{x}\t{}\t{}", u.name, t.write, t.read))
             })
             .collect::<Vec<_>>()
             .join("\n")),
@@ -145,7 +250,7 @@ mod tests {
         let alice = db
             .authenticate("alice", "pw1", local, true)
             .expect("alice logs in");
-        assert_eq!(alice.vhosts, vec!["/".to_owned(), "prod".to_owned()]);
+        assert_eq!(alice.vhosts().collect::<Vec<_>>(), vec!["/", "prod"]);
         assert_eq!(alice.tags, vec!["administrator".to_owned()]);
         assert!(alice.may_access("prod"));
         assert!(!alice.may_access("test"));
@@ -278,5 +383,144 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    fn perm(cmd: Command, path: &Path) -> Result<String, UsersError> {
+        permission_with(
+            &cmd,
+            path,
+            &["/".to_owned(), "iot".to_owned()],
+            cheap_hasher(),
+        )
+    }
+
+    #[test]
+    fn permissions_set_list_clear_through_the_file() {
+        let (_dir, path) = users_path();
+        run(add("bob", "pw", &["/"], &[]), &path).expect("add bob");
+        let set = Command::Permission(PermissionCommand::Set {
+            user: "bob".into(),
+            vhost: "iot".into(),
+            configure: String::new(),
+            write: "^(?!secret\\.).*".into(),
+            read: ".*".into(),
+        });
+        perm(set, &path).expect("set");
+        let topic = Command::TopicPermission(TopicPermissionCommand::Set {
+            user: "bob".into(),
+            vhost: "iot".into(),
+            exchange: "amq.topic".into(),
+            write: "^devices\\.{client_id}\\.".into(),
+            read: ".*".into(),
+        });
+        perm(topic, &path).expect("topic set");
+        let list = |user: Option<&str>, vhost: Option<&str>| {
+            perm(
+                Command::Permission(PermissionCommand::List {
+                    user: user.map(Into::into),
+                    vhost: vhost.map(Into::into),
+                }),
+                &path,
+            )
+            .expect("list")
+        };
+        assert_eq!(
+            list(Some("bob"), None),
+            "bob\t/\t.*\t.*\t.*\nbob\tiot\t\t^(?!secret\\.).*\t.*"
+        );
+        assert_eq!(list(None, Some("iot")), "bob\tiot\t\t^(?!secret\\.).*\t.*");
+        assert_eq!(
+            perm(
+                Command::TopicPermission(TopicPermissionCommand::List {
+                    user: None,
+                    vhost: None
+                }),
+                &path
+            )
+            .expect("topic list"),
+            "bob\tiot\tamq.topic\t^devices\\.{client_id}\\.\t.*"
+        );
+        let db = UserDb::load_with(&path, cheap_hasher()).expect("reload");
+        let bob = db.get("bob").expect("bob");
+        assert!(bob.may_access("iot"));
+        perm(
+            Command::Permission(PermissionCommand::Clear {
+                user: "bob".into(),
+                vhost: "iot".into(),
+            }),
+            &path,
+        )
+        .expect("clear");
+        let cleared = perm(
+            Command::TopicPermission(TopicPermissionCommand::Clear {
+                user: "bob".into(),
+                vhost: "iot".into(),
+                exchange: None,
+            }),
+            &path,
+        )
+        .expect("topic clear");
+        assert_eq!(
+            cleared,
+            "cleared 1 topic permission(s) of 'bob' in vhost 'iot'"
+        );
+        let db = UserDb::load_with(&path, cheap_hasher()).expect("reload");
+        let bob = db.get("bob").expect("bob");
+        assert!(!bob.may_access("iot"));
+        assert!(bob.topic_permissions.is_empty());
+        assert_eq!(list(None, Some("iot")), "");
+    }
+
+    #[test]
+    fn permissions_refuse_bad_patterns_unknown_vhosts_and_users() {
+        let (_dir, path) = users_path();
+        let set = |user: &str, vhost: &str, write: &str| {
+            Command::Permission(PermissionCommand::Set {
+                user: user.into(),
+                vhost: vhost.into(),
+                configure: ".*".into(),
+                write: write.into(),
+                read: ".*".into(),
+            })
+        };
+        assert!(matches!(
+            perm(set("guest", "/", "("), &path),
+            Err(UsersError::InvalidPattern(_))
+        ));
+        assert!(matches!(
+            perm(set("guest", "prod", ".*"), &path),
+            Err(UsersError::NoSuchVhost(v)) if v == "prod"
+        ));
+        assert!(matches!(
+            perm(set("nobody", "/", ".*"), &path),
+            Err(UsersError::NoSuchUser(u)) if u == "nobody"
+        ));
+        assert!(!path.exists(), "nothing was saved");
+    }
+
+    #[test]
+    fn an_older_file_with_vhosts_loads_as_full_permissions_and_saves_in_the_new_form() {
+        let (_dir, path) = users_path();
+        run(add("carol", "pw", &["/"], &[]), &path).expect("add");
+        let text = std::fs::read_to_string(&path).expect("read");
+        let hash = text
+            .lines()
+            .find_map(|l| l.strip_prefix("password_hash = "))
+            .map(|h| h.trim_matches('"').to_owned())
+            .expect("a hash");
+        std::fs::write(
+            &path,
+            format!("[[user]]\nname = \"carol\"\npassword_hash = \"{hash}\"\nvhosts = [\"/\", \"iot\"]\n"),
+        )
+        .expect("write");
+        let db = UserDb::load_with(&path, cheap_hasher()).expect("load");
+        let carol = db.get("carol").expect("carol");
+        assert_eq!(carol.vhosts().collect::<Vec<_>>(), vec!["/", "iot"]);
+        db.save().expect("save");
+        let text = std::fs::read_to_string(&path).expect("read");
+        assert!(!text.contains("vhosts"), "{text}");
+        assert!(text.contains("[[user.permissions]]"), "{text}");
+        let again = UserDb::load_with(&path, cheap_hasher()).expect("reload");
+        assert_eq!(again.get("carol"), Some(carol));
     }
 }

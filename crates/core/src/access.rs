@@ -1,0 +1,304 @@
+//! Access control, RabbitMQ's model: once a connection has logged in and
+//! picked its vhost, every operation asks for one [`Permission`] on one
+//! [`Resource`]. The adapters ask through an [`Access`], which the server's
+//! [`Authenticator`] answers (users file, HTTP back-end, or a chain of both).
+//!
+//! - configure: declare or delete an exchange or queue;
+//! - write: publish to an exchange, bind a queue (the destination);
+//! - read: consume or get from a queue, bind from an exchange (the source);
+//! - topic write / read: the routing key of a publish to, or a binding
+//!   from, a topic exchange (MQTT topics and STOMP `/topic/` destinations
+//!   in their AMQP form).
+//!
+//! An [`Access`] remembers its last allowed check (a publisher sending to
+//! one exchange asks once) until the authenticator's epoch moves, which it
+//! does whenever the users file or the permissions change, so a running
+//! connection sees a change at its next operation.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::future::Future;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use crate::Authenticator;
+
+/// A boxed, sendable future: what the authenticator's slow (network)
+/// answers return.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// The exchange name permissions use for the default exchange, as RabbitMQ.
+pub const DEFAULT_EXCHANGE: &str = "amq.default";
+
+/// One of RabbitMQ's three permissions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Permission {
+    /// Declare, delete.
+    Configure,
+    /// Publish to, bind to.
+    Write,
+    /// Consume from, bind from.
+    Read,
+}
+
+impl Permission {
+    /// "configure", "write" or "read" (RabbitMQ's and the HTTP back-end's
+    /// word).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Permission::Configure => "configure",
+            Permission::Write => "write",
+            Permission::Read => "read",
+        }
+    }
+}
+
+impl fmt::Display for Permission {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What a permission is asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Resource<'a> {
+    /// An exchange by name; "" is the default exchange (checked as
+    /// [`DEFAULT_EXCHANGE`]).
+    Exchange(&'a str),
+    /// A queue by name.
+    Queue(&'a str),
+    /// A routing key of a topic exchange.
+    Topic {
+        /// The topic exchange.
+        exchange: &'a str,
+        /// The routing key (a publish) or binding key (a subscription).
+        routing_key: &'a str,
+    },
+}
+
+impl Resource<'_> {
+    /// The name permissions match: the exchange or queue name, or the
+    /// routing key of a topic.
+    pub fn name(&self) -> &str {
+        match self {
+            Resource::Exchange("") => DEFAULT_EXCHANGE,
+            Resource::Exchange(n) | Resource::Queue(n) => n,
+            Resource::Topic { routing_key, .. } => routing_key,
+        }
+    }
+
+    /// "exchange", "queue" or "topic" (the HTTP back-end's `resource`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Resource::Exchange(_) => "exchange",
+            Resource::Queue(_) => "queue",
+            Resource::Topic { .. } => "topic",
+        }
+    }
+
+    fn kind_code(&self) -> u8 {
+        match self {
+            Resource::Exchange(_) => 0,
+            Resource::Queue(_) => 1,
+            Resource::Topic { .. } => 2,
+        }
+    }
+
+    fn second(&self) -> &str {
+        match self {
+            Resource::Topic { exchange, .. } => exchange,
+            _ => "",
+        }
+    }
+}
+
+impl fmt::Display for Resource<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Resource::Topic {
+                exchange,
+                routing_key,
+            } => write!(f, "topic '{routing_key}' in exchange '{exchange}'"),
+            other => write!(f, "{} '{}'", other.kind(), other.name()),
+        }
+    }
+}
+
+/// Who is asking: the logged-in user on one connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    /// The user name.
+    pub user: String,
+    /// The vhost the connection uses.
+    pub vhost: String,
+    /// The MQTT client id; empty for the other protocols. Topic patterns'
+    /// `{client_id}` stands for it.
+    pub client_id: String,
+    /// The client's address.
+    pub peer: IpAddr,
+    /// The authentication back-end that accepted the login; it answers
+    /// the permission checks too (see [`Login`]).
+    pub backend: u8,
+}
+
+/// A successful login: which back-end of the chain accepted it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Login {
+    /// Index of the back-end in the server's chain (0 for a single one).
+    pub backend: u8,
+}
+
+/// A refused operation; its text is RabbitMQ's (`write access to exchange
+/// 'x' in vhost '/' refused for user 'bob'`), which AMQP sends as 403's
+/// reply text and STOMP in its ERROR.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Denied(pub String);
+
+impl fmt::Display for Denied {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Most distinct denials logged per connection: a client retrying one
+/// refused operation logs it once; one trying many names cannot flood.
+const MAX_LOGGED: usize = 64;
+
+/// One connection's permission checks.
+pub struct Access {
+    auth: Arc<dyn Authenticator>,
+    who: Principal,
+    /// The authenticator's epoch `last` was answered in.
+    epoch: u64,
+    /// The last allowed check: permission, resource kind, name, exchange.
+    last: Option<(Permission, u8, String, String)>,
+    /// Denials already logged.
+    logged: HashSet<(Permission, u8, String, String)>,
+}
+
+impl fmt::Debug for Access {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Access")
+            .field("who", &self.who)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Access {
+    /// The checks for `who`, once its vhost access is granted; None when
+    /// the user may not use the vhost (logged).
+    pub async fn open(auth: Arc<dyn Authenticator>, who: Principal) -> Option<Access> {
+        if !auth.vhost_access(&who).await {
+            tracing::info!(user = %who.user, vhost = %who.vhost, "vhost access refused");
+            return None;
+        }
+        Some(Access {
+            epoch: auth.access_epoch(),
+            auth,
+            who,
+            last: None,
+            logged: HashSet::new(),
+        })
+    }
+
+    /// Who this connection is.
+    pub fn principal(&self) -> &Principal {
+        &self.who
+    }
+
+    /// Asks for `perm` on `what`: Ok, or the denial (logged once per
+    /// connection and resource).
+    pub async fn check(&mut self, perm: Permission, what: Resource<'_>) -> Result<(), Denied> {
+        let epoch = self.auth.access_epoch();
+        if epoch != self.epoch {
+            self.epoch = epoch;
+            self.last = None;
+        }
+        if let Some((p, k, name, second)) = &self.last
+            && *p == perm
+            && *k == what.kind_code()
+            && name == what.name()
+            && second == what.second()
+        {
+            return Ok(());
+        }
+        let allowed = match self.auth.authorize_fast(&self.who, perm, &what) {
+            Some(v) => v,
+            None => self.auth.authorize(&self.who, perm, what).await,
+        };
+        let key = (
+            perm,
+            what.kind_code(),
+            what.name().to_string(),
+            what.second().to_string(),
+        );
+        if allowed {
+            self.last = Some(key);
+            return Ok(());
+        }
+        let denied = Denied(format!(
+            "{perm} access to {what} in vhost '{}' refused for user '{}'",
+            self.who.vhost, self.who.user
+        ));
+        if self.logged.len() < MAX_LOGGED && self.logged.insert(key) {
+            tracing::warn!(
+                user = %self.who.user,
+                vhost = %self.who.vhost,
+                peer = %self.who.peer,
+                permission = perm.as_str(),
+                resource = %what,
+                "access refused"
+            );
+        }
+        Err(denied)
+    }
+
+    /// Asks for topic `perm` on `routing_key` of `exchange`, which the
+    /// caller knows to be a topic exchange; a user with no topic rules for
+    /// it is allowed without asking further.
+    pub async fn check_topic(
+        &mut self,
+        perm: Permission,
+        exchange: &str,
+        routing_key: &str,
+    ) -> Result<(), Denied> {
+        if !self.auth.topic_rules(&self.who, exchange) {
+            return Ok(());
+        }
+        self.check(
+            perm,
+            Resource::Topic {
+                exchange,
+                routing_key,
+            },
+        )
+        .await
+    }
+
+    /// Whether topic checks may apply to `exchange` for this user (so the
+    /// caller looks up the exchange's kind only then).
+    pub fn has_topic_rules(&self, exchange: &str) -> bool {
+        self.auth.topic_rules(&self.who, exchange)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resources_read_as_rabbitmq_words() {
+        assert_eq!(Resource::Exchange("").to_string(), "exchange 'amq.default'");
+        assert_eq!(Resource::Queue("q1").to_string(), "queue 'q1'");
+        assert_eq!(
+            Resource::Topic {
+                exchange: "amq.topic",
+                routing_key: "a.b"
+            }
+            .to_string(),
+            "topic 'a.b' in exchange 'amq.topic'"
+        );
+        assert_eq!(Permission::Configure.to_string(), "configure");
+    }
+}
