@@ -101,3 +101,85 @@ def test_amqp_channel_max_is_offered_and_enforced(make_broker):
         assert conn._impl.params.channel_max == 5
     finally:
         conn.close()
+
+
+# Run in a child process, so the test's own clients (paho's select()
+# loop cannot watch a descriptor above 1023) keep low descriptors: opens
+# N connections from 127.0.0.2 to PORT, waits a second, prints how many the
+# broker still holds open (it says nothing before CONNECT, so a readable
+# socket is one it closed), then holds them until stdin closes.
+FLOOD_HOLDER = r"""
+import resource, select, socket, sys, time
+n, port = int(sys.argv[1]), int(sys.argv[2])
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+want = n + 256
+if soft != resource.RLIM_INFINITY and soft < want:
+    if hard != resource.RLIM_INFINITY and hard < want:
+        print("fd-limit", hard, flush=True)
+        sys.exit(1)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+flood = []
+for _ in range(n):
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.settimeout(10)
+    s.bind(("127.0.0.2", 0))
+    s.connect(("127.0.0.1", port))
+    flood.append(s)
+time.sleep(1.0)
+poller = select.poll()
+for s in flood:
+    poller.register(s, select.POLLIN)
+closed = len(poller.poll(0))
+print("held", n - closed, flush=True)
+sys.stdin.read()
+"""
+
+
+@pytest.mark.deadline(90)
+def test_thousands_of_connections_from_one_address(make_broker, clients):
+    """One address (127.0.0.2) opens 2000 connections and holds them: the
+    broker keeps its per-address cap (100) and closes the rest at accept,
+    while clients from another address (127.0.0.1) are served throughout;
+    once the flood lets go, the address is served again."""
+    import subprocess
+    import sys
+
+    # The held connections must outlive the flood (which the client's
+    # kernel may slow to seconds): a long CONNECT timeout.
+    b = make_broker(
+        broker_options=["max_connections_per_ip = 100"], mqtt_options=["connect_timeout = 120"]
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", FLOOD_HOLDER, "2000", str(b.mqtt_port)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        line = holder.stdout.readline().strip()
+        assert line == "held 100", line
+        # Everyone else is served meanwhile, in every protocol.
+        conn = b.connect()
+        ch = conn.channel()
+        ch.queue_declare("during-flood")
+        ch.basic_publish("", "during-flood", b"served")
+        assert ch.basic_get("during-flood", auto_ack=True)[2] == b"served"
+        conn.close()
+        c = clients.connect(b, version=V5)
+        assert c.publish("flood/ok", b"x", qos=1) == 0x10
+        s = StompClient(b)
+        assert s.connect().cmd == "CONNECTED"
+        s.close()
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=30)
+    time.sleep(0.5)
+    again = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        again.settimeout(5)
+        again.bind(("127.0.0.2", 0))
+        again.connect(("127.0.0.1", b.amqp_port))
+        again.sendall(AMQP_HEADER)
+        assert again.recv(7).startswith(b"\x01\x00\x00")
+    finally:
+        again.close()
