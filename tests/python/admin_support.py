@@ -1,7 +1,9 @@
 """The broker's admin HTTP endpoint as the tests read it: `/metrics`
-(Prometheus text) and `/api/health` (JSON), on 127.0.0.1 at the broker's
-admin port. Every request is bounded by a timeout."""
+(Prometheus text), `/api/health` (JSON) and the management API (`api`,
+HTTP Basic as guest unless told), on 127.0.0.1 at the broker's admin port.
+Every request is bounded by a timeout."""
 
+import base64
 import json
 import urllib.error
 import urllib.request
@@ -58,3 +60,29 @@ def health(broker):
     """`/api/health`: (HTTP status, decoded JSON body)."""
     status, text = _get(broker, "/api/health")
     return status, json.loads(text)
+
+
+def api(broker, method, path, body=None, user="guest", password="guest", headers=None):
+    """A management API request: (status, decoded JSON body or None when
+    empty or not JSON, response headers). `user=None` sends no
+    credentials; `body` (not None) is sent as JSON."""
+    url = f"http://127.0.0.1:{broker.admin_port}{path}"
+    h = dict(headers or {})
+    data = None
+    if body is not None:
+        data = json.dumps(body).encode()
+        h["Content-Type"] = "application/json"
+    if user is not None:
+        token = base64.b64encode(f"{user}:{password}".encode()).decode()
+        h["Authorization"] = f"Basic {token}"
+    req = urllib.request.Request(url, data=data, method=method, headers=h)
+    try:
+        with urllib.request.urlopen(req, timeout=HTTP_TIMEOUT) as r:
+            status, raw, got = r.status, r.read(), r.headers
+    except urllib.error.HTTPError as e:
+        status, raw, got = e.code, e.read(), e.headers
+    try:
+        parsed = json.loads(raw) if raw else None
+    except ValueError:
+        parsed = None
+    return status, parsed, got

@@ -7,7 +7,7 @@
 use base64::Engine as _;
 
 use crate::message::Properties;
-use crate::value::FieldValue;
+use crate::value::{FieldTable, FieldValue};
 
 /// The exchange MQTT topics and STOMP `/topic/` destinations share.
 pub const TOPIC_EXCHANGE: &str = "amq.topic";
@@ -212,6 +212,40 @@ fn decimal_text(scale: u8, value: u32) -> String {
     format!("{int}.{frac}")
 }
 
+/// A table as a JSON object (the management API's `arguments`, `headers`).
+pub fn table_json(t: &FieldTable) -> serde_json::Value {
+    serde_json::Value::Object(t.iter().map(|(k, v)| (k.to_string(), json(v))).collect())
+}
+
+/// A JSON value as a field value: integers as `I64` (`U64` past it),
+/// other numbers as `F64`, strings as long strings, objects as tables
+/// (what RabbitMQ's management API does with `arguments`).
+pub fn json_field(v: &serde_json::Value) -> FieldValue {
+    use serde_json::Value;
+    match v {
+        Value::Null => FieldValue::Void,
+        Value::Bool(b) => FieldValue::Bool(*b),
+        Value::Number(n) => match (n.as_i64(), n.as_u64(), n.as_f64()) {
+            (Some(i), _, _) => FieldValue::I64(i),
+            (None, Some(u), _) => FieldValue::U64(u),
+            (_, _, f) => FieldValue::F64(f.unwrap_or(0.0)),
+        },
+        Value::String(s) => FieldValue::string(s.clone()),
+        Value::Array(a) => FieldValue::Array(a.iter().map(json_field).collect()),
+        Value::Object(o) => FieldValue::Table(FieldTable(
+            o.iter().map(|(k, v)| (k.clone(), json_field(v))).collect(),
+        )),
+    }
+}
+
+/// A JSON object as a table; anything else is an empty table.
+pub fn json_table(v: &serde_json::Value) -> FieldTable {
+    match json_field(v) {
+        FieldValue::Table(t) => t,
+        _ => FieldTable::new(),
+    }
+}
+
 fn json(v: &FieldValue) -> serde_json::Value {
     use serde_json::Value;
     match v {
@@ -238,7 +272,6 @@ fn json(v: &FieldValue) -> serde_json::Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::value::FieldTable;
     use bytes::Bytes;
 
     #[test]

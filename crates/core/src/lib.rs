@@ -57,7 +57,7 @@ pub mod records {
 pub use access::{Access, Denied, Login, Permission, Principal, Resource};
 pub use broker::{
     Broker, BrokerConfig, BrokerStats, ConnectionGuard, ConsumerHandle, GetOk, Limits,
-    MemoryCharge, Published, Queue, QueueInfo, QueueStats,
+    MemoryCharge, Published, Queue, QueueInfo, QueueStats, QueueSummary,
 };
 pub use consumer::{ConsumerEvent, ConsumerSpec, Credit, Delivery};
 pub use error::CoreError;

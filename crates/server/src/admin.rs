@@ -1,5 +1,6 @@
 //! The admin HTTP endpoint: `GET /api/health` for load balancers and
-//! orchestrators, `GET /metrics` for Prometheus.
+//! orchestrators, `GET /metrics` for Prometheus; the management API
+//! (`crate::mgmt`) is merged in beside them.
 //!
 //! Owns the HTTP routes and their serving loop only; what the numbers are
 //! comes from the caller through [`AdminState`], so this module depends on
@@ -36,8 +37,6 @@ pub struct AdminState {
     /// Why the broker cannot take persistent messages (its store failed),
     /// if it cannot: `/api/health` then answers 503 too.
     pub failure: Arc<dyn Fn() -> Option<String> + Send + Sync>,
-    /// Reads the TLS files again (`POST /api/tls/reload`); None without TLS.
-    pub tls_reload: Option<Arc<dyn Fn() -> Result<(), String> + Send + Sync>>,
 }
 
 impl AdminState {
@@ -50,17 +49,7 @@ impl AdminState {
             ready,
             snapshot: Arc::new(snapshot),
             failure: Arc::new(|| None),
-            tls_reload: None,
         }
-    }
-
-    /// Sets what `POST /api/tls/reload` does.
-    pub fn with_tls_reload(
-        mut self,
-        reload: impl Fn() -> Result<(), String> + Send + Sync + 'static,
-    ) -> AdminState {
-        self.tls_reload = Some(Arc::new(reload));
-        self
     }
 
     /// Sets the check `/api/health` asks for a failure.
@@ -81,50 +70,30 @@ impl fmt::Debug for AdminState {
     }
 }
 
-/// The admin routes: `GET /api/health`, `GET /metrics` and
-/// `POST /api/tls/reload`.
+/// The routes that answer without credentials: `GET /api/health` and
+/// `GET /metrics` (everything else is the management API, `crate::mgmt`).
 pub fn router(state: AdminState) -> Router {
     Router::new()
         .route("/api/health", get(health))
         .route("/metrics", get(metrics))
-        .route("/api/tls/reload", axum::routing::post(tls_reload))
         .with_state(state)
 }
 
-/// `POST /api/tls/reload`: 200 `{"status":"reloaded"}`; 500 with the
-/// reason when a file is bad (the files in use stay); 404 without TLS.
-async fn tls_reload(State(state): State<AdminState>) -> Response {
-    let (status, body) = match &state.tls_reload {
-        None => (
-            StatusCode::NOT_FOUND,
-            serde_json::json!({"status": "TLS is not configured"}),
-        ),
-        Some(reload) => match reload() {
-            Ok(()) => (StatusCode::OK, serde_json::json!({"status": "reloaded"})),
-            Err(why) => (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                serde_json::json!({"status": "not reloaded", "reason": why}),
-            ),
-        },
-    };
-    (
-        status,
-        [(header::CONTENT_TYPE, "application/json")],
-        body.to_string(),
-    )
-        .into_response()
-}
-
-/// Serves [`router`] on `listener` until `shutdown` is cancelled, then lets
-/// requests in flight finish and returns.
+/// Serves `app` (this module's [`router`], merged with the management
+/// API's) on `listener` until `shutdown` is cancelled, then lets requests
+/// in flight finish and returns. Handlers see the client's address as
+/// `ConnectInfo<SocketAddr>`.
 pub async fn serve(
     listener: TcpListener,
-    state: AdminState,
+    app: Router,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown.cancelled_owned())
+    .await
 }
 
 /// `GET /api/health`: 200 `{"status":"ok"}` when ready, else 503
@@ -212,7 +181,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn(serve(listener, state, shutdown.clone()));
+        let task = tokio::spawn(serve(listener, router(state), shutdown.clone()));
         (addr, shutdown, task)
     }
 

@@ -17,6 +17,7 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod metrics;
+pub mod mgmt;
 pub mod tls;
 pub mod users;
 

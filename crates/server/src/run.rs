@@ -401,15 +401,25 @@ impl Server {
             let b = Arc::clone(&broker);
             let adm = Arc::clone(&admission);
             let store = broker.store().clone();
-            let mut state = AdminState::new(Arc::clone(&ready), move || snapshot(&b, &adm))
+            let state = AdminState::new(Arc::clone(&ready), move || snapshot(&b, &adm))
                 .with_failure(move || store.stats().failure);
-            if let Some(tls) = &tls {
+            let tls_reload = tls.as_ref().map(|tls| {
                 let tls = Arc::clone(tls);
-                state = state.with_tls_reload(move || reload_logged(&tls, "admin call"));
-            }
+                Arc::new(move || reload_logged(&tls, "admin call"))
+                    as Arc<dyn Fn() -> Result<(), String> + Send + Sync>
+            });
+            let mgmt = Arc::new(crate::mgmt::MgmtState {
+                broker: Arc::clone(&broker),
+                auth: Arc::clone(&auth),
+                users: users.clone(),
+                started: std::time::Instant::now(),
+                tls_reload,
+                vhosts: config.broker.vhosts.clone(),
+            });
+            let app = admin::router(state).merge(crate::mgmt::router(mgmt));
             let token = listeners.child_token();
             tasks.spawn(async move {
-                if let Err(e) = admin::serve(listener, state, token).await {
+                if let Err(e) = admin::serve(listener, app, token).await {
                     tracing::error!(error = %e, "admin HTTP listener failed");
                 }
             });

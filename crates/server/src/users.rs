@@ -274,7 +274,13 @@ impl UserDb {
         let text = match std::fs::read_to_string(path) {
             Ok(text) => text,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                db.add(GUEST, GUEST, vec!["/".to_owned()], Vec::new())?;
+                // As RabbitMQ's guest: an administrator (management API).
+                db.add(
+                    GUEST,
+                    GUEST,
+                    vec!["/".to_owned()],
+                    vec!["administrator".to_owned()],
+                )?;
                 return Ok(db);
             }
             Err(source) => {
@@ -407,6 +413,57 @@ impl UserDb {
             },
         );
         Ok(())
+    }
+
+    /// Creates or changes user `name` (in memory): the password is
+    /// `password` (hashed here, slow), else the argon2id PHC string
+    /// `password_hash`, else, for a user that exists, unchanged; the tags
+    /// are replaced. A new user gets no permissions. Whether it was made.
+    pub fn put(
+        &mut self,
+        name: &str,
+        password: Option<&str>,
+        password_hash: Option<&str>,
+        tags: Vec<String>,
+    ) -> Result<bool, UsersError> {
+        check_label("user name", name)?;
+        for tag in &tags {
+            check_label("tag", tag)?;
+        }
+        let hash = match (password, password_hash) {
+            (Some(p), _) => Some(self.hash(p)?),
+            (None, Some(h)) => {
+                PasswordHash::new(h).map_err(|e| UsersError::Invalid {
+                    path: self.path.clone(),
+                    reason: format!("password_hash is not a PHC string: {e}"),
+                })?;
+                Some(h.to_owned())
+            }
+            (None, None) => None,
+        };
+        if let Some(entry) = self.users.get_mut(name) {
+            entry.user.tags = tags;
+            if let Some(h) = hash {
+                entry.password_hash = h;
+            }
+            return Ok(false);
+        }
+        let Some(password_hash) = hash else {
+            return Err(UsersError::EmptyPassword);
+        };
+        self.users.insert(
+            name.to_owned(),
+            Entry {
+                user: User {
+                    name: name.to_owned(),
+                    tags,
+                    permissions: BTreeMap::new(),
+                    topic_permissions: BTreeMap::new(),
+                },
+                password_hash,
+            },
+        );
+        Ok(true)
     }
 
     /// Removes a user (in memory; call [`UserDb::save`] to keep it).
@@ -691,7 +748,7 @@ mod tests {
         let db = UserDb::load(&path).expect("load");
         let guest = User {
             name: "guest".into(),
-            tags: vec![],
+            tags: vec!["administrator".into()],
             permissions: BTreeMap::from([("/".to_owned(), VhostPermissions::all())]),
             topic_permissions: BTreeMap::new(),
         };

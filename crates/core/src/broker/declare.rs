@@ -30,6 +30,22 @@ pub struct QueueInfo {
     pub created: bool,
 }
 
+/// One queue as the management API lists it.
+#[derive(Clone, Debug)]
+pub struct QueueSummary {
+    /// How it was declared.
+    pub def: QueueDef,
+    /// Messages ready for delivery.
+    pub ready: u64,
+    /// Delivered, not yet settled.
+    pub unacked: u64,
+    pub consumers: u64,
+    /// Body bytes of the ready messages.
+    pub ready_bytes: u64,
+    /// Since the queue was last used (declared, consumed from, got from).
+    pub idle_for: std::time::Duration,
+}
+
 /// A server-generated queue name, `amq.gen-` and 22 URL-safe characters (as RabbitMQ).
 fn generated_queue_name(seed: u64) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
@@ -591,6 +607,44 @@ impl Broker {
         topo.exchange(name)
             .cloned()
             .ok_or_else(|| CoreError::NotFound(format!("no exchange '{name}' in vhost '{vhost}'")))
+    }
+
+    /// The vhosts' names, sorted (the management API).
+    pub fn vhost_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.vhosts.read().keys().cloned().collect();
+        names.sort();
+        names
+    }
+
+    /// The exchanges of a vhost, sorted by name (the management API).
+    pub fn exchanges(&self, vhost: &str) -> Result<Vec<ExchangeDef>, CoreError> {
+        let vh = self.vhost(vhost)?;
+        let mut all: Vec<ExchangeDef> = vh.topology.read().exchanges().cloned().collect();
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(all)
+    }
+
+    /// The queues of a vhost with their counts now, sorted by name (the
+    /// management API).
+    pub fn queues(&self, vhost: &str) -> Result<Vec<QueueSummary>, CoreError> {
+        let vh = self.vhost(vhost)?;
+        let queues: Vec<Arc<Queue>> = vh.queues.read().values().cloned().collect();
+        let mut all: Vec<QueueSummary> = queues
+            .iter()
+            .map(|q| {
+                let st = q.state.lock();
+                QueueSummary {
+                    def: q.def.clone(),
+                    ready: st.ready_count(),
+                    unacked: st.unacked_count(),
+                    consumers: st.consumer_count(),
+                    ready_bytes: st.ready_bytes(),
+                    idle_for: st.last_used.elapsed(),
+                }
+            })
+            .collect();
+        all.sort_by(|a, b| a.def.name.cmp(&b.def.name));
+        Ok(all)
     }
 
     /// The bindings of a vhost (listings and tests).

@@ -31,7 +31,7 @@ use crate::retained::Retained;
 use crate::topology::Topology;
 
 pub use consume::{ConsumerHandle, GetOk};
-pub use declare::QueueInfo;
+pub use declare::{QueueInfo, QueueSummary};
 pub use publish::Published;
 
 /// Broker-wide settings the core needs.
@@ -207,6 +207,29 @@ impl Queue {
     pub fn consumer_count(&self) -> u64 {
         self.state.lock().consumer_count()
     }
+    /// The first `n` ready messages in delivery order, left where they are
+    /// and not marked redelivered (the management API's peek). Paged ones
+    /// are read from the store here, blocking: call it off the runtime.
+    pub fn peek(&self, n: usize) -> Vec<Message> {
+        let found: Vec<Result<Arc<Message>, MessageId>> = self
+            .state
+            .lock()
+            .ready_messages()
+            .take(n)
+            .map(|e| e.message().cloned().ok_or_else(|| e.message_id()))
+            .collect();
+        let broker = self.broker.upgrade();
+        found
+            .into_iter()
+            .filter_map(|m| match m {
+                Ok(m) => Some(Message::clone(&m)),
+                Err(id) => broker
+                    .as_ref()
+                    .and_then(|b| read_message(&b.store, id).ok().flatten()),
+            })
+            .collect()
+    }
+
     /// Ready messages' bodies in delivery order (inspection and tests;
     /// paged ones are read from the store here, blocking).
     pub fn peek_bodies(&self) -> Vec<bytes::Bytes> {

@@ -365,6 +365,11 @@ impl QueueState {
         self.unacked.len() as u64
     }
 
+    /// Body bytes of the ready messages.
+    pub fn ready_bytes(&self) -> u64 {
+        self.ready_bytes
+    }
+
     pub fn consumer_count(&self) -> u64 {
         self.consumers.len() as u64
     }

@@ -57,6 +57,8 @@ pub struct FileAuth {
     /// Argon2 checks running now, bounded by [`MAX_HASHING`].
     hashing: (parking_lot::Mutex<usize>, parking_lot::Condvar),
     expansions: ExpansionCache,
+    /// Held by [`FileAuth::edit`]: one edit at a time.
+    editing: parking_lot::Mutex<()>,
 }
 
 impl FileAuth {
@@ -76,6 +78,7 @@ impl FileAuth {
             key,
             hashing: (parking_lot::Mutex::new(0), parking_lot::Condvar::new()),
             expansions: ExpansionCache::default(),
+            editing: parking_lot::Mutex::new(()),
         }
     }
 
@@ -106,6 +109,22 @@ impl FileAuth {
         let db = UserDb::load(&self.path)?;
         self.install(db);
         Ok(true)
+    }
+
+    /// Changes the users file: `f` edits a copy of the users in force,
+    /// which is saved and put in force at once (the management API).
+    /// Blocking (file I/O, and hashing if `f` hashes).
+    pub fn edit<T>(
+        &self,
+        f: impl FnOnce(&mut UserDb) -> Result<T, UsersError>,
+    ) -> Result<T, UsersError> {
+        let _one_at_a_time = self.editing.lock();
+        let mut db = UserDb::clone(&self.db());
+        let out = f(&mut db)?;
+        db.save()?;
+        *self.stamp.lock() = stamp(&self.path);
+        self.install(db);
+        Ok(out)
     }
 
     /// Puts `db` in force: open connections see it at their next check.

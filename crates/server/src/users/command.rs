@@ -314,7 +314,7 @@ mod tests {
             run(UserCommand::List, &path).expect("list"),
             "alice\tvhosts=/,prod\ttags=administrator,ops\n\
              bob\tvhosts=/\ttags=\n\
-             guest\tvhosts=/\ttags="
+             guest\tvhosts=/\ttags=administrator"
         );
     }
 

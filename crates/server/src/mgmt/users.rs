@@ -1,0 +1,270 @@
+//! Users, permissions and topic permissions through the management API
+//! (administrators only, except `whoami`), written to the users file and
+//! in force at once; and `POST /api/tls/reload`.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use serde_json::{Value, json};
+
+use super::query::{ListQuery, apply};
+use super::{ApiError, Caller, Level, MgmtState, done};
+use crate::auth::FileAuth;
+use crate::users::{UserDb, UsersError};
+
+type St = State<Arc<MgmtState>>;
+type Answer = Result<Response, ApiError>;
+
+pub async fn whoami(caller: Caller) -> Answer {
+    Ok(super::json(
+        json!({"name": caller.user, "tags": caller.tags}),
+    ))
+}
+
+/// The users file, or 400 when `[auth] backends` does not have it.
+fn file(state: &MgmtState) -> Result<&Arc<FileAuth>, ApiError> {
+    state
+        .users
+        .as_ref()
+        .ok_or_else(|| ApiError::bad_request("the users file is not an authentication back-end"))
+}
+
+/// A users-file error as the API's.
+fn users_error(e: UsersError) -> ApiError {
+    match e {
+        UsersError::NoSuchUser(_) => ApiError::not_found(),
+        other => ApiError::bad_request(other.to_string()),
+    }
+}
+
+/// Runs an edit of the users file off the runtime (it may hash).
+async fn edit<T: Send + 'static>(
+    state: &MgmtState,
+    f: impl FnOnce(&mut UserDb) -> Result<T, UsersError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let users = Arc::clone(file(state)?);
+    tokio::task::spawn_blocking(move || users.edit(f))
+        .await
+        .map_err(|e| ApiError::bad_request(e.to_string()))?
+        .map_err(users_error)
+}
+
+fn user_json(db: &UserDb, name: &str) -> Option<Value> {
+    let u = db.get(name)?;
+    Some(json!({
+        "name": u.name,
+        "password_hash": db.password_hash(name).unwrap_or(""),
+        "hashing_algorithm": "argon2id",
+        "tags": u.tags,
+        "limits": {},
+    }))
+}
+
+pub async fn users(State(state): St, caller: Caller, Query(q): Query<ListQuery>) -> Answer {
+    caller.need(Level::Administrator)?;
+    let db = file(&state)?.db();
+    let items = db.list().filter_map(|u| user_json(&db, &u.name)).collect();
+    Ok(super::json(apply(items, &q)?))
+}
+
+pub async fn user(State(state): St, caller: Caller, Path(name): Path<String>) -> Answer {
+    caller.need(Level::Administrator)?;
+    let db = file(&state)?.db();
+    user_json(&db, &name)
+        .map(super::json)
+        .ok_or_else(ApiError::not_found)
+}
+
+/// Tags as RabbitMQ takes them: a list, or one comma-separated string.
+fn tags_of(v: Option<&Value>) -> Vec<String> {
+    match v {
+        Some(Value::Array(a)) => a
+            .iter()
+            .filter_map(Value::as_str)
+            .map(str::to_owned)
+            .collect(),
+        Some(Value::String(s)) => s
+            .split(',')
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .map(str::to_owned)
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+fn parse(raw: &Bytes) -> Result<Value, ApiError> {
+    if raw.iter().all(u8::is_ascii_whitespace) {
+        return Ok(json!({}));
+    }
+    serde_json::from_slice(raw).map_err(|e| ApiError::bad_request(format!("invalid JSON: {e}")))
+}
+
+pub async fn put_user(
+    State(state): St,
+    caller: Caller,
+    Path(name): Path<String>,
+    raw: Bytes,
+) -> Answer {
+    caller.need(Level::Administrator)?;
+    let b = parse(&raw)?;
+    let password = b.get("password").and_then(Value::as_str).map(str::to_owned);
+    let hash = b
+        .get("password_hash")
+        .and_then(Value::as_str)
+        .filter(|h| !h.is_empty())
+        .map(str::to_owned);
+    if let (None, Some(algo)) = (
+        &password,
+        b.get("hashing_algorithm")
+            .and_then(Value::as_str)
+            .filter(|a| *a != "argon2id"),
+    ) && hash.is_some()
+    {
+        return Err(ApiError::bad_request(format!(
+            "hashing_algorithm {algo} is not supported (argon2id PHC strings only)"
+        )));
+    }
+    let tags = tags_of(b.get("tags"));
+    let created = edit(&state, move |db| {
+        db.put(&name, password.as_deref(), hash.as_deref(), tags)
+    })
+    .await?;
+    Ok(done(created))
+}
+
+pub async fn delete_user(State(state): St, caller: Caller, Path(name): Path<String>) -> Answer {
+    caller.need(Level::Administrator)?;
+    edit(&state, move |db| db.delete(&name)).await?;
+    Ok(done(false))
+}
+
+fn permission_rows(db: &UserDb) -> Vec<Value> {
+    db.list()
+        .flat_map(|u| {
+            u.permissions.iter().map(move |(v, p)| {
+                json!({
+                    "user": u.name,
+                    "vhost": v,
+                    "configure": p.configure.as_str(),
+                    "write": p.write.as_str(),
+                    "read": p.read.as_str(),
+                })
+            })
+        })
+        .collect()
+}
+
+pub async fn permissions(State(state): St, caller: Caller, Query(q): Query<ListQuery>) -> Answer {
+    caller.need(Level::Administrator)?;
+    let db = file(&state)?.db();
+    Ok(super::json(apply(permission_rows(&db), &q)?))
+}
+
+pub async fn permission(
+    State(state): St,
+    caller: Caller,
+    Path((v, user)): Path<(String, String)>,
+) -> Answer {
+    caller.need(Level::Administrator)?;
+    let db = file(&state)?.db();
+    permission_rows(&db)
+        .into_iter()
+        .find(|r| r["user"] == user.as_str() && r["vhost"] == v.as_str())
+        .map(super::json)
+        .ok_or_else(ApiError::not_found)
+}
+
+pub async fn put_permission(
+    State(state): St,
+    caller: Caller,
+    Path((v, user)): Path<(String, String)>,
+    raw: Bytes,
+) -> Answer {
+    caller.need(Level::Administrator)?;
+    if !state.broker.vhost_names().contains(&v) {
+        return Err(ApiError::bad_request(format!("no vhost '{v}'")));
+    }
+    let b = parse(&raw)?;
+    let field = |k: &str| {
+        b.get(k)
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .ok_or_else(|| ApiError::bad_request(format!("{k} is required")))
+    };
+    let (configure, write, read) = (field("configure")?, field("write")?, field("read")?);
+    let created = edit(&state, move |db| {
+        let had = db.get(&user).is_some_and(|u| u.may_access(&v));
+        db.set_permissions(&user, &v, &configure, &write, &read)?;
+        Ok(!had)
+    })
+    .await?;
+    Ok(done(created))
+}
+
+pub async fn delete_permission(
+    State(state): St,
+    caller: Caller,
+    Path((v, user)): Path<(String, String)>,
+) -> Answer {
+    caller.need(Level::Administrator)?;
+    let had = edit(&state, move |db| db.clear_permissions(&user, &v)).await?;
+    if had {
+        Ok(done(false))
+    } else {
+        Err(ApiError::not_found())
+    }
+}
+
+pub async fn topic_permissions(
+    State(state): St,
+    caller: Caller,
+    Query(q): Query<ListQuery>,
+) -> Answer {
+    caller.need(Level::Administrator)?;
+    let db = file(&state)?.db();
+    let rows = db
+        .list()
+        .flat_map(|u| {
+            u.topic_permissions.iter().map(move |((v, x), t)| {
+                json!({
+                    "user": u.name,
+                    "vhost": v,
+                    "exchange": x,
+                    "write": t.write.as_str(),
+                    "read": t.read.as_str(),
+                })
+            })
+        })
+        .collect();
+    Ok(super::json(apply(rows, &q)?))
+}
+
+/// `POST /api/tls/reload` (administrators): 200 `{"status":"reloaded"}`;
+/// 500 with the reason when a file is bad (the files in use stay); 404
+/// without TLS.
+pub async fn tls_reload(State(state): St, caller: Caller) -> Answer {
+    caller.need(Level::Administrator)?;
+    let (status, body) = match &state.tls_reload {
+        None => (
+            StatusCode::NOT_FOUND,
+            json!({"status": "TLS is not configured"}),
+        ),
+        Some(reload) => match reload() {
+            Ok(()) => (StatusCode::OK, json!({"status": "reloaded"})),
+            Err(why) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                json!({"status": "not reloaded", "reason": why}),
+            ),
+        },
+    };
+    Ok((
+        status,
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response())
+}

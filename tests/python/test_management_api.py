@@ -1,0 +1,265 @@
+"""The management HTTP API (docs/management.md), RabbitMQ's shapes, against
+the running broker: credentials and tags, the objects' JSON fields, list
+parameters, the writes (declare, delete, purge, get, publish, bind, users,
+permissions) and their effect seen by pika, and the error bodies.
+"""
+
+import urllib.parse
+
+import pika
+import pytest
+
+from admin_support import api
+from stomp_support import uid
+
+pytestmark = pytest.mark.deadline(60)
+
+
+def q(name):
+    return urllib.parse.quote(name, safe="")
+
+
+@pytest.fixture
+def mb(make_broker):
+    """A broker with users for each tag level (their passwords are their
+    names) and a second vhost."""
+    b = make_broker(
+        vhosts=["/", "iot"],
+        users=[
+            ("admin2", "admin2", ["/"]),
+            ("monitor", "monitor", ["/"]),
+            ("manager", "manager", ["iot"]),
+            ("plain", "plain", ["/"]),
+        ],
+    )
+    for name, tags in (("admin2", "administrator"), ("monitor", "monitoring"), ("manager", "management")):
+        status, _, _ = api(b, "PUT", f"/api/users/{name}", {"tags": tags})
+        assert status == 204, status
+    return b
+
+
+def test_credentials_and_tags(mb):
+    status, body, headers = api(mb, "GET", "/api/overview", user=None)
+    assert status == 401 and body["error"] == "not_authorised", body
+    assert headers["WWW-Authenticate"].startswith("Basic"), dict(headers)
+    status, body, _ = api(mb, "GET", "/api/overview", user="guest", password="wrong")
+    assert (status, body["error"]) == (401, "not_authorised")
+    status, body, _ = api(mb, "GET", "/api/overview", user="plain", password="plain")
+    assert (status, body["reason"]) == (401, "Not management user")
+    # Health and metrics answer without credentials.
+    assert api(mb, "GET", "/api/health", user=None)[0] == 200
+    assert api(mb, "GET", "/api/whoami")[1] == {"name": "guest", "tags": ["administrator"]}
+    assert api(mb, "GET", "/api/whoami", user="monitor", password="monitor")[1] == {
+        "name": "monitor",
+        "tags": ["monitoring"],
+    }
+    # management: its own vhosts only; monitoring: all, read-only.
+    names = lambda user: [v["name"] for v in api(mb, "GET", "/api/vhosts", user=user, password=user)[1]]
+    assert names("manager") == ["iot"]
+    assert names("monitor") == ["/", "iot"]
+    assert api(mb, "GET", "/api/queues/%2F", user="manager", password="manager")[0] == 401
+    assert api(mb, "GET", "/api/users", user="monitor", password="monitor")[1]["reason"] == (
+        "Not administrator user"
+    )
+    assert api(mb, "GET", "/api/users", user="admin2", password="admin2")[0] == 200
+
+
+def test_queues_fields_and_writes_with_pika(mb):
+    name = uid("q")
+    assert api(mb, "PUT", f"/api/queues/%2F/{name}", {"durable": True, "arguments": {"x-max-length": 10}})[0] == 201
+    assert api(mb, "PUT", f"/api/queues/%2F/{name}", {"durable": True, "arguments": {"x-max-length": 10}})[0] == 204
+    conn = mb.connect()
+    ch = conn.channel()
+    ch.confirm_delivery()
+    for i in range(3):
+        ch.basic_publish("", name, f"m{i}".encode())
+    status, body, _ = api(mb, "GET", f"/api/queues/%2F/{name}")
+    assert status == 200
+    for field, want in (
+        ("name", name),
+        ("vhost", "/"),
+        ("durable", True),
+        ("auto_delete", False),
+        ("exclusive", False),
+        ("arguments", {"x-max-length": 10}),
+        ("messages", 3),
+        ("messages_ready", 3),
+        ("messages_unacknowledged", 0),
+        ("consumers", 0),
+        ("state", "running"),
+        ("type", "classic"),
+    ):
+        assert body[field] == want, (field, body)
+    assert body["idle_since"][:4].isdigit()
+    # Peek leaves them and does not mark them redelivered.
+    status, got, _ = api(mb, "POST", f"/api/queues/%2F/{name}/get", {"count": 2, "ackmode": "peek", "encoding": "auto"})
+    assert status == 200
+    assert [(m["payload"], m["redelivered"], m["payload_encoding"]) for m in got] == [
+        ("m0", False, "string"),
+        ("m1", False, "string"),
+    ]
+    # ack_requeue_true puts them back, redelivered.
+    got = api(mb, "POST", f"/api/queues/%2F/{name}/get", {"count": 1, "ackmode": "ack_requeue_true"})[1]
+    assert [(m["payload"], m["redelivered"], m["message_count"]) for m in got] == [("m0", False, 2)]
+    m = ch.basic_get(name, auto_ack=True)
+    assert (m[2], m[0].redelivered) == (b"m0", True)
+    # ack_requeue_false takes them.
+    got = api(mb, "POST", f"/api/queues/%2F/{name}/get", {"count": 5, "ackmode": "ack_requeue_false"})[1]
+    assert [m["payload"] for m in got] == ["m1", "m2"]
+    assert api(mb, "GET", f"/api/queues/%2F/{name}")[1]["messages"] == 0
+    # Purge and delete.
+    ch.basic_publish("", name, b"x")
+    assert api(mb, "DELETE", f"/api/queues/%2F/{name}/contents")[0] == 204
+    assert ch.queue_declare(name, passive=True).method.message_count == 0
+    assert api(mb, "DELETE", f"/api/queues/%2F/{name}")[0] == 204
+    with pytest.raises(pika.exceptions.ChannelClosedByBroker):
+        conn.channel().queue_declare(name, passive=True)
+    assert api(mb, "GET", f"/api/queues/%2F/{name}")[:2] == (
+        404,
+        {"error": "Object Not Found", "reason": "Not Found"},
+    )
+    bad = api(mb, "POST", "/api/queues/%2F/nope/get", {"ackmode": "whatever"})
+    assert bad[0] in (400, 404), bad
+    conn.close()
+
+
+def test_list_parameters(mb):
+    names = [f"page-{i:02d}" for i in range(7)]
+    for n in names:
+        api(mb, "PUT", f"/api/queues/%2F/{n}", {})
+    conn = mb.connect()
+    ch = conn.channel()
+    ch.confirm_delivery()
+    for i, n in enumerate(names):
+        for _ in range(i):
+            ch.basic_publish("", n, b"x")
+    conn.close()
+    status, page, _ = api(mb, "GET", "/api/queues/%2F?page=2&page_size=3&name=page-&sort=name")
+    assert status == 200
+    assert {k: page[k] for k in ("page", "page_size", "page_count", "item_count", "filtered_count")} == {
+        "page": 2,
+        "page_size": 3,
+        "page_count": 3,
+        "item_count": 3,
+        "filtered_count": 7,
+    }
+    assert [i["name"] for i in page["items"]] == names[3:6]
+    got = api(mb, "GET", "/api/queues?sort=messages&sort_reverse=true&columns=name,messages&name=page-")[1]
+    assert got[:2] == [{"name": "page-06", "messages": 6}, {"name": "page-05", "messages": 5}]
+    got = api(mb, "GET", "/api/queues?use_regex=true&name=%5Epage-0%5B12%5D%24&columns=name")[1]
+    assert got == [{"name": "page-01"}, {"name": "page-02"}]
+    assert api(mb, "GET", "/api/queues?page=9&page_size=3")[0] == 400
+    assert api(mb, "GET", "/api/queues?page_size=501&page=1")[0] == 400
+
+
+def test_exchanges_publish_and_bindings(mb):
+    x, qn = uid("x"), uid("q")
+    assert api(mb, "PUT", f"/api/exchanges/%2F/{x}", {"type": "topic", "durable": True})[0] == 201
+    assert api(mb, "PUT", f"/api/exchanges/%2F/{x}", {"durable": True})[0] == 400
+    assert api(mb, "GET", f"/api/exchanges/%2F/{x}")[1] == {
+        "name": x,
+        "vhost": "/",
+        "type": "topic",
+        "durable": True,
+        "auto_delete": False,
+        "internal": False,
+        "arguments": {},
+        "user_who_performed_action": "",
+    }
+    assert "amq.topic" in [e["name"] for e in api(mb, "GET", "/api/exchanges/%2F")[1]]
+    api(mb, "PUT", f"/api/queues/%2F/{qn}", {})
+    status, _, headers = api(mb, "POST", f"/api/bindings/%2F/e/{x}/q/{qn}", {"routing_key": "a.*"})
+    assert status == 201
+    assert headers["Location"] == f"/api/bindings/%2F/e/{x}/q/{qn}/a.*"
+    listed = api(mb, "GET", f"/api/bindings/%2F/e/{x}/q/{qn}")[1]
+    assert listed == [
+        {
+            "source": x,
+            "vhost": "/",
+            "destination": qn,
+            "destination_type": "queue",
+            "routing_key": "a.*",
+            "arguments": {},
+            "properties_key": "a.*",
+        }
+    ]
+    status, body, _ = api(
+        mb,
+        "POST",
+        f"/api/exchanges/%2F/{x}/publish",
+        {"routing_key": "a.b", "payload": "hello", "payload_encoding": "string", "properties": {"delivery_mode": 2, "headers": {"h": 1}}},
+    )
+    assert (status, body) == (200, {"routed": True})
+    assert api(mb, "POST", f"/api/exchanges/%2F/{x}/publish", {"routing_key": "zz", "payload": ""})[1] == {"routed": False}
+    # The default exchange is amq.default in paths.
+    assert api(mb, "POST", "/api/exchanges/%2F/amq.default/publish", {"routing_key": qn, "payload": "aGk=", "payload_encoding": "base64"})[1] == {"routed": True}
+    conn = mb.connect()
+    ch = conn.channel()
+    first = ch.basic_get(qn, auto_ack=True)
+    assert (first[2], first[1].delivery_mode, first[1].headers) == (b"hello", 2, {"h": 1})
+    assert ch.basic_get(qn, auto_ack=True)[2] == b"hi"
+    conn.close()
+    qb = api(mb, "GET", f"/api/queues/%2F/{qn}/bindings")[1]
+    assert [(b["source"], b["routing_key"]) for b in qb] == [("", qn), (x, "a.*")]
+    assert api(mb, "DELETE", f"/api/bindings/%2F/e/{x}/q/{qn}/a.%2A")[0] == 204
+    assert api(mb, "GET", f"/api/bindings/%2F/e/{x}/q/{qn}")[1] == []
+    assert api(mb, "DELETE", f"/api/exchanges/%2F/{x}")[0] == 204
+    assert api(mb, "GET", f"/api/exchanges/%2F/{x}")[0] == 404
+
+
+def test_users_and_permissions_take_effect_for_amqp(mb):
+    name = uid("u")
+    assert api(mb, "PUT", f"/api/users/{name}", {"password": "pw1", "tags": ""})[0] == 201
+    user = api(mb, "GET", f"/api/users/{name}")[1]
+    assert (user["name"], user["tags"], user["hashing_algorithm"]) == (name, [], "argon2id")
+    assert user["password_hash"].startswith("$argon2id$")
+    # No permissions yet: the vhost is refused.
+    with pytest.raises(pika.exceptions.ProbableAccessDeniedError):
+        mb.connect(user=name, password="pw1")
+    body = {"configure": "", "write": ".*", "read": ".*"}
+    assert api(mb, "PUT", f"/api/permissions/%2F/{name}", body)[0] == 201
+    assert api(mb, "GET", f"/api/permissions/%2F/{name}")[1] == {"user": name, "vhost": "/", **body}
+    conn = mb.connect(user=name, password="pw1")
+    with pytest.raises(pika.exceptions.ChannelClosedByBroker) as e:
+        conn.channel().queue_declare("not-allowed")
+    assert e.value.reply_code == 403
+    conn.close()
+    # A new password works at once; the old one no longer does.
+    assert api(mb, "PUT", f"/api/users/{name}", {"password": "pw2"})[0] == 204
+    mb.connect(user=name, password="pw2").close()
+    with pytest.raises(pika.exceptions.ProbableAuthenticationError):
+        mb.connect(user=name, password="pw1")
+    assert api(mb, "DELETE", f"/api/permissions/%2F/{name}")[0] == 204
+    assert api(mb, "DELETE", f"/api/permissions/%2F/{name}")[0] == 404
+    assert api(mb, "DELETE", f"/api/users/{name}")[0] == 204
+    assert api(mb, "GET", f"/api/users/{name}")[0] == 404
+    rows = api(mb, "GET", "/api/permissions")[1]
+    assert {"user": "guest", "vhost": "/", "configure": ".*", "write": ".*", "read": ".*"} in rows
+    assert api(mb, "GET", "/api/topic-permissions")[1] == []
+    assert api(mb, "PUT", "/api/permissions/nope/guest", body)[0] == 400
+
+
+def test_write_routes_follow_the_callers_permissions(mb):
+    # manager may use iot only: declaring on / is refused.
+    status, body, _ = api(mb, "PUT", "/api/queues/%2F/mq", {}, user="manager", password="manager")
+    assert (status, body["error"]) == (401, "not_authorised")
+    assert api(mb, "PUT", "/api/queues/iot/mq", {}, user="manager", password="manager")[0] == 201
+    assert [x["name"] for x in api(mb, "GET", "/api/queues", user="manager", password="manager")[1]] == ["mq"]
+
+
+def test_overview_nodes_and_alarms(mb):
+    conn = mb.connect()
+    conn.channel().queue_declare("ov")
+    status, body, _ = api(mb, "GET", "/api/overview")
+    assert status == 200
+    assert body["object_totals"]["queues"] >= 1
+    assert body["object_totals"]["connections"] >= 1
+    assert set(body["queue_totals"]) == {"messages", "messages_ready", "messages_unacknowledged"}
+    conn.close()
+    node = api(mb, "GET", "/api/nodes")[1][0]
+    assert node["running"] is True and node["mem_alarm"] is False and node["fd_used"] > 0
+    assert api(mb, "GET", f"/api/nodes/{q(node['name'])}")[1]["name"] == node["name"]
+    assert api(mb, "GET", "/api/health/checks/alarms")[:2] == (200, {"status": "ok"})
+    assert api(mb, "GET", "/api/health/checks/local-alarms")[:2] == (200, {"status": "ok"})
+    assert api(mb, "GET", "/api/vhosts/iot")[1]["name"] == "iot"
+    assert api(mb, "GET", "/api/vhosts/nope")[0] == 404
