@@ -263,3 +263,98 @@ def test_overview_nodes_and_alarms(mb):
     assert api(mb, "GET", "/api/health/checks/local-alarms")[:2] == (200, {"status": "ok"})
     assert api(mb, "GET", "/api/vhosts/iot")[1]["name"] == "iot"
     assert api(mb, "GET", "/api/vhosts/nope")[0] == 404
+
+
+def test_connections_of_every_protocol_listed_and_closed(mb):
+    import time
+
+    from mqtt_support import V5, Client as MqttClient
+    from stomp_support import Client as StompClient
+
+    amqp = mb.connect()
+    amqp.channel()
+    amqp.channel()
+    mqtt = MqttClient(mb, client_id="dev-42", version=V5)
+    assert mqtt.connect().reason == 0
+    stomp = StompClient(mb)
+    stomp.connected()
+    try:
+        conns = api(mb, "GET", "/api/connections")[1]
+        by_proto = {c["protocol"]: c for c in conns}
+        assert set(by_proto) == {"AMQP 0-9-1", "MQTT 5", "STOMP 1.2"}, conns
+        a = by_proto["AMQP 0-9-1"]
+        assert (a["user"], a["vhost"], a["channels"], a["ssl"], a["peer_host"]) == (
+            "guest",
+            "/",
+            2,
+            False,
+            "127.0.0.1",
+        )
+        assert a["client_properties"]["product"].startswith("Pika")
+        m = by_proto["MQTT 5"]
+        assert (m["client_id"], m["user"], m["state"]) == ("dev-42", "guest", "running")
+        assert api(mb, "GET", f"/api/connections/{q(m['name'])}")[1]["client_id"] == "dev-42"
+        # A management user sees only its own connections.
+        assert api(mb, "GET", "/api/connections", user="manager", password="manager")[1] == []
+        assert api(mb, "GET", "/api/vhosts/%2F/connections")[1] != []
+        # Closing: MQTT 5 gets DISCONNECT 0x98, AMQP 320 with the reason,
+        # STOMP an ERROR.
+        status, _, _ = api(mb, "DELETE", f"/api/connections/{q(m['name'])}", headers={"X-Reason": "maintenance"})
+        assert status == 204
+        gone = mqtt.wait_disconnected()
+        assert (gone.by_server, gone.reason) == (True, 0x98), gone
+        api(mb, "DELETE", f"/api/connections/{q(a['name'])}", headers={"X-Reason": "maintenance"})
+        deadline = time.monotonic() + 5
+        while amqp.is_open and time.monotonic() < deadline:
+            try:
+                amqp.process_data_events(0.1)
+            except pika.exceptions.ConnectionClosedByBroker as e:
+                assert (e.reply_code, e.reply_text) == (320, "CONNECTION_FORCED - maintenance")
+                break
+        else:
+            pytest.fail("the AMQP connection was not closed")
+        s = by_proto["STOMP 1.2"]
+        api(mb, "DELETE", f"/api/connections/{q(s['name'])}")
+        stomp.wait_disconnected()
+        err = stomp.listener.of("ERROR")
+        assert [e.headers["message"] for e in err] == ["connection closed by an operator"]
+        assert api(mb, "GET", f"/api/connections/{q(m['name'])}")[0] == 404
+    finally:
+        mqtt.close()
+        stomp.close()
+
+
+def test_mqtt_clients_connected_and_parked(mb):
+    from mqtt_support import V5, Client as MqttClient
+
+    parked = MqttClient(mb, client_id="parked-1", version=V5, clean=False, session_expiry=600)
+    assert parked.connect().reason == 0
+    assert parked.subscribe("plant/+/temp", "alerts/#", qos=1) == [1, 1]
+    parked.disconnect()
+    online = MqttClient(mb, client_id="online-1", version=V5)
+    assert online.connect().reason == 0
+    assert online.subscribe("cmd/online-1", qos=1) == [1]
+    pub = MqttClient(mb, version=V5)
+    pub.connect()
+    pub.publish("plant/7/temp", b"21", qos=1)
+    pub.publish("alerts/fire", b"!", qos=1)
+    pub.close()
+    try:
+        clients = {c["client_id"]: c for c in api(mb, "GET", "/api/mqtt/clients")[1]}
+        p = clients["parked-1"]
+        assert (p["connected"], p["subscriptions"], p["queued_messages"]) == (
+            False,
+            ["alerts/#", "plant/+/temp"],
+            2,
+        )
+        assert 590 <= p["session_expires_in"] <= 600
+        o = clients["online-1"]
+        assert (o["connected"], o["subscriptions"], o["user"], o["protocol"]) == (
+            True,
+            ["cmd/online-1"],
+            "guest",
+            "MQTT 5",
+        )
+        assert api(mb, "GET", "/api/mqtt/clients", user="manager", password="manager")[0] == 401
+    finally:
+        online.close()

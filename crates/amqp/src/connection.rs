@@ -93,11 +93,17 @@ pub(crate) async fn run(
     async move {
         stream.set_nodelay();
         let client_name = stream.client_name();
+        let tls = stream.is_tls();
         let (mut rd, mut wr) = stream.split();
         let mut buf = BytesMut::with_capacity(16 * 1024);
         // Registered before the handshake: `connection.open` logs it in
         // (the per-user cap).
         let mut guard = ctx.broker.open_connection(Protocol::Amqp);
+        guard.describe(|d| {
+            d.peer = Some(peer);
+            d.tls = tls;
+            d.version = Some("0-9-1".into());
+        });
         let opened = tokio::select! {
             _ = shutdown.cancelled() => return,
             r = tokio::time::timeout(
@@ -126,6 +132,14 @@ pub(crate) async fn run(
                 return;
             }
         };
+        guard.describe(|d| {
+            d.vhost = Some(opened.vhost.clone());
+            d.client.clone_from(&opened.client);
+        });
+        // An operator's close stops this connection as a shutdown does,
+        // with its own words (see `serve`).
+        let shutdown = shutdown.child_token();
+        guard.close_with(&shutdown);
         let span = tracing::Span::current();
         span.record("user", opened.user.as_str());
         span.record("vhost", opened.vhost.as_str());
@@ -241,10 +255,11 @@ impl Conn {
             tokio::select! {
                 _ = shutdown.cancelled(), if !shut_down => {
                     shut_down = true;
-                    self.close_connection(AmqpError::connection(
-                        code::CONNECTION_FORCED,
-                        "broker forced connection closure with reason 'shutdown'",
-                    ));
+                    let text = match self.guard.close_reason() {
+                        Some(why) => why,
+                        None => "broker forced connection closure with reason 'shutdown'".into(),
+                    };
+                    self.close_connection(AmqpError::connection(code::CONNECTION_FORCED, text));
                 }
                 changed = alarm.changed() => {
                     if changed.is_err() {

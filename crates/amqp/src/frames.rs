@@ -134,6 +134,7 @@ impl Conn {
             self.channel_openings += 1;
             let epoch = self.channel_openings;
             self.channels.insert(id, Channel::new(id, getter, epoch));
+            self.guard.set_channels(self.channels.len());
             self.out.method(
                 id,
                 AMQPClass::Channel(channel::AMQPMethod::OpenOk(channel::OpenOk {})),
@@ -151,6 +152,7 @@ impl Conn {
             match m {
                 AMQPClass::Channel(channel::AMQPMethod::CloseOk(_)) => {
                     self.channels.remove(&id);
+                    self.guard.set_channels(self.channels.len());
                 }
                 AMQPClass::Channel(channel::AMQPMethod::Close(_)) => {
                     self.out.method(
@@ -158,6 +160,7 @@ impl Conn {
                         AMQPClass::Channel(channel::AMQPMethod::CloseOk(channel::CloseOk {})),
                     );
                     self.channels.remove(&id);
+                    self.guard.set_channels(self.channels.len());
                 }
                 _ => {}
             }

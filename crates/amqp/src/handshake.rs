@@ -27,6 +27,8 @@ pub(crate) struct Opened {
     pub heartbeat: u16,
     /// The client announced the `connection.blocked` capability.
     pub wants_blocked: bool,
+    /// `client_properties.product` (and version), for the management API.
+    pub client: Option<String>,
 }
 
 /// Why a handshake ended without an open connection.
@@ -252,6 +254,15 @@ pub(crate) async fn handshake(
             return Err(refuse(wr, e).await);
         }
     };
+    let text_prop = |k: &str| match start_ok.client_properties.inner().get(k) {
+        Some(AMQPValue::LongString(s)) => Some(s.to_string()),
+        Some(AMQPValue::ShortString(s)) => Some(s.as_str().to_string()),
+        _ => None,
+    };
+    let client = text_prop("product").map(|p| match text_prop("version") {
+        Some(v) => format!("{p} {v}"),
+        None => p,
+    });
     let wants_blocked = matches!(
         start_ok.client_properties.inner().get("capabilities"),
         Some(AMQPValue::FieldTable(caps))
@@ -383,5 +394,6 @@ pub(crate) async fn handshake(
         channel_max,
         heartbeat: tune_ok.heartbeat,
         wants_blocked,
+        client,
     })
 }

@@ -47,6 +47,7 @@ impl Conn {
             AMQPClass::Channel(channel::AMQPMethod::Close(_)) => {
                 self.release_channel(id);
                 self.channels.remove(&id);
+                self.guard.set_channels(self.channels.len());
                 self.reply(
                     id,
                     AMQPClass::Channel(channel::AMQPMethod::CloseOk(channel::CloseOk {})),

@@ -63,6 +63,19 @@ pub fn filter_to_pattern(filter: &str) -> String {
         .join(".")
 }
 
+/// An AMQP topic binding pattern as an MQTT filter: the inverse of
+/// [`filter_to_pattern`] (`*` → `+`, separators swapped back).
+pub fn pattern_to_filter(pattern: &str) -> String {
+    pattern
+        .split('.')
+        .map(|word| match word {
+            "*" => "+".to_string(),
+            w => w.replace('/', "."),
+        })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
 /// Where a reply goes: the core's `reply_to` read as an address.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ReplyAddress<'a> {
@@ -287,6 +300,9 @@ mod tests {
         assert_eq!(filter_to_pattern("a/#"), "a.#");
         assert_eq!(filter_to_pattern("#"), "#");
         assert_eq!(filter_to_pattern("+/v1.2/#"), "*.v1/2.#");
+        for f in ["cmd/+", "a/#", "#", "+/v1.2/#", "plant/7/temp"] {
+            assert_eq!(pattern_to_filter(&filter_to_pattern(f)), f);
+        }
     }
 
     #[test]

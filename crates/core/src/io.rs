@@ -118,6 +118,10 @@ pub trait ByteStream: AsyncRead + AsyncWrite + Send + Unpin + 'static {
     fn client_name(&self) -> Option<&str> {
         None
     }
+    /// Whether the bytes travel encrypted (the management API's `ssl`).
+    fn is_tls(&self) -> bool {
+        false
+    }
 }
 
 /// In-memory pipes (tests) carry no certificate.
@@ -133,6 +137,10 @@ pub struct Identified<S> {
 impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> ByteStream for Identified<S> {
     fn client_name(&self) -> Option<&str> {
         self.client_name.as_deref()
+    }
+    /// The server wraps its TLS streams, and only those.
+    fn is_tls(&self) -> bool {
+        true
     }
 }
 
@@ -197,6 +205,14 @@ impl Stream {
     pub fn set_nodelay(&self) {
         if let Stream::Tcp(s) = self {
             let _ = s.set_nodelay(true);
+        }
+    }
+
+    /// See [`ByteStream::is_tls`].
+    pub fn is_tls(&self) -> bool {
+        match self {
+            Stream::Tcp(_) => false,
+            Stream::Other(s) => s.is_tls(),
         }
     }
 

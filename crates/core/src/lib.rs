@@ -56,8 +56,9 @@ pub mod records {
 
 pub use access::{Access, Denied, Login, Permission, Principal, Resource};
 pub use broker::{
-    Broker, BrokerConfig, BrokerStats, ConnectionGuard, ConsumerHandle, GetOk, Limits,
-    MemoryCharge, Published, Queue, QueueInfo, QueueStats, QueueSummary,
+    Broker, BrokerConfig, BrokerStats, ConnectionDetails, ConnectionGuard, ConnectionSnapshot,
+    ConsumerHandle, GetOk, Limits, MemoryCharge, Published, Queue, QueueInfo, QueueStats,
+    QueueSummary,
 };
 pub use consumer::{ConsumerEvent, ConsumerSpec, Credit, Delivery};
 pub use error::CoreError;

@@ -113,6 +113,7 @@ pub(crate) async fn run(
     async move {
         stream.set_nodelay();
         let client_name = stream.client_name();
+        let tls = stream.is_tls();
         let (mut rd, mut wr) = stream.split();
         let mut buf = BytesMut::with_capacity(READ_START);
         let max = ctx.settings.max_packet_size as usize;
@@ -137,6 +138,7 @@ pub(crate) async fn run(
             }
         };
         let kick: registry::Kick = Arc::default();
+        let version = connect.version;
         let Some((mut conn, keepalive)) =
             Box::pin(accept(&ctx, connect, peer, client_name.as_deref(), &mut wr, Arc::clone(&kick))).await
         else {
@@ -145,6 +147,17 @@ pub(crate) async fn run(
             return;
         };
         tracing::Span::current().record("client_id", conn.session.client_id.as_str());
+        conn.guard.describe(|d| {
+            d.peer = Some(peer);
+            d.tls = tls;
+            d.vhost = Some(ctx.settings.vhost.clone());
+            d.client_id = Some(conn.session.client_id.clone());
+            d.version = Some(version_text(version).into());
+        });
+        // An operator's close stops this connection as a shutdown does,
+        // with its own reason code (see `serve`).
+        let shutdown = shutdown.child_token();
+        conn.guard.close_with(&shutdown);
         ctx.stats.connected.fetch_add(1, Ordering::Relaxed);
         let events = conn.session.events_rx.take();
         // Boxed, like every large step: the task keeps only the state of
@@ -227,6 +240,15 @@ async fn refuse_undecodable(wr: &mut WriteHalf, e: &DecodeError, level: Option<u
         let _ = wr.write_all(&out).await;
     }
     let _ = wr.shutdown().await;
+}
+
+/// The protocol version as the management API shows it.
+fn version_text(v: ProtocolVersion) -> &'static str {
+    match v {
+        ProtocolVersion::V5 => "5",
+        ProtocolVersion::V3_1_1 => "3.1.1",
+        ProtocolVersion::V3_1 => "3.1",
+    }
 }
 
 /// Writes one CONNACK refusing the connection.
@@ -587,11 +609,19 @@ impl Conn {
             let deadline = keepalive.map(|k| last_recv + k);
             tokio::select! {
                 _ = shutdown.cancelled() => {
-                    self.disconnect(ReasonCode::SERVER_SHUTTING_DOWN);
                     self.linger = true;
-                    self.end = Some(End::Normal);
-                    // A broker shutdown is not the client's failure: no will.
-                    self.will = None;
+                    if let Some(why) = self.guard.close_reason() {
+                        // An operator's close: 0x98, and the will goes
+                        // out as for any close the client did not ask for.
+                        tracing::info!(client_id = %self.session.client_id, reason = %why, "mqtt connection closed by an operator");
+                        self.disconnect(ReasonCode::ADMINISTRATIVE_ACTION);
+                        self.end = Some(End::Abnormal);
+                    } else {
+                        self.disconnect(ReasonCode::SERVER_SHUTTING_DOWN);
+                        self.end = Some(End::Normal);
+                        // A broker shutdown is not the client's failure: no will.
+                        self.will = None;
+                    }
                 }
                 _ = kick.notified() => {
                     // What the client sent before the new connection came

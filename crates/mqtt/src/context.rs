@@ -167,6 +167,54 @@ impl MqttContext {
     }
 }
 
+/// One MQTT client as the management API lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientInfo {
+    pub client_id: String,
+    /// The connection serving it; None while its session is parked.
+    pub connection: Option<junction_core::ConnectionId>,
+    /// Its filters (`$share/…` included).
+    pub subscriptions: Vec<String>,
+    /// A parked session's time left; None online, or never.
+    pub expires_in: Option<std::time::Duration>,
+    /// A parked session's delayed will has not gone out yet.
+    pub will_pending: bool,
+    /// Messages waiting in its session queue.
+    pub queued: u64,
+}
+
+impl MqttContext {
+    /// Every client with a session, connected or parked. A connected
+    /// client's subscriptions are read back from its session queue's
+    /// bindings (its shared subscriptions are not among them).
+    pub fn clients(&self) -> Vec<ClientInfo> {
+        let vhost = &self.settings.vhost;
+        let mut all = self.registry.view();
+        // One pass over the bindings, not one per client.
+        let mut filters: std::collections::HashMap<String, Vec<String>> =
+            std::collections::HashMap::new();
+        for b in self.broker.bindings(vhost).unwrap_or_default() {
+            if let junction_core::Destination::Queue(q) = b.destination {
+                filters
+                    .entry(q)
+                    .or_default()
+                    .push(junction_core::interop::pattern_to_filter(&b.routing_key));
+            }
+        }
+        for c in &mut all {
+            let queue = crate::session::session_queue_name(&c.client_id);
+            if let Ok(q) = self.broker.queue_for(vhost, &queue, None) {
+                c.queued = q.message_count();
+            }
+            if c.connection.is_some() {
+                c.subscriptions = filters.remove(&queue).unwrap_or_default();
+                c.subscriptions.sort();
+            }
+        }
+        all
+    }
+}
+
 /// Prepares the adapter before the first connection: the persistent
 /// sessions stored by earlier runs (one read of the stored state), the `$SYS`
 /// exchange, the removal of what ended sessions left, and the background tasks (the

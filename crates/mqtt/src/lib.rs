@@ -40,4 +40,4 @@ pub mod session;
 mod sys;
 
 #[cfg(feature = "adapter")]
-pub use context::{MqttContext, MqttSettings, serve_connection, start};
+pub use context::{ClientInfo, MqttContext, MqttSettings, serve_connection, start};

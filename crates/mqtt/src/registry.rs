@@ -140,6 +140,37 @@ impl Registry {
         })
     }
 
+    /// Every client id with a session: online (its connection) or
+    /// parked (its subscriptions, when it expires, whether a will waits).
+    pub fn view(&self) -> Vec<crate::context::ClientInfo> {
+        let now = Instant::now();
+        let slots = self.slots.lock();
+        let mut all: Vec<crate::context::ClientInfo> = slots
+            .iter()
+            .filter_map(|(id, slot)| match slot {
+                Slot::Online { conn, .. } => Some(crate::context::ClientInfo {
+                    client_id: id.clone(),
+                    connection: Some(*conn),
+                    subscriptions: Vec::new(),
+                    expires_in: None,
+                    will_pending: false,
+                    queued: 0,
+                }),
+                Slot::Parked(p) => Some(crate::context::ClientInfo {
+                    client_id: id.clone(),
+                    connection: None,
+                    subscriptions: p.session.subs.by_filter.keys().cloned().collect(),
+                    expires_in: p.expires_at.map(|t| t.saturating_duration_since(now)),
+                    will_pending: p.will.is_some(),
+                    queued: 0,
+                }),
+                Slot::Ending => None,
+            })
+            .collect();
+        all.sort_by(|a, b| a.client_id.cmp(&b.client_id));
+        all
+    }
+
     /// Takes out sessions past their expiry and wills past their delay.
     fn due(&self, now: Instant) -> (Vec<Session>, Vec<PendingWill>) {
         let mut slots = self.slots.lock();

@@ -8,7 +8,7 @@
 use std::net::IpAddr;
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 
 /// `junction [FLAGS] [COMMAND]`.
 ///
@@ -89,6 +89,11 @@ pub struct Cli {
     #[arg(long, global = true)]
     pub in_memory: bool,
 
+    /// Sets `[broker] load_definitions`: a definitions file (RabbitMQ's
+    /// format) to import at start.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub definitions: Option<PathBuf>,
+
     /// What to do; `None` runs the broker.
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -108,6 +113,173 @@ pub enum Command {
     /// MQTT topics, STOMP /topic/ destinations).
     #[command(subcommand)]
     TopicPermission(TopicPermissionCommand),
+    /// Queues of a running broker (through its management API).
+    Queues {
+        #[command(flatten)]
+        remote: Remote,
+        #[command(subcommand)]
+        action: QueuesAction,
+    },
+    /// Exchanges of a running broker.
+    Exchanges {
+        #[command(flatten)]
+        remote: Remote,
+        #[command(subcommand)]
+        action: ListAction,
+    },
+    /// Bindings of a running broker.
+    Bindings {
+        #[command(flatten)]
+        remote: Remote,
+        #[command(subcommand)]
+        action: ListAction,
+    },
+    /// Connections of a running broker, every protocol.
+    Connections {
+        #[command(flatten)]
+        remote: Remote,
+        #[command(subcommand)]
+        action: ConnectionsAction,
+    },
+    /// MQTT clients and their sessions on a running broker.
+    Mqtt {
+        #[command(flatten)]
+        remote: Remote,
+        #[command(subcommand)]
+        action: MqttAction,
+    },
+    /// Publish one message through a running broker's management API.
+    Publish {
+        #[command(flatten)]
+        remote: Remote,
+        /// The exchange ("" or amq.default: the default exchange).
+        exchange: String,
+        /// The routing key (a queue's name on the default exchange).
+        routing_key: String,
+        /// The body, as text.
+        payload: String,
+        /// The vhost.
+        #[arg(long, default_value = "/")]
+        vhost: String,
+    },
+    /// Get messages from a queue of a running broker.
+    Get {
+        #[command(flatten)]
+        remote: Remote,
+        /// The queue.
+        queue: String,
+        /// How many at most.
+        #[arg(long, default_value_t = 1)]
+        count: usize,
+        /// peek (leaves them, not marked redelivered), ack_requeue_true
+        /// (returns them, redelivered), ack_requeue_false (takes them).
+        #[arg(long, default_value = "peek")]
+        ackmode: String,
+        /// The vhost.
+        #[arg(long, default_value = "/")]
+        vhost: String,
+    },
+    /// A running broker's overview, node and alarms.
+    Status {
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Export or import a running broker's definitions (RabbitMQ's format).
+    Definitions {
+        #[command(flatten)]
+        remote: Remote,
+        #[command(subcommand)]
+        action: DefinitionsAction,
+    },
+}
+
+/// `junction definitions ...`.
+#[derive(Debug, Clone, PartialEq, Eq, Subcommand)]
+pub enum DefinitionsAction {
+    /// Print the definitions as JSON (or write them to FILE).
+    Export {
+        /// Where to write them; stdout when absent.
+        file: Option<PathBuf>,
+    },
+    /// Import a definitions file (one exported by Junction or RabbitMQ).
+    Import {
+        /// The file.
+        file: PathBuf,
+    },
+}
+
+/// How the operator commands reach a running broker (the flags may come
+/// after the action: `junction queues list --url ...`).
+#[derive(Debug, Clone, PartialEq, Eq, Args)]
+pub struct Remote {
+    /// The management API's address; default http://<[broker] bind>:<[admin] port>
+    /// from the configuration.
+    #[arg(long, global = true, value_name = "URL")]
+    pub url: Option<String>,
+    /// The user to log in as.
+    #[arg(long, global = true, default_value = "guest")]
+    pub user: String,
+    /// Its password.
+    #[arg(long, global = true, default_value = "guest")]
+    pub password: String,
+    /// Print the API's JSON instead of a table.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+/// `junction queues ...`.
+#[derive(Debug, Clone, PartialEq, Eq, Subcommand)]
+pub enum QueuesAction {
+    /// List queues with their message counts.
+    List {
+        /// Only this vhost's.
+        #[arg(long)]
+        vhost: Option<String>,
+    },
+    /// Remove every ready message of a queue.
+    Purge {
+        name: String,
+        #[arg(long, default_value = "/")]
+        vhost: String,
+    },
+    /// Delete a queue and its messages.
+    Delete {
+        name: String,
+        #[arg(long, default_value = "/")]
+        vhost: String,
+    },
+}
+
+/// `junction exchanges list`, `junction bindings list`.
+#[derive(Debug, Clone, PartialEq, Eq, Subcommand)]
+pub enum ListAction {
+    /// List them.
+    List {
+        /// Only this vhost's.
+        #[arg(long)]
+        vhost: Option<String>,
+    },
+}
+
+/// `junction connections ...`.
+#[derive(Debug, Clone, PartialEq, Eq, Subcommand)]
+pub enum ConnectionsAction {
+    /// List open connections.
+    List,
+    /// Close one (its name as `connections list` shows it).
+    Close {
+        name: String,
+        /// Told to the client where its protocol can say it.
+        #[arg(long, default_value = "Closed via the junction command")]
+        reason: String,
+    },
+}
+
+/// `junction mqtt ...`.
+#[derive(Debug, Clone, PartialEq, Eq, Subcommand)]
+pub enum MqttAction {
+    /// List MQTT clients and their sessions, connected or parked.
+    Clients,
 }
 
 /// `junction permission ...`: RabbitMQ's `set_permissions` and friends.
@@ -259,6 +431,7 @@ mod tests {
                 mqtts_port: None,
                 stomps_port: None,
                 in_memory: false,
+                definitions: None,
                 command: None,
             }
         );

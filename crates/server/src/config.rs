@@ -164,6 +164,9 @@ pub struct BrokerConfig {
     /// The users file; empty means `<data_dir>/users.toml`
     /// (see [`Config::users_path`]).
     pub users_file: PathBuf,
+    /// A definitions file (RabbitMQ's format) imported at every start;
+    /// empty: none (`--definitions FILE` sets it).
+    pub load_definitions: PathBuf,
     /// Refuse the well-known `guest` login from any peer that is not
     /// loopback, so the default password is harmless on a network.
     pub guest_loopback_only: bool,
@@ -229,6 +232,7 @@ impl Default for BrokerConfig {
             bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
             vhosts: vec!["/".to_owned()],
             users_file: PathBuf::new(),
+            load_definitions: PathBuf::new(),
             guest_loopback_only: true,
             log_level: "info".to_owned(),
             max_message_size: 128 * 1024 * 1024,
@@ -361,6 +365,9 @@ impl Config {
         }
         if cli.in_memory {
             self.broker.in_memory = true;
+        }
+        if let Some(file) = &cli.definitions {
+            self.broker.load_definitions.clone_from(file);
         }
         if let Some(port) = cli.mqtt_port {
             self.mqtt.port = port;

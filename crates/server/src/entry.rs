@@ -1,5 +1,5 @@
-//! The `junction` command: parse flags, then either run a `user`
-//! subcommand or the broker until SIGTERM/SIGINT.
+//! The `junction` command: parse flags, then either run a subcommand (`user`,
+//! `permission`, an operator command) or the broker until SIGTERM/SIGINT.
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -33,8 +33,14 @@ pub fn main() -> ExitCode {
     config.apply_cli(&cli);
     if let Some(cmd) = &cli.command {
         let done = match cmd {
-            Command::User(cmd) => run_user_command(cmd, &config.users_path()),
-            other => run_permission_command(other, &config.users_path(), &config.broker.vhosts),
+            Command::User(cmd) => {
+                run_user_command(cmd, &config.users_path()).map_err(|e| e.to_string())
+            }
+            Command::Permission(_) | Command::TopicPermission(_) => {
+                run_permission_command(cmd, &config.users_path(), &config.broker.vhosts)
+                    .map_err(|e| e.to_string())
+            }
+            ops => crate::ops::run_ops_command(ops, &config).map_err(|e| e.to_string()),
         };
         return match done {
             Ok(out) => {

@@ -18,6 +18,7 @@ pub mod cli;
 pub mod config;
 pub mod metrics;
 pub mod mgmt;
+pub mod ops;
 pub mod tls;
 pub mod users;
 

@@ -44,6 +44,8 @@ pub enum ServerError {
     Tls(String),
     #[error("{0}")]
     Auth(String),
+    #[error("cannot import the definitions file {0}")]
+    Definitions(String),
     #[error("cannot listen on {addr} for {what}: {source}")]
     Bind {
         what: &'static str,
@@ -109,6 +111,24 @@ fn reload_logged(tls: &Tls, why: &str) -> Result<(), String> {
             Err(e)
         }
     }
+}
+
+/// Imports the definitions file `path` at start (RabbitMQ's
+/// `load_definitions`); a bad file stops the start with the reason.
+async fn load_definitions(
+    broker: &Arc<Broker>,
+    users: &Arc<FileAuth>,
+    path: &std::path::Path,
+) -> Result<(), ServerError> {
+    let fail = |why: String| ServerError::Definitions(format!("{}: {why}", path.display()));
+    let text = std::fs::read_to_string(path).map_err(|e| fail(e.to_string()))?;
+    let defs: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| fail(format!("not JSON: {e}")))?;
+    crate::mgmt::definitions::import(broker, Some(users), &defs)
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    tracing::info!(file = %path.display(), "definitions imported");
+    Ok(())
 }
 
 /// How often the users file is checked for a change.
@@ -362,6 +382,9 @@ impl Server {
             },
         )
         .await?;
+        if !config.broker.load_definitions.as_os_str().is_empty() {
+            load_definitions(&broker, &users, &config.broker.load_definitions).await?;
+        }
         let mut backends = Vec::new();
         for b in &config.auth.backends {
             backends.push(match b {
@@ -393,6 +416,20 @@ impl Server {
         } else {
             None
         };
+        let tls_reload = tls.as_ref().map(|tls| {
+            let tls = Arc::clone(tls);
+            Arc::new(move || reload_logged(&tls, "admin call"))
+                as Arc<dyn Fn() -> Result<(), String> + Send + Sync>
+        });
+        let mgmt = Arc::new(crate::mgmt::MgmtState {
+            broker: Arc::clone(&broker),
+            auth: Arc::clone(&auth),
+            users: users.clone(),
+            started: std::time::Instant::now(),
+            tls_reload,
+            vhosts: config.broker.vhosts.clone(),
+            mqtt: std::sync::OnceLock::new(),
+        });
         let mut admin_addr = None;
         if config.admin.enabled {
             let (listener, addr) =
@@ -403,20 +440,7 @@ impl Server {
             let store = broker.store().clone();
             let state = AdminState::new(Arc::clone(&ready), move || snapshot(&b, &adm))
                 .with_failure(move || store.stats().failure);
-            let tls_reload = tls.as_ref().map(|tls| {
-                let tls = Arc::clone(tls);
-                Arc::new(move || reload_logged(&tls, "admin call"))
-                    as Arc<dyn Fn() -> Result<(), String> + Send + Sync>
-            });
-            let mgmt = Arc::new(crate::mgmt::MgmtState {
-                broker: Arc::clone(&broker),
-                auth: Arc::clone(&auth),
-                users: users.clone(),
-                started: std::time::Instant::now(),
-                tls_reload,
-                vhosts: config.broker.vhosts.clone(),
-            });
-            let app = admin::router(state).merge(crate::mgmt::router(mgmt));
+            let app = admin::router(state).merge(crate::mgmt::router(Arc::clone(&mgmt)));
             let token = listeners.child_token();
             tasks.spawn(async move {
                 if let Err(e) = admin::serve(listener, app, token).await {
@@ -468,6 +492,7 @@ impl Server {
                 config.mqtt.clone(),
             );
             junction_mqtt::start(&ctx, &listeners, &tasks).await?;
+            let _ = mgmt.mqtt.set(Arc::clone(&ctx));
             if let Some(tls) = &tls {
                 let addr = acceptor
                     .spawn_tls(

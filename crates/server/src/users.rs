@@ -332,7 +332,7 @@ impl UserDb {
             for tag in &record.tags {
                 check_label("tag", tag).map_err(|e| invalid(e.to_string()))?;
             }
-            if let Err(e) = PasswordHash::new(&record.password_hash) {
+            if let Err(e) = check_hash(&record.password_hash) {
                 return Err(invalid(format!(
                     "user '{}' has a malformed password_hash: {e}",
                     record.name
@@ -433,9 +433,9 @@ impl UserDb {
         let hash = match (password, password_hash) {
             (Some(p), _) => Some(self.hash(p)?),
             (None, Some(h)) => {
-                PasswordHash::new(h).map_err(|e| UsersError::Invalid {
+                check_hash(h).map_err(|e| UsersError::Invalid {
                     path: self.path.clone(),
-                    reason: format!("password_hash is not a PHC string: {e}"),
+                    reason: format!("bad password_hash: {e}"),
                 })?;
                 Some(h.to_owned())
             }
@@ -655,6 +655,14 @@ impl UserDb {
             self.burn_one_hash(password);
             return Err(AuthError::BadCredentials);
         };
+        if let Some(b64) = entry.password_hash.strip_prefix(RABBIT_SHA256) {
+            // Imported from RabbitMQ: fast to check, kept as it came.
+            return if rabbit_sha256_matches(b64, password) {
+                Ok(entry.user.clone())
+            } else {
+                Err(AuthError::BadCredentials)
+            };
+        }
         let Ok(hash) = PasswordHash::new(&entry.password_hash) else {
             // Checked at load and produced by `hash`; unreachable in practice.
             return Err(AuthError::BadCredentials);
@@ -684,6 +692,49 @@ impl UserDb {
             let _ = self.hasher.hash_password(password.as_bytes(), &salt);
         }
     }
+}
+
+/// The prefix of a password hash imported from RabbitMQ
+/// (`rabbit_password_hashing_sha256`): base64 of a 4-byte salt and
+/// SHA-256(salt ‖ password) follows.
+pub const RABBIT_SHA256: &str = "$rabbit-sha256$";
+
+/// A stored hash is an argon2 PHC string or an imported RabbitMQ SHA-256
+/// one.
+fn check_hash(h: &str) -> Result<(), String> {
+    if let Some(b64) = h.strip_prefix(RABBIT_SHA256) {
+        use base64::Engine as _;
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .map_err(|e| format!("not base64: {e}"))?;
+        if raw.len() != 4 + 32 {
+            return Err(format!(
+                "{} bytes, not a 4-byte salt and a SHA-256",
+                raw.len()
+            ));
+        }
+        return Ok(());
+    }
+    PasswordHash::new(h).map(|_| ()).map_err(|e| e.to_string())
+}
+
+/// RabbitMQ's `rabbit_password_hashing_sha256` check: base64 of salt ‖
+/// SHA-256(salt ‖ password).
+fn rabbit_sha256_matches(b64: &str, password: &str) -> bool {
+    use base64::Engine as _;
+    use sha2::Digest;
+    let Ok(raw) = base64::engine::general_purpose::STANDARD.decode(b64) else {
+        return false;
+    };
+    if raw.len() != 36 {
+        return false;
+    }
+    let (salt, want) = raw.split_at(4);
+    let mut h = sha2::Sha256::new();
+    h.update(salt);
+    h.update(password.as_bytes());
+    let got = h.finalize();
+    got.iter().zip(want).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
 }
 
 /// Opens `path` for writing, truncated, readable by its owner only.
@@ -872,6 +923,36 @@ mod tests {
                 path.display()
             )
         );
+    }
+
+    #[test]
+    fn rabbitmq_sha256_hashes_log_in() {
+        use base64::Engine as _;
+        use sha2::Digest;
+        let (_dir, path) = users_path();
+        let mut db = UserDb::load_with(&path, cheap_hasher()).expect("load");
+        let salt = [1u8, 2, 3, 4];
+        let mut h = sha2::Sha256::new();
+        h.update(salt);
+        h.update(b"from-rabbit");
+        let mut raw = salt.to_vec();
+        raw.extend_from_slice(&h.finalize());
+        let stored = format!(
+            "{RABBIT_SHA256}{}",
+            base64::engine::general_purpose::STANDARD.encode(&raw)
+        );
+        db.put("r", None, Some(&stored), vec![]).expect("put");
+        db.save().expect("save");
+        let db = UserDb::load_with(&path, cheap_hasher()).expect("reload");
+        assert!(
+            db.authenticate("r", "from-rabbit", ip("127.0.0.1"), true)
+                .is_ok()
+        );
+        assert_eq!(
+            db.authenticate("r", "wrong", ip("127.0.0.1"), true),
+            Err(AuthError::BadCredentials)
+        );
+        assert!(check_hash(&format!("{RABBIT_SHA256}AAAA")).is_err());
     }
 
     #[test]

@@ -188,6 +188,7 @@ pub(crate) async fn run(
     async move {
         stream.set_nodelay();
         let client_name = stream.client_name();
+        let tls = stream.is_tls();
         let (mut rd, mut wr) = stream.split();
         let mut buf = BytesMut::with_capacity(8 * 1024);
         // Before login a peer gets little buffer: the handshake limit.
@@ -204,6 +205,10 @@ pub(crate) async fn run(
         // Registered before CONNECT: the login counts it against the
         // user's connections (the per-user cap).
         let mut guard = ctx.broker.open_connection(Protocol::Stomp);
+        guard.describe(|d| {
+            d.peer = Some(peer);
+            d.tls = tls;
+        });
         let connect = connect(
             &mut rd,
             &mut wr,
@@ -241,6 +246,15 @@ pub(crate) async fn run(
                 return;
             }
         };
+        guard.describe(|d| {
+            d.vhost = Some(opened.vhost.clone());
+            d.client_id.clone_from(&opened.client_id);
+            d.version = Some(opened.version.as_str().into());
+        });
+        // An operator's close stops this connection as a shutdown does,
+        // with its own ERROR (see `serve`).
+        let shutdown = shutdown.child_token();
+        guard.close_with(&shutdown);
         let span = tracing::Span::current();
         span.record("user", opened.user.as_str());
         span.record("vhost", opened.vhost.as_str());
@@ -617,7 +631,11 @@ impl Conn {
             tokio::select! {
                 _ = shutdown.cancelled(), if !shut_down => {
                     shut_down = true;
-                    self.error(StompError::new("broker shutting down").detail("the broker is shutting down; reconnect later"), None);
+                    let e = match self.guard.close_reason() {
+                        Some(why) => StompError::new("connection closed by an operator").detail(why),
+                        None => StompError::new("broker shutting down").detail("the broker is shutting down; reconnect later"),
+                    };
+                    self.error(e, None);
                 }
                 changed = alarm.changed() => {
                     if changed.is_err() {

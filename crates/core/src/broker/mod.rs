@@ -5,6 +5,7 @@
 //! persistence, enqueue, dead-lettering), `consume` (consumers, get, settle),
 //! `recovery` (rebuilding state from the store), `records` (store encoding).
 
+mod connections;
 mod consume;
 mod declare;
 mod publish;
@@ -30,6 +31,7 @@ use crate::queue::{Effects, Paging, QueueState, ReadyKey};
 use crate::retained::Retained;
 use crate::topology::Topology;
 
+pub use connections::{ConnectionDetails, ConnectionEntry, ConnectionSnapshot};
 pub use consume::{ConsumerHandle, GetOk};
 pub use declare::{QueueInfo, QueueSummary};
 pub use publish::Published;
@@ -379,6 +381,8 @@ pub struct Broker {
     counters: Counters,
     /// Open connections by logged-in user (for the per-user cap).
     users_online: parking_lot::Mutex<HashMap<String, usize>>,
+    /// Every open connection (the management API).
+    connections: connections::Connections,
     retained: Retained,
     /// Cancels every queue service task at shutdown.
     shutdown: CancellationToken,
@@ -490,6 +494,7 @@ impl Broker {
             exclusive: Mutex::new(HashMap::new()),
             counters: Counters::default(),
             users_online: parking_lot::Mutex::new(HashMap::new()),
+            connections: connections::Connections::default(),
             retained: Retained::default(),
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
@@ -746,11 +751,13 @@ impl Broker {
     /// deletes the exclusive queues it owned.
     pub fn open_connection(self: &Arc<Self>, protocol: Protocol) -> ConnectionGuard {
         self.counters.connections[protocol_index(protocol)].fetch_add(1, Ordering::Relaxed);
+        let id = self.new_connection_id();
         ConnectionGuard {
             broker: Arc::clone(self),
-            id: self.new_connection_id(),
+            id,
             protocol,
             user: None,
+            entry: self.connections.register(id, protocol),
         }
     }
 
@@ -869,6 +876,8 @@ pub struct ConnectionGuard {
     /// The user this connection logged in as, once it has (counted in
     /// the broker's per-user totals until the guard drops).
     user: Option<String>,
+    /// Its place in the registry of open connections.
+    entry: Arc<connections::ConnectionEntry>,
 }
 
 impl ConnectionGuard {
@@ -891,6 +900,7 @@ impl ConnectionGuard {
         }
         online.insert(user.to_string(), n + 1);
         self.user = Some(user.to_string());
+        self.describe(|d| d.user = Some(user.to_string()));
         Ok(())
     }
 
@@ -916,6 +926,7 @@ impl Drop for ConnectionGuard {
             }
         }
         self.broker.connection_closed(self.id);
+        self.broker.connections.remove(self.id);
     }
 }
 

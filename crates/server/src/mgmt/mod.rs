@@ -11,6 +11,8 @@
 //! tags gets 401, as in RabbitMQ. Declares, deletes, publishes and gets are
 //! also checked against the user's permissions, as the protocols are.
 
+mod connections;
+pub mod definitions;
 mod objects;
 mod query;
 mod users;
@@ -43,6 +45,8 @@ pub struct MgmtState {
     /// The vhosts the configuration names (the users file may only refer
     /// to those).
     pub vhosts: Vec<String>,
+    /// The MQTT adapter, once its listener is up (its clients' sessions).
+    pub mqtt: std::sync::OnceLock<Arc<junction_mqtt::MqttContext>>,
 }
 
 /// The node name shown where RabbitMQ shows `rabbit@host`.
@@ -106,6 +110,16 @@ pub fn router(state: Arc<MgmtState>) -> Router {
             "/api/bindings/{vhost}/e/{source}/q/{dest}/{props}",
             get(objects::binding).delete(objects::delete_binding),
         )
+        .route("/api/connections", get(connections::connections))
+        .route(
+            "/api/connections/{name}",
+            get(connections::connection).delete(connections::close_connection),
+        )
+        .route(
+            "/api/vhosts/{vhost}/connections",
+            get(connections::vhost_connections),
+        )
+        .route("/api/mqtt/clients", get(connections::mqtt_clients))
         .route("/api/users", get(users::users))
         .route(
             "/api/users/{name}",
@@ -121,6 +135,10 @@ pub fn router(state: Arc<MgmtState>) -> Router {
                 .delete(users::delete_permission),
         )
         .route("/api/topic-permissions", get(users::topic_permissions))
+        .route(
+            "/api/definitions",
+            get(definitions::get_definitions).post(definitions::post_definitions),
+        )
         .route("/api/tls/reload", post(users::tls_reload))
         .with_state(state)
 }
@@ -170,6 +188,12 @@ impl ApiError {
             CoreError::AccessRefused(why) => ApiError::access_refused(why),
             other => ApiError::bad_request(other.to_string()),
         }
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.reason, self.error)
     }
 }
 

@@ -359,11 +359,43 @@ pub async fn queue(
     Ok(super::json(body))
 }
 
+/// A boolean as RabbitMQ's API takes it: `true` or `"true"` (rabbitmqadmin
+/// sends strings).
+fn flex_bool<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<bool>, D::Error> {
+    use serde::de::Error;
+    match Option::<Value>::deserialize(d)? {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(b)),
+        Some(Value::String(s)) if s == "true" => Ok(Some(true)),
+        Some(Value::String(s)) if s == "false" => Ok(Some(false)),
+        Some(other) => Err(D::Error::custom(format!("{other} is not a boolean"))),
+    }
+}
+
+/// A count as RabbitMQ's API takes it: `5` or `"5"`.
+fn flex_count<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<usize>, D::Error> {
+    use serde::de::Error;
+    match Option::<Value>::deserialize(d)? {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => n
+            .as_u64()
+            .map(|n| Some(n as usize))
+            .ok_or_else(|| D::Error::custom(format!("{n} is not a count"))),
+        Some(Value::String(s)) => s
+            .parse::<usize>()
+            .map(Some)
+            .map_err(|_| D::Error::custom(format!("{s:?} is not a count"))),
+        Some(other) => Err(D::Error::custom(format!("{other} is not a count"))),
+    }
+}
+
 /// The body of `PUT /api/queues/{vhost}/{name}`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
 pub struct QueueBody {
+    #[serde(deserialize_with = "flex_bool")]
     durable: Option<bool>,
+    #[serde(deserialize_with = "flex_bool")]
     auto_delete: Option<bool>,
     arguments: Option<Value>,
 }
@@ -478,9 +510,11 @@ pub async fn queue_bindings(
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
 pub struct GetBody {
+    #[serde(deserialize_with = "flex_count")]
     count: Option<usize>,
     ackmode: Option<String>,
     encoding: Option<String>,
+    #[serde(deserialize_with = "flex_count")]
     truncate: Option<usize>,
 }
 
@@ -663,8 +697,11 @@ pub async fn exchange(
 pub struct ExchangeBody {
     #[serde(rename = "type")]
     kind: Option<String>,
+    #[serde(deserialize_with = "flex_bool")]
     durable: Option<bool>,
+    #[serde(deserialize_with = "flex_bool")]
     auto_delete: Option<bool>,
+    #[serde(deserialize_with = "flex_bool")]
     internal: Option<bool>,
     arguments: Option<Value>,
 }

@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use super::query::{ListQuery, apply};
 use super::{ApiError, Caller, Level, MgmtState, done};
 use crate::auth::FileAuth;
-use crate::users::{UserDb, UsersError};
+use crate::users::{RABBIT_SHA256, UserDb, UsersError};
 
 type St = State<Arc<MgmtState>>;
 type Answer = Result<Response, ApiError>;
@@ -41,7 +41,7 @@ fn users_error(e: UsersError) -> ApiError {
 }
 
 /// Runs an edit of the users file off the runtime (it may hash).
-async fn edit<T: Send + 'static>(
+pub(crate) async fn edit<T: Send + 'static>(
     state: &MgmtState,
     f: impl FnOnce(&mut UserDb) -> Result<T, UsersError> + Send + 'static,
 ) -> Result<T, ApiError> {
@@ -52,15 +52,35 @@ async fn edit<T: Send + 'static>(
         .map_err(users_error)
 }
 
-fn user_json(db: &UserDb, name: &str) -> Option<Value> {
+pub(crate) fn user_json(db: &UserDb, name: &str) -> Option<Value> {
     let u = db.get(name)?;
+    let stored = db.password_hash(name).unwrap_or("");
+    let (hash, algorithm) = match stored.strip_prefix(RABBIT_SHA256) {
+        Some(b64) => (b64, "rabbit_password_hashing_sha256"),
+        None => (stored, "argon2id"),
+    };
     Some(json!({
         "name": u.name,
-        "password_hash": db.password_hash(name).unwrap_or(""),
-        "hashing_algorithm": "argon2id",
+        "password_hash": hash,
+        "hashing_algorithm": algorithm,
         "tags": u.tags,
         "limits": {},
     }))
+}
+
+/// A user's hash as the users file keeps it: argon2id PHC strings as they
+/// are, RabbitMQ's SHA-256 ones behind [`RABBIT_SHA256`].
+pub(crate) fn stored_hash(hash: &str, algorithm: Option<&str>) -> Result<String, ApiError> {
+    match algorithm {
+        Some("rabbit_password_hashing_sha256") => Ok(format!("{RABBIT_SHA256}{hash}")),
+        // No algorithm: a PHC string is ours; anything else is RabbitMQ's
+        // default, SHA-256 (what its clients compute).
+        None if !hash.starts_with('$') => Ok(format!("{RABBIT_SHA256}{hash}")),
+        None | Some("argon2id") => Ok(hash.to_owned()),
+        Some(other) => Err(ApiError::bad_request(format!(
+            "hashing_algorithm {other} is not supported (argon2id, rabbit_password_hashing_sha256)"
+        ))),
+    }
 }
 
 pub async fn users(State(state): St, caller: Caller, Query(q): Query<ListQuery>) -> Answer {
@@ -112,22 +132,17 @@ pub async fn put_user(
     caller.need(Level::Administrator)?;
     let b = parse(&raw)?;
     let password = b.get("password").and_then(Value::as_str).map(str::to_owned);
-    let hash = b
+    let hash = match b
         .get("password_hash")
         .and_then(Value::as_str)
         .filter(|h| !h.is_empty())
-        .map(str::to_owned);
-    if let (None, Some(algo)) = (
-        &password,
-        b.get("hashing_algorithm")
-            .and_then(Value::as_str)
-            .filter(|a| *a != "argon2id"),
-    ) && hash.is_some()
     {
-        return Err(ApiError::bad_request(format!(
-            "hashing_algorithm {algo} is not supported (argon2id PHC strings only)"
-        )));
-    }
+        Some(h) => Some(stored_hash(
+            h,
+            b.get("hashing_algorithm").and_then(Value::as_str),
+        )?),
+        None => None,
+    };
     let tags = tags_of(b.get("tags"));
     let created = edit(&state, move |db| {
         db.put(&name, password.as_deref(), hash.as_deref(), tags)

@@ -109,7 +109,6 @@ fn permission_with(
         user.as_deref().is_none_or(|x| x == u) && vhost.as_deref().is_none_or(|x| x == v)
     };
     match cmd {
-        Command::User(_) => Ok(String::new()),
         Command::Permission(PermissionCommand::Set {
             user,
             vhost,
@@ -180,6 +179,10 @@ fn permission_with(
             })
             .collect::<Vec<_>>()
             .join("\n")),
+        _ => Err(UsersError::Invalid {
+            path: users_path.to_owned(),
+            reason: "not a permission command".to_owned(),
+        }),
     }
 }
 

@@ -1,0 +1,318 @@
+//! Definitions: the broker's setup as RabbitMQ's definitions file (users,
+//! vhosts, permissions, topic permissions, exchanges, queues, bindings),
+//! exported by `GET /api/definitions` and imported by `POST
+//! /api/definitions` or `junction --definitions FILE` at start. A file
+//! exported from RabbitMQ imports here, its users' SHA-256 password hashes
+//! included.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::response::Response;
+use bytes::Bytes;
+use junction_core::interop::{json_table, table_json};
+use junction_core::{Binding, Broker, Destination, ExchangeDef, ExchangeKind, QueueDef};
+use serde_json::{Value, json};
+
+use super::users::{stored_hash, user_json};
+use super::{ApiError, Caller, Level, MgmtState, done};
+use crate::auth::FileAuth;
+use crate::users::UsersError;
+
+type St = State<Arc<MgmtState>>;
+type Answer = Result<Response, ApiError>;
+
+/// Exchanges every vhost has from the start: not exported.
+fn builtin(name: &str) -> bool {
+    name.is_empty() || name.starts_with("amq.") || name == "junction.mqtt.sys"
+}
+
+/// The definitions of `broker` (and of the users file, when there is one).
+pub fn export(broker: &Broker, users: Option<&FileAuth>) -> Result<Value, ApiError> {
+    let mut vhosts = Vec::new();
+    let (mut queues, mut exchanges, mut bindings) = (Vec::new(), Vec::new(), Vec::new());
+    for v in broker.vhost_names() {
+        vhosts.push(json!({"name": v, "description": "", "tags": [], "metadata": {}}));
+        let mut exclusive = std::collections::HashSet::new();
+        for q in broker.queues(&v).map_err(ApiError::core)? {
+            if q.def.exclusive_owner.is_some() {
+                exclusive.insert(q.def.name.clone());
+                continue;
+            }
+            queues.push(json!({
+                "name": q.def.name,
+                "vhost": v,
+                "durable": q.def.durable,
+                "auto_delete": q.def.auto_delete,
+                "arguments": table_json(&q.def.arguments),
+            }));
+        }
+        for x in broker.exchanges(&v).map_err(ApiError::core)? {
+            if builtin(&x.name) {
+                continue;
+            }
+            exchanges.push(json!({
+                "name": x.name,
+                "vhost": v,
+                "type": x.kind.as_str(),
+                "durable": x.durable,
+                "auto_delete": x.auto_delete,
+                "internal": x.internal,
+                "arguments": table_json(&x.arguments),
+            }));
+        }
+        for b in broker.bindings(&v).map_err(ApiError::core)? {
+            let (dest, dtype) = match &b.destination {
+                Destination::Queue(q) if exclusive.contains(q) => continue,
+                Destination::Queue(q) => (q.clone(), "queue"),
+                Destination::Exchange(x) => (x.clone(), "exchange"),
+            };
+            if b.source == "junction.mqtt.sys" {
+                continue;
+            }
+            bindings.push(json!({
+                "source": b.source,
+                "vhost": v,
+                "destination": dest,
+                "destination_type": dtype,
+                "routing_key": b.routing_key,
+                "arguments": table_json(&b.arguments),
+            }));
+        }
+    }
+    let (mut users_out, mut permissions, mut topic_permissions) =
+        (Vec::new(), Vec::new(), Vec::new());
+    if let Some(users) = users {
+        let db = users.db();
+        for u in db.list() {
+            users_out.extend(user_json(&db, &u.name));
+            for (v, p) in &u.permissions {
+                permissions.push(json!({
+                    "user": u.name, "vhost": v,
+                    "configure": p.configure.as_str(), "write": p.write.as_str(), "read": p.read.as_str(),
+                }));
+            }
+            for ((v, x), t) in &u.topic_permissions {
+                topic_permissions.push(json!({
+                    "user": u.name, "vhost": v, "exchange": x,
+                    "write": t.write.as_str(), "read": t.read.as_str(),
+                }));
+            }
+        }
+    }
+    Ok(json!({
+        "rabbit_version": "3.13.0",
+        "rabbitmq_version": "3.13.0",
+        "product_name": "Junction",
+        "product_version": env!("CARGO_PKG_VERSION"),
+        "users": users_out,
+        "vhosts": vhosts,
+        "permissions": permissions,
+        "topic_permissions": topic_permissions,
+        "parameters": [],
+        "global_parameters": [],
+        "policies": [],
+        "queues": queues,
+        "exchanges": exchanges,
+        "bindings": bindings,
+    }))
+}
+
+fn text<'a>(v: &'a Value, k: &str) -> Result<&'a str, ApiError> {
+    v.get(k)
+        .and_then(Value::as_str)
+        .ok_or_else(|| ApiError::bad_request(format!("{k} is missing in {v}")))
+}
+
+fn list<'a>(defs: &'a Value, k: &str) -> &'a [Value] {
+    defs.get(k)
+        .and_then(Value::as_array)
+        .map_or(&[], Vec::as_slice)
+}
+
+fn flag(v: &Value, k: &str, default: bool) -> bool {
+    v.get(k).and_then(Value::as_bool).unwrap_or(default)
+}
+
+/// Imports `defs`: vhosts (which must be among `[broker] vhosts`), users
+/// with their hashes and tags, permissions, topic permissions, exchanges,
+/// queues and bindings, in that order; what exists already is kept or
+/// updated as a declare would. Policies and parameters are refused until
+/// Junction has them, rather than dropped (the node's own `cluster_name`
+/// and `internal_cluster_id` aside).
+pub async fn import(
+    broker: &Arc<Broker>,
+    users: Option<&Arc<FileAuth>>,
+    defs: &Value,
+) -> Result<(), ApiError> {
+    for k in ["policies", "parameters", "global_parameters"] {
+        let n = list(defs, k)
+            .iter()
+            .filter(|p| {
+                // A node's own identity, meaningless elsewhere.
+                let name = p.get("name").and_then(Value::as_str);
+                !(k == "global_parameters"
+                    && matches!(name, Some("cluster_name" | "internal_cluster_id")))
+            })
+            .count();
+        if n > 0 {
+            return Err(ApiError::bad_request(format!(
+                "the definitions hold {n} {k}; Junction does not support them yet"
+            )));
+        }
+    }
+    let known = broker.vhost_names();
+    for v in list(defs, "vhosts") {
+        let name = text(v, "name")?;
+        if !known.iter().any(|k| k == name) {
+            return Err(ApiError::bad_request(format!(
+                "vhost '{name}' is not one of [broker] vhosts; add it to the configuration first"
+            )));
+        }
+    }
+    let wanted_users = !list(defs, "users").is_empty()
+        || !list(defs, "permissions").is_empty()
+        || !list(defs, "topic_permissions").is_empty();
+    if wanted_users {
+        let users = users.ok_or_else(|| {
+            ApiError::bad_request("the definitions hold users but the users file is not a back-end")
+        })?;
+        let mut changes = Vec::new();
+        for u in list(defs, "users") {
+            let name = text(u, "name")?.to_owned();
+            let hash = stored_hash(
+                text(u, "password_hash")?,
+                u.get("hashing_algorithm").and_then(Value::as_str),
+            )?;
+            let tags = match u.get("tags") {
+                Some(Value::Array(a)) => a
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_owned)
+                    .collect(),
+                Some(Value::String(s)) => s
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|t| !t.is_empty())
+                    .map(str::to_owned)
+                    .collect(),
+                _ => Vec::new(),
+            };
+            changes.push((name, hash, tags));
+        }
+        let mut perms = Vec::new();
+        for p in list(defs, "permissions") {
+            perms.push([
+                text(p, "user")?.to_owned(),
+                text(p, "vhost")?.to_owned(),
+                text(p, "configure")?.to_owned(),
+                text(p, "write")?.to_owned(),
+                text(p, "read")?.to_owned(),
+            ]);
+        }
+        let mut topics = Vec::new();
+        for p in list(defs, "topic_permissions") {
+            topics.push([
+                text(p, "user")?.to_owned(),
+                text(p, "vhost")?.to_owned(),
+                text(p, "exchange")?.to_owned(),
+                text(p, "write")?.to_owned(),
+                text(p, "read")?.to_owned(),
+            ]);
+        }
+        let users = Arc::clone(users);
+        tokio::task::spawn_blocking(move || {
+            users.edit(|db| {
+                for (name, hash, tags) in changes {
+                    db.put(&name, None, Some(&hash), tags)?;
+                }
+                for [u, v, c, w, r] in perms {
+                    db.set_permissions(&u, &v, &c, &w, &r)?;
+                }
+                for [u, v, x, w, r] in topics {
+                    db.set_topic_permissions(&u, &v, &x, &w, &r)?;
+                }
+                Ok::<(), UsersError>(())
+            })
+        })
+        .await
+        .map_err(|e| ApiError::bad_request(e.to_string()))?
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    }
+    for x in list(defs, "exchanges") {
+        let def = ExchangeDef {
+            name: text(x, "name")?.to_owned(),
+            kind: text(x, "type")?
+                .parse::<ExchangeKind>()
+                .map_err(ApiError::core)?,
+            durable: flag(x, "durable", true),
+            auto_delete: flag(x, "auto_delete", false),
+            internal: flag(x, "internal", false),
+            arguments: x.get("arguments").map(json_table).unwrap_or_default(),
+        };
+        broker
+            .declare_exchange(text(x, "vhost")?, def, false)
+            .await
+            .map_err(ApiError::core)?;
+    }
+    for q in list(defs, "queues") {
+        let def = QueueDef {
+            name: text(q, "name")?.to_owned(),
+            durable: flag(q, "durable", true),
+            exclusive_owner: None,
+            auto_delete: flag(q, "auto_delete", false),
+            arguments: q.get("arguments").map(json_table).unwrap_or_default(),
+        };
+        broker
+            .declare_queue(text(q, "vhost")?, def, false)
+            .await
+            .map_err(ApiError::core)?;
+    }
+    for b in list(defs, "bindings") {
+        let dest = text(b, "destination")?.to_owned();
+        let binding = Binding {
+            source: text(b, "source")?.to_owned(),
+            destination: match text(b, "destination_type")? {
+                "queue" => Destination::Queue(dest),
+                "exchange" => Destination::Exchange(dest),
+                other => {
+                    return Err(ApiError::bad_request(format!(
+                        "destination_type {other:?} is neither queue nor exchange"
+                    )));
+                }
+            },
+            routing_key: b
+                .get("routing_key")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_owned(),
+            arguments: b.get("arguments").map(json_table).unwrap_or_default(),
+        };
+        broker
+            .bind(text(b, "vhost")?, binding, None)
+            .await
+            .map_err(ApiError::core)?;
+    }
+    Ok(())
+}
+
+pub async fn get_definitions(State(state): St, caller: Caller) -> Answer {
+    caller.need(Level::Administrator)?;
+    Ok(super::json(export(&state.broker, state.users.as_deref())?))
+}
+
+pub async fn post_definitions(State(state): St, caller: Caller, raw: Bytes) -> Answer {
+    caller.need(Level::Administrator)?;
+    // rabbitmqadmin posts the file as the form field `file`; others post
+    // the JSON itself.
+    let defs: Value = serde_json::from_slice(&raw)
+        .map_err(|e| ApiError::bad_request(format!("invalid JSON: {e}")))?;
+    let defs = match defs.get("file") {
+        Some(Value::String(s)) => serde_json::from_str(s)
+            .map_err(|e| ApiError::bad_request(format!("invalid JSON in file: {e}")))?,
+        _ => defs,
+    };
+    import(&state.broker, state.users.as_ref(), &defs).await?;
+    tracing::info!(by = %caller.user, "definitions imported");
+    Ok(done(false))
+}
