@@ -16,6 +16,7 @@ pub mod admission;
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod console;
 pub mod metrics;
 pub mod mgmt;
 pub mod ops;

@@ -440,7 +440,9 @@ impl Server {
             let store = broker.store().clone();
             let state = AdminState::new(Arc::clone(&ready), move || snapshot(&b, &adm))
                 .with_failure(move || store.stats().failure);
-            let app = admin::router(state).merge(crate::mgmt::router(Arc::clone(&mgmt)));
+            let app = admin::router(state)
+                .merge(crate::mgmt::router(Arc::clone(&mgmt)))
+                .merge(crate::console::router());
             let token = listeners.child_token();
             tasks.spawn(async move {
                 if let Err(e) = admin::serve(listener, app, token).await {

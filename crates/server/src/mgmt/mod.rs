@@ -149,6 +149,9 @@ pub struct ApiError {
     status: StatusCode,
     error: &'static str,
     reason: String,
+    /// Ask for credentials (`WWW-Authenticate`): only when none came, so a
+    /// browser page whose own login failed gets no native prompt.
+    challenge: bool,
 }
 
 impl ApiError {
@@ -157,6 +160,7 @@ impl ApiError {
             status,
             error,
             reason: reason.into(),
+            challenge: false,
         }
     }
 
@@ -169,9 +173,17 @@ impl ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, "bad_request", reason)
     }
 
-    /// 401 `not_authorised`: no credentials, bad ones, or a tag missing.
+    /// 401 `not_authorised`: bad credentials, or a tag missing.
     pub(crate) fn unauthorised(reason: impl Into<String>) -> Self {
         ApiError::new(StatusCode::UNAUTHORIZED, "not_authorised", reason)
+    }
+
+    /// 401 with `WWW-Authenticate`: no credentials came.
+    pub(crate) fn credentials_needed() -> Self {
+        ApiError {
+            challenge: true,
+            ..ApiError::unauthorised("Not_Authorized")
+        }
     }
 
     /// A permission refused (the protocols' 403 ACCESS_REFUSED).
@@ -206,7 +218,7 @@ impl IntoResponse for ApiError {
             body,
         )
             .into_response();
-        if self.status == StatusCode::UNAUTHORIZED {
+        if self.challenge {
             r.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
                 HeaderValue::from_static("Basic realm=\"Junction Management\""),
@@ -330,8 +342,7 @@ impl FromRequestParts<Arc<MgmtState>> for Caller {
             .extensions
             .get::<ConnectInfo<SocketAddr>>()
             .map_or(std::net::IpAddr::from([127, 0, 0, 1]), |c| c.0.ip());
-        let (user, password) =
-            basic_credentials(parts).ok_or_else(|| ApiError::unauthorised("Not_Authorized"))?;
+        let (user, password) = basic_credentials(parts).ok_or_else(ApiError::credentials_needed)?;
         let login = state
             .broker
             .logins()
