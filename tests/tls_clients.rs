@@ -260,6 +260,7 @@ impl TlsBroker {
                 ("--amqps-port", "0".into()),
                 ("--mqtts-port", "0".into()),
                 ("--stomps-port", "0".into()),
+                ("--https-port", "0".into()),
             ] {
                 args.push(flag.into());
                 args.push(value);

@@ -358,3 +358,143 @@ def test_mqtt_clients_connected_and_parked(mb):
         assert api(mb, "GET", "/api/mqtt/clients", user="manager", password="manager")[0] == 401
     finally:
         online.close()
+
+
+@pytest.mark.deadline(90)
+def test_queue_message_rates_come_from_counters(mb):
+    """message_stats: exact totals now, rates from the 5 s samples."""
+    import time
+
+    name = uid("rate")
+    api(mb, "PUT", f"/api/queues/%2F/{name}", {})
+    conn = mb.connect()
+    ch = conn.channel()
+    ch.confirm_delivery()
+    for _ in range(50):
+        ch.basic_publish("", name, b"x")
+    for _ in range(20):
+        assert ch.basic_get(name, auto_ack=True)[2] == b"x"
+
+    def stats():
+        return api(mb, "GET", f"/api/queues/%2F/{name}")[1]["message_stats"]
+
+    s = stats()
+    assert (s["publish"], s["deliver_get"]) == (50, 20)
+    deadline = time.monotonic() + 15
+    while stats()["publish_details"]["rate"] == 0:
+        assert time.monotonic() < deadline, "no publish rate within 15 s"
+        time.sleep(0.5)
+    s = stats()
+    # 50 messages within one or two 5 s samples.
+    assert 0 < s["publish_details"]["rate"] <= 10.0, s
+    assert 0 < s["deliver_get_details"]["rate"] <= 4.0, s
+    overview = api(mb, "GET", "/api/overview")[1]["message_stats"]
+    assert overview["publish"] >= 50 and "rate" in overview["publish_details"]
+    # Quiet again: back to 0 at a later sample.
+    deadline = time.monotonic() + 15
+    while stats()["publish_details"]["rate"] != 0:
+        assert time.monotonic() < deadline, "the publish rate did not fall to 0"
+        time.sleep(0.5)
+    conn.close()
+
+
+def test_metrics_keep_series_for_the_deepest_queues_only(make_broker):
+    import urllib.request
+
+    b = make_broker(extra_config="[admin]\nmetrics_max_queues = 2\n")
+    conn = b.connect()
+    ch = conn.channel()
+    ch.confirm_delivery()
+    for name, depth in (("m-a", 0), ("m-b", 1), ("m-c", 5), ("m-d", 3)):
+        ch.queue_declare(name)
+        for _ in range(depth):
+            ch.basic_publish("", name, b"x")
+    conn.close()
+    with urllib.request.urlopen(f"http://127.0.0.1:{b.admin_port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    series = [line for line in text.splitlines() if line.startswith("junction_queue_messages{")]
+    assert series == [
+        'junction_queue_messages{vhost="/",queue="m-c"} 5',
+        'junction_queue_messages{vhost="/",queue="m-d"} 3',
+    ]
+    assert "junction_metrics_queues_omitted 2" in text.splitlines()
+
+
+def test_channels_and_consumers(mb):
+    from stomp_support import Client as StompClient
+
+    name = uid("cons")
+    conn = mb.connect()
+    ch1 = conn.channel()
+    ch2 = conn.channel()
+    ch1.queue_declare(name)
+    ch2.basic_qos(prefetch_count=5)
+    tag = ch2.basic_consume(name, lambda *a: None, consumer_tag="my-consumer")
+    stomp = StompClient(mb)
+    stomp.connected()
+    stomp.subscribe(f"/queue/{name}", id="stomp-sub", ack="client")
+    try:
+        chans = api(mb, "GET", "/api/channels")[1]
+        numbers = sorted(c["number"] for c in chans if c["user"] == "guest")
+        assert numbers == [1, 2], chans
+        assert all(c["name"].endswith(f"({c['number']})") for c in chans)
+        consumers = {c["consumer_tag"]: c for c in api(mb, "GET", "/api/consumers")[1] if c["queue"]["name"] == name}
+        assert set(consumers) == {tag, "stomp-sub"}
+        mine = consumers[tag]
+        assert (mine["ack_required"], mine["prefetch_count"], mine["queue"]["vhost"]) == (True, 5, "/")
+        assert mine["channel_details"]["user"] == "guest"
+        assert consumers["stomp-sub"]["ack_required"] is True
+        assert api(mb, "GET", f"/api/queues/%2F/{name}")[1]["consumers"] == 2
+        # A management user sees no one else's.
+        assert api(mb, "GET", "/api/consumers", user="manager", password="manager")[1] == []
+    finally:
+        stomp.close()
+        conn.close()
+
+
+def test_policies_apply_to_queues_without_redeclaring(make_broker):
+    b = make_broker()
+    conn = b.connect()
+    ch = conn.channel()
+    ch.confirm_delivery()
+    ch.queue_declare("pol-q", durable=True)
+    ch.queue_declare("pol-own", arguments={"x-max-length": 4})
+    for i in range(5):
+        ch.basic_publish("", "pol-q", f"m{i}".encode())
+    policy = {"pattern": "^pol-", "definition": {"max-length": 2}, "apply-to": "queues", "priority": 0}
+    assert api(b, "PUT", "/api/policies/%2F/short", policy)[0] == 201
+    # Trimmed at once: drop-head keeps the newest two.
+    q = api(b, "GET", "/api/queues/%2F/pol-q")[1]
+    assert (q["messages"], q["policy"], q["effective_policy_definition"]) == (2, "short", {"max-length": 2})
+    assert [m["payload"] for m in api(b, "POST", "/api/queues/%2F/pol-q/get", {"count": 5, "ackmode": "peek"})[1]] == ["m3", "m4"]
+    # A queue made later takes it too; a queue's own argument wins.
+    ch.queue_declare("pol-new")
+    for i in range(5):
+        ch.basic_publish("", "pol-new", b"x")
+        ch.basic_publish("", "pol-own", b"x")
+    assert ch.queue_declare("pol-new", passive=True).method.message_count == 2
+    assert ch.queue_declare("pol-own", passive=True).method.message_count == 4
+    listed = api(b, "GET", "/api/policies")[1]
+    assert listed == [{"vhost": "/", "name": "short", **policy}]
+    # Bad policies are refused, naming the problem.
+    bad = api(b, "PUT", "/api/policies/%2F/bad", {"pattern": ".*", "definition": {"max-priority": 5}})
+    assert bad[0] == 400 and "max-priority" in bad[1]["reason"]
+    bad = api(b, "PUT", "/api/policies/%2F/bad", {"pattern": "(", "definition": {}})
+    assert bad[0] == 400 and "invalid pattern" in bad[1]["reason"]
+    conn.close()
+    # Kept across a restart.
+    b.restart()
+    assert api(b, "GET", "/api/policies/%2F/short")[1]["definition"] == {"max-length": 2}
+    conn = b.connect()
+    ch = conn.channel()
+    ch.confirm_delivery()
+    for i in range(3):
+        ch.basic_publish("", "pol-q", b"y")
+    assert ch.queue_declare("pol-q", passive=True).method.message_count == 2
+    # Deleted: the queues go back to their own arguments.
+    assert api(b, "DELETE", "/api/policies/%2F/short")[0] == 204
+    for i in range(3):
+        ch.basic_publish("", "pol-q", b"z")
+    assert ch.queue_declare("pol-q", passive=True).method.message_count == 5
+    assert api(b, "GET", "/api/queues/%2F/pol-q")[1]["policy"] is None
+    conn.close()

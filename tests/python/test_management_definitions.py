@@ -99,16 +99,25 @@ def test_definitions_load_at_start_and_bad_ones_are_refused(make_broker, tmp_pat
     b = make_broker(broker_options=[f'load_definitions = "{defs}"'])
     assert api(b, "GET", "/api/exchanges/%2F/legacy.events")[0] == 200
     b.connect(user="rabbit-user", password="rabbit-pw").close()
-    # Unknown vhosts and policies are refused, naming them.
+    # Unknown vhosts and parameters are refused, naming them.
     bad = json.loads(FIXTURE.read_text())
     bad["vhosts"].append({"name": "nowhere"})
     status, body, _ = api(b, "POST", "/api/definitions", bad)
     assert (status, body["error"]) == (400, "bad_request")
     assert "vhost 'nowhere' is not one of [broker] vhosts" in body["reason"]
     bad = json.loads(FIXTURE.read_text())
-    bad["policies"] = [{"vhost": "/", "name": "p", "pattern": ".*", "definition": {"max-length": 1}}]
+    bad["parameters"] = [{"vhost": "/", "component": "shovel", "name": "s", "value": {}}]
     body = api(b, "POST", "/api/definitions", bad)[1]
-    assert "1 policies" in body["reason"]
+    assert "1 parameters" in body["reason"]
+    # Policies import and apply.
+    with_policy = json.loads(FIXTURE.read_text())
+    with_policy["policies"] = [
+        {"vhost": "/", "name": "short", "pattern": "^legacy\\.", "apply-to": "queues", "priority": 1, "definition": {"max-length": 5}}
+    ]
+    assert api(b, "POST", "/api/definitions", with_policy)[0] == 204
+    q = api(b, "GET", "/api/queues/%2F/legacy.orders")[1]
+    assert (q["policy"], q["effective_policy_definition"]) == ("short", {"max-length": 5})
+    assert api(b, "GET", "/api/definitions")[1]["policies"] == with_policy["policies"]
     # The CLI's export and import go through the same API.
     out = tmp_path / "out.json"
     url = ["--url", f"http://127.0.0.1:{b.admin_port}"]

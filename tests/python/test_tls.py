@@ -55,8 +55,8 @@ def round_trip_amqps(broker, ctx):
 
 def test_ready_line_names_the_tls_listeners(make_tls_broker):
     b = make_tls_broker()
-    assert set(b.ports) == {"amqp", "mqtt", "stomp", "admin", "amqps", "mqtts", "stomps"}
-    assert len(set(b.ports.values())) == 7
+    assert set(b.ports) == {"amqp", "mqtt", "stomp", "admin", "amqps", "mqtts", "stomps", "https"}
+    assert len(set(b.ports.values())) == 8
 
 
 def test_pika_over_amqps_and_plain_amqp_side_by_side(make_tls_broker, certs):
@@ -401,3 +401,50 @@ def test_a_slow_loris_stomp_connect_is_cut_off_at_the_connect_timeout(
         assert c.connect().cmd == "CONNECTED"
     finally:
         c.close()
+
+
+def test_the_admin_listener_serves_https_with_the_same_certificate(make_tls_broker, certs):
+    """`[tls] https_port`: the management API, the console and the health
+    check over HTTPS, verified against the test CA; garbage on the port
+    and a stalled handshake disturb nobody."""
+    import base64
+    import json
+    import urllib.error
+    import urllib.request
+
+    b = make_tls_broker()
+    port = b.ports["https"]
+    ctx = tls_context(certs)
+    auth = {"Authorization": "Basic " + base64.b64encode(b"guest:guest").decode()}
+
+    def get(path, headers=None):
+        req = urllib.request.Request(f"https://127.0.0.1:{port}{path}", headers=headers or {})
+        try:
+            with urllib.request.urlopen(req, timeout=5, context=ctx) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode()
+
+    stalled = socket.create_connection(("127.0.0.1", port), timeout=5)
+    garbage = socket.create_connection(("127.0.0.1", port), timeout=5)
+    garbage.sendall(b"GET / HTTP/1.1\r\n\r\n")
+    try:
+        assert get("/api/health") == (200, '{"status":"ok"}')
+        status, body = get("/api/whoami", auth)
+        assert (status, json.loads(body)) == (200, {"name": "guest", "tags": ["administrator"]})
+        assert get("/api/overview")[0] == 401
+        status, page = get("/")
+        assert status == 200 and "<title>Junction</title>" in page
+        # Plain HTTP to the HTTPS port gets a TLS alert or a close, never
+        # an HTTP answer.
+        try:
+            got = garbage.recv(100)
+        except ConnectionResetError:
+            got = b""
+        assert not got.startswith(b"HTTP"), got
+    finally:
+        stalled.close()
+        garbage.close()
+    # A client that does not trust the CA is refused in the handshake.
+    with pytest.raises(urllib.error.URLError):
+        urllib.request.urlopen(f"https://127.0.0.1:{port}/api/health", timeout=5, context=ssl.create_default_context())

@@ -134,7 +134,7 @@ impl Conn {
             self.channel_openings += 1;
             let epoch = self.channel_openings;
             self.channels.insert(id, Channel::new(id, getter, epoch));
-            self.guard.set_channels(self.channels.len());
+            self.guard.set_channels(self.channels.keys().copied());
             self.out.method(
                 id,
                 AMQPClass::Channel(channel::AMQPMethod::OpenOk(channel::OpenOk {})),
@@ -152,7 +152,7 @@ impl Conn {
             match m {
                 AMQPClass::Channel(channel::AMQPMethod::CloseOk(_)) => {
                     self.channels.remove(&id);
-                    self.guard.set_channels(self.channels.len());
+                    self.guard.set_channels(self.channels.keys().copied());
                 }
                 AMQPClass::Channel(channel::AMQPMethod::Close(_)) => {
                     self.out.method(
@@ -160,7 +160,7 @@ impl Conn {
                         AMQPClass::Channel(channel::AMQPMethod::CloseOk(channel::CloseOk {})),
                     );
                     self.channels.remove(&id);
-                    self.guard.set_channels(self.channels.len());
+                    self.guard.set_channels(self.channels.keys().copied());
                 }
                 _ => {}
             }

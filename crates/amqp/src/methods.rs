@@ -47,7 +47,7 @@ impl Conn {
             AMQPClass::Channel(channel::AMQPMethod::Close(_)) => {
                 self.release_channel(id);
                 self.channels.remove(&id);
-                self.guard.set_channels(self.channels.len());
+                self.guard.set_channels(self.channels.keys().copied());
                 self.reply(
                     id,
                     AMQPClass::Channel(channel::AMQPMethod::CloseOk(channel::CloseOk {})),

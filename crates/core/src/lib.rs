@@ -57,8 +57,8 @@ pub mod records {
 pub use access::{Access, Denied, Login, Permission, Principal, Resource};
 pub use broker::{
     Broker, BrokerConfig, BrokerStats, ConnectionDetails, ConnectionGuard, ConnectionSnapshot,
-    ConsumerHandle, GetOk, Limits, MemoryCharge, Published, Queue, QueueInfo, QueueStats,
-    QueueSummary,
+    ConsumerHandle, ConsumerSummary, GetOk, Limits, MemoryCharge, PolicySource, Published, Queue,
+    QueueInfo, QueueStats, QueueSummary,
 };
 pub use consumer::{ConsumerEvent, ConsumerSpec, Credit, Delivery};
 pub use error::CoreError;

@@ -15,7 +15,6 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::{MetricsSnapshot, render};
@@ -83,13 +82,15 @@ pub fn router(state: AdminState) -> Router {
 /// API's) on `listener` until `shutdown` is cancelled, then lets requests
 /// in flight finish and returns. Handlers see the client's address as
 /// `ConnectInfo<SocketAddr>`.
-pub async fn serve(
-    listener: TcpListener,
-    app: Router,
-    shutdown: CancellationToken,
-) -> std::io::Result<()> {
+pub async fn serve<L>(listener: L, app: Router, shutdown: CancellationToken) -> std::io::Result<()>
+where
+    L: axum::serve::Listener<Addr = std::net::SocketAddr>,
+{
+    use axum::serve::ListenerExt;
+    // `tap_io` gives any listener with a socket address the connection
+    // info the handlers read (axum has it built in for TcpListener only).
     axum::serve(
-        listener,
+        listener.tap_io(|_| {}),
         app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
     )
     .with_graceful_shutdown(shutdown.cancelled_owned())
@@ -178,7 +179,9 @@ mod tests {
         CancellationToken,
         tokio::task::JoinHandle<std::io::Result<()>>,
     ) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let addr = listener.local_addr().expect("addr");
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(serve(listener, router(state), shutdown.clone()));

@@ -80,6 +80,10 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "N")]
     pub stomps_port: Option<u16>,
 
+    /// Overrides `[tls] https_port`: the admin listener over HTTPS.
+    #[arg(long, global = true, value_name = "N")]
+    pub https_port: Option<u16>,
+
     /// Overrides `[admin] port`; 0 asks the OS for any free port (tests).
     #[arg(long, global = true, value_name = "N")]
     pub admin_port: Option<u16>,
@@ -430,6 +434,7 @@ mod tests {
                 amqps_port: None,
                 mqtts_port: None,
                 stomps_port: None,
+                https_port: None,
                 in_memory: false,
                 definitions: None,
                 command: None,

@@ -288,6 +288,10 @@ pub struct AdminConfig {
     pub port: u16,
     /// Whether to open this listener at all.
     pub enabled: bool,
+    /// Most queues with their own series in `/metrics` (the deepest
+    /// first); the rest are counted in `junction_metrics_queues_omitted`.
+    /// Keeps a broker with a million queues from a million-line scrape.
+    pub metrics_max_queues: usize,
 }
 
 impl Default for AdminConfig {
@@ -295,6 +299,7 @@ impl Default for AdminConfig {
         AdminConfig {
             port: 15672,
             enabled: true,
+            metrics_max_queues: 1000,
         }
     }
 }
@@ -399,6 +404,7 @@ impl Config {
             (cli.amqps_port, &mut tls.amqps_port),
             (cli.mqtts_port, &mut tls.mqtts_port),
             (cli.stomps_port, &mut tls.stomps_port),
+            (cli.https_port, &mut tls.https_port),
         ] {
             if let Some(p) = flag {
                 *port = p;

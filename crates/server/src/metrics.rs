@@ -24,8 +24,11 @@ pub struct QueueMetrics {
 /// Everything `/metrics` reports, taken at one instant.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct MetricsSnapshot {
-    /// One entry per queue, in the order to print.
+    /// One entry per queue, in the order to print (at most
+    /// `[admin] metrics_max_queues` of them).
     pub queues: Vec<QueueMetrics>,
+    /// Queues left out of `queues` by that limit.
+    pub queues_omitted: u64,
     /// Messages accepted from publishers since start.
     pub messages_in: u64,
     /// Body bytes accepted from publishers since start.
@@ -106,6 +109,14 @@ pub fn render_into(out: &mut impl Write, s: &MetricsSnapshot) -> fmt::Result {
             writeln!(out, "\"}} {}", field(q))?;
         }
     }
+
+    header(
+        out,
+        "junction_metrics_queues_omitted",
+        "Queues without their own series here ([admin] metrics_max_queues).",
+        "gauge",
+    )?;
+    writeln!(out, "junction_metrics_queues_omitted {}", s.queues_omitted)?;
 
     let totals = [
         (
@@ -305,6 +316,7 @@ mod tests {
                     consumers: 0,
                 },
             ],
+            queues_omitted: 7,
             messages_in: 10,
             bytes_in: 1000,
             messages_out: 7,
@@ -336,6 +348,9 @@ junction_queue_messages_unacked{vhost="i\"o\\t",queue="a\nb"} 0
 # TYPE junction_queue_consumers gauge
 junction_queue_consumers{vhost="/",queue="orders"} 2
 junction_queue_consumers{vhost="i\"o\\t",queue="a\nb"} 0
+# HELP junction_metrics_queues_omitted Queues without their own series here ([admin] metrics_max_queues).
+# TYPE junction_metrics_queues_omitted gauge
+junction_metrics_queues_omitted 7
 # HELP junction_messages_published_total Messages accepted from publishers.
 # TYPE junction_messages_published_total counter
 junction_messages_published_total 10
@@ -398,7 +413,7 @@ junction_store_block_cache_bytes 6
     #[test]
     fn empty_snapshot_keeps_every_family_header_and_zero_totals() {
         let text = render(&MetricsSnapshot::default());
-        assert_eq!(text.matches("# TYPE ").count(), 21);
+        assert_eq!(text.matches("# TYPE ").count(), 22);
         assert!(
             text.contains("\njunction_store_commit_seconds_total 0\n"),
             "{text}"

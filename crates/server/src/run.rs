@@ -118,13 +118,14 @@ fn reload_logged(tls: &Tls, why: &str) -> Result<(), String> {
 async fn load_definitions(
     broker: &Arc<Broker>,
     users: &Arc<FileAuth>,
+    policies: &crate::mgmt::policies::Policies,
     path: &std::path::Path,
 ) -> Result<(), ServerError> {
     let fail = |why: String| ServerError::Definitions(format!("{}: {why}", path.display()));
     let text = std::fs::read_to_string(path).map_err(|e| fail(e.to_string()))?;
     let defs: serde_json::Value =
         serde_json::from_str(&text).map_err(|e| fail(format!("not JSON: {e}")))?;
-    crate::mgmt::definitions::import(broker, Some(users), &defs)
+    crate::mgmt::definitions::import(broker, Some(users), policies, &defs)
         .await
         .map_err(|e| fail(e.to_string()))?;
     tracing::info!(file = %path.display(), "definitions imported");
@@ -295,12 +296,24 @@ impl Acceptor<'_> {
 }
 
 /// The metrics snapshot of a broker.
-pub fn snapshot(broker: &Broker, admission: &Admission) -> MetricsSnapshot {
+pub fn snapshot(broker: &Broker, admission: &Admission, max_queues: usize) -> MetricsSnapshot {
     let s = broker.stats();
     let (memtables, block_cache) = broker.store().memory_usage();
+    let mut queues = s.queues;
+    let mut queues_omitted = 0;
+    if queues.len() > max_queues {
+        // The deepest queues are the ones worth a series; then by name.
+        queues.sort_by(|a, b| {
+            (b.ready + b.unacked)
+                .cmp(&(a.ready + a.unacked))
+                .then_with(|| (&a.vhost, &a.name).cmp(&(&b.vhost, &b.name)))
+        });
+        queues_omitted = (queues.len() - max_queues) as u64;
+        queues.truncate(max_queues);
+        queues.sort_by(|a, b| (&a.vhost, &a.name).cmp(&(&b.vhost, &b.name)));
+    }
     MetricsSnapshot {
-        queues: s
-            .queues
+        queues: queues
             .into_iter()
             .map(|q| QueueMetrics {
                 vhost: q.vhost,
@@ -310,6 +323,7 @@ pub fn snapshot(broker: &Broker, admission: &Admission) -> MetricsSnapshot {
                 consumers: q.consumers,
             })
             .collect(),
+        queues_omitted,
         messages_in: s.messages_in,
         bytes_in: s.bytes_in,
         messages_out: s.messages_out,
@@ -382,8 +396,20 @@ impl Server {
             },
         )
         .await?;
+        // Queue policies: kept beside the store, applied to every queue.
+        let policies_file =
+            (!config.broker.in_memory).then(|| config.broker.data_dir.join("policies.json"));
+        let policies = Arc::new(
+            crate::mgmt::policies::Policies::load(policies_file).map_err(ServerError::Auth)?,
+        );
+        {
+            let p = Arc::clone(&policies);
+            broker.set_policy_source(Arc::new(move |vhost: &str, queue: &str| {
+                p.for_queue(vhost, queue)
+            }));
+        }
         if !config.broker.load_definitions.as_os_str().is_empty() {
-            load_definitions(&broker, &users, &config.broker.load_definitions).await?;
+            load_definitions(&broker, &users, &policies, &config.broker.load_definitions).await?;
         }
         let mut backends = Vec::new();
         for b in &config.auth.backends {
@@ -429,7 +455,15 @@ impl Server {
             tls_reload,
             vhosts: config.broker.vhosts.clone(),
             mqtt: std::sync::OnceLock::new(),
+            rates: Arc::default(),
+            policies: Arc::clone(&policies),
         });
+        tasks.spawn(crate::mgmt::rates::run(
+            Arc::clone(&mgmt.rates),
+            Arc::clone(&broker),
+            listeners.child_token(),
+        ));
+        let mut tls_addrs = Vec::new();
         let mut admin_addr = None;
         if config.admin.enabled {
             let (listener, addr) =
@@ -437,12 +471,35 @@ impl Server {
             admin_addr = Some(addr);
             let b = Arc::clone(&broker);
             let adm = Arc::clone(&admission);
+            let max_queues = config.admin.metrics_max_queues;
             let store = broker.store().clone();
-            let state = AdminState::new(Arc::clone(&ready), move || snapshot(&b, &adm))
+            let state = AdminState::new(Arc::clone(&ready), move || snapshot(&b, &adm, max_queues))
                 .with_failure(move || store.stats().failure);
             let app = admin::router(state)
                 .merge(crate::mgmt::router(Arc::clone(&mgmt)))
                 .merge(crate::console::router());
+            if let Some(tls) = &tls {
+                let (https, addr) =
+                    bind("admin HTTPS", config.broker.bind, config.tls.https_port).await?;
+                let https = crate::tls::HttpsListener::spawn(
+                    https,
+                    Arc::clone(tls),
+                    listeners.child_token(),
+                    &tasks,
+                )
+                .map_err(|source| ServerError::Bind {
+                    what: "admin HTTPS",
+                    addr,
+                    source,
+                })?;
+                tls_addrs.push(("https", addr));
+                let (app, token) = (app.clone(), listeners.child_token());
+                tasks.spawn(async move {
+                    if let Err(e) = admin::serve(https, app, token).await {
+                        tracing::error!(error = %e, "admin HTTPS listener failed");
+                    }
+                });
+            }
             let token = listeners.child_token();
             tasks.spawn(async move {
                 if let Err(e) = admin::serve(listener, app, token).await {
@@ -450,7 +507,6 @@ impl Server {
                 }
             });
         }
-        let mut tls_addrs = Vec::new();
         let acceptor = Acceptor {
             admission: &admission,
             shutdown: &listeners,

@@ -96,6 +96,9 @@ pub struct TlsConfig {
     pub amqps_port: u16,
     pub mqtts_port: u16,
     pub stomps_port: u16,
+    /// The admin listener over HTTPS (management API, console, metrics),
+    /// beside the plain one, when `[admin] enabled`.
+    pub https_port: u16,
 }
 
 impl Default for TlsConfig {
@@ -114,6 +117,7 @@ impl Default for TlsConfig {
             amqps_port: 5671,
             mqtts_port: 8883,
             stomps_port: 61614,
+            https_port: 15671,
         }
     }
 }
@@ -290,6 +294,89 @@ fn build(config: &TlsConfig) -> Result<ServerConfig, String> {
         .map_err(|e| format!("[tls] cert and key: {e}"))
 }
 
+/// Most TLS handshakes the admin listener runs at once.
+const MAX_ADMIN_HANDSHAKES: usize = 64;
+
+/// The admin listener over HTTPS, for axum: a task accepts connections and
+/// runs their handshakes in their own tasks (each under the handshake
+/// timeout, at most [`MAX_ADMIN_HANDSHAKES`] at once), so a client that
+/// never finishes one holds up nobody; axum takes the finished streams.
+pub struct HttpsListener {
+    ready: tokio::sync::mpsc::Receiver<(
+        tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+        std::net::SocketAddr,
+    )>,
+    local: std::net::SocketAddr,
+}
+
+impl HttpsListener {
+    /// Starts accepting on `listener` until `shutdown`; the task is
+    /// tracked by `tasks`.
+    pub fn spawn(
+        listener: tokio::net::TcpListener,
+        tls: Arc<Tls>,
+        shutdown: tokio_util::sync::CancellationToken,
+        tasks: &tokio_util::task::TaskTracker,
+    ) -> std::io::Result<HttpsListener> {
+        let local = listener.local_addr()?;
+        let (tx, ready) = tokio::sync::mpsc::channel(MAX_ADMIN_HANDSHAKES);
+        let slots = Arc::new(tokio::sync::Semaphore::new(MAX_ADMIN_HANDSHAKES));
+        let spawner = tasks.clone();
+        tasks.spawn(async move {
+            loop {
+                let accepted = tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    a = listener.accept() => a,
+                };
+                let (stream, peer) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "admin HTTPS accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                // Past the bound, a new connection is closed at once.
+                let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+                    continue;
+                };
+                let (tls, tx) = (Arc::clone(&tls), tx.clone());
+                spawner.spawn(async move {
+                    let handshake = tls.acceptor().accept(stream);
+                    match tokio::time::timeout(tls.handshake_timeout(), handshake).await {
+                        Ok(Ok(s)) => {
+                            let _ = tx.send((s, peer)).await;
+                        }
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "admin TLS handshake failed")
+                        }
+                        Err(_) => tracing::debug!(%peer, "admin TLS handshake timed out"),
+                    }
+                    drop(slot);
+                });
+            }
+        });
+        Ok(HttpsListener { ready, local })
+    }
+}
+
+impl axum::serve::Listener for HttpsListener {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.ready.recv().await {
+            Some(s) => s,
+            // The accepting task ended (shutdown): nothing more comes.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(self.local)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -300,8 +387,8 @@ mod tests {
         assert!(!c.enabled());
         assert_eq!(c.validate(), Ok(()));
         assert_eq!(
-            (c.amqps_port, c.mqtts_port, c.stomps_port),
-            (5671, 8883, 61614)
+            (c.amqps_port, c.mqtts_port, c.stomps_port, c.https_port),
+            (5671, 8883, 61614, 15671)
         );
     }
 

@@ -48,8 +48,10 @@ pub struct ConnectionEntry {
     /// Unix milliseconds when it was accepted.
     pub connected_at: u64,
     details: Mutex<ConnectionDetails>,
-    /// Open AMQP channels (1 for the other protocols once logged in).
+    /// Open AMQP channels.
     channels: AtomicU64,
+    /// Their numbers.
+    channel_numbers: Mutex<Vec<u16>>,
     /// The adapter's stop token for this connection, cancelled by
     /// [`Broker::close_connection`] (see [`ConnectionGuard::close_with`]).
     close: Mutex<Option<CancellationToken>>,
@@ -64,6 +66,8 @@ pub struct ConnectionSnapshot {
     pub connected_at: u64,
     pub details: ConnectionDetails,
     pub channels: u64,
+    /// The open AMQP channels' numbers, sorted.
+    pub channel_numbers: Vec<u16>,
 }
 
 /// The registry.
@@ -83,6 +87,7 @@ impl Connections {
             connected_at,
             details: Mutex::new(ConnectionDetails::default()),
             channels: AtomicU64::new(0),
+            channel_numbers: Mutex::new(Vec::new()),
             close: Mutex::new(None),
             reason: Mutex::new(None),
         });
@@ -108,6 +113,7 @@ impl Broker {
                 connected_at: e.connected_at,
                 details: e.details.lock().clone(),
                 channels: e.channels.load(Ordering::Relaxed),
+                channel_numbers: e.channel_numbers.lock().clone(),
             })
             .collect();
         all.sort_by_key(|c| (c.connected_at, c.id.0));
@@ -134,9 +140,14 @@ impl ConnectionGuard {
         f(&mut self.entry.details.lock());
     }
 
-    /// How many channels the connection has open now (AMQP).
-    pub fn set_channels(&self, n: usize) {
-        self.entry.channels.store(n as u64, Ordering::Relaxed);
+    /// The channels the connection has open now (AMQP), by number.
+    pub fn set_channels(&self, open: impl Iterator<Item = u16>) {
+        let mut numbers: Vec<u16> = open.collect();
+        numbers.sort_unstable();
+        self.entry
+            .channels
+            .store(numbers.len() as u64, Ordering::Relaxed);
+        *self.entry.channel_numbers.lock() = numbers;
     }
 
     /// Makes `token` (the adapter's stop token for this connection, a

@@ -30,6 +30,21 @@ pub struct QueueInfo {
     pub created: bool,
 }
 
+/// One consumer as the management API lists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConsumerSummary {
+    pub queue: String,
+    /// The protocol's name for it (AMQP consumer tag, STOMP subscription
+    /// id, MQTT client id).
+    pub tag: String,
+    pub connection: ConnectionId,
+    pub no_ack: bool,
+    pub exclusive: bool,
+    pub priority: i32,
+    /// Its smallest prefetch limit; 0: none.
+    pub prefetch: u32,
+}
+
 /// One queue as the management API lists it.
 #[derive(Clone, Debug)]
 pub struct QueueSummary {
@@ -44,6 +59,10 @@ pub struct QueueSummary {
     pub ready_bytes: u64,
     /// Since the queue was last used (declared, consumed from, got from).
     pub idle_for: std::time::Duration,
+    /// Messages accepted since the queue was made.
+    pub published: u64,
+    /// Messages handed out (delivered or got) since the queue was made.
+    pub delivered: u64,
 }
 
 /// A server-generated queue name, `amq.gen-` and 22 URL-safe characters (as RabbitMQ).
@@ -382,7 +401,10 @@ impl Broker {
                 def.name
             )));
         }
-        let args = QueueArgs::parse(&def.arguments)?;
+        // The queue's own arguments must be valid; a policy's are checked
+        // when it is set, and skipped here if they no longer fit.
+        let own = QueueArgs::parse(&def.arguments)?;
+        let args = QueueArgs::parse(&self.effective_arguments(vhost, &def)).unwrap_or(own);
         if args.queue_type != QueueType::Classic {
             // RabbitMQ's rules for quorum queues and streams.
             let refused = if !def.durable {
@@ -624,6 +646,30 @@ impl Broker {
         Ok(all)
     }
 
+    /// The consumers of a vhost's queues (the management API), by queue.
+    pub fn consumers(&self, vhost: &str) -> Result<Vec<ConsumerSummary>, CoreError> {
+        let vh = self.vhost(vhost)?;
+        let queues: Vec<Arc<Queue>> = vh.queues.read().values().cloned().collect();
+        let mut all = Vec::new();
+        for q in &queues {
+            for (tag, connection, no_ack, exclusive, priority, prefetch) in
+                q.state.lock().consumer_list()
+            {
+                all.push(ConsumerSummary {
+                    queue: q.def.name.clone(),
+                    tag,
+                    connection,
+                    no_ack,
+                    exclusive,
+                    priority,
+                    prefetch,
+                });
+            }
+        }
+        all.sort_by(|a, b| (&a.queue, &a.tag).cmp(&(&b.queue, &b.tag)));
+        Ok(all)
+    }
+
     /// The queues of a vhost with their counts now, sorted by name (the
     /// management API).
     pub fn queues(&self, vhost: &str) -> Result<Vec<QueueSummary>, CoreError> {
@@ -633,6 +679,7 @@ impl Broker {
             .iter()
             .map(|q| {
                 let st = q.state.lock();
+                let (published, delivered) = st.totals();
                 QueueSummary {
                     def: q.def.clone(),
                     ready: st.ready_count(),
@@ -640,6 +687,8 @@ impl Broker {
                     consumers: st.consumer_count(),
                     ready_bytes: st.ready_bytes(),
                     idle_for: st.last_used.elapsed(),
+                    published,
+                    delivered,
                 }
             })
             .collect();

@@ -30,10 +30,11 @@ use crate::queue::args::{QueueArgs, QueueDef};
 use crate::queue::{Effects, Paging, QueueState, ReadyKey};
 use crate::retained::Retained;
 use crate::topology::Topology;
+use crate::value::FieldTable;
 
 pub use connections::{ConnectionDetails, ConnectionEntry, ConnectionSnapshot};
 pub use consume::{ConsumerHandle, GetOk};
-pub use declare::{QueueInfo, QueueSummary};
+pub use declare::{ConsumerSummary, QueueInfo, QueueSummary};
 pub use publish::Published;
 
 /// Broker-wide settings the core needs.
@@ -383,6 +384,9 @@ pub struct Broker {
     users_online: parking_lot::Mutex<HashMap<String, usize>>,
     /// Every open connection (the management API).
     connections: connections::Connections,
+    /// Where queue policies come from (the server's; see
+    /// [`Broker::set_policy_source`]).
+    policy: RwLock<Option<PolicySource>>,
     retained: Retained,
     /// Cancels every queue service task at shutdown.
     shutdown: CancellationToken,
@@ -495,6 +499,7 @@ impl Broker {
             counters: Counters::default(),
             users_online: parking_lot::Mutex::new(HashMap::new()),
             connections: connections::Connections::default(),
+            policy: RwLock::new(None),
             retained: Retained::default(),
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
@@ -865,6 +870,59 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
     match deadline {
         Some(t) => tokio::time::sleep_until(t).await,
         None => std::future::pending().await,
+    }
+}
+
+/// Gives, for a vhost and queue name, the arguments its policy adds
+/// (`x-max-length` and so on), if one applies.
+pub type PolicySource = Arc<dyn Fn(&str, &str) -> Option<FieldTable> + Send + Sync>;
+
+impl Broker {
+    /// Sets where queue policies come from and applies them to every
+    /// queue now; call it again (or [`Broker::reapply_policies`]) when
+    /// they change.
+    pub fn set_policy_source(&self, source: PolicySource) {
+        *self.policy.write() = Some(source);
+        self.reapply_policies();
+    }
+
+    /// A queue's arguments in force: its own, then what its policy adds
+    /// for the keys it does not set (a queue's own arguments win, as
+    /// RabbitMQ's do for most keys).
+    pub(crate) fn effective_arguments(&self, vhost: &str, def: &QueueDef) -> FieldTable {
+        let mut args = def.arguments.clone();
+        let source = self.policy.read().clone();
+        if let Some(extra) = source.and_then(|f| f(vhost, &def.name)) {
+            for (k, v) in extra.iter() {
+                if args.get(k).is_none() {
+                    args.insert(k, v.clone());
+                }
+            }
+        }
+        args
+    }
+
+    /// Puts every queue's arguments (its own and its policy's) in force.
+    pub fn reapply_policies(&self) {
+        let queues: Vec<Arc<Queue>> = self
+            .vhosts
+            .read()
+            .values()
+            .flat_map(|vh| vh.queues.read().values().cloned().collect::<Vec<_>>())
+            .collect();
+        for q in queues {
+            let args = match QueueArgs::parse(&self.effective_arguments(&q.vhost, &q.def)) {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(queue = q.name(), vhost = q.vhost(), error = %e, "policy not applied");
+                    continue;
+                }
+            };
+            let mut fx = Effects::default();
+            q.state.lock().set_args(args, Instant::now(), &mut fx);
+            self.apply_effects(&q, fx);
+            q.wake.notify_one();
+        }
     }
 }
 

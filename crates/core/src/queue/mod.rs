@@ -321,6 +321,10 @@ pub struct QueueState {
     pub last_used: Instant,
     /// An auto-delete queue is deleted only after it had a consumer.
     had_consumer: bool,
+    /// Messages accepted and handed out (delivered or got) since the
+    /// queue was made: the management API's rates are drawn from these.
+    published_total: u64,
+    delivered_total: u64,
 }
 
 impl QueueState {
@@ -344,6 +348,8 @@ impl QueueState {
             rr: 0,
             last_used: now,
             had_consumer: false,
+            published_total: 0,
+            delivered_total: 0,
         }
     }
 
@@ -368,6 +374,47 @@ impl QueueState {
     /// Body bytes of the ready messages.
     pub fn ready_bytes(&self) -> u64 {
         self.ready_bytes
+    }
+
+    /// Its consumers as the management API lists them: tag, connection,
+    /// no-ack, exclusive, priority and the smallest prefetch limit (0:
+    /// none).
+    pub fn consumer_list(&self) -> Vec<(String, crate::ids::ConnectionId, bool, bool, i32, u32)> {
+        self.consumers
+            .iter()
+            .map(|c| {
+                let prefetch = c
+                    .spec
+                    .credits
+                    .iter()
+                    .map(|cr| cr.limit())
+                    .filter(|l| *l > 0)
+                    .min()
+                    .unwrap_or(0);
+                (
+                    c.spec.tag.clone(),
+                    c.spec.owner,
+                    c.spec.no_ack,
+                    c.spec.exclusive,
+                    c.spec.priority,
+                    prefetch,
+                )
+            })
+            .collect()
+    }
+
+    /// Puts new arguments in force (a policy changed): a lower length limit
+    /// trims at once, a new TTL applies to messages published from now.
+    pub fn set_args(&mut self, args: QueueArgs, now: Instant, fx: &mut Effects) {
+        self.args = args;
+        self.expire(now, fx);
+        self.trim(fx);
+    }
+
+    /// Messages accepted and messages handed out (delivered or got) since
+    /// the queue was made.
+    pub fn totals(&self) -> (u64, u64) {
+        (self.published_total, self.delivered_total)
     }
 
     pub fn consumer_count(&self) -> u64 {
@@ -642,6 +689,7 @@ impl QueueState {
             entry.page_out();
         }
         self.push_ready(entry);
+        self.published_total += 1;
         // Deliver before expiring: a message with TTL 0 reaches a consumer
         // that can take it at once, and otherwise expires (RabbitMQ's rule).
         self.deliver(now, fx);
@@ -809,6 +857,7 @@ impl QueueState {
             return;
         }
         fx.delivered += 1;
+        self.delivered_total += 1;
         fx.delivered_bytes += body_len;
         if consumer.spec.no_ack {
             if let Some(r) = entry.removed() {
@@ -955,6 +1004,7 @@ impl QueueState {
         let tag = DeliveryTag(self.next_tag);
         self.next_tag += 1;
         fx.delivered += 1;
+        self.delivered_total += 1;
         fx.delivered_bytes += message.body_len();
         let delivery = Delivery {
             consumer: holder,

@@ -170,3 +170,63 @@ pub async fn mqtt_clients(State(state): St, caller: Caller, Query(q): Query<List
         .collect();
     Ok(super::json(apply(items, &q)?))
 }
+
+/// `GET /api/channels`: the open AMQP channels of the connections the
+/// caller sees, by their real numbers.
+pub async fn channels(State(state): St, caller: Caller, Query(q): Query<ListQuery>) -> Answer {
+    let mut items = Vec::new();
+    for c in visible(&state, &caller) {
+        let conn = name_of(&c);
+        for n in &c.channel_numbers {
+            items.push(json!({
+                "name": format!("{conn} ({n})"),
+                "number": n,
+                "node": node_name(),
+                "user": c.details.user.as_deref().unwrap_or(""),
+                "vhost": c.details.vhost.as_deref().unwrap_or(""),
+                "connection_details": {
+                    "name": conn,
+                    "peer_host": c.details.peer.map(|p| p.ip().to_string()),
+                    "peer_port": c.details.peer.map(|p| p.port()),
+                },
+                "state": "running",
+            }));
+        }
+    }
+    Ok(super::json(apply(items, &q)?))
+}
+
+/// `GET /api/consumers`: every queue's consumers in the vhosts the caller
+/// sees, with the connection each belongs to.
+pub async fn consumers(State(state): St, caller: Caller, Query(q): Query<ListQuery>) -> Answer {
+    let connections = state.broker.connections();
+    let mut items = Vec::new();
+    for v in state.broker.vhost_names() {
+        if !caller.sees(&state, &v).await {
+            continue;
+        }
+        for c in state.broker.consumers(&v).map_err(ApiError::core)? {
+            let conn = connections.iter().find(|s| s.id == c.connection);
+            if caller.level < Level::Monitoring
+                && conn.and_then(|s| s.details.user.as_deref()) != Some(&caller.user)
+            {
+                continue;
+            }
+            items.push(json!({
+                "consumer_tag": c.tag,
+                "queue": {"name": c.queue, "vhost": v},
+                "channel_details": {
+                    "connection_name": conn.map(name_of),
+                    "peer_host": conn.and_then(|s| s.details.peer.map(|p| p.ip().to_string())),
+                    "user": conn.and_then(|s| s.details.user.clone()),
+                },
+                "ack_required": !c.no_ack,
+                "exclusive": c.exclusive,
+                "prefetch_count": c.prefetch,
+                "arguments": if c.priority != 0 { json!({"x-priority": c.priority}) } else { json!({}) },
+                "active": true,
+            }));
+        }
+    }
+    Ok(super::json(apply(items, &q)?))
+}

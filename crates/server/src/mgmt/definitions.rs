@@ -28,7 +28,11 @@ fn builtin(name: &str) -> bool {
 }
 
 /// The definitions of `broker` (and of the users file, when there is one).
-pub fn export(broker: &Broker, users: Option<&FileAuth>) -> Result<Value, ApiError> {
+pub fn export(
+    broker: &Broker,
+    users: Option<&FileAuth>,
+    policies: &super::policies::Policies,
+) -> Result<Value, ApiError> {
     let mut vhosts = Vec::new();
     let (mut queues, mut exchanges, mut bindings) = (Vec::new(), Vec::new(), Vec::new());
     for v in broker.vhost_names() {
@@ -111,7 +115,7 @@ pub fn export(broker: &Broker, users: Option<&FileAuth>) -> Result<Value, ApiErr
         "topic_permissions": topic_permissions,
         "parameters": [],
         "global_parameters": [],
-        "policies": [],
+        "policies": policies.list(),
         "queues": queues,
         "exchanges": exchanges,
         "bindings": bindings,
@@ -137,15 +141,16 @@ fn flag(v: &Value, k: &str, default: bool) -> bool {
 /// Imports `defs`: vhosts (which must be among `[broker] vhosts`), users
 /// with their hashes and tags, permissions, topic permissions, exchanges,
 /// queues and bindings, in that order; what exists already is kept or
-/// updated as a declare would. Policies and parameters are refused until
-/// Junction has them, rather than dropped (the node's own `cluster_name`
-/// and `internal_cluster_id` aside).
+/// updated as a declare would, then policies. Parameters are refused
+/// until Junction has them, rather than dropped (the node's own
+/// `cluster_name` and `internal_cluster_id` aside).
 pub async fn import(
     broker: &Arc<Broker>,
     users: Option<&Arc<FileAuth>>,
+    policies: &super::policies::Policies,
     defs: &Value,
 ) -> Result<(), ApiError> {
-    for k in ["policies", "parameters", "global_parameters"] {
+    for k in ["parameters", "global_parameters"] {
         let n = list(defs, k)
             .iter()
             .filter(|p| {
@@ -239,6 +244,16 @@ pub async fn import(
         .map_err(|e| ApiError::bad_request(e.to_string()))?
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
     }
+    // Policies are checked before anything changes below them.
+    let mut wanted_policies = Vec::new();
+    for p in list(defs, "policies") {
+        let p: super::policies::Policy = serde_json::from_value(p.clone())
+            .map_err(|e| ApiError::bad_request(format!("invalid policy {p}: {e}")))?;
+        wanted_policies.push(p);
+    }
+    for p in wanted_policies {
+        policies.put(p, broker)?;
+    }
     for x in list(defs, "exchanges") {
         let def = ExchangeDef {
             name: text(x, "name")?.to_owned(),
@@ -298,7 +313,11 @@ pub async fn import(
 
 pub async fn get_definitions(State(state): St, caller: Caller) -> Answer {
     caller.need(Level::Administrator)?;
-    Ok(super::json(export(&state.broker, state.users.as_deref())?))
+    Ok(super::json(export(
+        &state.broker,
+        state.users.as_deref(),
+        &state.policies,
+    )?))
 }
 
 pub async fn post_definitions(State(state): St, caller: Caller, raw: Bytes) -> Answer {
@@ -312,7 +331,7 @@ pub async fn post_definitions(State(state): St, caller: Caller, raw: Bytes) -> A
             .map_err(|e| ApiError::bad_request(format!("invalid JSON in file: {e}")))?,
         _ => defs,
     };
-    import(&state.broker, state.users.as_ref(), &defs).await?;
+    import(&state.broker, state.users.as_ref(), &state.policies, &defs).await?;
     tracing::info!(by = %caller.user, "definitions imported");
     Ok(done(false))
 }

@@ -14,7 +14,9 @@
 mod connections;
 pub mod definitions;
 mod objects;
+pub mod policies;
 mod query;
+pub mod rates;
 mod users;
 
 use std::net::SocketAddr;
@@ -47,6 +49,10 @@ pub struct MgmtState {
     pub vhosts: Vec<String>,
     /// The MQTT adapter, once its listener is up (its clients' sessions).
     pub mqtt: std::sync::OnceLock<Arc<junction_mqtt::MqttContext>>,
+    /// Per-queue message rates, sampled by [`rates::run`].
+    pub rates: Arc<rates::Rates>,
+    /// Queue policies (also the broker's policy source).
+    pub policies: Arc<policies::Policies>,
 }
 
 /// The node name shown where RabbitMQ shows `rabbit@host`.
@@ -120,6 +126,16 @@ pub fn router(state: Arc<MgmtState>) -> Router {
             get(connections::vhost_connections),
         )
         .route("/api/mqtt/clients", get(connections::mqtt_clients))
+        .route("/api/channels", get(connections::channels))
+        .route("/api/consumers", get(connections::consumers))
+        .route("/api/policies", get(policies::policies))
+        .route("/api/policies/{vhost}", get(policies::policies_in))
+        .route(
+            "/api/policies/{vhost}/{name}",
+            get(policies::policy)
+                .put(policies::put_policy)
+                .delete(policies::delete_policy),
+        )
         .route("/api/users", get(users::users))
         .route(
             "/api/users/{name}",

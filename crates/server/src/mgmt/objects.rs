@@ -90,7 +90,8 @@ fn civil_time(secs: u64) -> String {
     )
 }
 
-fn queue_json(vhost: &str, q: &QueueSummary, node: &str) -> Value {
+fn queue_json(state: &MgmtState, vhost: &str, q: &QueueSummary, node: &str) -> Value {
+    let policy = state.policies.matching(vhost, &q.def.name);
     let kind = q
         .def
         .arguments
@@ -113,6 +114,11 @@ fn queue_json(vhost: &str, q: &QueueSummary, node: &str) -> Value {
         "type": kind,
         "node": node,
         "idle_since": time_before(q.idle_for),
+        "message_stats": state
+            .rates
+            .message_stats(vhost, &q.def.name, q.published, q.delivered),
+        "policy": policy.as_ref().map(|p| p.name.clone()),
+        "effective_policy_definition": policy.map_or_else(|| json!({}), |p| Value::Object(p.definition)),
     })
 }
 
@@ -198,10 +204,7 @@ pub async fn overview(State(state): St, caller: Caller) -> Answer {
             "messages_ready": ready,
             "messages_unacknowledged": unacked,
         },
-        "message_stats": {
-            "publish": s.messages_in,
-            "deliver_get": s.messages_out,
-        },
+        "message_stats": state.rates.overall_stats(s.messages_in, s.messages_out),
         "listeners": [],
     })))
 }
@@ -312,7 +315,7 @@ async fn queues_of(state: &MgmtState, vhosts: &[String]) -> Result<Vec<Value>, A
     let mut items = Vec::new();
     for v in vhosts {
         for q in state.broker.queues(v).map_err(ApiError::core)? {
-            items.push(queue_json(v, &q, &node));
+            items.push(queue_json(state, v, &q, &node));
         }
     }
     Ok(items)
@@ -346,7 +349,7 @@ pub async fn queue(
         .into_iter()
         .find(|q| q.def.name == name)
         .ok_or_else(ApiError::not_found)?;
-    let mut body = queue_json(&v, &q, &node_name());
+    let mut body = queue_json(&state, &v, &q, &node_name());
     let bindings: Vec<Value> = state
         .broker
         .bindings(&v)
