@@ -498,3 +498,107 @@ def test_policies_apply_to_queues_without_redeclaring(make_broker):
     assert ch.queue_declare("pol-q", passive=True).method.message_count == 5
     assert api(b, "GET", "/api/queues/%2F/pol-q")[1]["policy"] is None
     conn.close()
+
+
+def test_exchange_to_exchange_bindings_and_permission_lists(mb):
+    x1, x2, qn = uid("x"), uid("x"), uid("q")
+    api(mb, "PUT", f"/api/exchanges/%2F/{x1}", {"type": "topic"})
+    api(mb, "PUT", f"/api/exchanges/%2F/{x2}", {"type": "fanout"})
+    api(mb, "PUT", f"/api/queues/%2F/{qn}", {})
+    status, _, headers = api(mb, "POST", f"/api/bindings/%2F/e/{x1}/e/{x2}", {"routing_key": "a.#"})
+    assert (status, headers["Location"]) == (201, f"/api/bindings/%2F/e/{x1}/e/{x2}/a.%23")
+    assert api(mb, "POST", f"/api/bindings/%2F/e/{x2}/q/{qn}", {})[0] == 201
+    assert api(mb, "POST", f"/api/exchanges/%2F/{x1}/publish", {"routing_key": "a.b", "payload": "via e2e"})[1] == {"routed": True}
+    got = api(mb, "POST", f"/api/queues/%2F/{qn}/get", {"ackmode": "ack_requeue_false"})[1]
+    assert [m["payload"] for m in got] == ["via e2e"]
+    src = api(mb, "GET", f"/api/exchanges/%2F/{x1}/bindings/source")[1]
+    assert [(b["destination"], b["destination_type"], b["routing_key"]) for b in src] == [(x2, "exchange", "a.#")]
+    dst = api(mb, "GET", f"/api/exchanges/%2F/{x2}/bindings/destination")[1]
+    assert [b["source"] for b in dst] == [x1]
+    assert api(mb, "GET", f"/api/bindings/%2F/e/{x1}/x/{x2}")[0] == 404
+    assert api(mb, "DELETE", f"/api/bindings/%2F/e/{x1}/e/{x2}/a.%23")[0] == 204
+    assert api(mb, "POST", f"/api/exchanges/%2F/{x1}/publish", {"routing_key": "a.b", "payload": "x"})[1] == {"routed": False}
+    # Permission lists by vhost and by user.
+    guest_row = {"user": "guest", "vhost": "/", "configure": ".*", "write": ".*", "read": ".*"}
+    assert guest_row in api(mb, "GET", "/api/vhosts/%2F/permissions")[1]
+    assert api(mb, "GET", "/api/users/guest/permissions")[1] == [guest_row]
+    assert api(mb, "GET", "/api/users/nobody/permissions")[0] == 404
+    # Topic permissions written through the API, in force for AMQP.
+    tp = {"exchange": "amq.topic", "write": "^ok\\.", "read": ".*"}
+    assert api(mb, "PUT", "/api/topic-permissions/%2F/admin2", tp)[0] == 201
+    assert api(mb, "PUT", "/api/topic-permissions/%2F/admin2", tp)[0] == 204
+    row = {"user": "admin2", "vhost": "/", **tp}
+    assert api(mb, "GET", "/api/topic-permissions/%2F/admin2")[1] == [row]
+    assert api(mb, "GET", "/api/users/admin2/topic-permissions")[1] == [row]
+    assert row in api(mb, "GET", "/api/vhosts/%2F/topic-permissions")[1]
+    conn = mb.connect(user="admin2", password="admin2")
+    ch = conn.channel()
+    ch.confirm_delivery()
+    ch.basic_publish("amq.topic", "ok.1", b"allowed")
+    with pytest.raises(pika.exceptions.ChannelClosedByBroker) as e:
+        ch.basic_publish("amq.topic", "no.1", b"denied")
+    assert e.value.reply_code == 403
+    conn.close()
+    assert api(mb, "DELETE", "/api/topic-permissions/%2F/admin2")[0] == 204
+    assert api(mb, "DELETE", "/api/topic-permissions/%2F/admin2")[0] == 404
+    # Vhosts are the configuration's.
+    assert api(mb, "PUT", "/api/vhosts/iot")[0] == 204
+    status, body, _ = api(mb, "PUT", "/api/vhosts/newhost")
+    assert status == 400 and "not one of [broker] vhosts" in body["reason"]
+
+
+def test_metrics_behind_credentials_when_configured(make_broker):
+    import base64
+    import urllib.error
+    import urllib.request
+
+    b = make_broker(
+        users=[("mon", "mon", ["/"]), ("mgr", "mgr", ["/"])],
+        extra_config="[admin]\nmetrics_need_credentials = true\n",
+    )
+    api(b, "PUT", "/api/users/mon", {"tags": "monitoring"})
+    api(b, "PUT", "/api/users/mgr", {"tags": "management"})
+
+    def metrics(user=None):
+        h = {}
+        if user:
+            h["Authorization"] = "Basic " + base64.b64encode(f"{user}:{user}".encode()).decode()
+        req = urllib.request.Request(f"http://127.0.0.1:{b.admin_port}/metrics", headers=h)
+        try:
+            with urllib.request.urlopen(req, timeout=5) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode()
+
+    assert metrics()[0] == 401
+    assert metrics("mgr")[0] == 401
+    status, text = metrics("mon")
+    assert status == 200 and "junction_messages_published_total" in text
+    assert api(b, "GET", "/api/health", user=None)[:2] == (200, {"status": "ok"})
+
+
+def test_connection_bytes_queue_memory_and_disk_free(mb):
+    import time
+
+    name = uid("bytes")
+    conn = mb.connect()
+    ch = conn.channel()
+    ch.queue_declare(name)
+    ch.confirm_delivery()
+    for _ in range(10):
+        ch.basic_publish("", name, b"x" * 1000)
+    c = [x for x in api(mb, "GET", "/api/connections")[1] if x["protocol"] == "AMQP 0-9-1"][0]
+    assert c["recv_oct"] > 10_000 and c["send_oct"] > 0, c
+    q = api(mb, "GET", f"/api/queues/%2F/{name}")[1]
+    assert q["memory"] >= 10_000, q
+    node = api(mb, "GET", "/api/nodes")[1][0]
+    assert node["disk_free"] > 0
+    # The byte rates come from the 5 s samples.
+    deadline = time.monotonic() + 15
+    while True:
+        c = [x for x in api(mb, "GET", "/api/connections")[1] if x["protocol"] == "AMQP 0-9-1"][0]
+        if c["recv_oct_details"]["rate"] > 0:
+            break
+        assert time.monotonic() < deadline, c
+        time.sleep(0.5)
+    conn.close()

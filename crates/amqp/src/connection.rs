@@ -188,6 +188,7 @@ pub(crate) async fn run(
 /// memory alarm counts the chunks while they are being written.
 async fn flush(
     broker: &junction_core::Broker,
+    guard: &ConnectionGuard,
     wr: &mut WriteHalf,
     out: &mut Output,
     stall: Duration,
@@ -196,8 +197,11 @@ async fn flush(
         return Ok(());
     }
     let chunks = out.take();
-    let _held = broker.charge_memory(chunks.iter().map(|c| c.len() as u64).sum());
-    junction_core::io::write_chunks_within(wr, &chunks, stall).await
+    let bytes: u64 = chunks.iter().map(|c| c.len() as u64).sum();
+    let _held = broker.charge_memory(bytes);
+    junction_core::io::write_chunks_within(wr, &chunks, stall).await?;
+    guard.count_sent(bytes as usize);
+    Ok(())
 }
 
 impl Conn {
@@ -228,7 +232,7 @@ impl Conn {
                 // timeout; once the broker shuts down it gets only a short
                 // grace to read what is queued (and then the close).
                 let stall = if shut_down { CLOSE_TIMEOUT } else { stall };
-                let flushing = flush(&self.ctx.broker, wr, &mut self.out, stall);
+                let flushing = flush(&self.ctx.broker, &self.guard, wr, &mut self.out, stall);
                 tokio::pin!(flushing);
                 let flushed = tokio::select! {
                     r = &mut flushing => r,
@@ -285,9 +289,11 @@ impl Conn {
                 // A publishing connection is not read while the memory
                 // alarm is on: TCP pushes back on the client.
                 r = rd.read_buf(&mut buf), if !(self.has_published && *alarm.borrow()) => {
-                    if r? == 0 {
+                    let n = r?;
+                    if n == 0 {
                         return Ok(());
                     }
+                    self.guard.count_received(n);
                     last_recv = Instant::now();
                     self.on_bytes(&mut buf).await;
                 }

@@ -572,11 +572,15 @@ impl Conn {
         let result = loop {
             // A client that stops reading must not hold off a takeover
             // or a shutdown.
+            let sent = self.out.len();
             let flushed = tokio::select! {
                 r = flush(&self.ctx.broker, wr, &mut self.out, stall) => r,
                 _ = shutdown.cancelled() => Err(std::io::ErrorKind::Interrupted.into()),
                 _ = kick.notified() => Err(std::io::ErrorKind::Interrupted.into()),
             };
+            if flushed.is_ok() {
+                self.guard.count_sent(sent);
+            }
             if let Err(e) = flushed {
                 if e.kind() == std::io::ErrorKind::TimedOut {
                     // Held by its window until now; a client that stops
@@ -646,6 +650,7 @@ impl Conn {
                             self.end.get_or_insert(End::Abnormal);
                         }
                         Ok(n) => {
+                            self.guard.count_received(n);
                             if n == room {
                                 // A busy publisher: read more per call.
                                 read_size = (read_size * 2).min(READ_MAX);

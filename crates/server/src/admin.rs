@@ -78,6 +78,14 @@ pub fn router(state: AdminState) -> Router {
         .with_state(state)
 }
 
+/// [`router`] without `/metrics`, for when the management API serves it
+/// behind credentials (`[admin] metrics_need_credentials`).
+pub fn health_only(state: AdminState) -> Router {
+    Router::new()
+        .route("/api/health", get(health))
+        .with_state(state)
+}
+
 /// Serves `app` (this module's [`router`], merged with the management
 /// API's) on `listener` until `shutdown` is cancelled, then lets requests
 /// in flight finish and returns. Handlers see the client's address as

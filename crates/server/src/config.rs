@@ -292,6 +292,10 @@ pub struct AdminConfig {
     /// first); the rest are counted in `junction_metrics_queues_omitted`.
     /// Keeps a broker with a million queues from a million-line scrape.
     pub metrics_max_queues: usize,
+    /// `/metrics` asks for the credentials of a `monitoring` or
+    /// `administrator` user, like the management API; `/api/health`
+    /// always answers without.
+    pub metrics_need_credentials: bool,
 }
 
 impl Default for AdminConfig {
@@ -300,6 +304,7 @@ impl Default for AdminConfig {
             port: 15672,
             enabled: true,
             metrics_max_queues: 1000,
+            metrics_need_credentials: false,
         }
     }
 }

@@ -457,6 +457,12 @@ impl Server {
             mqtt: std::sync::OnceLock::new(),
             rates: Arc::default(),
             policies: Arc::clone(&policies),
+            metrics: config.admin.metrics_need_credentials.then(|| {
+                let (b, adm) = (Arc::clone(&broker), Arc::clone(&admission));
+                let max_queues = config.admin.metrics_max_queues;
+                Arc::new(move || crate::metrics::render(&snapshot(&b, &adm, max_queues)))
+                    as Arc<dyn Fn() -> String + Send + Sync>
+            }),
         });
         tasks.spawn(crate::mgmt::rates::run(
             Arc::clone(&mgmt.rates),
@@ -475,7 +481,12 @@ impl Server {
             let store = broker.store().clone();
             let state = AdminState::new(Arc::clone(&ready), move || snapshot(&b, &adm, max_queues))
                 .with_failure(move || store.stats().failure);
-            let app = admin::router(state)
+            let open = if config.admin.metrics_need_credentials {
+                admin::health_only(state)
+            } else {
+                admin::router(state)
+            };
+            let app = open
                 .merge(crate::mgmt::router(Arc::clone(&mgmt)))
                 .merge(crate::console::router());
             if let Some(tls) = &tls {

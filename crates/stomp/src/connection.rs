@@ -597,6 +597,7 @@ impl Conn {
                     .ctx
                     .broker
                     .charge_memory(chunks.iter().map(|c| c.len() as u64).sum());
+                let sent: usize = chunks.iter().map(|c| c.len()).sum();
                 let written = {
                     let writing = junction_core::io::write_chunks_within(wr, &chunks, stall);
                     tokio::pin!(writing);
@@ -620,6 +621,7 @@ impl Conn {
                     return Err(e);
                 }
                 let _ = wr.flush().await;
+                self.guard.count_sent(sent);
                 last_send = Instant::now();
             }
             if self.finished || self.error_sent {
@@ -644,9 +646,11 @@ impl Conn {
                     }
                 }
                 r = rd.read_buf(&mut buf), if reading => {
-                    if r? == 0 {
+                    let n = r?;
+                    if n == 0 {
                         return Ok(());
                     }
+                    self.guard.count_received(n);
                     last_recv = Instant::now();
                     self.on_bytes(&mut buf, &mut decoder).await;
                 }

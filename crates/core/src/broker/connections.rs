@@ -52,6 +52,9 @@ pub struct ConnectionEntry {
     channels: AtomicU64,
     /// Their numbers.
     channel_numbers: Mutex<Vec<u16>>,
+    /// Bytes read from and written to the client.
+    recv_oct: AtomicU64,
+    send_oct: AtomicU64,
     /// The adapter's stop token for this connection, cancelled by
     /// [`Broker::close_connection`] (see [`ConnectionGuard::close_with`]).
     close: Mutex<Option<CancellationToken>>,
@@ -68,6 +71,9 @@ pub struct ConnectionSnapshot {
     pub channels: u64,
     /// The open AMQP channels' numbers, sorted.
     pub channel_numbers: Vec<u16>,
+    /// Bytes read from and written to the client so far.
+    pub recv_oct: u64,
+    pub send_oct: u64,
 }
 
 /// The registry.
@@ -88,6 +94,8 @@ impl Connections {
             details: Mutex::new(ConnectionDetails::default()),
             channels: AtomicU64::new(0),
             channel_numbers: Mutex::new(Vec::new()),
+            recv_oct: AtomicU64::new(0),
+            send_oct: AtomicU64::new(0),
             close: Mutex::new(None),
             reason: Mutex::new(None),
         });
@@ -114,6 +122,8 @@ impl Broker {
                 details: e.details.lock().clone(),
                 channels: e.channels.load(Ordering::Relaxed),
                 channel_numbers: e.channel_numbers.lock().clone(),
+                recv_oct: e.recv_oct.load(Ordering::Relaxed),
+                send_oct: e.send_oct.load(Ordering::Relaxed),
             })
             .collect();
         all.sort_by_key(|c| (c.connected_at, c.id.0));
@@ -138,6 +148,16 @@ impl ConnectionGuard {
     /// Changes what the management API shows of this connection.
     pub fn describe(&self, f: impl FnOnce(&mut ConnectionDetails)) {
         f(&mut self.entry.details.lock());
+    }
+
+    /// Counts bytes read from the client.
+    pub fn count_received(&self, n: usize) {
+        self.entry.recv_oct.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// Counts bytes written to the client.
+    pub fn count_sent(&self, n: usize) {
+        self.entry.send_oct.fetch_add(n as u64, Ordering::Relaxed);
     }
 
     /// The channels the connection has open now (AMQP), by number.

@@ -59,6 +59,9 @@ pub struct QueueSummary {
     pub ready_bytes: u64,
     /// Since the queue was last used (declared, consumed from, got from).
     pub idle_for: std::time::Duration,
+    /// Memory its messages hold, ready or unacked (what the memory alarm
+    /// counts).
+    pub memory: u64,
     /// Messages accepted since the queue was made.
     pub published: u64,
     /// Messages handed out (delivered or got) since the queue was made.
@@ -687,6 +690,7 @@ impl Broker {
                     consumers: st.consumer_count(),
                     ready_bytes: st.ready_bytes(),
                     idle_for: st.last_used.elapsed(),
+                    memory: st.held_bytes(),
                     published,
                     delivered,
                 }

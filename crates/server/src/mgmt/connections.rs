@@ -37,7 +37,8 @@ fn protocol_text(c: &ConnectionSnapshot) -> String {
     .to_owned()
 }
 
-fn connection_json(c: &ConnectionSnapshot) -> Value {
+fn connection_json(state: &MgmtState, c: &ConnectionSnapshot) -> Value {
+    let (recv_rate, send_rate) = state.rates.connection_rates(c.id.0);
     let d = &c.details;
     let mut props = serde_json::Map::new();
     if let Some(p) = &d.client {
@@ -62,6 +63,10 @@ fn connection_json(c: &ConnectionSnapshot) -> Value {
         "type": "network",
         "client_id": d.client_id,
         "client_properties": Value::Object(props),
+        "recv_oct": c.recv_oct,
+        "send_oct": c.send_oct,
+        "recv_oct_details": {"rate": (recv_rate * 10.0).round() / 10.0},
+        "send_oct_details": {"rate": (send_rate * 10.0).round() / 10.0},
     })
 }
 
@@ -81,7 +86,7 @@ fn visible(state: &MgmtState, caller: &Caller) -> Vec<ConnectionSnapshot> {
 pub async fn connections(State(state): St, caller: Caller, Query(q): Query<ListQuery>) -> Answer {
     let items = visible(&state, &caller)
         .iter()
-        .map(connection_json)
+        .map(|c| connection_json(&state, c))
         .collect();
     Ok(super::json(apply(items, &q)?))
 }
@@ -98,7 +103,7 @@ pub async fn vhost_connections(
     let items = visible(&state, &caller)
         .iter()
         .filter(|c| c.details.vhost.as_deref() == Some(&v))
-        .map(connection_json)
+        .map(|c| connection_json(&state, c))
         .collect();
     Ok(super::json(apply(items, &q)?))
 }
@@ -111,7 +116,10 @@ fn find(state: &MgmtState, caller: &Caller, name: &str) -> Result<ConnectionSnap
 }
 
 pub async fn connection(State(state): St, caller: Caller, Path(name): Path<String>) -> Answer {
-    Ok(super::json(connection_json(&find(&state, &caller, &name)?)))
+    Ok(super::json(connection_json(
+        &state,
+        &find(&state, &caller, &name)?,
+    )))
 }
 
 /// `DELETE /api/connections/{name}`: closes it with the `X-Reason`

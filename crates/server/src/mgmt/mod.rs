@@ -53,6 +53,9 @@ pub struct MgmtState {
     pub rates: Arc<rates::Rates>,
     /// Queue policies (also the broker's policy source).
     pub policies: Arc<policies::Policies>,
+    /// `/metrics` behind credentials (`[admin] metrics_need_credentials`):
+    /// renders the exposition; None leaves `/metrics` to the open routes.
+    pub metrics: Option<Arc<dyn Fn() -> String + Send + Sync>>,
 }
 
 /// The node name shown where RabbitMQ shows `rabbit@host`.
@@ -65,11 +68,26 @@ pub(crate) fn node_name() -> String {
 
 /// The routes, with their state.
 pub fn router(state: Arc<MgmtState>) -> Router {
-    Router::new()
+    let mut routes = Router::new();
+    if state.metrics.is_some() {
+        routes = routes.route("/metrics", get(objects::metrics));
+    }
+    routes
         .route("/api/overview", get(objects::overview))
         .route("/api/whoami", get(users::whoami))
         .route("/api/vhosts", get(objects::vhosts))
-        .route("/api/vhosts/{vhost}", get(objects::vhost))
+        .route(
+            "/api/vhosts/{vhost}",
+            get(objects::vhost).put(objects::put_vhost),
+        )
+        .route(
+            "/api/vhosts/{vhost}/permissions",
+            get(users::vhost_permissions),
+        )
+        .route(
+            "/api/vhosts/{vhost}/topic-permissions",
+            get(users::vhost_topic_permissions),
+        )
         .route("/api/nodes", get(objects::nodes))
         .route("/api/nodes/{name}", get(objects::node))
         .route("/api/health/checks/alarms", get(objects::alarms))
@@ -109,12 +127,16 @@ pub fn router(state: Arc<MgmtState>) -> Router {
         .route("/api/bindings", get(objects::bindings))
         .route("/api/bindings/{vhost}", get(objects::bindings_in))
         .route(
-            "/api/bindings/{vhost}/e/{source}/q/{dest}",
+            "/api/bindings/{vhost}/e/{source}/{kind}/{dest}",
             get(objects::bindings_between).post(objects::post_binding),
         )
         .route(
-            "/api/bindings/{vhost}/e/{source}/q/{dest}/{props}",
+            "/api/bindings/{vhost}/e/{source}/{kind}/{dest}/{props}",
             get(objects::binding).delete(objects::delete_binding),
+        )
+        .route(
+            "/api/exchanges/{vhost}/{name}/bindings/{side}",
+            get(objects::exchange_bindings),
         )
         .route("/api/connections", get(connections::connections))
         .route(
@@ -151,6 +173,20 @@ pub fn router(state: Arc<MgmtState>) -> Router {
                 .delete(users::delete_permission),
         )
         .route("/api/topic-permissions", get(users::topic_permissions))
+        .route(
+            "/api/topic-permissions/{vhost}/{user}",
+            get(users::topic_permission)
+                .put(users::put_topic_permission)
+                .delete(users::delete_topic_permission),
+        )
+        .route(
+            "/api/users/{name}/permissions",
+            get(users::user_permissions),
+        )
+        .route(
+            "/api/users/{name}/topic-permissions",
+            get(users::user_topic_permissions),
+        )
         .route(
             "/api/definitions",
             get(definitions::get_definitions).post(definitions::post_definitions),

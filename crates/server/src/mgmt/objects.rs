@@ -109,6 +109,7 @@ fn queue_json(state: &MgmtState, vhost: &str, q: &QueueSummary, node: &str) -> V
         "messages_ready": q.ready,
         "messages_unacknowledged": q.unacked,
         "message_bytes_ready": q.ready_bytes,
+        "memory": q.memory,
         "consumers": q.consumers,
         "state": "running",
         "type": kind,
@@ -230,6 +231,7 @@ fn node_json(state: &MgmtState) -> Value {
         "type": "disc",
         "running": true,
         "mem_used": rss,
+        "disk_free": state.broker.store().free_disk_bytes(),
         "mem_alarm": s.memory_alarm,
         "disk_free_alarm": s.disk_alarm,
         "fd_used": fds,
@@ -237,6 +239,21 @@ fn node_json(state: &MgmtState) -> Value {
         "uptime": state.started.elapsed().as_millis() as u64,
         "held_message_bytes": s.held_bytes,
     })
+}
+
+/// `GET /metrics` behind credentials (monitoring or administrator).
+pub async fn metrics(State(state): St, caller: Caller) -> Answer {
+    caller.need(Level::Monitoring)?;
+    let text = state
+        .metrics
+        .as_ref()
+        .map(|render| render())
+        .unwrap_or_default();
+    Ok((
+        [(header::CONTENT_TYPE, crate::admin::METRICS_CONTENT_TYPE)],
+        text,
+    )
+        .into_response())
 }
 
 pub async fn nodes(State(state): St, caller: Caller) -> Answer {
@@ -299,6 +316,19 @@ fn vhost_json(state: &MgmtState, v: &str) -> Result<Value, ApiError> {
         "messages_ready": ready,
         "messages_unacknowledged": unacked,
     }))
+}
+
+/// `PUT /api/vhosts/{vhost}`: the vhosts are the configuration's
+/// (`[broker] vhosts`), so declaring one that exists is 204 and any other
+/// is refused with the reason (rather than made until the next restart).
+pub async fn put_vhost(State(state): St, caller: Caller, Path(v): Path<String>) -> Answer {
+    caller.need(Level::Administrator)?;
+    if state.broker.vhost_names().contains(&v) {
+        return Ok(done(false));
+    }
+    Err(ApiError::bad_request(format!(
+        "vhost '{v}' is not one of [broker] vhosts; vhosts are added in the configuration"
+    )))
 }
 
 pub async fn vhost(State(state): St, caller: Caller, Path(v): Path<String>) -> Answer {
@@ -879,22 +909,38 @@ pub async fn bindings_in(
     listed(bindings_of(&state, &vhosts)?, &q)
 }
 
-fn between(state: &MgmtState, v: &str, source: &str, dest: &str) -> Result<Vec<Binding>, ApiError> {
+/// The destination a path names: `q/{name}` a queue, `e/{name}` an
+/// exchange (404 otherwise).
+fn destination(kind: &str, name: &str) -> Result<Destination, ApiError> {
+    match kind {
+        "q" => Ok(Destination::Queue(name.to_owned())),
+        "e" => Ok(Destination::Exchange(name.to_owned())),
+        _ => Err(ApiError::not_found()),
+    }
+}
+
+fn between(
+    state: &MgmtState,
+    v: &str,
+    source: &str,
+    dest: &Destination,
+) -> Result<Vec<Binding>, ApiError> {
     Ok(state
         .broker
         .bindings(v)
         .map_err(ApiError::core)?
         .into_iter()
-        .filter(|b| b.source == source && b.destination == Destination::Queue(dest.to_owned()))
+        .filter(|b| b.source == source && b.destination == *dest)
         .collect())
 }
 
 pub async fn bindings_between(
     State(state): St,
     caller: Caller,
-    Path((v, source, dest)): Path<(String, String, String)>,
+    Path((v, source, kind, dest)): Path<(String, String, String, String)>,
 ) -> Answer {
     visible_vhosts(&state, &caller, Some(&v)).await?;
+    let dest = destination(&kind, &dest)?;
     let items = between(&state, &v, &source, &dest)?
         .iter()
         .map(|b| binding_json(&v, b))
@@ -902,7 +948,7 @@ pub async fn bindings_between(
     Ok(super::json(Value::Array(items)))
 }
 
-/// The body of `POST /api/bindings/{vhost}/e/{source}/q/{dest}`.
+/// The body of `POST /api/bindings/{vhost}/e/{source}/{q|e}/{dest}`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
 pub struct BindingBody {
@@ -910,26 +956,44 @@ pub struct BindingBody {
     arguments: Option<Value>,
 }
 
-pub async fn post_binding(
-    State(state): St,
-    caller: Caller,
-    Path((v, source, dest)): Path<(String, String, String)>,
-    raw: Bytes,
-) -> Answer {
-    let b: BindingBody = body(&raw)?;
-    let mut access = caller.access(&state, &v).await?;
+/// RabbitMQ's checks for binding and unbinding: write on the
+/// destination, read on the source.
+async fn may_bind(
+    state: &MgmtState,
+    caller: &Caller,
+    v: &str,
+    source: &str,
+    dest: &Destination,
+) -> Result<(), ApiError> {
+    let mut access = caller.access(state, v).await?;
+    let target = match dest {
+        Destination::Queue(q) => Resource::Queue(q),
+        Destination::Exchange(x) => Resource::Exchange(x),
+    };
     for (perm, what) in [
-        (Permission::Write, Resource::Queue(&dest)),
-        (Permission::Read, Resource::Exchange(&source)),
+        (Permission::Write, target),
+        (Permission::Read, Resource::Exchange(source)),
     ] {
         access
             .check(perm, what)
             .await
             .map_err(|d| ApiError::access_refused(d.0))?;
     }
+    Ok(())
+}
+
+pub async fn post_binding(
+    State(state): St,
+    caller: Caller,
+    Path((v, source, kind, dest)): Path<(String, String, String, String)>,
+    raw: Bytes,
+) -> Answer {
+    let b: BindingBody = body(&raw)?;
+    let destination = destination(&kind, &dest)?;
+    may_bind(&state, &caller, &v, &source, &destination).await?;
     let binding = Binding {
         source: source.clone(),
-        destination: Destination::Queue(dest.clone()),
+        destination,
         routing_key: b.routing_key,
         arguments: b.arguments.as_ref().map(json_table).unwrap_or_default(),
     };
@@ -940,7 +1004,7 @@ pub async fn post_binding(
         .await
         .map_err(ApiError::core)?;
     let location = format!(
-        "/api/bindings/{}/e/{}/q/{}/{}",
+        "/api/bindings/{}/e/{}/{kind}/{}/{}",
         pct(&v),
         pct(&source),
         pct(&dest),
@@ -960,7 +1024,7 @@ fn find_binding(
     state: &MgmtState,
     v: &str,
     source: &str,
-    dest: &str,
+    dest: &Destination,
     props: &str,
 ) -> Result<Binding, ApiError> {
     between(state, v, source, dest)?
@@ -972,28 +1036,20 @@ fn find_binding(
 pub async fn binding(
     State(state): St,
     caller: Caller,
-    Path((v, source, dest, props)): Path<(String, String, String, String)>,
+    Path((v, source, kind, dest, props)): Path<(String, String, String, String, String)>,
 ) -> Answer {
     visible_vhosts(&state, &caller, Some(&v)).await?;
-    let b = find_binding(&state, &v, &source, &dest, &props)?;
+    let b = find_binding(&state, &v, &source, &destination(&kind, &dest)?, &props)?;
     Ok(super::json(binding_json(&v, &b)))
 }
 
 pub async fn delete_binding(
     State(state): St,
     caller: Caller,
-    Path((v, source, dest, props)): Path<(String, String, String, String)>,
+    Path((v, source, kind, dest, props)): Path<(String, String, String, String, String)>,
 ) -> Answer {
-    let mut access = caller.access(&state, &v).await?;
-    for (perm, what) in [
-        (Permission::Write, Resource::Queue(&dest)),
-        (Permission::Read, Resource::Exchange(&source)),
-    ] {
-        access
-            .check(perm, what)
-            .await
-            .map_err(|d| ApiError::access_refused(d.0))?;
-    }
+    let dest = destination(&kind, &dest)?;
+    may_bind(&state, &caller, &v, &source, &dest).await?;
     let b = find_binding(&state, &v, &source, &dest, &props)?;
     state
         .broker
@@ -1001,6 +1057,33 @@ pub async fn delete_binding(
         .await
         .map_err(ApiError::core)?;
     Ok(done(false))
+}
+
+/// `GET /api/exchanges/{vhost}/{name}/bindings/source` (bindings from it)
+/// and `.../destination` (bindings to it).
+pub async fn exchange_bindings(
+    State(state): St,
+    caller: Caller,
+    Path((v, name, side)): Path<(String, String, String)>,
+) -> Answer {
+    visible_vhosts(&state, &caller, Some(&v)).await?;
+    let name = exchange_name(&name).to_owned();
+    state.broker.exchange(&v, &name).map_err(ApiError::core)?;
+    let all = state.broker.bindings(&v).map_err(ApiError::core)?;
+    let items = match side.as_str() {
+        "source" => all
+            .iter()
+            .filter(|b| b.source == name)
+            .map(|b| binding_json(&v, b))
+            .collect(),
+        "destination" => all
+            .iter()
+            .filter(|b| b.destination == Destination::Exchange(name.clone()))
+            .map(|b| binding_json(&v, b))
+            .collect(),
+        _ => return Err(ApiError::not_found()),
+    };
+    Ok(super::json(Value::Array(items)))
 }
 
 #[cfg(test)]

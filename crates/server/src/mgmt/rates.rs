@@ -24,6 +24,10 @@ struct Sample {
     deliver_rate: f64,
 }
 
+/// One connection's bytes at a pass: (time, received, sent, received
+/// per second, sent per second).
+type ConnSample = (Instant, u64, u64, f64, f64);
+
 /// The latest rates by (vhost, queue).
 #[derive(Debug, Default)]
 pub struct Rates {
@@ -32,6 +36,8 @@ pub struct Rates {
     overall: parking_lot::Mutex<Sample>,
     /// When the last pass ran: a queue made since counts from 0 then.
     last_pass: parking_lot::Mutex<Option<Instant>>,
+    /// Bytes in and out per connection id.
+    by_connection: parking_lot::Mutex<HashMap<u64, ConnSample>>,
 }
 
 fn rate(now: u64, before: u64, secs: f64) -> f64 {
@@ -74,6 +80,24 @@ impl Rates {
             }
         }
         *self.by_queue.lock() = next;
+        let mut conns = HashMap::new();
+        {
+            let old = self.by_connection.lock();
+            for c in broker.connections() {
+                let (mut r_rate, mut s_rate) = (0.0, 0.0);
+                let since = old
+                    .get(&c.id.0)
+                    .map(|(t, r, s, _, _)| (*t, *r, *s))
+                    .or(last_pass.map(|t| (t, 0, 0)));
+                if let Some((then, r, s)) = since {
+                    let secs = now.duration_since(then).as_secs_f64();
+                    r_rate = rate(c.recv_oct, r, secs);
+                    s_rate = rate(c.send_oct, s, secs);
+                }
+                conns.insert(c.id.0, (now, c.recv_oct, c.send_oct, r_rate, s_rate));
+            }
+        }
+        *self.by_connection.lock() = conns;
         let stats = broker.stats();
         let mut overall = self.overall.lock();
         let mut s = Sample {
@@ -88,6 +112,14 @@ impl Rates {
             s.deliver_rate = rate(s.delivered, overall.delivered, secs);
         }
         *overall = s;
+    }
+
+    /// A connection's bytes-per-second in and out at the last sample.
+    pub fn connection_rates(&self, id: u64) -> (f64, f64) {
+        self.by_connection
+            .lock()
+            .get(&id)
+            .map_or((0.0, 0.0), |(_, _, _, r, s)| (*r, *s))
     }
 
     /// The overview's `message_stats`: the broker's totals now and the

@@ -234,15 +234,8 @@ pub async fn delete_permission(
     }
 }
 
-pub async fn topic_permissions(
-    State(state): St,
-    caller: Caller,
-    Query(q): Query<ListQuery>,
-) -> Answer {
-    caller.need(Level::Administrator)?;
-    let db = file(&state)?.db();
-    let rows = db
-        .list()
+fn topic_rows(db: &UserDb) -> Vec<Value> {
+    db.list()
         .flat_map(|u| {
             u.topic_permissions.iter().map(move |((v, x), t)| {
                 json!({
@@ -254,8 +247,140 @@ pub async fn topic_permissions(
                 })
             })
         })
-        .collect();
-    Ok(super::json(apply(rows, &q)?))
+        .collect()
+}
+
+pub async fn topic_permissions(
+    State(state): St,
+    caller: Caller,
+    Query(q): Query<ListQuery>,
+) -> Answer {
+    caller.need(Level::Administrator)?;
+    let db = file(&state)?.db();
+    Ok(super::json(apply(topic_rows(&db), &q)?))
+}
+
+/// The rows of `rows` whose `field` is `value`.
+fn only(rows: Vec<Value>, field: &str, value: &str) -> Vec<Value> {
+    rows.into_iter().filter(|r| r[field] == value).collect()
+}
+
+/// `GET /api/vhosts/{vhost}/permissions`.
+pub async fn vhost_permissions(State(state): St, caller: Caller, Path(v): Path<String>) -> Answer {
+    caller.need(Level::Administrator)?;
+    let db = file(&state)?.db();
+    Ok(super::json(Value::Array(only(
+        permission_rows(&db),
+        "vhost",
+        &v,
+    ))))
+}
+
+/// `GET /api/users/{user}/permissions`.
+pub async fn user_permissions(State(state): St, caller: Caller, Path(u): Path<String>) -> Answer {
+    caller.need(Level::Administrator)?;
+    let db = file(&state)?.db();
+    db.get(&u).ok_or_else(ApiError::not_found)?;
+    Ok(super::json(Value::Array(only(
+        permission_rows(&db),
+        "user",
+        &u,
+    ))))
+}
+
+/// `GET /api/vhosts/{vhost}/topic-permissions`.
+pub async fn vhost_topic_permissions(
+    State(state): St,
+    caller: Caller,
+    Path(v): Path<String>,
+) -> Answer {
+    caller.need(Level::Administrator)?;
+    let db = file(&state)?.db();
+    Ok(super::json(Value::Array(only(
+        topic_rows(&db),
+        "vhost",
+        &v,
+    ))))
+}
+
+/// `GET /api/users/{user}/topic-permissions`.
+pub async fn user_topic_permissions(
+    State(state): St,
+    caller: Caller,
+    Path(u): Path<String>,
+) -> Answer {
+    caller.need(Level::Administrator)?;
+    let db = file(&state)?.db();
+    db.get(&u).ok_or_else(ApiError::not_found)?;
+    Ok(super::json(Value::Array(only(topic_rows(&db), "user", &u))))
+}
+
+/// `GET /api/topic-permissions/{vhost}/{user}`: that user's topic
+/// permissions on the vhost, one row per exchange.
+pub async fn topic_permission(
+    State(state): St,
+    caller: Caller,
+    Path((v, u)): Path<(String, String)>,
+) -> Answer {
+    caller.need(Level::Administrator)?;
+    let db = file(&state)?.db();
+    let rows = only(only(topic_rows(&db), "vhost", &v), "user", &u);
+    if rows.is_empty() {
+        return Err(ApiError::not_found());
+    }
+    Ok(super::json(Value::Array(rows)))
+}
+
+/// `PUT /api/topic-permissions/{vhost}/{user}`: `{"exchange", "write",
+/// "read"}`.
+pub async fn put_topic_permission(
+    State(state): St,
+    caller: Caller,
+    Path((v, user)): Path<(String, String)>,
+    raw: Bytes,
+) -> Answer {
+    caller.need(Level::Administrator)?;
+    if !state.broker.vhost_names().contains(&v) {
+        return Err(ApiError::bad_request(format!("no vhost '{v}'")));
+    }
+    let b = parse(&raw)?;
+    let field = |k: &str| {
+        b.get(k)
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .ok_or_else(|| ApiError::bad_request(format!("{k} is required")))
+    };
+    let (exchange, write, read) = (field("exchange")?, field("write")?, field("read")?);
+    let created = edit(&state, move |db| {
+        let had = db.get(&user).is_some_and(|u| {
+            u.topic_permissions
+                .contains_key(&(v.clone(), exchange.clone()))
+        });
+        db.set_topic_permissions(&user, &v, &exchange, &write, &read)?;
+        Ok(!had)
+    })
+    .await?;
+    Ok(done(created))
+}
+
+/// `DELETE /api/topic-permissions/{vhost}/{user}` (every exchange's, or
+/// `?exchange=X`'s only).
+pub async fn delete_topic_permission(
+    State(state): St,
+    caller: Caller,
+    Path((v, user)): Path<(String, String)>,
+    Query(q): Query<std::collections::HashMap<String, String>>,
+) -> Answer {
+    caller.need(Level::Administrator)?;
+    let exchange = q.get("exchange").cloned();
+    let n = edit(&state, move |db| {
+        db.clear_topic_permissions(&user, &v, exchange.as_deref())
+    })
+    .await?;
+    if n == 0 {
+        return Err(ApiError::not_found());
+    }
+    Ok(done(false))
 }
 
 /// `POST /api/tls/reload` (administrators): 200 `{"status":"reloaded"}`;
