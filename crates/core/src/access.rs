@@ -10,8 +10,9 @@
 //!   from, a topic exchange (MQTT topics and STOMP `/topic/` destinations
 //!   in their AMQP form).
 //!
-//! An [`Access`] remembers its last allowed check (a publisher sending to
-//! one exchange asks once) until the authenticator's epoch moves, which it
+//! An [`Access`] remembers its last allowed check of each resource kind (a
+//! publisher sending to one exchange, and to one topic on it, asks once)
+//! until the authenticator's epoch moves, which it
 //! does whenever the users file or the permissions change, so a running
 //! connection sees a change at its next operation.
 
@@ -161,6 +162,13 @@ impl fmt::Display for Denied {
     }
 }
 
+/// One allowed check: permission, name, exchange (for a topic).
+struct Remembered {
+    perm: Permission,
+    name: String,
+    second: String,
+}
+
 /// Most distinct denials logged per connection: a client retrying one
 /// refused operation logs it once; one trying many names cannot flood.
 const MAX_LOGGED: usize = 64;
@@ -171,8 +179,11 @@ pub struct Access {
     who: Principal,
     /// The authenticator's epoch `last` was answered in.
     epoch: u64,
-    /// The last allowed check: permission, resource kind, name, exchange.
-    last: Option<(Permission, u8, String, String)>,
+    /// The last allowed check of each resource kind (exchange, queue,
+    /// topic): an MQTT or AMQP publish asks for an exchange and then a
+    /// topic, and both are remembered. The strings are reused, so a
+    /// publisher changing topics does not allocate per message.
+    last: [Option<Remembered>; 3],
     /// Denials already logged.
     logged: HashSet<(Permission, u8, String, String)>,
 }
@@ -197,7 +208,7 @@ impl Access {
             epoch: auth.access_epoch(),
             auth,
             who,
-            last: None,
+            last: [None, None, None],
             logged: HashSet::new(),
         })
     }
@@ -213,13 +224,13 @@ impl Access {
         let epoch = self.auth.access_epoch();
         if epoch != self.epoch {
             self.epoch = epoch;
-            self.last = None;
+            self.last = [None, None, None];
         }
-        if let Some((p, k, name, second)) = &self.last
-            && *p == perm
-            && *k == what.kind_code()
-            && name == what.name()
-            && second == what.second()
+        let slot = &mut self.last[usize::from(what.kind_code())];
+        if let Some(r) = slot
+            && r.perm == perm
+            && r.name == what.name()
+            && r.second == what.second()
         {
             return Ok(());
         }
@@ -227,16 +238,32 @@ impl Access {
             Some(v) => v,
             None => self.auth.authorize(&self.who, perm, what).await,
         };
+        if allowed {
+            let slot = &mut self.last[usize::from(what.kind_code())];
+            match slot {
+                Some(r) => {
+                    r.perm = perm;
+                    r.name.clear();
+                    r.name.push_str(what.name());
+                    r.second.clear();
+                    r.second.push_str(what.second());
+                }
+                None => {
+                    *slot = Some(Remembered {
+                        perm,
+                        name: what.name().to_string(),
+                        second: what.second().to_string(),
+                    })
+                }
+            }
+            return Ok(());
+        }
         let key = (
             perm,
             what.kind_code(),
             what.name().to_string(),
             what.second().to_string(),
         );
-        if allowed {
-            self.last = Some(key);
-            return Ok(());
-        }
         let denied = Denied(format!(
             "{perm} access to {what} in vhost '{}' refused for user '{}'",
             self.who.vhost, self.who.user
@@ -286,6 +313,60 @@ impl Access {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Allows everything and counts the questions.
+    struct Counting(std::sync::atomic::AtomicUsize);
+
+    impl Authenticator for Counting {
+        fn authenticate(&self, _: &str, _: &str, _: IpAddr) -> Result<Login, String> {
+            Ok(Login::default())
+        }
+        fn vhost_access<'a>(&'a self, _: &'a Principal) -> BoxFuture<'a, bool> {
+            Box::pin(std::future::ready(true))
+        }
+        fn authorize_fast(&self, _: &Principal, _: Permission, _: &Resource<'_>) -> Option<bool> {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Some(true)
+        }
+        fn topic_rules(&self, _: &Principal, _: &str) -> bool {
+            true
+        }
+    }
+
+    #[tokio::test]
+    async fn a_publisher_asking_for_an_exchange_and_a_topic_asks_each_once() {
+        let auth = Arc::new(Counting(std::sync::atomic::AtomicUsize::new(0)));
+        let who = Principal {
+            user: "u".into(),
+            vhost: "/".into(),
+            client_id: String::new(),
+            peer: IpAddr::from([127, 0, 0, 1]),
+            backend: 0,
+        };
+        let dynauth: Arc<dyn Authenticator> = auth.clone();
+        let mut access = Access::open(dynauth, who).await.expect("open");
+        for _ in 0..100 {
+            access
+                .check(Permission::Write, Resource::Exchange("amq.topic"))
+                .await
+                .expect("exchange");
+            access
+                .check_topic(Permission::Write, "amq.topic", "a.b")
+                .await
+                .expect("topic");
+        }
+        assert_eq!(auth.0.load(std::sync::atomic::Ordering::Relaxed), 2);
+        // A new topic is a new question; the exchange is still remembered.
+        access
+            .check_topic(Permission::Write, "amq.topic", "a.c")
+            .await
+            .expect("topic");
+        access
+            .check(Permission::Write, Resource::Exchange("amq.topic"))
+            .await
+            .expect("exchange");
+        assert_eq!(auth.0.load(std::sync::atomic::Ordering::Relaxed), 3);
+    }
 
     #[test]
     fn resources_read_as_rabbitmq_words() {
