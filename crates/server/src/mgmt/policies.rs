@@ -84,8 +84,7 @@ impl Policy {
             }
         }
         QueueArgs::parse(&self.arguments()).map_err(|e| ApiError::bad_request(e.to_string()))?;
-        fancy_regex::Regex::new(&self.pattern)
-            .map_err(|e| ApiError::bad_request(format!("invalid pattern {:?}: {e}", self.pattern)))
+        crate::users::permissions::compile(&self.pattern).map_err(ApiError::bad_request)
     }
 }
 

@@ -92,8 +92,8 @@ pub fn apply(mut items: Vec<Value>, q: &ListQuery) -> Result<Value, ApiError> {
     let total = items.len();
     if let Some(name) = q.name.as_deref().filter(|n| !n.is_empty()) {
         if truthy(&q.use_regex) {
-            let re = fancy_regex::Regex::new(name)
-                .map_err(|e| ApiError::bad_request(format!("invalid regex {name:?}: {e}")))?;
+            // Bounded backtracking: a hostile filter cannot stall a worker.
+            let re = crate::users::permissions::compile(name).map_err(ApiError::bad_request)?;
             items.retain(|v| {
                 at(v, "name")
                     .and_then(Value::as_str)
@@ -222,6 +222,16 @@ mod tests {
         assert_eq!(v["item_count"], 1);
         assert!(apply(items(), &q(&[("page", "3"), ("page_size", "2")])).is_err());
         assert!(apply(items(), &q(&[("page", "0")])).is_err());
+    }
+
+    #[test]
+    fn a_catastrophic_filter_ends_as_no_match() {
+        let all: Vec<Value> = (0..50).map(|_| json!({"name": "a".repeat(40)})).collect();
+        // Past the backtracking bound a name does not match (an unbounded
+        // engine would take 2^40 steps per name here).
+        let v = apply(all, &q(&[("name", "^(a|a)*(?=b)c"), ("use_regex", "true")])).expect("ok");
+        assert_eq!(names(&v), Vec::<&str>::new());
+        assert!(apply(vec![], &q(&[("name", "("), ("use_regex", "true")])).is_err());
     }
 
     #[test]

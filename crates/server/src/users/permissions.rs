@@ -53,8 +53,10 @@ impl fmt::Display for Pattern {
     }
 }
 
-/// Builds a regex with the backtracking bound.
-fn compile(source: &str) -> Result<Regex, String> {
+/// Builds a regex with the backtracking bound: every pattern a user or
+/// client supplies (permissions, policies, the API's `use_regex` filter)
+/// is compiled here, so none can make a match run without end.
+pub fn compile(source: &str) -> Result<Regex, String> {
     fancy_regex::RegexBuilder::new(source)
         .backtrack_limit(BACKTRACK_LIMIT)
         .build()
