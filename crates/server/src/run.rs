@@ -453,7 +453,6 @@ impl Server {
             users: users.clone(),
             started: std::time::Instant::now(),
             tls_reload,
-            vhosts: config.broker.vhosts.clone(),
             mqtt: std::sync::OnceLock::new(),
             rates: Arc::default(),
             policies: Arc::clone(&policies),

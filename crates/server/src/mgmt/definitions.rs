@@ -14,7 +14,7 @@ use junction_core::interop::{json_table, table_json};
 use junction_core::{Binding, Broker, Destination, ExchangeDef, ExchangeKind, QueueDef};
 use serde_json::{Value, json};
 
-use super::users::{stored_hash, user_json};
+use super::users::{permission_rows, stored_hash, topic_rows, user_json};
 use super::{ApiError, Caller, Level, MgmtState, done};
 use crate::auth::FileAuth;
 use crate::users::UsersError;
@@ -88,21 +88,9 @@ pub fn export(
         (Vec::new(), Vec::new(), Vec::new());
     if let Some(users) = users {
         let db = users.db();
-        for u in db.list() {
-            users_out.extend(user_json(&db, &u.name));
-            for (v, p) in &u.permissions {
-                permissions.push(json!({
-                    "user": u.name, "vhost": v,
-                    "configure": p.configure.as_str(), "write": p.write.as_str(), "read": p.read.as_str(),
-                }));
-            }
-            for ((v, x), t) in &u.topic_permissions {
-                topic_permissions.push(json!({
-                    "user": u.name, "vhost": v, "exchange": x,
-                    "write": t.write.as_str(), "read": t.read.as_str(),
-                }));
-            }
-        }
+        users_out = db.list().filter_map(|u| user_json(&db, &u.name)).collect();
+        permissions = permission_rows(&db);
+        topic_permissions = topic_rows(&db);
     }
     Ok(json!({
         "rabbit_version": "3.13.0",

@@ -44,9 +44,6 @@ pub struct MgmtState {
     pub started: std::time::Instant,
     /// Reads the TLS files again (`POST /api/tls/reload`); None without TLS.
     pub tls_reload: Option<Arc<dyn Fn() -> Result<(), String> + Send + Sync>>,
-    /// The vhosts the configuration names (the users file may only refer
-    /// to those).
-    pub vhosts: Vec<String>,
     /// The MQTT adapter, once its listener is up (its clients' sessions).
     pub mqtt: std::sync::OnceLock<Arc<junction_mqtt::MqttContext>>,
     /// Per-queue message rates, sampled by [`rates::run`].
@@ -350,6 +347,25 @@ impl Caller {
                     self.user
                 ))
             })
+    }
+
+    /// Asks the caller's permissions on `vhost` for each of `checks`, as
+    /// the protocols would for the same operation; 401 with the
+    /// permission's text at the first refusal.
+    pub(crate) async fn allow(
+        &self,
+        state: &MgmtState,
+        vhost: &str,
+        checks: &[(junction_core::Permission, junction_core::Resource<'_>)],
+    ) -> Result<(), ApiError> {
+        let mut access = self.access(state, vhost).await?;
+        for (perm, what) in checks {
+            access
+                .check(*perm, *what)
+                .await
+                .map_err(|d| ApiError::access_refused(d.0))?;
+        }
+        Ok(())
     }
 
     /// Whether the caller sees `vhost`'s objects: monitoring and

@@ -448,11 +448,13 @@ pub async fn put_queue(
     raw: Bytes,
 ) -> Answer {
     let b: QueueBody = body(&raw)?;
-    let mut access = caller.access(&state, &v).await?;
-    access
-        .check(Permission::Configure, Resource::Queue(&name))
-        .await
-        .map_err(|d| ApiError::access_refused(d.0))?;
+    caller
+        .allow(
+            &state,
+            &v,
+            &[(Permission::Configure, Resource::Queue(&name))],
+        )
+        .await?;
     let def = QueueDef {
         name: name.clone(),
         durable: b.durable.unwrap_or(true),
@@ -474,11 +476,13 @@ pub async fn delete_queue(
     Path((v, name)): Path<(String, String)>,
     Query(q): Query<std::collections::HashMap<String, String>>,
 ) -> Answer {
-    let mut access = caller.access(&state, &v).await?;
-    access
-        .check(Permission::Configure, Resource::Queue(&name))
-        .await
-        .map_err(|d| ApiError::access_refused(d.0))?;
+    caller
+        .allow(
+            &state,
+            &v,
+            &[(Permission::Configure, Resource::Queue(&name))],
+        )
+        .await?;
     let if_unused = q.get("if-unused").is_some_and(|x| x == "true");
     let if_empty = q.get("if-empty").is_some_and(|x| x == "true");
     state
@@ -494,11 +498,9 @@ pub async fn purge_queue(
     caller: Caller,
     Path((v, name)): Path<(String, String)>,
 ) -> Answer {
-    let mut access = caller.access(&state, &v).await?;
-    access
-        .check(Permission::Read, Resource::Queue(&name))
-        .await
-        .map_err(|d| ApiError::access_refused(d.0))?;
+    caller
+        .allow(&state, &v, &[(Permission::Read, Resource::Queue(&name))])
+        .await?;
     state
         .broker
         .purge_queue(&v, &name, None)
@@ -612,11 +614,9 @@ pub async fn get_messages(
     raw: Bytes,
 ) -> Answer {
     let g: GetBody = body(&raw)?;
-    let mut access = caller.access(&state, &v).await?;
-    access
-        .check(Permission::Read, Resource::Queue(&name))
-        .await
-        .map_err(|d| ApiError::access_refused(d.0))?;
+    caller
+        .allow(&state, &v, &[(Permission::Read, Resource::Queue(&name))])
+        .await?;
     let count = g.count.unwrap_or(1).min(MAX_GET);
     let broker = &state.broker;
     let queue = broker.queue_for(&v, &name, None).map_err(ApiError::core)?;
@@ -746,11 +746,13 @@ pub async fn put_exchange(
     raw: Bytes,
 ) -> Answer {
     let b: ExchangeBody = body(&raw)?;
-    let mut access = caller.access(&state, &v).await?;
-    access
-        .check(Permission::Configure, Resource::Exchange(&name))
-        .await
-        .map_err(|d| ApiError::access_refused(d.0))?;
+    caller
+        .allow(
+            &state,
+            &v,
+            &[(Permission::Configure, Resource::Exchange(&name))],
+        )
+        .await?;
     let kind = b
         .kind
         .as_deref()
@@ -780,11 +782,13 @@ pub async fn delete_exchange(
     Path((v, name)): Path<(String, String)>,
     Query(q): Query<std::collections::HashMap<String, String>>,
 ) -> Answer {
-    let mut access = caller.access(&state, &v).await?;
-    access
-        .check(Permission::Configure, Resource::Exchange(&name))
-        .await
-        .map_err(|d| ApiError::access_refused(d.0))?;
+    caller
+        .allow(
+            &state,
+            &v,
+            &[(Permission::Configure, Resource::Exchange(&name))],
+        )
+        .await?;
     let if_unused = q.get("if-unused").is_some_and(|x| x == "true");
     state
         .broker
@@ -842,11 +846,13 @@ pub async fn publish(
 ) -> Answer {
     let b: PublishBody = body(&raw)?;
     let exchange = exchange_name(&name).to_owned();
-    let mut access = caller.access(&state, &v).await?;
-    access
-        .check(Permission::Write, Resource::Exchange(&exchange))
-        .await
-        .map_err(|d| ApiError::access_refused(d.0))?;
+    caller
+        .allow(
+            &state,
+            &v,
+            &[(Permission::Write, Resource::Exchange(&exchange))],
+        )
+        .await?;
     let payload = match b.payload_encoding.as_deref().unwrap_or("string") {
         "string" => Bytes::from(b.payload.into_bytes()),
         "base64" => Bytes::from(
@@ -965,21 +971,20 @@ async fn may_bind(
     source: &str,
     dest: &Destination,
 ) -> Result<(), ApiError> {
-    let mut access = caller.access(state, v).await?;
     let target = match dest {
         Destination::Queue(q) => Resource::Queue(q),
         Destination::Exchange(x) => Resource::Exchange(x),
     };
-    for (perm, what) in [
-        (Permission::Write, target),
-        (Permission::Read, Resource::Exchange(source)),
-    ] {
-        access
-            .check(perm, what)
-            .await
-            .map_err(|d| ApiError::access_refused(d.0))?;
-    }
-    Ok(())
+    caller
+        .allow(
+            state,
+            v,
+            &[
+                (Permission::Write, target),
+                (Permission::Read, Resource::Exchange(source)),
+            ],
+        )
+        .await
 }
 
 pub async fn post_binding(

@@ -157,7 +157,7 @@ pub async fn delete_user(State(state): St, caller: Caller, Path(name): Path<Stri
     Ok(done(false))
 }
 
-fn permission_rows(db: &UserDb) -> Vec<Value> {
+pub(crate) fn permission_rows(db: &UserDb) -> Vec<Value> {
     db.list()
         .flat_map(|u| {
             u.permissions.iter().map(move |(v, p)| {
@@ -234,7 +234,7 @@ pub async fn delete_permission(
     }
 }
 
-fn topic_rows(db: &UserDb) -> Vec<Value> {
+pub(crate) fn topic_rows(db: &UserDb) -> Vec<Value> {
     db.list()
         .flat_map(|u| {
             u.topic_permissions.iter().map(move |((v, x), t)| {
