@@ -10,6 +10,8 @@
 //! - [`tls`]: TLS for the protocol listeners (rustls, ring), reloadable.
 //! - [`run`]: starting the broker (store, core, listeners) and shutting it down.
 //! - [`entry`]: the `junction` command's `main`.
+//! - [`http_client`]: one HTTP/1 request (the HTTP auth back-end, the
+//!   operator commands).
 
 pub mod admin;
 pub mod admission;
@@ -24,4 +26,5 @@ pub mod tls;
 pub mod users;
 
 pub mod entry;
+pub mod http_client;
 pub mod run;

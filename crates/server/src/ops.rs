@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use serde_json::{Value, json};
 
 use crate::cli::{
@@ -65,14 +65,6 @@ impl Api<'_> {
         }
         let host = uri.host().unwrap_or("127.0.0.1").to_owned();
         let authority = format!("{host}:{}", uri.port_u16().unwrap_or(80));
-        let stream = tokio::net::TcpStream::connect(&authority)
-            .await
-            .map_err(|e| unreachable(e.to_string()))?;
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-                .await
-                .map_err(|e| unreachable(e.to_string()))?;
-        let driver = tokio::spawn(conn);
         let credentials = base64::engine::general_purpose::STANDARD
             .encode(format!("{}:{}", self.remote.user, self.remote.password));
         let mut req = hyper::Request::builder()
@@ -93,17 +85,9 @@ impl Api<'_> {
         let req = req
             .body(Full::new(payload))
             .map_err(|e| OpsError::Usage(e.to_string()))?;
-        let answer = sender
-            .send_request(req)
+        let (status, raw) = crate::http_client::send(&authority, req, MAX_ANSWER)
             .await
-            .map_err(|e| unreachable(e.to_string()))?;
-        let status = answer.status().as_u16();
-        let raw = Limited::new(answer.into_body(), MAX_ANSWER)
-            .collect()
-            .await
-            .map_err(|e| unreachable(e.to_string()))?
-            .to_bytes();
-        driver.abort();
+            .map_err(unreachable)?;
         let value: Value = if raw.is_empty() {
             Value::Null
         } else {

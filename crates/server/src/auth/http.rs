@@ -14,7 +14,7 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use hyper::Request;
 use hyper::header::{CONTENT_TYPE, HOST};
 use junction_core::{Permission, Principal, Resource};
@@ -173,14 +173,6 @@ impl HttpAuth {
         let form = form_urlencoded::Serializer::new(String::new())
             .extend_pairs(params)
             .finish();
-        let stream = tokio::net::TcpStream::connect(&target.authority)
-            .await
-            .map_err(|e| format!("cannot connect to {}: {e}", target.authority))?;
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-                .await
-                .map_err(|e| e.to_string())?;
-        let driver = tokio::spawn(conn);
         let request = match self.method {
             HttpMethod::Get => {
                 let sep = if target.path.contains('?') { '&' } else { '?' };
@@ -194,17 +186,8 @@ impl HttpAuth {
                 .body(Full::new(Bytes::from(form))),
         }
         .map_err(|e| e.to_string())?;
-        let answer = sender
-            .send_request(request)
-            .await
-            .map_err(|e| e.to_string())?;
-        let status = answer.status().as_u16();
-        let body = Limited::new(answer.into_body(), MAX_ANSWER)
-            .collect()
-            .await
-            .map_err(|e| format!("reading the answer: {e}"))?
-            .to_bytes();
-        driver.abort();
+        let (status, body) =
+            crate::http_client::send(&target.authority, request, MAX_ANSWER).await?;
         if status != 200 && status != 201 {
             return Err(format!("status {status}"));
         }
