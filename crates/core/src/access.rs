@@ -184,6 +184,9 @@ pub struct Access {
     /// topic, and both are remembered. The strings are reused, so a
     /// publisher changing topics does not allocate per message.
     last: [Option<Remembered>; 3],
+    /// Whether the user has topic rules on the last exchange asked about
+    /// (the epoch it was answered in, the exchange, the answer).
+    topic_rules: Option<(u64, String, bool)>,
     /// Denials already logged.
     logged: HashSet<(Permission, u8, String, String)>,
 }
@@ -209,6 +212,7 @@ impl Access {
             auth,
             who,
             last: [None, None, None],
+            topic_rules: None,
             logged: HashSet::new(),
         })
     }
@@ -290,7 +294,7 @@ impl Access {
         exchange: &str,
         routing_key: &str,
     ) -> Result<(), Denied> {
-        if !self.auth.topic_rules(&self.who, exchange) {
+        if !self.has_topic_rules(exchange) {
             return Ok(());
         }
         self.check(
@@ -305,8 +309,19 @@ impl Access {
 
     /// Whether topic checks may apply to `exchange` for this user (so the
     /// caller looks up the exchange's kind only then).
-    pub fn has_topic_rules(&self, exchange: &str) -> bool {
-        self.auth.topic_rules(&self.who, exchange)
+    /// Remembered for the last exchange asked about until the epoch moves:
+    /// it is asked once per publish.
+    pub fn has_topic_rules(&mut self, exchange: &str) -> bool {
+        let epoch = self.auth.access_epoch();
+        if let Some((e, x, rules)) = &self.topic_rules
+            && *e == epoch
+            && x == exchange
+        {
+            return *rules;
+        }
+        let rules = self.auth.topic_rules(&self.who, exchange);
+        self.topic_rules = Some((epoch, exchange.to_string(), rules));
+        rules
     }
 }
 
@@ -315,7 +330,10 @@ mod tests {
     use super::*;
 
     /// Allows everything and counts the questions.
-    struct Counting(std::sync::atomic::AtomicUsize);
+    struct Counting(
+        std::sync::atomic::AtomicUsize,
+        std::sync::atomic::AtomicUsize,
+    );
 
     impl Authenticator for Counting {
         fn authenticate(&self, _: &str, _: &str, _: IpAddr) -> Result<Login, String> {
@@ -329,13 +347,17 @@ mod tests {
             Some(true)
         }
         fn topic_rules(&self, _: &Principal, _: &str) -> bool {
+            self.1.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             true
         }
     }
 
     #[tokio::test]
     async fn a_publisher_asking_for_an_exchange_and_a_topic_asks_each_once() {
-        let auth = Arc::new(Counting(std::sync::atomic::AtomicUsize::new(0)));
+        let auth = Arc::new(Counting(
+            std::sync::atomic::AtomicUsize::new(0),
+            std::sync::atomic::AtomicUsize::new(0),
+        ));
         let who = Principal {
             user: "u".into(),
             vhost: "/".into(),
@@ -356,6 +378,8 @@ mod tests {
                 .expect("topic");
         }
         assert_eq!(auth.0.load(std::sync::atomic::Ordering::Relaxed), 2);
+        // Whether topic rules apply is asked once too.
+        assert_eq!(auth.1.load(std::sync::atomic::Ordering::Relaxed), 1);
         // A new topic is a new question; the exchange is still remembered.
         access
             .check_topic(Permission::Write, "amq.topic", "a.c")
