@@ -14,7 +14,11 @@
 //!   configure pattern allows is declared, one outside it is refused with
 //!   403 ACCESS_REFUSED; the connection in `GET /api/connections`;
 //! - definitions exported, the queue and exchange deleted, the export
-//!   imported back: queue, exchange and binding are there again.
+//!   imported back: queue, exchange and binding are there again;
+//! - a vhost made with a description and tags, permissions on it, a
+//!   queue in it, the vhost
+//!   deleted with its queue (then 404, and the idempotent delete passes);
+//!   the configured "/" cannot be deleted.
 //!
 //! The blocking client runs its own runtime on a thread of its own, so the
 //! tests are plain `#[test]` functions; lapin runs on a tokio runtime the
@@ -32,7 +36,9 @@ use lapin::types::FieldTable;
 use lapin::{Channel, Connection, ConnectionProperties, ErrorKind};
 use rabbitmq_http_client::blocking_api::{Client, ClientBuilder, HttpClientError};
 use rabbitmq_http_client::commons::BindingDestinationType;
-use rabbitmq_http_client::requests::{ExchangeParams, Permissions, QueueParams, UserParams};
+use rabbitmq_http_client::requests::{
+    ExchangeParams, Permissions, QueueParams, UserParams, VirtualHostParams,
+};
 use rabbitmq_http_client::responses::{self, BindingInfo, ExchangeInfo, XArguments};
 use serde_json::{Map, Value, json};
 use tempfile::TempDir;
@@ -702,4 +708,70 @@ fn definitions_round_trip() {
     bindings.0.sort_by_key(key);
     bindings.1.sort_by_key(key);
     assert_eq!(bindings.0, bindings.1);
+}
+
+#[test]
+fn vhost_made_and_deleted() {
+    const V: &str = "mgmt.tenant";
+    let broker = Broker::start();
+    let api = broker.api("guest", "guest");
+    let params = VirtualHostParams::named(V)
+        .with_description("made by rabbitmq_http_client")
+        .with_tags(vec!["a", "b"]);
+    api.create_vhost(&params).expect("PUT /api/vhosts/{V}");
+    let got = api.get_vhost(V).expect("GET /api/vhosts/{V}");
+    assert_eq!(got.name, V);
+    assert_eq!(
+        got.description.as_deref(),
+        Some("made by rabbitmq_http_client")
+    );
+    assert_eq!(
+        got.tags.map(|t| t.0),
+        Some(vec!["a".to_owned(), "b".to_owned()])
+    );
+    let names: Vec<String> = api
+        .list_vhosts()
+        .expect("GET /api/vhosts")
+        .into_iter()
+        .map(|v| v.name)
+        .collect();
+    assert_eq!(names, vec!["/".to_owned(), V.to_owned()]);
+    // As in RabbitMQ, making a vhost grants nobody anything.
+    let e = api
+        .declare_queue(V, &QueueParams::new_durable_classic_queue("inside", None))
+        .expect_err("no permissions on the new vhost yet");
+    assert_eq!(status(&e), Some(401), "{e:?}");
+    api.declare_permissions(&Permissions {
+        user: "guest",
+        vhost: V,
+        configure: ".*",
+        read: ".*",
+        write: ".*",
+    })
+    .expect("PUT /api/permissions/{V}/guest");
+    api.declare_queue(V, &QueueParams::new_durable_classic_queue("inside", None))
+        .expect("a queue in the new vhost");
+    assert_eq!(
+        api.get_queue_info(V, "inside").expect("the queue").name,
+        "inside"
+    );
+
+    api.delete_vhost(V, false).expect("DELETE /api/vhosts/{V}");
+    let e = api.get_vhost(V).expect_err("the deleted vhost");
+    assert!(e.is_not_found(), "{e:?}");
+    let e = api
+        .get_queue_info(V, "inside")
+        .expect_err("its queue went with it");
+    assert!(e.is_not_found(), "{e:?}");
+    api.delete_vhost(V, true)
+        .expect("idempotent delete of a missing vhost");
+    let e = api
+        .delete_vhost("/", false)
+        .expect_err("the configured vhost stays");
+    assert_eq!(status(&e), Some(400), "{e:?}");
+    let (_, reason) = details(&e);
+    assert!(
+        reason.is_some_and(|r| r.contains("[broker] vhosts")),
+        "{e:?}"
+    );
 }

@@ -65,11 +65,15 @@ def health(broker):
 def api(broker, method, path, body=None, user="guest", password="guest", headers=None):
     """A management API request: (status, decoded JSON body or None when
     empty or not JSON, response headers). `user=None` sends no
-    credentials; `body` (not None) is sent as JSON."""
+    credentials; `body` (not None) is sent as JSON, or as it is when it
+    is bytes."""
     url = f"http://127.0.0.1:{broker.admin_port}{path}"
     h = dict(headers or {})
     data = None
-    if body is not None:
+    if isinstance(body, bytes):
+        data = body
+        h["Content-Type"] = "application/json"
+    elif body is not None:
         data = json.dumps(body).encode()
         h["Content-Type"] = "application/json"
     if user is not None:

@@ -99,12 +99,12 @@ def test_definitions_load_at_start_and_bad_ones_are_refused(make_broker, tmp_pat
     b = make_broker(broker_options=[f'load_definitions = "{defs}"'])
     assert api(b, "GET", "/api/exchanges/%2F/legacy.events")[0] == 200
     b.connect(user="rabbit-user", password="rabbit-pw").close()
-    # Unknown vhosts and parameters are refused, naming them.
+    # A vhost without a name and parameters are refused, saying why.
     bad = json.loads(FIXTURE.read_text())
-    bad["vhosts"].append({"name": "nowhere"})
+    bad["vhosts"].append({"name": ""})
     status, body, _ = api(b, "POST", "/api/definitions", bad)
     assert (status, body["error"]) == (400, "bad_request")
-    assert "vhost 'nowhere' is not one of [broker] vhosts" in body["reason"]
+    assert "a vhost name must be 1 to 255 bytes long" in body["reason"], body
     bad = json.loads(FIXTURE.read_text())
     bad["parameters"] = [{"vhost": "/", "component": "shovel", "name": "s", "value": {}}]
     body = api(b, "POST", "/api/definitions", bad)[1]
@@ -173,3 +173,23 @@ def test_rabbitmqadmin_drives_the_api(broker, tmp_path):
     assert api(broker, "GET", "/api/queues/%2F/ra.q")[0] == 200
     bindings = json.loads(admin("-f", "raw_json", "list", "bindings", "source", "destination", "routing_key"))
     assert {"source": "ra.x", "destination": "ra.q", "routing_key": "k"} in bindings
+    # Vhosts made and deleted at run time.
+    assert "vhost declared" in admin("declare", "vhost", "name=ra.v")
+    assert "permission declared" in admin("declare", "permission", "vhost=ra.v", "user=guest", "configure=.*", "write=.*", "read=.*")
+    assert "queue declared" in admin("-V", "ra.v", "declare", "queue", "name=inside")
+    assert "ra.v" in [v["name"] for v in json.loads(admin("-f", "raw_json", "list", "vhosts", "name"))]
+    assert "vhost deleted" in admin("delete", "vhost", "name=ra.v")
+    assert api(broker, "GET", "/api/vhosts/ra.v")[0] == 404
+
+
+def test_big_definitions_files_and_the_body_limit(make_broker):
+    """A definitions file past axum's 2 MB default imports (the limit is
+    `[admin] max_body_size`, 20 MiB); past the configured limit it is 413."""
+    padded = (FIXTURE.read_text() + " " * 3_000_000).encode()
+    b = make_broker()
+    assert api(b, "POST", "/api/definitions", padded)[0] == 204
+    assert api(b, "GET", "/api/exchanges/%2F/legacy.events")[0] == 200
+    small = make_broker(extra_config="[admin]\nmax_body_size = 4096\n")
+    assert api(small, "POST", "/api/definitions", padded)[0] == 413
+    assert api(small, "GET", "/api/exchanges/%2F/legacy.events")[0] == 404
+    assert api(small, "PUT", "/api/queues/%2F/fits", {"durable": True})[0] == 201

@@ -58,7 +58,7 @@ pub use access::{Access, Denied, Login, Permission, Principal, Resource};
 pub use broker::{
     Broker, BrokerConfig, BrokerStats, ConnectionDetails, ConnectionGuard, ConnectionSnapshot,
     ConsumerHandle, ConsumerSummary, GetOk, Limits, MemoryCharge, PolicySource, Published, Queue,
-    QueueInfo, QueueStats, QueueSummary,
+    QueueInfo, QueueStats, QueueSummary, VhostInfo,
 };
 pub use consumer::{ConsumerEvent, ConsumerSpec, Credit, Delivery};
 pub use error::CoreError;

@@ -50,6 +50,18 @@ impl Retained {
         }
     }
 
+    /// Drops every retained message of `vhost` (in memory only); returns
+    /// how many there were.
+    pub(crate) fn remove_vhost(&self, vhost: &str) -> usize {
+        let Some(map) = self.by_vhost.write().remove(vhost) else {
+            return 0;
+        };
+        let bytes: u64 = map.values().map(|m| m.footprint()).sum();
+        self.held
+            .fetch_sub(bytes, std::sync::atomic::Ordering::Relaxed);
+        map.len()
+    }
+
     /// Memory the retained messages hold (their footprints).
     pub(crate) fn held_bytes(&self) -> u64 {
         self.held.load(std::sync::atomic::Ordering::Relaxed)

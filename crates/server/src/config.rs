@@ -159,8 +159,12 @@ pub struct BrokerConfig {
     /// The address every listener binds to. Loopback by default so a fresh
     /// install is not reachable from the network.
     pub bind: IpAddr,
-    /// Vhosts created at start if they do not exist yet.
+    /// Vhosts created at start if they do not exist yet. These cannot be
+    /// deleted through the management API; vhosts made there (kept in the
+    /// store) can.
     pub vhosts: Vec<String>,
+    /// Most vhosts, configured and made at run time together.
+    pub max_vhosts: usize,
     /// The users file; empty means `<data_dir>/users.toml`
     /// (see [`Config::users_path`]).
     pub users_file: PathBuf,
@@ -231,6 +235,7 @@ impl Default for BrokerConfig {
             in_memory: false,
             bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
             vhosts: vec!["/".to_owned()],
+            max_vhosts: 10_000,
             users_file: PathBuf::new(),
             load_definitions: PathBuf::new(),
             guest_loopback_only: true,
@@ -296,6 +301,10 @@ pub struct AdminConfig {
     /// `administrator` user, like the management API; `/api/health`
     /// always answers without.
     pub metrics_need_credentials: bool,
+    /// Largest request body the admin endpoint reads, bytes (a definitions
+    /// file is the big one); more is answered 413. RabbitMQ's
+    /// `management.http.max_body_size` default.
+    pub max_body_size: usize,
 }
 
 impl Default for AdminConfig {
@@ -305,6 +314,7 @@ impl Default for AdminConfig {
             enabled: true,
             metrics_max_queues: 1000,
             metrics_need_credentials: false,
+            max_body_size: 20 << 20,
         }
     }
 }

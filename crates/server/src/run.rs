@@ -390,6 +390,7 @@ impl Server {
                     max_handshake_size: config.broker.max_handshake_size,
                     write_timeout: std::time::Duration::from_secs(config.broker.write_timeout_secs),
                     max_connections_per_user: config.broker.max_connections_per_user,
+                    max_vhosts: config.broker.max_vhosts,
                 },
                 queue_head_messages: config.broker.queue_head_messages,
                 queue_head_bytes: config.broker.queue_head_bytes,
@@ -487,7 +488,10 @@ impl Server {
             };
             let app = open
                 .merge(crate::mgmt::router(Arc::clone(&mgmt)))
-                .merge(crate::console::router());
+                .merge(crate::console::router())
+                .layer(axum::extract::DefaultBodyLimit::max(
+                    config.admin.max_body_size,
+                ));
             if let Some(tls) = &tls {
                 let (https, addr) =
                     bind("admin HTTPS", config.broker.bind, config.tls.https_port).await?;

@@ -518,6 +518,22 @@ impl UserDb {
         Ok(self.user_mut(user)?.permissions.remove(vhost).is_some())
     }
 
+    /// Takes every user's permissions and topic permissions on `vhost`
+    /// away (the vhost is deleted); how many users had some.
+    pub fn forget_vhost(&mut self, vhost: &str) -> usize {
+        let mut touched = 0;
+        for entry in self.users.values_mut() {
+            let u = &mut entry.user;
+            let before = u.permissions.len() + u.topic_permissions.len();
+            u.permissions.remove(vhost);
+            u.topic_permissions.retain(|(v, _), _| v != vhost);
+            if u.permissions.len() + u.topic_permissions.len() != before {
+                touched += 1;
+            }
+        }
+        touched
+    }
+
     /// Sets `user`'s topic patterns on `exchange` in `vhost`, replacing any.
     pub fn set_topic_permissions(
         &mut self,

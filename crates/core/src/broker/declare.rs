@@ -487,13 +487,19 @@ impl Broker {
     /// Consumers are told (AMQP sends `basic.cancel`). Returns the store
     /// writes and how many messages it held.
     pub(crate) fn detach_queue(&self, q: &Arc<Queue>) -> (Batch, u64) {
+        match self.vhost(&q.vhost) {
+            Ok(vh) => self.detach_queue_in(&vh, q),
+            Err(_) => (Batch::new(), 0),
+        }
+    }
+
+    /// [`Self::detach_queue`] for a queue of `vh` (which may already be out
+    /// of the broker's map: a vhost being deleted).
+    pub(crate) fn detach_queue_in(&self, vh: &VHost, q: &Arc<Queue>) -> (Batch, u64) {
         let mut batch = Batch::new();
         if q.deleted.swap(true, Ordering::AcqRel) {
             return (batch, 0);
         }
-        let Ok(vh) = self.vhost(&q.vhost) else {
-            return (batch, 0);
-        };
         {
             let mut queues = vh.queues.write();
             if queues.get(q.name()).is_some_and(|x| Arc::ptr_eq(x, q)) {
@@ -501,7 +507,7 @@ impl Broker {
             }
         }
         let changes = vh.topology.write().queue_deleted(q.name());
-        self.persist_changes(&vh, &changes, &mut batch);
+        self.persist_changes(vh, &changes, &mut batch);
         let mut fx = Effects::default();
         let n = q.state.lock().drain_all(&mut fx);
         self.collect_removed(q, &fx.removed, &mut batch);

@@ -11,6 +11,7 @@ mod declare;
 mod publish;
 pub(crate) mod records;
 mod recovery;
+mod vhosts;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -36,6 +37,7 @@ pub use connections::{ConnectionDetails, ConnectionEntry, ConnectionSnapshot};
 pub use consume::{ConsumerHandle, GetOk};
 pub use declare::{ConsumerSummary, QueueInfo, QueueSummary};
 pub use publish::Published;
+pub use vhosts::VhostInfo;
 
 /// Broker-wide settings the core needs.
 #[derive(Clone, Debug)]
@@ -100,6 +102,9 @@ pub struct Limits {
     /// Connections one user may have open at once, every protocol together
     /// (0: no cap); see [`ConnectionGuard::login`].
     pub max_connections_per_user: usize,
+    /// Vhosts in the broker (the configured ones and those made at run
+    /// time through the management API).
+    pub max_vhosts: usize,
 }
 
 impl Default for Limits {
@@ -113,6 +118,7 @@ impl Default for Limits {
             max_handshake_size: 65_536,
             write_timeout: std::time::Duration::from_secs(15),
             max_connections_per_user: 0,
+            max_vhosts: 10_000,
         }
     }
 }
@@ -138,6 +144,8 @@ pub struct VHost {
     /// Exchanges and bindings; read-locked by every publish for routing.
     pub(crate) topology: RwLock<Topology>,
     pub(crate) queues: RwLock<HashMap<String, Arc<Queue>>>,
+    /// What the management API says of it.
+    pub(crate) info: RwLock<VhostInfo>,
 }
 
 impl VHost {
@@ -146,6 +154,7 @@ impl VHost {
             name: name.to_string(),
             topology: RwLock::new(Topology::with_builtins()),
             queues: RwLock::new(HashMap::new()),
+            info: RwLock::new(VhostInfo::default()),
         }
     }
 
@@ -518,7 +527,7 @@ impl Broker {
             queued: Arc::new(AtomicU64::new(0)),
         });
         for v in &config.vhosts {
-            broker.add_vhost(v);
+            broker.add_vhost(v).info.write().configured = true;
         }
         recovery::apply(&broker, recovered)?;
         broker.spawn_alarm();

@@ -14,6 +14,7 @@ use crate::queue::args::QueueDef;
 pub const TAG_EXCHANGE: u8 = b'x';
 pub const TAG_QUEUE: u8 = b'q';
 pub const TAG_BINDING: u8 = b'b';
+pub const TAG_VHOST: u8 = b'v';
 
 fn lp(out: &mut Vec<u8>, s: &[u8]) {
     out.extend_from_slice(&(s.len() as u32).to_be_bytes());
@@ -25,6 +26,59 @@ pub fn exchange_key(vhost: &str, name: &str) -> Vec<u8> {
     lp(&mut k, vhost.as_bytes());
     lp(&mut k, name.as_bytes());
     k
+}
+
+pub fn vhost_key(vhost: &str) -> Vec<u8> {
+    let mut k = vec![TAG_VHOST];
+    lp(&mut k, vhost.as_bytes());
+    k
+}
+
+/// The prefix of every `tag` record (exchange, queue, binding) in `vhost`.
+pub fn vhost_prefix(tag: u8, vhost: &str) -> Vec<u8> {
+    let mut k = vec![tag];
+    lp(&mut k, vhost.as_bytes());
+    k
+}
+
+/// The prefix of `vhost`'s retained messages.
+pub fn retained_prefix(vhost: &str) -> Vec<u8> {
+    let mut k = Vec::new();
+    lp(&mut k, vhost.as_bytes());
+    k
+}
+
+pub fn encode_vhost(name: &str, info: &super::VhostInfo) -> Bytes {
+    let mut w = Writer::record();
+    w.str(name);
+    w.str(&info.description);
+    w.u32(info.tags.len() as u32);
+    for t in &info.tags {
+        w.str(t);
+    }
+    w.opt_str(info.default_queue_type.as_deref());
+    w.finish()
+}
+
+pub fn decode_vhost(data: &[u8]) -> Result<(String, super::VhostInfo), CoreError> {
+    let mut r = Reader::record(data)?;
+    let name = r.string()?;
+    let description = r.string()?;
+    let n = r.u32()?;
+    let mut tags = Vec::new();
+    for _ in 0..n {
+        tags.push(r.string()?);
+    }
+    let default_queue_type = r.opt_string()?;
+    Ok((
+        name,
+        super::VhostInfo {
+            description,
+            tags,
+            default_queue_type,
+            configured: false,
+        },
+    ))
 }
 
 pub fn queue_key(vhost: &str, name: &str) -> Vec<u8> {

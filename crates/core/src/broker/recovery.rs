@@ -16,7 +16,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use junction_store::{Batch, Cf, Store};
 use tokio::time::Instant;
 
-use super::records::{self, TAG_BINDING, TAG_EXCHANGE, TAG_QUEUE};
+use super::records::{self, TAG_BINDING, TAG_EXCHANGE, TAG_QUEUE, TAG_VHOST};
 use super::{Broker, Queue};
 use crate::codec::decode_message;
 use crate::error::CoreError;
@@ -28,6 +28,7 @@ use crate::queue::{Body, Entry, Paged};
 
 /// Everything read from the store, not yet applied.
 pub(super) struct Recovered {
+    vhosts: Vec<(String, super::VhostInfo)>,
     exchanges: Vec<(String, ExchangeDef)>,
     queues: Vec<(String, QueueId, QueueDef)>,
     bindings: Vec<(String, Binding)>,
@@ -84,6 +85,7 @@ impl Heads {
 /// (see [`Heads`]). Blocking: run it off the async workers.
 pub(super) fn read(store: &Store, head: Heads) -> Result<Recovered, CoreError> {
     let mut r = Recovered {
+        vhosts: Vec::new(),
         exchanges: Vec::new(),
         queues: Vec::new(),
         bindings: Vec::new(),
@@ -110,6 +112,7 @@ pub(super) fn read(store: &Store, head: Heads) -> Result<Recovered, CoreError> {
             Some(&TAG_EXCHANGE) => records::decode_exchange(v).map(|x| r.exchanges.push(x)),
             Some(&TAG_QUEUE) => records::decode_queue(v).map(|q| r.queues.push(q)),
             Some(&TAG_BINDING) => records::decode_binding(v).map(|b| r.bindings.push(b)),
+            Some(&TAG_VHOST) => records::decode_vhost(v).map(|x| r.vhosts.push(x)),
             _ => Ok(()),
         };
         if let Err(e) = res {
@@ -187,6 +190,12 @@ pub(super) fn read(store: &Store, head: Heads) -> Result<Recovered, CoreError> {
 /// Rebuilds the broker from what [`read`] found.
 pub(super) fn apply(broker: &Arc<Broker>, r: Recovered) -> Result<(), CoreError> {
     let mut cleanup = Batch::new();
+    for (vhost, info) in r.vhosts {
+        let vh = broker.add_vhost(&vhost);
+        let mut current = vh.info.write();
+        let configured = current.configured;
+        *current = super::VhostInfo { configured, ..info };
+    }
     for (vhost, def) in r.exchanges {
         broker
             .add_vhost(&vhost)

@@ -404,9 +404,26 @@ impl QueueState {
     }
 
     /// Puts new arguments in force (a policy changed): a lower length limit
-    /// trims at once, a new TTL applies to messages published from now.
+    /// trims at once. A new or shorter message TTL also reaches the
+    /// messages already queued, counted from now (their arrival times are
+    /// not kept): each lives at most the new TTL from here, or less if it
+    /// was to expire sooner. A longer or removed TTL lengthens no queued
+    /// message's life. As everywhere, expired messages leave from the head.
     pub fn set_args(&mut self, args: QueueArgs, now: Instant, fx: &mut Effects) {
+        let shorter = match (args.message_ttl, self.args.message_ttl) {
+            (Some(new), Some(old)) => new < old,
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
         self.args = args;
+        if let (true, Some(ttl)) = (shorter, self.args.message_ttl) {
+            let cap = now + std::time::Duration::from_millis(ttl);
+            for e in self.ready.values_mut() {
+                if e.expires_at.is_none_or(|t| t > cap) {
+                    e.expires_at = Some(cap);
+                }
+            }
+        }
         self.expire(now, fx);
         self.trim(fx);
     }

@@ -7,14 +7,14 @@
 
 use std::sync::Arc;
 
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::response::Response;
 use bytes::Bytes;
 use junction_core::interop::{json_table, table_json};
-use junction_core::{Binding, Broker, Destination, ExchangeDef, ExchangeKind, QueueDef};
+use junction_core::{Binding, Broker, Destination, ExchangeDef, ExchangeKind, QueueDef, VhostInfo};
 use serde_json::{Value, json};
 
-use super::users::{permission_rows, stored_hash, topic_rows, user_json};
+use super::users::{permission_rows, stored_hash, tags_of, topic_rows, user_json};
 use super::{ApiError, Caller, Level, MgmtState, done};
 use crate::auth::FileAuth;
 use crate::users::UsersError;
@@ -36,7 +36,17 @@ pub fn export(
     let mut vhosts = Vec::new();
     let (mut queues, mut exchanges, mut bindings) = (Vec::new(), Vec::new(), Vec::new());
     for v in broker.vhost_names() {
-        vhosts.push(json!({"name": v, "description": "", "tags": [], "metadata": {}}));
+        let info = broker.vhost_info(&v).unwrap_or_default();
+        vhosts.push(json!({
+            "name": v,
+            "description": info.description,
+            "tags": info.tags,
+            "metadata": {
+                "description": info.description,
+                "tags": info.tags,
+                "default_queue_type": info.default_queue_type.as_deref().unwrap_or("classic"),
+            },
+        }));
         let mut exclusive = std::collections::HashSet::new();
         for q in broker.queues(&v).map_err(ApiError::core)? {
             if q.def.exclusive_owner.is_some() {
@@ -126,7 +136,7 @@ fn flag(v: &Value, k: &str, default: bool) -> bool {
     v.get(k).and_then(Value::as_bool).unwrap_or(default)
 }
 
-/// Imports `defs`: vhosts (which must be among `[broker] vhosts`), users
+/// Imports `defs`: vhosts (made if new, kept in the store), users
 /// with their hashes and tags, permissions, topic permissions, exchanges,
 /// queues and bindings, in that order; what exists already is kept or
 /// updated as a declare would, then policies. Parameters are refused
@@ -154,14 +164,31 @@ pub async fn import(
             )));
         }
     }
-    let known = broker.vhost_names();
     for v in list(defs, "vhosts") {
         let name = text(v, "name")?;
-        if !known.iter().any(|k| k == name) {
-            return Err(ApiError::bad_request(format!(
-                "vhost '{name}' is not one of [broker] vhosts; add it to the configuration first"
-            )));
-        }
+        // RabbitMQ 3.x writes the description and tags at the top and
+        // again under `metadata`; either will do.
+        let field = |k: &str| {
+            v.get(k)
+                .filter(|x| !x.is_null())
+                .or_else(|| v.get("metadata").and_then(|m| m.get(k)))
+        };
+        let current = broker.vhost_info(name).unwrap_or_default();
+        let info = VhostInfo {
+            description: field("description")
+                .and_then(Value::as_str)
+                .map_or(current.description, str::to_owned),
+            tags: match field("tags") {
+                Some(t) => tags_of(Some(t)),
+                None => current.tags,
+            },
+            default_queue_type: field("default_queue_type")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+                .or(current.default_queue_type),
+            configured: current.configured,
+        };
+        broker.put_vhost(name, info).await.map_err(ApiError::core)?;
     }
     let wanted_users = !list(defs, "users").is_empty()
         || !list(defs, "permissions").is_empty()
@@ -177,20 +204,7 @@ pub async fn import(
                 text(u, "password_hash")?,
                 u.get("hashing_algorithm").and_then(Value::as_str),
             )?;
-            let tags = match u.get("tags") {
-                Some(Value::Array(a)) => a
-                    .iter()
-                    .filter_map(Value::as_str)
-                    .map(str::to_owned)
-                    .collect(),
-                Some(Value::String(s)) => s
-                    .split(',')
-                    .map(str::trim)
-                    .filter(|t| !t.is_empty())
-                    .map(str::to_owned)
-                    .collect(),
-                _ => Vec::new(),
-            };
+            let tags = tags_of(u.get("tags"));
             changes.push((name, hash, tags));
         }
         let mut perms = Vec::new();
@@ -299,6 +313,18 @@ pub async fn import(
     Ok(())
 }
 
+/// A posted definitions file: the JSON itself, or (rabbitmqadmin) an
+/// object whose `file` field holds it as a string.
+fn parse_file(raw: &Bytes) -> Result<Value, ApiError> {
+    let defs: Value = serde_json::from_slice(raw)
+        .map_err(|e| ApiError::bad_request(format!("invalid JSON: {e}")))?;
+    Ok(match defs.get("file") {
+        Some(Value::String(s)) => serde_json::from_str(s)
+            .map_err(|e| ApiError::bad_request(format!("invalid JSON in file: {e}")))?,
+        _ => defs,
+    })
+}
+
 pub async fn get_definitions(State(state): St, caller: Caller) -> Answer {
     caller.need(Level::Administrator)?;
     Ok(super::json(export(
@@ -310,16 +336,92 @@ pub async fn get_definitions(State(state): St, caller: Caller) -> Answer {
 
 pub async fn post_definitions(State(state): St, caller: Caller, raw: Bytes) -> Answer {
     caller.need(Level::Administrator)?;
-    // rabbitmqadmin posts the file as the form field `file`; others post
-    // the JSON itself.
-    let defs: Value = serde_json::from_slice(&raw)
-        .map_err(|e| ApiError::bad_request(format!("invalid JSON: {e}")))?;
-    let defs = match defs.get("file") {
-        Some(Value::String(s)) => serde_json::from_str(s)
-            .map_err(|e| ApiError::bad_request(format!("invalid JSON in file: {e}")))?,
-        _ => defs,
-    };
+    let defs = parse_file(&raw)?;
     import(&state.broker, state.users.as_ref(), &state.policies, &defs).await?;
     tracing::info!(by = %caller.user, "definitions imported");
+    Ok(done(false))
+}
+
+/// The lists a vhost's definitions hold (RabbitMQ's
+/// `/api/definitions/{vhost}`): its items, without their `vhost` field.
+const VHOST_LISTS: [&str; 5] = ["parameters", "policies", "queues", "exchanges", "bindings"];
+
+/// `GET /api/definitions/{vhost}`: that vhost's queues, exchanges,
+/// bindings and policies, each without its `vhost` field (users, vhosts
+/// and permissions are the broker's, not the vhost's).
+pub async fn get_vhost_definitions(
+    State(state): St,
+    caller: Caller,
+    Path(v): Path<String>,
+) -> Answer {
+    caller.need(Level::Administrator)?;
+    if state.broker.vhost_info(&v).is_none() {
+        return Err(ApiError::not_found());
+    }
+    let all = export(&state.broker, None, &state.policies)?;
+    let mut out = serde_json::Map::new();
+    for k in [
+        "rabbit_version",
+        "rabbitmq_version",
+        "product_name",
+        "product_version",
+    ] {
+        if let Some(x) = all.get(k) {
+            out.insert(k.to_owned(), x.clone());
+        }
+    }
+    for k in VHOST_LISTS {
+        let items: Vec<Value> = list(&all, k)
+            .iter()
+            .filter(|x| x.get("vhost").and_then(Value::as_str) == Some(v.as_str()))
+            .map(|x| {
+                let mut x = x.clone();
+                if let Some(o) = x.as_object_mut() {
+                    o.remove("vhost");
+                }
+                x
+            })
+            .collect();
+        out.insert(k.to_owned(), Value::Array(items));
+    }
+    Ok(super::json(Value::Object(out)))
+}
+
+/// `POST /api/definitions/{vhost}`: imports a file's queues, exchanges,
+/// bindings and policies into that vhost, whatever vhost they name;
+/// users, vhosts and permissions in it are left alone.
+pub async fn post_vhost_definitions(
+    State(state): St,
+    caller: Caller,
+    Path(v): Path<String>,
+    raw: Bytes,
+) -> Answer {
+    caller.need(Level::Administrator)?;
+    if state.broker.vhost_info(&v).is_none() {
+        return Err(ApiError::not_found());
+    }
+    let defs = parse_file(&raw)?;
+    let mut scoped = serde_json::Map::new();
+    for k in VHOST_LISTS {
+        let items: Vec<Value> = list(&defs, k)
+            .iter()
+            .map(|x| {
+                let mut x = x.clone();
+                if let Some(o) = x.as_object_mut() {
+                    o.insert("vhost".to_owned(), Value::String(v.clone()));
+                }
+                x
+            })
+            .collect();
+        scoped.insert(k.to_owned(), Value::Array(items));
+    }
+    import(
+        &state.broker,
+        state.users.as_ref(),
+        &state.policies,
+        &Value::Object(scoped),
+    )
+    .await?;
+    tracing::info!(by = %caller.user, vhost = %v, "vhost definitions imported");
     Ok(done(false))
 }

@@ -75,7 +75,9 @@ pub fn router(state: Arc<MgmtState>) -> Router {
         .route("/api/vhosts", get(objects::vhosts))
         .route(
             "/api/vhosts/{vhost}",
-            get(objects::vhost).put(objects::put_vhost),
+            get(objects::vhost)
+                .put(objects::put_vhost)
+                .delete(objects::delete_vhost),
         )
         .route(
             "/api/vhosts/{vhost}/permissions",
@@ -187,6 +189,10 @@ pub fn router(state: Arc<MgmtState>) -> Router {
         .route(
             "/api/definitions",
             get(definitions::get_definitions).post(definitions::post_definitions),
+        )
+        .route(
+            "/api/definitions/{vhost}",
+            get(definitions::get_vhost_definitions).post(definitions::post_vhost_definitions),
         )
         .route("/api/tls/reload", post(users::tls_reload))
         .with_state(state)

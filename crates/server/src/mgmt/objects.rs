@@ -12,12 +12,13 @@ use bytes::Bytes;
 use junction_core::interop::{json_table, table_json};
 use junction_core::{
     Binding, Destination, ExchangeDef, ExchangeKind, Message, Origin, Permission, Properties,
-    Protocol, QueueDef, QueueSummary, Resource, Settle,
+    Protocol, QueueDef, QueueSummary, Resource, Settle, VhostInfo,
 };
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::query::{ListQuery, apply};
+use super::users::tags_of;
 use super::{ApiError, Caller, Level, MgmtState, done, node_name};
 
 type St = State<Arc<MgmtState>>;
@@ -304,31 +305,84 @@ pub async fn vhosts(State(state): St, caller: Caller, Query(q): Query<ListQuery>
 }
 
 fn vhost_json(state: &MgmtState, v: &str) -> Result<Value, ApiError> {
+    let info = state.broker.vhost_info(v).ok_or_else(ApiError::not_found)?;
     let queues = state.broker.queues(v).map_err(ApiError::core)?;
     let ready: u64 = queues.iter().map(|q| q.ready).sum();
     let unacked: u64 = queues.iter().map(|q| q.unacked).sum();
     Ok(json!({
         "name": v,
-        "description": "",
-        "tags": [],
+        "description": info.description,
+        "tags": info.tags,
+        "default_queue_type": info.default_queue_type.as_deref().unwrap_or("classic"),
+        "metadata": {
+            "description": info.description,
+            "tags": info.tags,
+            "default_queue_type": info.default_queue_type.as_deref().unwrap_or("classic"),
+        },
         "tracing": false,
+        "configured": info.configured,
         "messages": ready + unacked,
         "messages_ready": ready,
         "messages_unacknowledged": unacked,
     }))
 }
 
-/// `PUT /api/vhosts/{vhost}`: the vhosts are the configuration's
-/// (`[broker] vhosts`), so declaring one that exists is 204 and any other
-/// is refused with the reason (rather than made until the next restart).
-pub async fn put_vhost(State(state): St, caller: Caller, Path(v): Path<String>) -> Answer {
+/// The body of `PUT /api/vhosts/{vhost}`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct VhostBody {
+    description: Option<String>,
+    /// A list, or RabbitMQ's comma-separated string.
+    tags: Option<Value>,
+    default_queue_type: Option<String>,
+    #[allow(dead_code)]
+    #[serde(deserialize_with = "flex_bool")]
+    tracing: Option<bool>,
+}
+
+/// `PUT /api/vhosts/{vhost}`: makes the vhost (kept in the store) or
+/// updates its description and tags.
+pub async fn put_vhost(
+    State(state): St,
+    caller: Caller,
+    Path(v): Path<String>,
+    raw: Bytes,
+) -> Answer {
     caller.need(Level::Administrator)?;
-    if state.broker.vhost_names().contains(&v) {
-        return Ok(done(false));
+    let b: VhostBody = body(&raw)?;
+    let current = state.broker.vhost_info(&v).unwrap_or_default();
+    let info = VhostInfo {
+        description: b.description.unwrap_or(current.description),
+        tags: match b.tags {
+            Some(t) => tags_of(Some(&t)),
+            None => current.tags,
+        },
+        default_queue_type: b.default_queue_type.or(current.default_queue_type),
+        configured: current.configured,
+    };
+    let created = state
+        .broker
+        .put_vhost(&v, info)
+        .await
+        .map_err(ApiError::core)?;
+    Ok(done(created))
+}
+
+/// `DELETE /api/vhosts/{vhost}`: deletes a vhost made at run time with
+/// everything in it, its policies and every user's permissions there.
+pub async fn delete_vhost(State(state): St, caller: Caller, Path(v): Path<String>) -> Answer {
+    caller.need(Level::Administrator)?;
+    state
+        .broker
+        .delete_vhost(&v)
+        .await
+        .map_err(ApiError::core)?;
+    state.policies.forget_vhost(&v)?;
+    if state.users.is_some() {
+        let vhost = v.clone();
+        super::users::edit(&state, move |db| Ok(db.forget_vhost(&vhost))).await?;
     }
-    Err(ApiError::bad_request(format!(
-        "vhost '{v}' is not one of [broker] vhosts; vhosts are added in the configuration"
-    )))
+    Ok(done(false))
 }
 
 pub async fn vhost(State(state): St, caller: Caller, Path(v): Path<String>) -> Answer {

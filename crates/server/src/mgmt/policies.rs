@@ -177,6 +177,20 @@ impl Policies {
         Ok(created)
     }
 
+    /// Removes every policy of a deleted vhost.
+    pub fn forget_vhost(&self, vhost: &str) -> Result<(), ApiError> {
+        let removed = {
+            let mut all = self.all.write();
+            let before = all.len();
+            all.retain(|(p, _)| p.vhost != vhost);
+            all.len() != before
+        };
+        if removed {
+            self.save()?;
+        }
+        Ok(())
+    }
+
     /// Removes a policy; its queues go back to their own arguments.
     pub fn delete(&self, vhost: &str, name: &str, broker: &Broker) -> Result<(), ApiError> {
         let removed = {

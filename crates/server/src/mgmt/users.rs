@@ -99,7 +99,8 @@ pub async fn user(State(state): St, caller: Caller, Path(name): Path<String>) ->
 }
 
 /// Tags as RabbitMQ takes them: a list, or one comma-separated string.
-fn tags_of(v: Option<&Value>) -> Vec<String> {
+/// Tags from a JSON list or RabbitMQ's comma-separated string.
+pub(crate) fn tags_of(v: Option<&Value>) -> Vec<String> {
     match v {
         Some(Value::Array(a)) => a
             .iter()
