@@ -261,6 +261,8 @@ impl TlsBroker {
                 ("--mqtts-port", "0".into()),
                 ("--stomps-port", "0".into()),
                 ("--https-port", "0".into()),
+                ("--mqtt-wss-port", "0".into()),
+                ("--stomp-wss-port", "0".into()),
             ] {
                 args.push(flag.into());
                 args.push(value);

@@ -20,7 +20,7 @@ import pytest
 
 # `junction ready amqp=127.0.0.1:N mqtt=... stomp=... admin=...`, then the
 # TLS listeners (`amqps=`, `mqtts=`, `stomps=`) when TLS is configured.
-READY_RE = re.compile(r"^junction ready((?: [a-z]+=127\.0\.0\.1:\d+)+)$")
+READY_RE = re.compile(r"^junction ready((?: [a-z-]+=127\.0\.0\.1:\d+)+)$")
 PLAIN_LISTENERS = ("amqp", "mqtt", "stomp", "admin")
 READY_TIMEOUT = 30.0
 STOP_TIMEOUT = 15.0
@@ -107,6 +107,7 @@ class Broker:
             self.proc = subprocess.Popen(
                 self._args()
                 + ["--amqp-port", "0", "--mqtt-port", "0", "--stomp-port", "0", "--admin-port", "0"]
+                + ["--mqtt-ws-port", "0", "--stomp-ws-port", "0"]
                 + self.extra_args,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,

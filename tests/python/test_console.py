@@ -11,13 +11,12 @@ import shutil
 from pathlib import Path
 
 import pytest
-from selenium import webdriver
 from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
 from admin_support import api
+from browser_support import browser  # noqa: F401 (fixture)
 from mqtt_support import V5
 from mqtt_support import clients  # noqa: F401 (fixture)
 
@@ -25,28 +24,6 @@ pytestmark = pytest.mark.deadline(120)
 
 SHOTS = Path(__file__).parent / "output" / "console"
 WAIT = 15
-
-
-def chromium_paths():
-    browser = shutil.which("chromium")
-    driver = shutil.which("chromedriver")
-    assert browser and driver, "chromium and chromium-driver are not installed (scripts/setup installs them)"
-    return browser, driver
-
-
-@pytest.fixture
-def browser():
-    binary, driver_path = chromium_paths()
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = binary
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--window-size=1280,900"):
-        opts.add_argument(arg)
-    driver = webdriver.Chrome(service=Service(executable_path=driver_path), options=opts)
-    driver.set_page_load_timeout(WAIT)
-    try:
-        yield driver
-    finally:
-        driver.quit()
 
 
 def shot(driver, name):

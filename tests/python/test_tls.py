@@ -55,8 +55,11 @@ def round_trip_amqps(broker, ctx):
 
 def test_ready_line_names_the_tls_listeners(make_tls_broker):
     b = make_tls_broker()
-    assert set(b.ports) == {"amqp", "mqtt", "stomp", "admin", "amqps", "mqtts", "stomps", "https"}
-    assert len(set(b.ports.values())) == 8
+    assert set(b.ports) == {
+        "amqp", "mqtt", "stomp", "admin", "mqtt-ws", "stomp-ws",
+        "amqps", "mqtts", "stomps", "https", "mqtt-wss", "stomp-wss",
+    }
+    assert len(set(b.ports.values())) == 12
 
 
 def test_pika_over_amqps_and_plain_amqp_side_by_side(make_tls_broker, certs):
@@ -448,3 +451,33 @@ def test_the_admin_listener_serves_https_with_the_same_certificate(make_tls_brok
     # A client that does not trust the CA is refused in the handshake.
     with pytest.raises(urllib.error.URLError):
         urllib.request.urlopen(f"https://127.0.0.1:{port}/api/health", timeout=5, context=ssl.create_default_context())
+
+
+@pytest.mark.parametrize("version", [V311, V5])
+def test_mqtt_and_stomp_over_wss(make_tls_broker, certs, clients, version):
+    """wss:// listeners (docs/websocket.md) on the same certificate: paho's
+    websockets transport and websocket-client, checking the server
+    certificate against the test CA; the API lists them as TLS."""
+    import websocket
+
+    from admin_support import api
+
+    b = make_tls_broker()
+    topic = uid("t") + "/wss"
+    sub = clients.connect(b, version=version, port=b.ports["mqtt-wss"], tls=tls_context(certs), ws_path="/ws")
+    assert sub.subscribe(topic, qos=1) == [1]
+    pub = clients.connect(b, version=version, port=b.ports["mqtt-wss"], tls=tls_context(certs), ws_path="/mqtt")
+    assert pub.publish(topic, b"\x00over wss\xff", qos=1) == 0
+    (m,) = sub.wait_messages(1)
+    assert (m.topic, m.payload, m.qos) == (topic, b"\x00over wss\xff", 1)
+    ws = websocket.create_connection(
+        f"wss://127.0.0.1:{b.ports['stomp-wss']}/ws",
+        subprotocols=["v12.stomp"],
+        sslopt={"ca_certs": str(certs.ca), "cert_reqs": ssl.CERT_REQUIRED},
+        timeout=5,
+    )
+    ws.send("CONNECT\naccept-version:1.2\nhost:/\nlogin:guest\npasscode:guest\n\n\x00")
+    assert ws.recv_data()[1].startswith(b"CONNECTED\n")
+    web = sorted((c["protocol"].split()[1], c["ssl"]) for c in api(b, "GET", "/api/connections")[1] if c["protocol"].startswith("Web "))
+    assert web == [("MQTT", True), ("MQTT", True), ("STOMP", True)], web
+    ws.close()

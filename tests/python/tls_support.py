@@ -178,7 +178,7 @@ def make_tls_broker(tmp_path, certs):
             "--tls-cert", str(cert or certs.server), "--tls-key", str(key or certs.server_key),
             "--tls-ca", str(certs.ca), "--tls-verify", verify,
             "--amqps-port", "0", "--mqtts-port", "0", "--stomps-port", "0",
-            "--https-port", "0",
+            "--https-port", "0", "--mqtt-wss-port", "0", "--stomp-wss-port", "0",
         ]
         if crl is not None:
             args += ["--tls-crl", str(crl)]

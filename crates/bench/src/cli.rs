@@ -178,6 +178,15 @@ pub struct Args {
     /// ports are then the TLS listeners' (mqtts, amqps). Not for STOMP.
     #[arg(long, value_name = "FILE")]
     pub tls_ca: Option<PathBuf>,
+    /// How the MQTT clients reach the broker: `tcp`, `ws` (a WebSocket to
+    /// --mqtt-port at --ws-path, binary messages, subprotocol mqtt) or
+    /// `bridged` (plain TCP through the same in-process bridge as `ws`: the
+    /// baseline that shows what WebSocket itself costs). See src/bridge.rs.
+    #[arg(long, value_enum, default_value_t = crate::bridge::Transport::Tcp)]
+    pub transport: crate::bridge::Transport,
+    /// The WebSocket path for `--transport ws`.
+    #[arg(long, default_value = "/ws")]
+    pub ws_path: String,
     /// Broker process id: its RSS and CPU time are read from /proc.
     #[arg(long)]
     pub broker_pid: Option<u32>,
@@ -251,6 +260,9 @@ impl Args {
         }
         if self.queue.is_empty() {
             return usage("--queue must not be empty".into());
+        }
+        if self.transport != crate::bridge::Transport::Tcp && self.tls_ca.is_some() {
+            return usage("--transport ws|bridged: no TLS (--tls-ca) on the bridge".into());
         }
         if self.tls_ca.is_some() && [self.pub_proto(), self.sub_proto()].contains(&Proto::Stomp) {
             return usage(

@@ -4,6 +4,7 @@
 
 use crate::address::{PubTarget, SubSource};
 use crate::amqp::{self, AmqpSettings};
+use crate::bridge::{Bridge, Transport};
 use crate::cli::{Args, Proto};
 use crate::collector::Collector;
 use crate::error::BenchError;
@@ -66,6 +67,15 @@ impl Clients {
                 max_packet: max,
                 run_id,
                 tls: tls.clone(),
+                bridge: match args.transport {
+                    Transport::Tcp => None,
+                    t => Some(Bridge::start(
+                        t,
+                        &endpoint(args.mqtt_port),
+                        &args.ws_path,
+                        run_id,
+                    )?),
+                },
             },
             amqp: AmqpSettings {
                 endpoint: endpoint(args.amqp_port),

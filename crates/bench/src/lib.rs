@@ -26,6 +26,7 @@
 
 pub mod address;
 pub mod amqp;
+pub mod bridge;
 pub mod cli;
 pub mod clients;
 pub mod collector;

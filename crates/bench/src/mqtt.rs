@@ -9,6 +9,7 @@
 //! publish and returned by the event loop on PUBACK (QoS 1) [MQTT-4.3.2],
 //! PUBCOMP (QoS 2) [MQTT-4.3.3] or, for QoS 0, once the PUBLISH is written.
 
+use crate::bridge::Bridge;
 use crate::collector::Collector;
 use crate::error::BenchError;
 use crate::load::{CLOSE_TIMEOUT, CONNECT_TIMEOUT, Endpoint, Pacer, PubPlan};
@@ -52,6 +53,9 @@ pub struct MqttSettings {
     pub run_id: u32,
     /// TLS (`--tls-ca`): every connection goes over it.
     pub tls: Option<TlsClient>,
+    /// `--transport ws|bridged`: every connection goes through this
+    /// bridge (rumqttc on its Unix socket).
+    pub bridge: Option<Arc<Bridge>>,
 }
 
 impl MqttSettings {
@@ -212,8 +216,13 @@ impl Client {
 async fn connect(s: &MqttSettings, client_id: String) -> Result<(Client, Session), BenchError> {
     let e = &s.endpoint;
     let cap = usize::from(s.inflight) + REQUEST_SLACK;
+    // Through the bridge: rumqttc's "broker address" is its Unix socket.
+    let (host, port) = match &s.bridge {
+        Some(b) => (b.path().display().to_string(), 0),
+        None => (e.host.clone(), e.port),
+    };
     let (client, mut session) = if s.version == 5 {
-        let mut o = v5::MqttOptions::new(client_id, e.host.clone(), e.port);
+        let mut o = v5::MqttOptions::new(client_id, host, port);
         o.set_keep_alive(KEEP_ALIVE)
             .set_clean_start(s.clean_session)
             .set_credentials(e.user.clone(), e.password.clone())
@@ -226,10 +235,13 @@ async fn connect(s: &MqttSettings, client_id: String) -> Result<(Client, Session
         if let Some(tls) = &s.tls {
             o.set_transport(tls.mqtt_transport());
         }
+        if s.bridge.is_some() {
+            o.set_transport(rumqttc::Transport::Unix);
+        }
         let (c, el) = v5::AsyncClient::new(o, cap);
         (Client::V5(c), Session::V5(Box::new(el)))
     } else {
-        let mut o = rumqttc::MqttOptions::new(client_id, e.host.clone(), e.port);
+        let mut o = rumqttc::MqttOptions::new(client_id, host, port);
         o.set_keep_alive(KEEP_ALIVE)
             .set_clean_session(s.clean_session)
             .set_credentials(e.user.clone(), e.password.clone())
@@ -237,6 +249,9 @@ async fn connect(s: &MqttSettings, client_id: String) -> Result<(Client, Session
             .set_inflight(s.inflight);
         if let Some(tls) = &s.tls {
             o.set_transport(tls.mqtt_transport());
+        }
+        if s.bridge.is_some() {
+            o.set_transport(rumqttc::Transport::Unix);
         }
         let (c, el) = rumqttc::AsyncClient::new(o, cap);
         (Client::V4(c), Session::V4(Box::new(el)))

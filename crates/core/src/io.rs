@@ -19,7 +19,7 @@ pub async fn within<T>(
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "peer stopped reading"))?
 }
 
-/// Writes all of `buf`, advancing it as bytes go out; fails with
+/// Writes all of `buf`, advancing it as bytes go out, then flushes; fails with
 /// `TimedOut` when one write makes no progress for `stall`, so a large
 /// write on a slow link goes on while a peer that stopped reading is cut
 /// off. Cancel-safe: what was written is gone from `buf`, the rest stays.
@@ -37,11 +37,14 @@ where
             return Err(std::io::ErrorKind::WriteZero.into());
         }
     }
-    Ok(())
+    // A no-op on TCP and TLS; a WebSocket sends what was written as one
+    // message.
+    within(stall, wr.flush()).await
 }
 
 /// Writes `chunks` in order with vectored writes (up to 64 slices a
-/// call), so message bodies go out as the `Bytes` they are, uncopied;
+/// call), so message bodies go out as the `Bytes` they are, uncopied, then
+/// flushes;
 /// fails with `TimedOut` when one write makes no progress for `stall`.
 pub async fn write_chunks_within<W>(
     wr: &mut W,
@@ -80,7 +83,7 @@ where
             offset = 0;
         }
     }
-    Ok(())
+    within(stall, wr.flush()).await
 }
 
 /// How long a closing connection keeps reading (and discarding) after its
@@ -109,8 +112,9 @@ pub async fn linger<R: AsyncRead + Unpin>(rd: &mut R, grace: Duration, max_bytes
     let _ = tokio::time::timeout(grace, drain).await;
 }
 
-/// Any byte stream a listener hands an adapter besides plain TCP (TLS;
-/// later WebSocket).
+/// Any byte stream a listener hands an adapter besides plain TCP (TLS,
+/// WebSocket). Adapters flush after each batch of frames they write (see
+/// [`write_all_buf_within`]): a WebSocket sends a batch as one message.
 pub trait ByteStream: AsyncRead + AsyncWrite + Send + Unpin + 'static {
     /// The user name a verified client certificate stands for, when the
     /// stream carries one (TLS with a client certificate): adapters log
@@ -120,6 +124,11 @@ pub trait ByteStream: AsyncRead + AsyncWrite + Send + Unpin + 'static {
     }
     /// Whether the bytes travel encrypted (the management API's `ssl`).
     fn is_tls(&self) -> bool {
+        false
+    }
+    /// Whether the bytes travel in WebSocket messages (the management
+    /// API's "Web MQTT" / "Web STOMP").
+    fn is_websocket(&self) -> bool {
         false
     }
 }
@@ -213,6 +222,14 @@ impl Stream {
         match self {
             Stream::Tcp(_) => false,
             Stream::Other(s) => s.is_tls(),
+        }
+    }
+
+    /// See [`ByteStream::is_websocket`].
+    pub fn is_websocket(&self) -> bool {
+        match self {
+            Stream::Tcp(_) => false,
+            Stream::Other(s) => s.is_websocket(),
         }
     }
 
@@ -349,6 +366,8 @@ macro_rules! delegate_write {
 
 delegate_read!(ReadHalf: Tcp, Other);
 delegate_write!(WriteHalf: Tcp, Other);
+delegate_read!(Stream: Tcp, Other);
+delegate_write!(Stream: Tcp, Other);
 
 #[cfg(test)]
 mod tests {

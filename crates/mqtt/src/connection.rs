@@ -114,6 +114,7 @@ pub(crate) async fn run(
         stream.set_nodelay();
         let client_name = stream.client_name();
         let tls = stream.is_tls();
+        let websocket = stream.is_websocket();
         let (mut rd, mut wr) = stream.split();
         let mut buf = BytesMut::with_capacity(READ_START);
         let max = ctx.settings.max_packet_size as usize;
@@ -150,6 +151,7 @@ pub(crate) async fn run(
         conn.guard.describe(|d| {
             d.peer = Some(peer);
             d.tls = tls;
+            d.websocket = websocket;
             d.vhost = Some(ctx.settings.vhost.clone());
             d.client_id = Some(conn.session.client_id.clone());
             d.version = Some(version_text(version).into());

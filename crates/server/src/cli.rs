@@ -84,6 +84,22 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "N")]
     pub https_port: Option<u16>,
 
+    /// Overrides `[websocket] mqtt_port`: MQTT over WebSocket.
+    #[arg(long, global = true, value_name = "N")]
+    pub mqtt_ws_port: Option<u16>,
+
+    /// Overrides `[websocket] stomp_port`: STOMP over WebSocket.
+    #[arg(long, global = true, value_name = "N")]
+    pub stomp_ws_port: Option<u16>,
+
+    /// Overrides `[tls] mqtt_wss_port`: MQTT over WebSocket over TLS.
+    #[arg(long, global = true, value_name = "N")]
+    pub mqtt_wss_port: Option<u16>,
+
+    /// Overrides `[tls] stomp_wss_port`: STOMP over WebSocket over TLS.
+    #[arg(long, global = true, value_name = "N")]
+    pub stomp_wss_port: Option<u16>,
+
     /// Overrides `[admin] port`; 0 asks the OS for any free port (tests).
     #[arg(long, global = true, value_name = "N")]
     pub admin_port: Option<u16>,
@@ -435,6 +451,10 @@ mod tests {
                 mqtts_port: None,
                 stomps_port: None,
                 https_port: None,
+                mqtt_ws_port: None,
+                stomp_ws_port: None,
+                mqtt_wss_port: None,
+                stomp_wss_port: None,
                 in_memory: false,
                 definitions: None,
                 command: None,

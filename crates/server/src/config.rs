@@ -66,6 +66,8 @@ pub struct Config {
     pub tls: TlsConfig,
     /// `[auth]`: where logins and permissions are checked.
     pub auth: AuthConfig,
+    /// `[websocket]`: MQTT and STOMP over WebSocket.
+    pub websocket: crate::ws::WsConfig,
 }
 
 /// An authentication back-end.
@@ -401,6 +403,12 @@ impl Config {
         if let Some(port) = cli.admin_port {
             self.admin.port = port;
         }
+        if let Some(port) = cli.mqtt_ws_port {
+            self.websocket.mqtt_port = port;
+        }
+        if let Some(port) = cli.stomp_ws_port {
+            self.websocket.stomp_port = port;
+        }
         let tls = &mut self.tls;
         for (flag, field) in [
             (&cli.tls_cert, &mut tls.cert),
@@ -420,6 +428,8 @@ impl Config {
             (cli.mqtts_port, &mut tls.mqtts_port),
             (cli.stomps_port, &mut tls.stomps_port),
             (cli.https_port, &mut tls.https_port),
+            (cli.mqtt_wss_port, &mut tls.mqtt_wss_port),
+            (cli.stomp_wss_port, &mut tls.stomp_wss_port),
         ] {
             if let Some(p) = flag {
                 *port = p;
@@ -445,6 +455,7 @@ impl Config {
     /// Checks the values serde cannot: ranges that would otherwise fail
     /// later, far from the file (a zero channel capacity panics in tokio).
     fn validate(&self) -> Result<(), String> {
+        self.websocket.validate()?;
         if self.broker.vhosts.is_empty() {
             return Err("[broker] vhosts must name at least one vhost".to_owned());
         }

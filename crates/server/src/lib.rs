@@ -24,6 +24,7 @@ pub mod mgmt;
 pub mod ops;
 pub mod tls;
 pub mod users;
+pub mod ws;
 
 pub mod entry;
 pub mod http_client;

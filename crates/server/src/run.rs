@@ -43,6 +43,8 @@ pub enum ServerError {
     #[error("{0}")]
     Tls(String),
     #[error("{0}")]
+    WebSocket(String),
+    #[error("{0}")]
     Auth(String),
     #[error("cannot import the definitions file {0}")]
     Definitions(String),
@@ -65,7 +67,10 @@ pub struct Server {
     amqp_addr: Option<SocketAddr>,
     mqtt_addr: Option<SocketAddr>,
     stomp_addr: Option<SocketAddr>,
-    /// The TLS listeners, by name (`amqps`, `mqtts`, `stomps`).
+    /// The WebSocket listeners, by name (`mqtt-ws`, `stomp-ws`).
+    ws_addrs: Vec<(&'static str, SocketAddr)>,
+    /// The TLS listeners, by name (`amqps`, `mqtts`, `stomps`, `https`,
+    /// `mqtt-wss`, `stomp-wss`).
     tls_addrs: Vec<(&'static str, SocketAddr)>,
     /// The TLS configuration in use (reloadable), when TLS is on.
     tls: Option<Arc<Tls>>,
@@ -231,6 +236,43 @@ impl Acceptor<'_> {
             Some(Arc::clone(tls)),
             Arc::clone(ctx),
             serve,
+        );
+        Ok(addr)
+    }
+
+    /// Binds the WebSocket listener `name` (with `tls`, its `wss` form)
+    /// on `ip:port` for `protocol`: each connection runs the upgrade, then
+    /// `serve` (the adapter's entry point) over the WebSocket; returns its
+    /// address.
+    #[allow(clippy::too_many_arguments)]
+    async fn spawn_ws<C, F, Fut>(
+        &self,
+        name: &'static str,
+        protocol: crate::ws::WsProtocol,
+        settings: &crate::ws::WsConfig,
+        tls: Option<&Arc<Tls>>,
+        ip: std::net::IpAddr,
+        port: u16,
+        ctx: &Arc<C>,
+        serve: F,
+    ) -> Result<SocketAddr, ServerError>
+    where
+        C: Send + Sync + 'static,
+        F: Fn(Stream, SocketAddr, Arc<C>, CancellationToken) -> Fut + Copy + Send + Sync + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let ws = Arc::new(
+            crate::ws::WsListener::new(protocol, settings).map_err(ServerError::WebSocket)?,
+        );
+        let (listener, addr) = bind(name, ip, port).await?;
+        self.spawn(
+            name,
+            listener,
+            tls.cloned(),
+            Arc::clone(ctx),
+            move |stream, peer, ctx, token| {
+                crate::ws::serve(Arc::clone(&ws), stream, peer, ctx, token, serve)
+            },
         );
         Ok(addr)
     }
@@ -470,6 +512,7 @@ impl Server {
             listeners.child_token(),
         ));
         let mut tls_addrs = Vec::new();
+        let mut ws_addrs = Vec::new();
         let mut admin_addr = None;
         if config.admin.enabled {
             let (listener, addr) =
@@ -578,6 +621,37 @@ impl Server {
                     .await?;
                 tls_addrs.push(("mqtts", addr));
             }
+            if config.websocket.enabled {
+                let ws = &config.websocket;
+                let addr = acceptor
+                    .spawn_ws(
+                        "mqtt-ws",
+                        crate::ws::WsProtocol::Mqtt,
+                        ws,
+                        None,
+                        config.broker.bind,
+                        ws.mqtt_port,
+                        &ctx,
+                        junction_mqtt::serve_connection,
+                    )
+                    .await?;
+                ws_addrs.push(("mqtt-ws", addr));
+                if let Some(tls) = &tls {
+                    let addr = acceptor
+                        .spawn_ws(
+                            "mqtt-wss",
+                            crate::ws::WsProtocol::Mqtt,
+                            ws,
+                            Some(tls),
+                            config.broker.bind,
+                            config.tls.mqtt_wss_port,
+                            &ctx,
+                            junction_mqtt::serve_connection,
+                        )
+                        .await?;
+                    tls_addrs.push(("mqtt-wss", addr));
+                }
+            }
             acceptor.spawn("mqtt", listener, None, ctx, junction_mqtt::serve_connection);
         }
         let mut stomp_addr = None;
@@ -602,6 +676,37 @@ impl Server {
                     .await?;
                 tls_addrs.push(("stomps", addr));
             }
+            if config.websocket.enabled {
+                let ws = &config.websocket;
+                let addr = acceptor
+                    .spawn_ws(
+                        "stomp-ws",
+                        crate::ws::WsProtocol::Stomp,
+                        ws,
+                        None,
+                        config.broker.bind,
+                        ws.stomp_port,
+                        &ctx,
+                        junction_stomp::serve_connection,
+                    )
+                    .await?;
+                ws_addrs.push(("stomp-ws", addr));
+                if let Some(tls) = &tls {
+                    let addr = acceptor
+                        .spawn_ws(
+                            "stomp-wss",
+                            crate::ws::WsProtocol::Stomp,
+                            ws,
+                            Some(tls),
+                            config.broker.bind,
+                            config.tls.stomp_wss_port,
+                            &ctx,
+                            junction_stomp::serve_connection,
+                        )
+                        .await?;
+                    tls_addrs.push(("stomp-wss", addr));
+                }
+            }
             acceptor.spawn(
                 "stomp",
                 listener,
@@ -624,6 +729,7 @@ impl Server {
             amqp_addr,
             mqtt_addr,
             stomp_addr,
+            ws_addrs,
             tls_addrs,
             tls,
             ready,
@@ -645,7 +751,7 @@ impl Server {
         if let Some(a) = self.stomp_addr {
             line.push_str(&format!(" stomp={a}"));
         }
-        for (name, a) in &self.tls_addrs {
+        for (name, a) in self.ws_addrs.iter().chain(&self.tls_addrs) {
             line.push_str(&format!(" {name}={a}"));
         }
         if let Some(a) = self.admin_addr {

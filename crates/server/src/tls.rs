@@ -99,6 +99,10 @@ pub struct TlsConfig {
     /// The admin listener over HTTPS (management API, console, metrics),
     /// beside the plain one, when `[admin] enabled`.
     pub https_port: u16,
+    /// MQTT and STOMP over WebSocket over TLS (`wss://`), when
+    /// `[websocket] enabled` and their protocol's listener is.
+    pub mqtt_wss_port: u16,
+    pub stomp_wss_port: u16,
 }
 
 impl Default for TlsConfig {
@@ -118,6 +122,8 @@ impl Default for TlsConfig {
             mqtts_port: 8883,
             stomps_port: 61614,
             https_port: 15671,
+            mqtt_wss_port: 15676,
+            stomp_wss_port: 15673,
         }
     }
 }

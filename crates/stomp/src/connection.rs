@@ -189,6 +189,7 @@ pub(crate) async fn run(
         stream.set_nodelay();
         let client_name = stream.client_name();
         let tls = stream.is_tls();
+        let websocket = stream.is_websocket();
         let (mut rd, mut wr) = stream.split();
         let mut buf = BytesMut::with_capacity(8 * 1024);
         // Before login a peer gets little buffer: the handshake limit.
@@ -208,6 +209,7 @@ pub(crate) async fn run(
         guard.describe(|d| {
             d.peer = Some(peer);
             d.tls = tls;
+            d.websocket = websocket;
         });
         let connect = connect(
             &mut rd,

@@ -55,7 +55,7 @@ fn read_line_within(
 
 /// Flags that put every listener of the broker on a port the OS picks, so
 /// tests running at once never compete for the default ports.
-pub const ANY_PORTS: [&str; 8] = [
+pub const ANY_PORTS: [&str; 12] = [
     "--admin-port",
     "0",
     "--amqp-port",
@@ -63,6 +63,10 @@ pub const ANY_PORTS: [&str; 8] = [
     "--mqtt-port",
     "0",
     "--stomp-port",
+    "0",
+    "--mqtt-ws-port",
+    "0",
+    "--stomp-ws-port",
     "0",
 ];
 
@@ -216,6 +220,8 @@ impl InProcessBroker {
         config.mqtt.port = 0;
         config.amqp.port = 0;
         config.stomp.port = 0;
+        config.websocket.mqtt_port = 0;
+        config.websocket.stomp_port = 0;
         let data_dir = if persistent {
             let d = temp_dir();
             config.broker.data_dir = d.path().to_path_buf();

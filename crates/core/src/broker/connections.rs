@@ -29,6 +29,8 @@ pub struct ConnectionDetails {
     pub local: Option<SocketAddr>,
     /// Over TLS.
     pub tls: bool,
+    /// Over WebSocket.
+    pub websocket: bool,
     /// The logged-in user, once logged in.
     pub user: Option<String>,
     pub vhost: Option<String>,

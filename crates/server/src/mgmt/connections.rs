@@ -25,12 +25,14 @@ fn name_of(c: &ConnectionSnapshot) -> String {
     format!("{peer} -> {}#{}", c.protocol.as_str(), c.id.0)
 }
 
+/// RabbitMQ's `protocol` field: `MQTT 3.1.1`, `Web MQTT 5`, `STOMP 1.2`...
 fn protocol_text(c: &ConnectionSnapshot) -> String {
     let version = c.details.version.as_deref().unwrap_or("");
+    let web = if c.details.websocket { "Web " } else { "" };
     match c.protocol {
         Protocol::Amqp => format!("AMQP {version}"),
-        Protocol::Mqtt => format!("MQTT {version}"),
-        Protocol::Stomp => format!("STOMP {version}"),
+        Protocol::Mqtt => format!("{web}MQTT {version}"),
+        Protocol::Stomp => format!("{web}STOMP {version}"),
         Protocol::Internal => "internal".to_owned(),
     }
     .trim_end()
