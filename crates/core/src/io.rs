@@ -100,7 +100,9 @@ pub const CLOSE_DRAIN_BYTES: usize = 1 << 20;
 /// peer reads it; a peer still writing would see a broken pipe instead.
 pub async fn linger<R: AsyncRead + Unpin>(rd: &mut R, grace: Duration, max_bytes: usize) {
     let drain = async {
-        let mut scratch = [0u8; 4096];
+        // On the heap, and only while lingering: an array here would sit in
+        // every connection task's future (memory per idle connection).
+        let mut scratch = vec![0u8; 4096];
         let mut read = 0;
         while read < max_bytes {
             match rd.read(&mut scratch).await {

@@ -914,3 +914,31 @@ async fn sleep_until(deadline: Option<Instant>) {
         None => std::future::pending().await,
     }
 }
+
+#[cfg(test)]
+mod footprint {
+    /// Size of the future `f` returns, without calling it.
+    fn future_size<F, R>(_: F) -> usize
+    where
+        F: FnOnce(
+            junction_core::io::Stream,
+            std::net::SocketAddr,
+            std::sync::Arc<crate::MqttContext>,
+            tokio_util::sync::CancellationToken,
+        ) -> R,
+    {
+        std::mem::size_of::<R>()
+    }
+
+    /// Every idle connection keeps its task's future: a large local or an
+    /// unboxed step in `run` costs that much per connection. A 4 KiB read
+    /// array in `linger` once tripled it (2,016 bytes after the fix, with
+    /// the `Conn` in it). Not a timing: a size the compiler decides.
+    #[test]
+    fn the_connection_future_stays_small() {
+        let size = future_size(super::run);
+        assert!(size <= 3_072, "the MQTT connection future is {size} bytes");
+        let conn = std::mem::size_of::<super::Conn>();
+        assert!(conn <= 1_280, "Conn is {conn} bytes");
+    }
+}

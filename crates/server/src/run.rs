@@ -310,7 +310,12 @@ impl Acceptor<'_> {
                             continue;
                         };
                         let Some(tls) = &tls else {
-                            let served = serve(stream.into(), peer, Arc::clone(&ctx), shutdown.clone());
+                            // Boxed: an async block that awaits a future it
+                            // captured keeps room for it twice (the captured
+                            // value and the await), which doubled every idle
+                            // connection's task.
+                            let served =
+                                Box::pin(serve(stream.into(), peer, Arc::clone(&ctx), shutdown.clone()));
                             spawner.spawn(async move {
                                 served.await;
                                 drop(admitted);
