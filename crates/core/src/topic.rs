@@ -97,13 +97,143 @@ pub struct TopicTrie<V> {
     root: Node<V>,
 }
 
+/// Past this many entries a node's children (or values) move from a
+/// scanned vector to a hash map.
+const SMALL_LIMIT: usize = 8;
+
+/// A map that is a vector while small: most trie nodes have one child or
+/// one value, and a hash map's smallest table (four buckets of key and
+/// node) cost several hundred bytes each, for every subscription.
+#[derive(Debug)]
+enum SmallMap<K, T> {
+    Few(Vec<(K, T)>),
+    Many(HashMap<K, T>),
+}
+
+impl<K, T> Default for SmallMap<K, T> {
+    fn default() -> Self {
+        SmallMap::Few(Vec::new())
+    }
+}
+
+impl<K, T> SmallMap<K, T> {
+    fn len(&self) -> usize {
+        match self {
+            SmallMap::Few(v) => v.len(),
+            SmallMap::Many(m) => m.len(),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Takes every entry's value out, leaving the map empty.
+    fn take_values(&mut self) -> Vec<T> {
+        match std::mem::take(self) {
+            SmallMap::Few(v) => v.into_iter().map(|(_, t)| t).collect(),
+            SmallMap::Many(m) => m.into_values().collect(),
+        }
+    }
+}
+
+impl<K: Eq + Hash, T> SmallMap<K, T> {
+    fn get<Q>(&self, k: &Q) -> Option<&T>
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: Eq + Hash + ?Sized,
+    {
+        match self {
+            SmallMap::Few(v) => v.iter().find(|(key, _)| key.borrow() == k).map(|(_, t)| t),
+            SmallMap::Many(m) => m.get(k),
+        }
+    }
+
+    fn get_mut<Q>(&mut self, k: &Q) -> Option<&mut T>
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: Eq + Hash + ?Sized,
+    {
+        match self {
+            SmallMap::Few(v) => v
+                .iter_mut()
+                .find(|(key, _)| key.borrow() == k)
+                .map(|(_, t)| t),
+            SmallMap::Many(m) => m.get_mut(k),
+        }
+    }
+
+    fn contains_key<Q>(&self, k: &Q) -> bool
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: Eq + Hash + ?Sized,
+    {
+        self.get(k).is_some()
+    }
+
+    /// The entry for `k`, made with `make` if absent.
+    fn get_or_insert_with(&mut self, k: K, make: impl FnOnce() -> T) -> &mut T {
+        if let SmallMap::Few(v) = self
+            && v.len() >= SMALL_LIMIT
+            && !v.iter().any(|(key, _)| *key == k)
+        {
+            let m: HashMap<K, T> = std::mem::take(v).into_iter().collect();
+            *self = SmallMap::Many(m);
+        }
+        match self {
+            SmallMap::Few(v) => {
+                let i = match v.iter().position(|(key, _)| *key == k) {
+                    Some(i) => i,
+                    None => {
+                        v.push((k, make()));
+                        v.len() - 1
+                    }
+                };
+                &mut v[i].1
+            }
+            SmallMap::Many(m) => m.entry(k).or_insert_with(make),
+        }
+    }
+
+    fn remove<Q>(&mut self, k: &Q) -> Option<T>
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: Eq + Hash + ?Sized,
+    {
+        match self {
+            SmallMap::Few(v) => {
+                let i = v.iter().position(|(key, _)| key.borrow() == k)?;
+                let (_, t) = v.swap_remove(i);
+                if v.is_empty() {
+                    // Give the allocation back.
+                    *v = Vec::new();
+                }
+                Some(t)
+            }
+            SmallMap::Many(m) => m.remove(k),
+        }
+    }
+
+    /// Appends a clone of every key to `out` (routing: no allocation
+    /// beyond `out`'s).
+    fn clone_keys_into(&self, out: &mut Vec<K>)
+    where
+        K: Clone,
+    {
+        match self {
+            SmallMap::Few(v) => out.extend(v.iter().map(|(k, _)| k.clone())),
+            SmallMap::Many(m) => out.extend(m.keys().cloned()),
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Node<V> {
-    children: HashMap<String, Node<V>>,
+    children: SmallMap<Box<str>, Node<V>>,
     /// Values bound with a pattern ending at this node, with how many
     /// bindings hold each (the same pair may be bound with different
     /// arguments; each needs its own remove).
-    values: HashMap<V, u32>,
+    values: SmallMap<V, u32>,
     /// Reached through a `#` word: it may go on matching any number of
     /// further words.
     is_hash: bool,
@@ -112,8 +242,8 @@ struct Node<V> {
 impl<V> Node<V> {
     fn new(is_hash: bool) -> Self {
         Node {
-            children: HashMap::new(),
-            values: HashMap::new(),
+            children: SmallMap::default(),
+            values: SmallMap::default(),
             is_hash,
         }
     }
@@ -128,14 +258,13 @@ impl<V> Node<V> {
 fn drop_iteratively<V>(node: Node<V>) {
     let mut stack = vec![node];
     while let Some(mut n) = stack.pop() {
-        stack.extend(n.children.drain().map(|(_, c)| c));
+        stack.extend(n.children.take_values());
     }
 }
 
 impl<V> Drop for TopicTrie<V> {
     fn drop(&mut self) {
-        let children = std::mem::take(&mut self.root.children);
-        for (_, c) in children {
+        for c in self.root.children.take_values() {
             drop_iteratively(c);
         }
     }
@@ -205,10 +334,9 @@ impl<V: Clone + Eq + Hash> TopicTrie<V> {
         for w in normalise(pattern) {
             node = node
                 .children
-                .entry(w.to_string())
-                .or_insert_with(|| Node::new(w == "#"));
+                .get_or_insert_with(w.into(), || Node::new(w == "#"));
         }
-        *node.values.entry(value).or_default() += 1;
+        *node.values.get_or_insert_with(value, || 0) += 1;
     }
 
     /// Removes one binding of the pair; returns whether there was one. Empty
@@ -287,7 +415,7 @@ impl<V: Clone + Eq + Hash> TopicTrie<V> {
         }
         let start = out.len();
         for node in &states.list {
-            out.extend(node.values.keys().cloned());
+            node.values.clone_keys_into(out);
         }
         // A value bound through several matching patterns is routed once.
         if states.list.len() > 1 {
@@ -510,5 +638,63 @@ mod tests {
         assert_eq!(word_count("a"), 1);
         assert_eq!(word_count("a..b"), 3);
         assert_eq!(word_count("."), 2);
+    }
+
+    #[test]
+    fn wide_nodes_and_many_values_cross_from_vector_to_map_and_back() {
+        // 40 children under one node and 20 values on one pattern: both
+        // pass SMALL_LIMIT, so lookups, removals and pruning run on the
+        // hash map as well as on the vector.
+        let mut t = TopicTrie::default();
+        for i in 0..40u32 {
+            t.insert(&format!("dev.{i}.temp"), i);
+        }
+        for v in 100..120u32 {
+            t.insert("dev.*.temp", v);
+        }
+        t.insert("dev.#", 200);
+        let mut want: Vec<u32> = vec![7];
+        want.extend(100..120);
+        want.push(200);
+        assert_eq!(routed(&t, "dev.7.temp"), want);
+        assert_eq!(routed(&t, "dev.99.temp"), {
+            let mut w: Vec<u32> = (100..120).collect();
+            w.push(200);
+            w
+        });
+        for i in 0..40u32 {
+            assert!(t.remove(&format!("dev.{i}.temp"), &i));
+            assert!(!t.remove(&format!("dev.{i}.temp"), &i));
+        }
+        for v in 100..120u32 {
+            assert!(t.remove("dev.*.temp", &v));
+        }
+        assert_eq!(routed(&t, "dev.7.temp"), vec![200]);
+        assert!(t.remove("dev.#", &200));
+        assert!(t.is_empty());
+        assert_eq!(routed(&t, "dev.7.temp"), Vec::<u32>::new());
+    }
+
+    #[test]
+    fn small_map_keeps_one_entry_per_key_in_both_forms() {
+        let mut m: SmallMap<Box<str>, u32> = SmallMap::default();
+        for round in 0..2 {
+            for i in 0..20u32 {
+                *m.get_or_insert_with(i.to_string().into(), || 0) += 1;
+            }
+            assert_eq!(m.len(), 20, "round {round}");
+        }
+        assert!(matches!(m, SmallMap::Many(_)));
+        assert_eq!(m.get("7"), Some(&2));
+        assert_eq!(m.remove("7"), Some(2));
+        assert_eq!(m.get("7"), None);
+        assert!(!m.contains_key("7"));
+        let mut few: SmallMap<Box<str>, u32> = SmallMap::default();
+        *few.get_or_insert_with("a".into(), || 0) += 5;
+        assert!(matches!(&few, SmallMap::Few(v) if v.len() == 1));
+        assert_eq!(few.get_mut("a").map(|n| *n), Some(5));
+        assert_eq!(few.remove("a"), Some(5));
+        assert!(few.is_empty());
+        assert_eq!(few.take_values(), Vec::<u32>::new());
     }
 }
