@@ -447,3 +447,32 @@ def test_permissions_apply_over_websocket(make_broker, clients):
     op, data = ws.recv_data()
     assert data.startswith(b"ERROR\n") and b"access_refused" in data, data
     ws.close()
+
+
+def test_a_stalled_or_oversized_upgrade_is_closed(make_broker, clients):
+    """The HTTP upgrade is bounded: a client that never finishes it is
+    closed after `handshake_timeout_secs`, and an upgrade request past 64 KiB
+    of headers is refused; the listener serves on."""
+    b = make_broker(extra_config="[websocket]\nhandshake_timeout_secs = 1\n")
+
+    def closed_within(s, seconds):
+        s.settimeout(seconds)
+        started = time.monotonic()
+        try:
+            while s.recv(4096):
+                pass
+        except (ConnectionError, socket.timeout):
+            pass
+        return time.monotonic() - started
+
+    port = b.ports["mqtt-ws"]
+    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as s:
+        s.sendall(b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n")
+        assert closed_within(s, 8) < 4
+    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as s:
+        try:
+            s.sendall(b"GET /ws HTTP/1.1\r\nHost: x\r\n" + b"X-Pad: " + b"a" * 100_000 + b"\r\n\r\n")
+        except ConnectionError:
+            pass
+        assert closed_within(s, 8) < 4
+    assert_mqtt_ws_serves(clients, b)

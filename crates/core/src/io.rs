@@ -37,9 +37,23 @@ where
             return Err(std::io::ErrorKind::WriteZero.into());
         }
     }
-    // A no-op on TCP and TLS; a WebSocket sends what was written as one
-    // message.
-    within(stall, wr.flush()).await
+    flush_within(wr, stall).await
+}
+
+/// Flushes `wr`: a no-op on TCP (and what TLS has written already), while a
+/// WebSocket sends what was written as one message. Tried once first, so
+/// the common case that is done at once reads no clock and arms no timer;
+/// only a flush that has to wait gets the `stall` deadline.
+async fn flush_within<W: AsyncWrite + Unpin>(wr: &mut W, stall: Duration) -> std::io::Result<()> {
+    let mut flush = std::pin::pin!(wr.flush());
+    let first = std::future::poll_fn(|cx| {
+        std::task::Poll::Ready(std::future::Future::poll(flush.as_mut(), cx))
+    })
+    .await;
+    match first {
+        std::task::Poll::Ready(r) => r,
+        std::task::Poll::Pending => within(stall, flush).await,
+    }
 }
 
 /// Writes `chunks` in order with vectored writes (up to 64 slices a
@@ -83,7 +97,7 @@ where
             offset = 0;
         }
     }
-    within(stall, wr.flush()).await
+    flush_within(wr, stall).await
 }
 
 /// How long a closing connection keeps reading (and discarding) after its

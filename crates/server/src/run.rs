@@ -56,6 +56,9 @@ pub enum ServerError {
     },
 }
 
+/// Listeners by name, for the ready line.
+type Listeners = Vec<(&'static str, SocketAddr)>;
+
 /// A running broker.
 pub struct Server {
     broker: Arc<Broker>,
@@ -68,10 +71,10 @@ pub struct Server {
     mqtt_addr: Option<SocketAddr>,
     stomp_addr: Option<SocketAddr>,
     /// The WebSocket listeners, by name (`mqtt-ws`, `stomp-ws`).
-    ws_addrs: Vec<(&'static str, SocketAddr)>,
+    ws_addrs: Listeners,
     /// The TLS listeners, by name (`amqps`, `mqtts`, `stomps`, `https`,
     /// `mqtt-wss`, `stomp-wss`).
-    tls_addrs: Vec<(&'static str, SocketAddr)>,
+    tls_addrs: Listeners,
     /// The TLS configuration in use (reloadable), when TLS is on.
     tls: Option<Arc<Tls>>,
     /// Read by `/api/health`; false again once shutdown starts.
@@ -238,6 +241,52 @@ impl Acceptor<'_> {
             serve,
         );
         Ok(addr)
+    }
+
+    /// The WebSocket listener of `protocol` (`mqtt-ws`, `stomp-ws`), and with
+    /// TLS its `wss` twin (`mqtt-wss`, `stomp-wss`); their addresses go to
+    /// `addrs` (plain, TLS) for the ready line.
+    async fn spawn_websockets<C, F, Fut>(
+        &self,
+        protocol: crate::ws::WsProtocol,
+        config: &Config,
+        tls: Option<&Arc<Tls>>,
+        ctx: &Arc<C>,
+        serve: F,
+        addrs: (&mut Listeners, &mut Listeners),
+    ) -> Result<(), ServerError>
+    where
+        C: Send + Sync + 'static,
+        F: Fn(Stream, SocketAddr, Arc<C>, CancellationToken) -> Fut + Copy + Send + Sync + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let ws = &config.websocket;
+        let (plain, secure, port, tls_port) = match protocol {
+            crate::ws::WsProtocol::Mqtt => (
+                "mqtt-ws",
+                "mqtt-wss",
+                ws.mqtt_port,
+                config.tls.mqtt_wss_port,
+            ),
+            crate::ws::WsProtocol::Stomp => (
+                "stomp-ws",
+                "stomp-wss",
+                ws.stomp_port,
+                config.tls.stomp_wss_port,
+            ),
+        };
+        let ip = config.broker.bind;
+        let addr = self
+            .spawn_ws(plain, protocol, ws, None, ip, port, ctx, serve)
+            .await?;
+        addrs.0.push((plain, addr));
+        if let Some(tls) = tls {
+            let addr = self
+                .spawn_ws(secure, protocol, ws, Some(tls), ip, tls_port, ctx, serve)
+                .await?;
+            addrs.1.push((secure, addr));
+        }
+        Ok(())
     }
 
     /// Binds the WebSocket listener `name` (with `tls`, its `wss` form)
@@ -627,35 +676,16 @@ impl Server {
                 tls_addrs.push(("mqtts", addr));
             }
             if config.websocket.enabled {
-                let ws = &config.websocket;
-                let addr = acceptor
-                    .spawn_ws(
-                        "mqtt-ws",
+                acceptor
+                    .spawn_websockets(
                         crate::ws::WsProtocol::Mqtt,
-                        ws,
-                        None,
-                        config.broker.bind,
-                        ws.mqtt_port,
+                        &config,
+                        tls.as_ref(),
                         &ctx,
                         junction_mqtt::serve_connection,
+                        (&mut ws_addrs, &mut tls_addrs),
                     )
                     .await?;
-                ws_addrs.push(("mqtt-ws", addr));
-                if let Some(tls) = &tls {
-                    let addr = acceptor
-                        .spawn_ws(
-                            "mqtt-wss",
-                            crate::ws::WsProtocol::Mqtt,
-                            ws,
-                            Some(tls),
-                            config.broker.bind,
-                            config.tls.mqtt_wss_port,
-                            &ctx,
-                            junction_mqtt::serve_connection,
-                        )
-                        .await?;
-                    tls_addrs.push(("mqtt-wss", addr));
-                }
             }
             acceptor.spawn("mqtt", listener, None, ctx, junction_mqtt::serve_connection);
         }
@@ -682,35 +712,16 @@ impl Server {
                 tls_addrs.push(("stomps", addr));
             }
             if config.websocket.enabled {
-                let ws = &config.websocket;
-                let addr = acceptor
-                    .spawn_ws(
-                        "stomp-ws",
+                acceptor
+                    .spawn_websockets(
                         crate::ws::WsProtocol::Stomp,
-                        ws,
-                        None,
-                        config.broker.bind,
-                        ws.stomp_port,
+                        &config,
+                        tls.as_ref(),
                         &ctx,
                         junction_stomp::serve_connection,
+                        (&mut ws_addrs, &mut tls_addrs),
                     )
                     .await?;
-                ws_addrs.push(("stomp-ws", addr));
-                if let Some(tls) = &tls {
-                    let addr = acceptor
-                        .spawn_ws(
-                            "stomp-wss",
-                            crate::ws::WsProtocol::Stomp,
-                            ws,
-                            Some(tls),
-                            config.broker.bind,
-                            config.tls.stomp_wss_port,
-                            &ctx,
-                            junction_stomp::serve_connection,
-                        )
-                        .await?;
-                    tls_addrs.push(("stomp-wss", addr));
-                }
             }
             acceptor.spawn(
                 "stomp",

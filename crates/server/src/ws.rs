@@ -34,7 +34,7 @@ use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, 
 use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
-use tokio_tungstenite::tungstenite::{Error as WsError, Message, error::CapacityError};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes, error::CapacityError};
 use tokio_util::sync::CancellationToken;
 
 /// `[websocket]`: MQTT and STOMP over WebSocket.
@@ -506,11 +506,9 @@ impl WsStream {
             ready!(self.ws().poll_ready(cx)).map_err(io_error)?;
             let data = self.write.split().freeze();
             let message = if self.protocol.text() && !self.client_binary {
-                match std::str::from_utf8(&data) {
-                    Ok(_) => Message::Text(
-                        data.try_into()
-                            .map_err(|_| std::io::Error::other("UTF-8 checked above"))?,
-                    ),
+                // One UTF-8 check; the clone is a reference count.
+                match Utf8Bytes::try_from(data.clone()) {
+                    Ok(text) => Message::Text(text),
                     Err(_) => Message::Binary(data),
                 }
             } else {

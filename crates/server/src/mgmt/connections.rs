@@ -99,7 +99,7 @@ pub async fn vhost_connections(
     Path(v): Path<String>,
     Query(q): Query<ListQuery>,
 ) -> Answer {
-    if !state.broker.vhost_names().contains(&v) {
+    if !state.has_vhost(&v) {
         return Err(ApiError::not_found());
     }
     let items = visible(&state, &caller)

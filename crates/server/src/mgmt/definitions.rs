@@ -355,7 +355,7 @@ pub async fn get_vhost_definitions(
     Path(v): Path<String>,
 ) -> Answer {
     caller.need(Level::Administrator)?;
-    if state.broker.vhost_info(&v).is_none() {
+    if !state.has_vhost(&v) {
         return Err(ApiError::not_found());
     }
     let all = export(&state.broker, None, &state.policies)?;
@@ -397,7 +397,7 @@ pub async fn post_vhost_definitions(
     raw: Bytes,
 ) -> Answer {
     caller.need(Level::Administrator)?;
-    if state.broker.vhost_info(&v).is_none() {
+    if !state.has_vhost(&v) {
         return Err(ApiError::not_found());
     }
     let defs = parse_file(&raw)?;

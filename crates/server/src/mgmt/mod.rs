@@ -283,6 +283,31 @@ impl IntoResponse for ApiError {
     }
 }
 
+impl MgmtState {
+    /// Whether vhost `v` exists (one map lookup, no list of names).
+    pub(crate) fn has_vhost(&self, v: &str) -> bool {
+        self.broker.vhost_info(v).is_some()
+    }
+}
+
+/// Parses a JSON request body (an empty one is `T::default()`); 400 otherwise.
+pub(crate) fn body<T: for<'de> serde::Deserialize<'de> + Default>(
+    raw: &bytes::Bytes,
+) -> Result<T, ApiError> {
+    if raw.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(raw).map_err(|e| ApiError::bad_request(format!("invalid JSON: {e}")))
+}
+
+/// The string field `k` of a JSON body; 400 naming it when absent.
+pub(crate) fn required_str(b: &serde_json::Value, k: &str) -> Result<String, ApiError> {
+    b.get(k)
+        .and_then(serde_json::Value::as_str)
+        .map(str::to_owned)
+        .ok_or_else(|| ApiError::bad_request(format!("{k} is required")))
+}
+
 /// A JSON answer with 200.
 pub(crate) fn json(v: serde_json::Value) -> Response {
     (

@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 
 use super::query::{ListQuery, apply};
 use super::users::tags_of;
-use super::{ApiError, Caller, Level, MgmtState, done, node_name};
+use super::{ApiError, Caller, Level, MgmtState, body, done, node_name};
 
 type St = State<Arc<MgmtState>>;
 type Answer = Result<Response, ApiError>;
@@ -485,14 +485,6 @@ pub struct QueueBody {
     #[serde(deserialize_with = "flex_bool")]
     auto_delete: Option<bool>,
     arguments: Option<Value>,
-}
-
-/// Parses a JSON body (an empty one is `{}`); 400 otherwise.
-fn body<T: for<'de> Deserialize<'de> + Default>(raw: &Bytes) -> Result<T, ApiError> {
-    if raw.iter().all(u8::is_ascii_whitespace) {
-        return Ok(T::default());
-    }
-    serde_json::from_slice(raw).map_err(|e| ApiError::bad_request(format!("invalid JSON: {e}")))
 }
 
 pub async fn put_queue(

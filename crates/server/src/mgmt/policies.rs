@@ -279,7 +279,7 @@ pub async fn put_policy(
     if !caller.tags.iter().any(|t| t == "policymaker") {
         caller.need(Level::Administrator)?;
     }
-    if !state.broker.vhost_names().contains(&v) {
+    if !state.has_vhost(&v) {
         return Err(ApiError::not_found());
     }
     let b: PolicyBody = serde_json::from_slice(&raw)

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use serde_json::{Value, json};
 
 use super::query::{ListQuery, apply};
-use super::{ApiError, Caller, Level, MgmtState, done};
+use super::{ApiError, Caller, Level, MgmtState, body, done, required_str};
 use crate::auth::FileAuth;
 use crate::users::{RABBIT_SHA256, UserDb, UsersError};
 
@@ -117,13 +117,6 @@ pub(crate) fn tags_of(v: Option<&Value>) -> Vec<String> {
     }
 }
 
-fn parse(raw: &Bytes) -> Result<Value, ApiError> {
-    if raw.iter().all(u8::is_ascii_whitespace) {
-        return Ok(json!({}));
-    }
-    serde_json::from_slice(raw).map_err(|e| ApiError::bad_request(format!("invalid JSON: {e}")))
-}
-
 pub async fn put_user(
     State(state): St,
     caller: Caller,
@@ -131,7 +124,7 @@ pub async fn put_user(
     raw: Bytes,
 ) -> Answer {
     caller.need(Level::Administrator)?;
-    let b = parse(&raw)?;
+    let b: Value = body(&raw)?;
     let password = b.get("password").and_then(Value::as_str).map(str::to_owned);
     let hash = match b
         .get("password_hash")
@@ -201,16 +194,11 @@ pub async fn put_permission(
     raw: Bytes,
 ) -> Answer {
     caller.need(Level::Administrator)?;
-    if !state.broker.vhost_names().contains(&v) {
+    if !state.has_vhost(&v) {
         return Err(ApiError::bad_request(format!("no vhost '{v}'")));
     }
-    let b = parse(&raw)?;
-    let field = |k: &str| {
-        b.get(k)
-            .and_then(Value::as_str)
-            .map(str::to_owned)
-            .ok_or_else(|| ApiError::bad_request(format!("{k} is required")))
-    };
+    let b: Value = body(&raw)?;
+    let field = |k: &str| required_str(&b, k);
     let (configure, write, read) = (field("configure")?, field("write")?, field("read")?);
     let created = edit(&state, move |db| {
         let had = db.get(&user).is_some_and(|u| u.may_access(&v));
@@ -341,16 +329,11 @@ pub async fn put_topic_permission(
     raw: Bytes,
 ) -> Answer {
     caller.need(Level::Administrator)?;
-    if !state.broker.vhost_names().contains(&v) {
+    if !state.has_vhost(&v) {
         return Err(ApiError::bad_request(format!("no vhost '{v}'")));
     }
-    let b = parse(&raw)?;
-    let field = |k: &str| {
-        b.get(k)
-            .and_then(Value::as_str)
-            .map(str::to_owned)
-            .ok_or_else(|| ApiError::bad_request(format!("{k} is required")))
-    };
+    let b: Value = body(&raw)?;
+    let field = |k: &str| required_str(&b, k);
     let (exchange, write, read) = (field("exchange")?, field("write")?, field("read")?);
     let created = edit(&state, move |db| {
         let had = db.get(&user).is_some_and(|u| {
