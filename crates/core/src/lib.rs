@@ -41,6 +41,13 @@ pub mod topic;
 pub mod topology;
 pub mod value;
 
+/// A hash map for the per-message path: foldhash instead of SipHash
+/// (several times faster on short names), still seeded at random per
+/// process so client-chosen names cannot be aimed at one bucket.
+pub type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+/// The set form of [`FastMap`].
+pub type FastSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
+
 /// The store records' encoders and decoders (topology records in `meta`,
 /// queue entries and their keys, retained keys), public only for the fuzz
 /// targets in `fuzz/` (feature `fuzzing`); the broker reaches them as

@@ -3,8 +3,9 @@
 //! (`a..b` has three words); the empty routing key has no words, as in
 //! RabbitMQ's `rabbit_exchange_type_topic`.
 
-use std::collections::{HashMap, HashSet};
 use std::hash::Hash;
+
+use crate::{FastMap as HashMap, FastSet as HashSet};
 
 /// Splits a key or pattern into words; "" has none.
 pub fn words(key: &str) -> Vec<&str> {
@@ -214,15 +215,12 @@ impl<K: Eq + Hash, T> SmallMap<K, T> {
         }
     }
 
-    /// Appends a clone of every key to `out` (routing: no allocation
+    /// Appends a reference to every key to `out` (routing: no allocation
     /// beyond `out`'s).
-    fn clone_keys_into(&self, out: &mut Vec<K>)
-    where
-        K: Clone,
-    {
+    fn keys_into<'a>(&'a self, out: &mut Vec<&'a K>) {
         match self {
-            SmallMap::Few(v) => out.extend(v.iter().map(|(k, _)| k.clone())),
-            SmallMap::Many(m) => out.extend(m.keys().cloned()),
+            SmallMap::Few(v) => out.extend(v.iter().map(|(k, _)| k)),
+            SmallMap::Many(m) => out.extend(m.keys()),
         }
     }
 }
@@ -294,6 +292,12 @@ impl<'a, V> States<'a, V> {
             list: Vec::new(),
             index: None,
         }
+    }
+
+    /// Empties the set, keeping the list's allocation for the next word.
+    fn clear(&mut self) {
+        self.list.clear();
+        self.index = None;
     }
 
     /// Adds `node`, and (since `#` may match zero words) its `#` child.
@@ -391,10 +395,20 @@ impl<V: Clone + Eq + Hash> TopicTrie<V> {
 
     /// Every value whose pattern matches `key`, each once.
     pub fn matches(&self, key: &str, out: &mut Vec<V>) {
+        let mut found = Vec::new();
+        self.matches_ref(key, &mut found);
+        out.extend(found.into_iter().cloned());
+    }
+
+    /// [`TopicTrie::matches`] without cloning the values: what routing
+    /// uses, so a publish allocates nothing per matched binding.
+    pub fn matches_ref<'a>(&'a self, key: &str, out: &mut Vec<&'a V>) {
         let mut states = States::new();
+        let mut next = States::new();
         states.add(&self.root);
-        for w in words(key) {
-            let mut next = States::new();
+        // The empty key has no words.
+        for w in key.split('.').filter(|_| !key.is_empty()) {
+            next.clear();
             for node in &states.list {
                 if node.is_hash {
                     next.add(node);
@@ -411,29 +425,41 @@ impl<V: Clone + Eq + Hash> TopicTrie<V> {
             if next.list.is_empty() {
                 return;
             }
-            states = next;
+            std::mem::swap(&mut states, &mut next);
         }
         let start = out.len();
         for node in &states.list {
-            node.values.clone_keys_into(out);
+            node.values.keys_into(out);
         }
         // A value bound through several matching patterns is routed once.
         if states.list.len() > 1 {
-            let mut seen = HashSet::new();
-            let mut i = start;
-            while i < out.len() {
-                if seen.insert(out[i].clone()) {
-                    i += 1;
-                } else {
-                    out.swap_remove(i);
-                }
-            }
+            dedup_from(out, start);
         }
     }
 
     pub fn is_empty(&self) -> bool {
         self.root.is_empty()
     }
+}
+
+/// Removes repeats from `out[start..]`, keeping the first of each in
+/// order: a scan while few (no allocation), a hash set past that.
+pub(crate) fn dedup_from<T: Eq + Hash + Copy>(out: &mut Vec<T>, start: usize) {
+    const SCAN: usize = 16;
+    if out.len() - start <= SCAN {
+        let mut i = start + 1;
+        while i < out.len() {
+            if out[start..i].contains(&out[i]) {
+                out.remove(i);
+            } else {
+                i += 1;
+            }
+        }
+        return;
+    }
+    let tail = out.split_off(start);
+    let mut seen: HashSet<T> = HashSet::with_capacity_and_hasher(tail.len(), Default::default());
+    out.extend(tail.into_iter().filter(|v| seen.insert(*v)));
 }
 
 #[cfg(test)]
@@ -696,5 +722,44 @@ mod tests {
         assert_eq!(few.remove("a"), Some(5));
         assert!(few.is_empty());
         assert_eq!(few.take_values(), Vec::<u32>::new());
+    }
+
+    #[test]
+    fn dedup_keeps_the_first_of_each_in_order_small_and_large() {
+        let mut few = vec![9, 1, 2, 1, 3, 2, 1];
+        dedup_from(&mut few, 1);
+        assert_eq!(few, vec![9, 1, 2, 3]);
+        // Past the scan limit a hash set does it, same result.
+        let mut many: Vec<u32> = (0..60).map(|i| i % 25).collect();
+        many.insert(0, 7);
+        dedup_from(&mut many, 0);
+        assert_eq!(
+            many,
+            (0..25)
+                .map(|i| if i == 0 {
+                    7
+                } else if i <= 7 {
+                    i - 1
+                } else {
+                    i
+                })
+                .collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn overlapping_patterns_route_a_value_once_by_reference() {
+        let mut t = TopicTrie::default();
+        for p in ["a.*", "a.#", "#", "a.b", "*.b"] {
+            t.insert(p, "q1");
+        }
+        t.insert("a.b", "q2");
+        let mut out = Vec::new();
+        t.matches_ref("a.b", &mut out);
+        out.sort();
+        assert_eq!(out, vec![&"q1", &"q2"]);
+        out.clear();
+        t.matches_ref("", &mut out);
+        assert_eq!(out, vec![&"q1"]);
     }
 }

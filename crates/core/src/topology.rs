@@ -5,7 +5,6 @@
 //! Mutations return the [`Change`]s they made so the broker can persist the
 //! durable ones.
 
-use std::collections::{HashMap, HashSet};
 use std::hash::Hash;
 
 use crate::error::CoreError;
@@ -15,6 +14,7 @@ use crate::exchange::{
 use crate::message::Message;
 use crate::topic::TopicTrie;
 use crate::value::FieldTable;
+use crate::{FastMap as HashMap, FastSet as HashSet};
 
 /// The built-in exchanges every vhost has.
 pub const BUILTIN_EXCHANGES: [(&str, ExchangeKind); 4] = [
@@ -64,10 +64,10 @@ enum Routes {
 impl Routes {
     fn new(kind: ExchangeKind) -> Routes {
         match kind {
-            ExchangeKind::Direct => Routes::Direct(HashMap::new()),
-            ExchangeKind::Fanout => Routes::Fanout(HashMap::new()),
+            ExchangeKind::Direct => Routes::Direct(HashMap::default()),
+            ExchangeKind::Fanout => Routes::Fanout(HashMap::default()),
             ExchangeKind::Topic => Routes::Topic(TopicTrie::default()),
-            ExchangeKind::Headers => Routes::Headers(HashMap::new()),
+            ExchangeKind::Headers => Routes::Headers(HashMap::default()),
         }
     }
 
@@ -117,15 +117,15 @@ impl Routes {
         }
     }
 
-    fn matching(&self, msg: &Message, out: &mut Vec<Destination>) {
+    fn matching<'a>(&'a self, msg: &Message, out: &mut Vec<&'a Destination>) {
         match self {
             Routes::Direct(map) => {
-                if let Some(set) = map.get(&msg.routing_key) {
-                    out.extend(set.keys().cloned());
+                if let Some(set) = map.get(msg.routing_key.as_str()) {
+                    out.extend(set.keys());
                 }
             }
-            Routes::Fanout(all) => out.extend(all.keys().cloned()),
-            Routes::Topic(trie) => trie.matches(&msg.routing_key, out),
+            Routes::Fanout(all) => out.extend(all.keys()),
+            Routes::Topic(trie) => trie.matches_ref(&msg.routing_key, out),
             Routes::Headers(by_dest) => out.extend(
                 by_dest
                     .iter()
@@ -133,7 +133,7 @@ impl Routes {
                         list.iter()
                             .any(|(mode, args)| headers_match(*mode, args, &msg.properties.headers))
                     })
-                    .map(|(d, _)| d.clone()),
+                    .map(|(d, _)| d),
             ),
         }
     }
@@ -499,20 +499,20 @@ impl Topology {
     /// cycles end) and alternate exchanges for what an exchange cannot route.
     /// The default exchange ("") routes to the queue named by the key, if
     /// `queue_exists` says it exists.
-    pub fn route(
-        &self,
-        exchange: &str,
-        msg: &Message,
+    pub fn route<'a>(
+        &'a self,
+        exchange: &'a str,
+        msg: &'a Message,
         queue_exists: &dyn Fn(&str) -> bool,
-    ) -> Result<Vec<String>, CoreError> {
-        let mut out = Vec::new();
+    ) -> Result<Vec<&'a str>, CoreError> {
+        let mut out: Vec<&'a str> = Vec::new();
         if exchange.is_empty() {
             if queue_exists(&msg.routing_key) {
-                out.push(msg.routing_key.clone());
+                out.push(&msg.routing_key);
             }
             return Ok(out);
         }
-        let Some(ex) = self.exchanges.get(exchange) else {
+        let Some((first, ex)) = self.exchanges.get_key_value(exchange) else {
             return Err(CoreError::NotFound(format!("no exchange '{exchange}'")));
         };
         if ex.def.internal {
@@ -523,38 +523,43 @@ impl Topology {
         // Breadth first over exchanges, each visited once (so cycles end),
         // at most MAX_EXCHANGE_HOPS away. An exchange that matches nothing
         // itself hands the message to its alternate exchange, if any
-        // (RabbitMQ's rule).
-        let mut visited: HashSet<&str> = HashSet::new();
-        visited.insert(exchange);
+        // (RabbitMQ's rule). The visited set is made only when a message
+        // goes on to another exchange: most publishes never do.
+        let mut visited: Option<HashSet<&str>> = None;
         let mut frontier: Vec<&Exchange> = vec![ex];
-        let mut dests = Vec::new();
+        let mut dests: Vec<&Destination> = Vec::new();
+        let mut onward: Vec<&str> = Vec::new();
         for hop in 0..=MAX_EXCHANGE_HOPS {
             let mut next = Vec::new();
             for ex in frontier {
                 dests.clear();
+                onward.clear();
                 ex.routes.matching(msg, &mut dests);
-                let onward: Vec<&str> = if dests.is_empty() {
-                    ex.def.alternate_exchange().into_iter().collect()
+                if dests.is_empty() {
+                    onward.extend(ex.def.alternate_exchange());
                 } else {
-                    let mut onward = Vec::new();
                     for d in &dests {
                         match d {
                             Destination::Queue(q) => {
                                 if queue_exists(q) {
-                                    out.push(q.clone());
+                                    out.push(q);
                                 }
                             }
-                            Destination::Exchange(x) => onward.push(x.as_str()),
+                            Destination::Exchange(x) => onward.push(x),
                         }
                     }
-                    onward
-                };
+                }
                 if hop == MAX_EXCHANGE_HOPS {
                     continue;
                 }
-                for x in onward {
-                    if let Some((name, ex)) = self.exchanges.get_key_value(x)
-                        && visited.insert(name.as_str())
+                for x in &onward {
+                    let seen = visited.get_or_insert_with(|| {
+                        let mut v = HashSet::default();
+                        v.insert(first.as_str());
+                        v
+                    });
+                    if let Some((name, ex)) = self.exchanges.get_key_value(*x)
+                        && seen.insert(name.as_str())
                     {
                         next.push(ex);
                     }
@@ -565,8 +570,7 @@ impl Topology {
             }
             frontier = next;
         }
-        let mut seen = HashSet::new();
-        out.retain(|q| seen.insert(q.clone()));
+        crate::topic::dedup_from(&mut out, 0);
         Ok(out)
     }
 }

@@ -143,7 +143,7 @@ pub struct VHost {
     pub name: String,
     /// Exchanges and bindings; read-locked by every publish for routing.
     pub(crate) topology: RwLock<Topology>,
-    pub(crate) queues: RwLock<HashMap<String, Arc<Queue>>>,
+    pub(crate) queues: RwLock<crate::FastMap<String, Arc<Queue>>>,
     /// What the management API says of it.
     pub(crate) info: RwLock<VhostInfo>,
 }
@@ -153,13 +153,34 @@ impl VHost {
         VHost {
             name: name.to_string(),
             topology: RwLock::new(Topology::with_builtins()),
-            queues: RwLock::new(HashMap::new()),
+            queues: RwLock::new(crate::FastMap::default()),
             info: RwLock::new(VhostInfo::default()),
         }
     }
 
     pub fn queue(&self, name: &str) -> Option<Arc<Queue>> {
         self.queues.read().get(name).cloned()
+    }
+
+    /// The queues a message published to `exchange` goes to (routing, then
+    /// one lookup of every name under one read of the queue map).
+    pub(crate) fn route_queues(
+        &self,
+        exchange: &str,
+        msg: &Message,
+    ) -> Result<Vec<Arc<Queue>>, CoreError> {
+        let topology = self.topology.read();
+        let names = topology.route(exchange, msg, &|_| true)?;
+        if names.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Taken inside the topology read: nothing takes the two the other
+        // way round (writers hold one at a time).
+        let queues = self.queues.read();
+        Ok(names
+            .iter()
+            .filter_map(|n| queues.get(*n).cloned())
+            .collect())
     }
 }
 
@@ -377,7 +398,7 @@ pub struct Broker {
     /// messages back).
     me: Weak<Broker>,
     store: Store,
-    vhosts: RwLock<HashMap<String, Arc<VHost>>>,
+    vhosts: RwLock<crate::FastMap<String, Arc<VHost>>>,
     next_message: AtomicU64,
     next_queue: AtomicU64,
     next_connection: AtomicU64,
@@ -496,7 +517,7 @@ impl Broker {
             me: me.clone(),
             paging,
             store,
-            vhosts: RwLock::new(HashMap::new()),
+            vhosts: RwLock::new(crate::FastMap::default()),
             next_message: AtomicU64::new(1),
             next_queue: AtomicU64::new(1),
             // Start past every id an earlier run handed out: stored messages

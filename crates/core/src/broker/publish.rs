@@ -53,9 +53,11 @@ impl Published {
 /// One queue a message is going to.
 struct Target {
     queue: Arc<Queue>,
-    seq: u64,
+    /// The arrival number and expiry, when they were fixed while planning
+    /// (a stored entry's record needs them); otherwise they are taken
+    /// under the same lock as the enqueue.
+    reserved: Option<(u64, Option<Instant>)>,
     persisted: bool,
-    expires_at: Option<Instant>,
 }
 
 /// Puts `msg` into one planned target queue. A queue deleted since the
@@ -63,25 +65,28 @@ struct Target {
 /// deleted again and the message's reference released.
 fn enqueue_one(msg: &Arc<Message>, t: Target, now: Instant) -> (Arc<Queue>, Effects, Accepted) {
     let mut fx = Effects::default();
-    let entry = Entry {
-        persisted: t.persisted,
-        ..Entry::loaded(t.seq, Arc::clone(msg), t.expires_at)
-    };
-    let accepted = {
+    let (accepted, expires) = {
         let mut st = t.queue.state.lock();
+        let (seq, expires_at) = t
+            .reserved
+            .unwrap_or_else(|| (st.reserve_seq(), st.expiry_for(msg, now)));
         if t.queue.is_deleted() {
             if t.persisted {
                 fx.removed.push(Removed {
-                    seq: t.seq,
+                    seq,
                     message: msg.id,
                 });
             }
-            Accepted::Rejected
+            (Accepted::Rejected, false)
         } else {
-            st.publish(entry, now, &mut fx)
+            let entry = Entry {
+                persisted: t.persisted,
+                ..Entry::loaded(seq, Arc::clone(msg), expires_at)
+            };
+            (st.publish(entry, now, &mut fx), expires_at.is_some())
         }
     };
-    if t.expires_at.is_some() {
+    if expires {
         // The queue's next deadline may have moved earlier.
         t.queue.wake.notify_one();
     }
@@ -173,8 +178,7 @@ impl Broker {
         self.counters
             .bytes_in
             .fetch_add(msg.body_len(), Ordering::Relaxed);
-        let names = vh.topology.read().route(&msg.exchange, &msg, &|_| true)?;
-        let queues: Vec<Arc<Queue>> = names.iter().filter_map(|n| vh.queue(n)).collect();
+        let queues = vh.route_queues(&msg.exchange, &msg)?;
         let msg = Arc::new(msg);
         let mut batch = Batch::new();
         let targets = self.plan(&msg, queues, &[], &mut batch);
@@ -191,8 +195,9 @@ impl Broker {
         skip: &[String],
         batch: &mut Batch,
     ) -> Vec<Target> {
-        let now = Instant::now();
-        // The wall clock only for stored entries with an expiry.
+        // The clocks only for stored entries (and the wall clock only for
+        // those with an expiry).
+        let mut clock = None;
         let mut now_unix = None;
         let mut targets = Vec::with_capacity(queues.len());
         let mut stored = 0u32;
@@ -201,31 +206,38 @@ impl Broker {
                 continue;
             }
             let persisted = msg.properties.is_persistent() && queue.def().durable;
+            if !persisted {
+                // Nothing to write: the queue is locked once, to enqueue.
+                targets.push(Target {
+                    queue,
+                    reserved: None,
+                    persisted,
+                });
+                continue;
+            }
+            let now = *clock.get_or_insert_with(Instant::now);
             let (seq, expires_at) = {
                 let mut st = queue.state.lock();
                 (st.reserve_seq(), st.expiry_for(msg, now))
             };
-            if persisted {
-                let expires_unix = expires_at.map_or(0, |t| {
-                    let base = *now_unix.get_or_insert_with(unix_millis);
-                    base.saturating_add(t.saturating_duration_since(now).as_millis() as u64)
-                });
-                batch.put(
-                    Cf::QueueEntries,
-                    records::entry_key(queue.id(), seq),
-                    records::encode_entry(&records::EntryRecord {
-                        message: msg.id,
-                        expires_unix_ms: expires_unix,
-                        index: Some((msg.body_len(), msg.properties.priority.unwrap_or(0))),
-                    }),
-                );
-                stored += 1;
-            }
+            let expires_unix = expires_at.map_or(0, |t| {
+                let base = *now_unix.get_or_insert_with(unix_millis);
+                base.saturating_add(t.saturating_duration_since(now).as_millis() as u64)
+            });
+            batch.put(
+                Cf::QueueEntries,
+                records::entry_key(queue.id(), seq),
+                records::encode_entry(&records::EntryRecord {
+                    message: msg.id,
+                    expires_unix_ms: expires_unix,
+                    index: Some((msg.body_len(), msg.properties.priority.unwrap_or(0))),
+                }),
+            );
+            stored += 1;
             targets.push(Target {
                 queue,
-                seq,
+                reserved: Some((seq, expires_at)),
                 persisted,
-                expires_at,
             });
         }
         if stored > 0 {
@@ -246,8 +258,15 @@ impl Broker {
         targets: Vec<Target>,
         receipt: Option<CommitReceipt>,
     ) -> Published {
-        let now = Instant::now();
         let routed = targets.len();
+        if routed == 0 {
+            return Published {
+                routed,
+                rejected: 0,
+                receipt,
+            };
+        }
+        let now = Instant::now();
         let mut rejected = 0;
         let mut work = Vec::new();
         for t in targets {
@@ -255,7 +274,11 @@ impl Broker {
             if accepted == Accepted::Rejected {
                 rejected += 1;
             }
-            work.push((queue, fx));
+            if fx.is_counters_only() {
+                self.count_delivered(&fx);
+            } else {
+                work.push((queue, fx));
+            }
         }
         for (q, fx) in work {
             self.apply_effects(&q, fx);
@@ -286,6 +309,19 @@ impl Broker {
         }
     }
 
+    /// Adds a queue operation's deliveries to the broker's out counters.
+    fn count_delivered(&self, fx: &Effects) {
+        if fx.delivered == 0 {
+            return;
+        }
+        self.counters
+            .messages_out
+            .fetch_add(fx.delivered, Ordering::Relaxed);
+        self.counters
+            .bytes_out
+            .fetch_add(fx.delivered_bytes, Ordering::Relaxed);
+    }
+
     /// Carries out what a queue operation left to do: store deletes,
     /// delivery counters, dead-letter publishes (which may cascade).
     pub(crate) fn apply_effects(&self, q: &Arc<Queue>, fx: Effects) {
@@ -294,12 +330,7 @@ impl Broker {
         let mut rounds = 0;
         while let Some((q, fx)) = work.pop() {
             rounds += 1;
-            self.counters
-                .messages_out
-                .fetch_add(fx.delivered, Ordering::Relaxed);
-            self.counters
-                .bytes_out
-                .fetch_add(fx.delivered_bytes, Ordering::Relaxed);
+            self.count_delivered(&fx);
             let mut batch = Batch::new();
             self.collect_removed(&q, &fx.removed, &mut batch);
             let mut copies = Vec::new();
@@ -319,8 +350,13 @@ impl Broker {
             // consumer can see (and ack) a copy: an ack's delete then always
             // follows the put, so an acked copy cannot come back after a crash.
             self.write_soon(batch);
-            let now = Instant::now();
+            let now = if copies.is_empty() {
+                None
+            } else {
+                Some(Instant::now())
+            };
             for (msg, targets) in copies {
+                let now = now.unwrap_or_else(Instant::now);
                 for t in targets {
                     let (queue, fx, _) = enqueue_one(&msg, t, now);
                     work.push((queue, fx));
@@ -360,14 +396,13 @@ impl Broker {
         let mut msg = dead_lettered_copy(&dl.message, q.name(), dl.reason, &dlx, dlrk.as_deref());
         msg.id = self.new_message_id();
         let skip = cycle_queues(&msg);
-        let names = match vh.topology.read().route(&dlx, &msg, &|_| true) {
-            Ok(n) => n,
+        let queues = match vh.route_queues(&dlx, &msg) {
+            Ok(q) => q,
             Err(e) => {
                 tracing::debug!(queue = q.name(), error = %e, "dead-letter exchange unusable; message dropped");
                 return None;
             }
         };
-        let queues: Vec<Arc<Queue>> = names.iter().filter_map(|n| vh.queue(n)).collect();
         let msg = Arc::new(msg);
         let targets = self.plan(&msg, queues, &skip, batch);
         Some((msg, targets))

@@ -220,6 +220,13 @@ pub struct Effects {
     pub delivered_bytes: u64,
 }
 
+impl Effects {
+    /// Whether there is nothing to carry out beyond counting deliveries.
+    pub fn is_counters_only(&self) -> bool {
+        self.dead_letters.is_empty() && self.removed.is_empty() && self.page_in.is_none()
+    }
+}
+
 /// How a consumer settles a delivery.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Settle {
@@ -705,8 +712,24 @@ impl QueueState {
         if self.should_page(&entry) {
             entry.page_out();
         }
-        self.push_ready(entry);
         self.published_total += 1;
+        // Nothing waits, so the new entry is the head: a consumer with room
+        // takes it at once, without a trip through `ready` (the usual case
+        // for a consumer that keeps up).
+        if self.ready.is_empty()
+            && let Some(message) = entry.message().cloned()
+            && let Some(ci) = self.pick_consumer()
+            && self.consumers[ci].take_credit()
+        {
+            self.deliver_to(ci, entry, message, fx);
+            if self.ready.is_empty() {
+                return Accepted::Yes;
+            }
+            // The consumer's connection was gone: the entry went back to
+            // `ready`, served as any other below.
+        } else {
+            self.push_ready(entry);
+        }
         // Deliver before expiring: a message with TTL 0 reaches a consumer
         // that can take it at once, and otherwise expires (RabbitMQ's rule).
         self.deliver(now, fx);
