@@ -208,7 +208,7 @@ async fn publish_on(
     let mut unconfirmed = FuturesUnordered::new();
     let mut nacked = 0u64;
     'publishing: for seq in 0..plan.count {
-        if !pacer.wait(seq, plan.stop_at).await {
+        if !pacer.wait(seq, plan.stop_at).await || !collector.wait_for_room(plan.stop_at).await {
             break;
         }
         while unconfirmed.len() >= usize::from(plan.inflight) {

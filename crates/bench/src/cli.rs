@@ -104,6 +104,23 @@ pub struct Args {
     /// Hard cap on the whole run, seconds; publishers stop at the count or here.
     #[arg(long, default_value_t = 60.0)]
     pub duration: f64,
+    /// Time-based run: seconds measured after the warm-up, with publishers
+    /// publishing throughout (`--count` then only bounds them); the rate
+    /// and latency are those of this window. 0: count-based (rate over
+    /// first publish to last receive).
+    #[arg(long, default_value_t = 0.0)]
+    pub measure: f64,
+    /// Time-based run: seconds after the first publish whose arrivals are
+    /// checked (loss, duplicates) but not measured.
+    #[arg(long, default_value_t = 0.0)]
+    pub warmup: f64,
+    /// Publishers wait while consumers are more than this many messages
+    /// behind what was sent (deliveries owed ÷ consumers that each get
+    /// every message; 0: no bound). With it a run measures the rate
+    /// a broker sustains end to end, not how fast its queues grow; without
+    /// it a QoS 0 or fan-out run can outpace its consumers.
+    #[arg(long, default_value_t = 0)]
+    pub max_lag: u64,
     /// Once publishers finish, how long consumers wait for the rest, seconds.
     #[arg(long, default_value_t = 10.0)]
     pub drain_timeout: f64,
@@ -223,6 +240,16 @@ impl Args {
         Duration::try_from_secs_f64(self.duration).unwrap_or(Duration::ZERO)
     }
 
+    /// Time-based run's (warm-up, measuring time), None when count-based.
+    pub fn window(&self) -> Option<(Duration, Duration)> {
+        (self.measure > 0.0).then(|| {
+            (
+                Duration::try_from_secs_f64(self.warmup).unwrap_or(Duration::ZERO),
+                Duration::try_from_secs_f64(self.measure).unwrap_or(Duration::ZERO),
+            )
+        })
+    }
+
     /// The drain timeout.
     pub fn drain_timeout(&self) -> Duration {
         Duration::try_from_secs_f64(self.drain_timeout).unwrap_or(Duration::ZERO)
@@ -241,6 +268,20 @@ impl Args {
             return usage(format!(
                 "--duration {} must be in (0, 86400]",
                 self.duration
+            ));
+        }
+        for (name, v) in [("--measure", self.measure), ("--warmup", self.warmup)] {
+            if !(v.is_finite() && (0.0..=86_400.0).contains(&v)) {
+                return usage(format!("{name} {v} must be in [0, 86400]"));
+            }
+        }
+        if self.warmup > 0.0 && self.measure == 0.0 {
+            return usage("--warmup needs --measure (a time-based run)".into());
+        }
+        if self.measure > 0.0 && self.warmup + self.measure > self.duration {
+            return usage(format!(
+                "--warmup {} + --measure {} exceed the --duration cap {}",
+                self.warmup, self.measure, self.duration
             ));
         }
         if !(self.drain_timeout.is_finite() && (0.0..=3_600.0).contains(&self.drain_timeout)) {

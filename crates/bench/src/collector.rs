@@ -11,9 +11,10 @@ use crate::payload::{self, Header};
 use crate::stats::{Latency, Percentiles};
 use crate::tracker::{ConsumerIx, Counts, PublisherIx, Tracker};
 use bytes::Bytes;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
+use tokio::sync::Notify;
 
 /// Receive-side state behind the mutex.
 #[derive(Debug)]
@@ -24,6 +25,10 @@ struct Inner {
     latency: Latency,
     /// When the latest accepted message arrived (end of the throughput window).
     last_receive: Option<Instant>,
+    /// Time-based runs: arrivals inside the measuring window, and the
+    /// last of them.
+    in_window: u64,
+    last_in_window: Option<Instant>,
     /// Messages that were not ours (another run's leftovers, a foreign
     /// publisher, a short body); ignored, counted for the log.
     strays: u64,
@@ -44,9 +49,29 @@ pub struct Collector {
     below_qos: AtomicU64,
     /// Start of the throughput window: the first message stamped.
     first_publish: OnceLock<Instant>,
+    /// Time-based runs: (warm-up, measuring time) from the first publish.
+    /// Only arrivals in that window count towards the rate and latency.
+    window: Option<(Duration, Duration)>,
+    /// Messages sent and not yet delivered (to every consumer, on
+    /// average) may not pass this many (0: no bound): publishers wait for
+    /// consumers, so a run measures the rate a broker sustains rather
+    /// than how long its queues grow.
+    max_lag: u64,
+    /// What a loss-free broker delivers per message sent (consumers for
+    /// broadcast, 1 for competing consumers).
+    fan: u64,
+    /// First arrivals, all consumers together (read by the lag gate).
+    unique: AtomicU64,
+    /// A publisher is waiting at the lag gate.
+    gate_waiting: AtomicBool,
+    gate: Notify,
     /// Receive-side state.
     inner: Mutex<Inner>,
 }
+
+/// How long a publisher waits at the lag gate before it sends anyway (a
+/// broker that dropped messages would otherwise hold it forever).
+const GATE_PATIENCE: Duration = Duration::from_millis(50);
 
 /// A consistent view of the run so far.
 #[derive(Debug, Clone, PartialEq)]
@@ -65,8 +90,12 @@ pub struct Snapshot {
     pub below_qos: u64,
     /// Latency percentiles, `None` before the first arrival.
     pub latency: Option<Percentiles>,
-    /// Seconds from the first publish to the last receive, `None` before both.
+    /// Seconds from the first publish to the last receive, `None` before
+    /// both; in a time-based run, the measuring window.
     pub window_s: Option<f64>,
+    /// Arrivals in the throughput window: every one, or in a time-based
+    /// run those of the measuring window.
+    pub measured: u64,
 }
 
 impl Collector {
@@ -78,13 +107,79 @@ impl Collector {
             sent: AtomicU64::new(0),
             below_qos: AtomicU64::new(0),
             first_publish: OnceLock::new(),
+            window: None,
+            max_lag: 0,
+            fan: tracker.expected(1),
+            unique: AtomicU64::new(0),
+            gate_waiting: AtomicBool::new(false),
+            gate: Notify::new(),
             inner: Mutex::new(Inner {
                 tracker,
                 latency,
                 last_receive: None,
+                in_window: 0,
+                last_in_window: None,
                 strays: 0,
             }),
         }
+    }
+
+    /// Makes the run time-based: arrivals in the `warmup` after the first
+    /// publish are tracked (loss, duplicates) but not measured; the rate
+    /// and latency are those of the `measure` seconds after it.
+    pub fn with_window(mut self, warmup: Duration, measure: Duration) -> Self {
+        self.window = Some((warmup, measure));
+        self
+    }
+
+    /// Bounds the deliveries owed for what was sent (see `max_lag`).
+    pub fn with_max_lag(mut self, max_lag: u64) -> Self {
+        self.max_lag = max_lag;
+        self
+    }
+
+    /// Messages sent that the consumers have not all had yet, on average:
+    /// deliveries owed ÷ deliveries per message.
+    fn lag(&self) -> u64 {
+        let owed = self.sent.load(Ordering::Relaxed).saturating_mul(self.fan);
+        owed.saturating_sub(self.unique.load(Ordering::Relaxed)) / self.fan.max(1)
+    }
+
+    /// Waits while the consumers are more than `max_lag` messages behind
+    /// (never past `stop_at`, and at most a short while each time);
+    /// false once `stop_at` has come.
+    pub async fn wait_for_room(&self, stop_at: Instant) -> bool {
+        if self.max_lag == 0 || self.lag() <= self.max_lag {
+            return self.may_publish(stop_at);
+        }
+        let deadline = (Instant::now() + GATE_PATIENCE).min(stop_at);
+        while self.lag() > self.max_lag {
+            let woken = self.gate.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            self.gate_waiting.store(true, Ordering::SeqCst);
+            if self.lag() <= self.max_lag {
+                break;
+            }
+            if tokio::time::timeout_at(deadline.into(), woken)
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+        self.may_publish(stop_at)
+    }
+
+    /// Before `stop_at` and, in a time-based run, before the measuring
+    /// window ends.
+    fn may_publish(&self, stop_at: Instant) -> bool {
+        let now = Instant::now();
+        let window_open = match (self.window, self.first_publish.get()) {
+            (Some((warmup, measure)), Some(first)) => now < *first + warmup + measure,
+            _ => true,
+        };
+        window_open && now < stop_at
     }
 
     /// A base id that differs between runs: the clock's low bits mixed with
@@ -140,11 +235,34 @@ impl Collector {
             .tracker
             .record(consumer, PublisherIx(index), header.seq)
         {
-            Ok(_) => {
-                inner.latency.record_between(header.sent_ns, now_ns);
+            Ok(arrival) => {
+                if matches!(arrival, crate::tracker::Arrival::First { .. }) {
+                    self.unique.fetch_add(1, Ordering::Relaxed);
+                }
+                let measured = match (self.window, self.first_publish.get()) {
+                    (Some((warmup, measure)), Some(first)) => {
+                        let since = now.saturating_duration_since(*first);
+                        since >= warmup && since < warmup + measure
+                    }
+                    _ => true,
+                };
+                if measured {
+                    inner.latency.record_between(header.sent_ns, now_ns);
+                    inner.in_window += 1;
+                    inner.last_in_window = Some(now);
+                }
                 inner.last_receive = Some(now);
             }
             Err(_) => inner.strays += 1,
+        }
+        drop(inner);
+        // Half the bound free again: waiting publishers go on.
+        if self.max_lag > 0
+            && self.gate_waiting.load(Ordering::Relaxed)
+            && self.lag() <= self.max_lag / 2
+        {
+            self.gate_waiting.store(false, Ordering::SeqCst);
+            self.gate.notify_waiters();
         }
     }
 
@@ -161,8 +279,21 @@ impl Collector {
     pub fn snapshot(&self) -> Snapshot {
         let sent = self.sent.load(Ordering::Relaxed);
         let inner = self.lock();
-        let window_s = match (self.first_publish.get(), inner.last_receive) {
-            (Some(first), Some(last)) => Some(last.saturating_duration_since(*first).as_secs_f64()),
+        let window_s = match (self.window, self.first_publish.get(), inner.last_receive) {
+            // Time-based: the measuring window, or the part of it that had
+            // arrivals (a run that ended early).
+            (Some((warmup, measure)), Some(first), _) => inner.last_in_window.map(|last| {
+                let start = *first + warmup;
+                let seen = last.saturating_duration_since(start);
+                if last >= start + measure.mul_f64(0.99) {
+                    measure.as_secs_f64()
+                } else {
+                    seen.as_secs_f64()
+                }
+            }),
+            (None, Some(first), Some(last)) => {
+                Some(last.saturating_duration_since(*first).as_secs_f64())
+            }
             _ => None,
         };
         Snapshot {
@@ -174,6 +305,7 @@ impl Collector {
             below_qos: self.below_qos.load(Ordering::Relaxed),
             latency: inner.latency.percentiles(),
             window_s,
+            measured: inner.in_window,
         }
     }
 
@@ -190,6 +322,7 @@ impl Collector {
 mod tests {
     use super::*;
     use crate::tracker::Delivery;
+    use std::sync::Arc;
 
     fn collector(base: u32, publishers: u32, consumers: usize) -> Collector {
         Collector::new(
@@ -247,5 +380,54 @@ mod tests {
         let s = c.snapshot();
         assert_eq!((s.expected, s.lost, s.window_s), (6, 6, None));
         assert!(!c.complete());
+    }
+
+    #[test]
+    fn a_time_based_run_measures_only_its_window() {
+        let c = collector(1, 1, 1).with_window(Duration::from_millis(40), Duration::from_secs(60));
+        // The first publish opens the warm-up; what arrives in it is
+        // tracked (not lost) but not measured.
+        let early = c.message(PublisherIx(0), 0, 20);
+        c.on_sent(1);
+        c.on_message(ConsumerIx(0), &early);
+        std::thread::sleep(Duration::from_millis(50));
+        for seq in 1..4 {
+            let body = c.message(PublisherIx(0), seq, 20);
+            c.on_sent(1);
+            c.on_message(ConsumerIx(0), &body);
+        }
+        let s = c.snapshot();
+        assert_eq!((s.counts.received, s.lost, s.measured), (4, 0, 3));
+        // Arrivals stopped well inside the window: the rate is over the
+        // part that had arrivals, not the minute asked for.
+        assert!(s.window_s.is_some_and(|w| w < 1.0), "{:?}", s.window_s);
+        assert!(c.may_publish(Instant::now() + Duration::from_secs(1)));
+    }
+
+    #[tokio::test]
+    async fn publishers_wait_at_the_lag_bound_until_consumers_catch_up() {
+        let c = Arc::new(collector(3, 1, 1).with_max_lag(2));
+        let stop = Instant::now() + Duration::from_secs(30);
+        let bodies: Vec<Bytes> = (0..3)
+            .map(|seq| c.message(PublisherIx(0), seq, 20))
+            .collect();
+        c.on_sent(3);
+        let waiter = tokio::spawn({
+            let c = Arc::clone(&c);
+            async move {
+                let t = Instant::now();
+                assert!(c.wait_for_room(stop).await);
+                t.elapsed()
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert!(!waiter.is_finished(), "3 owed is past the bound of 2");
+        for b in &bodies {
+            c.on_message(ConsumerIx(0), b);
+        }
+        let waited = waiter.await.unwrap();
+        assert!(waited >= Duration::from_millis(10), "{waited:?}");
+        // Nothing owed: no wait at all.
+        assert!(c.wait_for_room(stop).await);
     }
 }

@@ -92,6 +92,9 @@ pub async fn run(
         connections: Some(connections),
         rss_per_connection_bytes: None,
         mqtt_below_qos: None,
+        warmup_s: None,
+        measure_s: None,
+        measured: None,
     };
     probe.finish(&mut report);
     report.rss_per_connection_bytes = match (report.broker_rss_start_kb, report.broker_rss_kb) {

@@ -311,7 +311,7 @@ pub async fn publish(
     let pacer = Pacer::new(plan.rate, Instant::now());
     let stop_at = tokio::time::Instant::from_std(plan.stop_at);
     for seq in 0..plan.count {
-        if !pacer.wait(seq, plan.stop_at).await {
+        if !pacer.wait(seq, plan.stop_at).await || !collector.wait_for_room(plan.stop_at).await {
             break;
         }
         match timeout_at(stop_at, window.acquire()).await {

@@ -36,7 +36,8 @@ pub struct Report {
     pub reordered: Option<u64>,
     /// Wall-clock seconds of the whole run.
     pub elapsed_s: f64,
-    /// received / seconds from first publish to last receive.
+    /// `measured` / seconds from first publish to last receive, or over
+    /// the measuring window of a time-based run.
     pub msgs_per_sec: Option<f64>,
     /// `msgs_per_sec × size`.
     pub bytes_per_sec: Option<f64>,
@@ -58,6 +59,13 @@ pub struct Report {
     /// subscribed (the broker granted less, or delivered at a lower
     /// published QoS); `None` when no MQTT consumer ran.
     pub mqtt_below_qos: Option<u64>,
+    /// Time-based runs: the warm-up, seconds (`None`: count-based).
+    pub warmup_s: Option<f64>,
+    /// Time-based runs: the measuring window the rate is over, seconds
+    /// (shorter than asked if arrivals stopped early).
+    pub measure_s: Option<f64>,
+    /// Arrivals the rate counts: all of them, or the measuring window's.
+    pub measured: Option<u64>,
 }
 
 /// Rounds to three decimals (enough for rates and seconds, and keeps the
@@ -124,6 +132,9 @@ mod tests {
             connections: Some(100),
             rss_per_connection_bytes: Some(10485.76),
             mqtt_below_qos: None,
+            warmup_s: None,
+            measure_s: None,
+            measured: None,
         }
     }
 
@@ -138,7 +149,8 @@ mod tests {
              \"reordered\":null,\"elapsed_s\":5.0,\"msgs_per_sec\":null,\"bytes_per_sec\":null,\
              \"latency_us\":null,\"broker_rss_kb\":2048,\"broker_rss_start_kb\":1024,\
              \"broker_cpu_s\":0.1,\"bench_cpu_s\":0.2,\"connections\":100,\
-             \"rss_per_connection_bytes\":10485.76,\"mqtt_below_qos\":null}"
+             \"rss_per_connection_bytes\":10485.76,\"mqtt_below_qos\":null,\
+             \"warmup_s\":null,\"measure_s\":null,\"measured\":null}"
         );
     }
 
@@ -183,6 +195,7 @@ mod tests {
             below_qos: 0,
             latency: None,
             window_s: None,
+            measured: 9,
         };
         assert_eq!(
             progress_line(3, &snap),

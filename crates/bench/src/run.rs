@@ -118,12 +118,12 @@ pub async fn run(args: &Args) -> Result<Outcome, BenchError> {
         args.consumers as usize,
         args.count,
     );
-    let collector = Arc::new(Collector::new(
-        run_id,
-        args.publishers,
-        tracker,
-        Latency::new()?,
-    ));
+    let mut collector = Collector::new(run_id, args.publishers, tracker, Latency::new()?)
+        .with_max_lag(args.max_lag);
+    if let Some((warmup, measure)) = args.window() {
+        collector = collector.with_window(warmup, measure);
+    }
+    let collector = Arc::new(collector);
     let stop_at = started + args.duration();
     let cancel = CancellationToken::new();
 
@@ -197,8 +197,7 @@ pub async fn run(args: &Args) -> Result<Outcome, BenchError> {
             "ignored messages that were not this run's"
         );
     }
-    let (msgs_per_sec, bytes_per_sec) =
-        report::rates(snap.counts.received, args.size, snap.window_s);
+    let (msgs_per_sec, bytes_per_sec) = report::rates(snap.measured, args.size, snap.window_s);
     let mut report = Report {
         scenario: args.scenario,
         pub_proto: args.pub_proto(),
@@ -223,6 +222,11 @@ pub async fn run(args: &Args) -> Result<Outcome, BenchError> {
         connections: Some(u64::from(args.publishers) + u64::from(args.consumers)),
         rss_per_connection_bytes: None,
         mqtt_below_qos: (args.sub_proto() == Proto::Mqtt).then_some(snap.below_qos),
+        warmup_s: args.window().map(|(w, _)| w.as_secs_f64()),
+        measure_s: args
+            .window()
+            .map(|_| snap.window_s.map_or(0.0, report::round3)),
+        measured: Some(snap.measured),
     };
     probe.finish(&mut report);
     Ok(Outcome { report, failure })

@@ -220,7 +220,10 @@ pub async fn publish(
     for seq in 0..plan.count {
         // A closed window means the reader saw an ERROR or the end of
         // the stream: the broker will take nothing more.
-        if window.is_closed() || !pacer.wait(seq, plan.stop_at).await {
+        if window.is_closed()
+            || !pacer.wait(seq, plan.stop_at).await
+            || !collector.wait_for_room(plan.stop_at).await
+        {
             break;
         }
         if s.receipts {

@@ -76,6 +76,9 @@ pub async fn run(
         connections: Some(u64::from(args.publishers)),
         rss_per_connection_bytes: None,
         mqtt_below_qos: None,
+        warmup_s: None,
+        measure_s: None,
+        measured: None,
     };
     probe.finish(&mut report);
     Ok(Outcome { report, failure })
