@@ -405,7 +405,7 @@ pub struct Broker {
     next_consumer: AtomicU64,
     /// Stored queue entries per persisted message: the message record is
     /// deleted when its last entry goes.
-    refs: Mutex<HashMap<MessageId, u32>>,
+    refs: Mutex<crate::FastMap<MessageId, u32>>,
     /// The exclusive queues each connection declared (vhost, name), so a
     /// closing connection finds its own without scanning every queue.
     exclusive: Mutex<HashMap<ConnectionId, Vec<(String, String)>>>,
@@ -524,7 +524,7 @@ impl Broker {
             // keep their origin connection (MQTT No Local compares it).
             next_connection: AtomicU64::new(first_connection_id()),
             next_consumer: AtomicU64::new(1),
-            refs: Mutex::new(HashMap::new()),
+            refs: Mutex::new(crate::FastMap::default()),
             exclusive: Mutex::new(HashMap::new()),
             counters: Counters::default(),
             users_online: parking_lot::Mutex::new(HashMap::new()),

@@ -41,6 +41,13 @@ impl Published {
         Ok(self.rejected == 0)
     }
 
+    /// The outcome at once when there is nothing to wait for (nothing was
+    /// stored): true if every queue took it. None while a store write is
+    /// pending ([`Published::confirmed`] then waits for it).
+    pub fn settled(&self) -> Option<bool> {
+        self.receipt.is_none().then_some(self.rejected == 0)
+    }
+
     /// Blocking form of [`Published::confirmed`], for non-async callers.
     pub fn confirmed_blocking(self) -> Result<bool, CoreError> {
         if let Some(r) = self.receipt {
@@ -325,6 +332,10 @@ impl Broker {
     /// Carries out what a queue operation left to do: store deletes,
     /// delivery counters, dead-letter publishes (which may cascade).
     pub(crate) fn apply_effects(&self, q: &Arc<Queue>, fx: Effects) {
+        if fx.is_counters_only() {
+            self.count_delivered(&fx);
+            return;
+        }
         let mut work = vec![(Arc::clone(q), fx)];
         // Bounded: a dead-letter cycle is cut by x-death, this is a backstop.
         let mut rounds = 0;

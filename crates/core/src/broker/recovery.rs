@@ -252,7 +252,7 @@ pub(super) fn apply(broker: &Arc<Broker>, r: Recovered) -> Result<(), CoreError>
     for id in &r.unreferenced {
         cleanup.delete(Cf::Messages, records::message_key(*id).to_vec());
     }
-    let mut refs: HashMap<MessageId, u32> = HashMap::new();
+    let mut refs: crate::FastMap<MessageId, u32> = crate::FastMap::default();
     let now_unix = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);

@@ -16,7 +16,7 @@
 
 pub mod args;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use tokio::sync::mpsc::UnboundedSender;
@@ -309,7 +309,7 @@ pub struct QueueState {
     paging: Paging,
     /// A background read of paged entries is under way.
     loading: bool,
-    unacked: HashMap<DeliveryTag, Unacked>,
+    unacked: crate::FastMap<DeliveryTag, Unacked>,
     /// Body bytes of the unacked deliveries.
     unacked_bytes: u64,
     /// Memory the entries hold, ready or unacked, by
@@ -345,7 +345,7 @@ impl QueueState {
             paged: 0,
             paging: Paging::default(),
             loading: false,
-            unacked: HashMap::new(),
+            unacked: crate::FastMap::default(),
             unacked_bytes: 0,
             held: 0,
             total: None,
