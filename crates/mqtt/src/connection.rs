@@ -12,8 +12,8 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use futures_util::StreamExt;
 use futures_util::stream::FuturesOrdered;
+use futures_util::{FutureExt, StreamExt};
 use junction_core::io::Stream;
 use junction_core::io::{CLOSE_DRAIN_BYTES, CLOSE_GRACE};
 use junction_core::io::{ReadHalf, WriteHalf};
@@ -665,6 +665,11 @@ impl Conn {
                 }
                 Some(ack) = self.confirms.next(), if !self.confirms.is_empty() => {
                     self.on_confirm(ack);
+                    // Every ack already due goes in the same write (one
+                    // store commit resolves many at once).
+                    while let Some(Some(ack)) = self.confirms.next().now_or_never() {
+                        self.on_confirm(ack);
+                    }
                 }
                 Some(out) = next_outgoing(&mut self.rare), if !self.outbox_is_empty() => {
                     self.send_outgoing(out);

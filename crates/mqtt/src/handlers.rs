@@ -669,8 +669,8 @@ impl Conn {
         if qos == QoS::AtLeastOnce {
             self.qos1_pending += 1;
         }
-        self.confirms.push_back(Box::pin(async move {
-            let reason = match published.confirmed().await {
+        let ack = move |confirmed: Result<bool, junction_core::CoreError>| {
+            let reason = match confirmed {
                 Ok(true) if routed == 0 && v5 => ReasonCode::NO_MATCHING_SUBSCRIBERS,
                 Ok(true) => ReasonCode::SUCCESS,
                 Ok(false) => ReasonCode::QUOTA_EXCEEDED,
@@ -683,7 +683,18 @@ impl Conn {
             } else {
                 Packet::PubRec(ack)
             }
-        }));
+        };
+        // Nothing stored and no earlier ack still waiting for the disk:
+        // acknowledged now, in the same write as its neighbours (acks go
+        // out in the order of the publishes [MQTT-4.6.0-2]).
+        if self.confirms.is_empty()
+            && let Some(ok) = published.settled()
+        {
+            self.on_confirm(ack(Ok(ok)));
+            return;
+        }
+        self.confirms
+            .push_back(Box::pin(async move { ack(published.confirmed().await) }));
     }
 
     /// A publish receipt resolved: send its PUBACK / PUBREC. A refusal is
