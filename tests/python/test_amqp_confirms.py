@@ -5,7 +5,7 @@ import pika
 import pytest
 from pika.exceptions import NackError
 
-from amqp_support import bodies, channel_error, get_all, message_count, publish
+from amqp_support import ConfirmPublisher, bodies, channel_error, get_all, message_count, publish
 
 PERSISTENT = pika.BasicProperties(delivery_mode=2)
 
@@ -35,6 +35,47 @@ def test_publish_to_a_full_reject_publish_queue_is_nacked(amqp_channel, names):
     # Room again: the next publish is acked (no exception) and kept.
     amqp_channel.basic_publish("", q, b"third")
     assert bodies(amqp_channel, q) == [b"third"]
+
+
+class RecordingPublisher(ConfirmPublisher):
+    """Keeps every confirm frame as (method, delivery tag, multiple)."""
+
+    def __init__(self, broker):
+        self.frames = []
+        super().__init__(broker)
+
+    def _on_confirm(self, frame):
+        m = frame.method
+        self.frames.append((type(m).__name__, m.delivery_tag, m.multiple))
+        super()._on_confirm(frame)
+
+
+def test_confirms_resolved_together_are_coalesced_and_never_cover_a_nack(module_broker, names):
+    """Confirms that resolve in one store commit go out as one basic.ack
+    with multiple set (as RabbitMQ sends them), and a nack ends a run of
+    acks: every tag is acked or nacked exactly once, the right one each
+    (the queue takes 150, refuses the rest)."""
+    q = names("coalesced")
+    admin = module_broker.connect()
+    ch = admin.channel()
+    ch.queue_declare(
+        q, durable=True, arguments={"x-max-length": 150, "x-overflow": "reject-publish"}
+    )
+    pub = RecordingPublisher(module_broker)
+    frames = pub.frames
+    try:
+        for i in range(200):
+            pub.publish("", q, b"m%d" % i, PERSISTENT)
+        assert pub.run_until(lambda: len(pub.acked) + len(pub.nacked) == 200, 15), frames
+        assert pub.acked == set(range(1, 151))
+        assert pub.nacked == set(range(151, 201))
+        assert any(multiple for kind, _, multiple in frames if kind == "Ack"), frames
+        assert len(frames) < 200
+        assert message_count(ch, q) == 150
+    finally:
+        pub.close()
+        ch.queue_delete(q)
+        admin.close()
 
 
 def test_confirm_select_on_a_tx_channel_closes_it_with_406(amqp_channel):

@@ -302,11 +302,13 @@ impl Conn {
                     junction_core::consumer::drain(&mut events, ev, |ev| self.on_event(ev));
                 }
                 Some(c) = self.confirms.next(), if !self.confirms.is_empty() => {
-                    self.confirm(c);
-                    // Others already resolved go out in the same write.
+                    // Others already resolved go out in the same write,
+                    // coalesced where they can be.
+                    let mut done = vec![c];
                     while let Some(Some(c)) = self.confirms.next().now_or_never() {
-                        self.confirm(c);
+                        done.push(c);
                     }
+                    self.confirm_all(&done);
                 }
                 _ = ticker.tick() => {
                     if let Some(hb) = heartbeat {

@@ -92,12 +92,64 @@ impl Conn {
         );
     }
 
-    pub(crate) fn confirm(&mut self, (channel_id, epoch, seq, ok): crate::connection::Confirm) {
-        if !self
-            .channels
+    /// Sends the confirms resolved together, in order. A run of acks of
+    /// consecutive sequence numbers on one channel goes as one `basic.ack`
+    /// with `multiple` set (as RabbitMQ coalesces them): every earlier one
+    /// of that channel was confirmed before, since confirms resolve in
+    /// publish order. A nack ends its channel's run first, so no tag is
+    /// both acked and nacked.
+    pub(crate) fn confirm_all(&mut self, confirms: &[crate::connection::Confirm]) {
+        // Per channel (few per connection): the open run (epoch, first, last).
+        let mut runs: Vec<(u16, u64, u64, u64)> = Vec::new();
+        for &(channel_id, epoch, seq, ok) in confirms {
+            let run = runs.iter().position(|r| r.0 == channel_id);
+            if ok {
+                match run {
+                    Some(i) if runs[i].1 == epoch && runs[i].3 + 1 == seq => runs[i].3 = seq,
+                    Some(i) => {
+                        let (c, e, first, last) = runs[i];
+                        self.ack_run(c, e, first, last);
+                        runs[i] = (channel_id, epoch, seq, seq);
+                    }
+                    None => runs.push((channel_id, epoch, seq, seq)),
+                }
+            } else {
+                if let Some(i) = run {
+                    let (c, e, first, last) = runs.swap_remove(i);
+                    self.ack_run(c, e, first, last);
+                }
+                self.confirm((channel_id, epoch, seq, false));
+            }
+        }
+        for (c, e, first, last) in runs {
+            self.ack_run(c, e, first, last);
+        }
+    }
+
+    /// Acks `first..=last` of one channel: one frame, `multiple` when
+    /// more than one.
+    fn ack_run(&mut self, channel_id: u16, epoch: u64, first: u64, last: u64) {
+        if first == last {
+            self.confirm((channel_id, epoch, last, true));
+        } else if self.channel_open(channel_id, epoch) {
+            self.out.method(
+                channel_id,
+                AMQPClass::Basic(basic::AMQPMethod::Ack(basic::Ack {
+                    delivery_tag: last,
+                    multiple: true,
+                })),
+            );
+        }
+    }
+
+    fn channel_open(&self, channel_id: u16, epoch: u64) -> bool {
+        self.channels
             .get(&channel_id)
             .is_some_and(|c| c.epoch == epoch && c.state == ChannelState::Open)
-        {
+    }
+
+    pub(crate) fn confirm(&mut self, (channel_id, epoch, seq, ok): crate::connection::Confirm) {
+        if !self.channel_open(channel_id, epoch) {
             return;
         }
         let m = if ok {
