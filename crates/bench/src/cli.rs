@@ -121,6 +121,15 @@ pub struct Args {
     /// it a QoS 0 or fan-out run can outpace its consumers.
     #[arg(long, default_value_t = 0)]
     pub max_lag: u64,
+    /// MQTT: wildcard subscriptions held during the run that match none of
+    /// its messages (`<first level>/+/b<run>-<client>/<n>`, beside the
+    /// published topic), made before the consumers subscribe: how routing
+    /// cost grows with the subscription table.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=10_000_000))]
+    pub background_subs: u64,
+    /// Clients the background subscriptions are spread over.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub background_clients: u32,
     /// Once publishers finish, how long consumers wait for the rest, seconds.
     #[arg(long, default_value_t = 10.0)]
     pub drain_timeout: f64,

@@ -95,6 +95,7 @@ pub async fn run(
         warmup_s: None,
         measure_s: None,
         measured: None,
+        background_subs: None,
     };
     probe.finish(&mut report);
     report.rss_per_connection_bytes = match (report.broker_rss_start_kb, report.broker_rss_kb) {

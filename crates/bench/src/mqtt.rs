@@ -446,18 +446,63 @@ pub async fn subscribe_storm(
     window: u16,
     stop_at: tokio::time::Instant,
 ) -> Result<u64, BenchError> {
-    let (client, mut session) = connect(s, s.client_id("f", index)).await?;
+    let run = s.run_id;
+    let name = move |n: u64| format!("storm/{run:08x}/{index}/{n}/+/t");
+    let (client, mut session, result) =
+        subscribe_many(s, "f", index, filters, name, window, stop_at).await?;
+    disconnect(&client, &mut session).await;
+    result
+}
+
+/// Background subscriptions, one client: connects and subscribes
+/// `filters` wildcard filters under `first` (the published topic's first
+/// level), `first/+/b<run>-<index>/<n>`: each walks the same tree as the
+/// published topic and matches none of its messages. Held until `cancel`;
+/// returns the holding task and how many were granted.
+pub async fn background(
+    s: &MqttSettings,
+    first: &str,
+    index: u32,
+    filters: u64,
+    window: u16,
+    stop_at: tokio::time::Instant,
+    cancel: CancellationToken,
+) -> Result<(JoinHandle<Result<(), BenchError>>, u64), BenchError> {
+    let (run, first) = (s.run_id, first.to_string());
+    let name = move |n: u64| format!("{first}/+/b{run:08x}-{index}/{n}");
+    let (client, session, result) =
+        subscribe_many(s, "b", index, filters, name, window, stop_at).await?;
+    let granted = result?;
+    Ok((
+        tokio::spawn(hold(client, session, cancel, |_, _| {})),
+        granted,
+    ))
+}
+
+/// Connects client `index` of `role` and subscribes the `filters` filters
+/// `name(0..filters)`, one per SUBSCRIBE, at most `window` awaiting their
+/// SUBACK, until all are answered or `stop_at`. Returns the connection
+/// and how many were granted (or how the session failed).
+async fn subscribe_many(
+    s: &MqttSettings,
+    role: &str,
+    index: u32,
+    filters: u64,
+    name: impl Fn(u64) -> String + Send + 'static,
+    window: u16,
+    stop_at: tokio::time::Instant,
+) -> Result<(Client, Session, Result<u64, BenchError>), BenchError> {
+    let (client, mut session) = connect(s, s.client_id(role, index)).await?;
     let window = Arc::new(Semaphore::new(usize::from(window.max(1))));
     let issuer = {
-        let (client, window, qos, run) = (client.clone(), Arc::clone(&window), s.qos, s.run_id);
+        let (client, window, qos) = (client.clone(), Arc::clone(&window), s.qos);
         tokio::spawn(async move {
             for n in 0..filters {
                 let Ok(permit) = window.acquire().await else {
                     return;
                 };
                 permit.forget();
-                let filter = format!("storm/{run:08x}/{index}/{n}/+/t");
-                if client.subscribe(&filter, qos).await.is_err() {
+                if client.subscribe(&name(n), qos).await.is_err() {
                     return;
                 }
             }
@@ -489,6 +534,5 @@ pub async fn subscribe_storm(
     if let Some(codes) = first_refusal {
         tracing::warn!(index, refused, codes, "SUBSCRIBEs were refused");
     }
-    disconnect(&client, &mut session).await;
-    result.map(|()| granted)
+    Ok((client, session, result.map(|()| granted)))
 }

@@ -66,6 +66,8 @@ pub struct Report {
     pub measure_s: Option<f64>,
     /// Arrivals the rate counts: all of them, or the measuring window's.
     pub measured: Option<u64>,
+    /// `--background-subs`: how many the broker granted (`None`: none asked).
+    pub background_subs: Option<u64>,
 }
 
 /// Rounds to three decimals (enough for rates and seconds, and keeps the
@@ -135,6 +137,7 @@ mod tests {
             warmup_s: None,
             measure_s: None,
             measured: None,
+            background_subs: None,
         }
     }
 
@@ -150,7 +153,7 @@ mod tests {
              \"latency_us\":null,\"broker_rss_kb\":2048,\"broker_rss_start_kb\":1024,\
              \"broker_cpu_s\":0.1,\"bench_cpu_s\":0.2,\"connections\":100,\
              \"rss_per_connection_bytes\":10485.76,\"mqtt_below_qos\":null,\
-             \"warmup_s\":null,\"measure_s\":null,\"measured\":null}"
+             \"warmup_s\":null,\"measure_s\":null,\"measured\":null,\"background_subs\":null}"
         );
     }
 

@@ -127,6 +127,13 @@ pub async fn run(args: &Args) -> Result<Outcome, BenchError> {
     let stop_at = started + args.duration();
     let cancel = CancellationToken::new();
 
+    let (background, background_granted) = match start_background(args, &clients, &cancel).await {
+        Ok(b) => b,
+        Err(e) => {
+            cancel.cancel();
+            return Err(e);
+        }
+    };
     let consumers = match start_consumers(args, &clients, &source, &collector, &cancel).await {
         Ok(held) => held,
         Err(e) => {
@@ -186,6 +193,9 @@ pub async fn run(args: &Args) -> Result<Outcome, BenchError> {
     if let Some(e) = join_held(consumers).await {
         failure.get_or_insert(e);
     }
+    if let Some(e) = join_held(background).await {
+        failure.get_or_insert(e);
+    }
     if let Some(progress) = progress {
         let _ = progress.await;
     }
@@ -227,9 +237,68 @@ pub async fn run(args: &Args) -> Result<Outcome, BenchError> {
             .window()
             .map(|_| snap.window_s.map_or(0.0, report::round3)),
         measured: Some(snap.measured),
+        background_subs: (args.background_subs > 0).then_some(background_granted),
     };
     probe.finish(&mut report);
     Ok(Outcome { report, failure })
+}
+
+/// Makes `--background-subs` subscriptions over `--background-clients`
+/// MQTT clients, all at once; returns the holding tasks and how many
+/// were granted.
+async fn start_background(
+    args: &Args,
+    clients: &Clients,
+    cancel: &CancellationToken,
+) -> Result<(Vec<Held>, u64), BenchError> {
+    if args.background_subs == 0 {
+        return Ok((Vec::new(), 0));
+    }
+    if args.sub_proto() != Proto::Mqtt && args.pub_proto() != Proto::Mqtt {
+        return Err(BenchError::Usage(
+            "--background-subs are MQTT subscriptions (an MQTT side is needed)".into(),
+        ));
+    }
+    let n = u64::from(args.background_clients);
+    let first = args.topic.split('/').next().unwrap_or("bench").to_string();
+    let stop_at = tokio::time::Instant::now() + args.duration();
+    let window = args.inflight_for(Proto::Mqtt);
+    let tasks: Vec<_> = (0..args.background_clients)
+        .map(|index| {
+            // The remainder goes to the first clients.
+            let filters =
+                args.background_subs / n + u64::from(u64::from(index) < args.background_subs % n);
+            let (settings, first, cancel) = (clients.mqtt.clone(), first.clone(), cancel.clone());
+            tokio::spawn(async move {
+                crate::mqtt::background(&settings, &first, index, filters, window, stop_at, cancel)
+                    .await
+            })
+        })
+        .collect();
+    let mut held = Vec::with_capacity(tasks.len());
+    let mut granted = 0;
+    let mut failure = None;
+    for t in tasks {
+        match t.await {
+            Ok(Ok((h, g))) => {
+                held.push(h);
+                granted += g;
+            }
+            Ok(Err(e)) => {
+                failure.get_or_insert(e);
+            }
+            Err(join) => {
+                failure.get_or_insert(BenchError::Internal(join.to_string()));
+            }
+        }
+    }
+    if let Some(e) = failure {
+        cancel.cancel();
+        let _ = join_held(held).await;
+        return Err(e);
+    }
+    tracing::info!(granted, "background subscriptions in place");
+    Ok((held, granted))
 }
 
 /// Connects and subscribes every consumer, a few at a time.

@@ -79,6 +79,7 @@ pub async fn run(
         warmup_s: None,
         measure_s: None,
         measured: None,
+        background_subs: None,
     };
     probe.finish(&mut report);
     Ok(Outcome { report, failure })
