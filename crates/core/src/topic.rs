@@ -345,7 +345,11 @@ impl<V: Clone + Eq + Hash> TopicTrie<V> {
 
     /// Removes one binding of the pair; returns whether there was one. Empty
     /// branches are pruned.
-    pub fn remove(&mut self, pattern: &str, value: &V) -> bool {
+    pub fn remove<Q>(&mut self, pattern: &str, value: &Q) -> bool
+    where
+        V: std::borrow::Borrow<Q>,
+        Q: Eq + Hash + ?Sized,
+    {
         let path = normalise(pattern);
         // Find the value, and the shallowest node from which everything
         // below on the path would be left empty (to be pruned).

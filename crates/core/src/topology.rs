@@ -5,7 +5,9 @@
 //! Mutations return the [`Change`]s they made so the broker can persist the
 //! durable ones.
 
+use std::borrow::Borrow;
 use std::hash::Hash;
+use std::sync::Arc;
 
 use crate::error::CoreError;
 use crate::exchange::{
@@ -41,7 +43,7 @@ fn count_in<V: Eq + Hash>(set: &mut Counted<V>, v: V) {
     *set.entry(v).or_default() += 1;
 }
 
-fn count_out<V: Eq + Hash>(set: &mut Counted<V>, v: &V) {
+fn count_out<V: Eq + Hash + Borrow<Q>, Q: Eq + Hash + ?Sized>(set: &mut Counted<V>, v: &Q) {
     if let Some(n) = set.get_mut(v) {
         *n -= 1;
         if *n == 0 {
@@ -50,15 +52,19 @@ fn count_out<V: Eq + Hash>(set: &mut Counted<V>, v: &V) {
     }
 }
 
+/// A binding's destination as the indexes hold it: one allocation per
+/// queue or exchange, shared by every binding to it.
+type Dest = Arc<Destination>;
+
 /// Per-type routing index of one exchange's bindings.
 #[derive(Debug)]
 enum Routes {
-    Direct(HashMap<String, Counted<Destination>>),
-    Fanout(Counted<Destination>),
-    Topic(TopicTrie<Destination>),
+    Direct(HashMap<Arc<str>, Counted<Dest>>),
+    Fanout(Counted<Dest>),
+    Topic(TopicTrie<Dest>),
     /// Headers bindings by destination: routing tests every one anyway,
     /// removal finds its own without a scan of the exchange.
-    Headers(HashMap<Destination, Vec<(HeadersMode, FieldTable)>>),
+    Headers(HashMap<Dest, Vec<(HeadersMode, FieldTable)>>),
 }
 
 impl Routes {
@@ -71,18 +77,18 @@ impl Routes {
         }
     }
 
-    fn add(&mut self, b: &Binding) -> Result<(), CoreError> {
+    /// Indexes `b`, whose destination and key the caller has in shared form.
+    fn add(&mut self, b: &Binding, dest: &Dest, key: &Arc<str>) -> Result<(), CoreError> {
         match self {
-            Routes::Direct(map) => count_in(
-                map.entry(b.routing_key.clone()).or_default(),
-                b.destination.clone(),
-            ),
-            Routes::Fanout(all) => count_in(all, b.destination.clone()),
-            Routes::Topic(trie) => trie.insert(&b.routing_key, b.destination.clone()),
+            Routes::Direct(map) => {
+                count_in(map.entry(Arc::clone(key)).or_default(), Arc::clone(dest))
+            }
+            Routes::Fanout(all) => count_in(all, Arc::clone(dest)),
+            Routes::Topic(trie) => trie.insert(&b.routing_key, Arc::clone(dest)),
             Routes::Headers(by_dest) => {
                 let mode = HeadersMode::from_arguments(&b.arguments)?;
                 by_dest
-                    .entry(b.destination.clone())
+                    .entry(Arc::clone(dest))
                     .or_default()
                     .push((mode, b.arguments.clone()));
             }
@@ -93,10 +99,10 @@ impl Routes {
     fn remove(&mut self, b: &Binding) {
         match self {
             Routes::Direct(map) => {
-                if let Some(set) = map.get_mut(&b.routing_key) {
+                if let Some(set) = map.get_mut(b.routing_key.as_str()) {
                     count_out(set, &b.destination);
                     if set.is_empty() {
-                        map.remove(&b.routing_key);
+                        map.remove(b.routing_key.as_str());
                     }
                 }
             }
@@ -117,7 +123,7 @@ impl Routes {
         }
     }
 
-    fn matching<'a>(&'a self, msg: &Message, out: &mut Vec<&'a Destination>) {
+    fn matching<'a>(&'a self, msg: &Message, out: &mut Vec<&'a Dest>) {
         match self {
             Routes::Direct(map) => {
                 if let Some(set) = map.get(msg.routing_key.as_str()) {
@@ -139,54 +145,126 @@ impl Routes {
     }
 }
 
-/// A set of bindings, indexed by (source, destination, key) so that adding,
-/// finding and removing one is O(1) however many there are (an MQTT
-/// subscription storm binds hundreds of thousands to `amq.topic`).
-/// Bindings that differ only in arguments share a slot.
+/// The arguments one (end, end, key) binding slot is bound with. Most
+/// bindings have none, which costs no allocation here.
 #[derive(Debug, Default)]
-struct BindingSet {
-    slots: HashMap<(String, Destination, String), Vec<FieldTable>>,
-    len: usize,
+struct Args {
+    /// Bound with empty arguments.
+    plain: bool,
+    /// Bound with these (non-empty) arguments, each once.
+    others: Vec<FieldTable>,
 }
 
-impl BindingSet {
-    fn slot_key(b: &Binding) -> (String, Destination, String) {
-        (
-            b.source.clone(),
-            b.destination.clone(),
-            b.routing_key.clone(),
-        )
+impl Args {
+    fn contains(&self, a: &FieldTable) -> bool {
+        if a.is_empty() {
+            self.plain
+        } else {
+            self.others.contains(a)
+        }
     }
 
-    fn contains(&self, b: &Binding) -> bool {
-        self.slots
-            .get(&Self::slot_key(b))
-            .is_some_and(|args| args.contains(&b.arguments))
-    }
-
-    /// Adds `b`; false if it was there already.
-    fn insert(&mut self, b: &Binding) -> bool {
-        let args = self.slots.entry(Self::slot_key(b)).or_default();
-        if args.contains(&b.arguments) {
+    fn insert(&mut self, a: &FieldTable) -> bool {
+        if self.contains(a) {
             return false;
         }
-        args.push(b.arguments.clone());
-        self.len += 1;
+        if a.is_empty() {
+            self.plain = true;
+        } else {
+            self.others.push(a.clone());
+        }
         true
     }
 
-    /// Removes `b`; false if it was not there.
-    fn remove(&mut self, b: &Binding) -> bool {
-        let key = Self::slot_key(b);
-        let Some(args) = self.slots.get_mut(&key) else {
+    fn remove(&mut self, a: &FieldTable) -> bool {
+        if a.is_empty() {
+            return std::mem::replace(&mut self.plain, false);
+        }
+        match self.others.iter().position(|x| x == a) {
+            Some(i) => {
+                self.others.swap_remove(i);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        !self.plain && self.others.is_empty()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = FieldTable> + '_ {
+        self.plain
+            .then(FieldTable::new)
+            .into_iter()
+            .chain(self.others.iter().cloned())
+    }
+}
+
+/// A set of bindings that share one end (an exchange's bindings share
+/// their source, a destination's their destination), by their other end
+/// and then their key, so that adding, finding and removing one is O(1)
+/// however many there are (an MQTT subscription storm binds hundreds of
+/// thousands to `amq.topic`). Names are shared handles: a binding costs a
+/// map slot in each of the two sets, not copies of its names.
+#[derive(Debug)]
+struct BindingSet<E> {
+    slots: HashMap<E, HashMap<Arc<str>, Args>>,
+    len: usize,
+}
+
+impl<E> Default for BindingSet<E> {
+    fn default() -> Self {
+        BindingSet {
+            slots: HashMap::default(),
+            len: 0,
+        }
+    }
+}
+
+impl<E: Eq + Hash> BindingSet<E> {
+    fn contains<Q: Eq + Hash + ?Sized>(&self, end: &Q, key: &str, args: &FieldTable) -> bool
+    where
+        E: Borrow<Q>,
+    {
+        self.slots
+            .get(end)
+            .and_then(|keys| keys.get(key))
+            .is_some_and(|a| a.contains(args))
+    }
+
+    /// Adds a binding; false if it was there already.
+    fn insert(&mut self, end: E, key: &Arc<str>, args: &FieldTable) -> bool {
+        let slot = self
+            .slots
+            .entry(end)
+            .or_default()
+            .entry(Arc::clone(key))
+            .or_default();
+        let added = slot.insert(args);
+        self.len += usize::from(added);
+        added
+    }
+
+    /// Removes a binding; false if it was not there.
+    fn remove<Q: Eq + Hash + ?Sized>(&mut self, end: &Q, key: &str, args: &FieldTable) -> bool
+    where
+        E: Borrow<Q>,
+    {
+        let Some(keys) = self.slots.get_mut(end) else {
             return false;
         };
-        let Some(i) = args.iter().position(|a| *a == b.arguments) else {
+        let Some(slot) = keys.get_mut(key) else {
             return false;
         };
-        args.swap_remove(i);
-        if args.is_empty() {
-            self.slots.remove(&key);
+        if !slot.remove(args) {
+            return false;
+        }
+        if slot.is_empty() {
+            keys.remove(key);
+            if keys.is_empty() {
+                self.slots.remove(end);
+            }
         }
         self.len -= 1;
         true
@@ -196,14 +274,11 @@ impl BindingSet {
         self.len == 0
     }
 
-    fn iter(&self) -> impl Iterator<Item = Binding> + '_ {
-        self.slots.iter().flat_map(|((source, dest, key), args)| {
-            args.iter().map(move |a| Binding {
-                source: source.clone(),
-                destination: dest.clone(),
-                routing_key: key.clone(),
-                arguments: a.clone(),
-            })
+    /// Every binding as (other end, key, arguments).
+    fn iter(&self) -> impl Iterator<Item = (&E, &Arc<str>, FieldTable)> + '_ {
+        self.slots.iter().flat_map(|(end, keys)| {
+            keys.iter()
+                .flat_map(move |(key, args)| args.iter().map(move |a| (end, key, a)))
         })
     }
 }
@@ -211,9 +286,23 @@ impl BindingSet {
 #[derive(Debug)]
 struct Exchange {
     def: ExchangeDef,
+    /// Its name, shared by the destinations' index of its bindings.
+    name: Arc<str>,
     routes: Routes,
-    /// Bindings with this exchange as source.
-    bindings: BindingSet,
+    /// Bindings with this exchange as source, by destination and key.
+    bindings: BindingSet<Dest>,
+}
+
+impl Exchange {
+    /// Its bindings in full.
+    fn binding_list(&self) -> impl Iterator<Item = Binding> + '_ {
+        self.bindings.iter().map(|(dest, key, arguments)| Binding {
+            source: self.def.name.clone(),
+            destination: Destination::clone(dest),
+            routing_key: key.to_string(),
+            arguments,
+        })
+    }
 }
 
 /// Exchange-to-exchange and alternate-exchange hops a message may take
@@ -225,9 +314,10 @@ pub const MAX_EXCHANGE_HOPS: usize = 32;
 #[derive(Debug, Default)]
 pub struct Topology {
     exchanges: HashMap<String, Exchange>,
-    /// Bindings by destination, so deleting a queue or exchange finds its
-    /// bindings without scanning every exchange.
-    by_destination: HashMap<Destination, BindingSet>,
+    /// Bindings by destination (then source and key), so deleting a queue
+    /// or exchange finds its bindings without scanning every exchange. Its
+    /// keys are the shared destination handles every index uses.
+    by_destination: HashMap<Dest, BindingSet<Arc<str>>>,
     /// Bindings in all (the `max_bindings` limit counts them).
     binding_total: usize,
 }
@@ -252,6 +342,7 @@ impl Topology {
         self.exchanges.insert(
             def.name.clone(),
             Exchange {
+                name: Arc::from(def.name.as_str()),
                 def,
                 routes,
                 bindings: BindingSet::default(),
@@ -274,9 +365,10 @@ impl Topology {
 
     /// Whether exactly this binding exists.
     pub fn has_binding(&self, b: &Binding) -> bool {
-        self.exchanges
-            .get(&b.source)
-            .is_some_and(|ex| ex.bindings.contains(b))
+        self.exchanges.get(&b.source).is_some_and(|ex| {
+            ex.bindings
+                .contains(&b.destination, &b.routing_key, &b.arguments)
+        })
     }
 
     /// How many bindings the vhost has.
@@ -289,7 +381,7 @@ impl Topology {
         let mut all: Vec<Binding> = self
             .exchanges
             .values()
-            .flat_map(|e| e.bindings.iter())
+            .flat_map(Exchange::binding_list)
             .collect();
         all.sort_by(|a, b| {
             (&a.source, &a.destination, &a.routing_key).cmp(&(
@@ -303,9 +395,16 @@ impl Topology {
 
     /// Bindings leading to `dest`.
     pub fn bindings_to(&self, dest: &Destination) -> Vec<Binding> {
-        self.by_destination
-            .get(dest)
-            .map_or_else(Vec::new, |set| set.iter().collect())
+        self.by_destination.get(dest).map_or_else(Vec::new, |set| {
+            set.iter()
+                .map(|(source, key, arguments)| Binding {
+                    source: source.to_string(),
+                    destination: dest.clone(),
+                    routing_key: key.to_string(),
+                    arguments,
+                })
+                .collect()
+        })
     }
 
     /// `exchange.declare`. Returns the change if it created the exchange.
@@ -392,7 +491,7 @@ impl Topology {
                 continue;
             };
             self.binding_total -= ex.bindings.len;
-            for b in ex.bindings.iter() {
+            for b in ex.binding_list() {
                 self.unindex(&b);
                 changes.push(Change::BindingRemoved(b));
             }
@@ -408,7 +507,7 @@ impl Topology {
 
     fn unindex(&mut self, b: &Binding) {
         if let Some(set) = self.by_destination.get_mut(&b.destination) {
-            set.remove(b);
+            set.remove(b.source.as_str(), &b.routing_key, &b.arguments);
             if set.is_empty() {
                 self.by_destination.remove(&b.destination);
             }
@@ -431,16 +530,27 @@ impl Topology {
         let Some(ex) = self.exchanges.get_mut(&b.source) else {
             return Err(CoreError::NotFound(format!("no exchange '{}'", b.source)));
         };
-        if ex.bindings.contains(&b) {
+        if ex
+            .bindings
+            .contains(&b.destination, &b.routing_key, &b.arguments)
+        {
             return Ok(None);
         }
-        ex.routes.add(&b)?;
-        ex.bindings.insert(&b);
+        // One handle per destination and one per binding key, shared by
+        // every index below.
+        let dest = match self.by_destination.get_key_value(&b.destination) {
+            Some((d, _)) => Arc::clone(d),
+            None => Arc::new(b.destination.clone()),
+        };
+        let key: Arc<str> = Arc::from(b.routing_key.as_str());
+        ex.routes.add(&b, &dest, &key)?;
+        ex.bindings.insert(Arc::clone(&dest), &key, &b.arguments);
+        let source = Arc::clone(&ex.name);
         self.binding_total += 1;
         self.by_destination
-            .entry(b.destination.clone())
+            .entry(dest)
             .or_default()
-            .insert(&b);
+            .insert(source, &key, &b.arguments);
         Ok(Some(Change::BindingAdded(b)))
     }
 
@@ -473,7 +583,10 @@ impl Topology {
     /// exchange now without bindings (for the caller to remove).
     fn remove_one_binding(&mut self, b: &Binding, changes: &mut Vec<Change>) -> Option<String> {
         let ex = self.exchanges.get_mut(&b.source)?;
-        if !ex.bindings.remove(b) {
+        if !ex
+            .bindings
+            .remove(&b.destination, &b.routing_key, &b.arguments)
+        {
             return None;
         }
         ex.routes.remove(b);
@@ -527,7 +640,7 @@ impl Topology {
         // goes on to another exchange: most publishes never do.
         let mut visited: Option<HashSet<&str>> = None;
         let mut frontier: Vec<&Exchange> = vec![ex];
-        let mut dests: Vec<&Destination> = Vec::new();
+        let mut dests: Vec<&Dest> = Vec::new();
         let mut onward: Vec<&str> = Vec::new();
         for hop in 0..=MAX_EXCHANGE_HOPS {
             let mut next = Vec::new();
@@ -538,8 +651,8 @@ impl Topology {
                 if dests.is_empty() {
                     onward.extend(ex.def.alternate_exchange());
                 } else {
-                    for d in &dests {
-                        match d {
+                    for &d in &dests {
+                        match &**d {
                             Destination::Queue(q) => {
                                 if queue_exists(q) {
                                     out.push(q);
@@ -572,5 +685,59 @@ impl Topology {
         }
         crate::topic::dedup_from(&mut out, 0);
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::value::FieldValue;
+
+    fn binding(source: &str, queue: &str, key: &str, args: &[(&str, i32)]) -> Binding {
+        Binding {
+            source: source.to_string(),
+            destination: Destination::Queue(queue.to_string()),
+            routing_key: key.to_string(),
+            arguments: args
+                .iter()
+                .map(|(k, v)| (k.to_string(), FieldValue::I32(*v)))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn bindings_differing_only_in_arguments_are_kept_and_removed_one_by_one() {
+        let mut t = Topology::with_builtins();
+        let plain = binding("amq.topic", "q1", "a.*", &[]);
+        let with_x = binding("amq.topic", "q1", "a.*", &[("x", 1)]);
+        let with_y = binding("amq.topic", "q1", "a.*", &[("y", 2)]);
+        let other = binding("amq.direct", "q1", "k", &[]);
+        for b in [&plain, &with_x, &with_y, &other] {
+            assert!(t.bind(b.clone()).unwrap().is_some());
+        }
+        // Binding again is a no-op.
+        assert_eq!(t.bind(with_x.clone()).unwrap(), None);
+        assert_eq!(t.binding_count(), 4);
+        assert!(t.has_binding(&with_y));
+        assert!(!t.has_binding(&binding("amq.topic", "q1", "a.*", &[("x", 2)])));
+        let dest = Destination::Queue("q1".into());
+        assert_eq!(t.bindings_to(&dest).len(), 4);
+        let listed = t.bindings();
+        for b in [&plain, &with_x, &with_y, &other] {
+            assert_eq!(listed.iter().filter(|l| *l == b).count(), 1, "{b:?}");
+        }
+        // The plain one goes; the others still route and are listed.
+        let removed = t.unbind(&plain).unwrap();
+        assert_eq!(removed, vec![Change::BindingRemoved(plain.clone())]);
+        assert!(t.unbind(&plain).unwrap().is_empty());
+        assert!(!t.has_binding(&plain) && t.has_binding(&with_x));
+        let msg = Message::new("amq.topic", "a.b", bytes::Bytes::new());
+        assert_eq!(t.route("amq.topic", &msg, &|_| true).unwrap(), vec!["q1"]);
+        // Deleting the queue takes the rest, from both indexes.
+        let changes = t.queue_deleted("q1");
+        assert_eq!(changes.len(), 3);
+        assert_eq!(t.binding_count(), 0);
+        assert!(t.bindings().is_empty() && t.bindings_to(&dest).is_empty());
+        assert!(t.route("amq.topic", &msg, &|_| true).unwrap().is_empty());
     }
 }
