@@ -72,6 +72,24 @@ impl Probe {
         })
     }
 
+    /// The same probe with its CPU readings taken again now (RSS still
+    /// counts from the start).
+    pub fn restart_cpu(self) -> Self {
+        let now = Probe::start(self.pid).ok();
+        let broker = match (self.broker, now.and_then(|p| p.broker)) {
+            (Some(start), Some(again)) => Some(Sample {
+                rss_kb: start.rss_kb,
+                ..again
+            }),
+            (start, _) => start,
+        };
+        Probe {
+            broker,
+            bench: now.and_then(|p| p.bench).or(self.bench),
+            pid: self.pid,
+        }
+    }
+
     /// Fills the resource fields of `report` from the end readings.
     pub fn finish(&self, report: &mut Report) {
         let broker_end = self.pid.and_then(|pid| procfs::sample(pid).ok());
@@ -133,6 +151,13 @@ pub async fn run(args: &Args) -> Result<Outcome, BenchError> {
             cancel.cancel();
             return Err(e);
         }
+    };
+    // CPU from here: the background subscriptions' set-up is not the
+    // traffic's cost.
+    let probe = if args.background_subs > 0 {
+        probe.restart_cpu()
+    } else {
+        probe
     };
     let consumers = match start_consumers(args, &clients, &source, &collector, &cancel).await {
         Ok(held) => held,
