@@ -65,6 +65,8 @@ pub struct Collector {
     /// A publisher is waiting at the lag gate.
     gate_waiting: AtomicBool,
     gate: Notify,
+    /// How long one wait at the gate lasts at most ([`GATE_PATIENCE`]).
+    gate_patience: Duration,
     /// Receive-side state.
     inner: Mutex<Inner>,
 }
@@ -113,6 +115,7 @@ impl Collector {
             unique: AtomicU64::new(0),
             gate_waiting: AtomicBool::new(false),
             gate: Notify::new(),
+            gate_patience: GATE_PATIENCE,
             inner: Mutex::new(Inner {
                 tracker,
                 latency,
@@ -152,7 +155,7 @@ impl Collector {
         if self.max_lag == 0 || self.lag() <= self.max_lag {
             return self.may_publish(stop_at);
         }
-        let deadline = (Instant::now() + GATE_PATIENCE).min(stop_at);
+        let deadline = (Instant::now() + self.gate_patience).min(stop_at);
         while self.lag() > self.max_lag {
             let woken = self.gate.notified();
             tokio::pin!(woken);
@@ -406,7 +409,11 @@ mod tests {
 
     #[tokio::test]
     async fn publishers_wait_at_the_lag_bound_until_consumers_catch_up() {
-        let c = Arc::new(collector(3, 1, 1).with_max_lag(2));
+        let mut c = collector(3, 1, 1).with_max_lag(2);
+        // Patient enough that only the consumers' catching up can end the
+        // wait in time (not the give-up that guards against lost messages).
+        c.gate_patience = Duration::from_secs(20);
+        let c = Arc::new(c);
         let stop = Instant::now() + Duration::from_secs(30);
         let bodies: Vec<Bytes> = (0..3)
             .map(|seq| c.message(PublisherIx(0), seq, 20))
@@ -427,6 +434,10 @@ mod tests {
         }
         let waited = waiter.await.unwrap();
         assert!(waited >= Duration::from_millis(10), "{waited:?}");
+        assert!(
+            waited < Duration::from_secs(10),
+            "woken by the arrivals: {waited:?}"
+        );
         // Nothing owed: no wait at all.
         assert!(c.wait_for_room(stop).await);
     }

@@ -610,19 +610,17 @@ impl Topology {
     /// Routes `msg` published to `exchange` to queue names, each once.
     /// Follows exchange-to-exchange bindings (each exchange visited once, so
     /// cycles end) and alternate exchanges for what an exchange cannot route.
-    /// The default exchange ("") routes to the queue named by the key, if
-    /// `queue_exists` says it exists.
+    /// The default exchange ("") routes to the queue named by the key. The
+    /// names are the bindings' own: whether each queue still exists is the
+    /// caller's lookup ([`crate::broker`] resolves them in its queue map).
     pub fn route<'a>(
         &'a self,
         exchange: &'a str,
         msg: &'a Message,
-        queue_exists: &dyn Fn(&str) -> bool,
     ) -> Result<Vec<&'a str>, CoreError> {
         let mut out: Vec<&'a str> = Vec::new();
         if exchange.is_empty() {
-            if queue_exists(&msg.routing_key) {
-                out.push(&msg.routing_key);
-            }
+            out.push(&msg.routing_key);
             return Ok(out);
         }
         let Some((first, ex)) = self.exchanges.get_key_value(exchange) else {
@@ -653,11 +651,7 @@ impl Topology {
                 } else {
                     for &d in &dests {
                         match &**d {
-                            Destination::Queue(q) => {
-                                if queue_exists(q) {
-                                    out.push(q);
-                                }
-                            }
+                            Destination::Queue(q) => out.push(q),
                             Destination::Exchange(x) => onward.push(x),
                         }
                     }
@@ -732,12 +726,12 @@ mod tests {
         assert!(t.unbind(&plain).unwrap().is_empty());
         assert!(!t.has_binding(&plain) && t.has_binding(&with_x));
         let msg = Message::new("amq.topic", "a.b", bytes::Bytes::new());
-        assert_eq!(t.route("amq.topic", &msg, &|_| true).unwrap(), vec!["q1"]);
+        assert_eq!(t.route("amq.topic", &msg).unwrap(), vec!["q1"]);
         // Deleting the queue takes the rest, from both indexes.
         let changes = t.queue_deleted("q1");
         assert_eq!(changes.len(), 3);
         assert_eq!(t.binding_count(), 0);
         assert!(t.bindings().is_empty() && t.bindings_to(&dest).is_empty());
-        assert!(t.route("amq.topic", &msg, &|_| true).unwrap().is_empty());
+        assert!(t.route("amq.topic", &msg).unwrap().is_empty());
     }
 }

@@ -170,7 +170,7 @@ impl VHost {
         msg: &Message,
     ) -> Result<Vec<Arc<Queue>>, CoreError> {
         let topology = self.topology.read();
-        let names = topology.route(exchange, msg, &|_| true)?;
+        let names = topology.route(exchange, msg)?;
         if names.is_empty() {
             return Ok(Vec::new());
         }
