@@ -14,6 +14,11 @@
 //! `amq.topic`, an AMQP consumer binds the named queue to `amq.topic`. A STOMP
 //! consumer cannot reach a shared MQTT subscription, so MQTT → STOMP queue
 //! runs are refused.
+//!
+//! Queue set (`--queues N`, AMQP only): N queues `<queue>-<i>`, each with
+//! one consumer; publisher p sends its message n to queue `(p + n) mod N`
+//! through the default exchange ([`queue_for`]), and consumer connection c
+//! of C holds the queues of [`queue_range`].
 
 use crate::cli::{Proto, Scenario};
 use crate::error::BenchError;
@@ -40,6 +45,15 @@ pub enum PubTarget {
     },
     /// STOMP SEND destination.
     Stomp(String),
+    /// AMQP default exchange, routing key [`queue_name`]`(prefix,
+    /// `[`queue_for`]`(publisher, seq, queues))`: each message to one of
+    /// the set's queues.
+    AmqpQueues {
+        /// Queue names' prefix (`--queue`).
+        prefix: String,
+        /// How many queues.
+        queues: u32,
+    },
 }
 
 /// Where a consumer receives from.
@@ -63,6 +77,59 @@ pub enum SubSource {
     },
     /// STOMP SUBSCRIBE destination.
     Stomp(String),
+    /// AMQP: consumer connection `index` of `connections` declares the
+    /// queues of [`queue_range`] and consumes each of them.
+    AmqpQueues {
+        /// Queue names' prefix (`--queue`).
+        prefix: String,
+        /// How many queues in all.
+        queues: u32,
+        /// How many consumer connections share them.
+        connections: u32,
+    },
+}
+
+/// Queue `index` of a queue set: `<prefix>-<index>`.
+pub fn queue_name(prefix: &str, index: u32) -> String {
+    format!("{prefix}-{index}")
+}
+
+/// The queue of a set of `queues` that message `seq` of publisher
+/// `publisher` is sent to: round-robin from an offset per publisher, so
+/// publishers start on different queues. `queues` must not be 0.
+pub fn queue_for(publisher: u32, seq: u64, queues: u32) -> u32 {
+    let n = u64::from(queues.max(1));
+    // Below `queues`, so it fits in a u32.
+    ((u64::from(publisher) % n + seq % n) % n) as u32
+}
+
+/// The queues consumer connection `connection` of `connections` holds: a
+/// contiguous block, the blocks differing in size by at most one and
+/// together covering `0..queues` once. Empty when `connection` is out of
+/// range.
+pub fn queue_range(connection: u32, connections: u32, queues: u32) -> std::ops::Range<u32> {
+    if connection >= connections {
+        return 0..0;
+    }
+    let at = |c: u32| (u64::from(c) * u64::from(queues) / u64::from(connections)) as u32;
+    at(connection)..at(connection + 1)
+}
+
+/// The publish target and subscribe source of `--queues N`: `queues`
+/// queues named after `prefix`, consumed over `connections` connections
+/// (at most one per queue).
+pub fn queue_set(prefix: &str, queues: u32, connections: u32) -> (PubTarget, SubSource) {
+    (
+        PubTarget::AmqpQueues {
+            prefix: prefix.to_string(),
+            queues,
+        },
+        SubSource::AmqpQueues {
+            prefix: prefix.to_string(),
+            queues,
+            connections: connections.clamp(1, queues.max(1)),
+        },
+    )
 }
 
 /// MQTT topic → AMQP routing key: `/` and `.` swap.
@@ -96,7 +163,12 @@ pub fn route(
         Proto::Stomp => PubTarget::Stomp(format!("/topic/{key}")),
     };
     match scenario {
-        Scenario::FanIn | Scenario::FanOut | Scenario::Idle | Scenario::SubscribeStorm => {
+        Scenario::FanIn
+        | Scenario::FanOut
+        | Scenario::Idle
+        | Scenario::SubscribeStorm
+        | Scenario::ConnectStorm
+        | Scenario::ReconnectStorm => {
             let source = match sub_proto {
                 Proto::Mqtt => SubSource::Mqtt(topic.to_string()),
                 Proto::Amqp => SubSource::AmqpPrivate {
@@ -216,6 +288,70 @@ mod tests {
         );
         let (p, _) = route(Scenario::Queue, Stomp, Mqtt, "bench/t", "bench-q").unwrap();
         assert_eq!(p, PubTarget::Stomp("/topic/bench.t".into()));
+    }
+
+    #[test]
+    fn queue_set_names_count_from_zero_after_a_dash() {
+        assert_eq!(queue_name("bench-q", 0), "bench-q-0");
+        assert_eq!(queue_name("bench-q", 9_999), "bench-q-9999");
+        let (p, s) = queue_set("q", 100, 20);
+        assert_eq!(
+            p,
+            PubTarget::AmqpQueues {
+                prefix: "q".into(),
+                queues: 100
+            }
+        );
+        assert_eq!(
+            s,
+            SubSource::AmqpQueues {
+                prefix: "q".into(),
+                queues: 100,
+                connections: 20
+            }
+        );
+        // Never more connections than queues.
+        let (_, s) = queue_set("q", 1, 20);
+        assert_eq!(
+            s,
+            SubSource::AmqpQueues {
+                prefix: "q".into(),
+                queues: 1,
+                connections: 1
+            }
+        );
+    }
+
+    #[test]
+    fn each_publisher_goes_round_robin_over_the_queues_from_its_own_offset() {
+        let p0: Vec<u32> = (0..5).map(|seq| queue_for(0, seq, 3)).collect();
+        assert_eq!(p0, [0, 1, 2, 0, 1]);
+        let p1: Vec<u32> = (0..5).map(|seq| queue_for(1, seq, 3)).collect();
+        assert_eq!(p1, [1, 2, 0, 1, 2]);
+        let p4: Vec<u32> = (0..3).map(|seq| queue_for(4, seq, 3)).collect();
+        assert_eq!(p4, [1, 2, 0]);
+        // One queue takes everything; huge numbers do not overflow.
+        assert_eq!(queue_for(7, 123, 1), 0);
+        // 4,294,967,295 mod 10,000 = 7,295; u64::MAX mod 10,000 = 1,615.
+        assert_eq!(queue_for(u32::MAX, u64::MAX, 10_000), 8_910);
+        // Every queue gets the same share of a whole number of rounds.
+        let mut hits = [0u32; 7];
+        for seq in 0..700 {
+            hits[queue_for(3, seq, 7) as usize] += 1;
+        }
+        assert_eq!(hits, [100; 7]);
+    }
+
+    #[test]
+    fn consumer_connections_split_the_queues_into_contiguous_blocks() {
+        let blocks: Vec<_> = (0..3).map(|c| queue_range(c, 3, 10)).collect();
+        assert_eq!(blocks, [0..3, 3..6, 6..10]);
+        let blocks: Vec<_> = (0..20).map(|c| queue_range(c, 20, 10_000)).collect();
+        assert!(blocks.iter().all(|b| b.len() == 500));
+        assert_eq!((blocks[0].start, blocks[19].end), (0, 10_000));
+        assert!(blocks.windows(2).all(|w| w[0].end == w[1].start));
+        assert_eq!(queue_range(0, 1, 1), 0..1);
+        assert_eq!(queue_range(3, 3, 10), 0..0);
     }
 
     #[test]

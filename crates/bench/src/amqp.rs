@@ -6,12 +6,18 @@
 //!   `--persistent` sets delivery-mode 2.
 //! - Consumer: "basic.qos" with the prefetch, then "basic.consume", no-ack
 //!   unless `--manual-ack`, in which case every "basic.deliver" is acked.
+//! - Queue set (`--queues N`): each consumer connection declares its block
+//!   of the set's queues (transient, exclusive to it, auto-delete: the
+//!   broker deletes them when the connection closes, even if the generator
+//!   dies) and consumes each on its one channel; deliveries are tagged with
+//!   the queue they came from. Publishers pick each message's queue by
+//!   [`address::queue_for`].
 //! - Named queues are first declared passively (on a scratch channel, since
 //!   a failed declare closes its channel) and created durable only when
 //!   missing, so a queue created by another protocol's adapter with other
 //!   flags is used as it is.
 
-use crate::address::{PubTarget, SubSource};
+use crate::address::{self, PubTarget, SubSource};
 use crate::cli::Proto::Amqp as AMQP;
 use crate::collector::Collector;
 use crate::error::BenchError;
@@ -146,6 +152,29 @@ async fn close(conn: &Connection) {
     let _ = timeout(CLOSE_TIMEOUT, conn.close(200, "bench done".into())).await;
 }
 
+/// The routing keys of one publisher's messages.
+enum Keys {
+    /// Every message with this key.
+    One(String),
+    /// A queue set's names: message `seq` of publisher `p` goes to
+    /// `names[queue_for(p, seq, len)]`.
+    Set(Vec<String>),
+}
+
+impl Keys {
+    /// The routing key of message `seq` of publisher `publisher`.
+    fn of(&self, publisher: u32, seq: u64) -> &str {
+        match self {
+            Keys::One(key) => key,
+            Keys::Set(names) => {
+                let queues = u32::try_from(names.len()).unwrap_or(u32::MAX);
+                let q = address::queue_for(publisher, seq, queues) as usize;
+                names.get(q).map_or("", String::as_str)
+            }
+        }
+    }
+}
+
 /// Publishes `plan.count` messages to `target` until done or
 /// `plan.stop_at`, then waits up to `plan.drain` for outstanding confirms.
 pub async fn publish(
@@ -154,27 +183,35 @@ pub async fn publish(
     plan: &PubPlan,
     collector: Arc<Collector>,
 ) -> Result<(), BenchError> {
-    let PubTarget::Amqp {
-        exchange,
-        routing_key,
-        queue,
-    } = target
-    else {
-        return Err(BenchError::Internal(format!(
-            "AMQP publisher given {target:?}"
-        )));
+    let (exchange, keys, queue) = match target {
+        PubTarget::Amqp {
+            exchange,
+            routing_key,
+            queue,
+        } => (
+            exchange.as_str(),
+            Keys::One(routing_key.clone()),
+            queue.as_deref(),
+        ),
+        // The consumers declared the set's queues before any publisher
+        // started; through the default exchange, key = queue name.
+        PubTarget::AmqpQueues { prefix, queues } => (
+            "",
+            Keys::Set(
+                (0..*queues)
+                    .map(|q| address::queue_name(prefix, q))
+                    .collect(),
+            ),
+            None,
+        ),
+        other => {
+            return Err(BenchError::Internal(format!(
+                "AMQP publisher given {other:?}"
+            )));
+        }
     };
     let conn = connect(s, &format!("junction-bench publisher {}", plan.index)).await?;
-    let result = publish_on(
-        s,
-        &conn,
-        exchange,
-        routing_key,
-        queue.as_deref(),
-        plan,
-        &collector,
-    )
-    .await;
+    let result = publish_on(s, &conn, exchange, &keys, queue, plan, &collector).await;
     close(&conn).await;
     result.map_err(|e| BenchError::protocol(AMQP, format!("publisher {}: {e}", plan.index)))
 }
@@ -183,7 +220,7 @@ async fn publish_on(
     s: &AmqpSettings,
     conn: &Connection,
     exchange: &str,
-    routing_key: &str,
+    keys: &Keys,
     queue: Option<&str>,
     plan: &PubPlan,
     collector: &Collector,
@@ -224,7 +261,7 @@ async fn publish_on(
         let body = collector.message(plan.index, seq, plan.size);
         let publish = channel.basic_publish(
             exchange.into(),
-            routing_key.into(),
+            keys.of(plan.index.0, seq).into(),
             BasicPublishOptions::default(),
             &body,
             props.clone(),
@@ -362,6 +399,95 @@ pub async fn consume(
             )
             .await;
         }
+        let _ = timeout(CLOSE_TIMEOUT, channel.close(200, "bench done".into())).await;
+        close(&conn).await;
+        result
+    }))
+}
+
+/// Queue set: connects consumer connection `index`, declares the queues
+/// `range` of the set named after `prefix` (transient, exclusive to this
+/// connection, auto-delete) and consumes each on one channel; then records
+/// every delivery as coming from its queue (consumer index = queue index)
+/// in a task that runs until `cancel`. Closing the connection deletes the
+/// queues.
+pub async fn consume_queues(
+    s: &AmqpSettings,
+    prefix: &str,
+    index: u32,
+    range: std::ops::Range<u32>,
+    collector: Arc<Collector>,
+    cancel: CancellationToken,
+) -> Result<JoinHandle<Result<(), BenchError>>, BenchError> {
+    let conn = connect(s, &format!("junction-bench consumer {index}")).await?;
+    let set_up = async {
+        let channel = conn.create_channel().await.map_err(proto_error)?;
+        channel
+            .basic_qos(s.prefetch, BasicQosOptions::default())
+            .await
+            .map_err(proto_error)?;
+        let transient = QueueDeclareOptions {
+            exclusive: true,
+            auto_delete: true,
+            ..QueueDeclareOptions::default()
+        };
+        let options = BasicConsumeOptions {
+            no_ack: !s.manual_ack,
+            ..BasicConsumeOptions::default()
+        };
+        let mut streams = Vec::with_capacity(range.len());
+        for q in range.clone() {
+            let name = address::queue_name(prefix, q);
+            channel
+                .queue_declare(name.as_str().into(), transient, FieldTable::default())
+                .await
+                .map_err(proto_error)?;
+            let consumer = channel
+                .basic_consume(
+                    name.as_str().into(),
+                    format!("jb-{q}").into(),
+                    options,
+                    FieldTable::default(),
+                )
+                .await
+                .map_err(proto_error)?;
+            streams.push(consumer.map(move |delivery| (q, delivery)));
+        }
+        Ok::<_, BenchError>((channel, futures_util::stream::select_all(streams)))
+    };
+    let (channel, mut deliveries) = match set_up.await {
+        Ok(ok) => ok,
+        Err(e) => {
+            close(&conn).await;
+            return Err(e);
+        }
+    };
+    let manual_ack = s.manual_ack;
+    Ok(tokio::spawn(async move {
+        // As in `consume`: acks go out without waiting for each other.
+        let mut acks = FuturesUnordered::new();
+        let result = loop {
+            tokio::select! {
+                biased;
+                () = cancel.cancelled() => break Ok(()),
+                Some(acked) = acks.next(), if !acks.is_empty() => {
+                    if let Err(e) = acked {
+                        break Err(proto_error(e));
+                    }
+                }
+                delivery = deliveries.next() => match delivery {
+                    Some((q, Ok(delivery))) => {
+                        collector.on_message(ConsumerIx(q), &delivery.data);
+                        if manual_ack {
+                            let acker = delivery.acker;
+                            acks.push(async move { acker.ack(BasicAckOptions::default()).await });
+                        }
+                    }
+                    Some((_, Err(e))) => break Err(proto_error(e)),
+                    None => break Err(BenchError::protocol(AMQP, "every consumer cancelled by the broker")),
+                },
+            }
+        };
         let _ = timeout(CLOSE_TIMEOUT, channel.close(200, "bench done".into())).await;
         close(&conn).await;
         result

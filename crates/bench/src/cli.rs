@@ -25,6 +25,23 @@ pub enum Scenario {
     /// filters, one SUBSCRIBE each (how long a subscription table takes
     /// to build; filters per second).
     SubscribeStorm,
+    /// MQTT only: --connections clients connect (clean session), at most
+    /// --connect-concurrency awaiting their CONNACK, and stay open until
+    /// the last is in; then all close (connections per second).
+    ConnectStorm,
+    /// MQTT only: --connections clients with persistent sessions (one
+    /// subscription each) connect, subscribe and disconnect; then all
+    /// reconnect at once, and that phase is measured (connections per
+    /// second, and how many CONNACKs lacked session present); finally every
+    /// session is removed with a clean-session connect.
+    ReconnectStorm,
+}
+
+impl Scenario {
+    /// The connection storms (connections, not messages, are the load).
+    pub fn is_connection_storm(self) -> bool {
+        matches!(self, Scenario::ConnectStorm | Scenario::ReconnectStorm)
+    }
 }
 
 /// A wire protocol.
@@ -95,9 +112,14 @@ pub struct Args {
     /// Number of consuming connections.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub consumers: u32,
-    /// Idle scenario: connections to open and hold.
+    /// Idle scenario: connections to open and hold; connection storms:
+    /// clients in the storm.
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub connections: u32,
+    /// Connection storms: connections being opened at once (from TCP
+    /// connect to CONNACK); the next starts as one completes.
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub connect_concurrency: u32,
     /// Messages per publisher.
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000_000))]
     pub count: u64,
@@ -177,6 +199,15 @@ pub struct Args {
     /// Queue name for the queue scenario.
     #[arg(long, default_value = "bench-q")]
     pub queue: String,
+    /// AMQP queue scenario: N queues `<--queue>-0` … `<--queue>-(N-1)`
+    /// (transient, exclusive to their consumer's connection, so they go
+    /// when it closes) instead of the one named queue, each with one
+    /// consumer; the consumers are spread over --consumers connections
+    /// (at most N), one channel each. Publisher p sends its message n to
+    /// queue (p + n) mod N through the default exchange, and every
+    /// delivery is checked to come from that queue. 0: the one queue.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=100_000))]
+    pub queues: u32,
     /// Broker host; the only address the generator connects to.
     #[arg(long, default_value = "127.0.0.1")]
     pub host: String,
@@ -230,6 +261,27 @@ impl Args {
     /// The consuming side's protocol.
     pub fn sub_proto(&self) -> Proto {
         self.sub_proto.unwrap_or(self.proto)
+    }
+
+    /// Consumer connections: `--consumers`, but with `--queues N` never
+    /// more than the N queues they share.
+    pub fn consumer_connections(&self) -> u32 {
+        if self.queues > 0 {
+            self.consumers.min(self.queues)
+        } else {
+            self.consumers
+        }
+    }
+
+    /// Who the tracker sees as a consumer: each queue with `--queues`
+    /// (a delivery is placed by the queue it came from), else each
+    /// consumer connection.
+    pub fn tracked_consumers(&self) -> u32 {
+        if self.queues > 0 {
+            self.queues
+        } else {
+            self.consumers
+        }
     }
 
     /// The in-flight window of a `proto` publisher. MQTT's default is 20:
@@ -311,6 +363,38 @@ impl Args {
         if self.queue.is_empty() {
             return usage("--queue must not be empty".into());
         }
+        if self.queues > 0 {
+            if self.scenario != Scenario::Queue
+                || self.pub_proto() != Proto::Amqp
+                || self.sub_proto() != Proto::Amqp
+            {
+                return usage(
+                    "--queues is for --scenario queue with AMQP on both sides (--proto amqp)"
+                        .into(),
+                );
+            }
+            // AMQP queue names are short strings: at most 255 bytes.
+            let longest = crate::address::queue_name(&self.queue, self.queues - 1);
+            if longest.len() > 255 {
+                return usage(format!(
+                    "--queue {:?}: the queue names ({longest:?}) exceed AMQP's 255 bytes",
+                    self.queue
+                ));
+            }
+        }
+        if self.scenario.is_connection_storm()
+            && [self.proto, self.pub_proto(), self.sub_proto()]
+                .iter()
+                .any(|p| *p != Proto::Mqtt)
+        {
+            return usage(format!(
+                "--scenario {}: MQTT only (--proto mqtt)",
+                match self.scenario {
+                    Scenario::ConnectStorm => "connect-storm",
+                    _ => "reconnect-storm",
+                }
+            ));
+        }
         if self.transport != crate::bridge::Transport::Tcp && self.tls_ca.is_some() {
             return usage("--transport ws|bridged: no TLS (--tls-ca) on the bridge".into());
         }
@@ -320,5 +404,151 @@ impl Args {
             );
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(flags: &[&str]) -> Args {
+        Args::try_parse_from(std::iter::once("junction-bench").chain(flags.iter().copied()))
+            .unwrap()
+    }
+
+    fn refused(flags: &[&str]) -> String {
+        match parse(flags).validate() {
+            Err(BenchError::Usage(m)) => m,
+            other => panic!("{flags:?} accepted: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_queue_set_caps_consumer_connections_at_its_queues() {
+        let a = parse(&[
+            "--proto",
+            "amqp",
+            "--scenario",
+            "queue",
+            "--queues",
+            "10000",
+            "--consumers",
+            "20",
+        ]);
+        a.validate().unwrap();
+        assert_eq!(
+            (a.consumer_connections(), a.tracked_consumers()),
+            (20, 10_000)
+        );
+        let a = parse(&[
+            "--proto",
+            "amqp",
+            "--scenario",
+            "queue",
+            "--queues",
+            "1",
+            "--consumers",
+            "20",
+        ]);
+        a.validate().unwrap();
+        assert_eq!((a.consumer_connections(), a.tracked_consumers()), (1, 1));
+        // Without --queues, consumers are connections and tracked as such.
+        let a = parse(&["--proto", "amqp", "--scenario", "queue", "--consumers", "3"]);
+        assert_eq!((a.consumer_connections(), a.tracked_consumers()), (3, 3));
+    }
+
+    #[test]
+    fn a_queue_set_is_amqp_queue_only() {
+        let m = "--queues is for --scenario queue with AMQP on both sides (--proto amqp)";
+        assert_eq!(
+            refused(&["--proto", "amqp", "--scenario", "fan-in", "--queues", "2"]),
+            m
+        );
+        assert_eq!(
+            refused(&["--proto", "mqtt", "--scenario", "queue", "--queues", "2"]),
+            m
+        );
+        assert_eq!(
+            refused(&[
+                "--pub-proto",
+                "stomp",
+                "--sub-proto",
+                "amqp",
+                "--scenario",
+                "queue",
+                "--queues",
+                "2",
+            ]),
+            m
+        );
+        assert!(
+            Args::try_parse_from(["junction-bench", "--queues", "100001"]).is_err(),
+            "more than 100,000 queues"
+        );
+    }
+
+    #[test]
+    fn queue_set_names_must_fit_amqp_short_strings() {
+        // 250 bytes + "-" + up to 4 digits = 255: fits; one byte more does not.
+        let fits = "q".repeat(250);
+        parse(&[
+            "--proto",
+            "amqp",
+            "--scenario",
+            "queue",
+            "--queue",
+            &fits,
+            "--queues",
+            "10000",
+        ])
+        .validate()
+        .unwrap();
+        let long = "q".repeat(251);
+        let m = refused(&[
+            "--proto",
+            "amqp",
+            "--scenario",
+            "queue",
+            "--queue",
+            &long,
+            "--queues",
+            "10000",
+        ]);
+        assert!(m.contains("exceed AMQP's 255 bytes"), "{m}");
+    }
+
+    #[test]
+    fn connection_storms_are_mqtt_only() {
+        parse(&["--scenario", "connect-storm", "--connections", "10000"])
+            .validate()
+            .unwrap();
+        parse(&["--scenario", "reconnect-storm", "--mqtt-version", "5"])
+            .validate()
+            .unwrap();
+        assert_eq!(
+            refused(&["--scenario", "connect-storm", "--proto", "amqp"]),
+            "--scenario connect-storm: MQTT only (--proto mqtt)"
+        );
+        assert_eq!(
+            refused(&["--scenario", "reconnect-storm", "--sub-proto", "stomp"]),
+            "--scenario reconnect-storm: MQTT only (--proto mqtt)"
+        );
+        assert!(Scenario::ConnectStorm.is_connection_storm());
+        assert!(!Scenario::SubscribeStorm.is_connection_storm());
+    }
+
+    #[test]
+    fn connect_concurrency_is_bounded() {
+        assert_eq!(parse(&[]).connect_concurrency, 32);
+        assert_eq!(
+            parse(&["--connect-concurrency", "100"]).connect_concurrency,
+            100
+        );
+        for bad in ["0", "10001"] {
+            assert!(
+                Args::try_parse_from(["junction-bench", "--connect-concurrency", bad]).is_err(),
+                "{bad}"
+            );
+        }
     }
 }

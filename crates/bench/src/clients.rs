@@ -2,7 +2,7 @@
 //! publisher, consumer or idle connection to its protocol's module, inside a
 //! tracing span naming the connection and where it publishes or consumes.
 
-use crate::address::{PubTarget, SubSource};
+use crate::address::{self, PubTarget, SubSource};
 use crate::amqp::{self, AmqpSettings};
 use crate::bridge::{Bridge, Transport};
 use crate::cli::{Args, Proto};
@@ -110,7 +110,9 @@ impl Clients {
         async {
             match target {
                 PubTarget::Mqtt(topic) => mqtt::publish(&self.mqtt, topic, plan, collector).await,
-                PubTarget::Amqp { .. } => amqp::publish(&self.amqp, target, plan, collector).await,
+                PubTarget::Amqp { .. } | PubTarget::AmqpQueues { .. } => {
+                    amqp::publish(&self.amqp, target, plan, collector).await
+                }
                 PubTarget::Stomp(dest) => stomp::publish(&self.stomp, dest, plan, collector).await,
             }
         }
@@ -137,6 +139,14 @@ impl Clients {
                 }
                 SubSource::Stomp(dest) => {
                     stomp::consume(&self.stomp, dest, index, collector, cancel).await
+                }
+                SubSource::AmqpQueues {
+                    prefix,
+                    queues,
+                    connections,
+                } => {
+                    let range = address::queue_range(index, *connections, *queues);
+                    amqp::consume_queues(&self.amqp, prefix, index, range, collector, cancel).await
                 }
             }
         }

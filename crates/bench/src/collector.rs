@@ -32,6 +32,10 @@ struct Inner {
     /// Messages that were not ours (another run's leftovers, a foreign
     /// publisher, a short body); ignored, counted for the log.
     strays: u64,
+    /// Queue sets: this run's messages that came from a queue other than
+    /// the one they were sent to; not recorded (so also lost, unless
+    /// they come from their own queue too).
+    misrouted: u64,
 }
 
 /// Shared by every publisher and consumer of one run.
@@ -67,6 +71,10 @@ pub struct Collector {
     gate: Notify,
     /// How long one wait at the gate lasts at most ([`GATE_PATIENCE`]).
     gate_patience: Duration,
+    /// Queue sets (`--queues N`): N, and consumer index = queue index, so
+    /// each arrival is checked against [`crate::address::queue_for`].
+    /// 0: no check.
+    queues: u32,
     /// Receive-side state.
     inner: Mutex<Inner>,
 }
@@ -88,6 +96,8 @@ pub struct Snapshot {
     pub lost: u64,
     /// Arrivals that were not this run's.
     pub strays: u64,
+    /// Queue sets: arrivals of this run's messages from the wrong queue.
+    pub misrouted: u64,
     /// MQTT deliveries that arrived at a lower QoS than subscribed.
     pub below_qos: u64,
     /// Latency percentiles, `None` before the first arrival.
@@ -116,6 +126,7 @@ impl Collector {
             gate_waiting: AtomicBool::new(false),
             gate: Notify::new(),
             gate_patience: GATE_PATIENCE,
+            queues: 0,
             inner: Mutex::new(Inner {
                 tracker,
                 latency,
@@ -123,6 +134,7 @@ impl Collector {
                 in_window: 0,
                 last_in_window: None,
                 strays: 0,
+                misrouted: 0,
             }),
         }
     }
@@ -132,6 +144,14 @@ impl Collector {
     /// and latency are those of the `measure` seconds after it.
     pub fn with_window(mut self, warmup: Duration, measure: Duration) -> Self {
         self.window = Some((warmup, measure));
+        self
+    }
+
+    /// A queue set of `queues` queues: consumer index `i` is queue `i`,
+    /// and an arrival from any queue but the one its message was sent to
+    /// is counted as misrouted instead of recorded.
+    pub fn with_queues(mut self, queues: u32) -> Self {
+        self.queues = queues;
         self
     }
 
@@ -234,6 +254,12 @@ impl Collector {
             inner.strays += 1;
             return;
         }
+        if self.queues > 0
+            && crate::address::queue_for(index, header.seq, self.queues) != consumer.0
+        {
+            inner.misrouted += 1;
+            return;
+        }
         match inner
             .tracker
             .record(consumer, PublisherIx(index), header.seq)
@@ -305,6 +331,7 @@ impl Collector {
             counts: inner.tracker.counts(),
             lost: inner.tracker.lost(sent),
             strays: inner.strays,
+            misrouted: inner.misrouted,
             below_qos: self.below_qos.load(Ordering::Relaxed),
             latency: inner.latency.percentiles(),
             window_s,
@@ -405,6 +432,41 @@ mod tests {
         // part that had arrivals, not the minute asked for.
         assert!(s.window_s.is_some_and(|w| w < 1.0), "{:?}", s.window_s);
         assert!(c.may_publish(Instant::now() + Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn a_queue_set_places_each_message_in_its_own_queue() {
+        // 2 publishers, 3 queues (the tracker's consumers).
+        let c = Collector::new(
+            40,
+            2,
+            Tracker::new(Delivery::Competing, 2, 3, 10),
+            Latency::new().unwrap(),
+        )
+        .with_queues(3);
+        // Publisher 1's message 4 goes to queue (1 + 4) mod 3 = 2.
+        let body = c.message(PublisherIx(1), 4, 20);
+        c.on_sent(1);
+        c.on_message(ConsumerIx(0), &body);
+        c.on_message(ConsumerIx(1), &body);
+        let s = c.snapshot();
+        assert_eq!((s.counts.received, s.misrouted, s.lost), (0, 2, 1));
+        c.on_message(ConsumerIx(2), &body);
+        let s = c.snapshot();
+        assert_eq!((s.counts.received, s.misrouted, s.lost), (1, 2, 0));
+        // Publisher 0's 0, 1, 2 in queues 0, 1, 2: none misrouted, and
+        // one queue's order is its own (no reorder across queues).
+        for seq in [2, 1, 0] {
+            let body = c.message(PublisherIx(0), seq, 20);
+            c.on_sent(1);
+            c.on_message(ConsumerIx(seq as u32), &body);
+        }
+        let s = c.snapshot();
+        assert_eq!(
+            (s.counts.received, s.counts.reordered, s.misrouted, s.lost),
+            (4, 0, 2, 0)
+        );
+        assert!(c.complete());
     }
 
     #[tokio::test]

@@ -96,6 +96,12 @@ pub async fn run(
         measure_s: None,
         measured: None,
         background_subs: None,
+        queues: None,
+        misrouted: None,
+        connect_s: None,
+        connects_per_sec: None,
+        connect_failed: None,
+        session_missing: None,
     };
     probe.finish(&mut report);
     report.rss_per_connection_bytes = match (report.broker_rss_start_kb, report.broker_rss_kb) {

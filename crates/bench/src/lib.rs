@@ -21,7 +21,8 @@
 //! - [`clients`]: flags → per-protocol settings, and dispatch.
 //! - [`tls`]: the MQTT and AMQP clients' TLS (`--tls-ca`), rustls on ring.
 //! - [`run`]: the message scenarios end to end; [`idle`]: the idle one;
-//!   [`storm`]: the MQTT subscribe storm.
+//!   [`storm`]: the MQTT subscribe storm; [`connect_storm`]: the MQTT
+//!   connection and persistent-session reconnect storms.
 //! - [`error`]: the one error type.
 
 pub mod address;
@@ -30,6 +31,7 @@ pub mod bridge;
 pub mod cli;
 pub mod clients;
 pub mod collector;
+pub mod connect_storm;
 pub mod error;
 pub mod idle;
 pub mod load;

@@ -59,6 +59,14 @@ pub struct MqttSettings {
 }
 
 impl MqttSettings {
+    /// Client id of connection storm client `index` of `role`: this run's
+    /// whatever the clean-session flag (`jb<run>` + role + index, at most
+    /// 2 + 8 + 1 + 10 = 21 characters), so a persistent session lasts
+    /// exactly as long as the run makes it and never meets another run's.
+    pub fn storm_client_id(&self, role: &str, index: u32) -> String {
+        format!("jb{:08x}{role}{index}", self.run_id)
+    }
+
     /// Client id for connection `index` of `role` ("p", "s" or "i"), at most
     /// 23 characters as [MQTT-3.1.3-5] guarantees every server accepts.
     fn client_id(&self, role: &str, index: u32) -> String {
@@ -85,7 +93,8 @@ enum Session {
 
 /// The event-loop outcomes the generator acts on.
 enum Event {
-    ConnAck,
+    /// CONNACK accepted; whether it said session present.
+    ConnAck(bool),
     SubAck(Result<(), String>),
     /// A PUBLISH arrived: its payload and the QoS it was delivered at.
     Message(Bytes, u8),
@@ -135,7 +144,7 @@ fn level5(qos: v5::mqttbytes::QoS) -> u8 {
 fn event4(event: rumqttc::Event) -> Event {
     use rumqttc::{Event as E, Outgoing as O, Packet as P, SubscribeReasonCode as R};
     match event {
-        E::Incoming(P::ConnAck(_)) => Event::ConnAck,
+        E::Incoming(P::ConnAck(c)) => Event::ConnAck(c.session_present),
         E::Incoming(P::SubAck(s)) if s.return_codes.iter().all(|c| matches!(c, R::Success(_))) => {
             Event::SubAck(Ok(()))
         }
@@ -153,7 +162,7 @@ fn event5(event: v5::Event) -> Event {
     use v5::Event as E;
     use v5::mqttbytes::v5::{Packet as P, SubscribeReasonCode as R};
     match event {
-        E::Incoming(P::ConnAck(_)) => Event::ConnAck,
+        E::Incoming(P::ConnAck(c)) => Event::ConnAck(c.session_present),
         E::Incoming(P::SubAck(s)) if s.return_codes.iter().all(|c| matches!(c, R::Success(_))) => {
             Event::SubAck(Ok(()))
         }
@@ -214,6 +223,18 @@ impl Client {
 
 /// Opens one connection and waits for its CONNACK.
 async fn connect(s: &MqttSettings, client_id: String) -> Result<(Client, Session), BenchError> {
+    let (client, session, _) = connect_as(s, client_id, s.clean_session).await?;
+    Ok((client, session))
+}
+
+/// Opens one connection as `client_id` with clean session (v5: clean start)
+/// `clean` and waits for its CONNACK; also returns the CONNACK's session
+/// present flag.
+async fn connect_as(
+    s: &MqttSettings,
+    client_id: String,
+    clean: bool,
+) -> Result<(Client, Session, bool), BenchError> {
     let e = &s.endpoint;
     let cap = usize::from(s.inflight) + REQUEST_SLACK;
     // Through the bridge: rumqttc's "broker address" is its Unix socket.
@@ -224,11 +245,11 @@ async fn connect(s: &MqttSettings, client_id: String) -> Result<(Client, Session
     let (client, mut session) = if s.version == 5 {
         let mut o = v5::MqttOptions::new(client_id, host, port);
         o.set_keep_alive(KEEP_ALIVE)
-            .set_clean_start(s.clean_session)
+            .set_clean_start(clean)
             .set_credentials(e.user.clone(), e.password.clone())
             .set_max_packet_size(Some(u32::try_from(s.max_packet).unwrap_or(u32::MAX)))
             .set_outgoing_inflight_upper_limit(s.inflight);
-        if !s.clean_session {
+        if !clean {
             // A v5 session without an expiry ends with the connection.
             o.set_session_expiry_interval(Some(3_600));
         }
@@ -243,7 +264,7 @@ async fn connect(s: &MqttSettings, client_id: String) -> Result<(Client, Session
     } else {
         let mut o = rumqttc::MqttOptions::new(client_id, host, port);
         o.set_keep_alive(KEEP_ALIVE)
-            .set_clean_session(s.clean_session)
+            .set_clean_session(clean)
             .set_credentials(e.user.clone(), e.password.clone())
             .set_max_packet_size(s.max_packet, s.max_packet)
             .set_inflight(s.inflight);
@@ -259,14 +280,14 @@ async fn connect(s: &MqttSettings, client_id: String) -> Result<(Client, Session
     let handshake = async {
         loop {
             match session.poll().await {
-                Ok(Event::ConnAck) => return Ok(()),
+                Ok(Event::ConnAck(present)) => return Ok(present),
                 Ok(_) => {}
                 Err(reason) => return Err(BenchError::connect(MQTT, &e.addr(), reason)),
             }
         }
     };
     match timeout(CONNECT_TIMEOUT, handshake).await {
-        Ok(Ok(())) => Ok((client, session)),
+        Ok(Ok(present)) => Ok((client, session, present)),
         Ok(Err(err)) => Err(err),
         Err(_) => Err(BenchError::connect(MQTT, &e.addr(), "no CONNACK in time")),
     }
@@ -535,4 +556,74 @@ async fn subscribe_many(
         tracing::warn!(index, refused, codes, "SUBSCRIBEs were refused");
     }
     Ok((client, session, result.map(|()| granted)))
+}
+
+/// Connection storm, one client: connects with a clean session as client
+/// `index` and keeps the connection alive in a task until `cancel`.
+pub async fn storm_connect(
+    s: &MqttSettings,
+    index: u32,
+    cancel: CancellationToken,
+) -> Result<JoinHandle<Result<(), BenchError>>, BenchError> {
+    let (client, session, _) = connect_as(s, s.storm_client_id("c", index), true).await?;
+    Ok(tokio::spawn(hold(client, session, cancel, |_, _| {})))
+}
+
+/// Reconnect storm set-up, one client: connects as client `index` with a
+/// persistent session (v5: session expiry 3,600 s), subscribes `filter`
+/// at the run's QoS, waits for the SUBACK and disconnects, leaving the
+/// session behind. Returns the CONNACK's session present flag (false
+/// unless something of this client id was left over).
+pub async fn open_session(s: &MqttSettings, index: u32, filter: &str) -> Result<bool, BenchError> {
+    let (client, mut session, present) =
+        connect_as(s, s.storm_client_id("r", index), false).await?;
+    client
+        .subscribe(filter, s.qos)
+        .await
+        .map_err(|e| BenchError::protocol(MQTT, e))?;
+    let suback = async {
+        loop {
+            match session.poll().await {
+                Ok(Event::SubAck(Ok(()))) => return Ok(()),
+                Ok(Event::SubAck(Err(codes))) => {
+                    return Err(BenchError::protocol(
+                        MQTT,
+                        format!("SUBSCRIBE {filter} refused: {codes}"),
+                    ));
+                }
+                Ok(_) => {}
+                Err(reason) => return Err(BenchError::protocol(MQTT, reason)),
+            }
+        }
+    };
+    let subscribed = timeout(CONNECT_TIMEOUT, suback)
+        .await
+        .map_err(|_| BenchError::Timeout(format!("MQTT SUBACK for {filter}")))
+        .and_then(|r| r);
+    disconnect(&client, &mut session).await;
+    subscribed.map(|()| present)
+}
+
+/// Reconnect storm, one client: reconnects as client `index` to its
+/// persistent session and keeps the connection alive in a task until
+/// `cancel`. Returns the task and the CONNACK's session present flag.
+pub async fn resume_session(
+    s: &MqttSettings,
+    index: u32,
+    cancel: CancellationToken,
+) -> Result<(JoinHandle<Result<(), BenchError>>, bool), BenchError> {
+    let (client, session, present) = connect_as(s, s.storm_client_id("r", index), false).await?;
+    Ok((
+        tokio::spawn(hold(client, session, cancel, |_, _| {})),
+        present,
+    ))
+}
+
+/// Reconnect storm clean-up, one client: connects as client `index` with a
+/// clean session, which discards the persistent one [MQTT-3.1.2-6] (v5:
+/// clean start, and no expiry for the new session), and disconnects.
+pub async fn end_session(s: &MqttSettings, index: u32) -> Result<(), BenchError> {
+    let (client, mut session, _) = connect_as(s, s.storm_client_id("r", index), true).await?;
+    disconnect(&client, &mut session).await;
+    Ok(())
 }

@@ -68,6 +68,66 @@ pub struct Report {
     pub measured: Option<u64>,
     /// `--background-subs`: how many the broker granted (`None`: none asked).
     pub background_subs: Option<u64>,
+    /// `--queues`: the queues the messages were spread over.
+    pub queues: Option<u32>,
+    /// `--queues`: deliveries that came from a queue other than the one
+    /// their message was sent to (not counted as received).
+    pub misrouted: Option<u64>,
+    /// Connection storms: seconds from the first connect of the measured
+    /// phase to its last CONNACK.
+    pub connect_s: Option<f64>,
+    /// Connection storms: connections opened in the measured phase per
+    /// second of `connect_s`.
+    pub connects_per_sec: Option<f64>,
+    /// Connection storms: connections asked for that did not open (refused,
+    /// timed out, or not tried before the `--duration` cap), every phase
+    /// together.
+    pub connect_failed: Option<u64>,
+    /// Reconnect storm: reconnects whose CONNACK said session present =
+    /// false (the broker had lost the persistent session).
+    pub session_missing: Option<u64>,
+}
+
+impl Report {
+    /// A report of `scenario` with every measurement `None` (not
+    /// applicable) and no time elapsed: what a scenario fills in.
+    pub fn blank(scenario: Scenario, pub_proto: Proto, sub_proto: Proto) -> Self {
+        Report {
+            scenario,
+            pub_proto,
+            sub_proto,
+            publishers: None,
+            consumers: None,
+            size: None,
+            sent: None,
+            expected: None,
+            received: None,
+            lost: None,
+            duplicated: None,
+            reordered: None,
+            elapsed_s: 0.0,
+            msgs_per_sec: None,
+            bytes_per_sec: None,
+            latency_us: None,
+            broker_rss_kb: None,
+            broker_rss_start_kb: None,
+            broker_cpu_s: None,
+            bench_cpu_s: None,
+            connections: None,
+            rss_per_connection_bytes: None,
+            mqtt_below_qos: None,
+            warmup_s: None,
+            measure_s: None,
+            measured: None,
+            background_subs: None,
+            queues: None,
+            misrouted: None,
+            connect_s: None,
+            connects_per_sec: None,
+            connect_failed: None,
+            session_missing: None,
+        }
+    }
 }
 
 /// Rounds to three decimals (enough for rates and seconds, and keeps the
@@ -86,6 +146,11 @@ pub fn rates(received: u64, size: usize, window_s: Option<f64>) -> (Option<f64>,
         }
         _ => (None, None),
     }
+}
+
+/// `n` per second over `seconds`, rounded; `None` for no time.
+pub fn per_sec(n: u64, seconds: f64) -> Option<f64> {
+    (seconds > 0.0 && seconds.is_finite()).then(|| round3(n as f64 / seconds))
 }
 
 /// `RESULT ` followed by the report as one JSON object.
@@ -111,33 +176,14 @@ mod tests {
 
     fn idle_report() -> Report {
         Report {
-            scenario: Scenario::Idle,
-            pub_proto: Proto::Mqtt,
-            sub_proto: Proto::Mqtt,
-            publishers: None,
-            consumers: None,
-            size: None,
-            sent: None,
-            expected: None,
-            received: None,
-            lost: None,
-            duplicated: None,
-            reordered: None,
             elapsed_s: 5.0,
-            msgs_per_sec: None,
-            bytes_per_sec: None,
-            latency_us: None,
             broker_rss_kb: Some(2048),
             broker_rss_start_kb: Some(1024),
             broker_cpu_s: Some(0.1),
             bench_cpu_s: Some(0.2),
             connections: Some(100),
             rss_per_connection_bytes: Some(10485.76),
-            mqtt_below_qos: None,
-            warmup_s: None,
-            measure_s: None,
-            measured: None,
-            background_subs: None,
+            ..Report::blank(Scenario::Idle, Proto::Mqtt, Proto::Mqtt)
         }
     }
 
@@ -153,8 +199,36 @@ mod tests {
              \"latency_us\":null,\"broker_rss_kb\":2048,\"broker_rss_start_kb\":1024,\
              \"broker_cpu_s\":0.1,\"bench_cpu_s\":0.2,\"connections\":100,\
              \"rss_per_connection_bytes\":10485.76,\"mqtt_below_qos\":null,\
-             \"warmup_s\":null,\"measure_s\":null,\"measured\":null,\"background_subs\":null}"
+             \"warmup_s\":null,\"measure_s\":null,\"measured\":null,\"background_subs\":null,\
+             \"queues\":null,\"misrouted\":null,\"connect_s\":null,\"connects_per_sec\":null,\
+             \"connect_failed\":null,\"session_missing\":null}"
         );
+    }
+
+    #[test]
+    fn storm_fields_serialise_under_their_names() {
+        let r = Report {
+            connections: Some(10_000),
+            connect_s: Some(2.5),
+            connects_per_sec: per_sec(10_000, 2.5),
+            connect_failed: Some(0),
+            session_missing: Some(3),
+            ..Report::blank(Scenario::ReconnectStorm, Proto::Mqtt, Proto::Mqtt)
+        };
+        let line = result_line(&r).unwrap();
+        assert!(line.starts_with("RESULT {\"scenario\":\"reconnect-storm\","));
+        assert!(line.ends_with(
+            "\"connect_s\":2.5,\"connects_per_sec\":4000.0,\"connect_failed\":0,\
+             \"session_missing\":3}"
+        ));
+    }
+
+    #[test]
+    fn per_sec_needs_a_positive_time() {
+        assert_eq!(per_sec(10_000, 4.0), Some(2500.0));
+        assert_eq!(per_sec(1, 3.0), Some(0.333));
+        assert_eq!(per_sec(5, 0.0), None);
+        assert_eq!(per_sec(5, f64::NAN), None);
     }
 
     #[test]
@@ -195,6 +269,7 @@ mod tests {
             },
             lost: 2,
             strays: 0,
+            misrouted: 0,
             below_qos: 0,
             latency: None,
             window_s: None,

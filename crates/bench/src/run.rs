@@ -119,13 +119,20 @@ pub async fn run(args: &Args) -> Result<Outcome, BenchError> {
     if args.scenario == Scenario::SubscribeStorm {
         return crate::storm::run(args, &clients, probe, started).await;
     }
-    let (target, source) = address::route(
-        args.scenario,
-        args.pub_proto(),
-        args.sub_proto(),
-        &args.topic,
-        &args.queue,
-    )?;
+    if args.scenario.is_connection_storm() {
+        return crate::connect_storm::run(args, &clients, probe, started).await;
+    }
+    let (target, source) = if args.queues > 0 {
+        address::queue_set(&args.queue, args.queues, args.consumer_connections())
+    } else {
+        address::route(
+            args.scenario,
+            args.pub_proto(),
+            args.sub_proto(),
+            &args.topic,
+            &args.queue,
+        )?
+    };
     let delivery = match args.scenario {
         Scenario::Queue => Delivery::Competing,
         _ => Delivery::Broadcast,
@@ -133,11 +140,12 @@ pub async fn run(args: &Args) -> Result<Outcome, BenchError> {
     let tracker = Tracker::new(
         delivery,
         args.publishers as usize,
-        args.consumers as usize,
+        args.tracked_consumers() as usize,
         args.count,
     );
     let mut collector = Collector::new(run_id, args.publishers, tracker, Latency::new()?)
-        .with_max_lag(args.max_lag);
+        .with_max_lag(args.max_lag)
+        .with_queues(args.queues);
     if let Some((warmup, measure)) = args.window() {
         collector = collector.with_window(warmup, measure);
     }
@@ -232,13 +240,19 @@ pub async fn run(args: &Args) -> Result<Outcome, BenchError> {
             "ignored messages that were not this run's"
         );
     }
+    if snap.misrouted > 0 {
+        tracing::warn!(
+            misrouted = snap.misrouted,
+            "deliveries came from a queue their message was not sent to"
+        );
+    }
     let (msgs_per_sec, bytes_per_sec) = report::rates(snap.measured, args.size, snap.window_s);
     let mut report = Report {
         scenario: args.scenario,
         pub_proto: args.pub_proto(),
         sub_proto: args.sub_proto(),
         publishers: Some(args.publishers),
-        consumers: Some(args.consumers),
+        consumers: Some(args.consumer_connections()),
         size: Some(args.size),
         sent: Some(snap.sent),
         expected: Some(snap.expected),
@@ -254,7 +268,7 @@ pub async fn run(args: &Args) -> Result<Outcome, BenchError> {
         broker_rss_start_kb: None,
         broker_cpu_s: None,
         bench_cpu_s: None,
-        connections: Some(u64::from(args.publishers) + u64::from(args.consumers)),
+        connections: Some(u64::from(args.publishers) + u64::from(args.consumer_connections())),
         rss_per_connection_bytes: None,
         mqtt_below_qos: (args.sub_proto() == Proto::Mqtt).then_some(snap.below_qos),
         warmup_s: args.window().map(|(w, _)| w.as_secs_f64()),
@@ -263,6 +277,12 @@ pub async fn run(args: &Args) -> Result<Outcome, BenchError> {
             .map(|_| snap.window_s.map_or(0.0, report::round3)),
         measured: Some(snap.measured),
         background_subs: (args.background_subs > 0).then_some(background_granted),
+        queues: (args.queues > 0).then_some(args.queues),
+        misrouted: (args.queues > 0).then_some(snap.misrouted),
+        connect_s: None,
+        connects_per_sec: None,
+        connect_failed: None,
+        session_missing: None,
     };
     probe.finish(&mut report);
     Ok(Outcome { report, failure })
@@ -334,7 +354,7 @@ async fn start_consumers(
     collector: &Arc<Collector>,
     cancel: &CancellationToken,
 ) -> Result<Vec<Held>, BenchError> {
-    stream::iter(0..args.consumers)
+    stream::iter(0..args.consumer_connections())
         .map(|index| clients.consume(source, index, Arc::clone(collector), cancel.clone()))
         .buffer_unordered(CONNECT_CONCURRENCY)
         .try_collect()

@@ -80,6 +80,12 @@ pub async fn run(
         measure_s: None,
         measured: None,
         background_subs: None,
+        queues: None,
+        misrouted: None,
+        connect_s: None,
+        connects_per_sec: None,
+        connect_failed: None,
+        session_missing: None,
     };
     probe.finish(&mut report);
     Ok(Outcome { report, failure })
