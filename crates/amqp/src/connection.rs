@@ -102,7 +102,7 @@ pub(crate) async fn run(
         guard.describe(|d| {
             d.peer = Some(peer);
             d.tls = tls;
-            d.version = Some("0-9-1".into());
+            d.version = Some("0-9-1");
         });
         let opened = tokio::select! {
             _ = shutdown.cancelled() => return,

@@ -177,6 +177,14 @@ const MAX_LOGGED: usize = 64;
 pub struct Access {
     auth: Arc<dyn Authenticator>,
     who: Principal,
+    /// What the checks remembered; made by the first check (an idle
+    /// connection asks nothing, and keeps this small).
+    memo: Option<Box<Memo>>,
+}
+
+/// The answers a connection's checks remember.
+#[derive(Default)]
+struct Memo {
     /// The authenticator's epoch `last` was answered in.
     epoch: u64,
     /// The last allowed check of each resource kind (exchange, queue,
@@ -208,12 +216,9 @@ impl Access {
             return None;
         }
         Some(Access {
-            epoch: auth.access_epoch(),
             auth,
             who,
-            last: [None, None, None],
-            topic_rules: None,
-            logged: HashSet::new(),
+            memo: None,
         })
     }
 
@@ -226,11 +231,17 @@ impl Access {
     /// connection and resource).
     pub async fn check(&mut self, perm: Permission, what: Resource<'_>) -> Result<(), Denied> {
         let epoch = self.auth.access_epoch();
-        if epoch != self.epoch {
-            self.epoch = epoch;
-            self.last = [None, None, None];
+        let memo = self.memo.get_or_insert_with(|| {
+            Box::new(Memo {
+                epoch,
+                ..Memo::default()
+            })
+        });
+        if epoch != memo.epoch {
+            memo.epoch = epoch;
+            memo.last = [None, None, None];
         }
-        let slot = &mut self.last[usize::from(what.kind_code())];
+        let slot = &mut memo.last[usize::from(what.kind_code())];
         if let Some(r) = slot
             && r.perm == perm
             && r.name == what.name()
@@ -242,8 +253,9 @@ impl Access {
             Some(v) => v,
             None => self.auth.authorize(&self.who, perm, what).await,
         };
+        let memo = self.memo.get_or_insert_with(Box::default);
         if allowed {
-            let slot = &mut self.last[usize::from(what.kind_code())];
+            let slot = &mut memo.last[usize::from(what.kind_code())];
             match slot {
                 Some(r) => {
                     r.perm = perm;
@@ -272,7 +284,7 @@ impl Access {
             "{perm} access to {what} in vhost '{}' refused for user '{}'",
             self.who.vhost, self.who.user
         ));
-        if self.logged.len() < MAX_LOGGED && self.logged.insert(key) {
+        if memo.logged.len() < MAX_LOGGED && memo.logged.insert(key) {
             tracing::warn!(
                 user = %self.who.user,
                 vhost = %self.who.vhost,
@@ -313,14 +325,25 @@ impl Access {
     /// it is asked once per publish.
     pub fn has_topic_rules(&mut self, exchange: &str) -> bool {
         let epoch = self.auth.access_epoch();
-        if let Some((e, x, rules)) = &self.topic_rules
+        if let Some((e, x, rules)) = self.memo.as_ref().and_then(|m| m.topic_rules.as_ref())
             && *e == epoch
             && x == exchange
         {
             return *rules;
         }
         let rules = self.auth.topic_rules(&self.who, exchange);
-        self.topic_rules = Some((epoch, exchange.to_string(), rules));
+        let memo = self.memo.get_or_insert_with(Box::default);
+        match &mut memo.topic_rules {
+            // The exchange's name is reused (no allocation per publish
+            // when a publisher alternates exchanges).
+            Some((e, x, r)) => {
+                *e = epoch;
+                x.clear();
+                x.push_str(exchange);
+                *r = rules;
+            }
+            None => memo.topic_rules = Some((epoch, exchange.to_string(), rules)),
+        }
         rules
     }
 }

@@ -175,24 +175,40 @@ impl std::fmt::Display for LoginError {
 /// Bounds the logins waiting for a slow password check (argon2 on a
 /// blocking thread). A flood of logins with unknown passwords is refused
 /// past the bound instead of piling up blocking threads that shutdown
-/// would then wait behind.
+/// would then wait behind. Logins with the same credentials while one of
+/// them is being checked wait for that one answer: a fleet of clients
+/// sharing a user, reconnecting at once to a broker that has just started
+/// (nothing verified yet), costs one check and one slot, not one each.
 #[derive(Debug)]
 pub struct LoginGate {
     slots: std::sync::Arc<tokio::sync::Semaphore>,
+    running: std::sync::Arc<parking_lot::Mutex<Running>>,
 }
+
+/// A password check's answer, as the authenticator gives it.
+type Verdict = Result<Login, String>;
+
+/// The checks under way, by user, password and peer; each entry lives
+/// only while its check runs.
+type Running = std::collections::HashMap<
+    (String, String, std::net::IpAddr),
+    tokio::sync::watch::Receiver<Option<Verdict>>,
+>;
 
 impl LoginGate {
     /// A gate letting `pending` slow checks wait or run at once.
     pub fn new(pending: usize) -> LoginGate {
         LoginGate {
             slots: std::sync::Arc::new(tokio::sync::Semaphore::new(pending.max(1))),
+            running: std::sync::Arc::default(),
         }
     }
 
     /// Checks a login: on the caller's task when the authenticator can
     /// answer at once (thousands of clients reconnecting with known
-    /// credentials then cost no threads), else on a blocking thread if a
-    /// slot is free, else [`LoginError::Busy`].
+    /// credentials then cost no threads); else it waits for the same
+    /// credentials' check if one is under way, or starts one on a
+    /// blocking thread if a slot is free; else [`LoginError::Busy`].
     pub async fn check(
         &self,
         auth: &std::sync::Arc<dyn Authenticator>,
@@ -203,17 +219,174 @@ impl LoginGate {
         if let Some(verdict) = auth.authenticate_fast(user, &password, peer) {
             return verdict.map_err(LoginError::Refused);
         }
-        let Ok(slot) = std::sync::Arc::clone(&self.slots).try_acquire_owned() else {
-            return Err(LoginError::Busy);
+        let key = (user.to_string(), password, peer);
+        let mut answer = {
+            let mut running = self.running.lock();
+            match running.get(&key) {
+                Some(answer) => answer.clone(),
+                None => {
+                    let Ok(slot) = std::sync::Arc::clone(&self.slots).try_acquire_owned() else {
+                        return Err(LoginError::Busy);
+                    };
+                    let (tx, answer) = tokio::sync::watch::channel(None);
+                    running.insert(key.clone(), answer.clone());
+                    // Its own task: the check finishes, and answers every
+                    // waiter, even if the connection that started it goes.
+                    let (auth, running) = (
+                        std::sync::Arc::clone(auth),
+                        std::sync::Arc::clone(&self.running),
+                    );
+                    tokio::spawn(async move {
+                        let (user, password, peer) = key;
+                        let checked = tokio::task::spawn_blocking({
+                            let user = user.clone();
+                            let password = password.clone();
+                            move || {
+                                let verdict = auth.authenticate(&user, &password, peer);
+                                drop(slot);
+                                verdict
+                            }
+                        })
+                        .await
+                        .unwrap_or_else(|e| Err(e.to_string()));
+                        running.lock().remove(&(user, password, peer));
+                        let _ = tx.send(Some(checked));
+                    });
+                    answer
+                }
+            }
         };
-        let (auth, user) = (std::sync::Arc::clone(auth), user.to_string());
-        tokio::task::spawn_blocking(move || {
-            let verdict = auth.authenticate(&user, &password, peer);
-            drop(slot);
-            verdict
+        let verdict = match answer.wait_for(Option::is_some).await {
+            Ok(v) => v.clone().unwrap_or_else(|| Err("no answer".to_string())),
+            Err(_) => Err("the password check was abandoned".to_string()),
+        };
+        verdict.map_err(LoginError::Refused)
+    }
+}
+
+#[cfg(test)]
+mod login_gate_tests {
+    use super::*;
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::task::Poll;
+
+    /// A password check that waits while the test holds `hold`: accepts
+    /// "right", counts the checks.
+    #[derive(Default)]
+    struct Held {
+        checks: AtomicUsize,
+        hold: std::sync::RwLock<()>,
+    }
+
+    impl Authenticator for Held {
+        fn authenticate(
+            &self,
+            _: &str,
+            password: &str,
+            _: std::net::IpAddr,
+        ) -> Result<Login, String> {
+            self.checks.fetch_add(1, Ordering::SeqCst);
+            drop(self.hold.read());
+            if password == "right" {
+                Ok(Login::default())
+            } else {
+                Err("bad password".into())
+            }
+        }
+        fn vhost_access<'a>(&'a self, _: &'a Principal) -> access::BoxFuture<'a, bool> {
+            Box::pin(std::future::ready(true))
+        }
+        fn authorize_fast(&self, _: &Principal, _: Permission, _: &Resource<'_>) -> Option<bool> {
+            Some(true)
+        }
+        fn topic_rules(&self, _: &Principal, _: &str) -> bool {
+            false
+        }
+    }
+
+    fn peer() -> std::net::IpAddr {
+        std::net::IpAddr::from([127, 0, 0, 1])
+    }
+
+    type Check<'a> = Pin<Box<dyn Future<Output = Result<Login, LoginError>> + Send + 'a>>;
+
+    /// Polls every check once: each is then running or waiting.
+    async fn start_all(checks: &mut [Check<'_>]) {
+        std::future::poll_fn(|cx| {
+            for c in checks.iter_mut() {
+                assert!(c.as_mut().poll(cx).is_pending(), "a held check answered");
+            }
+            Poll::Ready(())
         })
-        .await
-        .unwrap_or_else(|e| Err(e.to_string()))
-        .map_err(LoginError::Refused)
+        .await;
+    }
+
+    // The lock is held across awaits on purpose: it keeps the checks on
+    // their blocking threads until every login is in.
+    #[allow(clippy::await_holding_lock)]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn logins_with_the_same_credentials_share_one_check_and_one_slot() {
+        let held = Arc::new(Held::default());
+        let auth: Arc<dyn Authenticator> = held.clone();
+        let gate = LoginGate::new(2);
+        let hold = held.hold.write().expect("hold");
+        let mut checks: Vec<Check<'_>> = (0..50)
+            .map(|i| {
+                let password = if i % 2 == 0 { "right" } else { "wrong" };
+                Box::pin(gate.check(&auth, "fleet", password.into(), peer())) as Check<'_>
+            })
+            .collect();
+        // All 50 are in before either check can answer: with 2 slots, a
+        // check each would have refused 48 as busy.
+        start_all(&mut checks).await;
+        drop(hold);
+        let (mut ok, mut refused) = (0, 0);
+        for c in checks {
+            match c.await {
+                Ok(_) => ok += 1,
+                Err(LoginError::Refused(why)) => {
+                    assert_eq!(why, "bad password");
+                    refused += 1;
+                }
+                Err(LoginError::Busy) => panic!("a login was refused as busy"),
+            }
+        }
+        assert_eq!((ok, refused), (25, 25));
+        // One check per distinct password, however many asked at once.
+        assert_eq!(held.checks.load(Ordering::SeqCst), 2);
+        // Both checks have ended: the next login is checked again.
+        assert_eq!(
+            gate.check(&auth, "fleet", "right".into(), peer()).await,
+            Ok(Login::default())
+        );
+        assert_eq!(held.checks.load(Ordering::SeqCst), 3);
+    }
+
+    // The lock is held across awaits on purpose: it keeps the checks on
+    // their blocking threads until every login is in.
+    #[allow(clippy::await_holding_lock)]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn different_credentials_past_the_bound_are_refused_as_busy() {
+        let held = Arc::new(Held::default());
+        let auth: Arc<dyn Authenticator> = held.clone();
+        let gate = LoginGate::new(2);
+        let hold = held.hold.write().expect("hold");
+        let mut checks: Vec<Check<'_>> = ["u0", "u1"]
+            .into_iter()
+            .map(|u| Box::pin(gate.check(&auth, u, "right".into(), peer())) as Check<'_>)
+            .collect();
+        start_all(&mut checks).await;
+        // Both slots are taken by checks of other credentials.
+        assert_eq!(
+            gate.check(&auth, "u9", "right".into(), peer()).await,
+            Err(LoginError::Busy)
+        );
+        drop(hold);
+        for c in checks {
+            assert_eq!(c.await, Ok(Login::default()));
+        }
     }
 }

@@ -293,7 +293,7 @@ pub(crate) async fn end_session(ctx: &MqttContext, mut s: Session) {
         .subscriptions
         .fetch_sub(s.subs.len() as i64, Ordering::Relaxed);
     s.consumer = None;
-    let shared: Vec<String> = s.shared.drain().map(|(q, _)| q).collect();
+    let shared: Vec<String> = std::mem::take(&mut s.shared).into_keys().collect();
     let broker = &ctx.broker;
     let vhost = &ctx.settings.vhost;
     if let Err(e) = broker

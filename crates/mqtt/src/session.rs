@@ -346,7 +346,7 @@ pub struct Session {
     pub inflight: BTreeMap<u16, Inflight>,
     /// Messages sent before a broker restart and not acknowledged: core
     /// message id → the packet id to resend them with (DUP set).
-    pub recovered: HashMap<u64, u16>,
+    pub recovered: BTreeMap<u64, u16>,
     next_packet_id: u16,
     /// The consumer on the session's own queue (None until the first
     /// non-shared subscription).
@@ -359,7 +359,7 @@ pub struct Session {
     /// in the channel.
     pub retired_own: Option<ConsumerId>,
     /// Consumers on shared-subscription queues, by queue name.
-    pub shared: HashMap<String, ConsumerHandle>,
+    pub shared: BTreeMap<String, ConsumerHandle>,
     /// Every consumer delivers here; the receiver moves with the session.
     /// Made with the first consumer (an idle connection has none).
     pub events_tx: Option<mpsc::UnboundedSender<ConsumerEvent>>,
@@ -389,12 +389,12 @@ impl Session {
             incoming_qos2: BTreeSet::new(),
             pubrel_pending: BTreeSet::new(),
             inflight: BTreeMap::new(),
-            recovered: HashMap::new(),
+            recovered: BTreeMap::new(),
             next_packet_id: 1,
             consumer: None,
             own_no_ack: false,
             retired_own: None,
-            shared: HashMap::new(),
+            shared: BTreeMap::new(),
             events_tx: None,
             events_rx: None,
             credit: Credit::new(0),

@@ -251,7 +251,7 @@ pub(crate) async fn run(
         guard.describe(|d| {
             d.vhost = Some(opened.vhost.clone());
             d.client_id.clone_from(&opened.client_id);
-            d.version = Some(opened.version.as_str().into());
+            d.version = Some(opened.version.as_str());
         });
         // An operator's close stops this connection as a shutdown does,
         // with its own ERROR (see `serve`).

@@ -37,7 +37,7 @@ pub struct ConnectionDetails {
     /// MQTT's client id, STOMP's `client-id`.
     pub client_id: Option<String>,
     /// The protocol version in use (`0-9-1`, `5`, `1.2`).
-    pub version: Option<String>,
+    pub version: Option<&'static str>,
     /// What the client says it is (AMQP `client_properties.product`).
     pub client: Option<String>,
 }
@@ -57,10 +57,30 @@ pub struct ConnectionEntry {
     /// Bytes read from and written to the client.
     recv_oct: AtomicU64,
     send_oct: AtomicU64,
-    /// The adapter's stop token for this connection, cancelled by
-    /// [`Broker::close_connection`] (see [`ConnectionGuard::close_with`]).
-    close: Mutex<Option<CancellationToken>>,
+    /// How [`Broker::close_connection`] stops this connection (see
+    /// [`ConnectionGuard::close_with`]).
+    close: Mutex<Option<Closer>>,
     reason: Mutex<Option<String>>,
+}
+
+/// What an operator's close pokes.
+#[derive(Debug)]
+enum Closer {
+    /// The adapter's stop token for this connection, cancelled.
+    Token(CancellationToken),
+    /// A wake-up the connection already waits on, notified; it then reads
+    /// [`ConnectionGuard::close_reason`] (no token per connection).
+    Notify(Arc<tokio::sync::Notify>),
+}
+
+impl Closer {
+    fn close(&self) {
+        match self {
+            Closer::Token(t) => t.cancel(),
+            // A stored permit if the connection is not waiting right now.
+            Closer::Notify(n) => n.notify_one(),
+        }
+    }
 }
 
 /// A snapshot of one connection.
@@ -139,8 +159,8 @@ impl Broker {
             return false;
         };
         *entry.reason.lock() = Some(reason.to_owned());
-        if let Some(token) = entry.close.lock().as_ref() {
-            token.cancel();
+        if let Some(closer) = entry.close.lock().as_ref() {
+            closer.close();
         }
         true
     }
@@ -176,10 +196,22 @@ impl ConnectionGuard {
     /// child of the listener's shutdown token) the one an operator's close
     /// cancels; cancelled at once if a close came first.
     pub fn close_with(&self, token: &CancellationToken) {
-        *self.entry.close.lock() = Some(token.clone());
+        self.set_closer(Closer::Token(token.clone()));
+    }
+
+    /// Makes `wake` the one an operator's close notifies: the connection
+    /// then learns why from [`ConnectionGuard::close_reason`]. Notified at
+    /// once if a close came first.
+    pub fn close_with_notify(&self, wake: &Arc<tokio::sync::Notify>) {
+        self.set_closer(Closer::Notify(Arc::clone(wake)));
+    }
+
+    fn set_closer(&self, closer: Closer) {
+        let mut slot = self.entry.close.lock();
         if self.entry.reason.lock().is_some() {
-            token.cancel();
+            closer.close();
         }
+        *slot = Some(closer);
     }
 
     /// The operator's reason, once closed by one (else the stop token

@@ -27,7 +27,7 @@ fn name_of(c: &ConnectionSnapshot) -> String {
 
 /// RabbitMQ's `protocol` field: `MQTT 3.1.1`, `Web MQTT 5`, `STOMP 1.2`...
 fn protocol_text(c: &ConnectionSnapshot) -> String {
-    let version = c.details.version.as_deref().unwrap_or("");
+    let version = c.details.version.unwrap_or("");
     let web = if c.details.websocket { "Web " } else { "" };
     match c.protocol {
         Protocol::Amqp => format!("AMQP {version}"),
