@@ -198,7 +198,19 @@ pub struct Queue {
     /// Its broker, for reading paged messages in `peek_bodies` (weak: a
     /// queue's service task must not keep the store open).
     broker: Weak<Broker>,
+    /// The `order` of the next dead letter whose copy may be made: the
+    /// copies of two operations' dead letters (an expiry after a page-in,
+    /// on two threads) reach the dead-letter exchange in the order the
+    /// queue gave them up, not in the order the threads got there.
+    dead_letter_turn: Mutex<u64>,
+    dead_letter_turn_moved: parking_lot::Condvar,
 }
+
+/// Longest wait for an earlier batch of a queue's dead letters to be
+/// copied (by another thread, a matter of microseconds). Past it the copies
+/// go anyway: a batch that never comes (its operation's effects dropped)
+/// must not hold the queue's dead-lettering up for good.
+const DEAD_LETTER_TURN_PATIENCE: std::time::Duration = std::time::Duration::from_millis(50);
 
 impl std::fmt::Debug for Queue {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -225,6 +237,37 @@ impl Queue {
     }
     pub fn is_deleted(&self) -> bool {
         self.deleted.load(Ordering::Acquire)
+    }
+
+    /// Waits, at most `patience` ([`DEAD_LETTER_TURN_PATIENCE`]), until
+    /// the dead letters before `order` have been copied.
+    pub(crate) fn await_dead_letter_turn(&self, order: u64, patience: std::time::Duration) {
+        let deadline = std::time::Instant::now() + patience;
+        let mut turn = self.dead_letter_turn.lock();
+        while *turn < order {
+            if self
+                .dead_letter_turn_moved
+                .wait_until(&mut turn, deadline)
+                .timed_out()
+            {
+                tracing::debug!(
+                    queue = self.name(),
+                    order,
+                    turn = *turn,
+                    "dead letters copied out of turn"
+                );
+                break;
+            }
+        }
+    }
+
+    /// The dead letters before `next` have been copied.
+    pub(crate) fn end_dead_letter_turn(&self, next: u64) {
+        let mut turn = self.dead_letter_turn.lock();
+        if *turn < next {
+            *turn = next;
+        }
+        self.dead_letter_turn_moved.notify_all();
     }
     /// Ready messages.
     pub fn message_count(&self) -> u64 {
@@ -694,6 +737,8 @@ impl Broker {
             wake: Arc::new(Notify::new()),
             deleted: AtomicBool::new(false),
             broker: self.me.clone(),
+            dead_letter_turn: Mutex::new(0),
+            dead_letter_turn_moved: parking_lot::Condvar::new(),
         })
     }
 
@@ -1038,4 +1083,45 @@ fn first_connection_id() -> u64 {
 /// repeat.
 pub(crate) fn first_id_of_run() -> u64 {
     first_connection_id().saturating_mul(16)
+}
+
+#[cfg(test)]
+mod dead_letter_turn_tests {
+    use super::*;
+
+    /// Two batches of one queue's dead letters on two threads: the later
+    /// batch (orders 2 and 3) waits for the earlier (0 and 1), whichever
+    /// thread gets there first.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_later_batch_of_dead_letters_waits_for_the_earlier() {
+        let b = Broker::open(junction_store::Store::in_memory(), BrokerConfig::default())
+            .await
+            .expect("broker");
+        b.declare_queue("/", QueueDef::new("work"), false)
+            .await
+            .expect("declare");
+        let q = b.queue_for("/", "work", None).expect("queue");
+        let copied = Arc::new(Mutex::new(Vec::new()));
+        let later = {
+            let (q, copied) = (Arc::clone(&q), Arc::clone(&copied));
+            std::thread::spawn(move || {
+                q.await_dead_letter_turn(2, std::time::Duration::from_secs(30));
+                copied.lock().extend([2, 3]);
+                q.end_dead_letter_turn(4);
+            })
+        };
+        // Give the later batch the chance to be first (it then waits).
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        q.await_dead_letter_turn(0, std::time::Duration::from_secs(30));
+        copied.lock().extend([0, 1]);
+        q.end_dead_letter_turn(2);
+        later.join().expect("later batch");
+        assert_eq!(*copied.lock(), vec![0, 1, 2, 3]);
+        // A batch whose predecessor never comes goes after the patience.
+        let started = std::time::Instant::now();
+        q.await_dead_letter_turn(9, std::time::Duration::from_millis(30));
+        assert!(started.elapsed() >= std::time::Duration::from_millis(30));
+        q.end_dead_letter_turn(10);
+        assert_eq!(*q.dead_letter_turn.lock(), 10);
+    }
 }

@@ -336,12 +336,24 @@ impl Broker {
             self.count_delivered(&fx);
             return;
         }
-        let mut work = vec![(Arc::clone(q), fx)];
+        // In the order the operations happened (first in, first out): two
+        // operations on one queue here hand over its dead letters in order.
+        let mut work = std::collections::VecDeque::from([(Arc::clone(q), fx)]);
         // Bounded: a dead-letter cycle is cut by x-death, this is a backstop.
         let mut rounds = 0;
-        while let Some((q, fx)) = work.pop() {
+        while let Some((q, fx)) = work.pop_front() {
             rounds += 1;
             self.count_delivered(&fx);
+            // This batch's place among the queue's dead letters: the copies
+            // are made after those of earlier batches (another thread's).
+            let turn = fx
+                .dead_letters
+                .first()
+                .zip(fx.dead_letters.last())
+                .map(|(first, last)| (first.order, last.order + 1));
+            if let Some((first, _)) = turn {
+                q.await_dead_letter_turn(first, super::DEAD_LETTER_TURN_PATIENCE);
+            }
             let mut batch = Batch::new();
             self.collect_removed(&q, &fx.removed, &mut batch);
             let mut copies = Vec::new();
@@ -370,8 +382,11 @@ impl Broker {
                 let now = now.unwrap_or_else(Instant::now);
                 for t in targets {
                     let (queue, fx, _) = enqueue_one(&msg, t, now);
-                    work.push((queue, fx));
+                    work.push_back((queue, fx));
                 }
+            }
+            if let Some((_, next)) = turn {
+                q.end_dead_letter_turn(next);
             }
             // Last: what the read-back dead-letters must follow the copies
             // made here.

@@ -204,6 +204,9 @@ pub struct Removed {
 pub struct DeadLetter {
     pub message: Arc<Message>,
     pub reason: DeathReason,
+    /// Its place among the queue's dead letters (they are copied to the
+    /// dead-letter exchange in this order; see [`QueueState::dead_letters_made`]).
+    pub order: u64,
     /// The entry's own record, deleted in the same batch that stores the copy.
     pub removed: Option<Removed>,
 }
@@ -332,6 +335,8 @@ pub struct QueueState {
     /// queue was made: the management API's rates are drawn from these.
     published_total: u64,
     delivered_total: u64,
+    /// Dead letters made so far: the next one's `order`.
+    dead_letters_made: u64,
 }
 
 impl QueueState {
@@ -357,6 +362,7 @@ impl QueueState {
             had_consumer: false,
             published_total: 0,
             delivered_total: 0,
+            dead_letters_made: 0,
         }
     }
 
@@ -677,14 +683,17 @@ impl QueueState {
     /// Dead-letters `e` if the queue has a dead-letter exchange, else
     /// drops it. Callers read a paged entry back before dead-lettering it
     /// (`head_needs_message`); one that is still paged is dropped.
-    fn dead_letter_or_drop(&self, e: Entry, reason: DeathReason, fx: &mut Effects) {
+    fn dead_letter_or_drop(&mut self, e: Entry, reason: DeathReason, fx: &mut Effects) {
         let removed = e.removed();
         match e.body {
             Body::Loaded(message) if self.args.dead_letter_exchange.is_some() => {
+                let order = self.dead_letters_made;
+                self.dead_letters_made += 1;
                 fx.dead_letters.push(DeadLetter {
                     removed,
                     message,
                     reason,
+                    order,
                 });
             }
             _ => fx.removed.extend(removed),
