@@ -1102,16 +1102,21 @@ mod dead_letter_turn_tests {
             .expect("declare");
         let q = b.queue_for("/", "work", None).expect("queue");
         let copied = Arc::new(Mutex::new(Vec::new()));
+        let (ready, waiting) = std::sync::mpsc::channel();
         let later = {
             let (q, copied) = (Arc::clone(&q), Arc::clone(&copied));
             std::thread::spawn(move || {
+                ready.send(()).expect("signal");
                 q.await_dead_letter_turn(2, std::time::Duration::from_secs(30));
                 copied.lock().extend([2, 3]);
                 q.end_dead_letter_turn(4);
             })
         };
-        // Give the later batch the chance to be first (it then waits).
+        // The later batch is about to wait; give it time to copy out of
+        // turn if the turn did not hold it.
+        waiting.recv().expect("later batch started");
         std::thread::sleep(std::time::Duration::from_millis(20));
+        assert!(copied.lock().is_empty(), "the later batch did not wait");
         q.await_dead_letter_turn(0, std::time::Duration::from_secs(30));
         copied.lock().extend([0, 1]);
         q.end_dead_letter_turn(2);

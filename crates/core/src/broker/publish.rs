@@ -3,6 +3,7 @@
 //! hand back a receipt that resolves when the batch is on disk. Also where
 //! queue effects are carried out: record deletes and dead-lettering.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -275,7 +276,7 @@ impl Broker {
         }
         let now = Instant::now();
         let mut rejected = 0;
-        let mut work = Vec::new();
+        let mut work = VecDeque::new();
         for t in targets {
             let (queue, fx, accepted) = enqueue_one(msg, t, now);
             if accepted == Accepted::Rejected {
@@ -284,11 +285,13 @@ impl Broker {
             if fx.is_counters_only() {
                 self.count_delivered(&fx);
             } else {
-                work.push((queue, fx));
+                work.push_back((queue, fx));
             }
         }
-        for (q, fx) in work {
-            self.apply_effects(&q, fx);
+        // One list for every target: a target's dead letters made by an
+        // earlier target's cascade come after its own (see `apply_all`).
+        if !work.is_empty() {
+            self.apply_all(work);
         }
         Published {
             routed,
@@ -336,9 +339,15 @@ impl Broker {
             self.count_delivered(&fx);
             return;
         }
-        // In the order the operations happened (first in, first out): two
-        // operations on one queue here hand over its dead letters in order.
-        let mut work = std::collections::VecDeque::from([(Arc::clone(q), fx)]);
+        self.apply_all(VecDeque::from([(Arc::clone(q), fx)]));
+    }
+
+    /// [`Broker::apply_effects`] for several queue operations, in the order
+    /// they happened (first in, first out), with what they cascade into
+    /// appended: a queue's batches of dead letters then come up in the
+    /// order the queue made them, so this thread never waits for a turn
+    /// it holds itself.
+    fn apply_all(&self, mut work: VecDeque<(Arc<Queue>, Effects)>) {
         // Bounded: a dead-letter cycle is cut by x-death, this is a backstop.
         let mut rounds = 0;
         while let Some((q, fx)) = work.pop_front() {
