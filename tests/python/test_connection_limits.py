@@ -5,6 +5,7 @@ all protocols counted together. Everyone else goes on.
 """
 
 import socket
+import threading
 import time
 
 import pika
@@ -183,3 +184,36 @@ def test_thousands_of_connections_from_one_address(make_broker, clients):
         assert again.recv(7).startswith(b"\x01\x00\x00")
     finally:
         again.close()
+
+
+def test_a_fleet_sharing_one_user_logs_in_at_once_on_a_fresh_broker(make_broker, clients):
+    """Forty devices with the same user and password connect at the same
+    moment to a broker that has verified nothing yet, with room for one
+    password check: they share that check, and none is refused as busy
+    (CONNACK 3 Server unavailable) as each taking its own slot would be."""
+    b = make_broker(
+        users=[("fleet", "fleet-secret-pw", ["/"])],
+        commands=[["permission", "set", "fleet", "/", ".*", ".*", ".*"]],
+        broker_options=["max_pending_logins = 1"],
+    )
+    devices = [
+        clients.new(b, version=V311, username="fleet", password="fleet-secret-pw")
+        for _ in range(40)
+    ]
+    acks = [None] * len(devices)
+
+    def connect(i):
+        acks[i] = devices[i].connect()
+
+    threads = [threading.Thread(target=connect, args=(i,)) for i in range(len(devices))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert [a.reason if a is not None else None for a in acks] == [0] * len(devices)
+    # A wrong password shares nothing with the right one: refused as a bad
+    # user name or password (3.1.1 return code 4, which paho reports as
+    # 134), not as busy (136).
+    wrong = clients.new(b, version=V311, username="fleet", password="not-it")
+    ack = wrong.connect()
+    assert ack is not None and ack.reason == 134, ack

@@ -696,6 +696,11 @@ impl Conn {
             // or a shutdown.
             let sent = self.out.len();
             let flushed = tokio::select! {
+                // The flush first: with nothing to write it is done at once
+                // and leaves a stored takeover or operator-close wake-up to
+                // the select below, which tells the two apart (0x98 for an
+                // operator's close).
+                biased;
                 r = flush(&self.ctx.broker, wr, &mut self.out, stall) => r,
                 _ = shutdown.cancelled() => Err(std::io::ErrorKind::Interrupted.into()),
                 _ = kick.notified() => Err(std::io::ErrorKind::Interrupted.into()),
