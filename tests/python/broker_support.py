@@ -34,6 +34,15 @@ def junction_bin():
     return Path(target) / "release" / "junction"
 
 
+def _broker_env():
+    """The broker's environment: MQTT connection ends are logged (debug)
+    unless RUST_LOG says otherwise, so a failed test's log tail (printed
+    by conftest) shows why a connection ended."""
+    env = dict(os.environ)
+    env.setdefault("RUST_LOG", "info,junction_mqtt=debug")
+    return env
+
+
 class Broker:
     """One junction process over one data dir; `restart` keeps the dir."""
 
@@ -112,6 +121,7 @@ class Broker:
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=log,
+                env=_broker_env(),
             )
         finally:
             log.close()

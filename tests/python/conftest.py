@@ -58,8 +58,33 @@ def _test_deadline(request):
         signal.signal(signal.SIGALRM, previous)
 
 
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    """Keeps each phase's report on the test item, so fixtures can tell at
+    teardown whether the test failed (`_failed`)."""
+    report = yield
+    setattr(item, "rep_" + report.when, report)
+    return report
+
+
+def _failed(request):
+    return any(
+        getattr(getattr(request.node, "rep_" + when, None), "failed", False)
+        for when in ("setup", "call")
+    )
+
+
+def _show_logs(brokers):
+    """Prints the end of each broker's log (pytest shows it under the
+    failed test's "Captured stdout teardown"): a failure seen only in CI
+    can then be read from its output."""
+    for b in brokers:
+        print(f"--- broker log {b.log_path} (last 80 lines) ---")
+        print(b.log_tail(80))
+
+
 @pytest.fixture
-def make_broker(tmp_path):
+def make_broker(tmp_path, request):
     """`make_broker(vhosts=[...], users=[(name, password, [vhosts])],
     broker_options=["key = value"], mqtt_options=["key = value"],
     stomp_options=["key = value"], amqp_options=["key = value"],
@@ -105,6 +130,8 @@ def make_broker(tmp_path):
         return b.start()
 
     yield make
+    if _failed(request):
+        _show_logs(made)
     for b in made:
         b.stop()
 

@@ -348,6 +348,17 @@ class Client:
             return info.mid
         return self.wait_acked([info.mid], timeout)[0]
 
+    def publish_refused(self, topic, payload, qos=1, timeout=TIMEOUT):
+        """PUBLISH that the broker answers by closing the connection (MQTT
+        3: a refused publish); waits for the close. paho may report "not
+        connected" although the packet went out: its loop thread writes
+        it, reads the broker's close and ends, and `publish()` then finds
+        neither thread nor socket. The caller proves the refusal from the
+        broker's side (its log, a subscriber that gets nothing)."""
+        info = self.paho.publish(topic, payload, qos)
+        assert info.rc in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN), info.rc
+        return self.wait_disconnected(timeout)
+
     def wait_acked(self, mids, timeout=TIMEOUT):
         """Waits for the acknowledgement of every message id; returns
         their reason codes in order."""

@@ -274,8 +274,9 @@ def test_mqtt3_a_denied_publish_disconnects(make_broker, clients):
     watcher = clients.connect(b, version=V311)
     watcher.subscribe("#", qos=1)
     c = clients.connect(b, version=V311, username="bob", password="bob-secret-pw")
-    c.publish("alice/x", b"denied", qos=1, wait=False)
-    c.wait_disconnected()
+    c.publish_refused("alice/x", b"denied")
+    log = re.sub(r"\x1b\[[0-9;]*m", "", b.log_path.read_text(errors="replace"))
+    assert f"client_id={c.client_id} reason=0x87 (Not authorized)" in log
     other = clients.connect(b, version=V311, username="bob", password="bob-secret-pw")
     other.publish("bob/x", b"allowed", qos=1)
     got = watcher.wait_messages(1)
