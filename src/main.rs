@@ -8,6 +8,10 @@
 #[global_allocator]
 static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+// jemalloc's options are compiled in (`.cargo/config.toml` sets
+// JEMALLOC_SYS_WITH_MALLOC_CONF; `_RJEM_MALLOC_CONF` in the environment
+// still overrides them at run time): see there for why.
+
 fn main() -> std::process::ExitCode {
     junction_server::entry::main()
 }

@@ -90,16 +90,41 @@ impl Probe {
         }
     }
 
-    /// Fills the resource fields of `report` from the end readings.
+    /// Takes the end readings now: for a run whose connections' teardown
+    /// (a million subscriptions removed, say) is not the traffic's cost.
+    pub fn stop(&self) -> Stopped {
+        Stopped {
+            start: *self,
+            broker: self.pid.and_then(|pid| procfs::sample(pid).ok()),
+            bench: procfs::sample_self().ok(),
+        }
+    }
+
+    /// Fills the resource fields of `report` from readings taken now.
     pub fn finish(&self, report: &mut Report) {
-        let broker_end = self.pid.and_then(|pid| procfs::sample(pid).ok());
-        report.broker_rss_start_kb = self.broker.map(|s| s.rss_kb);
-        report.broker_rss_kb = broker_end.map(|s| s.rss_kb);
-        report.broker_cpu_s = match (self.broker, broker_end) {
+        self.stop().fill(report);
+    }
+}
+
+/// A [`Probe`] with its end readings.
+#[derive(Debug, Clone, Copy)]
+pub struct Stopped {
+    start: Probe,
+    broker: Option<Sample>,
+    bench: Option<Sample>,
+}
+
+impl Stopped {
+    /// Fills the resource fields of `report`.
+    pub fn fill(&self, report: &mut Report) {
+        let start = &self.start;
+        report.broker_rss_start_kb = start.broker.map(|s| s.rss_kb);
+        report.broker_rss_kb = self.broker.map(|s| s.rss_kb);
+        report.broker_cpu_s = match (start.broker, self.broker) {
             (Some(a), Some(b)) => Some(report::round3(a.cpu_s_until(&b))),
             _ => None,
         };
-        report.bench_cpu_s = match (self.bench, procfs::sample_self().ok()) {
+        report.bench_cpu_s = match (start.bench, self.bench) {
             (Some(a), Some(b)) => Some(report::round3(a.cpu_s_until(&b))),
             _ => None,
         };
@@ -222,6 +247,9 @@ pub async fn run(args: &Args) -> Result<Outcome, BenchError> {
     {
         tokio::time::sleep(DRAIN_POLL).await;
     }
+    // The traffic's cost ends here: closing the connections (removing
+    // every background subscription) is not part of it.
+    let stopped = probe.stop();
     cancel.cancel();
     if let Some(e) = join_held(consumers).await {
         failure.get_or_insert(e);
@@ -284,7 +312,7 @@ pub async fn run(args: &Args) -> Result<Outcome, BenchError> {
         connect_failed: None,
         session_missing: None,
     };
-    probe.finish(&mut report);
+    stopped.fill(&mut report);
     Ok(Outcome { report, failure })
 }
 

@@ -152,6 +152,13 @@ struct Live {
     kick: registry::Kick,
 }
 
+impl Live {
+    /// The keepalive timeout, if the client asked for one.
+    fn keepalive(&self) -> Option<Duration> {
+        (self.keepalive_ms > 0).then(|| Duration::from_millis(self.keepalive_ms.into()))
+    }
+}
+
 /// Serves one MQTT connection. Not an `async fn`: its arguments would be
 /// kept twice, once by the function and once by the instrumented block
 /// (memory per connection).
@@ -172,19 +179,32 @@ pub(crate) fn run(
             return;
         };
         ctx.stats.connected.fetch_add(1, Ordering::Relaxed);
-        let events = live.conn.session.events_rx.take();
-        let buf = std::mem::take(&mut live.buf);
-        let keepalive =
-            (live.keepalive_ms > 0).then(|| Duration::from_millis(live.keepalive_ms.into()));
-        let Live {
-            conn,
-            rd,
-            wr,
-            shutdown,
-            kick,
-            ..
-        } = &mut *live;
-        let result = Box::pin(conn.serve(rd, wr, buf, events, keepalive, shutdown, kick)).await;
+        // Serve until the connection has been quiet a while, then park in
+        // a small wait until it has something to do (memory per idle
+        // connection: the serving loop's state is gone while parked).
+        let mut last_recv = Instant::now();
+        let result = loop {
+            let keepalive = live.keepalive();
+            let Live {
+                conn,
+                rd,
+                wr,
+                buf,
+                shutdown,
+                kick,
+                ..
+            } = &mut *live;
+            let served = conn.serve(rd, wr, buf, keepalive, last_recv, shutdown, kick);
+            last_recv = match Box::pin(served).await {
+                Ok(Some(at)) => at,
+                Ok(None) => break Ok(()),
+                Err(e) => break Err(e),
+            };
+            last_recv = match Box::pin(park(&mut live, last_recv)).await {
+                Ok(at) => at,
+                Err(e) => break Err(e),
+            };
+        };
         Box::pin(close(live, result)).await;
     }
     .instrument(span)
@@ -263,6 +283,59 @@ async fn open(
         shutdown,
         kick,
     }))
+}
+
+/// Waits, parked, until a quiet connection has something to do: bytes
+/// from the client (read into `buf`), a delivery (handled, its PUBLISH
+/// queued in `out`), a takeover, an operator's close or a shutdown (left
+/// for the serving loop to see), or the keepalive running out (the
+/// serving loop's timer then fires at once). Returns when the client
+/// last sent something. Holds little: the serving loop's state is freed
+/// while a connection is parked.
+async fn park(live: &mut Live, last_recv: Instant) -> std::io::Result<Instant> {
+    // A burst's buffers are not kept while parked.
+    if live.buf.is_empty() && live.buf.capacity() > READ_START {
+        live.buf = BytesMut::new();
+    }
+    if live.conn.out.is_empty() && live.conn.out.capacity() > 0 {
+        live.conn.out = BytesMut::new();
+    }
+    make_room(&mut live.buf, READ_START);
+    let mut events = live.conn.session.events_rx.take();
+    let keepalive = live.keepalive();
+    let due = keepalive.map_or(last_recv, |k| last_recv + k);
+    let woke = tokio::select! {
+        _ = live.shutdown.cancelled() => Ok(last_recv),
+        // Stored again for the serving loop, which tells a takeover from
+        // an operator's close.
+        _ = live.kick.notified() => {
+            live.kick.notify_one();
+            Ok(last_recv)
+        }
+        r = live.rd.read_buf(&mut live.buf) => match r {
+            Ok(0) => {
+                live.conn.end.get_or_insert(End::Abnormal);
+                Ok(last_recv)
+            }
+            Ok(n) => {
+                live.conn.guard.count_received(n);
+                Ok(Instant::now())
+            }
+            Err(e) => Err(e),
+        },
+        ev = std::future::poll_fn(|cx| match events.as_mut() {
+            Some(rx) => rx.poll_recv(cx),
+            None => std::task::Poll::Pending,
+        }) => {
+            if let Some(ev) = ev {
+                live.conn.on_event(ev);
+            }
+            Ok(last_recv)
+        }
+        _ = tokio::time::sleep_until(due), if keepalive.is_some() => Ok(last_recv),
+    };
+    live.conn.session.events_rx = events;
+    woke
 }
 
 /// Ends a served connection: the last write, the socket's close, and the
@@ -661,6 +734,20 @@ enum Then {
     Decode,
     /// Another connection took the session over.
     TakenOver,
+    /// Quiet for a while: leave the loop and park.
+    Park,
+}
+
+/// How long a connection with nothing to do keeps its serving loop before
+/// it parks (see [`park`]); a parked connection costs less memory, and
+/// waking it costs an allocation.
+const PARK_AFTER: Duration = Duration::from_secs(1);
+
+/// When the serving loop's timer fires next: the keepalive's end, or
+/// sooner to see whether the connection can park.
+fn next_check(keepalive: Option<Duration>, last_recv: Instant, now: Instant) -> Instant {
+    let park = now + PARK_AFTER;
+    keepalive.map_or(park, |k| (last_recv + k).min(park))
 }
 
 /// How many deliveries one loop turn takes before writing.
@@ -672,25 +759,27 @@ impl Conn {
         &mut self,
         rd: &mut ReadHalf,
         wr: &mut WriteHalf,
-        mut buf: BytesMut,
-        mut events: Option<tokio::sync::mpsc::UnboundedReceiver<ConsumerEvent>>,
+        buf: &mut BytesMut,
         keepalive: Option<Duration>,
+        mut last_recv: Instant,
         shutdown: &CancellationToken,
         kick: &registry::Kick,
-    ) -> std::io::Result<()> {
+    ) -> std::io::Result<Option<Instant>> {
         let max = self.ctx.settings.max_packet_size as usize;
         let stall = self.ctx.broker.limits().write_timeout;
         let mut alarm = self.ctx.broker.memory_alarm();
-        let mut last_recv = Instant::now();
-        // One timer for the life of the connection, moved on only when it
-        // fires early (the client spoke since it was set): a busy client
-        // costs no timer updates per read.
-        let keepalive_timer =
-            tokio::time::sleep_until(keepalive.map_or(last_recv, |k| last_recv + k));
-        tokio::pin!(keepalive_timer);
+        let mut events = self.session.events_rx.take();
+        // One timer, moved on only when it fires: at the keepalive's end,
+        // or every PARK_AFTER to see whether the connection went quiet. A
+        // busy client costs no timer updates per read.
+        let timer = tokio::time::sleep_until(next_check(keepalive, last_recv, Instant::now()));
+        tokio::pin!(timer);
         let mut read_size = READ_START;
-        // Packets already buffered behind the CONNECT.
-        Box::pin(self.read_packets(&mut buf, max)).await;
+        // Packets already buffered (behind the CONNECT, or read while
+        // parked).
+        Box::pin(self.read_packets(buf, max)).await;
+        // Activity since the timer last fired.
+        let mut active = false;
         let result = loop {
             // A client that stops reading must not hold off a takeover
             // or a shutdown.
@@ -726,12 +815,12 @@ impl Conn {
                 }
             }
             if self.end.is_some() {
-                break Ok(());
+                break Ok(None);
             }
             let alarmed = *alarm.borrow() && self.has_published;
             let read_ok =
                 !alarmed && self.confirms.len() < usize::from(self.ctx.settings.receive_maximum);
-            make_room(&mut buf, read_size);
+            make_room(buf, read_size);
             let room = buf.capacity() - buf.len();
             if events.is_none() {
                 // The first subscription made the session's channel.
@@ -750,7 +839,7 @@ impl Conn {
                     self.will = None;
                 }
                 _ = kick.notified() => then = Then::TakenOver,
-                r = rd.read_buf(&mut buf), if read_ok => {
+                r = rd.read_buf(&mut *buf), if read_ok => {
                     match r {
                         Ok(0) => {
                             self.end.get_or_insert(End::Abnormal);
@@ -762,6 +851,7 @@ impl Conn {
                                 read_size = (read_size * 2).min(READ_MAX);
                             }
                             last_recv = Instant::now();
+                            active = true;
                             then = Then::Decode;
                         }
                         Err(e) => break Err(e),
@@ -769,6 +859,7 @@ impl Conn {
                 }
                 Some(ack) = self.confirms.next(), if !self.confirms.is_empty() => {
                     self.on_confirm(ack);
+                    active = true;
                     // Every ack already due goes in the same write (one
                     // store commit resolves many at once).
                     while let Some(Some(ack)) = self.confirms.next().now_or_never() {
@@ -777,10 +868,12 @@ impl Conn {
                 }
                 Some(out) = next_outgoing(&mut self.rare), if !self.outbox_is_empty() => {
                     self.send_outgoing(out);
+                    active = true;
                 }
                 ev = recv_some(&mut events) => {
                     if let Some(ev) = ev {
                         self.on_event(ev);
+                        active = true;
                         let mut n = 1;
                         while n < DELIVERY_BATCH && self.end.is_none() {
                             match events.as_mut().map(|e| e.try_recv()) {
@@ -792,19 +885,23 @@ impl Conn {
                     }
                 }
                 // Not while we hold the client back ourselves.
-                _ = &mut keepalive_timer, if read_ok && keepalive.is_some() => {
-                    let due = last_recv + keepalive.unwrap_or_default();
-                    if Instant::now() < due {
-                        // The client spoke since the timer was set.
-                        keepalive_timer.as_mut().reset(due);
-                        continue;
-                    }
+                _ = &mut timer, if read_ok => {
+                    let now = Instant::now();
+                    if keepalive.is_none_or(|k| now < last_recv + k) {
+                        if !active && self.quiet() {
+                            then = Then::Park;
+                        } else {
+                            active = false;
+                            timer.as_mut().reset(next_check(keepalive, last_recv, now));
+                            continue;
+                        }
+                    } else {
                     // Bytes the client sent while we were busy writing to it
                     // count: only a silent socket times out.
-                    match rd.try_read_buf(&mut buf) {
+                    match rd.try_read_buf(&mut *buf) {
                         Ok(n) if n > 0 => {
                             last_recv = Instant::now();
-                            keepalive_timer.as_mut().reset(last_recv + keepalive.unwrap_or_default());
+                            timer.as_mut().reset(next_check(keepalive, last_recv, last_recv));
                             then = Then::Decode;
                         }
                         _ => {
@@ -814,12 +911,14 @@ impl Conn {
                             self.end = Some(End::Abnormal);
                         }
                     }
+                    }
                 }
                 _ = alarm.changed() => {}
             }
             match then {
                 Then::Nothing => {}
-                Then::Decode => Box::pin(self.read_packets(&mut buf, max)).await,
+                Then::Decode => Box::pin(self.read_packets(buf, max)).await,
+                Then::Park => break Ok(Some(last_recv)),
                 Then::TakenOver if self.guard.close_reason().is_some() => {
                     self.closed_by_operator();
                 }
@@ -828,11 +927,11 @@ impl Conn {
                     // (its last acks, typically) still counts.
                     let mut budget: usize = 64 * 1024;
                     while budget > 0 && self.end.is_none() {
-                        make_room(&mut buf, read_size);
-                        match rd.try_read_buf(&mut buf) {
+                        make_room(buf, read_size);
+                        match rd.try_read_buf(&mut *buf) {
                             Ok(n) if n > 0 => {
                                 budget = budget.saturating_sub(n);
-                                Box::pin(self.read_packets(&mut buf, max)).await;
+                                Box::pin(self.read_packets(buf, max)).await;
                             }
                             _ => break,
                         }
@@ -844,6 +943,15 @@ impl Conn {
         };
         self.session.events_rx = events;
         result
+    }
+
+    /// Nothing to write, wait for or finish: the loop may park.
+    fn quiet(&self) -> bool {
+        self.end.is_none()
+            && self.out.is_empty()
+            && self.confirms.is_empty()
+            && self.outbox_is_empty()
+            && !self.has_retained_backlog()
     }
 
     /// An operator closed the connection: 0x98, and the will goes out as
@@ -1081,9 +1189,9 @@ mod footprint {
             &'a mut super::Conn,
             &'a mut junction_core::io::ReadHalf,
             &'a mut junction_core::io::WriteHalf,
-            bytes::BytesMut,
-            Option<tokio::sync::mpsc::UnboundedReceiver<junction_core::ConsumerEvent>>,
+            &'a mut bytes::BytesMut,
             Option<std::time::Duration>,
+            tokio::time::Instant,
             &'a tokio_util::sync::CancellationToken,
             &'a super::registry::Kick,
         ) -> R,
@@ -1091,8 +1199,17 @@ mod footprint {
         std::mem::size_of::<R>()
     }
 
-    /// Every idle connection keeps its task's future, the serving loop's
-    /// future and its [`super::Live`]: a large local or an unboxed step
+    /// Size of the future [`super::park`] returns, without calling it.
+    fn park_size<'a, F, R>(_: F) -> usize
+    where
+        F: FnOnce(&'a mut super::Live, tokio::time::Instant) -> R,
+    {
+        std::mem::size_of::<R>()
+    }
+
+    /// Every idle connection keeps its task's future, the parked wait's
+    /// future (the serving loop's while it is busy) and its
+    /// [`super::Live`]: a large local or an unboxed step
     /// costs that much per connection. A 4 KiB read array in `linger` once
     /// tripled it; the CONNECT and the handshake's locals kept in the task
     /// for the connection's life cost 2 KB until they moved into a step
@@ -1101,10 +1218,22 @@ mod footprint {
     fn the_connection_future_stays_small() {
         let task = future_size(super::run);
         let serve = serve_size(super::Conn::serve);
+        let park = park_size(super::park);
         let live = std::mem::size_of::<super::Live>();
-        eprintln!("task future {task} B, serving loop {serve} B, Live {live} B");
+        eprintln!("task future {task} B, serving loop {serve} B, parked {park} B, Live {live} B");
+        eprintln!(
+            "Conn {} B: Session {} B, Subscriptions {} B, Access {} B, guard {} B; halves {} + {} B",
+            std::mem::size_of::<super::Conn>(),
+            std::mem::size_of::<crate::session::Session>(),
+            std::mem::size_of::<crate::session::Subscriptions>(),
+            std::mem::size_of::<junction_core::Access>(),
+            std::mem::size_of::<junction_core::ConnectionGuard>(),
+            std::mem::size_of::<junction_core::io::ReadHalf>(),
+            std::mem::size_of::<junction_core::io::WriteHalf>(),
+        );
         assert!(task <= 256, "the MQTT connection future is {task} bytes");
         assert!(serve <= 1_024, "the serving loop's future is {serve} bytes");
+        assert!(park <= 384, "the parked wait's future is {park} bytes");
         assert!(live <= 640, "Live is {live} bytes");
     }
 }
