@@ -9,13 +9,18 @@ import pytest
 
 from mqtt_support import (
     ALL_VERSIONS,
+    CONNACK,
+    DISCONNECT_PACKET,
     PUBACK,
     PUBLISH,
+    SUBACK,
     V5,
     V31,
     V311,
     ack_packet,
     clients,  # noqa: F401 (fixture)
+    connect_packet,
+    subscribe_packet,
     fence,
     persistent,
     uid,
@@ -74,6 +79,27 @@ def test_persistent_session_keeps_subscriptions_and_queues_messages_while_offlin
     assert [(m.payload, m.qos) for m in got if m.topic == t2] == [(b, 2) for b in q2]
     # The subscriptions are still there without subscribing again.
     assert_still_subscribed(pub, c, t1, t2, got)
+
+
+def test_a_first_subscribe_sent_with_the_disconnect_keeps_its_deliveries(module_broker, clients):
+    """A persistent session's first SUBSCRIBE and its DISCONNECT in one
+    write: the serving loop ends in the turn that made the session's
+    delivery channel. It once put back the channel it held before (none)
+    over the new one, so the parked session's consumer failed at its first
+    delivery and the session got nothing after it resumed."""
+    cid, topic = uid("c"), uid() + "/t"
+    raw = clients.raw(module_broker)
+    raw.send(connect_packet(cid, clean=False))
+    assert raw.expect(CONNACK).reason == 0
+    raw.send(subscribe_packet(1, [(topic, 1)]) + DISCONNECT_PACKET)
+    assert [p.kind for p in raw.recv_until_closed()] == [SUBACK]
+    pub = publish_offline(clients, module_broker, topic, [b"while-away"], 1)
+    c = resume(clients, module_broker, cid, V311)
+    assert c.connack.session_present is True
+    got = c.wait_messages(1)
+    assert [(m.topic, m.payload) for m in got] == [(topic, b"while-away")]
+    # Still subscribed, and nothing else arrives.
+    assert fence(pub, c, topic) == got
 
 
 @ALL_VERSIONS

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{BufMut, BytesMut};
 use futures_util::stream::FuturesOrdered;
 use futures_util::{FutureExt, StreamExt};
 use junction_core::io::Stream;
@@ -293,17 +293,23 @@ async fn open(
 /// last sent something. Holds little: the serving loop's state is freed
 /// while a connection is parked.
 async fn park(live: &mut Live, last_recv: Instant) -> std::io::Result<Instant> {
-    // A burst's buffers are not kept while parked.
-    if live.buf.is_empty() && live.buf.capacity() > READ_START {
-        live.buf = BytesMut::new();
-    }
-    if live.conn.out.is_empty() && live.conn.out.capacity() > 0 {
-        live.conn.out = BytesMut::new();
-    }
-    make_room(&mut live.buf, READ_START);
+    // A burst's buffers are not kept while parked (both are empty here:
+    // the loop parks only then; `capacity` would not tell a large
+    // allocation from a small one, so both are replaced).
+    live.buf = BytesMut::with_capacity(READ_START);
+    live.conn.out = BytesMut::new();
+    // A publisher is read little at a time while parked: a memory alarm
+    // that starts meanwhile lets at most this much in before the serving
+    // loop, which watches the alarm, stops reading it.
+    let read_max = if live.conn.has_published {
+        READ_START
+    } else {
+        usize::MAX
+    };
     let mut events = live.conn.session.events_rx.take();
     let keepalive = live.keepalive();
     let due = keepalive.map_or(last_recv, |k| last_recv + k);
+    let mut room = (&mut live.buf).limit(read_max);
     let woke = tokio::select! {
         _ = live.shutdown.cancelled() => Ok(last_recv),
         // Stored again for the serving loop, which tells a takeover from
@@ -312,7 +318,7 @@ async fn park(live: &mut Live, last_recv: Instant) -> std::io::Result<Instant> {
             live.kick.notify_one();
             Ok(last_recv)
         }
-        r = live.rd.read_buf(&mut live.buf) => match r {
+        r = live.rd.read_buf(&mut room) => match r {
             Ok(0) => {
                 live.conn.end.get_or_insert(End::Abnormal);
                 Ok(last_recv)
@@ -334,7 +340,9 @@ async fn park(live: &mut Live, last_recv: Instant) -> std::io::Result<Instant> {
         }
         _ = tokio::time::sleep_until(due), if keepalive.is_some() => Ok(last_recv),
     };
-    live.conn.session.events_rx = events;
+    if events.is_some() {
+        live.conn.session.events_rx = events;
+    }
     woke
 }
 
@@ -888,7 +896,9 @@ impl Conn {
                 _ = &mut timer, if read_ok => {
                     let now = Instant::now();
                     if keepalive.is_none_or(|k| now < last_recv + k) {
-                        if !active && self.quiet() {
+                        // Not in the middle of a packet: parked reads are
+                        // small (see `park`).
+                        if !active && buf.is_empty() && self.quiet() {
                             then = Then::Park;
                         } else {
                             active = false;
@@ -941,7 +951,12 @@ impl Conn {
                 }
             }
         };
-        self.session.events_rx = events;
+        // Not over a channel the last turn made (a first SUBSCRIBE in the
+        // same read as DISCONNECT): the parked session would lose it and,
+        // with it, every delivery.
+        if events.is_some() {
+            self.session.events_rx = events;
+        }
         result
     }
 
