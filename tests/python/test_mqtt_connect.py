@@ -12,10 +12,13 @@ from mqtt_support import (
     DISCONNECT,
     PINGREQ_PACKET,
     PINGRESP,
+    PUBACK,
+    PUBLISH,
     V5,
     V311,
     Packet,
     clients,  # noqa: F401 (fixture)
+    ack_packet,
     connect_packet,
     uid,
 )
@@ -145,6 +148,49 @@ def test_takeover_with_raw_v5_client_sends_disconnect_0x8e_then_closes(module_br
     clients.connect(module_broker, client_id=cid, version=V5)
     packets = first.recv_until_closed()
     assert [(p.kind, first.parse(p)[0]) for p in packets] == [(DISCONNECT, 0x8E)]
+
+
+# docs/mqtt.md, "Parking": quiet for one to two seconds, a connection
+# leaves its serving loop; this waits past that.
+PARKED_AFTER_S = 2.5
+
+
+def test_a_parked_connection_wakes_for_a_delivery_a_ping_and_a_takeover(module_broker, clients):
+    cid, topic = uid("c"), uid() + "/t"
+    raw = clients.raw(module_broker, 5)
+    assert raw.connect(cid)[:2] == (False, 0)
+    assert raw.subscribe(1, [(topic, 1)]) == [1]
+    pub = clients.connect(module_broker, version=V5)
+    # A delivery wakes it, and its PUBACK settles the message.
+    time.sleep(PARKED_AFTER_S)
+    assert pub.publish(topic, b"one", qos=1) == 0
+    got = raw.expect(PUBLISH)
+    assert (got.topic, got.payload, got.qos) == (topic, b"one", 1)
+    raw.send(ack_packet(PUBACK, got.pid, version=5))
+    # Bytes from the client wake it (and are answered).
+    time.sleep(PARKED_AFTER_S)
+    raw.send(PINGREQ_PACKET)
+    assert raw.recv().kind == PINGRESP
+    # So does a publish of its own, acknowledged, and routed.
+    time.sleep(PARKED_AFTER_S)
+    assert raw.publish(topic, b"two", qos=1, pid=7) == 0
+    got = raw.expect(PUBLISH)
+    assert (got.topic, got.payload) == (topic, b"two")
+    raw.send(ack_packet(PUBACK, got.pid, version=5))
+    # A takeover reaches it with its own reason code.
+    time.sleep(PARKED_AFTER_S)
+    clients.connect(module_broker, client_id=cid, version=V5)
+    packets = raw.recv_until_closed()
+    assert [(p.kind, raw.parse(p)[0]) for p in packets] == [(DISCONNECT, 0x8E)]
+
+
+def test_sigterm_reaches_a_parked_connection_with_disconnect_0x8b(broker, clients):
+    raw = clients.raw(broker, 5)
+    assert raw.connect(uid("c")).reason == 0
+    time.sleep(PARKED_AFTER_S)
+    assert broker.terminate() == 0
+    packets = raw.recv_until_closed()
+    assert [(p.kind, raw.parse(p)[0]) for p in packets] == [(DISCONNECT, 0x8B)]
 
 
 @pytest.mark.parametrize("version", [V311, V5], ids=["v311", "v5"])

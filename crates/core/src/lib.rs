@@ -183,15 +183,18 @@ impl std::fmt::Display for LoginError {
 pub struct LoginGate {
     slots: std::sync::Arc<tokio::sync::Semaphore>,
     running: std::sync::Arc<parking_lot::Mutex<Running>>,
+    /// Random per gate: the key of [`LoginGate::credentials`].
+    key: [u8; 32],
 }
 
 /// A password check's answer, as the authenticator gives it.
 type Verdict = Result<Login, String>;
 
-/// The checks under way, by user, password and peer; each entry lives
-/// only while its check runs.
+/// The checks under way, by a keyed digest of the user and password (the
+/// map holds no password) and the peer; each entry lives only while its
+/// check runs.
 type Running = std::collections::HashMap<
-    (String, String, std::net::IpAddr),
+    ([u8; 32], std::net::IpAddr),
     tokio::sync::watch::Receiver<Option<Verdict>>,
 >;
 
@@ -201,7 +204,22 @@ impl LoginGate {
         LoginGate {
             slots: std::sync::Arc::new(tokio::sync::Semaphore::new(pending.max(1))),
             running: std::sync::Arc::default(),
+            key: random_key(),
         }
+    }
+
+    /// A keyed BLAKE2b digest of `user` and `password`: equal for equal
+    /// credentials, and useless to anyone without this gate's key.
+    fn credentials(&self, user: &str, password: &str) -> [u8; 32] {
+        use blake2::digest::{KeyInit, Mac};
+        type Blake2bMac256 = blake2::Blake2bMac<blake2::digest::consts::U32>;
+        let Ok(mut mac) = <Blake2bMac256 as KeyInit>::new_from_slice(&self.key) else {
+            unreachable!("a 32-byte key is always valid for BLAKE2b");
+        };
+        Mac::update(&mut mac, user.as_bytes());
+        Mac::update(&mut mac, &[0]);
+        Mac::update(&mut mac, password.as_bytes());
+        mac.finalize().into_bytes().into()
     }
 
     /// Checks a login: on the caller's task when the authenticator can
@@ -219,7 +237,7 @@ impl LoginGate {
         if let Some(verdict) = auth.authenticate_fast(user, &password, peer) {
             return verdict.map_err(LoginError::Refused);
         }
-        let key = (user.to_string(), password, peer);
+        let key = (self.credentials(user, &password), peer);
         let mut answer = {
             let mut running = self.running.lock();
             match running.get(&key) {
@@ -229,27 +247,23 @@ impl LoginGate {
                         return Err(LoginError::Busy);
                     };
                     let (tx, answer) = tokio::sync::watch::channel(None);
-                    running.insert(key.clone(), answer.clone());
+                    running.insert(key, answer.clone());
                     // Its own task: the check finishes, and answers every
                     // waiter, even if the connection that started it goes.
-                    let (auth, running) = (
+                    let (auth, running, user) = (
                         std::sync::Arc::clone(auth),
                         std::sync::Arc::clone(&self.running),
+                        user.to_string(),
                     );
                     tokio::spawn(async move {
-                        let (user, password, peer) = key;
-                        let checked = tokio::task::spawn_blocking({
-                            let user = user.clone();
-                            let password = password.clone();
-                            move || {
-                                let verdict = auth.authenticate(&user, &password, peer);
-                                drop(slot);
-                                verdict
-                            }
+                        let checked = tokio::task::spawn_blocking(move || {
+                            let verdict = auth.authenticate(&user, &password, peer);
+                            drop(slot);
+                            verdict
                         })
                         .await
                         .unwrap_or_else(|e| Err(e.to_string()));
-                        running.lock().remove(&(user, password, peer));
+                        running.lock().remove(&key);
                         let _ = tx.send(Some(checked));
                     });
                     answer
@@ -262,6 +276,19 @@ impl LoginGate {
         };
         verdict.map_err(LoginError::Refused)
     }
+}
+
+/// 32 bytes from the standard library's per-process random hash keys
+/// (seeded from the operating system): enough for a key that only has to
+/// be unknown outside this process.
+fn random_key() -> [u8; 32] {
+    use std::hash::BuildHasher;
+    let state = std::collections::hash_map::RandomState::new();
+    let mut key = [0u8; 32];
+    for (i, chunk) in key.chunks_exact_mut(8).enumerate() {
+        chunk.copy_from_slice(&state.hash_one(i).to_le_bytes());
+    }
+    key
 }
 
 #[cfg(test)]
