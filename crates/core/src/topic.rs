@@ -102,13 +102,18 @@ pub struct TopicTrie<V> {
 /// scanned vector to a hash map.
 const SMALL_LIMIT: usize = 8;
 
-/// A map that is a vector while small: most trie nodes have one child or
-/// one value, and a hash map's smallest table (four buckets of key and
-/// node) cost several hundred bytes each, for every subscription.
+/// A map that is one entry held inline, then a vector while small: most
+/// trie nodes have one child or one value, and a hash map's smallest table
+/// (four buckets of key and node) cost several hundred bytes each, for
+/// every subscription. The large form is boxed, so the map is a vector's
+/// size in every node: a node with ten thousand leaf children (one
+/// client's subscriptions under one prefix) holds each leaf in a table
+/// slot, free slots included, and a leaf's one value costs no allocation.
 #[derive(Debug)]
 enum SmallMap<K, T> {
+    One(K, T),
     Few(Vec<(K, T)>),
-    Many(HashMap<K, T>),
+    Many(Box<HashMap<K, T>>),
 }
 
 impl<K, T> Default for SmallMap<K, T> {
@@ -120,6 +125,7 @@ impl<K, T> Default for SmallMap<K, T> {
 impl<K, T> SmallMap<K, T> {
     fn len(&self) -> usize {
         match self {
+            SmallMap::One(..) => 1,
             SmallMap::Few(v) => v.len(),
             SmallMap::Many(m) => m.len(),
         }
@@ -132,6 +138,7 @@ impl<K, T> SmallMap<K, T> {
     /// Takes every entry's value out, leaving the map empty.
     fn take_values(&mut self) -> Vec<T> {
         match std::mem::take(self) {
+            SmallMap::One(_, t) => vec![t],
             SmallMap::Few(v) => v.into_iter().map(|(_, t)| t).collect(),
             SmallMap::Many(m) => m.into_values().collect(),
         }
@@ -145,6 +152,7 @@ impl<K: Eq + Hash, T> SmallMap<K, T> {
         Q: Eq + Hash + ?Sized,
     {
         match self {
+            SmallMap::One(key, t) => (key.borrow() == k).then_some(t),
             SmallMap::Few(v) => v.iter().find(|(key, _)| key.borrow() == k).map(|(_, t)| t),
             SmallMap::Many(m) => m.get(k),
         }
@@ -156,6 +164,7 @@ impl<K: Eq + Hash, T> SmallMap<K, T> {
         Q: Eq + Hash + ?Sized,
     {
         match self {
+            SmallMap::One(key, t) => (K::borrow(key) == k).then_some(t),
             SmallMap::Few(v) => v
                 .iter_mut()
                 .find(|(key, _)| key.borrow() == k)
@@ -164,28 +173,45 @@ impl<K: Eq + Hash, T> SmallMap<K, T> {
         }
     }
 
-    fn contains_key<Q>(&self, k: &Q) -> bool
-    where
-        K: std::borrow::Borrow<Q>,
-        Q: Eq + Hash + ?Sized,
-    {
-        self.get(k).is_some()
-    }
-
     /// The entry for `k`, made with `make` if absent.
     fn get_or_insert_with(&mut self, k: K, make: impl FnOnce() -> T) -> &mut T {
-        if let SmallMap::Few(v) = self
-            && v.len() >= SMALL_LIMIT
-            && !v.iter().any(|(key, _)| *key == k)
-        {
-            let m: HashMap<K, T> = std::mem::take(v).into_iter().collect();
-            *self = SmallMap::Many(m);
+        let was_one = match self {
+            SmallMap::Few(v) if v.is_empty() => {
+                *self = SmallMap::One(k, make());
+                let SmallMap::One(_, t) = self else {
+                    unreachable!("set above");
+                };
+                return t;
+            }
+            SmallMap::One(key, _) => *key != k,
+            SmallMap::Few(v) => {
+                if v.len() >= SMALL_LIMIT && !v.iter().any(|(key, _)| *key == k) {
+                    let m: HashMap<K, T> = std::mem::take(v).into_iter().collect();
+                    *self = SmallMap::Many(Box::new(m));
+                }
+                false
+            }
+            SmallMap::Many(_) => false,
+        };
+        if was_one {
+            // A second entry: both go to a vector of exactly two.
+            let SmallMap::One(key, t) = std::mem::take(self) else {
+                unreachable!("matched above");
+            };
+            *self = SmallMap::Few(Vec::with_capacity(2));
+            if let SmallMap::Few(v) = self {
+                v.push((key, t));
+            }
         }
         match self {
+            SmallMap::One(_, t) => t,
             SmallMap::Few(v) => {
                 let i = match v.iter().position(|(key, _)| *key == k) {
                     Some(i) => i,
                     None => {
+                        // One slot at a time: a push would otherwise
+                        // double the room, and most nodes hold few.
+                        v.reserve_exact(1);
                         v.push((k, make()));
                         v.len() - 1
                     }
@@ -202,6 +228,15 @@ impl<K: Eq + Hash, T> SmallMap<K, T> {
         Q: Eq + Hash + ?Sized,
     {
         match self {
+            SmallMap::One(key, _) => {
+                if K::borrow(key) != k {
+                    return None;
+                }
+                match std::mem::take(self) {
+                    SmallMap::One(_, t) => Some(t),
+                    _ => unreachable!("matched above"),
+                }
+            }
             SmallMap::Few(v) => {
                 let i = v.iter().position(|(key, _)| key.borrow() == k)?;
                 let (_, t) = v.swap_remove(i);
@@ -219,15 +254,68 @@ impl<K: Eq + Hash, T> SmallMap<K, T> {
     /// beyond `out`'s).
     fn keys_into<'a>(&'a self, out: &mut Vec<&'a K>) {
         match self {
+            SmallMap::One(k, _) => out.push(k),
             SmallMap::Few(v) => out.extend(v.iter().map(|(k, _)| k)),
             SmallMap::Many(m) => out.extend(m.keys()),
         }
     }
 }
 
+/// A node's children: none for a leaf (most nodes are one: each
+/// subscription's last word), otherwise a boxed map, so that a leaf is
+/// small where its parent's table holds it.
+#[derive(Debug)]
+struct Kids<V>(Option<Box<SmallMap<Box<str>, Node<V>>>>);
+
+impl<V> Kids<V> {
+    fn len(&self) -> usize {
+        self.0.as_ref().map_or(0, |m| m.len())
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_none()
+    }
+
+    /// Takes every child out, leaving none.
+    fn take_values(&mut self) -> Vec<Node<V>> {
+        self.0.take().map_or_else(Vec::new, |mut m| m.take_values())
+    }
+
+    fn get(&self, word: &str) -> Option<&Node<V>> {
+        self.0.as_ref()?.get(word)
+    }
+
+    fn get_mut(&mut self, word: &str) -> Option<&mut Node<V>> {
+        self.0.as_mut()?.get_mut(word)
+    }
+
+    fn contains_key(&self, word: &str) -> bool {
+        self.get(word).is_some()
+    }
+
+    fn get_or_insert_with(
+        &mut self,
+        word: Box<str>,
+        make: impl FnOnce() -> Node<V>,
+    ) -> &mut Node<V> {
+        self.0
+            .get_or_insert_with(Box::default)
+            .get_or_insert_with(word, make)
+    }
+
+    fn remove(&mut self, word: &str) -> Option<Node<V>> {
+        let map = self.0.as_mut()?;
+        let node = map.remove(word);
+        if map.is_empty() {
+            self.0 = None;
+        }
+        node
+    }
+}
+
 #[derive(Debug)]
 struct Node<V> {
-    children: SmallMap<Box<str>, Node<V>>,
+    children: Kids<V>,
     /// Values bound with a pattern ending at this node, with how many
     /// bindings hold each (the same pair may be bound with different
     /// arguments; each needs its own remove).
@@ -240,7 +328,7 @@ struct Node<V> {
 impl<V> Node<V> {
     fn new(is_hash: bool) -> Self {
         Node {
-            children: SmallMap::default(),
+            children: Kids(None),
             values: SmallMap::default(),
             is_hash,
         }
@@ -356,7 +444,7 @@ impl<V: Clone + Eq + Hash> TopicTrie<V> {
         let mut node = &self.root;
         let mut prune_from: Option<usize> = None;
         for (depth, w) in path.iter().enumerate() {
-            let Some(child) = node.children.get(*w) else {
+            let Some(child) = node.children.get(w) else {
                 return false;
             };
             // `child` is only kept alive by this path if it holds nothing
@@ -377,12 +465,12 @@ impl<V: Clone + Eq + Hash> TopicTrie<V> {
         let mut node = &mut self.root;
         for (depth, w) in path.iter().enumerate() {
             if leaf_empties && prune_from == Some(depth) {
-                if let Some(subtree) = node.children.remove(*w) {
+                if let Some(subtree) = node.children.remove(w) {
                     drop_iteratively(subtree);
                 }
                 return true;
             }
-            let Some(child) = node.children.get_mut(*w) else {
+            let Some(child) = node.children.get_mut(w) else {
                 return false;
             };
             node = child;
@@ -483,6 +571,12 @@ mod tests {
             t.insert(p, i as u32);
         }
         t
+    }
+
+    #[test]
+    fn a_node_is_small() {
+        // Each subscription's last word is a node in its parent's table.
+        assert!(std::mem::size_of::<Node<std::sync::Arc<u8>>>() <= 40);
     }
 
     #[test]
@@ -718,14 +812,29 @@ mod tests {
         assert_eq!(m.get("7"), Some(&2));
         assert_eq!(m.remove("7"), Some(2));
         assert_eq!(m.get("7"), None);
-        assert!(!m.contains_key("7"));
+        assert!(m.get("7").is_none());
+        // One entry is held inline; a second makes a vector of exactly two.
         let mut few: SmallMap<Box<str>, u32> = SmallMap::default();
         *few.get_or_insert_with("a".into(), || 0) += 5;
-        assert!(matches!(&few, SmallMap::Few(v) if v.len() == 1));
-        assert_eq!(few.get_mut("a").map(|n| *n), Some(5));
-        assert_eq!(few.remove("a"), Some(5));
+        *few.get_or_insert_with("a".into(), || 0) += 1;
+        assert!(matches!(&few, SmallMap::One(k, 6) if &**k == "a"));
+        assert_eq!(few.get("b"), None);
+        assert_eq!(few.remove("b"), None);
+        *few.get_or_insert_with("b".into(), || 0) += 2;
+        assert!(matches!(&few, SmallMap::Few(v) if v.len() == 2 && v.capacity() == 2));
+        assert_eq!(few.get_mut("a").map(|n| *n), Some(6));
+        assert_eq!(few.get("b"), Some(&2));
+        assert_eq!(few.remove("a"), Some(6));
+        assert_eq!(few.remove("b"), Some(2));
         assert!(few.is_empty());
         assert_eq!(few.take_values(), Vec::<u32>::new());
+        let mut one: SmallMap<Box<str>, u32> = SmallMap::default();
+        *one.get_or_insert_with("x".into(), || 0) += 1;
+        assert_eq!(one.remove("x"), Some(1));
+        assert!(one.is_empty() && one.get("x").is_none());
+        *one.get_or_insert_with("y".into(), || 0) += 1;
+        assert_eq!(one.take_values(), vec![1]);
+        assert!(one.is_empty());
     }
 
     #[test]

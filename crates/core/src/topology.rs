@@ -59,7 +59,7 @@ type Dest = Arc<Destination>;
 /// Per-type routing index of one exchange's bindings.
 #[derive(Debug)]
 enum Routes {
-    Direct(HashMap<Arc<str>, Counted<Dest>>),
+    Direct(HashMap<Box<str>, Counted<Dest>>),
     Fanout(Counted<Dest>),
     Topic(TopicTrie<Dest>),
     /// Headers bindings by destination: routing tests every one anyway,
@@ -77,12 +77,17 @@ impl Routes {
         }
     }
 
-    /// Indexes `b`, whose destination and key the caller has in shared form.
-    fn add(&mut self, b: &Binding, dest: &Dest, key: &Arc<str>) -> Result<(), CoreError> {
+    /// Indexes `b`, whose destination the caller has in shared form.
+    fn add(&mut self, b: &Binding, dest: &Dest) -> Result<(), CoreError> {
         match self {
-            Routes::Direct(map) => {
-                count_in(map.entry(Arc::clone(key)).or_default(), Arc::clone(dest))
-            }
+            Routes::Direct(map) => match map.get_mut(b.routing_key.as_str()) {
+                Some(set) => count_in(set, Arc::clone(dest)),
+                None => {
+                    let mut set = Counted::default();
+                    count_in(&mut set, Arc::clone(dest));
+                    map.insert(b.routing_key.as_str().into(), set);
+                }
+            },
             Routes::Fanout(all) => count_in(all, Arc::clone(dest)),
             Routes::Topic(trie) => trie.insert(&b.routing_key, Arc::clone(dest)),
             Routes::Headers(by_dest) => {
@@ -145,22 +150,31 @@ impl Routes {
     }
 }
 
-/// The arguments one (end, end, key) binding slot is bound with. Most
-/// bindings have none, which costs no allocation here.
+/// The arguments one (source, destination, key) binding slot is bound
+/// with. Most bindings have none, which costs no allocation here, and the
+/// slot is two words (it sits in a table slot per binding).
 #[derive(Debug, Default)]
 struct Args {
     /// Bound with empty arguments.
     plain: bool,
-    /// Bound with these (non-empty) arguments, each once.
-    others: Vec<FieldTable>,
+    /// Bound with these (non-empty) arguments, each once (rare: boxed,
+    /// so a slot without them is two words).
+    others: Option<Box<OtherArgs>>,
 }
 
+#[derive(Debug, Default)]
+struct OtherArgs(Vec<FieldTable>);
+
 impl Args {
+    fn others(&self) -> &[FieldTable] {
+        self.others.as_deref().map_or(&[], |o| o.0.as_slice())
+    }
+
     fn contains(&self, a: &FieldTable) -> bool {
         if a.is_empty() {
             self.plain
         } else {
-            self.others.contains(a)
+            self.others().contains(a)
         }
     }
 
@@ -171,7 +185,7 @@ impl Args {
         if a.is_empty() {
             self.plain = true;
         } else {
-            self.others.push(a.clone());
+            self.others.get_or_insert_default().0.push(a.clone());
         }
         true
     }
@@ -180,36 +194,38 @@ impl Args {
         if a.is_empty() {
             return std::mem::replace(&mut self.plain, false);
         }
-        match self.others.iter().position(|x| x == a) {
-            Some(i) => {
-                self.others.swap_remove(i);
-                true
+        let Some(i) = self.others().iter().position(|x| x == a) else {
+            return false;
+        };
+        if let Some(others) = self.others.as_mut() {
+            others.0.swap_remove(i);
+            if others.0.is_empty() {
+                self.others = None;
             }
-            None => false,
         }
+        true
     }
 
     fn is_empty(&self) -> bool {
-        !self.plain && self.others.is_empty()
+        !self.plain && self.others.is_none()
     }
 
     fn iter(&self) -> impl Iterator<Item = FieldTable> + '_ {
         self.plain
             .then(FieldTable::new)
             .into_iter()
-            .chain(self.others.iter().cloned())
+            .chain(self.others().iter().cloned())
     }
 }
 
-/// A set of bindings that share one end (an exchange's bindings share
-/// their source, a destination's their destination), by their other end
-/// and then their key, so that adding, finding and removing one is O(1)
-/// however many there are (an MQTT subscription storm binds hundreds of
-/// thousands to `amq.topic`). Names are shared handles: a binding costs a
-/// map slot in each of the two sets, not copies of its names.
+/// The bindings to one destination, by source and then key, so that
+/// adding, finding and removing one is O(1) however many there are (an
+/// MQTT subscription storm binds hundreds of thousands to `amq.topic`).
+/// Names are shared handles: a binding costs one map slot here, not
+/// copies of its names.
 #[derive(Debug)]
 struct BindingSet<E> {
-    slots: HashMap<E, HashMap<Arc<str>, Args>>,
+    slots: HashMap<E, HashMap<Box<str>, Args>>,
     len: usize,
 }
 
@@ -234,13 +250,12 @@ impl<E: Eq + Hash> BindingSet<E> {
     }
 
     /// Adds a binding; false if it was there already.
-    fn insert(&mut self, end: E, key: &Arc<str>, args: &FieldTable) -> bool {
-        let slot = self
-            .slots
-            .entry(end)
-            .or_default()
-            .entry(Arc::clone(key))
-            .or_default();
+    fn insert(&mut self, end: E, key: &str, args: &FieldTable) -> bool {
+        let keys = self.slots.entry(end).or_default();
+        let slot = match keys.get_mut(key) {
+            Some(slot) => slot,
+            None => keys.entry(key.into()).or_default(),
+        };
         let added = slot.insert(args);
         self.len += usize::from(added);
         added
@@ -275,7 +290,7 @@ impl<E: Eq + Hash> BindingSet<E> {
     }
 
     /// Every binding as (other end, key, arguments).
-    fn iter(&self) -> impl Iterator<Item = (&E, &Arc<str>, FieldTable)> + '_ {
+    fn iter(&self) -> impl Iterator<Item = (&E, &Box<str>, FieldTable)> + '_ {
         self.slots.iter().flat_map(|(end, keys)| {
             keys.iter()
                 .flat_map(move |(key, args)| args.iter().map(move |a| (end, key, a)))
@@ -289,20 +304,13 @@ struct Exchange {
     /// Its name, shared by the destinations' index of its bindings.
     name: Arc<str>,
     routes: Routes,
-    /// Bindings with this exchange as source, by destination and key.
-    bindings: BindingSet<Dest>,
-}
-
-impl Exchange {
-    /// Its bindings in full.
-    fn binding_list(&self) -> impl Iterator<Item = Binding> + '_ {
-        self.bindings.iter().map(|(dest, key, arguments)| Binding {
-            source: self.def.name.clone(),
-            destination: Destination::clone(dest),
-            routing_key: key.to_string(),
-            arguments,
-        })
-    }
+    /// The destinations it has bindings to, with how many to each. The
+    /// bindings themselves are kept once, by destination
+    /// ([`Topology::by_destination`]): an exchange with a million bindings
+    /// to a hundred queues holds a hundred entries here.
+    dests: Counted<Dest>,
+    /// Its bindings in all.
+    binding_count: usize,
 }
 
 /// Exchange-to-exchange and alternate-exchange hops a message may take
@@ -314,9 +322,10 @@ pub const MAX_EXCHANGE_HOPS: usize = 32;
 #[derive(Debug, Default)]
 pub struct Topology {
     exchanges: HashMap<String, Exchange>,
-    /// Bindings by destination (then source and key), so deleting a queue
-    /// or exchange finds its bindings without scanning every exchange. Its
-    /// keys are the shared destination handles every index uses.
+    /// Every binding, by destination (then source and key), so deleting a
+    /// queue finds its bindings without scanning every exchange; an
+    /// exchange's are found through its destinations. Its keys are the
+    /// shared destination handles every index uses.
     by_destination: HashMap<Dest, BindingSet<Arc<str>>>,
     /// Bindings in all (the `max_bindings` limit counts them).
     binding_total: usize,
@@ -345,7 +354,8 @@ impl Topology {
                 name: Arc::from(def.name.as_str()),
                 def,
                 routes,
-                bindings: BindingSet::default(),
+                dests: Counted::default(),
+                binding_count: 0,
             },
         );
     }
@@ -365,10 +375,9 @@ impl Topology {
 
     /// Whether exactly this binding exists.
     pub fn has_binding(&self, b: &Binding) -> bool {
-        self.exchanges.get(&b.source).is_some_and(|ex| {
-            ex.bindings
-                .contains(&b.destination, &b.routing_key, &b.arguments)
-        })
+        self.by_destination
+            .get(&b.destination)
+            .is_some_and(|set| set.contains(b.source.as_str(), &b.routing_key, &b.arguments))
     }
 
     /// How many bindings the vhost has.
@@ -379,9 +388,16 @@ impl Topology {
     /// Every binding, sorted by source, destination and key (listings).
     pub fn bindings(&self) -> Vec<Binding> {
         let mut all: Vec<Binding> = self
-            .exchanges
-            .values()
-            .flat_map(Exchange::binding_list)
+            .by_destination
+            .iter()
+            .flat_map(|(dest, set)| {
+                set.iter().map(|(source, key, arguments)| Binding {
+                    source: source.to_string(),
+                    destination: Destination::clone(dest),
+                    routing_key: key.to_string(),
+                    arguments,
+                })
+            })
             .collect();
         all.sort_by(|a, b| {
             (&a.source, &a.destination, &a.routing_key).cmp(&(
@@ -391,6 +407,29 @@ impl Topology {
             ))
         });
         all
+    }
+
+    /// Bindings from exchange `source`, through its destinations.
+    fn bindings_from(&self, source: &Exchange) -> Vec<Binding> {
+        let mut out = Vec::with_capacity(source.binding_count);
+        for dest in source.dests.keys() {
+            let Some(keys) = self
+                .by_destination
+                .get(dest)
+                .and_then(|set| set.slots.get(&*source.name))
+            else {
+                continue;
+            };
+            for (key, args) in keys {
+                out.extend(args.iter().map(|arguments| Binding {
+                    source: source.def.name.clone(),
+                    destination: Destination::clone(dest),
+                    routing_key: key.to_string(),
+                    arguments,
+                }));
+            }
+        }
+        out
     }
 
     /// Bindings leading to `dest`.
@@ -471,7 +510,7 @@ impl Topology {
         let Some(ex) = self.exchanges.get(name) else {
             return Err(CoreError::NotFound(format!("no exchange '{name}'")));
         };
-        if if_unused && !ex.bindings.is_empty() {
+        if if_unused && ex.binding_count > 0 {
             return Err(CoreError::PreconditionFailed(format!(
                 "exchange '{name}' in use"
             )));
@@ -487,11 +526,15 @@ impl Topology {
     fn remove_exchange(&mut self, name: &str, changes: &mut Vec<Change>) {
         let mut doomed = vec![name.to_string()];
         while let Some(name) = doomed.pop() {
+            let Some(ex) = self.exchanges.get(&name) else {
+                continue;
+            };
+            let from = self.bindings_from(ex);
             let Some(ex) = self.exchanges.remove(&name) else {
                 continue;
             };
-            self.binding_total -= ex.bindings.len;
-            for b in ex.binding_list() {
+            self.binding_total -= ex.binding_count;
+            for b in from {
                 self.unindex(&b);
                 changes.push(Change::BindingRemoved(b));
             }
@@ -505,13 +548,17 @@ impl Topology {
         }
     }
 
-    fn unindex(&mut self, b: &Binding) {
-        if let Some(set) = self.by_destination.get_mut(&b.destination) {
-            set.remove(b.source.as_str(), &b.routing_key, &b.arguments);
-            if set.is_empty() {
-                self.by_destination.remove(&b.destination);
-            }
+    /// Removes `b` from the index by destination; false if it was not
+    /// there.
+    fn unindex(&mut self, b: &Binding) -> bool {
+        let Some(set) = self.by_destination.get_mut(&b.destination) else {
+            return false;
+        };
+        let removed = set.remove(b.source.as_str(), &b.routing_key, &b.arguments);
+        if set.is_empty() {
+            self.by_destination.remove(&b.destination);
         }
+        removed
     }
 
     /// Adds a binding. The caller has checked that a queue destination
@@ -527,30 +574,29 @@ impl Topology {
         {
             return Err(CoreError::NotFound(format!("no exchange '{d}'")));
         }
+        if !self.exchanges.contains_key(&b.source) {
+            return Err(CoreError::NotFound(format!("no exchange '{}'", b.source)));
+        }
+        if self.has_binding(&b) {
+            return Ok(None);
+        }
         let Some(ex) = self.exchanges.get_mut(&b.source) else {
             return Err(CoreError::NotFound(format!("no exchange '{}'", b.source)));
         };
-        if ex
-            .bindings
-            .contains(&b.destination, &b.routing_key, &b.arguments)
-        {
-            return Ok(None);
-        }
-        // One handle per destination and one per binding key, shared by
-        // every index below.
+        // One handle per destination, shared by every index below.
         let dest = match self.by_destination.get_key_value(&b.destination) {
             Some((d, _)) => Arc::clone(d),
             None => Arc::new(b.destination.clone()),
         };
-        let key: Arc<str> = Arc::from(b.routing_key.as_str());
-        ex.routes.add(&b, &dest, &key)?;
-        ex.bindings.insert(Arc::clone(&dest), &key, &b.arguments);
+        ex.routes.add(&b, &dest)?;
+        count_in(&mut ex.dests, Arc::clone(&dest));
+        ex.binding_count += 1;
         let source = Arc::clone(&ex.name);
         self.binding_total += 1;
         self.by_destination
             .entry(dest)
             .or_default()
-            .insert(source, &key, &b.arguments);
+            .insert(source, &b.routing_key, &b.arguments);
         Ok(Some(Change::BindingAdded(b)))
     }
 
@@ -582,17 +628,15 @@ impl Topology {
     /// Removes one binding; returns its source if that is an auto-delete
     /// exchange now without bindings (for the caller to remove).
     fn remove_one_binding(&mut self, b: &Binding, changes: &mut Vec<Change>) -> Option<String> {
-        let ex = self.exchanges.get_mut(&b.source)?;
-        if !ex
-            .bindings
-            .remove(&b.destination, &b.routing_key, &b.arguments)
-        {
+        if !self.exchanges.contains_key(&b.source) || !self.unindex(b) {
             return None;
         }
+        let ex = self.exchanges.get_mut(&b.source)?;
         ex.routes.remove(b);
+        count_out(&mut ex.dests, &b.destination);
+        ex.binding_count -= 1;
         self.binding_total -= 1;
-        let now_unused = ex.def.auto_delete && ex.bindings.is_empty();
-        self.unindex(b);
+        let now_unused = ex.def.auto_delete && ex.binding_count == 0;
         changes.push(Change::BindingRemoved(b.clone()));
         now_unused.then(|| b.source.clone())
     }
@@ -700,6 +744,13 @@ mod tests {
     }
 
     #[test]
+    fn a_binding_slot_is_small() {
+        // One per binding (a million MQTT subscriptions are a million
+        // bindings): the key handle and these.
+        assert!(std::mem::size_of::<Args>() <= 16);
+    }
+
+    #[test]
     fn bindings_differing_only_in_arguments_are_kept_and_removed_one_by_one() {
         let mut t = Topology::with_builtins();
         let plain = binding("amq.topic", "q1", "a.*", &[]);
@@ -733,5 +784,50 @@ mod tests {
         assert_eq!(t.binding_count(), 0);
         assert!(t.bindings().is_empty() && t.bindings_to(&dest).is_empty());
         assert!(t.route("amq.topic", &msg).unwrap().is_empty());
+    }
+
+    #[test]
+    fn deleting_an_exchange_takes_its_bindings_both_ways_and_empties_auto_delete_sources() {
+        let mut t = Topology::with_builtins();
+        let mut src = ExchangeDef::new("src", ExchangeKind::Topic);
+        src.auto_delete = true;
+        t.declare_exchange(src, false).unwrap();
+        t.declare_exchange(ExchangeDef::new("mid", ExchangeKind::Fanout), false)
+            .unwrap();
+        let to_mid = Binding {
+            source: "src".into(),
+            destination: Destination::Exchange("mid".into()),
+            routing_key: "a.#".into(),
+            arguments: FieldTable::new(),
+        };
+        let from_mid = binding("mid", "q1", "", &[]);
+        let from_src = [
+            binding("src", "q1", "a.*", &[]),
+            binding("src", "q1", "a.*", &[("x", 1)]),
+            binding("src", "q2", "b", &[]),
+        ];
+        for b in from_src.iter().chain([&to_mid, &from_mid]) {
+            t.bind(b.clone()).unwrap();
+        }
+        assert_eq!(t.binding_count(), 5);
+        let err = t.delete_exchange("mid", true).unwrap_err();
+        assert!(matches!(err, CoreError::PreconditionFailed(_)), "{err:?}");
+        // Deleting `mid` removes its own binding and the one to it; `src`
+        // keeps three.
+        let changes = t.delete_exchange("mid", false).unwrap();
+        assert_eq!(changes.len(), 3, "{changes:?}");
+        assert!(changes.contains(&Change::BindingRemoved(from_mid.clone())));
+        assert!(changes.contains(&Change::BindingRemoved(to_mid.clone())));
+        assert_eq!(t.binding_count(), 3);
+        assert_eq!(t.bindings().len(), 3);
+        // `src` is auto-delete: its last binding going takes it too.
+        for b in &from_src[..2] {
+            t.unbind(b).unwrap();
+        }
+        assert!(t.exchange("src").is_some());
+        let changes = t.unbind(&from_src[2]).unwrap();
+        assert!(matches!(changes.last(), Some(Change::ExchangeRemoved(d)) if d.name == "src"));
+        assert_eq!(t.binding_count(), 0);
+        assert!(t.bindings().is_empty());
     }
 }
