@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use bytes::{BufMut, BytesMut};
+use bytes::BytesMut;
 use futures_util::stream::FuturesOrdered;
 use futures_util::{FutureExt, StreamExt};
 use junction_core::io::Stream;
@@ -133,6 +133,10 @@ pub(crate) struct Conn {
     pub linger: bool,
     /// This connection has published: the memory alarm stops reading it.
     pub has_published: bool,
+    /// Publishes read in this turn that reached a subscriber or queue
+    /// (see [`Conn::serve`]: a lone one's deliveries go out before its
+    /// ack).
+    pub routed: u8,
     /// What the user may publish and subscribe to.
     pub access: junction_core::Access,
 }
@@ -291,34 +295,48 @@ async fn open(
 /// for the serving loop to see), or the keepalive running out (the
 /// serving loop's timer then fires at once). Returns when the client
 /// last sent something. Holds little: the serving loop's state is freed
-/// while a connection is parked.
+/// while a connection is parked, and so are both buffers.
+///
+/// A shutdown wakes it through the kick, not a wait on the shutdown token
+/// of its own: [`crate::start`] kicks every connection when the token is
+/// cancelled (memory per idle connection).
 async fn park(live: &mut Live, last_recv: Instant) -> std::io::Result<Instant> {
     // A burst's buffers are not kept while parked (both are empty here:
     // the loop parks only then; `capacity` would not tell a large
-    // allocation from a small one, so both are replaced).
-    live.buf = BytesMut::with_capacity(READ_START);
+    // allocation from a small one, so both are dropped).
+    live.buf = BytesMut::new();
     live.conn.out = BytesMut::new();
-    // A publisher is read little at a time while parked: a memory alarm
-    // that starts meanwhile lets at most this much in before the serving
-    // loop, which watches the alarm, stops reading it.
-    let read_max = if live.conn.has_published {
-        READ_START
-    } else {
-        usize::MAX
-    };
+    if live.shutdown.is_cancelled() {
+        return Ok(last_recv);
+    }
     let mut events = live.conn.session.events_rx.take();
     let keepalive = live.keepalive();
     let due = keepalive.map_or(last_recv, |k| last_recv + k);
-    let mut room = (&mut live.buf).limit(read_max);
     let woke = tokio::select! {
-        _ = live.shutdown.cancelled() => Ok(last_recv),
-        // Stored again for the serving loop, which tells a takeover from
-        // an operator's close.
         _ = live.kick.notified() => {
-            live.kick.notify_one();
+            // Stored again for the serving loop, which tells a takeover
+            // from an operator's close; a shutdown it sees for itself.
+            if !live.shutdown.is_cancelled() {
+                live.kick.notify_one();
+            }
             Ok(last_recv)
         }
-        r = live.rd.read_buf(&mut room) => match r {
+        // Read through a buffer on the stack of each poll, not one kept
+        // while waiting. At most READ_START bytes: a memory alarm that
+        // starts meanwhile lets no more than that in before the serving
+        // loop, which watches the alarm, stops reading a publisher.
+        r = std::future::poll_fn(|cx| {
+            let mut bytes = [0u8; READ_START];
+            let mut room = tokio::io::ReadBuf::new(&mut bytes);
+            match tokio::io::AsyncRead::poll_read(std::pin::Pin::new(&mut live.rd), cx, &mut room) {
+                std::task::Poll::Ready(Ok(())) => {
+                    live.buf.extend_from_slice(room.filled());
+                    std::task::Poll::Ready(Ok(room.filled().len()))
+                }
+                std::task::Poll::Ready(Err(e)) => std::task::Poll::Ready(Err(e)),
+                std::task::Poll::Pending => std::task::Poll::Pending,
+            }
+        }) => match r {
             Ok(0) => {
                 live.conn.end.get_or_insert(End::Abnormal);
                 Ok(last_recv)
@@ -647,6 +665,7 @@ async fn accept(
         end: None,
         linger: false,
         has_published: false,
+        routed: 0,
         access,
     };
     if conn.session.is_persistent() || was_persistent {
@@ -740,8 +759,11 @@ enum Then {
     Nothing,
     /// Decode and handle what was read.
     Decode,
-    /// Another connection took the session over.
+    /// Another connection took the session over (or an operator closed
+    /// this one).
     TakenOver,
+    /// The broker is shutting down.
+    Shutdown,
     /// Quiet for a while: leave the loop and park.
     Park,
 }
@@ -839,14 +861,15 @@ impl Conn {
             // while a step runs (memory per connection).
             let mut then = Then::Nothing;
             tokio::select! {
-                _ = shutdown.cancelled() => {
-                    self.linger = true;
-                    self.disconnect(ReasonCode::SERVER_SHUTTING_DOWN);
-                    self.end = Some(End::Normal);
-                    // A broker shutdown is not the client's failure: no will.
-                    self.will = None;
+                _ = shutdown.cancelled() => then = Then::Shutdown,
+                // At shutdown every connection is kicked too (see `park`).
+                _ = kick.notified() => {
+                    then = if shutdown.is_cancelled() {
+                        Then::Shutdown
+                    } else {
+                        Then::TakenOver
+                    };
                 }
-                _ = kick.notified() => then = Then::TakenOver,
                 r = rd.read_buf(&mut *buf), if read_ok => {
                     match r {
                         Ok(0) => {
@@ -927,7 +950,26 @@ impl Conn {
             }
             match then {
                 Then::Nothing => {}
-                Then::Decode => Box::pin(self.read_packets(buf, max)).await,
+                Then::Shutdown => {
+                    self.linger = true;
+                    self.disconnect(ReasonCode::SERVER_SHUTTING_DOWN);
+                    self.end = Some(End::Normal);
+                    // A broker shutdown is not the client's failure: no will.
+                    self.will = None;
+                }
+                Then::Decode => {
+                    self.routed = 0;
+                    Box::pin(self.read_packets(buf, max)).await;
+                    if self.routed == 1 && !self.out.is_empty() {
+                        // A lone publish (a light load): the subscribers
+                        // it woke are next on this worker; let them write
+                        // their deliveries before its PUBACK, as Mosquitto
+                        // does, rather than after a write of ours and the
+                        // client's wake-up. A batch (a busy publisher)
+                        // does not wait: its acks pace the client.
+                        tokio::task::yield_now().await;
+                    }
+                }
                 Then::Park => break Ok(Some(last_recv)),
                 Then::TakenOver if self.guard.close_reason().is_some() => {
                     self.closed_by_operator();
@@ -1062,7 +1104,7 @@ impl Conn {
                 // new messages wait in the queue under its limits (what it
                 // already handed over is delivered on resume).
                 if let Some(c) = self.session.consumer.take() {
-                    self.session.retired_own = Some(c.id());
+                    self.session.rare_mut().retired_own = Some(c.id());
                     c.cancel(true);
                 }
             }
@@ -1248,7 +1290,8 @@ mod footprint {
         );
         assert!(task <= 256, "the MQTT connection future is {task} bytes");
         assert!(serve <= 1_024, "the serving loop's future is {serve} bytes");
-        assert!(park <= 384, "the parked wait's future is {park} bytes");
-        assert!(live <= 640, "Live is {live} bytes");
+        // jemalloc size classes: 320 and 512 bytes.
+        assert!(park <= 320, "the parked wait's future is {park} bytes");
+        assert!(live <= 512, "Live is {live} bytes");
     }
 }

@@ -239,12 +239,20 @@ pub async fn start(
     }
     registry::remove_orphans(ctx, orphans).await;
     tasks.spawn(registry::sweep(Arc::clone(ctx), shutdown.clone()));
+    // Parked connections wait on their kick alone: this is how they learn
+    // of a shutdown (`shutdown` is the token every connection is given).
+    let (c, token) = (Arc::clone(ctx), shutdown.clone());
+    tasks.spawn(async move {
+        token.cancelled().await;
+        c.registry.kick_all();
+    });
     tasks.spawn(sys::publish_loop(Arc::clone(ctx), shutdown.clone()));
     Ok(())
 }
 
 /// Serves one accepted MQTT connection until it closes; at `shutdown` an
-/// MQTT 5 client gets DISCONNECT 0x8B. The server's accept loop calls it.
+/// MQTT 5 client gets DISCONNECT 0x8B. `shutdown` must be the token given
+/// to [`start`], which wakes parked connections when it is cancelled. The server's accept loop calls it.
 /// (A plain function returning the connection's future: no wrapper state
 /// in every connection's task.)
 pub fn serve_connection(

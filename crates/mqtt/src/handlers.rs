@@ -118,7 +118,7 @@ impl Conn {
                 self.write_publish(p);
             }
         }
-        let rels: Vec<u16> = self.session.pubrel_pending.iter().copied().collect();
+        let rels: Vec<u16> = self.session.rare().pubrel_pending.iter().copied().collect();
         for id in rels {
             self.send(Packet::PubRel(Ack::new(id)));
         }
@@ -191,7 +191,7 @@ impl Conn {
             .by_filter
             .keys()
             .filter(|f| split_shared(f).is_none())
-            .cloned()
+            .map(|f| f.to_string())
             .collect();
         for f in filters {
             self.bind(&queue, &f, true).await?;
@@ -222,7 +222,7 @@ impl Conn {
     /// old one made are still recognised as the session's own.
     fn upgrade_own_consumer(&mut self) {
         if let Some(old) = self.session.consumer.take() {
-            self.session.retired_own = Some(old.id());
+            self.session.rare_mut().retired_own = Some(old.id());
             old.cancel(true);
         }
         if let Err(e) = self.start_own_consumer(false) {
@@ -232,7 +232,7 @@ impl Conn {
 
     async fn ensure_shared_consumer(&mut self, group: &str, filter: &str) -> Result<(), CoreError> {
         let queue = shared_queue_name(group, filter);
-        if self.session.shared.contains_key(&queue) {
+        if self.session.rare().shared.contains_key(&queue) {
             return Ok(());
         }
         let def = self.queue_def(&queue, true);
@@ -244,7 +244,7 @@ impl Conn {
             .ctx
             .broker
             .consume(&self.ctx.settings.vhost, &queue, spec, events)?;
-        self.session.shared.insert(queue, handle);
+        self.session.rare_mut().shared.insert(queue, handle);
         Ok(())
     }
 
@@ -306,7 +306,7 @@ impl Conn {
                 continue;
             }
             if self.session.subs.by_filter.len() >= self.ctx.settings.max_subscriptions_per_session
-                && !self.session.subs.by_filter.contains_key(&filter)
+                && !self.session.subs.by_filter.contains_key(filter.as_str())
             {
                 reasons.push(ReasonCode::QUOTA_EXCEEDED);
                 continue;
@@ -338,7 +338,7 @@ impl Conn {
                 .session
                 .subs
                 .by_filter
-                .insert(filter.clone(), opts.clone())
+                .insert(filter.as_str().into(), opts.clone())
                 .is_some();
             self.session.filter_changed(&filter);
             if !existed {
@@ -498,7 +498,7 @@ impl Conn {
             self.session.filter_changed(filter);
             self.ctx.stats.subscriptions.fetch_sub(1, Ordering::Relaxed);
             if let Some(q) = registry::shared_queue(filter) {
-                if let Some(h) = self.session.shared.remove(&q) {
+                if let Some(h) = self.session.rare_if().and_then(|r| r.shared.remove(&q)) {
                     self.forget_inflight_of(h.id());
                     h.cancel(true);
                 }
@@ -575,7 +575,7 @@ impl Conn {
             // The broker's own tree (as Mosquitto): accepted and
             // acknowledged, not routed.
             if let (QoS::ExactlyOnce, Some(id)) = (p.qos, p.packet_id) {
-                self.session.incoming_qos2.insert(id);
+                self.session.rare_mut().incoming_qos2.insert(id);
             }
             self.ack_now(&p, ReasonCode::SUCCESS);
             return;
@@ -587,7 +587,8 @@ impl Conn {
         if p.qos != QoS::AtMostOnce
             && self.version.is_v5()
             && inbound >= usize::from(self.ctx.settings.receive_maximum)
-            && !(p.qos == QoS::ExactlyOnce && self.session.incoming_qos2.contains(&packet_id))
+            && !(p.qos == QoS::ExactlyOnce
+                && self.session.rare().incoming_qos2.contains(&packet_id))
         {
             self.fail(
                 ReasonCode::RECEIVE_MAXIMUM_EXCEEDED,
@@ -595,7 +596,7 @@ impl Conn {
             );
             return;
         }
-        if p.qos == QoS::ExactlyOnce && self.session.incoming_qos2.contains(&packet_id) {
+        if p.qos == QoS::ExactlyOnce && self.session.rare().incoming_qos2.contains(&packet_id) {
             // A resend of a message already published, DUP or not: PUBREC
             // again, never a second copy [MQTT-4.3.3-10].
             self.ack_now(&p, ReasonCode::SUCCESS);
@@ -635,7 +636,7 @@ impl Conn {
             return;
         }
         let published = if p.qos == QoS::ExactlyOnce {
-            self.session.incoming_qos2.insert(packet_id);
+            self.session.rare_mut().incoming_qos2.insert(packet_id);
             self.rare().qos2_here.insert(packet_id);
             let mut w = StateWrites::new();
             if self.session.is_persistent() {
@@ -653,8 +654,10 @@ impl Conn {
             Ok(p) => p,
             Err(e) => {
                 tracing::warn!(error = %e, "mqtt publish failed");
-                if p.qos == QoS::ExactlyOnce {
-                    self.session.incoming_qos2.remove(&packet_id);
+                if p.qos == QoS::ExactlyOnce
+                    && let Some(r) = self.session.rare_if()
+                {
+                    r.incoming_qos2.remove(&packet_id);
                 }
                 self.fail(ReasonCode::UNSPECIFIED_ERROR, "publish failed");
                 return;
@@ -664,6 +667,9 @@ impl Conn {
             return;
         }
         let routed = published.routed;
+        if routed > 0 {
+            self.routed = self.routed.saturating_add(1);
+        }
         let v5 = self.version.is_v5();
         let qos = p.qos;
         if qos == QoS::AtLeastOnce {
@@ -712,7 +718,9 @@ impl Conn {
         if reason.is_error() {
             if matches!(ack, Packet::PubRec(_)) {
                 // A refused QoS 2 message frees its packet id [MQTT-4.3.3].
-                self.session.incoming_qos2.remove(&id);
+                if let Some(r) = self.session.rare_if() {
+                    r.incoming_qos2.remove(&id);
+                }
                 if let Some(r) = self.rare.as_mut() {
                     r.qos2_here.remove(&id);
                 }
@@ -758,7 +766,11 @@ impl Conn {
         if let Some(r) = self.rare.as_mut() {
             r.qos2_here.remove(&id);
         }
-        if self.session.incoming_qos2.remove(&id) {
+        if self
+            .session
+            .rare_if()
+            .is_some_and(|r| r.incoming_qos2.remove(&id))
+        {
             if self.session.is_persistent() {
                 // PUBCOMP only once the id's release is synced: the client
                 // may reuse the id right after, and a record left by a
@@ -804,7 +816,7 @@ impl Conn {
         if let Some(c) = &self.session.consumer {
             c.pump();
         }
-        for c in self.session.shared.values() {
+        for c in self.session.rare().shared.values() {
             c.pump();
         }
         self.drain_retained_backlog();
@@ -828,7 +840,7 @@ impl Conn {
             Some(f) if f.publish.qos == QoS::ExactlyOnce => {}
             _ => {
                 let mut rel = Ack::new(id);
-                if !self.session.pubrel_pending.contains(&id) {
+                if !self.session.rare().pubrel_pending.contains(&id) {
                     rel.reason = ReasonCode::PACKET_IDENTIFIER_NOT_FOUND;
                 }
                 self.send(Packet::PubRel(rel));
@@ -861,7 +873,7 @@ impl Conn {
             self.session.credit.take();
             self.settle(f.source);
         }
-        self.session.pubrel_pending.insert(id);
+        self.session.rare_mut().pubrel_pending.insert(id);
         match applied {
             // PUBREL once the "released" record is in the store.
             Some(applied) => self.confirms.push_back(Box::pin(async move {
@@ -873,7 +885,11 @@ impl Conn {
     }
 
     fn on_pubcomp(&mut self, id: u16) {
-        if !self.session.pubrel_pending.remove(&id) {
+        if !self
+            .session
+            .rare_if()
+            .is_some_and(|r| r.pubrel_pending.remove(&id))
+        {
             return;
         }
         self.record_outgoing(id, None);
@@ -891,7 +907,9 @@ impl Conn {
                 if self.session.consumer.as_ref().is_some_and(|c| c.id() == id) {
                     self.session.consumer = None;
                 }
-                self.session.shared.retain(|_, c| c.id() != id);
+                if let Some(r) = self.session.rare_if() {
+                    r.shared.retain(|_, c| c.id() != id);
+                }
             }
         }
     }
@@ -956,7 +974,10 @@ impl Conn {
         let message = d.message.id.0;
         // Sent before a restart and not acknowledged: the same packet id
         // again, flagged as a resend (a QoS 2 client then knows it).
-        let recovered = self.session.recovered.remove(&message);
+        let recovered = self
+            .session
+            .rare_if()
+            .and_then(|r| r.recovered.remove(&message));
         if qos == QoS::AtMostOnce {
             if let Some(id) = recovered {
                 self.record_outgoing(id, None);

@@ -120,6 +120,16 @@ impl Registry {
         }
     }
 
+    /// Wakes every connection (at shutdown: a parked connection waits on
+    /// its kick only, see `connection::park`).
+    pub fn kick_all(&self) {
+        for slot in self.slots.lock().values() {
+            if let Slot::Online { kick, .. } = slot {
+                kick.notify_one();
+            }
+        }
+    }
+
     /// The sweeper finished ending `client_id`'s session: the id is free.
     pub fn ended(&self, client_id: &str) {
         let mut slots = self.slots.lock();
@@ -159,7 +169,13 @@ impl Registry {
                 Slot::Parked(p) => Some(crate::context::ClientInfo {
                     client_id: id.clone(),
                     connection: None,
-                    subscriptions: p.session.subs.by_filter.keys().cloned().collect(),
+                    subscriptions: p
+                        .session
+                        .subs
+                        .by_filter
+                        .keys()
+                        .map(|f| f.to_string())
+                        .collect(),
                     expires_in: p.expires_at.map(|t| t.saturating_duration_since(now)),
                     will_pending: p.will.is_some(),
                     queued: 0,
@@ -225,14 +241,16 @@ pub(crate) fn restore(ctx: &MqttContext) -> Result<Vec<String>, junction_core::C
             .fetch_add(rec.subscriptions.len() as i64, Ordering::Relaxed);
         s.subs = rec.subscriptions;
         s.save_all_filters = rec.inline;
-        s.incoming_qos2 = incoming;
+        if !incoming.is_empty() {
+            s.rare_mut().incoming_qos2 = incoming;
+        }
         for o in outgoing {
             if o.released {
-                s.pubrel_pending.insert(o.packet_id);
+                s.rare_mut().pubrel_pending.insert(o.packet_id);
                 // Awaiting PUBCOMP: it holds a slot in the window.
                 s.credit.take();
             } else {
-                s.recovered.insert(o.message, o.packet_id);
+                s.rare_mut().recovered.insert(o.message, o.packet_id);
             }
         }
         s.stored = true;
@@ -293,7 +311,12 @@ pub(crate) async fn end_session(ctx: &MqttContext, mut s: Session) {
         .subscriptions
         .fetch_sub(s.subs.len() as i64, Ordering::Relaxed);
     s.consumer = None;
-    let shared: Vec<String> = std::mem::take(&mut s.shared).into_keys().collect();
+    let shared: Vec<String> = s
+        .rare_if()
+        .map(|r| std::mem::take(&mut r.shared))
+        .unwrap_or_default()
+        .into_keys()
+        .collect();
     let broker = &ctx.broker;
     let vhost = &ctx.settings.vhost;
     if let Err(e) = broker

@@ -72,7 +72,9 @@ pub struct Inflight {
 /// whole `$share/group/filter`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Subscriptions {
-    pub by_filter: BTreeMap<String, SubOptions>,
+    /// Boxed keys: a filter is never changed in place, and a map of a
+    /// million costs a word less per entry (memory per subscription).
+    pub by_filter: BTreeMap<Box<str>, SubOptions>,
 }
 
 /// A `$share/group/filter` filter's group and filter.
@@ -210,7 +212,7 @@ impl SessionRecord {
         for _ in 0..n {
             let filter = r.string()?;
             let o = decode_options(&mut r)?;
-            subscriptions.by_filter.insert(filter, o);
+            subscriptions.by_filter.insert(filter.into(), o);
         }
         Ok(SessionRecord {
             client_id,
@@ -302,7 +304,7 @@ pub fn load_all(
             continue;
         };
         let options = decode_options(&mut Reader::new(&value))?;
-        rec.subscriptions.by_filter.insert(filter, options);
+        rec.subscriptions.by_filter.insert(filter.into(), options);
     }
     for (incoming, packet_id, client, value) in ids {
         let Some((_, i, o)) = records.get_mut(&client) else {
@@ -330,23 +332,51 @@ pub fn load_all(
     Ok((out, orphans))
 }
 
-/// One session: durable state plus what lives only in memory.
-pub struct Session {
-    pub client_id: String,
-    /// Session Expiry Interval in force, seconds (0: ends with the connection).
-    pub expiry: u32,
-    pub subs: Subscriptions,
+/// The parts of a [`Session`] most sessions never use.
+#[derive(Default)]
+pub struct SessionRare {
     /// Incoming QoS 2 packet ids published and acknowledged with PUBREC,
     /// awaiting PUBREL.
     pub incoming_qos2: BTreeSet<u16>,
     /// Outgoing QoS 2 packet ids acknowledged with PUBREC; we sent PUBREL
     /// and await PUBCOMP.
     pub pubrel_pending: BTreeSet<u16>,
-    /// Outgoing QoS 1/2 PUBLISHes not yet acknowledged, by packet id.
-    pub inflight: BTreeMap<u16, Inflight>,
     /// Messages sent before a broker restart and not acknowledged: core
     /// message id → the packet id to resend them with (DUP set).
     pub recovered: BTreeMap<u64, u16>,
+    /// An ack-free own consumer that was replaced (upgraded to acked, or
+    /// cancelled when the session parked): deliveries it made may still be
+    /// in the channel.
+    pub retired_own: Option<ConsumerId>,
+    /// Consumers on shared-subscription queues, by queue name.
+    pub shared: BTreeMap<String, ConsumerHandle>,
+    /// Filters subscribed, changed or unsubscribed since the last save:
+    /// the next save writes (or deletes) their records only.
+    pub changed_filters: BTreeSet<String>,
+}
+
+/// What [`Session::rare`] reads when nothing was made.
+static NO_RARE: SessionRare = SessionRare {
+    incoming_qos2: BTreeSet::new(),
+    pubrel_pending: BTreeSet::new(),
+    recovered: BTreeMap::new(),
+    retired_own: None,
+    shared: BTreeMap::new(),
+    changed_filters: BTreeSet::new(),
+};
+
+/// One session: durable state plus what lives only in memory.
+pub struct Session {
+    pub client_id: String,
+    /// Session Expiry Interval in force, seconds (0: ends with the connection).
+    pub expiry: u32,
+    pub subs: Subscriptions,
+    /// Outgoing QoS 1/2 PUBLISHes not yet acknowledged, by packet id.
+    pub inflight: BTreeMap<u16, Inflight>,
+    /// What most sessions never hold (QoS 2 state, a restart's
+    /// leftovers, shared subscriptions), made on first use: memory per
+    /// idle connection. Read through [`Session::rare`].
+    rare: Option<Box<SessionRare>>,
     next_packet_id: u16,
     /// The consumer on the session's own queue (None until the first
     /// non-shared subscription).
@@ -354,12 +384,6 @@ pub struct Session {
     /// The own consumer settles nothing itself (every non-shared
     /// subscription is QoS 0): no acks, no window, as fast as QoS 0 goes.
     pub own_no_ack: bool,
-    /// An ack-free own consumer that was replaced (upgraded to acked, or
-    /// cancelled when the session parked): deliveries it made may still be
-    /// in the channel.
-    pub retired_own: Option<ConsumerId>,
-    /// Consumers on shared-subscription queues, by queue name.
-    pub shared: BTreeMap<String, ConsumerHandle>,
     /// Every consumer delivers here; the receiver moves with the session.
     /// Made with the first consumer (an idle connection has none).
     pub events_tx: Option<mpsc::UnboundedSender<ConsumerEvent>>,
@@ -372,9 +396,6 @@ pub struct Session {
     pub connection: ConnectionId,
     /// A record of this session may be in the store.
     pub stored: bool,
-    /// Filters subscribed, changed or unsubscribed since the last save:
-    /// the next save writes (or deletes) their records only.
-    pub changed_filters: BTreeSet<String>,
     /// The next save writes every subscription's record (the session was
     /// just made persistent, or came from a record holding them inline).
     pub save_all_filters: bool,
@@ -386,23 +407,34 @@ impl Session {
             client_id,
             expiry,
             subs: Subscriptions::default(),
-            incoming_qos2: BTreeSet::new(),
-            pubrel_pending: BTreeSet::new(),
             inflight: BTreeMap::new(),
-            recovered: BTreeMap::new(),
+            rare: None,
             next_packet_id: 1,
             consumer: None,
             own_no_ack: false,
-            retired_own: None,
-            shared: BTreeMap::new(),
             events_tx: None,
             events_rx: None,
             credit: Credit::new(0),
             connection,
             stored: false,
-            changed_filters: BTreeSet::new(),
             save_all_filters: false,
         }
+    }
+
+    /// The rarely used state (empty when none was made).
+    pub fn rare(&self) -> &SessionRare {
+        self.rare.as_deref().unwrap_or(&NO_RARE)
+    }
+
+    /// The rarely used state, if any was made (for removals: nothing is
+    /// made to remove from).
+    pub fn rare_if(&mut self) -> Option<&mut SessionRare> {
+        self.rare.as_deref_mut()
+    }
+
+    /// The rarely used state, made now if it was not.
+    pub fn rare_mut(&mut self) -> &mut SessionRare {
+        self.rare.get_or_insert_with(Box::default)
     }
 
     /// Name of the session's own queue (bound to `amq.topic`); made on
@@ -423,8 +455,8 @@ impl Session {
             let id = self.next_packet_id;
             self.next_packet_id = if id == u16::MAX { 1 } else { id + 1 };
             if !self.inflight.contains_key(&id)
-                && !self.pubrel_pending.contains(&id)
-                && !self.recovered.values().any(|&r| r == id)
+                && !self.rare().pubrel_pending.contains(&id)
+                && !self.rare().recovered.values().any(|&r| r == id)
             {
                 return Some(id);
             }
@@ -444,9 +476,14 @@ impl Session {
     }
 
     /// Marks `filter` as subscribed, changed or unsubscribed since the
-    /// last save.
+    /// last save. Only a stored session saves filter by filter: the first
+    /// save (or one after a record with inline subscriptions) writes them
+    /// all, and a session that is never stored must not keep a second
+    /// copy of every filter it subscribes (memory per subscription).
     pub fn filter_changed(&mut self, filter: &str) {
-        self.changed_filters.insert(filter.to_string());
+        if self.stored && !self.save_all_filters {
+            self.rare_mut().changed_filters.insert(filter.to_string());
+        }
     }
 
     /// Writes the session's header record and the records of the
@@ -461,7 +498,9 @@ impl Session {
         if !self.stored || self.save_all_filters {
             // Every subscription is written below; a filter changed since
             // and gone now was never stored on its own.
-            self.changed_filters.clear();
+            if let Some(r) = self.rare.as_mut() {
+                r.changed_filters.clear();
+            }
             for (filter, o) in &self.subs.by_filter {
                 w.put(
                     NAMESPACE,
@@ -470,9 +509,13 @@ impl Session {
                 );
             }
         }
-        for filter in std::mem::take(&mut self.changed_filters) {
+        let changed = match self.rare.as_mut() {
+            Some(r) => std::mem::take(&mut r.changed_filters),
+            None => BTreeSet::new(),
+        };
+        for filter in changed {
             let key = filter_key(&self.client_id, &filter);
-            match self.subs.by_filter.get(&filter) {
+            match self.subs.by_filter.get(filter.as_str()) {
                 Some(o) => w.put(NAMESPACE, &key, &encode_subscription(o)),
                 None => w.delete(NAMESPACE, &key),
             }
@@ -489,19 +532,23 @@ impl Session {
             .subs
             .by_filter
             .keys()
-            .chain(self.changed_filters.iter());
+            .map(|f| &**f)
+            .chain(self.rare().changed_filters.iter().map(String::as_str));
         for filter in filters {
             w.delete(NAMESPACE, &filter_key(&self.client_id, filter));
         }
-        self.changed_filters.clear();
-        for &id in &self.incoming_qos2 {
+        if let Some(r) = self.rare.as_mut() {
+            r.changed_filters.clear();
+        }
+        let rare = self.rare();
+        for &id in &rare.incoming_qos2 {
             w.delete(NAMESPACE, &incoming_key(&self.client_id, id));
         }
-        let outgoing = self
+        let outgoing = rare
             .pubrel_pending
             .iter()
             .chain(self.inflight.keys())
-            .chain(self.recovered.values());
+            .chain(rare.recovered.values());
         for &id in outgoing {
             w.delete(NAMESPACE, &outgoing_key(&self.client_id, id));
         }
@@ -551,14 +598,14 @@ impl Session {
     pub fn is_no_ack(&self, consumer: ConsumerId) -> bool {
         match &self.consumer {
             Some(c) if c.id() == consumer => self.own_no_ack,
-            _ => self.retired_own == Some(consumer),
+            _ => self.rare().retired_own == Some(consumer),
         }
     }
 
     /// Whether `consumer` is (or was) the session's own-queue consumer.
     pub fn is_own(&self, consumer: ConsumerId) -> bool {
         self.consumer.as_ref().is_some_and(|c| c.id() == consumer)
-            || self.retired_own == Some(consumer)
+            || self.rare().retired_own == Some(consumer)
     }
 
     /// The consumer handle a delivery came through.
@@ -566,12 +613,16 @@ impl Session {
         self.consumer
             .as_ref()
             .filter(|c| c.id() == id)
-            .or_else(|| self.shared.values().find(|c| c.id() == id))
+            .or_else(|| self.rare().shared.values().find(|c| c.id() == id))
     }
 
     /// The shared subscription (filter, options) a shared-queue consumer serves.
     pub fn shared_sub_for(&self, consumer: ConsumerId) -> Option<(&str, &SubOptions)> {
-        let (queue, _) = self.shared.iter().find(|(_, c)| c.id() == consumer)?;
+        let (queue, _) = self
+            .rare()
+            .shared
+            .iter()
+            .find(|(_, c)| c.id() == consumer)?;
         self.subs
             .shared()
             .find(|(g, f, _)| shared_queue_name(g, f) == *queue)
@@ -635,7 +686,7 @@ mod tests {
     #[test]
     fn packet_ids_skip_those_in_use_and_wrap() {
         let mut s = Session::new("c".into(), 0, ConnectionId(1));
-        s.pubrel_pending.insert(1);
+        s.rare_mut().pubrel_pending.insert(1);
         assert_eq!(s.next_packet_id(), Some(2));
         s.next_packet_id = u16::MAX;
         assert_eq!(s.next_packet_id(), Some(u16::MAX));
@@ -726,9 +777,35 @@ mod tests {
         assert_eq!(all.len(), 1);
         assert!(!all[0].0.inline);
         assert_eq!(
-            all[0].0.subscriptions.by_filter.keys().collect::<Vec<_>>(),
+            all[0]
+                .0
+                .subscriptions
+                .by_filter
+                .keys()
+                .map(|f| &**f)
+                .collect::<Vec<_>>(),
             vec!["b/+"]
         );
+    }
+
+    #[test]
+    fn a_session_never_stored_keeps_no_second_copy_of_its_filters() {
+        let mut s = Session::new("dev/1".into(), 0, ConnectionId(1));
+        for i in 0..100 {
+            let f = format!("a/{i}/+");
+            s.subs
+                .by_filter
+                .insert(f.as_str().into(), opts(QoS::AtLeastOnce, None));
+            s.filter_changed(&f);
+        }
+        assert!(s.rare().changed_filters.is_empty());
+        // Stored, it saves what changed since, one record each.
+        let mut w = StateWrites::new();
+        s.save(&mut w, 0);
+        assert_eq!(w.len(), 101, "the header and every subscription");
+        s.subs.by_filter.remove("a/7/+");
+        s.filter_changed("a/7/+");
+        assert_eq!(s.rare().changed_filters.len(), 1);
     }
 
     #[test]
