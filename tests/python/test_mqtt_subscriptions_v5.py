@@ -82,6 +82,48 @@ def test_v5_resubscribing_replaces_the_subscription_identifier(module_broker, cl
     assert m.props["SubscriptionIdentifier"] == [6]
 
 
+def test_v5_a_session_with_many_subscriptions_matches_each_delivery_exactly(module_broker, clients):
+    """Past 16 subscriptions a session finds what a delivery matches through
+    an index of its filters (made at its first delivery, then kept up to
+    date): the same copies, QoS, identifiers and No Local as the scan."""
+    base = uid()
+    sub = clients.connect(module_broker, version=V5)
+    for i in range(30):
+        assert sub.subscribe(f"{base}/dev/{i}", qos=0, sub_id=i + 1) == [0]
+    assert sub.subscribe(base + "/dev/+", qos=1, sub_id=100) == [1]
+    assert sub.subscribe(base + "/#", qos=0, sub_id=101) == [0]
+    assert sub.subscribe(base + "/dev/7/#", qos=2, sub_id=102) == [2]
+    assert sub.subscribe(base + "/own", qos=1, sub_id=103, no_local=True) == [1]
+    # The marker at QoS 2, so that it cannot overtake a QoS 2 delivery.
+    assert sub.subscribe(base + "/fence", qos=2, sub_id=105) == [2]
+    pub = clients.connect(module_broker, version=V5)
+    pub.publish(base + "/dev/7", b"four filters", qos=2)
+    pub.publish(base + "/dev/99", b"two filters", qos=2)
+    pub.publish(base + "/other/x", b"one filter", qos=2)
+    sub.publish(base + "/own", b"mine", qos=1)
+    got = fence(pub, sub, base + "/fence", qos=2)
+    seen = [(m.topic, m.payload, m.qos, sorted(m.props["SubscriptionIdentifier"])) for m in got]
+    assert sorted(seen) == sorted([
+        (base + "/dev/7", b"four filters", 2, [8, 100, 101, 102]),
+        (base + "/dev/99", b"two filters", 1, [100, 101]),
+        (base + "/other/x", b"one filter", 0, [101]),
+        # Its own message reaches it through `#` only (No Local on /own).
+        (base + "/own", b"mine", 0, [101]),
+    ]), seen
+    before = len(sub.received())  # with the fence
+    # Changes after the first delivery are seen by the next one.
+    assert sub.unsubscribe(base + "/dev/+") == [0]
+    assert sub.subscribe(base + "/new/+", qos=1, sub_id=104) == [1]
+    pub.publish(base + "/dev/99", b"one filter now", qos=1)
+    pub.publish(base + "/new/x", b"two filters", qos=1)
+    got = fence(pub, sub, base + "/fence", qos=2)[before:]
+    seen = [(m.topic, m.payload, m.qos, sorted(m.props["SubscriptionIdentifier"])) for m in got]
+    assert sorted(seen) == sorted([
+        (base + "/dev/99", b"one filter now", 0, [101]),
+        (base + "/new/x", b"two filters", 1, [101, 104]),
+    ]), seen
+
+
 @pytest.mark.parametrize("no_local,own_copies", [(True, 0), (False, 1)], ids=["no-local", "local"])
 def test_v5_no_local(module_broker, clients, no_local, own_copies):
     topic = uid() + "/t"

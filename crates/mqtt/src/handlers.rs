@@ -334,12 +334,7 @@ impl Conn {
                 });
                 continue;
             }
-            let existed = self
-                .session
-                .subs
-                .by_filter
-                .insert(filter.as_str().into(), opts.clone())
-                .is_some();
+            let existed = self.session.subscribe(&filter, opts.clone());
             self.session.filter_changed(&filter);
             if !existed {
                 self.ctx.stats.subscriptions.fetch_add(1, Ordering::Relaxed);
@@ -491,7 +486,7 @@ impl Conn {
         let mut reasons = Vec::with_capacity(u.filters.len());
         for f in u.filters {
             let filter = f.as_str();
-            if self.session.subs.by_filter.remove(filter).is_none() {
+            if self.session.unsubscribe(filter).is_none() {
                 reasons.push(ReasonCode::NO_SUBSCRIPTION_EXISTED);
                 continue;
             }
@@ -916,12 +911,12 @@ impl Conn {
 
     /// What a delivery matches: the session's own subscriptions, or the
     /// shared subscription whose queue it came from.
-    fn match_delivery(&self, d: &Delivery, topic: &str) -> Option<Match> {
+    fn match_delivery(&mut self, d: &Delivery, topic: &str) -> Option<Match> {
         if self.session.is_own(d.consumer) {
             let origin = d.message.origin;
             let own = origin.protocol == junction_core::Protocol::Mqtt
                 && origin.connection == self.guard.id();
-            return self.session.subs.matching(topic, own);
+            return self.session.matching(&d.message.routing_key, topic, own);
         }
         let (filter, o) = self.session.shared_sub_for(d.consumer)?;
         filter_matches(filter, topic).then(|| Match {

@@ -19,7 +19,8 @@ use junction_core::{
 use tokio::sync::mpsc;
 
 use crate::codec::{Publish, QoS, RetainHandling};
-use crate::convert::filter_matches;
+use crate::convert::{filter_matches, filter_to_pattern};
+use junction_core::topic::TopicTrie;
 
 /// The adapter-state namespace of MQTT sessions.
 pub const NAMESPACE: &str = "mqtt";
@@ -48,6 +49,15 @@ pub struct Match {
     pub ids: Vec<u32>,
     /// Some matching subscription keeps the RETAIN flag as published.
     pub retain_as_published: bool,
+}
+
+impl Match {
+    /// Counts one more matching subscription in.
+    fn add(&mut self, o: &SubOptions) {
+        self.qos = self.qos.max(o.qos);
+        self.ids.extend(o.id);
+        self.retain_as_published |= o.retain_as_published;
+    }
 }
 
 /// Where an outgoing QoS 1/2 message came from, to settle it when acked.
@@ -96,14 +106,13 @@ impl Subscriptions {
             if !filter_matches(filter, topic) {
                 continue;
             }
-            let m = found.get_or_insert(Match {
-                qos: QoS::AtMostOnce,
-                ids: Vec::new(),
-                retain_as_published: false,
-            });
-            m.qos = m.qos.max(o.qos);
-            m.ids.extend(o.id);
-            m.retain_as_published |= o.retain_as_published;
+            found
+                .get_or_insert(Match {
+                    qos: QoS::AtMostOnce,
+                    ids: Vec::new(),
+                    retain_as_published: false,
+                })
+                .add(o);
         }
         found
     }
@@ -353,7 +362,19 @@ pub struct SessionRare {
     /// Filters subscribed, changed or unsubscribed since the last save:
     /// the next save writes (or deletes) their records only.
     pub changed_filters: BTreeSet<String>,
+    /// The non-shared filters as a topic trie over their AMQP patterns,
+    /// made at the first delivery to a session holding more than
+    /// [`INDEX_FROM`] of them, and kept up to date from then on: what a
+    /// delivery matches is then found in the trie instead of by testing
+    /// every filter. Sessions that hold many filters but are never
+    /// delivered to (or hold few) do not pay its memory.
+    index: Option<Box<TopicTrie<Box<str>>>>,
 }
+
+/// Past this many subscriptions a session that receives a message indexes
+/// its filters (see [`SessionRare`]): below it, testing each filter is
+/// as quick as a trie walk.
+pub const INDEX_FROM: usize = 16;
 
 /// What [`Session::rare`] reads when nothing was made.
 static NO_RARE: SessionRare = SessionRare {
@@ -363,6 +384,7 @@ static NO_RARE: SessionRare = SessionRare {
     retired_own: None,
     shared: BTreeMap::new(),
     changed_filters: BTreeSet::new(),
+    index: None,
 };
 
 /// One session: durable state plus what lives only in memory.
@@ -419,6 +441,73 @@ impl Session {
             stored: false,
             save_all_filters: false,
         }
+    }
+
+    /// Adds or replaces a subscription; true if the filter was already
+    /// subscribed.
+    pub fn subscribe(&mut self, filter: &str, options: SubOptions) -> bool {
+        let existed = self.subs.by_filter.insert(filter.into(), options).is_some();
+        if !existed
+            && split_shared(filter).is_none()
+            && let Some(index) = self.rare_if().and_then(|r| r.index.as_mut())
+        {
+            index.insert(&filter_to_pattern(filter), filter.into());
+        }
+        existed
+    }
+
+    /// Removes a subscription; its options if it was there.
+    pub fn unsubscribe(&mut self, filter: &str) -> Option<SubOptions> {
+        let options = self.subs.by_filter.remove(filter)?;
+        if let Some(index) = self.rare_if().and_then(|r| r.index.as_mut()) {
+            index.remove(&filter_to_pattern(filter), filter);
+        }
+        Some(options)
+    }
+
+    /// What a message with routing key `key` (MQTT topic `topic`) matches
+    /// among the non-shared subscriptions; `own` says the message was
+    /// published on this session's connection (No Local subscriptions
+    /// skip it). The same answer as [`Subscriptions::matching`], found
+    /// through the session's index once it holds more than
+    /// [`INDEX_FROM`] filters (which the first call makes).
+    pub fn matching(&mut self, key: &str, topic: &str, own: bool) -> Option<Match> {
+        if self.subs.len() <= INDEX_FROM {
+            return self.subs.matching(topic, own);
+        }
+        if self.rare().index.is_none() {
+            let mut index = TopicTrie::default();
+            for f in self.subs.by_filter.keys() {
+                if split_shared(f).is_none() {
+                    index.insert(&filter_to_pattern(f), f.clone());
+                }
+            }
+            self.rare_mut().index = Some(Box::new(index));
+        }
+        let index = self.rare().index.as_deref()?;
+        let mut found: Vec<&Box<str>> = Vec::new();
+        index.matches_ref(key, &mut found);
+        // In filter order, as the scan finds them (subscription ids).
+        found.sort_unstable();
+        let mut m: Option<Match> = None;
+        for f in found {
+            // The trie finds a superset (AMQP patterns know no `$` rule,
+            // and a literal `*` level is a wildcard to them): each one is
+            // checked as MQTT matches it.
+            let Some(o) = self.subs.by_filter.get(&**f) else {
+                continue;
+            };
+            if (own && o.no_local) || !filter_matches(f, topic) {
+                continue;
+            }
+            m.get_or_insert(Match {
+                qos: QoS::AtMostOnce,
+                ids: Vec::new(),
+                retain_as_published: false,
+            })
+            .add(o);
+        }
+        m
     }
 
     /// The rarely used state (empty when none was made).
@@ -671,6 +760,65 @@ mod tests {
         assert_eq!(m.qos, QoS::ExactlyOnce);
         assert_eq!(m.ids, vec![1, 2]);
         assert_eq!(s.matching("c", false), None);
+    }
+
+    #[test]
+    fn a_large_session_matches_through_its_index_as_the_scan_does() {
+        let filters = [
+            "a/#",
+            "a/+",
+            "a/b",
+            "+/b",
+            "#",
+            "+/+/c",
+            "a/+/c",
+            "$SYS/#",
+            "$SYS/+",
+            "x.y/z",
+            "a/*",
+            "$share/g/a/b",
+            "a//b",
+            "a/+/+",
+            "b/#",
+            "c",
+            "a/b/c/#",
+            "+",
+            "d/+/#",
+        ];
+        assert!(filters.len() > INDEX_FROM + 1);
+        let qos = [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce];
+        let mut s = Session::new("c".into(), 0, ConnectionId(1));
+        for (i, f) in filters.iter().enumerate() {
+            let mut o = opts(qos[i % 3], Some(i as u32 + 1));
+            o.no_local = i % 5 == 0;
+            o.retain_as_published = i % 4 == 0;
+            assert!(!s.subscribe(f, o));
+        }
+        let topics = [
+            "a/b", "a", "a/b/c", "a/b/c/d", "$SYS/x", "$SYS", "x.y/z", "a/*", "a/q", "a//b", "c",
+            "b", "d/e", "d/e/f/g", "/b", "q/r/c",
+        ];
+        let check = |s: &mut Session| {
+            for own in [false, true] {
+                for t in topics {
+                    let scanned = s.subs.matching(t, own);
+                    let key = crate::convert::swap_separators(t);
+                    assert_eq!(s.matching(&key, t, own), scanned, "{t}, own {own}");
+                }
+            }
+        };
+        check(&mut s);
+        assert!(s.rare().index.is_some(), "made by the first delivery");
+        // Kept up to date by later subscribes and unsubscribes.
+        assert!(s.unsubscribe("a/+").is_some());
+        assert!(s.unsubscribe("a/+").is_none());
+        assert!(!s.subscribe("a/b/+", opts(QoS::ExactlyOnce, Some(40))));
+        assert!(
+            s.subscribe("a/#", opts(QoS::AtMostOnce, Some(41))),
+            "replaced"
+        );
+        assert!(!s.subscribe("$share/h/a/#", opts(QoS::AtLeastOnce, Some(42))));
+        check(&mut s);
     }
 
     #[test]
