@@ -149,6 +149,12 @@ pub struct Args {
     /// cost grows with the subscription table.
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=10_000_000))]
     pub background_subs: u64,
+    /// MQTT: each consumer also holds this many exact-topic subscriptions
+    /// that match none of the run's messages (`<first level>/c<run>-<consumer>/<n>`),
+    /// subscribed before its own: what a delivery costs as its session's
+    /// subscriptions grow.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=100_000))]
+    pub consumer_filters: u64,
     /// Clients the background subscriptions are spread over.
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub background_clients: u32,

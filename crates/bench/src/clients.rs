@@ -76,6 +76,7 @@ impl Clients {
                         run_id,
                     )?),
                 },
+                consumer_filters: args.consumer_filters,
             },
             amqp: AmqpSettings {
                 endpoint: endpoint(args.amqp_port),

@@ -56,6 +56,9 @@ pub struct MqttSettings {
     /// `--transport ws|bridged`: every connection goes through this
     /// bridge (rumqttc on its Unix socket).
     pub bridge: Option<Arc<Bridge>>,
+    /// `--consumer-filters`: extra subscriptions per consumer, matching
+    /// nothing.
+    pub consumer_filters: u64,
 }
 
 impl MqttSettings {
@@ -374,14 +377,32 @@ pub async fn consume(
     // Deliveries below the subscribed QoS are counted: a broker may grant
     // less, or deliver at the publisher's lower QoS (min of the two).
     let wanted = s.qos;
-    client
-        .subscribe(filter, s.qos)
-        .await
-        .map_err(|e| BenchError::protocol(MQTT, e))?;
+    // The extra filters first, one SUBSCRIBE each, from a task: the
+    // client's request queue is bounded, and SUBACKs are read below.
+    let extra = s.consumer_filters;
+    let _subscriber = {
+        let (client, qos, filter) = (client.clone(), s.qos, filter.to_string());
+        let first = filter.split('/').next().unwrap_or_default().to_string();
+        let run = s.run_id;
+        tokio::spawn(async move {
+            for n in 0..extra {
+                client
+                    .subscribe(&format!("{first}/c{run:08x}-{index}/{n}"), qos)
+                    .await?;
+            }
+            client.subscribe(&filter, qos).await
+        })
+    };
+    let mut owed = extra + 1;
     let suback = async {
         loop {
             match session.poll().await {
-                Ok(Event::SubAck(Ok(()))) => return Ok(()),
+                Ok(Event::SubAck(Ok(()))) => {
+                    owed -= 1;
+                    if owed == 0 {
+                        return Ok(());
+                    }
+                }
                 Ok(Event::SubAck(Err(codes))) => {
                     return Err(BenchError::protocol(
                         MQTT,
