@@ -183,8 +183,8 @@ impl std::fmt::Display for LoginError {
 pub struct LoginGate {
     slots: std::sync::Arc<tokio::sync::Semaphore>,
     running: std::sync::Arc<parking_lot::Mutex<Running>>,
-    /// Random per gate: the key of [`LoginGate::credentials`].
-    key: [u8; 32],
+    /// Keys the checks under way without holding a password.
+    credentials: CredentialDigest,
 }
 
 /// A password check's answer, as the authenticator gives it.
@@ -204,22 +204,8 @@ impl LoginGate {
         LoginGate {
             slots: std::sync::Arc::new(tokio::sync::Semaphore::new(pending.max(1))),
             running: std::sync::Arc::default(),
-            key: random_key(),
+            credentials: CredentialDigest::new(),
         }
-    }
-
-    /// A keyed BLAKE2b digest of `user` and `password`: equal for equal
-    /// credentials, and useless to anyone without this gate's key.
-    fn credentials(&self, user: &str, password: &str) -> [u8; 32] {
-        use blake2::digest::{KeyInit, Mac};
-        type Blake2bMac256 = blake2::Blake2bMac<blake2::digest::consts::U32>;
-        let Ok(mut mac) = <Blake2bMac256 as KeyInit>::new_from_slice(&self.key) else {
-            unreachable!("a 32-byte key is always valid for BLAKE2b");
-        };
-        Mac::update(&mut mac, user.as_bytes());
-        Mac::update(&mut mac, &[0]);
-        Mac::update(&mut mac, password.as_bytes());
-        mac.finalize().into_bytes().into()
     }
 
     /// Checks a login: on the caller's task when the authenticator can
@@ -237,7 +223,7 @@ impl LoginGate {
         if let Some(verdict) = auth.authenticate_fast(user, &password, peer) {
             return verdict.map_err(LoginError::Refused);
         }
-        let key = (self.credentials(user, &password), peer);
+        let key = (self.credentials.digest(user, &password), peer);
         let mut answer = {
             let mut running = self.running.lock();
             match running.get(&key) {
@@ -278,22 +264,75 @@ impl LoginGate {
     }
 }
 
-/// 32 bytes from the standard library's per-process random hash keys
-/// (seeded from the operating system): enough for a key that only has to
-/// be unknown outside this process.
-fn random_key() -> [u8; 32] {
-    use std::hash::BuildHasher;
-    let state = std::collections::hash_map::RandomState::new();
-    let mut key = [0u8; 32];
-    for (i, chunk) in key.chunks_exact_mut(8).enumerate() {
-        chunk.copy_from_slice(&state.hash_one(i).to_le_bytes());
+/// A keyed BLAKE2b digest of a user name and password: equal for equal
+/// credentials, and useless to anyone without the key, which never leaves
+/// the process. What remembers a login, or a check under way, without
+/// holding the password (the login gate here, the users file's cache of
+/// verified logins).
+#[derive(Debug)]
+pub struct CredentialDigest {
+    key: [u8; 32],
+}
+
+impl CredentialDigest {
+    /// With a key drawn from the standard library's per-process random
+    /// hash keys (seeded from the operating system).
+    pub fn new() -> CredentialDigest {
+        use std::hash::BuildHasher;
+        let state = std::collections::hash_map::RandomState::new();
+        let mut key = [0u8; 32];
+        for (i, chunk) in key.chunks_exact_mut(8).enumerate() {
+            chunk.copy_from_slice(&state.hash_one(i).to_le_bytes());
+        }
+        CredentialDigest { key }
     }
-    key
+
+    /// With `key` (random, from the caller's source).
+    pub fn from_key(key: [u8; 32]) -> CredentialDigest {
+        CredentialDigest { key }
+    }
+
+    /// The digest of `user` and `password`.
+    pub fn digest(&self, user: &str, password: &str) -> [u8; 32] {
+        use blake2::digest::{KeyInit, Mac};
+        type Blake2bMac256 = blake2::Blake2bMac<blake2::digest::consts::U32>;
+        let Ok(mut mac) = <Blake2bMac256 as KeyInit>::new_from_slice(&self.key) else {
+            unreachable!("a 32-byte key is always valid for BLAKE2b");
+        };
+        Mac::update(&mut mac, user.as_bytes());
+        Mac::update(&mut mac, &[0]);
+        Mac::update(&mut mac, password.as_bytes());
+        mac.finalize().into_bytes().into()
+    }
+}
+
+impl Default for CredentialDigest {
+    fn default() -> Self {
+        CredentialDigest::new()
+    }
 }
 
 #[cfg(test)]
 mod login_gate_tests {
     use super::*;
+
+    #[test]
+    fn a_credential_digest_tells_credentials_and_keys_apart() {
+        let d = CredentialDigest::new();
+        assert_eq!(d.digest("dev", "pw"), d.digest("dev", "pw"));
+        assert_ne!(d.digest("dev", "pw"), d.digest("dev", "pw2"));
+        // The separator keeps user and password apart.
+        assert_ne!(d.digest("ab", "c"), d.digest("a", "bc"));
+        assert_ne!(
+            d.digest("dev", "pw"),
+            CredentialDigest::new().digest("dev", "pw")
+        );
+        let fixed = CredentialDigest::from_key([7; 32]);
+        assert_eq!(
+            fixed.digest("u", "p"),
+            CredentialDigest::from_key([7; 32]).digest("u", "p")
+        );
+    }
     use std::future::Future;
     use std::pin::Pin;
     use std::sync::Arc;

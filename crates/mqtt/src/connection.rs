@@ -133,9 +133,9 @@ pub(crate) struct Conn {
     pub linger: bool,
     /// This connection has published: the memory alarm stops reading it.
     pub has_published: bool,
-    /// Publishes read in this turn that reached a subscriber or queue
-    /// (see [`Conn::serve`]: a lone one's deliveries go out before its
-    /// ack).
+    /// QoS 1/2 publishes read in this turn that reached a subscriber or
+    /// queue (see [`Conn::serve`]: a lone one's deliveries go out before
+    /// its ack).
     pub routed: u8,
     /// What the user may publish and subscribe to.
     pub access: junction_core::Access,
@@ -929,21 +929,21 @@ impl Conn {
                             continue;
                         }
                     } else {
-                    // Bytes the client sent while we were busy writing to it
-                    // count: only a silent socket times out.
-                    match rd.try_read_buf(&mut *buf) {
-                        Ok(n) if n > 0 => {
-                            last_recv = Instant::now();
-                            timer.as_mut().reset(next_check(keepalive, last_recv, last_recv));
-                            then = Then::Decode;
+                        // Bytes the client sent while we were busy writing to it
+                        // count: only a silent socket times out.
+                        match rd.try_read_buf(&mut *buf) {
+                            Ok(n) if n > 0 => {
+                                last_recv = Instant::now();
+                                timer.as_mut().reset(next_check(keepalive, last_recv, last_recv));
+                                then = Then::Decode;
+                            }
+                            _ => {
+                                tracing::info!(client_id = %self.session.client_id, "mqtt keepalive timed out");
+                                self.disconnect(ReasonCode::KEEP_ALIVE_TIMEOUT);
+                                self.linger = true;
+                                self.end = Some(End::Abnormal);
+                            }
                         }
-                        _ => {
-                            tracing::info!(client_id = %self.session.client_id, "mqtt keepalive timed out");
-                            self.disconnect(ReasonCode::KEEP_ALIVE_TIMEOUT);
-                            self.linger = true;
-                            self.end = Some(End::Abnormal);
-                        }
-                    }
                     }
                 }
                 _ = alarm.changed() => {}

@@ -252,7 +252,8 @@ pub async fn start(
 
 /// Serves one accepted MQTT connection until it closes; at `shutdown` an
 /// MQTT 5 client gets DISCONNECT 0x8B. `shutdown` must be the token given
-/// to [`start`], which wakes parked connections when it is cancelled. The server's accept loop calls it.
+/// to [`start`], which wakes parked connections when it is cancelled. The
+/// server's accept loop calls it.
 /// (A plain function returning the connection's future: no wrapper state
 /// in every connection's task.)
 pub fn serve_connection(

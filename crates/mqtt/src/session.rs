@@ -52,11 +52,30 @@ pub struct Match {
 }
 
 impl Match {
-    /// Counts one more matching subscription in.
-    fn add(&mut self, o: &SubOptions) {
-        self.qos = self.qos.max(o.qos);
-        self.ids.extend(o.id);
-        self.retain_as_published |= o.retain_as_published;
+    /// What the `candidates` (non-shared filters with their options, in
+    /// filter order) give a message on `topic`: those that match it as
+    /// MQTT matches, without No Local ones for an `own` message. None when
+    /// none does.
+    fn of<'a>(
+        candidates: impl Iterator<Item = (&'a str, &'a SubOptions)>,
+        topic: &str,
+        own: bool,
+    ) -> Option<Match> {
+        let mut found: Option<Match> = None;
+        for (filter, o) in candidates {
+            if (own && o.no_local) || !filter_matches(filter, topic) {
+                continue;
+            }
+            let m = found.get_or_insert(Match {
+                qos: QoS::AtMostOnce,
+                ids: Vec::new(),
+                retain_as_published: false,
+            });
+            m.qos = m.qos.max(o.qos);
+            m.ids.extend(o.id);
+            m.retain_as_published |= o.retain_as_published;
+        }
+        found
     }
 }
 
@@ -98,23 +117,12 @@ impl Subscriptions {
     /// session's connection (No Local subscriptions skip it). None when
     /// nothing matches.
     pub fn matching(&self, topic: &str, own: bool) -> Option<Match> {
-        let mut found: Option<Match> = None;
-        for (filter, o) in &self.by_filter {
-            if split_shared(filter).is_some() || (own && o.no_local) {
-                continue;
-            }
-            if !filter_matches(filter, topic) {
-                continue;
-            }
-            found
-                .get_or_insert(Match {
-                    qos: QoS::AtMostOnce,
-                    ids: Vec::new(),
-                    retain_as_published: false,
-                })
-                .add(o);
-        }
-        found
+        let own_filters = self
+            .by_filter
+            .iter()
+            .filter(|(f, _)| split_shared(f).is_none())
+            .map(|(f, o)| (&**f, o));
+        Match::of(own_filters, topic, own)
     }
 
     /// The shared subscriptions, as (queue group, filter, options).
@@ -489,25 +497,14 @@ impl Session {
         index.matches_ref(key, &mut found);
         // In filter order, as the scan finds them (subscription ids).
         found.sort_unstable();
-        let mut m: Option<Match> = None;
-        for f in found {
-            // The trie finds a superset (AMQP patterns know no `$` rule,
-            // and a literal `*` level is a wildcard to them): each one is
-            // checked as MQTT matches it.
-            let Some(o) = self.subs.by_filter.get(&**f) else {
-                continue;
-            };
-            if (own && o.no_local) || !filter_matches(f, topic) {
-                continue;
-            }
-            m.get_or_insert(Match {
-                qos: QoS::AtMostOnce,
-                ids: Vec::new(),
-                retain_as_published: false,
-            })
-            .add(o);
-        }
-        m
+        // The trie finds a superset (AMQP patterns know no `$` rule, and a
+        // literal `*` level is a wildcard to them): `Match::of` checks each
+        // one as MQTT matches it.
+        let candidates = found
+            .into_iter()
+            .filter_map(|f| self.subs.by_filter.get_key_value(&**f))
+            .map(|(f, o)| (&**f, o));
+        Match::of(candidates, topic, own)
     }
 
     /// The rarely used state (empty when none was made).

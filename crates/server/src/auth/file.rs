@@ -53,7 +53,7 @@ pub struct FileAuth {
     epoch: AtomicU64,
     guest_loopback_only: bool,
     verified: parking_lot::Mutex<HashMap<String, [u8; 32]>>,
-    key: [u8; 32],
+    credentials: junction_core::CredentialDigest,
     /// Argon2 checks running now, bounded by [`MAX_HASHING`].
     hashing: (parking_lot::Mutex<usize>, parking_lot::Condvar),
     expansions: ExpansionCache,
@@ -75,7 +75,7 @@ impl FileAuth {
             epoch: AtomicU64::new(0),
             guest_loopback_only,
             verified: parking_lot::Mutex::new(HashMap::new()),
-            key,
+            credentials: junction_core::CredentialDigest::from_key(key),
             hashing: (parking_lot::Mutex::new(0), parking_lot::Condvar::new()),
             expansions: ExpansionCache::default(),
             editing: parking_lot::Mutex::new(()),
@@ -139,17 +139,7 @@ impl FileAuth {
     }
 
     fn digest(&self, user: &str, password: &str) -> [u8; 32] {
-        use blake2::digest::{KeyInit, Mac};
-        type Blake2bMac256 = blake2::Blake2bMac<blake2::digest::consts::U32>;
-        let mut mac = match <Blake2bMac256 as KeyInit>::new_from_slice(&self.key) {
-            Ok(m) => m,
-            // A 32-byte key is always valid for BLAKE2b.
-            Err(_) => return [0u8; 32],
-        };
-        Mac::update(&mut mac, user.as_bytes());
-        Mac::update(&mut mac, &[0]);
-        Mac::update(&mut mac, password.as_bytes());
-        mac.finalize().into_bytes().into()
+        self.credentials.digest(user, password)
     }
 
     /// Whether `user` logged in before with the password of `digest`.
