@@ -19,17 +19,27 @@ pub enum Cf {
     /// Records recovery could not read, kept aside rather than deleted:
     /// key = the family's index byte ‖ the original key, value unchanged.
     Quarantine,
+    /// Raft logs of every consensus group on this node: group id ‖ log
+    /// index (both big-endian) → entry. One family, so one sync covers
+    /// the appends of many groups.
+    RaftLog,
+    /// Raft groups' small state (vote, committed and purged log ids,
+    /// applied state, snapshots) and the records their state machines
+    /// keep: group id ‖ tag ‖ rest.
+    Raft,
 }
 
 impl Cf {
     /// Every column family, in a fixed order (the order of [`Cf::index`]).
-    pub const ALL: [Cf; 6] = [
+    pub const ALL: [Cf; 8] = [
         Cf::Meta,
         Cf::Messages,
         Cf::QueueEntries,
         Cf::Retained,
         Cf::Sessions,
         Cf::Quarantine,
+        Cf::RaftLog,
+        Cf::Raft,
     ];
 
     /// The column family's name on disk.
@@ -41,6 +51,8 @@ impl Cf {
             Cf::Retained => "retained",
             Cf::Sessions => "sessions",
             Cf::Quarantine => "quarantine",
+            Cf::RaftLog => "raft_log",
+            Cf::Raft => "raft",
         }
     }
 
@@ -53,6 +65,8 @@ impl Cf {
             Cf::Retained => 3,
             Cf::Sessions => 4,
             Cf::Quarantine => 5,
+            Cf::RaftLog => 6,
+            Cf::Raft => 7,
         }
     }
 }
@@ -132,5 +146,27 @@ impl Batch {
     /// The operations, in application order.
     pub fn ops(&self) -> &[Op] {
         &self.ops
+    }
+}
+
+/// The smallest key greater than every key starting with `prefix`, or `None`
+/// when no such key exists (empty or all-0xFF prefix).
+pub(crate) fn prefix_upper_bound(prefix: &[u8]) -> Option<Vec<u8>> {
+    let last = prefix.iter().rposition(|b| *b != 0xFF)?;
+    let mut bound = prefix[..=last].to_vec();
+    bound[last] += 1;
+    Some(bound)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::prefix_upper_bound;
+
+    #[test]
+    fn upper_bound_increments_last_non_ff_byte() {
+        assert_eq!(prefix_upper_bound(b""), None);
+        assert_eq!(prefix_upper_bound(&[0xFF, 0xFF]), None);
+        assert_eq!(prefix_upper_bound(&[1, 2]), Some(vec![1, 3]));
+        assert_eq!(prefix_upper_bound(&[1, 0xFF]), Some(vec![2]));
     }
 }

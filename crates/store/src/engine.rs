@@ -30,7 +30,23 @@ pub trait Engine: Send + Sync + 'static {
         cf: Cf,
         prefix: &[u8],
         f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), StoreError> {
+        self.scan_from(cf, prefix, prefix, f)
+    }
+
+    /// Like [`Engine::scan`], but starting at the first key not below
+    /// `from` (a range read inside one prefix, e.g. a log from an index).
+    fn scan_from(
+        &self,
+        cf: Cf,
+        prefix: &[u8],
+        from: &[u8],
+        f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
     ) -> Result<(), StoreError>;
+
+    /// The greatest key starting with `prefix`, and its value (a log's
+    /// last entry), without visiting the others.
+    fn last_under(&self, cf: Cf, prefix: &[u8]) -> Result<Option<(Vec<u8>, Bytes)>, StoreError>;
 
     /// Flush memtables etc. before close (no-op for memory).
     fn flush(&self) -> Result<(), StoreError>;
@@ -89,22 +105,40 @@ impl Engine for MemEngine {
         Ok(self.maps.read()[cf.index()].get(key).cloned())
     }
 
-    fn scan(
+    fn scan_from(
         &self,
         cf: Cf,
         prefix: &[u8],
+        from: &[u8],
         f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
     ) -> Result<(), StoreError> {
         // Recursive read so `f` may itself call `get` even if a writer waits.
         let maps = self.maps.read_recursive();
+        let start = from.max(prefix);
         for (key, value) in
-            maps[cf.index()].range::<[u8], _>((Bound::Included(prefix), Bound::Unbounded))
+            maps[cf.index()].range::<[u8], _>((Bound::Included(start), Bound::Unbounded))
         {
             if !key.starts_with(prefix) || !f(key, value) {
                 break;
             }
         }
         Ok(())
+    }
+
+    fn last_under(&self, cf: Cf, prefix: &[u8]) -> Result<Option<(Vec<u8>, Bytes)>, StoreError> {
+        let maps = self.maps.read_recursive();
+        let map = &maps[cf.index()];
+        let last = match crate::batch::prefix_upper_bound(prefix) {
+            Some(bound) => map
+                .range::<[u8], _>((Bound::Included(prefix), Bound::Excluded(bound.as_slice())))
+                .next_back(),
+            None => map
+                .range::<[u8], _>((Bound::Included(prefix), Bound::Unbounded))
+                .next_back(),
+        };
+        Ok(last
+            .filter(|(key, _)| key.starts_with(prefix))
+            .map(|(key, value)| (key.clone(), value.clone())))
     }
 
     fn flush(&self) -> Result<(), StoreError> {

@@ -10,7 +10,7 @@ use rocksdb::{
     FlushOptions, Options, ReadOptions, WriteBatch, WriteOptions,
 };
 
-use crate::batch::{Batch, Cf, Op};
+use crate::batch::{Batch, Cf, Op, prefix_upper_bound};
 use crate::engine::Engine;
 use crate::error::StoreError;
 
@@ -108,15 +108,6 @@ impl RocksEngine {
     }
 }
 
-/// The smallest key greater than every key starting with `prefix`, or `None`
-/// when no such key exists (empty or all-0xFF prefix).
-fn prefix_upper_bound(prefix: &[u8]) -> Option<Vec<u8>> {
-    let last = prefix.iter().rposition(|b| *b != 0xFF)?;
-    let mut bound = prefix[..=last].to_vec();
-    bound[last] += 1;
-    Some(bound)
-}
-
 impl Engine for RocksEngine {
     fn write(&self, batch: &Batch, sync: bool) -> Result<(), StoreError> {
         if batch.is_empty() {
@@ -145,10 +136,11 @@ impl Engine for RocksEngine {
         Ok(value.map(|v| Bytes::copy_from_slice(&v)))
     }
 
-    fn scan(
+    fn scan_from(
         &self,
         cf: Cf,
         prefix: &[u8],
+        from: &[u8],
         f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
     ) -> Result<(), StoreError> {
         let mut ro = ReadOptions::default();
@@ -156,7 +148,7 @@ impl Engine for RocksEngine {
             ro.set_iterate_upper_bound(bound);
         }
         let mut it = self.db.raw_iterator_cf_opt(self.handle(cf)?, ro);
-        it.seek(prefix);
+        it.seek(from.max(prefix));
         while let (Some(key), Some(value)) = (it.key(), it.value()) {
             if !key.starts_with(prefix) || !f(key, value) {
                 break;
@@ -165,6 +157,24 @@ impl Engine for RocksEngine {
         }
         it.status()?;
         Ok(())
+    }
+
+    fn last_under(&self, cf: Cf, prefix: &[u8]) -> Result<Option<(Vec<u8>, Bytes)>, StoreError> {
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_lower_bound(prefix.to_vec());
+        if let Some(bound) = prefix_upper_bound(prefix) {
+            ro.set_iterate_upper_bound(bound);
+        }
+        let mut it = self.db.raw_iterator_cf_opt(self.handle(cf)?, ro);
+        it.seek_to_last();
+        let last = match (it.key(), it.value()) {
+            (Some(key), Some(value)) if key.starts_with(prefix) => {
+                Some((key.to_vec(), Bytes::copy_from_slice(value)))
+            }
+            _ => None,
+        };
+        it.status()?;
+        Ok(last)
     }
 
     fn free_disk_bytes(&self) -> Option<u64> {
@@ -196,18 +206,5 @@ impl Engine for RocksEngine {
         fo.set_wait(true);
         self.db.flush_cfs_opt(&handles, &fo)?;
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::prefix_upper_bound;
-
-    #[test]
-    fn upper_bound_increments_last_non_ff_byte() {
-        assert_eq!(prefix_upper_bound(b""), None);
-        assert_eq!(prefix_upper_bound(&[0xFF, 0xFF]), None);
-        assert_eq!(prefix_upper_bound(&[1, 2]), Some(vec![1, 3]));
-        assert_eq!(prefix_upper_bound(&[1, 0xFF]), Some(vec![2]));
     }
 }

@@ -251,6 +251,27 @@ impl Store {
         self.inner.engine.scan(cf, prefix, f)
     }
 
+    /// Like [`Store::scan`], from the first key not below `from`.
+    pub fn scan_from(
+        &self,
+        cf: Cf,
+        prefix: &[u8],
+        from: &[u8],
+        f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), StoreError> {
+        self.inner.engine.scan_from(cf, prefix, from, f)
+    }
+
+    /// The greatest key under `prefix` and its value, straight from the
+    /// engine.
+    pub fn last_under(
+        &self,
+        cf: Cf,
+        prefix: &[u8],
+    ) -> Result<Option<(Vec<u8>, Bytes)>, StoreError> {
+        self.inner.engine.last_under(cf, prefix)
+    }
+
     /// Commit statistics for /metrics.
     pub fn stats(&self) -> StoreStats {
         self.inner.stats.lock().clone()

@@ -33,13 +33,17 @@ impl Engine for GatedEngine {
     fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Bytes>, StoreError> {
         self.inner.get(cf, key)
     }
-    fn scan(
+    fn scan_from(
         &self,
         cf: Cf,
         prefix: &[u8],
+        from: &[u8],
         f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
     ) -> Result<(), StoreError> {
-        self.inner.scan(cf, prefix, f)
+        self.inner.scan_from(cf, prefix, from, f)
+    }
+    fn last_under(&self, cf: Cf, prefix: &[u8]) -> Result<Option<(Vec<u8>, Bytes)>, StoreError> {
+        self.inner.last_under(cf, prefix)
     }
     fn flush(&self) -> Result<(), StoreError> {
         Ok(())
@@ -151,13 +155,17 @@ impl Engine for FailingEngine {
     fn get(&self, _cf: Cf, _key: &[u8]) -> Result<Option<Bytes>, StoreError> {
         Ok(None)
     }
-    fn scan(
+    fn scan_from(
         &self,
         _cf: Cf,
         _prefix: &[u8],
+        _from: &[u8],
         _f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
     ) -> Result<(), StoreError> {
         Ok(())
+    }
+    fn last_under(&self, _cf: Cf, _prefix: &[u8]) -> Result<Option<(Vec<u8>, Bytes)>, StoreError> {
+        Ok(None)
     }
     fn flush(&self) -> Result<(), StoreError> {
         Ok(())
@@ -191,13 +199,17 @@ fn committer_runs_on_its_own_named_thread() {
         fn get(&self, _cf: Cf, _key: &[u8]) -> Result<Option<Bytes>, StoreError> {
             Ok(None)
         }
-        fn scan(
+        fn scan_from(
             &self,
             _cf: Cf,
             _p: &[u8],
+            _from: &[u8],
             _f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
         ) -> Result<(), StoreError> {
             Ok(())
+        }
+        fn last_under(&self, _cf: Cf, _p: &[u8]) -> Result<Option<(Vec<u8>, Bytes)>, StoreError> {
+            Ok(None)
         }
         fn flush(&self) -> Result<(), StoreError> {
             Ok(())

@@ -231,6 +231,59 @@ macro_rules! contract {
             }
 
             #[test]
+            fn scan_from_starts_inside_the_prefix_and_last_under_finds_its_end() {
+                let (store, _g) = open();
+                for key in [
+                    &b"g1"[..],
+                    b"g1\x00\x01",
+                    b"g1\x00\x05",
+                    b"g1\x00\x09",
+                    b"g1\xff",
+                    b"g2\x00\x01",
+                    b"\xff\xff",
+                ] {
+                    put(&store, Cf::RaftLog, key, b"v");
+                }
+                let from = |prefix: &[u8], start: &[u8]| -> Vec<Vec<u8>> {
+                    let mut keys = Vec::new();
+                    store
+                        .scan_from(Cf::RaftLog, prefix, start, &mut |k, _| {
+                            keys.push(k.to_vec());
+                            true
+                        })
+                        .unwrap();
+                    keys
+                };
+                assert_eq!(
+                    from(b"g1", b"g1\x00\x02"),
+                    vec![
+                        b"g1\x00\x05".to_vec(),
+                        b"g1\x00\x09".to_vec(),
+                        b"g1\xff".to_vec()
+                    ]
+                );
+                // A start below the prefix starts at the prefix.
+                assert_eq!(from(b"g2", b"a").len(), 1);
+                assert_eq!(from(b"g1", b"g1\xff\x00"), Vec::<Vec<u8>>::new());
+                let last = |prefix: &[u8]| {
+                    store
+                        .last_under(Cf::RaftLog, prefix)
+                        .unwrap()
+                        .map(|(k, v)| (k, v.to_vec()))
+                };
+                assert_eq!(last(b"g1"), Some((b"g1\xff".to_vec(), b"v".to_vec())));
+                assert_eq!(
+                    last(b"g1\x00"),
+                    Some((b"g1\x00\x09".to_vec(), b"v".to_vec()))
+                );
+                assert_eq!(last(b"g2"), Some((b"g2\x00\x01".to_vec(), b"v".to_vec())));
+                assert_eq!(last(b"g3"), None);
+                assert_eq!(last(b"\xff"), Some((b"\xff\xff".to_vec(), b"v".to_vec())));
+                assert_eq!(last(b""), Some((b"\xff\xff".to_vec(), b"v".to_vec())));
+                assert_eq!(store.last_under(Cf::Raft, b"g1").unwrap(), None);
+            }
+
+            #[test]
             fn column_families_are_isolated() {
                 let (store, _g) = open();
                 let mut b = Batch::new();
