@@ -1,0 +1,330 @@
+//! [`MetaNode`]: this node's member of the metadata group, with its peer
+//! links, started from a static member list.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use junction_store::Store;
+use openraft::error::{InitializeError, RaftError};
+use openraft::{BasicNode, Config, Raft, RaftMetrics, ServerState};
+use tokio::net::TcpListener;
+
+use crate::error::ClusterError;
+use crate::log_store::LogStore;
+use crate::network::Network;
+use crate::peer::{Peers, Refusal, Reply, Rpc, write_locally};
+use crate::state_machine::StateMachine;
+use crate::types::{Command, GroupId, NodeId, Response, TypeConfig};
+
+/// Raft timing of a node (docs/cluster.md "Configuration").
+#[derive(Clone, Debug)]
+pub struct Timing {
+    /// Between a leader's heartbeats.
+    pub heartbeat: Duration,
+    /// A follower that hears nothing for a time between these two starts
+    /// an election.
+    pub election_min: Duration,
+    /// See `election_min`.
+    pub election_max: Duration,
+    /// For a follower to take one snapshot chunk and, on the last, install
+    /// the whole snapshot.
+    pub install_snapshot: Duration,
+    /// For a write to be taken by a leader, forwarded if need be.
+    pub write: Duration,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Self {
+            heartbeat: Duration::from_millis(250),
+            election_min: Duration::from_millis(1000),
+            election_max: Duration::from_millis(2000),
+            install_snapshot: Duration::from_secs(10),
+            write: Duration::from_secs(10),
+        }
+    }
+}
+
+/// First and longest pause between two tries of a write waiting for a
+/// leader.
+const RETRY_MIN: Duration = Duration::from_millis(20);
+const RETRY_MAX: Duration = Duration::from_millis(200);
+
+/// Largest key plus value one command may carry: far above any metadata
+/// record, far below the peer frame limit a log entry must fit in.
+pub const MAX_COMMAND_BYTES: usize = 1 << 20;
+
+/// Why a write to the metadata group failed.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    /// No leader took the write in time (an election that does not end,
+    /// or this node is cut off from a majority). The write may or may not
+    /// have been applied.
+    #[error("no leader took the write within {0:?}")]
+    Unavailable(Duration),
+    /// The command is over [`MAX_COMMAND_BYTES`].
+    #[error("a command of {0} bytes is over the limit")]
+    TooLarge(usize),
+    /// openraft refused or failed the write.
+    #[error("raft: {0}")]
+    Raft(String),
+}
+
+/// One voter of the group, as [`MetaNode::status`] reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemberStatus {
+    /// The member's id.
+    pub id: NodeId,
+    /// This node itself, or a peer with an open link to it.
+    pub linked: bool,
+    /// Entries the member is behind the leader's log; known only when
+    /// this node leads (None elsewhere).
+    pub lag: Option<u64>,
+}
+
+/// The metadata group as one node sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupStatus {
+    /// This node.
+    pub me: NodeId,
+    /// This node's role: leader, follower, candidate, learner, shutdown.
+    pub role: &'static str,
+    /// The leader this node knows of.
+    pub leader: Option<NodeId>,
+    /// The current term.
+    pub term: u64,
+    /// This node's last log index.
+    pub last_log_index: Option<u64>,
+    /// The last index applied to this node's state machine.
+    pub applied_index: Option<u64>,
+    /// Every voter.
+    pub members: Vec<MemberStatus>,
+}
+
+/// This node's member of the metadata group. Stop it with
+/// [`MetaNode::shutdown`]: its links' tasks hold it otherwise.
+pub struct MetaNode {
+    /// The Raft member.
+    raft: Raft<TypeConfig>,
+    /// Its state machine, read by the broker.
+    state: StateMachine,
+    /// The node's peer links.
+    peers: Peers,
+    /// [`Timing::write`].
+    write_timeout: Duration,
+}
+
+impl std::fmt::Debug for MetaNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MetaNode")
+            .field("peers", &self.peers)
+            .finish()
+    }
+}
+
+impl MetaNode {
+    /// Start this node (`me`) of the cluster `members` (every member's
+    /// peer address, this node's included), accepting peers on
+    /// `listener`, with the group's log and state in `store`; every link
+    /// proves `secret` both ways. The member with the lowest id
+    /// initializes the group on first start; a restarted member finds its
+    /// state in the store.
+    pub async fn start(
+        me: NodeId,
+        listener: TcpListener,
+        members: &BTreeMap<NodeId, SocketAddr>,
+        secret: Arc<[u8]>,
+        store: Store,
+        timing: &Timing,
+    ) -> Result<Self, ClusterError> {
+        if secret.is_empty() {
+            return Err(ClusterError::Raft("the cluster secret is empty".to_owned()));
+        }
+        let config = Config {
+            cluster_name: "junction".to_owned(),
+            heartbeat_interval: millis(timing.heartbeat),
+            election_timeout_min: millis(timing.election_min),
+            election_timeout_max: millis(timing.election_max),
+            install_snapshot_timeout: millis(timing.install_snapshot),
+            ..Config::default()
+        }
+        .validate()
+        .map_err(|e| ClusterError::Raft(e.to_string()))?;
+        let addrs: HashMap<NodeId, SocketAddr> =
+            members.iter().map(|(id, addr)| (*id, *addr)).collect();
+        let peers = Peers::start(me, listener, &addrs, secret);
+        match Self::start_group(me, members, &peers, store, config).await {
+            Ok((raft, state)) => Ok(Self {
+                raft,
+                state,
+                peers,
+                write_timeout: timing.write,
+            }),
+            Err(e) => {
+                // Nothing keeps running, and the address can be bound again.
+                peers.shutdown().await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Start this node's member of the group over `peers`; the lowest id
+    /// initializes the group on first start.
+    async fn start_group(
+        me: NodeId,
+        members: &BTreeMap<NodeId, SocketAddr>,
+        peers: &Peers,
+        store: Store,
+        config: Config,
+    ) -> Result<(Raft<TypeConfig>, StateMachine), ClusterError> {
+        let state = StateMachine::open(store.clone(), GroupId::META)?;
+        let raft = Raft::new(
+            me,
+            Arc::new(config),
+            Network::new(peers.clone(), GroupId::META),
+            LogStore::new(store, GroupId::META),
+            state.clone(),
+        )
+        .await
+        .map_err(|e| ClusterError::Raft(e.to_string()))?;
+        peers.register(GroupId::META, raft.clone());
+        if members.keys().next() == Some(&me) {
+            let nodes: BTreeMap<NodeId, BasicNode> = members
+                .iter()
+                .map(|(id, addr)| (*id, BasicNode::new(addr.to_string())))
+                .collect();
+            match raft.initialize(nodes).await {
+                Ok(()) => tracing::info!(me, "initialized the metadata group"),
+                // Already initialized: a restart.
+                Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
+                Err(e) => {
+                    let _ = raft.shutdown().await;
+                    return Err(ClusterError::Raft(e.to_string()));
+                }
+            }
+        }
+        Ok((raft, state))
+    }
+
+    /// The replicated records, as applied on this node.
+    pub fn state(&self) -> &StateMachine {
+        &self.state
+    }
+
+    /// The node's peer links.
+    pub fn peers(&self) -> &Peers {
+        &self.peers
+    }
+
+    /// The group's metrics (leader, term, log and applied indexes...).
+    pub fn metrics(&self) -> RaftMetrics<NodeId, BasicNode> {
+        self.raft.metrics().borrow().clone()
+    }
+
+    /// Whether this node leads the group now.
+    pub fn is_leader(&self) -> bool {
+        self.metrics().state == ServerState::Leader
+    }
+
+    /// Propose `command` and wait until a majority has it on disk and it
+    /// is applied on the leader. On a follower, the write is forwarded to
+    /// the leader over the peer link; during an election it waits for the
+    /// new leader, up to [`Timing::write`].
+    pub async fn write(&self, command: Command) -> Result<Response, WriteError> {
+        let size = match &command {
+            Command::Put { key, value } => key.len() + value.len(),
+            Command::Delete { key } => key.len(),
+        };
+        if size > MAX_COMMAND_BYTES {
+            return Err(WriteError::TooLarge(size));
+        }
+        let deadline = Instant::now() + self.write_timeout;
+        let mut pause = RETRY_MIN;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(WriteError::Unavailable(self.write_timeout));
+            }
+            // A leader that lost its majority waits for it: bounded here.
+            let local =
+                tokio::time::timeout(left, write_locally(&self.raft, command.clone())).await;
+            match local {
+                Ok(Ok(answer)) => return Ok(answer),
+                Ok(Err(Refusal::Failed(e))) => return Err(WriteError::Raft(e)),
+                Ok(Err(Refusal::NotLeader(Some(leader)))) if leader != self.peers.me() => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    let rpc = Rpc::Propose(command.clone());
+                    match self.peers.call(leader, GroupId::META, rpc, left).await {
+                        Ok(Reply::Propose(Ok(answer))) => return Ok(answer),
+                        Ok(Reply::Propose(Err(Refusal::Failed(e)))) => {
+                            return Err(WriteError::Raft(e));
+                        }
+                        // Moved on, or unreachable: ask again. A call cut
+                        // after it was sent may have been applied; puts and
+                        // deletes are the same applied twice.
+                        Ok(_) | Err(_) => {}
+                    }
+                }
+                // No leader known yet (an election), or a timeout.
+                Ok(Err(Refusal::NotLeader(_))) | Err(_) => {}
+            }
+            tokio::time::sleep(pause.min(deadline.saturating_duration_since(Instant::now()))).await;
+            pause = (pause * 2).min(RETRY_MAX);
+        }
+    }
+
+    /// Where the group stands, as this node sees it: its role, the leader,
+    /// and each voter's lag (known on the leader only).
+    pub fn status(&self) -> GroupStatus {
+        let m = self.metrics();
+        let last = m.last_log_index;
+        let replication = m.replication.as_ref();
+        let members = m
+            .membership_config
+            .membership()
+            .voter_ids()
+            .map(|id| {
+                let matched = replication
+                    .and_then(|r| r.get(&id))
+                    .map(|l| l.map(|l| l.index));
+                MemberStatus {
+                    id,
+                    linked: id == m.id || self.peers.connected().contains(&id),
+                    lag: matched
+                        .map(|matched| last.unwrap_or(0).saturating_sub(matched.unwrap_or(0))),
+                }
+            })
+            .collect();
+        GroupStatus {
+            me: m.id,
+            role: match m.state {
+                ServerState::Leader => "leader",
+                ServerState::Follower => "follower",
+                ServerState::Candidate => "candidate",
+                ServerState::Learner => "learner",
+                ServerState::Shutdown => "shutdown",
+            },
+            leader: m.current_leader,
+            term: m.current_term,
+            last_log_index: last,
+            applied_index: m.last_applied.map(|l| l.index),
+            members,
+        }
+    }
+
+    /// Stop the member and close the links.
+    pub async fn shutdown(&self) {
+        self.peers.unregister(GroupId::META);
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!(error = %e, "metadata group did not stop cleanly");
+        }
+        self.peers.shutdown().await;
+    }
+}
+
+/// A duration in whole milliseconds, as openraft's config counts them.
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}

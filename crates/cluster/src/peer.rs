@@ -1,0 +1,723 @@
+//! Peer links: one TCP connection between two nodes, carrying the Raft
+//! traffic of every group both hold (docs/cluster.md "Peer links").
+//!
+//! The node with the lower id dials, the other accepts; the dialer
+//! redials with backoff when the link drops. Frames are a big-endian u32
+//! length and a body in the records' encoding (version byte, postcard). A
+//! request carries a correlation id and a group id; its reply carries the
+//! id. Requests are answered on tasks of their own, at most
+//! [`REQUESTS_IN_FLIGHT`] per link, so a slow group does not hold up the
+//! link's reader and a peer cannot make this node start unbounded work.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use hmac::{Hmac, Mac};
+use openraft::Raft;
+use openraft::error::{ClientWriteError, InstallSnapshotError, RaftError};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use parking_lot::{Mutex, RwLock};
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
+use tokio::task::JoinSet;
+
+use crate::records;
+use crate::types::{Command, GroupId, NodeId, Response, TypeConfig};
+
+/// Largest frame sent to or read from a peer. A bigger length read closes
+/// the link rather than allocating it; a bigger request is refused before
+/// it is sent (openraft then sends fewer entries at a time).
+pub const MAX_FRAME_BYTES: usize = 64 << 20;
+/// Largest frame of the handshake (challenge, hello, welcome).
+const MAX_HANDSHAKE_BYTES: usize = 128;
+/// Time a new connection has to finish the handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// What each handshake proof is about, so one cannot stand for another.
+const HELLO_LABEL: &[u8] = b"junction peer hello";
+const WELCOME_LABEL: &[u8] = b"junction peer welcome";
+/// Frames queued for a link's writer before senders wait.
+const SEND_QUEUE: usize = 1024;
+/// Requests from one peer being answered at once; past it the link's
+/// reader waits, which pushes back on the peer.
+pub const REQUESTS_IN_FLIGHT: usize = 256;
+/// First and longest pause between two dials of a peer that is down.
+const REDIAL_MIN: Duration = Duration::from_millis(50);
+const REDIAL_MAX: Duration = Duration::from_secs(1);
+
+/// One frame on a link.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum Frame {
+    /// The accepting node's first frame: a fresh nonce to prove the
+    /// shared secret on.
+    Challenge {
+        /// Random, never reused.
+        nonce: [u8; 32],
+    },
+    /// The dialer's first frame: who it is, proof that it holds the
+    /// secret, and a nonce of its own for the acceptor to prove on.
+    Hello {
+        /// The dialing node.
+        from: NodeId,
+        /// The dialer's nonce.
+        nonce: [u8; 32],
+        /// HMAC-SHA256 over the challenge's nonce and both ids.
+        proof: [u8; 32],
+    },
+    /// The acceptor's answer to a good Hello: its own proof.
+    Welcome {
+        /// HMAC-SHA256 over the dialer's nonce and both ids.
+        proof: [u8; 32],
+    },
+    /// A Raft RPC for one of the receiver's groups.
+    Request {
+        /// Correlates the reply.
+        id: u64,
+        /// The group the RPC is for.
+        group: GroupId,
+        /// The RPC.
+        rpc: Box<Rpc>,
+    },
+    /// The answer to the request with the same id.
+    Reply {
+        /// The request's id.
+        id: u64,
+        /// The answer.
+        reply: Box<Reply>,
+    },
+}
+
+/// A Raft RPC.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum Rpc {
+    /// Replicate entries, or a heartbeat.
+    Append(AppendEntriesRequest<TypeConfig>),
+    /// Ask for a vote.
+    Vote(VoteRequest<NodeId>),
+    /// One chunk of a snapshot.
+    Snapshot(InstallSnapshotRequest<TypeConfig>),
+    /// A write proposed on a node that does not lead, for the leader.
+    Propose(Command),
+}
+
+/// The answer to an [`Rpc`].
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum Reply {
+    /// To [`Rpc::Append`].
+    Append(Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>),
+    /// To [`Rpc::Vote`].
+    Vote(Result<VoteResponse<NodeId>, RaftError<NodeId>>),
+    /// To [`Rpc::Snapshot`].
+    Snapshot(Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>),
+    /// To [`Rpc::Propose`]: the answer once committed, or why not.
+    Propose(Result<Response, Refusal>),
+    /// The receiver holds no member of that group.
+    NoGroup,
+}
+
+/// Why a member did not take a proposed write.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Refusal {
+    /// It does not lead; the leader it knows of, if any.
+    NotLeader(Option<NodeId>),
+    /// It leads but the write failed.
+    Failed(String),
+}
+
+/// Propose `command` to the local member: the answer once a majority
+/// has it and it is applied here, or why not.
+pub(crate) async fn write_locally(
+    raft: &Raft<TypeConfig>,
+    command: Command,
+) -> Result<Response, Refusal> {
+    match raft.client_write(command).await {
+        Ok(written) => Ok(written.data),
+        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(to))) => {
+            Err(Refusal::NotLeader(to.leader_id))
+        }
+        Err(e) => Err(Refusal::Failed(e.to_string())),
+    }
+}
+
+/// Why a call to a peer got no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// There is no link to the peer now.
+    #[error("no link to node {0}")]
+    Unreachable(NodeId),
+    /// The link dropped before the answer came.
+    #[error("link to node {0} closed during the call")]
+    Closed(NodeId),
+    /// No answer within the deadline.
+    #[error("node {0} did not answer in time")]
+    Timeout(NodeId),
+    /// The request encodes to more than [`MAX_FRAME_BYTES`].
+    #[error("a request of {0} bytes is over the peer frame limit")]
+    TooLarge(usize),
+    /// The request could not be encoded.
+    #[error("{0}")]
+    Encode(String),
+}
+
+/// An open link: where its writer takes frames, and the calls waiting
+/// for replies on it.
+#[derive(Clone)]
+struct Link {
+    /// The writer task's queue of encoded frames.
+    tx: mpsc::Sender<Vec<u8>>,
+    /// Calls waiting for their reply, by correlation id.
+    pending: Arc<Mutex<HashMap<u64, oneshot::Sender<Reply>>>>,
+    /// Tells this link from a later one to the same peer.
+    serial: u64,
+    /// Told when a newer link to the same peer replaces this one.
+    replaced: Arc<Notify>,
+}
+
+/// A call's entry in its link's pending map, removed however the call
+/// ends (answered, timed out, or dropped by openraft's own timeout).
+struct Pending {
+    pending: Arc<Mutex<HashMap<u64, oneshot::Sender<Reply>>>>,
+    id: u64,
+}
+
+impl Pending {
+    fn new(link: &Link, id: u64, reply: oneshot::Sender<Reply>) -> Self {
+        link.pending.lock().insert(id, reply);
+        Self {
+            pending: Arc::clone(&link.pending),
+            id,
+        }
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        self.pending.lock().remove(&self.id);
+    }
+}
+
+/// The tasks of a node's links.
+#[derive(Default)]
+struct Tasks {
+    /// Running (and finished ones not yet reaped).
+    set: JoinSet<()>,
+    /// Set by shutdown: nothing new starts.
+    closed: bool,
+}
+
+/// The shared state of a node's links.
+struct Inner {
+    /// This node.
+    me: NodeId,
+    /// Every member's id: a Hello from anyone else is refused.
+    members: HashSet<NodeId>,
+    /// The cluster's shared secret, which both ends of a link prove.
+    secret: Arc<[u8]>,
+    /// The open link to each peer.
+    links: Mutex<HashMap<NodeId, Link>>,
+    /// The local member of each group, which requests are handed to.
+    groups: RwLock<HashMap<GroupId, Raft<TypeConfig>>>,
+    /// Correlation ids and link serials.
+    next_id: AtomicU64,
+    /// The acceptor, dialers, links and request handlers.
+    tasks: Mutex<Tasks>,
+}
+
+/// A node's peer links. Cheap to clone.
+#[derive(Clone)]
+pub struct Peers {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Peers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Peers")
+            .field("me", &self.inner.me)
+            .field("links", &self.inner.links.lock().keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl Peers {
+    /// Start accepting on `listener` and dialing every peer in `members`
+    /// whose id is above `me` (this node itself may be listed). Both ends
+    /// of every link prove they hold `secret`.
+    pub fn start(
+        me: NodeId,
+        listener: TcpListener,
+        members: &HashMap<NodeId, SocketAddr>,
+        secret: Arc<[u8]>,
+    ) -> Self {
+        let peers = Peers {
+            inner: Arc::new(Inner {
+                me,
+                members: members.keys().copied().collect(),
+                secret,
+                links: Mutex::new(HashMap::new()),
+                groups: RwLock::new(HashMap::new()),
+                next_id: AtomicU64::new(1),
+                tasks: Mutex::new(Tasks::default()),
+            }),
+        };
+        let acceptor = peers.clone();
+        peers.spawn(async move { acceptor.accept(listener).await });
+        for (&peer, &addr) in members {
+            if peer > me {
+                let dialer = peers.clone();
+                peers.spawn(async move { dialer.dial(peer, addr).await });
+            }
+        }
+        peers
+    }
+
+    /// This node's id.
+    pub fn me(&self) -> NodeId {
+        self.inner.me
+    }
+
+    /// Hand requests for `group` to `raft` from now on.
+    pub fn register(&self, group: GroupId, raft: Raft<TypeConfig>) {
+        self.inner.groups.write().insert(group, raft);
+    }
+
+    /// Stop handing requests for `group` to a local member.
+    pub fn unregister(&self, group: GroupId) {
+        self.inner.groups.write().remove(&group);
+    }
+
+    /// The peers a link is open to now.
+    pub fn connected(&self) -> Vec<NodeId> {
+        let mut ids: Vec<NodeId> = self.inner.links.lock().keys().copied().collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    /// Close every link, stop accepting and dialing, and return once the
+    /// listener is closed (so its address can be bound again).
+    pub async fn shutdown(&self) {
+        let mut tasks = {
+            let mut slot = self.inner.tasks.lock();
+            slot.closed = true;
+            std::mem::take(&mut slot.set)
+        };
+        tasks.abort_all();
+        while tasks.join_next().await.is_some() {}
+        self.inner.links.lock().clear();
+        self.inner.groups.write().clear();
+    }
+
+    /// Run `task` until shutdown (not at all once shut down).
+    fn spawn(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
+        let mut tasks = self.inner.tasks.lock();
+        // Finished tasks stay in the set until joined.
+        while tasks.set.try_join_next().is_some() {}
+        if !tasks.closed {
+            tasks.set.spawn(task);
+        }
+    }
+
+    /// Send `rpc` for `group` to `target` and wait up to `deadline` for
+    /// its answer.
+    pub(crate) async fn call(
+        &self,
+        target: NodeId,
+        group: GroupId,
+        rpc: Rpc,
+        deadline: Duration,
+    ) -> Result<Reply, CallError> {
+        let link = self
+            .inner
+            .links
+            .lock()
+            .get(&target)
+            .cloned()
+            .ok_or(CallError::Unreachable(target))?;
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let frame = records::encode(
+            "peer request",
+            &Frame::Request {
+                id,
+                group,
+                rpc: Box::new(rpc),
+            },
+        )
+        .map_err(|e| CallError::Encode(e.to_string()))?;
+        if frame.len() > MAX_FRAME_BYTES {
+            return Err(CallError::TooLarge(frame.len()));
+        }
+        let (reply_tx, reply_rx) = oneshot::channel();
+        let _pending = Pending::new(&link, id, reply_tx);
+        let answer = tokio::time::timeout(deadline, async {
+            link.tx
+                .send(frame)
+                .await
+                .map_err(|_| CallError::Closed(target))?;
+            reply_rx.await.map_err(|_| CallError::Closed(target))
+        })
+        .await;
+        answer.unwrap_or(Err(CallError::Timeout(target)))
+    }
+
+    /// Accept links from members with lower ids.
+    async fn accept(self, listener: TcpListener) {
+        loop {
+            let mut stream = match listener.accept().await {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of descriptors and the like: pause, not spin.
+                    tracing::warn!(error = %e, "peer accept failed");
+                    tokio::time::sleep(REDIAL_MIN).await;
+                    continue;
+                }
+            };
+            let peers = self.clone();
+            self.spawn(async move {
+                let _ = stream.set_nodelay(true);
+                let welcomed =
+                    tokio::time::timeout(HANDSHAKE_TIMEOUT, peers.welcome(&mut stream)).await;
+                match welcomed {
+                    Ok(Ok(from)) => peers.run(from, stream).await,
+                    Ok(Err(e)) => tracing::warn!(error = %e, "peer link refused"),
+                    Err(_) => tracing::warn!("peer link refused: no handshake in time"),
+                }
+            });
+        }
+    }
+
+    /// The acceptor's half of the handshake: challenge, check the Hello,
+    /// prove the secret back. Answers the dialer's id.
+    async fn welcome(&self, stream: &mut TcpStream) -> std::io::Result<NodeId> {
+        let challenge = nonce()?;
+        send(stream, &Frame::Challenge { nonce: challenge }).await?;
+        let Frame::Hello { from, nonce, proof } = read_frame(stream, MAX_HANDSHAKE_BYTES).await?
+        else {
+            return Err(std::io::Error::other("the first frame is not a Hello"));
+        };
+        let me = self.inner.me;
+        if !(from < me && self.inner.members.contains(&from)) {
+            return Err(std::io::Error::other(format!(
+                "node {from} is not a member with a lower id"
+            )));
+        }
+        if !verify(
+            &self.inner.secret,
+            HELLO_LABEL,
+            &challenge,
+            from,
+            me,
+            &proof,
+        ) {
+            return Err(std::io::Error::other(format!(
+                "node {from} does not hold the cluster secret"
+            )));
+        }
+        let proof = prove(&self.inner.secret, WELCOME_LABEL, &nonce, me, from);
+        send(stream, &Frame::Welcome { proof }).await?;
+        Ok(from)
+    }
+
+    /// The dialer's half of the handshake with `peer`.
+    async fn hello(&self, stream: &mut TcpStream, peer: NodeId) -> std::io::Result<()> {
+        let Frame::Challenge { nonce: challenge } = read_frame(stream, MAX_HANDSHAKE_BYTES).await?
+        else {
+            return Err(std::io::Error::other("the first frame is not a Challenge"));
+        };
+        let me = self.inner.me;
+        let mine = nonce()?;
+        let proof = prove(&self.inner.secret, HELLO_LABEL, &challenge, me, peer);
+        send(
+            stream,
+            &Frame::Hello {
+                from: me,
+                nonce: mine,
+                proof,
+            },
+        )
+        .await?;
+        let Frame::Welcome { proof } = read_frame(stream, MAX_HANDSHAKE_BYTES).await? else {
+            return Err(std::io::Error::other(
+                "the answer to Hello is not a Welcome",
+            ));
+        };
+        if !verify(&self.inner.secret, WELCOME_LABEL, &mine, peer, me, &proof) {
+            return Err(std::io::Error::other(format!(
+                "node {peer} does not hold the cluster secret"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Keep a link to `peer` open: dial, say Hello, run it, redial.
+    async fn dial(self, peer: NodeId, addr: SocketAddr) {
+        let mut pause = REDIAL_MIN;
+        loop {
+            match TcpStream::connect(addr).await {
+                // A dial of a port nobody listens on can, rarely, be given
+                // that very port as its source and connect to itself,
+                // which would hold the peer's port when it comes back.
+                Ok(stream) if stream.local_addr().ok() == stream.peer_addr().ok() => {
+                    drop(stream);
+                }
+                Ok(mut stream) => {
+                    let _ = stream.set_nodelay(true);
+                    let said =
+                        tokio::time::timeout(HANDSHAKE_TIMEOUT, self.hello(&mut stream, peer))
+                            .await;
+                    match said {
+                        Ok(Ok(())) => {
+                            pause = REDIAL_MIN;
+                            self.clone().run(peer, stream).await;
+                        }
+                        Ok(Err(e)) => tracing::warn!(peer, error = %e, "peer handshake failed"),
+                        Err(_) => tracing::warn!(peer, "peer handshake timed out"),
+                    }
+                }
+                Err(e) => tracing::debug!(peer, error = %e, "peer dial failed"),
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(REDIAL_MAX);
+        }
+    }
+
+    /// Serve a link to `peer` until it drops or a newer one replaces it.
+    async fn run(self, peer: NodeId, stream: TcpStream) {
+        let (mut reader, writer) = stream.into_split();
+        let (tx, mut rx) = mpsc::channel::<Vec<u8>>(SEND_QUEUE);
+        let serial = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let link = Link {
+            tx,
+            pending: Arc::new(Mutex::new(HashMap::new())),
+            serial,
+            replaced: Arc::new(Notify::new()),
+        };
+        if let Some(old) = self.inner.links.lock().insert(peer, link.clone()) {
+            // A stored permit: the old link stops even if it is not
+            // waiting yet.
+            old.replaced.notify_one();
+        }
+        tracing::info!(me = self.inner.me, peer, "peer link up");
+        let write = async move {
+            let mut writer = BufWriter::new(writer);
+            while let Some(frame) = rx.recv().await {
+                write_frame(&mut writer, &frame).await?;
+                while let Ok(frame) = rx.try_recv() {
+                    write_frame(&mut writer, &frame).await?;
+                }
+                writer.flush().await?;
+            }
+            Ok::<(), std::io::Error>(())
+        };
+        let slots = Arc::new(Semaphore::new(REQUESTS_IN_FLIGHT));
+        let read = async {
+            loop {
+                match read_frame(&mut reader, MAX_FRAME_BYTES).await? {
+                    Frame::Reply { id, reply } => {
+                        if let Some(waiter) = link.pending.lock().remove(&id) {
+                            let _ = waiter.send(*reply);
+                        }
+                    }
+                    Frame::Request { id, group, rpc } => {
+                        let slot = Arc::clone(&slots)
+                            .acquire_owned()
+                            .await
+                            .map_err(std::io::Error::other)?;
+                        let raft = self.inner.groups.read().get(&group).cloned();
+                        let tx = link.tx.clone();
+                        self.spawn(async move {
+                            let reply = match raft {
+                                Some(raft) => answer(&raft, *rpc).await,
+                                None => Reply::NoGroup,
+                            };
+                            let reply = Frame::Reply {
+                                id,
+                                reply: Box::new(reply),
+                            };
+                            match records::encode("peer reply", &reply) {
+                                Ok(frame) => {
+                                    let _ = tx.send(frame).await;
+                                }
+                                Err(e) => tracing::error!(error = %e, "peer reply"),
+                            }
+                            drop(slot);
+                        });
+                    }
+                    Frame::Challenge { .. } | Frame::Hello { .. } | Frame::Welcome { .. } => {
+                        return Err::<(), _>(std::io::Error::other(
+                            "a handshake frame on an open link",
+                        ));
+                    }
+                }
+            }
+        };
+        let outcome = tokio::select! {
+            r = write => r,
+            r = read => r,
+            () = link.replaced.notified() => Ok(()),
+        };
+        if let Err(e) = outcome {
+            tracing::info!(me = self.inner.me, peer, error = %e, "peer link down");
+        }
+        let mut links = self.inner.links.lock();
+        if links.get(&peer).is_some_and(|l| l.serial == serial) {
+            links.remove(&peer);
+        }
+        drop(links);
+        // Dropping the waiters' senders answers their calls with Closed.
+        link.pending.lock().clear();
+    }
+}
+
+/// Hand `rpc` to the local member and wrap its answer.
+async fn answer(raft: &Raft<TypeConfig>, rpc: Rpc) -> Reply {
+    match rpc {
+        Rpc::Append(rpc) => Reply::Append(raft.append_entries(rpc).await),
+        Rpc::Vote(rpc) => Reply::Vote(raft.vote(rpc).await),
+        Rpc::Snapshot(rpc) => Reply::Snapshot(raft.install_snapshot(rpc).await),
+        Rpc::Propose(command) => Reply::Propose(write_locally(raft, command).await),
+    }
+}
+
+/// Encode and write one frame (the handshake's).
+async fn send(stream: &mut TcpStream, frame: &Frame) -> std::io::Result<()> {
+    let bytes = records::encode("peer handshake", frame).map_err(std::io::Error::other)?;
+    write_frame(stream, &bytes).await
+}
+
+/// A fresh random nonce.
+fn nonce() -> std::io::Result<[u8; 32]> {
+    let mut nonce = [0; 32];
+    getrandom::fill(&mut nonce).map_err(|e| std::io::Error::other(e.to_string()))?;
+    Ok(nonce)
+}
+
+/// The MAC of `label`, `nonce`, the prover's id and the verifier's id.
+fn mac(
+    secret: &[u8],
+    label: &[u8],
+    nonce: &[u8; 32],
+    prover: NodeId,
+    verifier: NodeId,
+) -> Hmac<Sha256> {
+    // HMAC takes a key of any length.
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret)
+        .unwrap_or_else(|_| unreachable!("HMAC accepts every key length"));
+    mac.update(label);
+    mac.update(nonce);
+    mac.update(&prover.to_be_bytes());
+    mac.update(&verifier.to_be_bytes());
+    mac
+}
+
+/// The proof `prover` sends `verifier`.
+fn prove(
+    secret: &[u8],
+    label: &[u8],
+    nonce: &[u8; 32],
+    prover: NodeId,
+    verifier: NodeId,
+) -> [u8; 32] {
+    mac(secret, label, nonce, prover, verifier)
+        .finalize()
+        .into_bytes()
+        .into()
+}
+
+/// Whether `proof` is right, compared in constant time.
+fn verify(
+    secret: &[u8],
+    label: &[u8],
+    nonce: &[u8; 32],
+    prover: NodeId,
+    verifier: NodeId,
+    proof: &[u8; 32],
+) -> bool {
+    mac(secret, label, nonce, prover, verifier)
+        .verify_slice(proof)
+        .is_ok()
+}
+
+/// Write one frame: its length, then its bytes.
+async fn write_frame<W: AsyncWriteExt + Unpin>(
+    writer: &mut W,
+    frame: &[u8],
+) -> std::io::Result<()> {
+    let len = u32::try_from(frame.len()).map_err(|_| std::io::Error::other("frame too large"))?;
+    writer.write_all(&len.to_be_bytes()).await?;
+    writer.write_all(frame).await
+}
+
+/// Read one frame of at most `limit` bytes. The body grows as its bytes
+/// arrive, so a length alone reserves nothing.
+async fn read_frame<R: AsyncReadExt + Unpin>(
+    reader: &mut R,
+    limit: usize,
+) -> std::io::Result<Frame> {
+    let len = reader.read_u32().await? as usize;
+    if len > limit {
+        return Err(std::io::Error::other(format!(
+            "peer frame of {len} bytes, over {limit}"
+        )));
+    }
+    let mut body = Vec::new();
+    (&mut *reader)
+        .take(len as u64)
+        .read_to_end(&mut body)
+        .await?;
+    if body.len() < len {
+        return Err(std::io::ErrorKind::UnexpectedEof.into());
+    }
+    records::decode("peer frame", &body).map_err(std::io::Error::other)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_frame_over_the_limit_is_refused_before_its_body_arrives() {
+        let mut input: &[u8] = &[0x7f, 0xff, 0xff, 0xff];
+        let err = read_frame(&mut input, MAX_FRAME_BYTES).await.unwrap_err();
+        assert!(err.to_string().contains("over"), "{err}");
+        let mut short: &[u8] = &[0, 0, 0, 9, 1, 2];
+        let err = read_frame(&mut short, MAX_FRAME_BYTES).await.unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::UnexpectedEof);
+    }
+
+    #[tokio::test]
+    async fn a_frame_round_trips() {
+        let hello = Frame::Hello {
+            from: u64::MAX,
+            nonce: [7; 32],
+            proof: [9; 32],
+        };
+        let bytes = records::encode("t", &hello).unwrap();
+        let mut wire = Vec::new();
+        write_frame(&mut wire, &bytes).await.unwrap();
+        let mut input: &[u8] = &wire;
+        match read_frame(&mut input, MAX_HANDSHAKE_BYTES).await.unwrap() {
+            Frame::Hello { from, nonce, proof } => {
+                assert_eq!((from, nonce, proof), (u64::MAX, [7; 32], [9; 32]));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_proof_holds_only_for_its_secret_nonce_label_and_ids() {
+        let proof = prove(b"s3cret", HELLO_LABEL, &[1; 32], 1, 2);
+        assert!(verify(b"s3cret", HELLO_LABEL, &[1; 32], 1, 2, &proof));
+        assert!(!verify(b"other", HELLO_LABEL, &[1; 32], 1, 2, &proof));
+        assert!(!verify(b"s3cret", WELCOME_LABEL, &[1; 32], 1, 2, &proof));
+        assert!(!verify(b"s3cret", HELLO_LABEL, &[2; 32], 1, 2, &proof));
+        assert!(!verify(b"s3cret", HELLO_LABEL, &[1; 32], 2, 1, &proof));
+        assert!(!verify(b"s3cret", HELLO_LABEL, &[1; 32], 1, 3, &proof));
+    }
+}

@@ -1,0 +1,93 @@
+//! Peer links on loopback: they come up only between members that hold
+//! the same secret, and never from a node that is not listed.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use junction_cluster::Peers;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+async fn pair(
+    secret_1: &[u8],
+    secret_2: &[u8],
+) -> (Peers, Peers, HashMap<u64, std::net::SocketAddr>) {
+    let l1 = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let l2 = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let members: HashMap<u64, _> =
+        [(1, l1.local_addr().unwrap()), (2, l2.local_addr().unwrap())].into();
+    let p1 = Peers::start(1, l1, &members, Arc::from(secret_1));
+    let p2 = Peers::start(2, l2, &members, Arc::from(secret_2));
+    (p1, p2, members)
+}
+
+/// Wait up to ten seconds for nodes 1 and 2 to be linked, both ways.
+async fn linked(p1: &Peers, p2: &Peers) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !(p1.connected() == [2] && p2.connected() == [1]) {
+        assert!(
+            Instant::now() < deadline,
+            "the members' link did not come up"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_with_the_same_secret_link_and_others_never_do() {
+    let (p1, p2, _) = pair(b"same", b"same").await;
+    linked(&p1, &p2).await;
+    p1.shutdown().await;
+    p2.shutdown().await;
+
+    // Different secrets: the dialer keeps trying and is refused each time
+    // (a second of redials, up to twenty handshakes).
+    let (p1, p2, _) = pair(b"one", b"two").await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(p1.connected(), Vec::<u64>::new());
+    assert_eq!(p2.connected(), Vec::<u64>::new());
+    p1.shutdown().await;
+    p2.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stranger_gets_a_challenge_and_is_cut_off() {
+    let (p1, p2, members) = pair(b"same", b"same").await;
+    // A raw socket to node 2's port: the first thing it hears is a
+    // challenge frame; a Hello with a forged proof closes the connection.
+    let mut raw = TcpStream::connect(members[&2]).await.unwrap();
+    let len = raw.read_u32().await.unwrap();
+    assert!(len <= 128, "challenge frame of {len} bytes");
+    let mut challenge = vec![0; len as usize];
+    raw.read_exact(&mut challenge).await.unwrap();
+    assert_eq!(challenge[0], 1, "the records' version byte");
+    // version 1, Frame::Hello (variant 1), from = 1, nonce, proof: all zero.
+    let mut hello = vec![1u8, 1, 1];
+    hello.extend([0u8; 64]);
+    raw.write_u32(hello.len() as u32).await.unwrap();
+    raw.write_all(&hello).await.unwrap();
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), raw.read_to_end(&mut rest)).await;
+    assert!(
+        matches!(read, Ok(Ok(0))),
+        "the forged Hello was not cut off: {read:?}"
+    );
+
+    // A length far over the handshake limit is refused before anything
+    // is allocated for it, and the link between the members is untouched.
+    let mut raw = TcpStream::connect(members[&2]).await.unwrap();
+    let len = raw.read_u32().await.unwrap();
+    let mut challenge = vec![0; len as usize];
+    raw.read_exact(&mut challenge).await.unwrap();
+    raw.write_u32(u32::MAX).await.unwrap();
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), raw.read_to_end(&mut rest)).await;
+    assert!(
+        matches!(read, Ok(Ok(0))),
+        "a 4 GiB frame was not cut off: {read:?}"
+    );
+    linked(&p1, &p2).await;
+    p1.shutdown().await;
+    p2.shutdown().await;
+}

@@ -1,0 +1,227 @@
+//! Three metadata-group members in one process, on loopback sockets,
+//! each with its own RocksDB store: they elect a leader, replicate writes
+//! to every member, survive losing the leader, and a stopped member
+//! rejoins from its own store and catches up.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use junction_cluster::{
+    Command, GroupId, MetaNode, NodeId, Response, StateMachine, Timing, WriteError,
+};
+use junction_store::{Store, StoreOptions};
+use tokio::net::TcpListener;
+
+/// Every member's copy of the cluster secret.
+const SECRET: &[u8] = b"three-nodes-test-secret";
+
+/// Short timeouts so elections take about a second here; the heartbeat
+/// is also the append deadline, so it leaves room for a loaded fsync.
+fn timing() -> Timing {
+    Timing {
+        heartbeat: Duration::from_millis(100),
+        election_min: Duration::from_millis(500),
+        election_max: Duration::from_millis(1000),
+        install_snapshot: Duration::from_secs(10),
+        write: Duration::from_secs(2),
+    }
+}
+
+/// Wait up to ten seconds for `check` to hold.
+async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn start(
+    id: NodeId,
+    listener: TcpListener,
+    members: &BTreeMap<NodeId, SocketAddr>,
+    dir: &Path,
+) -> MetaNode {
+    let store = Store::open_rocksdb(dir, StoreOptions::default()).expect("open store");
+    MetaNode::start(id, listener, members, SECRET.into(), store, &timing())
+        .await
+        .expect("start node")
+}
+
+/// The one node that leads, once all running nodes agree on it.
+async fn leader(nodes: &BTreeMap<NodeId, MetaNode>) -> NodeId {
+    let mut found = None;
+    eventually("one agreed leader", || {
+        let leaders: Vec<Option<NodeId>> =
+            nodes.values().map(|n| n.metrics().current_leader).collect();
+        found =
+            leaders[0].filter(|l| leaders.iter().all(|x| *x == Some(*l)) && nodes.contains_key(l));
+        found.is_some_and(|l| nodes[&l].is_leader())
+    })
+    .await;
+    found.expect("leader")
+}
+
+/// Bind `addr` again. A peer dialing the stopped node can, rarely, be
+/// given that very port as its source port, so this retries for a while.
+async fn rebind(addr: SocketAddr) -> TcpListener {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match TcpListener::bind(addr).await {
+            Ok(listener) => return listener,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "cannot bind {addr} again: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+fn put(key: &str, value: &str) -> Command {
+    Command::Put {
+        key: key.as_bytes().to_vec(),
+        value: value.as_bytes().to_vec(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_members_replicate_lose_the_leader_and_catch_up_after_a_restart() {
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut listeners = BTreeMap::new();
+    let mut members = BTreeMap::new();
+    for id in 1..=3u64 {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        members.insert(id, listener.local_addr().unwrap());
+        listeners.insert(id, listener);
+    }
+    let mut nodes = BTreeMap::new();
+    for (id, listener) in listeners {
+        let dir = dirs[id as usize - 1].path();
+        nodes.insert(id, start(id, listener, &members, dir).await);
+    }
+
+    // A write on the leader reaches every member's state machine.
+    let first = leader(&nodes).await;
+    let answer = nodes[&first]
+        .write(put("vhost/a", "1"))
+        .await
+        .expect("write");
+    assert_eq!(answer, Response { previous: None });
+    let answer = nodes[&first]
+        .write(put("vhost/a", "2"))
+        .await
+        .expect("write");
+    assert_eq!(answer.previous.as_deref(), Some(&b"1"[..]));
+    eventually("the write on every member", || {
+        nodes
+            .values()
+            .all(|n| n.state().get(b"vhost/a").as_deref() == Some(&b"2"[..]))
+    })
+    .await;
+
+    // A command too large for one log entry is refused before Raft sees it.
+    let big = Command::Put {
+        key: b"vhost/big".to_vec(),
+        value: vec![0; 2 << 20],
+    };
+    match nodes[&first].write(big).await {
+        Err(WriteError::TooLarge(n)) => assert_eq!(n, 9 + (2 << 20)),
+        other => panic!("a 2 MiB command was not refused: {other:?}"),
+    }
+
+    // A write on a follower is forwarded to the leader and answered once
+    // committed there.
+    let follower = *nodes.keys().find(|id| **id != first).unwrap();
+    let answer = nodes[&follower].write(put("vhost/b", "x")).await;
+    assert_eq!(
+        answer.expect("forwarded write"),
+        Response { previous: None }
+    );
+    eventually("the forwarded write on every member", || {
+        nodes
+            .values()
+            .all(|n| n.state().get(b"vhost/b").as_deref() == Some(&b"x"[..]))
+    })
+    .await;
+
+    // The leader reports every member linked and caught up; a follower
+    // names the leader and cannot know the others' lag.
+    eventually("the leader sees every member caught up", || {
+        let s = nodes[&first].status();
+        s.role == "leader"
+            && s.members.len() == 3
+            && s.members.iter().all(|m| m.linked && m.lag == Some(0))
+    })
+    .await;
+    let seen = nodes[&follower].status();
+    assert_eq!((seen.role, seen.leader), ("follower", Some(first)));
+    assert!(seen.members.iter().all(|m| m.lag.is_none()), "{seen:?}");
+
+    // The leader stops: the other two elect one of themselves and go on.
+    let stopped = nodes.remove(&first).unwrap();
+    stopped.shutdown().await;
+    // Its store closes with the last handle on it.
+    drop(stopped);
+    let second = leader(&nodes).await;
+    assert_ne!(second, first);
+    nodes[&second]
+        .write(Command::Delete {
+            key: b"vhost/a".to_vec(),
+        })
+        .await
+        .expect("write after losing the leader");
+    nodes[&second]
+        .write(put("vhost/c", "3"))
+        .await
+        .expect("write");
+    eventually("the writes on both members", || {
+        nodes
+            .values()
+            .all(|n| n.state().get(b"vhost/a").is_none() && n.state().get(b"vhost/c").is_some())
+    })
+    .await;
+
+    // The stopped member's store holds what it had applied...
+    let dir = dirs[first as usize - 1].path();
+    {
+        let store = Store::open_rocksdb(dir, StoreOptions::default()).unwrap();
+        let state = StateMachine::open(store.clone(), GroupId::META).unwrap();
+        assert_eq!(state.get(b"vhost/a").as_deref(), Some(&b"2"[..]));
+        assert_eq!(state.get(b"vhost/c"), None);
+        store.close().await.unwrap();
+    }
+    // ...and it restarts from there and catches up with what it missed.
+    let listener = rebind(members[&first]).await;
+    nodes.insert(first, start(first, listener, &members, dir).await);
+    eventually("the restarted member caught up", || {
+        let s = nodes[&first].state();
+        s.get(b"vhost/a").is_none() && s.get(b"vhost/c").as_deref() == Some(&b"3"[..])
+    })
+    .await;
+    let applied: Vec<_> = nodes.values().map(|n| n.state().last_applied()).collect();
+    eventually("every member applied the same log", || {
+        let now: Vec<_> = nodes.values().map(|n| n.state().last_applied()).collect();
+        now.windows(2).all(|w| w[0] == w[1])
+    })
+    .await;
+    assert!(applied.iter().all(Option::is_some));
+
+    // Alone, a member cannot write: no majority, whoever it asks.
+    let alone = *nodes.keys().next().unwrap();
+    let others: Vec<NodeId> = nodes.keys().copied().filter(|id| *id != alone).collect();
+    for id in others {
+        nodes.remove(&id).unwrap().shutdown().await;
+    }
+    let started = Instant::now();
+    match nodes[&alone].write(put("vhost/d", "4")).await {
+        Err(WriteError::Unavailable(_)) => {}
+        other => panic!("a member without a majority took a write: {other:?}"),
+    }
+    assert!(started.elapsed() >= Duration::from_secs(2));
+    assert_eq!(nodes[&alone].state().get(b"vhost/d"), None);
+    for (_, node) in nodes {
+        node.shutdown().await;
+    }
+}
