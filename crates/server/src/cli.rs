@@ -204,6 +204,13 @@ pub enum Command {
         #[command(flatten)]
         remote: Remote,
     },
+    /// The cluster a running node belongs to (`[cluster]`).
+    Cluster {
+        #[command(flatten)]
+        remote: Remote,
+        #[command(subcommand)]
+        action: ClusterAction,
+    },
     /// Export or import a running broker's definitions (RabbitMQ's format).
     Definitions {
         #[command(flatten)]
@@ -271,6 +278,16 @@ pub enum QueuesAction {
 }
 
 /// `junction exchanges list`, `junction bindings list`.
+/// `junction cluster ...`.
+#[derive(Debug, Clone, PartialEq, Eq, Subcommand)]
+pub enum ClusterAction {
+    /// Every member: linked to this node or not, which one leads, this
+    /// node's role and term, and each member's lag (entries behind the
+    /// leader's log; only the leader knows it, so ask the leader's admin
+    /// address for lags).
+    Status,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Subcommand)]
 pub enum ListAction {
     /// List them.

@@ -68,6 +68,123 @@ pub struct Config {
     pub auth: AuthConfig,
     /// `[websocket]`: MQTT and STOMP over WebSocket.
     pub websocket: crate::ws::WsConfig,
+    /// `[cluster]`: membership of a cluster (docs/cluster.md).
+    pub cluster: ClusterConfig,
+}
+
+/// `[cluster]`: this node's place in a cluster. What runs today is the
+/// metadata group's membership and status; topology and queues are not
+/// replicated yet (docs/cluster.md "Status").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// Join the cluster of `nodes`; false runs the broker alone.
+    pub enabled: bool,
+    /// This node's name: one of `nodes`.
+    pub node_name: String,
+    /// Every member as `name@ip:port` (its peer listener), the same list
+    /// on every node, this node included.
+    pub nodes: Vec<String>,
+    /// A file holding the cluster's shared secret (at least 16 bytes, the
+    /// same on every node; a trailing newline is not part of it). Peer
+    /// links prove it both ways; they are not encrypted.
+    pub secret_file: PathBuf,
+    /// Milliseconds between a leader's heartbeats (also the deadline of
+    /// one replication call).
+    pub heartbeat_ms: u64,
+    /// A follower that hears no leader for a random time between these
+    /// two (milliseconds) starts an election.
+    pub election_timeout_min_ms: u64,
+    /// See `election_timeout_min_ms`.
+    pub election_timeout_max_ms: u64,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            enabled: false,
+            node_name: String::new(),
+            nodes: Vec::new(),
+            secret_file: PathBuf::new(),
+            heartbeat_ms: 250,
+            election_timeout_min_ms: 1000,
+            election_timeout_max_ms: 2000,
+        }
+    }
+}
+
+/// One member of `[cluster] nodes`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterMember {
+    /// Its name.
+    pub name: String,
+    /// Its peer listener.
+    pub addr: std::net::SocketAddr,
+}
+
+impl ClusterConfig {
+    /// The members, parsed and checked: names unique and non-empty,
+    /// addresses `ip:port`, no two names with the same Raft id, and this
+    /// node among them.
+    pub fn members(&self) -> Result<Vec<ClusterMember>, String> {
+        let mut members: Vec<ClusterMember> = Vec::new();
+        for entry in &self.nodes {
+            let (name, addr) = entry
+                .split_once('@')
+                .ok_or_else(|| format!("[cluster] nodes: {entry:?} is not name@ip:port"))?;
+            let addr = addr
+                .parse()
+                .map_err(|_| format!("[cluster] nodes: {addr:?} in {entry:?} is not ip:port"))?;
+            if name.is_empty() {
+                return Err(format!("[cluster] nodes: {entry:?} has no name"));
+            }
+            let id = junction_cluster::node_id(name);
+            if let Some(other) = members
+                .iter()
+                .find(|m| m.name == name || junction_cluster::node_id(&m.name) == id)
+            {
+                return Err(format!(
+                    "[cluster] nodes: {name:?} is listed twice or shares its id with {:?}",
+                    other.name
+                ));
+            }
+            members.push(ClusterMember {
+                name: name.to_owned(),
+                addr,
+            });
+        }
+        if !members.iter().any(|m| m.name == self.node_name) {
+            return Err(format!(
+                "[cluster] node_name {:?} is not one of nodes",
+                self.node_name
+            ));
+        }
+        Ok(members)
+    }
+
+    /// Checks the section when it is enabled.
+    fn validate(&self, in_memory: bool) -> Result<(), String> {
+        if !self.enabled {
+            return Ok(());
+        }
+        if in_memory {
+            return Err("[cluster] needs a data directory: in_memory is on".to_owned());
+        }
+        self.members()?;
+        if self.secret_file.as_os_str().is_empty() {
+            return Err("[cluster] secret_file must name the shared secret's file".to_owned());
+        }
+        if !(self.heartbeat_ms > 0
+            && self.heartbeat_ms < self.election_timeout_min_ms
+            && self.election_timeout_min_ms < self.election_timeout_max_ms)
+        {
+            return Err(
+                "[cluster] needs 0 < heartbeat_ms < election_timeout_min_ms < election_timeout_max_ms"
+                    .to_owned(),
+            );
+        }
+        Ok(())
+    }
 }
 
 /// An authentication back-end.
@@ -456,6 +573,7 @@ impl Config {
     /// later, far from the file (a zero channel capacity panics in tokio).
     fn validate(&self) -> Result<(), String> {
         self.websocket.validate()?;
+        self.cluster.validate(self.broker.in_memory)?;
         if self.broker.vhosts.is_empty() {
             return Err("[broker] vhosts must name at least one vhost".to_owned());
         }

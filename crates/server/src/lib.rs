@@ -17,6 +17,7 @@ pub mod admin;
 pub mod admission;
 pub mod auth;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod console;
 pub mod metrics;

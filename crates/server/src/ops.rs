@@ -11,7 +11,8 @@ use http_body_util::Full;
 use serde_json::{Value, json};
 
 use crate::cli::{
-    Command, ConnectionsAction, DefinitionsAction, ListAction, MqttAction, QueuesAction, Remote,
+    ClusterAction, Command, ConnectionsAction, DefinitionsAction, ListAction, MqttAction,
+    QueuesAction, Remote,
 };
 use crate::config::Config;
 
@@ -186,6 +187,7 @@ fn remote_of(cmd: &Command) -> Option<&Remote> {
         | Command::Publish { remote, .. }
         | Command::Get { remote, .. }
         | Command::Status { remote }
+        | Command::Cluster { remote, .. }
         | Command::Definitions { remote, .. } => Some(remote),
         _ => None,
     }
@@ -392,6 +394,21 @@ async fn run(cmd: &Command, config: &Config) -> Result<String, OpsError> {
                 .join("\n")
             }
         }
+        Command::Cluster {
+            action: ClusterAction::Status,
+            ..
+        } => show(
+            api.call("GET", "/api/nodes", None, &[]).await?,
+            &[
+                ("name", "name"),
+                ("running", "running"),
+                ("leader", "raft.leader"),
+                ("lag", "raft.lag"),
+                ("role", "cluster.role"),
+                ("term", "cluster.term"),
+                ("applied", "cluster.applied_index"),
+            ],
+        ),
         Command::Definitions { action, .. } => match action {
             DefinitionsAction::Export { file } => {
                 let v = api.call("GET", "/api/definitions", None, &[]).await?;

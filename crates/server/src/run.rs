@@ -48,6 +48,8 @@ pub enum ServerError {
     Auth(String),
     #[error("cannot import the definitions file {0}")]
     Definitions(String),
+    #[error("cluster: {0}")]
+    Cluster(String),
     #[error("cannot listen on {addr} for {what}: {source}")]
     Bind {
         what: &'static str,
@@ -79,6 +81,8 @@ pub struct Server {
     tls: Option<Arc<Tls>>,
     /// Read by `/api/health`; false again once shutdown starts.
     ready: Arc<AtomicBool>,
+    /// This node's cluster, when `[cluster]` is enabled.
+    cluster: Option<Arc<crate::cluster::Cluster>>,
     /// Cancelled to stop the listeners (and, through child tokens, the
     /// connections they accepted).
     listeners: CancellationToken,
@@ -493,6 +497,16 @@ impl Server {
             },
         )
         .await?;
+        let cluster = if config.cluster.enabled {
+            if config.broker.in_memory {
+                return Err(ServerError::Cluster(
+                    "needs a data directory: in_memory is on".to_owned(),
+                ));
+            }
+            Some(crate::cluster::Cluster::start(&config.cluster, broker.store().clone()).await?)
+        } else {
+            None
+        };
         // Queue policies: kept beside the store, applied to every queue.
         let policies_file =
             (!config.broker.in_memory).then(|| config.broker.data_dir.join("policies.json"));
@@ -559,6 +573,10 @@ impl Server {
                 Arc::new(move || crate::metrics::render(&snapshot(&b, &adm, max_queues)))
                     as Arc<dyn Fn() -> String + Send + Sync>
             }),
+            node: cluster
+                .as_ref()
+                .map_or_else(crate::mgmt::node_name, |c| c.node_name()),
+            cluster: cluster.clone(),
         });
         tasks.spawn(crate::mgmt::rates::run(
             Arc::clone(&mgmt.rates),
@@ -749,6 +767,7 @@ impl Server {
             tls_addrs,
             tls,
             ready,
+            cluster,
             listeners,
             tasks,
         })
@@ -772,6 +791,9 @@ impl Server {
         }
         if let Some(a) = self.admin_addr {
             line.push_str(&format!(" admin={a}"));
+        }
+        if let Some(c) = &self.cluster {
+            line.push_str(&format!(" cluster={}", c.addr()));
         }
         line
     }
@@ -831,6 +853,10 @@ impl Server {
             .is_err()
         {
             tracing::warn!("connections still open at the shutdown deadline; closing anyway");
+        }
+        // Before the store closes: the group writes to it.
+        if let Some(c) = &self.cluster {
+            c.shutdown().await;
         }
         self.broker.shutdown().await?;
         tracing::info!("junction stopped");

@@ -10,7 +10,7 @@ use junction_core::{ConnectionSnapshot, Protocol};
 use serde_json::{Value, json};
 
 use super::query::{ListQuery, apply};
-use super::{ApiError, Caller, Level, MgmtState, done, node_name};
+use super::{ApiError, Caller, Level, MgmtState, done};
 
 type St = State<Arc<MgmtState>>;
 type Answer = Result<Response, ApiError>;
@@ -51,7 +51,7 @@ fn connection_json(state: &MgmtState, c: &ConnectionSnapshot) -> Value {
     }
     json!({
         "name": name_of(c),
-        "node": node_name(),
+        "node": state.node.clone(),
         "protocol": protocol_text(c),
         // Strings even before login: RabbitMQ's clients expect them.
         "user": d.user.as_deref().unwrap_or(""),
@@ -191,7 +191,7 @@ pub async fn channels(State(state): St, caller: Caller, Query(q): Query<ListQuer
             items.push(json!({
                 "name": format!("{conn} ({n})"),
                 "number": n,
-                "node": node_name(),
+                "node": state.node.clone(),
                 "user": c.details.user.as_deref().unwrap_or(""),
                 "vhost": c.details.vhost.as_deref().unwrap_or(""),
                 "connection_details": {

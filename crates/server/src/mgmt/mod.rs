@@ -53,9 +53,15 @@ pub struct MgmtState {
     /// `/metrics` behind credentials (`[admin] metrics_need_credentials`):
     /// renders the exposition; None leaves `/metrics` to the open routes.
     pub metrics: Option<Arc<dyn Fn() -> String + Send + Sync>>,
+    /// This node's name where RabbitMQ shows `rabbit@host`
+    /// ([`node_name`], or `junction@<[cluster] node_name>`).
+    pub node: String,
+    /// This node's cluster, when `[cluster]` is enabled.
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
-/// The node name shown where RabbitMQ shows `rabbit@host`.
+/// The node name shown where RabbitMQ shows `rabbit@host`, when the node
+/// is not in a cluster.
 pub(crate) fn node_name() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_owned())

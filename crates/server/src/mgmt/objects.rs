@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 
 use super::query::{ListQuery, apply};
 use super::users::tags_of;
-use super::{ApiError, Caller, Level, MgmtState, body, done, node_name};
+use super::{ApiError, Caller, Level, MgmtState, body, done};
 
 type St = State<Arc<MgmtState>>;
 type Answer = Result<Response, ApiError>;
@@ -192,8 +192,8 @@ pub async fn overview(State(state): St, caller: Caller) -> Answer {
         "product_name": "Junction",
         "product_version": env!("CARGO_PKG_VERSION"),
         "rabbitmq_version": "3.13.0",
-        "cluster_name": node_name(),
-        "node": node_name(),
+        "cluster_name": state.node.clone(),
+        "node": state.node.clone(),
         "object_totals": {
             "connections": connections,
             "channels": 0,
@@ -228,7 +228,7 @@ fn node_json(state: &MgmtState) -> Value {
         .and_then(|t| t.split_whitespace().nth(1)?.parse::<u64>().ok())
         .map_or(0, |pages| pages * 4096);
     json!({
-        "name": node_name(),
+        "name": state.node.clone(),
         "type": "disc",
         "running": true,
         "mem_used": rss,
@@ -257,17 +257,28 @@ pub async fn metrics(State(state): St, caller: Caller) -> Answer {
         .into_response())
 }
 
+/// `/api/nodes`: this node alone, or every member of its cluster (the
+/// others as far as this node knows them: linked or not, and their lag
+/// when this node leads).
 pub async fn nodes(State(state): St, caller: Caller) -> Answer {
     caller.need(Level::Monitoring)?;
-    Ok(super::json(json!([node_json(&state)])))
+    Ok(super::json(Value::Array(nodes_json(&state))))
 }
 
 pub async fn node(State(state): St, caller: Caller, Path(name): Path<String>) -> Answer {
     caller.need(Level::Monitoring)?;
-    if name != node_name() {
-        return Err(ApiError::not_found());
+    nodes_json(&state)
+        .into_iter()
+        .find(|n| n["name"] == name.as_str())
+        .map(super::json)
+        .ok_or_else(ApiError::not_found)
+}
+
+fn nodes_json(state: &MgmtState) -> Vec<Value> {
+    match &state.cluster {
+        None => vec![node_json(state)],
+        Some(cluster) => cluster.nodes_json(node_json(state)),
     }
-    Ok(super::json(node_json(&state)))
 }
 
 /// `/api/health/checks/alarms` and `local-alarms` (one node: the same).
@@ -278,10 +289,10 @@ pub async fn alarms(State(state): St, _caller: Caller) -> Answer {
     }
     let mut alarms = Vec::new();
     if memory {
-        alarms.push(json!({"node": node_name(), "resource": "memory"}));
+        alarms.push(json!({"node": state.node.clone(), "resource": "memory"}));
     }
     if disk {
-        alarms.push(json!({"node": node_name(), "resource": "disk"}));
+        alarms.push(json!({"node": state.node.clone(), "resource": "disk"}));
     }
     let body = json!({
         "status": "failed",
@@ -395,7 +406,7 @@ pub async fn vhost(State(state): St, caller: Caller, Path(v): Path<String>) -> A
 // --------------------------------------------------------------------------
 
 async fn queues_of(state: &MgmtState, vhosts: &[String]) -> Result<Vec<Value>, ApiError> {
-    let node = node_name();
+    let node = state.node.clone();
     let mut items = Vec::new();
     for v in vhosts {
         for q in state.broker.queues(v).map_err(ApiError::core)? {
@@ -433,7 +444,7 @@ pub async fn queue(
         .into_iter()
         .find(|q| q.def.name == name)
         .ok_or_else(ApiError::not_found)?;
-    let mut body = queue_json(&state, &v, &q, &node_name());
+    let mut body = queue_json(&state, &v, &q, &state.node);
     let bindings: Vec<Value> = state
         .broker
         .bindings(&v)

@@ -1,0 +1,183 @@
+//! The cluster in the server: this node's member of the metadata group,
+//! started from `[cluster]`, and what the management API shows of it
+//! (docs/cluster.md).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use junction_cluster::{MetaNode, NodeId, Timing, node_id};
+use junction_store::Store;
+use serde_json::{Value, json};
+
+use crate::config::ClusterConfig;
+use crate::run::ServerError;
+
+/// Shortest shared secret accepted.
+const MIN_SECRET_BYTES: usize = 16;
+
+/// This node's place in its cluster.
+pub struct Cluster {
+    /// The metadata group's member on this node.
+    node: MetaNode,
+    /// This node's id.
+    me: NodeId,
+    /// Every member's name, by id.
+    names: BTreeMap<NodeId, String>,
+    /// This node's peer listener.
+    addr: SocketAddr,
+    /// Set by the first shutdown.
+    stopped: AtomicBool,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("me", &self.names.get(&self.me))
+            .field("addr", &self.addr)
+            .finish()
+    }
+}
+
+/// The name a member has in the management API.
+pub fn display_name(name: &str) -> String {
+    format!("junction@{name}")
+}
+
+impl Cluster {
+    /// Start this node's member of the metadata group: read the secret,
+    /// bind the peer listener at this node's address, open the group in
+    /// `store`.
+    pub async fn start(config: &ClusterConfig, store: Store) -> Result<Arc<Cluster>, ServerError> {
+        let fail = |reason: String| ServerError::Cluster(reason);
+        let members = config.members().map_err(fail)?;
+        let secret = read_secret(config).map_err(fail)?;
+        let me = node_id(&config.node_name);
+        let addr = members
+            .iter()
+            .find(|m| m.name == config.node_name)
+            .map(|m| m.addr)
+            .ok_or_else(|| fail(format!("{} is not in [cluster] nodes", config.node_name)))?;
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| ServerError::Bind {
+                what: "cluster peers",
+                addr,
+                source,
+            })?;
+        let ids: BTreeMap<NodeId, SocketAddr> =
+            members.iter().map(|m| (node_id(&m.name), m.addr)).collect();
+        let names = members
+            .iter()
+            .map(|m| (node_id(&m.name), m.name.clone()))
+            .collect();
+        let timing = Timing {
+            heartbeat: Duration::from_millis(config.heartbeat_ms),
+            election_min: Duration::from_millis(config.election_timeout_min_ms),
+            election_max: Duration::from_millis(config.election_timeout_max_ms),
+            ..Timing::default()
+        };
+        let node = MetaNode::start(me, listener, &ids, secret.into(), store, &timing)
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        tracing::info!(
+            node = %config.node_name,
+            %addr,
+            members = members.len(),
+            "cluster member started (metadata group only: topology and queues are not replicated yet)"
+        );
+        Ok(Arc::new(Cluster {
+            node,
+            me,
+            names,
+            addr,
+            stopped: AtomicBool::new(false),
+        }))
+    }
+
+    /// This node's name in the management API.
+    pub fn node_name(&self) -> String {
+        display_name(self.names.get(&self.me).map_or("", String::as_str))
+    }
+
+    /// This node's peer listener.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The metadata group's member on this node.
+    pub fn node(&self) -> &MetaNode {
+        &self.node
+    }
+
+    /// `/api/nodes`: `local` (this node's own entry) and every other
+    /// member, each with its view of the metadata group.
+    pub fn nodes_json(&self, mut local: Value) -> Vec<Value> {
+        let status = self.node.status();
+        let leader = status
+            .leader
+            .and_then(|id| self.names.get(&id))
+            .map(|n| display_name(n));
+        let mut out = Vec::new();
+        for (id, name) in &self.names {
+            let member = status.members.iter().find(|m| m.id == *id);
+            let raft = json!({
+                "id": format!("{id:016x}"),
+                "voter": member.is_some(),
+                "leader": status.leader == Some(*id),
+                // Entries behind the leader's log: known on the leader only.
+                "lag": member.and_then(|m| m.lag),
+            });
+            if *id == self.me {
+                local["name"] = json!(display_name(name));
+                local["cluster"] = json!({
+                    "peer_address": self.addr.to_string(),
+                    "role": status.role,
+                    "leader": leader,
+                    "term": status.term,
+                    "last_log_index": status.last_log_index,
+                    "applied_index": status.applied_index,
+                });
+                local["raft"] = raft;
+                out.push(local.clone());
+            } else {
+                out.push(json!({
+                    "name": display_name(name),
+                    "type": "disc",
+                    // Linked to this node now (a member this node cannot
+                    // reach shows false, whatever its state).
+                    "running": member.is_some_and(|m| m.linked),
+                    "raft": raft,
+                }));
+            }
+        }
+        out
+    }
+
+    /// Stop the member and its links. Idempotent.
+    pub async fn shutdown(&self) {
+        if !self.stopped.swap(true, Ordering::AcqRel) {
+            self.node.shutdown().await;
+        }
+    }
+}
+
+/// The shared secret: the file's bytes without a trailing newline.
+fn read_secret(config: &ClusterConfig) -> Result<Vec<u8>, String> {
+    let path = &config.secret_file;
+    let mut secret = std::fs::read(path)
+        .map_err(|e| format!("cannot read [cluster] secret_file {}: {e}", path.display()))?;
+    while secret.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+        secret.pop();
+    }
+    if secret.len() < MIN_SECRET_BYTES {
+        return Err(format!(
+            "[cluster] secret_file {} holds {} bytes; at least {MIN_SECRET_BYTES} are needed",
+            path.display(),
+            secret.len()
+        ));
+    }
+    Ok(secret)
+}

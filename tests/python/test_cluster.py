@@ -1,0 +1,207 @@
+"""Three real `junction` processes as one cluster on 127.0.0.1
+(docs/cluster.md): the metadata group forms from the config alone,
+`/api/nodes` and `junction cluster status` show every member and the
+leader, the group survives kill -9 of its leader and takes the killed node
+back from its own data directory, and a node without the secret never
+links. Topology and queues are not replicated yet; nothing here claims
+they are."""
+
+import json
+import socket
+import subprocess
+import time
+
+import pytest
+
+from admin_support import api
+from broker_support import junction_bin
+
+SECRET = "a-shared-secret-of-32-characters\n"
+
+
+def free_ports(n):
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def cluster_toml(name, members, secret_file):
+    listed = ", ".join(f'"{n}@127.0.0.1:{p}"' for n, p in members)
+    return (
+        "[cluster]\n"
+        "enabled = true\n"
+        f'node_name = "{name}"\n'
+        f"nodes = [{listed}]\n"
+        f'secret_file = "{secret_file}"\n'
+        "heartbeat_ms = 100\n"
+        "election_timeout_min_ms = 500\n"
+        "election_timeout_max_ms = 1000\n"
+    )
+
+
+def nodes(b):
+    status, body, _ = api(b, "GET", "/api/nodes")
+    assert status == 200, (status, body)
+    return body
+
+
+def own(b):
+    """This node's own entry of /api/nodes."""
+    mine = [n for n in nodes(b) if "cluster" in n]
+    assert len(mine) == 1, mine
+    return mine[0]
+
+
+def wait_for(what, check, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            last = check()
+        except (OSError, AssertionError) as e:
+            last = e
+        if last is True:
+            return
+        time.sleep(0.1)
+    pytest.fail(f"timed out waiting for {what}; last: {last!r}")
+
+
+def agreed_leader(brokers, names):
+    """True when every broker names the same leader among `names`, and
+    that leader reports every member of `names` linked and caught up."""
+    views = {b.name: own(b) for b in brokers}
+    leaders = {v["cluster"]["leader"] for v in views.values()}
+    if len(leaders) != 1 or None in leaders:
+        return f"leaders {leaders}"
+    (leader,) = leaders
+    if leader not in {f"junction@{n}" for n in names}:
+        return f"leader {leader} not among {names}"
+    on_leader = [b for b in brokers if views[b.name]["name"] == leader]
+    if not on_leader:
+        return f"leader {leader} not running"
+    seen = {n["name"]: n for n in nodes(on_leader[0])}
+    for n in names:
+        entry = seen[f"junction@{n}"]
+        if not entry["running"] or entry["raft"]["lag"] != 0:
+            return f"{n} on the leader: {entry}"
+    return True
+
+
+def leader_of(b):
+    return own(b)["cluster"]["leader"]
+
+
+@pytest.mark.deadline(180)
+def test_three_nodes_form_report_survive_kill9_of_the_leader_and_rejoin(make_broker, tmp_path):
+    secret = tmp_path / "cluster.secret"
+    secret.write_text(SECRET)
+    names = ["n1", "n2", "n3"]
+    members = list(zip(names, free_ports(3)))
+    brokers = []
+    for name, port in members:
+        b = make_broker(extra_config=cluster_toml(name, members, secret))
+        b.name = name
+        assert b.ports["cluster"] == port, b.ports
+        brokers.append(b)
+    by_name = {b.name: b for b in brokers}
+
+    # Formed from the config alone: one leader every node agrees on, every
+    # member linked and caught up on it.
+    wait_for("one agreed leader", lambda: agreed_leader(brokers, names))
+    leader = leader_of(brokers[0])
+    listed = sorted(n["name"] for n in nodes(brokers[1]))
+    assert listed == ["junction@n1", "junction@n2", "junction@n3"]
+    for b in brokers:
+        view = own(b)
+        assert view["name"] == f"junction@{b.name}"
+        assert view["cluster"]["role"] == ("leader" if view["name"] == leader else "follower")
+        assert view["cluster"]["peer_address"] == f"127.0.0.1:{b.ports['cluster']}"
+        # The overview names the node the same way.
+        status, overview, _ = api(b, "GET", "/api/overview")
+        assert overview["node"] == view["name"]
+    status, one, _ = api(brokers[2], "GET", "/api/nodes/junction@n1")
+    assert status == 200 and one["name"] == "junction@n1"
+    assert api(brokers[2], "GET", "/api/nodes/junction@n9")[0] == 404
+
+    # `junction cluster status` against the leader: every member, linked,
+    # with no lag; as JSON, exactly one member leads.
+    first = by_name[leader.split("@")[1]]
+    url = ["--url", f"http://127.0.0.1:{first.admin_port}"]
+    table = first.command("cluster", "status", *url).stdout
+    lines = table.splitlines()
+    assert lines[0].split() == ["name", "running", "leader", "lag", "role", "term", "applied"]
+    rows = {line.split()[0]: line.split() for line in lines[1:]}
+    assert sorted(rows) == ["junction@n1", "junction@n2", "junction@n3"]
+    assert all(r[1] == "true" and r[3] == "0" for r in rows.values()), table
+    assert [n for n, r in rows.items() if r[2] == "true"] == [leader]
+    assert rows[leader][4] == "leader"
+    as_json = json.loads(first.command("cluster", "status", *url, "--json").stdout)
+    assert [n["name"] for n in as_json if n["raft"]["leader"]] == [leader]
+
+    # kill -9 of the leader: the other two elect one of themselves.
+    first.kill9()
+    survivors = [b for b in brokers if b is not first]
+    survivor_names = [b.name for b in survivors]
+    wait_for("a new leader among the survivors", lambda: agreed_leader(survivors, survivor_names))
+    second = leader_of(survivors[0])
+    assert second != leader
+    on_second = next(b for b in survivors if f"junction@{b.name}" == second)
+    lost = next(n for n in nodes(on_second) if n["name"] == leader)
+    assert lost["running"] is False, lost
+
+    # The killed node comes back on its own data directory and follows.
+    first.start()
+    wait_for("all three together again", lambda: agreed_leader(brokers, names))
+    assert own(first)["cluster"]["role"] == "follower"
+    assert own(first)["cluster"]["term"] >= own(on_second)["cluster"]["term"] - 1
+
+
+@pytest.mark.deadline(120)
+def test_a_node_without_the_secret_never_links(make_broker, tmp_path):
+    good = tmp_path / "good.secret"
+    good.write_text(SECRET)
+    bad = tmp_path / "bad.secret"
+    bad.write_text("a-different-secret-0123456789abc\n")
+    members = list(zip(["n1", "n2"], free_ports(2)))
+    one = make_broker(extra_config=cluster_toml("n1", members, good))
+    two = make_broker(extra_config=cluster_toml("n2", members, bad))
+    # Three seconds of redials (about a dozen handshakes), none accepted.
+    time.sleep(3)
+    for b in (one, two):
+        others = [n for n in nodes(b) if "cluster" not in n]
+        assert [n["running"] for n in others] == [False], others
+        assert own(b)["cluster"]["leader"] is None
+    logs = one.log_tail(400) + two.log_tail(400)
+    assert "does not hold the cluster secret" in logs
+
+
+@pytest.mark.parametrize(
+    "body, expected",
+    [
+        ('node_name = "n9"\nnodes = ["n1@127.0.0.1:1"]\nsecret_file = "{secret}"', "node_name"),
+        ('node_name = "n1"\nnodes = ["n1@localhost:1"]\nsecret_file = "{secret}"', "ip:port"),
+        ('node_name = "n1"\nnodes = ["n1@127.0.0.1:1", "n1@127.0.0.1:2"]\nsecret_file = "{secret}"', "twice"),
+        ('node_name = "n1"\nnodes = ["n1@127.0.0.1:1"]', "secret_file"),
+        ('node_name = "n1"\nnodes = ["n1@127.0.0.1:1"]\nsecret_file = "{short}"', "at least 16"),
+    ],
+)
+def test_a_bad_cluster_section_stops_the_start_with_its_reason(tmp_path, body, expected):
+    secret = tmp_path / "ok.secret"
+    secret.write_text(SECRET)
+    short = tmp_path / "short.secret"
+    short.write_text("too-short\n")
+    config = tmp_path / "junction.toml"
+    config.write_text("[cluster]\nenabled = true\n" + body.format(secret=secret, short=short) + "\n")
+    done = subprocess.run(
+        [str(junction_bin()), "--config", str(config), "--data-dir", str(tmp_path / "data"),
+         "--amqp-port", "0", "--mqtt-port", "0", "--stomp-port", "0", "--admin-port", "0",
+         "--mqtt-ws-port", "0", "--stomp-ws-port", "0"],
+        capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+    )
+    assert done.returncode != 0
+    assert "junction ready" not in done.stdout
+    assert expected in done.stderr, done.stderr
