@@ -12,7 +12,8 @@
 //!   group applies its log to, and its snapshots.
 //! - [`peer`] owns [`Peers`]: one multiplexed TCP link per pair of nodes.
 //! - [`network`] owns openraft's network for a group over those links.
-//! - [`node`] owns [`MetaNode`], this node's member of the metadata group.
+//! - [`node`] owns [`Group`], this node's member of one group, and
+//!   [`MetaNode`], the metadata group with the node's peer links.
 //! - [`error`] owns [`ClusterError`].
 
 pub mod error;
@@ -26,7 +27,7 @@ pub mod types;
 
 pub use error::ClusterError;
 pub use log_store::LogStore;
-pub use node::{GroupStatus, MemberStatus, MetaNode, Timing, WriteError};
+pub use node::{Group, GroupStatus, MemberStatus, MetaNode, Timing, WriteError};
 pub use peer::Peers;
 pub use state_machine::{Change, Observer, StateMachine};
 pub use types::{Command, GroupId, NodeId, Response, TypeConfig, node_id};

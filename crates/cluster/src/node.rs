@@ -1,5 +1,6 @@
-//! [`MetaNode`]: this node's member of the metadata group, with its peer
-//! links, started from a static member list.
+//! [`Group`]: this node's member of one consensus group; [`MetaNode`]:
+//! the metadata group and the node's peer links, started from a static
+//! member list, over which more groups can start.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -56,7 +57,7 @@ const RETRY_MAX: Duration = Duration::from_millis(200);
 /// record, far below the peer frame limit a log entry must fit in.
 pub const MAX_COMMAND_BYTES: usize = 1 << 20;
 
-/// Why a write to the metadata group failed.
+/// Why a write to a group failed.
 #[derive(Debug, thiserror::Error)]
 pub enum WriteError {
     /// No leader took the write in time (an election that does not end,
@@ -72,7 +73,7 @@ pub enum WriteError {
     Raft(String),
 }
 
-/// One voter of the group, as [`MetaNode::status`] reports it.
+/// One voter of the group, as [`Group::status`] reports it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MemberStatus {
     /// The member's id.
@@ -84,7 +85,7 @@ pub struct MemberStatus {
     pub lag: Option<u64>,
 }
 
-/// The metadata group as one node sees it.
+/// A group as one node sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GroupStatus {
     /// This node.
@@ -103,47 +104,42 @@ pub struct GroupStatus {
     pub members: Vec<MemberStatus>,
 }
 
-/// This node's member of the metadata group. Stop it with
-/// [`MetaNode::shutdown`]: its links' tasks hold it otherwise.
-pub struct MetaNode {
+/// This node's member of one consensus group, over the node's shared
+/// peer links and store. Stop it with [`Group::shutdown`].
+pub struct Group {
+    /// Which group.
+    id: GroupId,
     /// The Raft member.
     raft: Raft<TypeConfig>,
-    /// Its state machine, read by the broker.
+    /// Its state machine.
     state: StateMachine,
-    /// The node's peer links.
+    /// The node's peer links (shared with its other groups).
     peers: Peers,
     /// [`Timing::write`].
     write_timeout: Duration,
 }
 
-impl std::fmt::Debug for MetaNode {
+impl std::fmt::Debug for Group {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MetaNode")
-            .field("peers", &self.peers)
-            .finish()
+        f.debug_struct("Group").field("id", &self.id).finish()
     }
 }
 
-impl MetaNode {
-    /// Start this node (`me`) of the cluster `members` (every member's
-    /// peer address, this node's included), accepting peers on
-    /// `listener`, with the group's log and state in `store`; every link
-    /// proves `secret` both ways. The member with the lowest id
-    /// initializes the group on first start; a restarted member finds its
-    /// state in the store.
+impl Group {
+    /// Start this node's member of `group`, whose members are `members`
+    /// (each one's peer address), over `peers`, with its log and state in
+    /// `store`. The member with the lowest id initializes the group on
+    /// first start; a restarted member finds its state in the store.
     pub async fn start(
-        me: NodeId,
-        listener: TcpListener,
+        group: GroupId,
         members: &BTreeMap<NodeId, SocketAddr>,
-        secret: Arc<[u8]>,
+        peers: &Peers,
         store: Store,
         timing: &Timing,
     ) -> Result<Self, ClusterError> {
-        if secret.is_empty() {
-            return Err(ClusterError::Raft("the cluster secret is empty".to_owned()));
-        }
+        let me = peers.me();
         let config = Config {
-            cluster_name: "junction".to_owned(),
+            cluster_name: format!("junction-{group}"),
             heartbeat_interval: millis(timing.heartbeat),
             election_timeout_min: millis(timing.election_min),
             election_timeout_max: millis(timing.election_max),
@@ -152,70 +148,50 @@ impl MetaNode {
         }
         .validate()
         .map_err(|e| ClusterError::Raft(e.to_string()))?;
-        let addrs: HashMap<NodeId, SocketAddr> =
-            members.iter().map(|(id, addr)| (*id, *addr)).collect();
-        let peers = Peers::start(me, listener, &addrs, secret);
-        match Self::start_group(me, members, &peers, store, config).await {
-            Ok((raft, state)) => Ok(Self {
-                raft,
-                state,
-                peers,
-                write_timeout: timing.write,
-            }),
-            Err(e) => {
-                // Nothing keeps running, and the address can be bound again.
-                peers.shutdown().await;
-                Err(e)
-            }
-        }
-    }
-
-    /// Start this node's member of the group over `peers`; the lowest id
-    /// initializes the group on first start.
-    async fn start_group(
-        me: NodeId,
-        members: &BTreeMap<NodeId, SocketAddr>,
-        peers: &Peers,
-        store: Store,
-        config: Config,
-    ) -> Result<(Raft<TypeConfig>, StateMachine), ClusterError> {
-        let state = StateMachine::open(store.clone(), GroupId::META)?;
+        let state = StateMachine::open(store.clone(), group)?;
         let raft = Raft::new(
             me,
             Arc::new(config),
-            Network::new(peers.clone(), GroupId::META),
-            LogStore::new(store, GroupId::META),
+            Network::new(peers.clone(), group),
+            LogStore::new(store, group),
             state.clone(),
         )
         .await
         .map_err(|e| ClusterError::Raft(e.to_string()))?;
-        peers.register(GroupId::META, raft.clone());
+        peers.register(group, raft.clone());
         if members.keys().next() == Some(&me) {
             let nodes: BTreeMap<NodeId, BasicNode> = members
                 .iter()
                 .map(|(id, addr)| (*id, BasicNode::new(addr.to_string())))
                 .collect();
             match raft.initialize(nodes).await {
-                Ok(()) => tracing::info!(me, "initialized the metadata group"),
+                Ok(()) => tracing::info!(me, %group, "initialized the group"),
                 // Already initialized: a restart.
                 Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
                 Err(e) => {
+                    peers.unregister(group);
                     let _ = raft.shutdown().await;
                     return Err(ClusterError::Raft(e.to_string()));
                 }
             }
         }
-        Ok((raft, state))
+        Ok(Self {
+            id: group,
+            raft,
+            state,
+            peers: peers.clone(),
+            write_timeout: timing.write,
+        })
+    }
+
+    /// Which group this is.
+    pub fn id(&self) -> GroupId {
+        self.id
     }
 
     /// The replicated records, as applied on this node.
     pub fn state(&self) -> &StateMachine {
         &self.state
-    }
-
-    /// The node's peer links.
-    pub fn peers(&self) -> &Peers {
-        &self.peers
     }
 
     /// The group's metrics (leader, term, log and applied indexes...).
@@ -256,7 +232,7 @@ impl MetaNode {
                 Ok(Err(Refusal::NotLeader(Some(leader)))) if leader != self.peers.me() => {
                     let left = deadline.saturating_duration_since(Instant::now());
                     let rpc = Rpc::Propose(command.clone());
-                    match self.peers.call(leader, GroupId::META, rpc, left).await {
+                    match self.peers.call(leader, self.id, rpc, left).await {
                         Ok(Reply::Propose(Ok(answer))) => return Ok(answer),
                         Ok(Reply::Propose(Err(Refusal::Failed(e)))) => {
                             return Err(WriteError::Raft(e));
@@ -281,6 +257,7 @@ impl MetaNode {
         let m = self.metrics();
         let last = m.last_log_index;
         let replication = m.replication.as_ref();
+        let linked = self.peers.connected();
         let members = m
             .membership_config
             .membership()
@@ -291,7 +268,7 @@ impl MetaNode {
                     .map(|l| l.map(|l| l.index));
                 MemberStatus {
                     id,
-                    linked: id == m.id || self.peers.connected().contains(&id),
+                    linked: id == m.id || linked.contains(&id),
                     lag: matched
                         .map(|matched| last.unwrap_or(0).saturating_sub(matched.unwrap_or(0))),
                 }
@@ -314,12 +291,106 @@ impl MetaNode {
         }
     }
 
-    /// Stop the member and close the links.
+    /// Stop this member (the node's links stay up for its other groups).
     pub async fn shutdown(&self) {
-        self.peers.unregister(GroupId::META);
+        self.peers.unregister(self.id);
         if let Err(e) = self.raft.shutdown().await {
-            tracing::warn!(error = %e, "metadata group did not stop cleanly");
+            tracing::warn!(error = %e, group = %self.id, "group did not stop cleanly");
         }
+    }
+}
+
+/// This node's member of the metadata group, and the node's peer links.
+/// Stop it with [`MetaNode::shutdown`]: its links' tasks hold it otherwise.
+pub struct MetaNode {
+    /// The metadata group.
+    group: Group,
+    /// The node's peer links.
+    peers: Peers,
+    /// For groups started later over the same links.
+    store: Store,
+    timing: Timing,
+}
+
+impl std::fmt::Debug for MetaNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MetaNode")
+            .field("peers", &self.peers)
+            .finish()
+    }
+}
+
+impl std::ops::Deref for MetaNode {
+    type Target = Group;
+
+    /// The metadata group's state, status and writes.
+    fn deref(&self) -> &Group {
+        &self.group
+    }
+}
+
+impl MetaNode {
+    /// Start this node (`me`) of the cluster `members` (every member's
+    /// peer address, this node's included), accepting peers on
+    /// `listener`, with the group's log and state in `store`; every link
+    /// proves `secret` both ways. The member with the lowest id
+    /// initializes the group on first start; a restarted member finds its
+    /// state in the store.
+    pub async fn start(
+        me: NodeId,
+        listener: TcpListener,
+        members: &BTreeMap<NodeId, SocketAddr>,
+        secret: Arc<[u8]>,
+        store: Store,
+        timing: &Timing,
+    ) -> Result<Self, ClusterError> {
+        if secret.is_empty() {
+            return Err(ClusterError::Raft("the cluster secret is empty".to_owned()));
+        }
+        let addrs: HashMap<NodeId, SocketAddr> =
+            members.iter().map(|(id, addr)| (*id, *addr)).collect();
+        let peers = Peers::start(me, listener, &addrs, secret);
+        match Group::start(GroupId::META, members, &peers, store.clone(), timing).await {
+            Ok(group) => Ok(Self {
+                group,
+                peers,
+                store,
+                timing: timing.clone(),
+            }),
+            Err(e) => {
+                // Nothing keeps running, and the address can be bound again.
+                peers.shutdown().await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Start this node's member of another group over the same links and
+    /// store (its members must be among the node's peers).
+    pub async fn start_group(
+        &self,
+        group: GroupId,
+        members: &BTreeMap<NodeId, SocketAddr>,
+    ) -> Result<Group, ClusterError> {
+        Group::start(
+            group,
+            members,
+            &self.peers,
+            self.store.clone(),
+            &self.timing,
+        )
+        .await
+    }
+
+    /// The node's peer links.
+    pub fn peers(&self) -> &Peers {
+        &self.peers
+    }
+
+    /// Stop the metadata group's member and close the links (stop the
+    /// node's other groups first).
+    pub async fn shutdown(&self) {
+        self.group.shutdown().await;
         self.peers.shutdown().await;
     }
 }
