@@ -56,8 +56,10 @@ class FaultProxy:
 
     def close(self):
         self._stopped.set()
+        with self._lock:
+            threads = list(self._threads)
         self._close_connections()
-        for t in self._threads:
+        for t in threads:
             t.join(timeout=2)
         self.listener.close()
 
@@ -65,13 +67,14 @@ class FaultProxy:
 
     def _close_connections(self):
         with self._lock:
-            sockets, self._sockets = self._sockets, []
+            sockets = list(self._sockets)
+        # Shut down only: each pump ends on it and the later of a pair's
+        # two closes both sockets.
         for s in sockets:
             try:
                 s.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
-            s.close()
 
     def _accept(self):
         while not self._stopped.is_set():
@@ -89,15 +92,21 @@ class FaultProxy:
             except OSError:
                 client.close()
                 continue
-            self.accepted += 1
             for s in (client, upstream):
                 s.settimeout(POLL)
             with self._lock:
+                # A cut (or close) that came while connecting wins.
+                if self.mode == "cut" or self._stopped.is_set():
+                    client.close()
+                    upstream.close()
+                    continue
+                self.accepted += 1
                 self._sockets += [client, upstream]
-            for src, dst in ((client, upstream), (upstream, client)):
-                t = threading.Thread(target=self._pump, args=(src, dst), daemon=True)
-                t.start()
-                self._threads.append(t)
+                self._threads = [t for t in self._threads if t.is_alive()]
+                for src, dst in ((client, upstream), (upstream, client)):
+                    t = threading.Thread(target=self._pump, args=(src, dst), daemon=True)
+                    t.start()
+                    self._threads.append(t)
 
     def _pump(self, src, dst):
         try:
@@ -131,3 +140,11 @@ class FaultProxy:
                     s.shutdown(socket.SHUT_RDWR)
                 except OSError:
                     pass
+            # The other direction's pump ends on the shutdown; whichever
+            # ends second closes for good.
+            with self._lock:
+                for s in (src, dst):
+                    if s in self._sockets:
+                        self._sockets.remove(s)
+                    else:
+                        s.close()

@@ -112,37 +112,57 @@ def test_three_nodes_form_report_survive_kill9_of_the_leader_and_rejoin(make_bro
     by_name = {b.name: b for b in brokers}
 
     # Formed from the config alone: one leader every node agrees on, every
-    # member linked and caught up on it.
-    wait_for("one agreed leader", lambda: agreed_leader(brokers, names))
-    leader = leader_of(brokers[0])
-    listed = sorted(n["name"] for n in nodes(brokers[1]))
-    assert listed == ["junction@n1", "junction@n2", "junction@n3"]
-    for b in brokers:
-        view = own(b)
-        assert view["name"] == f"junction@{b.name}"
-        assert view["cluster"]["role"] == ("leader" if view["name"] == leader else "follower")
-        assert view["cluster"]["peer_address"] == f"127.0.0.1:{b.ports['cluster']}"
-        # The overview names the node the same way.
-        status, overview, _ = api(b, "GET", "/api/overview")
-        assert overview["node"] == view["name"]
+    # member linked and caught up on it, each node naming itself and its
+    # role the same way everywhere. (Checked as one snapshot, again until
+    # it holds, so a spurious election on a loaded machine is waited out.)
+    def formed():
+        agreed = agreed_leader(brokers, names)
+        if agreed is not True:
+            return agreed
+        leader = leader_of(brokers[0])
+        listed = sorted(n["name"] for n in nodes(brokers[1]))
+        if listed != ["junction@n1", "junction@n2", "junction@n3"]:
+            return f"listed {listed}"
+        for b in brokers:
+            view = own(b)
+            role = "leader" if view["name"] == leader else "follower"
+            if view["name"] != f"junction@{b.name}" or view["cluster"]["role"] != role:
+                return f"{b.name} sees itself as {view}"
+            if view["cluster"]["peer_address"] != f"127.0.0.1:{b.ports['cluster']}":
+                return f"{b.name} peer address {view['cluster']['peer_address']}"
+            status, overview, _ = api(b, "GET", "/api/overview")
+            if overview["node"] != view["name"]:
+                return f"overview names {overview['node']}"
+        return True
+
+    wait_for("the cluster formed", formed)
     status, one, _ = api(brokers[2], "GET", "/api/nodes/junction@n1")
     assert status == 200 and one["name"] == "junction@n1"
     assert api(brokers[2], "GET", "/api/nodes/junction@n9")[0] == 404
 
     # `junction cluster status` against the leader: every member, linked,
     # with no lag; as JSON, exactly one member leads.
+    def cli_agrees():
+        leader = leader_of(brokers[0])
+        first = by_name[leader.split("@")[1]]
+        url = ["--url", f"http://127.0.0.1:{first.admin_port}"]
+        table = first.command("cluster", "status", *url).stdout
+        lines = table.splitlines()
+        assert lines[0].split() == ["name", "running", "leader", "lag", "role", "term", "applied"]
+        rows = {line.split()[0]: line.split() for line in lines[1:]}
+        assert sorted(rows) == ["junction@n1", "junction@n2", "junction@n3"], table
+        if not all(r[1] == "true" and r[3] == "0" for r in rows.values()):
+            return table
+        if [n for n, r in rows.items() if r[2] == "true"] != [leader] or rows[leader][4] != "leader":
+            return table
+        as_json = json.loads(first.command("cluster", "status", *url, "--json").stdout)
+        if [n["name"] for n in as_json if n["raft"]["leader"]] != [leader]:
+            return as_json
+        return True
+
+    wait_for("junction cluster status to show the cluster", cli_agrees)
+    leader = leader_of(brokers[0])
     first = by_name[leader.split("@")[1]]
-    url = ["--url", f"http://127.0.0.1:{first.admin_port}"]
-    table = first.command("cluster", "status", *url).stdout
-    lines = table.splitlines()
-    assert lines[0].split() == ["name", "running", "leader", "lag", "role", "term", "applied"]
-    rows = {line.split()[0]: line.split() for line in lines[1:]}
-    assert sorted(rows) == ["junction@n1", "junction@n2", "junction@n3"]
-    assert all(r[1] == "true" and r[3] == "0" for r in rows.values()), table
-    assert [n for n, r in rows.items() if r[2] == "true"] == [leader]
-    assert rows[leader][4] == "leader"
-    as_json = json.loads(first.command("cluster", "status", *url, "--json").stdout)
-    assert [n["name"] for n in as_json if n["raft"]["leader"]] == [leader]
 
     # kill -9 of the leader: the other two elect one of themselves.
     first.kill9()
@@ -155,11 +175,20 @@ def test_three_nodes_form_report_survive_kill9_of_the_leader_and_rejoin(make_bro
     lost = next(n for n in nodes(on_second) if n["name"] == leader)
     assert lost["running"] is False, lost
 
-    # The killed node comes back on its own data directory and follows.
+    # The killed node comes back on its own data directory and follows,
+    # in the leader's term.
     first.start()
-    wait_for("all three together again", lambda: agreed_leader(brokers, names))
-    assert own(first)["cluster"]["role"] == "follower"
-    assert own(first)["cluster"]["term"] >= own(on_second)["cluster"]["term"] - 1
+
+    def back():
+        agreed = agreed_leader(brokers, names)
+        if agreed is not True:
+            return agreed
+        mine, theirs = own(first)["cluster"], own(on_second)["cluster"]
+        if mine["role"] != "follower" or mine["term"] != theirs["term"]:
+            return f"{mine} against {theirs}"
+        return True
+
+    wait_for("all three together again", back)
 
 
 @pytest.mark.deadline(120)
@@ -189,6 +218,11 @@ def test_a_node_without_the_secret_never_links(make_broker, tmp_path):
         ('node_name = "n1"\nnodes = ["n1@127.0.0.1:1", "n1@127.0.0.1:2"]\nsecret_file = "{secret}"', "twice"),
         ('node_name = "n1"\nnodes = ["n1@127.0.0.1:1"]', "secret_file"),
         ('node_name = "n1"\nnodes = ["n1@127.0.0.1:1"]\nsecret_file = "{short}"', "at least 16"),
+        ('node_name = "n/1"\nnodes = ["n/1@127.0.0.1:1"]\nsecret_file = "{secret}"', "letters, digits"),
+        (
+            'node_name = "n1"\nnodes = ["n1@127.0.0.1:1"]\nsecret_file = "{secret}"\nheartbeat_ms = 400',
+            "3 × heartbeat_ms",
+        ),
     ],
 )
 def test_a_bad_cluster_section_stops_the_start_with_its_reason(tmp_path, body, expected):

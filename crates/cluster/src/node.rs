@@ -117,6 +117,8 @@ pub struct Group {
     peers: Peers,
     /// [`Timing::write`].
     write_timeout: Duration,
+    /// Longest wait of one try of a write ([`Timing::election_max`]).
+    attempt: Duration,
 }
 
 impl std::fmt::Debug for Group {
@@ -144,6 +146,10 @@ impl Group {
             election_timeout_min: millis(timing.election_min),
             election_timeout_max: millis(timing.election_max),
             install_snapshot_timeout: millis(timing.install_snapshot),
+            // At most 64 commands of at most 1 MiB each per append: within
+            // the peer frame limit, and a far-behind follower catches up
+            // in calls that fit a heartbeat's deadline more often.
+            max_payload_entries: 64,
             ..Config::default()
         }
         .validate()
@@ -181,6 +187,7 @@ impl Group {
             state,
             peers: peers.clone(),
             write_timeout: timing.write,
+            attempt: timing.election_max,
         })
     }
 
@@ -207,7 +214,14 @@ impl Group {
     /// Propose `command` and wait until a majority has it on disk and it
     /// is applied on the leader. On a follower, the write is forwarded to
     /// the leader over the peer link; during an election it waits for the
-    /// new leader, up to [`Timing::write`].
+    /// new leader, up to [`Timing::write`], each try at most
+    /// [`Timing::election_max`].
+    ///
+    /// A try that times out or loses its link may still have been
+    /// committed, and the next try applies the command again: only
+    /// commands that give the same records applied twice (puts, deletes)
+    /// may be written this way, and the answer's `previous` is then what
+    /// the first application left.
     pub async fn write(&self, command: Command) -> Result<Response, WriteError> {
         let size = match &command {
             Command::Put { key, value } => key.len() + value.len(),
@@ -224,15 +238,23 @@ impl Group {
                 return Err(WriteError::Unavailable(self.write_timeout));
             }
             // A leader that lost its majority waits for it: bounded here.
+            // One try waits at most an election's length: a leader lost
+            // without a word is replaced by then.
+            let attempt = left.min(self.attempt);
             let local =
-                tokio::time::timeout(left, write_locally(&self.raft, command.clone())).await;
+                tokio::time::timeout(attempt, write_locally(&self.raft, command.clone())).await;
             match local {
                 Ok(Ok(answer)) => return Ok(answer),
                 Ok(Err(Refusal::Failed(e))) => return Err(WriteError::Raft(e)),
                 Ok(Err(Refusal::NotLeader(Some(leader)))) if leader != self.peers.me() => {
-                    let left = deadline.saturating_duration_since(Instant::now());
-                    let rpc = Rpc::Propose(command.clone());
-                    match self.peers.call(leader, self.id, rpc, left).await {
+                    let attempt = deadline
+                        .saturating_duration_since(Instant::now())
+                        .min(self.attempt);
+                    let rpc = Rpc::Propose {
+                        command: command.clone(),
+                        within_ms: millis(attempt),
+                    };
+                    match self.peers.call(leader, self.id, rpc, attempt).await {
                         Ok(Reply::Propose(Ok(answer))) => return Ok(answer),
                         Ok(Reply::Propose(Err(Refusal::Failed(e)))) => {
                             return Err(WriteError::Raft(e));
@@ -243,8 +265,9 @@ impl Group {
                         Ok(_) | Err(_) => {}
                     }
                 }
-                // No leader known yet (an election), or a timeout.
-                Ok(Err(Refusal::NotLeader(_))) | Err(_) => {}
+                // No leader known yet (an election), a member stopping, or
+                // a try that ran out of time.
+                Ok(Err(Refusal::NotLeader(_) | Refusal::Later)) | Err(_) => {}
             }
             tokio::time::sleep(pause.min(deadline.saturating_duration_since(Instant::now()))).await;
             pause = (pause * 2).min(RETRY_MAX);

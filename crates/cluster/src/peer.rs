@@ -49,6 +49,13 @@ const SEND_QUEUE: usize = 1024;
 /// Requests from one peer being answered at once; past it the link's
 /// reader waits, which pushes back on the peer.
 pub const REQUESTS_IN_FLIGHT: usize = 256;
+/// Handshakes under way at once; a connection past it is closed at once.
+const HANDSHAKES: usize = 64;
+/// Every link sends a ping this often...
+const PING_EVERY: Duration = Duration::from_secs(1);
+/// ...and drops when it has read nothing for this long (a peer lost to a
+/// power cut or a partition that does not close the connection).
+const LINK_IDLE: Duration = Duration::from_secs(5);
 /// First and longest pause between two dials of a peer that is down.
 const REDIAL_MIN: Duration = Duration::from_millis(50);
 const REDIAL_MAX: Duration = Duration::from_secs(1);
@@ -86,6 +93,8 @@ pub(crate) enum Frame {
         /// The RPC.
         rpc: Box<Rpc>,
     },
+    /// Keeps an idle link known to be alive; answered by nothing.
+    Ping,
     /// The answer to the request with the same id.
     Reply {
         /// The request's id.
@@ -105,7 +114,13 @@ pub(crate) enum Rpc {
     /// One chunk of a snapshot.
     Snapshot(InstallSnapshotRequest<TypeConfig>),
     /// A write proposed on a node that does not lead, for the leader.
-    Propose(Command),
+    Propose {
+        /// The write.
+        command: Command,
+        /// How long the proposer still waits, in milliseconds: the leader
+        /// gives up when it does.
+        within_ms: u64,
+    },
 }
 
 /// The answer to an [`Rpc`].
@@ -121,6 +136,9 @@ pub(crate) enum Reply {
     Propose(Result<Response, Refusal>),
     /// The receiver holds no member of that group.
     NoGroup,
+    /// The receiver is answering as many of this link's requests as it
+    /// takes at once; ask again later.
+    Busy,
 }
 
 /// Why a member did not take a proposed write.
@@ -130,6 +148,9 @@ pub enum Refusal {
     NotLeader(Option<NodeId>),
     /// It leads but the write failed.
     Failed(String),
+    /// It could not answer in time, or its member is stopping; another
+    /// try may succeed.
+    Later,
 }
 
 /// Propose `command` to the local member: the answer once a majority
@@ -143,6 +164,7 @@ pub(crate) async fn write_locally(
         Err(RaftError::APIError(ClientWriteError::ForwardToLeader(to))) => {
             Err(Refusal::NotLeader(to.leader_id))
         }
+        Err(RaftError::Fatal(_)) => Err(Refusal::Later),
         Err(e) => Err(Refusal::Failed(e.to_string())),
     }
 }
@@ -229,6 +251,8 @@ struct Inner {
     next_id: AtomicU64,
     /// The acceptor, dialers, links and request handlers.
     tasks: Mutex<Tasks>,
+    /// Slots for handshakes under way.
+    handshakes: Arc<Semaphore>,
 }
 
 /// A node's peer links. Cheap to clone.
@@ -249,7 +273,8 @@ impl std::fmt::Debug for Peers {
 impl Peers {
     /// Start accepting on `listener` and dialing every peer in `members`
     /// whose id is above `me` (this node itself may be listed). Both ends
-    /// of every link prove they hold `secret`.
+    /// of every link prove they hold `secret` and list the same member
+    /// ids: a node configured with other members never links.
     pub fn start(
         me: NodeId,
         listener: TcpListener,
@@ -260,11 +285,12 @@ impl Peers {
             inner: Arc::new(Inner {
                 me,
                 members: members.keys().copied().collect(),
-                secret,
+                secret: link_key(&secret, members.keys().copied()),
                 links: Mutex::new(HashMap::new()),
                 groups: RwLock::new(HashMap::new()),
                 next_id: AtomicU64::new(1),
                 tasks: Mutex::new(Tasks::default()),
+                handshakes: Arc::new(Semaphore::new(HANDSHAKES)),
             }),
         };
         let acceptor = peers.clone();
@@ -378,11 +404,16 @@ impl Peers {
                     continue;
                 }
             };
+            let Ok(slot) = Arc::clone(&self.inner.handshakes).try_acquire_owned() else {
+                tracing::warn!("peer connection closed: {HANDSHAKES} handshakes under way");
+                continue;
+            };
             let peers = self.clone();
             self.spawn(async move {
                 let _ = stream.set_nodelay(true);
                 let welcomed =
                     tokio::time::timeout(HANDSHAKE_TIMEOUT, peers.welcome(&mut stream)).await;
+                drop(slot);
                 match welcomed {
                     Ok(Ok(from)) => peers.run(from, stream).await,
                     Ok(Err(e)) => tracing::warn!(error = %e, "peer link refused"),
@@ -416,7 +447,7 @@ impl Peers {
             &proof,
         ) {
             return Err(std::io::Error::other(format!(
-                "node {from} does not hold the cluster secret"
+                "node {from} does not hold the cluster secret or lists other members"
             )));
         }
         let proof = prove(&self.inner.secret, WELCOME_LABEL, &nonce, me, from);
@@ -449,7 +480,7 @@ impl Peers {
         };
         if !verify(&self.inner.secret, WELCOME_LABEL, &mine, peer, me, &proof) {
             return Err(std::io::Error::other(format!(
-                "node {peer} does not hold the cluster secret"
+                "node {peer} does not hold the cluster secret or lists other members"
             )));
         }
         Ok(())
@@ -516,21 +547,50 @@ impl Peers {
             Ok::<(), std::io::Error>(())
         };
         let slots = Arc::new(Semaphore::new(REQUESTS_IN_FLIGHT));
+        let ping = {
+            let tx = link.tx.clone();
+            async move {
+                let ping =
+                    records::encode("peer ping", &Frame::Ping).map_err(std::io::Error::other)?;
+                loop {
+                    tokio::time::sleep(PING_EVERY).await;
+                    // A full queue is traffic enough.
+                    if let Err(mpsc::error::TrySendError::Closed(_)) = tx.try_send(ping.clone()) {
+                        return Ok::<(), std::io::Error>(());
+                    }
+                }
+            }
+        };
         let read = async {
             loop {
-                match read_frame(&mut reader, MAX_FRAME_BYTES).await? {
+                let frame =
+                    tokio::time::timeout(LINK_IDLE, read_frame(&mut reader, MAX_FRAME_BYTES))
+                        .await
+                        .map_err(|_| {
+                            std::io::Error::other(format!("nothing read for {LINK_IDLE:?}"))
+                        })??;
+                match frame {
+                    Frame::Ping => {}
                     Frame::Reply { id, reply } => {
                         if let Some(waiter) = link.pending.lock().remove(&id) {
                             let _ = waiter.send(*reply);
                         }
                     }
                     Frame::Request { id, group, rpc } => {
-                        let slot = Arc::clone(&slots)
-                            .acquire_owned()
-                            .await
-                            .map_err(std::io::Error::other)?;
-                        let raft = self.inner.groups.read().get(&group).cloned();
                         let tx = link.tx.clone();
+                        // Never wait here: replies to this node's own calls
+                        // come on the same link and must still be read.
+                        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+                            let busy = Frame::Reply {
+                                id,
+                                reply: Box::new(Reply::Busy),
+                            };
+                            if let Ok(frame) = records::encode("peer reply", &busy) {
+                                let _ = tx.try_send(frame);
+                            }
+                            continue;
+                        };
+                        let raft = self.inner.groups.read().get(&group).cloned();
                         self.spawn(async move {
                             let reply = match raft {
                                 Some(raft) => answer(&raft, *rpc).await,
@@ -560,6 +620,7 @@ impl Peers {
         let outcome = tokio::select! {
             r = write => r,
             r = read => r,
+            r = ping => r,
             () = link.replaced.notified() => Ok(()),
         };
         if let Err(e) = outcome {
@@ -581,7 +642,11 @@ async fn answer(raft: &Raft<TypeConfig>, rpc: Rpc) -> Reply {
         Rpc::Append(rpc) => Reply::Append(raft.append_entries(rpc).await),
         Rpc::Vote(rpc) => Reply::Vote(raft.vote(rpc).await),
         Rpc::Snapshot(rpc) => Reply::Snapshot(raft.install_snapshot(rpc).await),
-        Rpc::Propose(command) => Reply::Propose(write_locally(raft, command).await),
+        Rpc::Propose { command, within_ms } => {
+            let within = Duration::from_millis(within_ms);
+            let answer = tokio::time::timeout(within, write_locally(raft, command)).await;
+            Reply::Propose(answer.unwrap_or(Err(Refusal::Later)))
+        }
     }
 }
 
@@ -596,6 +661,23 @@ fn nonce() -> std::io::Result<[u8; 32]> {
     let mut nonce = [0; 32];
     getrandom::fill(&mut nonce).map_err(|e| std::io::Error::other(e.to_string()))?;
     Ok(nonce)
+}
+
+/// The key links prove: the cluster secret, then the SHA-256 of the
+/// member ids in order, so that two nodes configured with different
+/// members cannot link (a Raft group must start from one member list).
+fn link_key(secret: &[u8], members: impl Iterator<Item = NodeId>) -> Arc<[u8]> {
+    use sha2::Digest;
+    let mut ids: Vec<NodeId> = members.collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let mut digest = Sha256::new();
+    for id in ids {
+        digest.update(id.to_be_bytes());
+    }
+    let mut key = secret.to_vec();
+    key.extend_from_slice(&digest.finalize());
+    key.into()
 }
 
 /// The MAC of `label`, `nonce`, the prover's id and the verifier's id.

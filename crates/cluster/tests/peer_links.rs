@@ -91,3 +91,22 @@ async fn a_stranger_gets_a_challenge_and_is_cut_off() {
     p1.shutdown().await;
     p2.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_listing_other_members_never_link() {
+    let l1 = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let l2 = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let two: HashMap<u64, _> =
+        [(1, l1.local_addr().unwrap()), (2, l2.local_addr().unwrap())].into();
+    // Node 2 also lists a node 3 (nowhere): same secret, other members.
+    let mut three = two.clone();
+    three.insert(3, "127.0.0.1:9".parse().unwrap());
+    let secret: Arc<[u8]> = Arc::from(&b"same"[..]);
+    let p1 = Peers::start(1, l1, &two, Arc::clone(&secret));
+    let p2 = Peers::start(2, l2, &three, secret);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(p1.connected(), Vec::<u64>::new());
+    assert_eq!(p2.connected(), Vec::<u64>::new());
+    p1.shutdown().await;
+    p2.shutdown().await;
+}

@@ -277,7 +277,6 @@ pub enum QueuesAction {
     },
 }
 
-/// `junction exchanges list`, `junction bindings list`.
 /// `junction cluster ...`.
 #[derive(Debug, Clone, PartialEq, Eq, Subcommand)]
 pub enum ClusterAction {
@@ -288,6 +287,7 @@ pub enum ClusterAction {
     Status,
 }
 
+/// `junction exchanges list`, `junction bindings list`.
 #[derive(Debug, Clone, PartialEq, Eq, Subcommand)]
 pub enum ListAction {
     /// List them.

@@ -5,18 +5,20 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use junction_cluster::{MetaNode, NodeId, Timing, node_id};
 use junction_store::Store;
 use serde_json::{Value, json};
+use tokio::sync::OnceCell;
 
 use crate::config::ClusterConfig;
 use crate::run::ServerError;
 
 /// Shortest shared secret accepted.
 const MIN_SECRET_BYTES: usize = 16;
+/// Longest wait for the member to stop at shutdown.
+const SHUTDOWN_WITHIN: Duration = Duration::from_secs(10);
 
 /// This node's place in its cluster.
 pub struct Cluster {
@@ -28,8 +30,8 @@ pub struct Cluster {
     names: BTreeMap<NodeId, String>,
     /// This node's peer listener.
     addr: SocketAddr,
-    /// Set by the first shutdown.
-    stopped: AtomicBool,
+    /// The one shutdown every caller waits for.
+    stopped: OnceCell<()>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -93,7 +95,7 @@ impl Cluster {
             me,
             names,
             addr,
-            stopped: AtomicBool::new(false),
+            stopped: OnceCell::new(),
         }))
     }
 
@@ -116,6 +118,7 @@ impl Cluster {
     /// member, each with its view of the metadata group.
     pub fn nodes_json(&self, mut local: Value) -> Vec<Value> {
         let status = self.node.status();
+        let linked = self.node.peers().connected();
         let leader = status
             .leader
             .and_then(|id| self.names.get(&id))
@@ -147,8 +150,9 @@ impl Cluster {
                     "name": display_name(name),
                     "type": "disc",
                     // Linked to this node now (a member this node cannot
-                    // reach shows false, whatever its state).
-                    "running": member.is_some_and(|m| m.linked),
+                    // reach shows false, whatever its state; links notice a
+                    // silent peer within seconds).
+                    "running": linked.contains(id),
                     "raft": raft,
                 }));
             }
@@ -156,17 +160,34 @@ impl Cluster {
         out
     }
 
-    /// Stop the member and its links. Idempotent.
+    /// Stop the member and its links. Idempotent: a second caller waits
+    /// for the first's shutdown to end.
     pub async fn shutdown(&self) {
-        if !self.stopped.swap(true, Ordering::AcqRel) {
-            self.node.shutdown().await;
-        }
+        self.stopped
+            .get_or_init(|| async {
+                if tokio::time::timeout(SHUTDOWN_WITHIN, self.node.shutdown())
+                    .await
+                    .is_err()
+                {
+                    tracing::warn!("the cluster member did not stop within {SHUTDOWN_WITHIN:?}");
+                }
+            })
+            .await;
     }
 }
 
 /// The shared secret: the file's bytes without a trailing newline.
 fn read_secret(config: &ClusterConfig) -> Result<Vec<u8>, String> {
+    use std::os::unix::fs::PermissionsExt;
     let path = &config.secret_file;
+    if let Ok(meta) = std::fs::metadata(path)
+        && meta.permissions().mode() & 0o077 != 0
+    {
+        tracing::warn!(
+            file = %path.display(),
+            "the cluster secret file can be read by other users (chmod 600 it)"
+        );
+    }
     let mut secret = std::fs::read(path)
         .map_err(|e| format!("cannot read [cluster] secret_file {}: {e}", path.display()))?;
     while secret.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
@@ -180,4 +201,28 @@ fn read_secret(config: &ClusterConfig) -> Result<Vec<u8>, String> {
         ));
     }
     Ok(secret)
+}
+
+/// Stops a started cluster member if the server's start fails after it
+/// (nothing else would: its links' tasks keep it alive).
+pub struct StartGuard(Option<Arc<Cluster>>);
+
+impl StartGuard {
+    /// Guard `cluster` until [`StartGuard::disarm`].
+    pub fn new(cluster: Option<Arc<Cluster>>) -> Self {
+        Self(cluster)
+    }
+
+    /// The start succeeded: the server stops the cluster from now on.
+    pub fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for StartGuard {
+    fn drop(&mut self) {
+        if let Some(cluster) = self.0.take() {
+            tokio::spawn(async move { cluster.shutdown().await });
+        }
+    }
 }

@@ -87,10 +87,12 @@ pub struct ClusterConfig {
     pub nodes: Vec<String>,
     /// A file holding the cluster's shared secret (at least 16 bytes, the
     /// same on every node; a trailing newline is not part of it). Peer
-    /// links prove it both ways; they are not encrypted.
+    /// links prove it both ways when they open; what follows is neither
+    /// encrypted nor authenticated.
     pub secret_file: PathBuf,
     /// Milliseconds between a leader's heartbeats (also the deadline of
-    /// one replication call).
+    /// one replication call); at most a third of
+    /// `election_timeout_min_ms`.
     pub heartbeat_ms: u64,
     /// A follower that hears no leader for a random time between these
     /// two (milliseconds) starts an election.
@@ -135,8 +137,14 @@ impl ClusterConfig {
             let addr = addr
                 .parse()
                 .map_err(|_| format!("[cluster] nodes: {addr:?} in {entry:?} is not ip:port"))?;
-            if name.is_empty() {
-                return Err(format!("[cluster] nodes: {entry:?} has no name"));
+            if name.is_empty()
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            {
+                return Err(format!(
+                    "[cluster] nodes: {entry:?}: a name is letters, digits, '-', '_' and '.'"
+                ));
             }
             let id = junction_cluster::node_id(name);
             if let Some(other) = members
@@ -163,7 +171,7 @@ impl ClusterConfig {
     }
 
     /// Checks the section when it is enabled.
-    fn validate(&self, in_memory: bool) -> Result<(), String> {
+    pub fn validate(&self, in_memory: bool) -> Result<(), String> {
         if !self.enabled {
             return Ok(());
         }
@@ -174,14 +182,13 @@ impl ClusterConfig {
         if self.secret_file.as_os_str().is_empty() {
             return Err("[cluster] secret_file must name the shared secret's file".to_owned());
         }
+        // Three heartbeats fit in the shortest election timeout, so a late
+        // heartbeat alone does not start an election.
         if !(self.heartbeat_ms > 0
-            && self.heartbeat_ms < self.election_timeout_min_ms
+            && self.heartbeat_ms.saturating_mul(3) <= self.election_timeout_min_ms
             && self.election_timeout_min_ms < self.election_timeout_max_ms)
         {
-            return Err(
-                "[cluster] needs 0 < heartbeat_ms < election_timeout_min_ms < election_timeout_max_ms"
-                    .to_owned(),
-            );
+            return Err("[cluster] needs 0 < 3 × heartbeat_ms <= election_timeout_min_ms < election_timeout_max_ms".to_owned());
         }
         Ok(())
     }

@@ -498,15 +498,16 @@ impl Server {
         )
         .await?;
         let cluster = if config.cluster.enabled {
-            if config.broker.in_memory {
-                return Err(ServerError::Cluster(
-                    "needs a data directory: in_memory is on".to_owned(),
-                ));
-            }
+            // Again here: flags (--in-memory) apply after the file's checks.
+            config
+                .cluster
+                .validate(config.broker.in_memory)
+                .map_err(ServerError::Cluster)?;
             Some(crate::cluster::Cluster::start(&config.cluster, broker.store().clone()).await?)
         } else {
             None
         };
+        let cluster_guard = crate::cluster::StartGuard::new(cluster.clone());
         // Queue policies: kept beside the store, applied to every queue.
         let policies_file =
             (!config.broker.in_memory).then(|| config.broker.data_dir.join("policies.json"));
@@ -749,6 +750,7 @@ impl Server {
                 junction_stomp::serve_connection,
             );
         }
+        cluster_guard.disarm();
         ready.store(true, Ordering::Release);
         tracing::info!(
             data_dir = %config.broker.data_dir.display(),
