@@ -265,6 +265,15 @@ def proxied_cluster(make_broker, tmp_path):
             p.close()
 
 
+def settled(brokers):
+    """Wait for one agreed leader with every member caught up; the
+    leader's name and its broker."""
+    names = [b.name for b in brokers]
+    wait_for("one agreed leader", lambda: agreed_leader(brokers, names))
+    leader = leader_of(brokers[0])
+    return leader, next(b for b in brokers if f"junction@{b.name}" == leader)
+
+
 def links_of(proxies, name):
     """Every proxy on a link to or from `name`."""
     return [p for (x, y), p in proxies.items() if name in (x, y)]
@@ -274,9 +283,7 @@ def links_of(proxies, name):
 def test_a_partitioned_leader_loses_the_group_and_follows_after_the_heal(proxied_cluster):
     brokers, proxies = proxied_cluster
     names = [b.name for b in brokers]
-    wait_for("one agreed leader", lambda: agreed_leader(brokers, names))
-    leader = leader_of(brokers[0])
-    old = next(b for b in brokers if f"junction@{b.name}" == leader)
+    leader, old = settled(brokers)
     # Every pair's link crosses a proxy (the lower id dials, so one of the
     # two directions carries it).
     for x in names:
@@ -311,9 +318,7 @@ def test_a_partitioned_leader_loses_the_group_and_follows_after_the_heal(proxied
 def test_a_follower_cut_off_shows_not_running_and_catches_up_after(proxied_cluster):
     brokers, proxies = proxied_cluster
     names = [b.name for b in brokers]
-    wait_for("one agreed leader", lambda: agreed_leader(brokers, names))
-    leader = leader_of(brokers[0])
-    head = next(b for b in brokers if f"junction@{b.name}" == leader)
+    leader, head = settled(brokers)
     follower = next(b for b in brokers if b is not head)
 
     # Cut: its links close and no new one gets through. The leader sees it

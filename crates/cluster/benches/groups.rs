@@ -12,56 +12,21 @@
 //! Every phase is bounded in time; the machine is shared, so compare
 //! figures of one run with each other, not across runs.
 
-use std::collections::BTreeMap;
+#[path = "../tests/common/mod.rs"]
+mod common;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use junction_cluster::{Command, Group, GroupId, MetaNode, NodeId, Timing};
-use junction_store::{Store, StoreOptions};
-use tokio::net::TcpListener;
+use junction_cluster::{Command, Group, GroupId, Timing};
 
-/// Three nodes and their stores.
-struct Cluster {
-    nodes: BTreeMap<NodeId, MetaNode>,
-    stores: Vec<Store>,
-    members: BTreeMap<NodeId, std::net::SocketAddr>,
-    _dirs: Vec<tempfile::TempDir>,
-}
-
-async fn cluster() -> Cluster {
-    let dirs: Vec<tempfile::TempDir> = (0..3)
-        .map(|_| tempfile::tempdir().expect("temp dir"))
-        .collect();
-    let mut listeners = Vec::new();
-    let mut members = BTreeMap::new();
-    for id in 1..=3u64 {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        members.insert(id, listener.local_addr().expect("addr"));
-        listeners.push((id, listener));
-    }
-    let mut nodes = BTreeMap::new();
-    let mut stores = Vec::new();
-    for ((id, listener), dir) in listeners.into_iter().zip(&dirs) {
-        let store = Store::open_rocksdb(dir.path(), StoreOptions::default()).expect("store");
-        stores.push(store.clone());
-        let secret: Arc<[u8]> = Arc::from(&b"bench-cluster-secret"[..]);
-        let node = MetaNode::start(id, listener, &members, secret, store, &Timing::default())
-            .await
-            .expect("node");
-        nodes.insert(id, node);
-    }
-    Cluster {
-        nodes,
-        stores,
-        members,
-        _dirs: dirs,
-    }
-}
+/// Groups started: each one's member on its leader, and the others.
+type Started = (Vec<Group>, Vec<Group>);
 
 /// Start `count` groups (ids from `first`) on every node; returns each
 /// group's member on the node that leads it once elected.
-async fn groups(c: &Cluster, first: u64, count: u64) -> (Vec<Group>, Vec<Group>) {
+async fn groups(c: &common::Local, first: u64, count: u64) -> Started {
     let mut all = Vec::new();
     for node in c.nodes.values() {
         for g in first..first + count {
@@ -175,7 +140,7 @@ fn cpu_seconds() -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
-fn syncs(c: &Cluster) -> u64 {
+fn syncs(c: &common::Local) -> u64 {
     c.stores.iter().map(|s| s.stats().syncs).sum()
 }
 
@@ -190,40 +155,35 @@ fn main() {
         .build()
         .expect("runtime");
     runtime.block_on(async move {
-        let c = cluster().await;
+        let c = common::start(3, &Timing::default()).await;
         println!("| scenario | writes/s | p50 µs | p99 µs | fsyncs per write (3 nodes) |");
         println!("|---|---:|---:|---:|---:|");
-        let (one, rest_one) = groups(&c, 1, 1).await;
-        for (writers, value) in [(1, 128), (16, 128), (16, 1024)] {
+        // (label, first group id, groups, writers per group, value bytes)
+        let scenarios = [
+            ("1 group, 1 writer, 128 B", 1, 1, 1, 128),
+            ("1 group, 16 writers, 128 B", 1, 1, 16, 128),
+            ("1 group, 16 writers, 1024 B", 1, 1, 16, 1024),
+            ("10 groups, 1 writer each, 128 B", 100, 10, 1, 128),
+            ("100 groups, 1 writer each, 128 B", 1000, 100, 1, 128),
+        ];
+        let mut kept: Vec<(u64, Started)> = Vec::new();
+        for (label, first, count, writers, value) in scenarios {
+            if !kept.iter().any(|(f, _)| *f == first) {
+                kept.push((first, groups(&c, first, count).await));
+            }
+            let led = &kept.iter().find(|(f, _)| *f == first).expect("started").1.0;
             let before = syncs(&c);
-            let (n, lat) = run_writers(&one, writers, value, seconds).await;
+            let (n, lat) = run_writers(led, writers, value, seconds).await;
             let fsyncs = (syncs(&c) - before) as f64 / n.max(1) as f64;
             println!(
-                "| 1 group, {writers} writer(s), {value} B | {} | {} | {} | {fsyncs:.2} |",
+                "| {label} | {} | {} | {} | {fsyncs:.2} |",
                 n / seconds,
                 pct(&lat, 0.5),
                 pct(&lat, 0.99)
             );
         }
-        let mut kept = Vec::new();
-        for (first, count) in [(100, 10), (1000, 100)] {
-            let (led, rest) = groups(&c, first, count).await;
-            let before = syncs(&c);
-            let (n, lat) = run_writers(&led, 1, 128, seconds).await;
-            let fsyncs = (syncs(&c) - before) as f64 / n.max(1) as f64;
-            println!(
-                "| {count} groups, 1 writer each, 128 B | {} | {} | {} | {fsyncs:.2} |",
-                n / seconds,
-                pct(&lat, 0.5),
-                pct(&lat, 0.99)
-            );
-            kept.push((led, rest));
-        }
-        for group in one.iter().chain(&rest_one) {
-            group.shutdown().await;
-        }
-        for (led, rest) in kept {
-            for group in led.iter().chain(&rest) {
+        for (_, (led, rest)) in &kept {
+            for group in led.iter().chain(rest) {
                 group.shutdown().await;
             }
         }

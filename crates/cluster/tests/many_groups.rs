@@ -3,57 +3,28 @@
 //! shares each node's one store, and a write on any member of any group
 //! reaches every member of that group only.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use junction_cluster::{Command, GroupId, MetaNode, NodeId, Timing};
-use junction_store::{Store, StoreOptions};
-use tokio::net::TcpListener;
+use junction_cluster::{Command, GroupId, NodeId, Timing};
 
 const GROUPS: u64 = 24;
 
 fn timing() -> Timing {
-    Timing {
-        heartbeat: Duration::from_millis(100),
-        election_min: Duration::from_millis(500),
-        election_max: Duration::from_millis(1000),
-        install_snapshot: Duration::from_secs(10),
-        write: Duration::from_secs(10),
-    }
+    common::quick_timing(Duration::from_secs(10))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn groups_share_one_link_per_pair_and_one_store_per_node() {
-    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let mut listeners = Vec::new();
-    let mut members = BTreeMap::new();
-    for id in 1..=3u64 {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        members.insert(id, listener.local_addr().unwrap());
-        listeners.push((id, listener));
-    }
-    let mut nodes: BTreeMap<NodeId, MetaNode> = BTreeMap::new();
-    let mut stores = Vec::new();
-    for ((id, listener), dir) in listeners.into_iter().zip(&dirs) {
-        let store = Store::open_rocksdb(dir.path(), StoreOptions::default()).unwrap();
-        stores.push(store.clone());
-        let node = MetaNode::start(
-            id,
-            listener,
-            &members,
-            b"many-groups-secret".as_slice().into(),
-            store,
-            &timing(),
-        )
-        .await
-        .unwrap();
-        nodes.insert(id, node);
-    }
+    let local = common::start(3, &timing()).await;
+    let (nodes, members, stores) = (&local.nodes, &local.members, &local.stores);
     // Every node starts its member of every group.
     let mut groups: BTreeMap<(NodeId, u64), junction_cluster::Group> = BTreeMap::new();
-    for (id, node) in &nodes {
+    for (id, node) in nodes {
         for g in 1..=GROUPS {
-            let group = node.start_group(GroupId(g), &members).await.unwrap();
+            let group = node.start_group(GroupId(g), members).await.unwrap();
             groups.insert((*id, g), group);
         }
     }
@@ -92,7 +63,7 @@ async fn groups_share_one_link_per_pair_and_one_store_per_node() {
     // And each node's store took the appends of its 25 groups in fewer
     // syncs than appends: group commit across groups (each group's append
     // is synced; the committer merges those queued together).
-    for store in &stores {
+    for store in stores {
         let stats = store.stats();
         assert!(
             stats.syncs > 0 && stats.batches > stats.commits,

@@ -3,9 +3,10 @@
 //! to every member, survive losing the leader, and a stopped member
 //! rejoins from its own store and catches up.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use junction_cluster::{
@@ -14,19 +15,9 @@ use junction_cluster::{
 use junction_store::{Store, StoreOptions};
 use tokio::net::TcpListener;
 
-/// Every member's copy of the cluster secret.
-const SECRET: &[u8] = b"three-nodes-test-secret";
-
-/// Short timeouts so elections take about a second here; the heartbeat
-/// is also the append deadline, so it leaves room for a loaded fsync.
+/// Elections in about a second; a write gives up after two.
 fn timing() -> Timing {
-    Timing {
-        heartbeat: Duration::from_millis(100),
-        election_min: Duration::from_millis(500),
-        election_max: Duration::from_millis(1000),
-        install_snapshot: Duration::from_secs(10),
-        write: Duration::from_secs(2),
-    }
+    common::quick_timing(Duration::from_secs(2))
 }
 
 /// Wait up to ten seconds for `check` to hold.
@@ -36,18 +27,6 @@ async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-}
-
-async fn start(
-    id: NodeId,
-    listener: TcpListener,
-    members: &BTreeMap<NodeId, SocketAddr>,
-    dir: &Path,
-) -> MetaNode {
-    let store = Store::open_rocksdb(dir, StoreOptions::default()).expect("open store");
-    MetaNode::start(id, listener, members, SECRET.into(), store, &timing())
-        .await
-        .expect("start node")
 }
 
 /// The one node that leads, once all running nodes agree on it.
@@ -88,19 +67,12 @@ fn put(key: &str, value: &str) -> Command {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_members_replicate_lose_the_leader_and_catch_up_after_a_restart() {
-    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let mut listeners = BTreeMap::new();
-    let mut members = BTreeMap::new();
-    for id in 1..=3u64 {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        members.insert(id, listener.local_addr().unwrap());
-        listeners.insert(id, listener);
-    }
+    let mut local = common::start(3, &timing()).await;
+    let members = local.members.clone();
     let mut nodes = BTreeMap::new();
-    for (id, listener) in listeners {
-        let dir = dirs[id as usize - 1].path();
-        nodes.insert(id, start(id, listener, &members, dir).await);
-    }
+    nodes.append(&mut local.nodes);
+    // A node's store closes with its last handle: only its node keeps one.
+    local.stores.clear();
 
     // A write on the leader reaches every member's state machine.
     let first = leader(&nodes).await;
@@ -184,7 +156,7 @@ async fn three_members_replicate_lose_the_leader_and_catch_up_after_a_restart() 
     .await;
 
     // The stopped member's store holds what it had applied...
-    let dir = dirs[first as usize - 1].path();
+    let dir = local.dir(first);
     {
         let store = Store::open_rocksdb(dir, StoreOptions::default()).unwrap();
         let state = StateMachine::open(store.clone(), GroupId::META).unwrap();
@@ -194,7 +166,8 @@ async fn three_members_replicate_lose_the_leader_and_catch_up_after_a_restart() 
     }
     // ...and it restarts from there and catches up with what it missed.
     let listener = rebind(members[&first]).await;
-    nodes.insert(first, start(first, listener, &members, dir).await);
+    let (back, _) = common::start_node(first, listener, &members, dir, &timing()).await;
+    nodes.insert(first, back);
     eventually("the restarted member caught up", || {
         let s = nodes[&first].state();
         s.get(b"vhost/a").is_none() && s.get(b"vhost/c").as_deref() == Some(&b"3"[..])
