@@ -2,11 +2,14 @@
 (docs/cluster.md): the metadata group forms from the config alone,
 `/api/nodes` and `junction cluster status` show every member and the
 leader, the group survives kill -9 of its leader and takes the killed node
-back from its own data directory, and a node without the secret never
-links. Topology and queues are not replicated yet; nothing here claims
+back from its own data directory, replaces a paused (SIGSTOP) leader that
+then follows when it resumes, survives a partition and a cut link (through
+fault proxies), and a node without the secret never links. Topology and queues are not replicated yet; nothing here claims
 they are."""
 
 import json
+import os
+import signal
 import socket
 import subprocess
 import time
@@ -344,3 +347,47 @@ def test_a_follower_cut_off_shows_not_running_and_catches_up_after(proxied_clust
     for p in proxies.values():
         p.heal()
     wait_for("the follower linked and caught up", lambda: agreed_leader(brokers, names))
+
+
+@pytest.mark.deadline(180)
+def test_a_paused_leader_is_replaced_and_follows_when_it_resumes(make_broker, tmp_path):
+    secret = tmp_path / "cluster.secret"
+    secret.write_text(SECRET)
+    names = ["n1", "n2", "n3"]
+    members = list(zip(names, free_ports(3)))
+    brokers = []
+    for name, _ in members:
+        b = make_broker(extra_config=cluster_toml(name, members, secret))
+        b.name = name
+        brokers.append(b)
+    leader, paused = settled(brokers)
+    survivors = [b for b in brokers if b is not paused]
+
+    # SIGSTOP: the process holds its sockets but answers nothing. The
+    # others stop hearing it, elect one of themselves, and drop its links.
+    os.kill(paused.proc.pid, signal.SIGSTOP)
+    try:
+        wait_for(
+            "a new leader while the old one is paused",
+            lambda: agreed_leader(survivors, [b.name for b in survivors]),
+        )
+        second = leader_of(survivors[0])
+        assert second != leader
+        on_second = next(b for b in survivors if f"junction@{b.name}" == second)
+
+        def dropped():
+            entry = next(n for n in nodes(on_second) if n["name"] == leader)
+            return entry["running"] is False or entry
+
+        wait_for("the paused node's links dropped", dropped)
+    finally:
+        os.kill(paused.proc.pid, signal.SIGCONT)
+
+    # SIGCONT: it wakes in its old term, hears the new one and follows.
+    def rejoined():
+        agreed = agreed_leader(brokers, names)
+        if agreed is not True:
+            return agreed
+        mine = own(paused)["cluster"]
+        return mine["role"] == "follower" or mine
+    wait_for("the resumed node following", rejoined)
