@@ -100,8 +100,9 @@ def leader_of(b):
     return own(b)["cluster"]["leader"]
 
 
-@pytest.mark.deadline(180)
-def test_three_nodes_form_report_survive_kill9_of_the_leader_and_rejoin(make_broker, tmp_path):
+def three_nodes(make_broker, tmp_path):
+    """Three started nodes n1, n2, n3 on 127.0.0.1, each listening for
+    its peers on the port its config names; `b.name` is each one's name."""
     secret = tmp_path / "cluster.secret"
     secret.write_text(SECRET)
     names = ["n1", "n2", "n3"]
@@ -112,6 +113,13 @@ def test_three_nodes_form_report_survive_kill9_of_the_leader_and_rejoin(make_bro
         b.name = name
         assert b.ports["cluster"] == port, b.ports
         brokers.append(b)
+    return brokers
+
+
+@pytest.mark.deadline(180)
+def test_three_nodes_form_report_survive_kill9_of_the_leader_and_rejoin(make_broker, tmp_path):
+    brokers = three_nodes(make_broker, tmp_path)
+    names = [b.name for b in brokers]
     by_name = {b.name: b for b in brokers}
 
     # Formed from the config alone: one leader every node agrees on, every
@@ -351,15 +359,8 @@ def test_a_follower_cut_off_shows_not_running_and_catches_up_after(proxied_clust
 
 @pytest.mark.deadline(180)
 def test_a_paused_leader_is_replaced_and_follows_when_it_resumes(make_broker, tmp_path):
-    secret = tmp_path / "cluster.secret"
-    secret.write_text(SECRET)
-    names = ["n1", "n2", "n3"]
-    members = list(zip(names, free_ports(3)))
-    brokers = []
-    for name, _ in members:
-        b = make_broker(extra_config=cluster_toml(name, members, secret))
-        b.name = name
-        brokers.append(b)
+    brokers = three_nodes(make_broker, tmp_path)
+    names = [b.name for b in brokers]
     leader, paused = settled(brokers)
     survivors = [b for b in brokers if b is not paused]
 

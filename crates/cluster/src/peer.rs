@@ -37,6 +37,10 @@ use crate::types::{Command, GroupId, NodeId, Response, TypeConfig};
 /// the link rather than allocating it; a bigger request is refused before
 /// it is sent (openraft then sends fewer entries at a time).
 pub const MAX_FRAME_BYTES: usize = 64 << 20;
+/// Largest snapshot a peer may send: openraft writes each chunk at the
+/// offset the sender names, so an offset past this would grow the
+/// receiving buffer to it; the link is closed instead.
+pub const MAX_SNAPSHOT_BYTES: u64 = 1 << 30;
 /// Largest frame of the handshake (challenge, hello, welcome).
 const MAX_HANDSHAKE_BYTES: usize = 128;
 /// Time a new connection has to finish the handshake.
@@ -577,6 +581,11 @@ impl Peers {
                         }
                     }
                     Frame::Request { id, group, rpc } => {
+                        if !within_limits(&rpc) {
+                            return Err(std::io::Error::other(
+                                "a snapshot chunk past the snapshot size limit",
+                            ));
+                        }
                         let tx = link.tx.clone();
                         // Never wait here: replies to this node's own calls
                         // come on the same link and must still be read.
@@ -633,6 +642,18 @@ impl Peers {
         drop(links);
         // Dropping the waiters' senders answers their calls with Closed.
         link.pending.lock().clear();
+    }
+}
+
+/// Whether `rpc` stays inside what this node accepts from a peer (a
+/// snapshot chunk ends within [`MAX_SNAPSHOT_BYTES`]).
+fn within_limits(rpc: &Rpc) -> bool {
+    match rpc {
+        Rpc::Snapshot(chunk) => u64::try_from(chunk.data.len())
+            .ok()
+            .and_then(|len| chunk.offset.checked_add(len))
+            .is_some_and(|end| end <= MAX_SNAPSHOT_BYTES),
+        _ => true,
     }
 }
 
@@ -790,6 +811,25 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn a_snapshot_chunk_must_end_within_the_snapshot_limit() {
+        use openraft::{SnapshotMeta, Vote};
+        let chunk = |offset: u64, len: usize| {
+            Rpc::Snapshot(InstallSnapshotRequest {
+                vote: Vote::new(1, 1),
+                meta: SnapshotMeta::default(),
+                offset,
+                data: vec![0; len],
+                done: false,
+            })
+        };
+        assert!(within_limits(&chunk(0, 16)));
+        assert!(within_limits(&chunk(MAX_SNAPSHOT_BYTES - 16, 16)));
+        assert!(!within_limits(&chunk(MAX_SNAPSHOT_BYTES - 15, 16)));
+        assert!(!within_limits(&chunk(u64::MAX, 1)));
+        assert!(!within_limits(&chunk(1 << 40, 0)));
     }
 
     #[test]
