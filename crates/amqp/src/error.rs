@@ -96,7 +96,8 @@ impl From<CoreError> for AmqpError {
             | CoreError::ResourceLocked(t)
             | CoreError::CommandInvalid(t)
             | CoreError::LimitReached(t)
-            | CoreError::NotAllowed(t) => t.clone(),
+            | CoreError::NotAllowed(t)
+            | CoreError::Unavailable(t) => t.clone(),
             other => other.to_string(),
         };
         match code {

@@ -212,7 +212,8 @@ impl Group {
     }
 
     /// Propose `command` and wait until a majority has it on disk and it
-    /// is applied on the leader. On a follower, the write is forwarded to
+    /// is applied on the leader, then until it is applied on this node
+    /// too (within the same deadline). On a follower, the write is forwarded to
     /// the leader over the peer link; during an election it waits for the
     /// new leader, up to [`Timing::write`], each try at most
     /// [`Timing::election_max`].
@@ -223,10 +224,7 @@ impl Group {
     /// may be written this way, and the answer's `previous` is then what
     /// the first application left.
     pub async fn write(&self, command: Command) -> Result<Response, WriteError> {
-        let size = match &command {
-            Command::Put { key, value } => key.len() + value.len(),
-            Command::Delete { key } => key.len(),
-        };
+        let size = command.size();
         if size > MAX_COMMAND_BYTES {
             return Err(WriteError::TooLarge(size));
         }
@@ -244,7 +242,7 @@ impl Group {
             let local =
                 tokio::time::timeout(attempt, write_locally(&self.raft, command.clone())).await;
             match local {
-                Ok(Ok(answer)) => return Ok(answer),
+                Ok(Ok(answer)) => return Ok(self.applied_here(answer, deadline).await),
                 Ok(Err(Refusal::Failed(e))) => return Err(WriteError::Raft(e)),
                 Ok(Err(Refusal::NotLeader(Some(leader)))) if leader != self.peers.me() => {
                     let attempt = deadline
@@ -255,7 +253,9 @@ impl Group {
                         within_ms: millis(attempt),
                     };
                     match self.peers.call(leader, self.id, rpc, attempt).await {
-                        Ok(Reply::Propose(Ok(answer))) => return Ok(answer),
+                        Ok(Reply::Propose(Ok(answer))) => {
+                            return Ok(self.applied_here(answer, deadline).await);
+                        }
                         Ok(Reply::Propose(Err(Refusal::Failed(e)))) => {
                             return Err(WriteError::Raft(e));
                         }
@@ -272,6 +272,20 @@ impl Group {
             tokio::time::sleep(pause.min(deadline.saturating_duration_since(Instant::now()))).await;
             pause = (pause * 2).min(RETRY_MAX);
         }
+    }
+
+    /// `answer`, once its entry is applied on this node too (so that a
+    /// writer reads its own write here), or at `deadline`.
+    async fn applied_here(&self, answer: Response, deadline: Instant) -> Response {
+        let within = deadline.saturating_duration_since(Instant::now());
+        if !self.state.wait_applied(answer.index, within).await {
+            tracing::debug!(
+                group = %self.id,
+                index = answer.index,
+                "a write was committed but is not applied here yet"
+            );
+        }
+        answer
     }
 
     /// Where the group stands, as this node sees it: its role, the leader,

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::io::Cursor;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use junction_store::{Batch, Cf, CommitReceipt, Store};
 use openraft::storage::{RaftStateMachine, Snapshot};
@@ -13,8 +14,9 @@ use openraft::{
     Entry, EntryPayload, ErrorSubject, ErrorVerb, LogId, OptionalSend, RaftSnapshotBuilder,
     SnapshotMeta, StorageError, StoredMembership,
 };
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
 
 use crate::error::ClusterError;
 use crate::records::{self, APPLIED, RECORD, SNAPSHOT};
@@ -94,6 +96,12 @@ pub struct StateMachine {
     built: Arc<AtomicU64>,
     /// Told of each change (the broker applying records to its topology).
     observer: Arc<RwLock<Option<Observer>>>,
+    /// Held while the observer is told anything, so that what it hears is
+    /// in log order (its first reset included).
+    telling: Arc<Mutex<()>>,
+    /// The index of the last entry applied and told, for writers waiting
+    /// to read their own writes here.
+    applied_index: Arc<watch::Sender<u64>>,
 }
 
 impl std::fmt::Debug for StateMachine {
@@ -106,17 +114,94 @@ impl std::fmt::Debug for StateMachine {
 }
 
 impl StateMachine {
-    /// Tell `observer` of every change applied from now on.
+    /// Tell `observer` of every record there is now, as a reset, then of
+    /// every change applied from now on, in log order.
     pub fn observe(&self, observer: Observer) {
-        *self.observer.write() = Some(observer);
+        let _telling = self.telling.lock();
+        let all = {
+            let inner = self.inner.read();
+            *self.observer.write() = Some(Arc::clone(&observer));
+            inner
+                .records
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()
+        };
+        observer(&Change::Reset(all));
     }
 
     /// Hand `changes` to the observer, if there is one.
     fn tell(&self, changes: &[Change]) {
+        if changes.is_empty() {
+            return;
+        }
+        let _telling = self.telling.lock();
         let observer = self.observer.read().clone();
         if let Some(observer) = observer {
             for change in changes {
                 observer(change);
+            }
+        }
+    }
+
+    /// Entries up to `last` are applied and told.
+    fn mark_applied(&self, last: Option<LogId<NodeId>>) {
+        let index = last.map_or(0, |l| l.index);
+        self.applied_index.send_if_modified(|current| {
+            let newer = index > *current;
+            if newer {
+                *current = index;
+            }
+            newer
+        });
+    }
+
+    /// Wait until the entry at `index` is applied here and its changes
+    /// told, up to `within`; false when that did not happen in time.
+    pub async fn wait_applied(&self, index: u64, within: Duration) -> bool {
+        let mut seen = self.applied_index.subscribe();
+        tokio::time::timeout(within, seen.wait_for(|applied| *applied >= index))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    /// Apply one command to `records`, adding its store writes to `batch`
+    /// and, when some observer listens, its changes to `changes`; answer
+    /// the key's previous value (None for a batch).
+    fn apply_command(
+        &self,
+        records: &mut BTreeMap<Vec<u8>, Vec<u8>>,
+        batch: &mut Batch,
+        mut changes: Option<&mut Vec<Change>>,
+        command: Command,
+    ) -> Option<Vec<u8>> {
+        match command {
+            Command::Put { key, value } => {
+                batch.put(
+                    Cf::Raft,
+                    records::record_key(self.group, &key),
+                    value.clone(),
+                );
+                if let Some(changes) = changes {
+                    changes.push(Change::Put {
+                        key: key.clone(),
+                        value: value.clone(),
+                    });
+                }
+                records.insert(key, value)
+            }
+            Command::Delete { key } => {
+                batch.delete(Cf::Raft, records::record_key(self.group, &key));
+                if let Some(changes) = changes {
+                    changes.push(Change::Delete { key: key.clone() });
+                }
+                records.remove(&key)
+            }
+            Command::Batch(all) => {
+                for command in all {
+                    self.apply_command(records, batch, changes.as_deref_mut(), command);
+                }
+                None
             }
         }
     }
@@ -133,12 +218,15 @@ impl StateMachine {
             records.insert(key[prefix.len()..].to_vec(), value.to_vec());
             true
         })?;
+        let index = applied.last_applied.map_or(0, |l| l.index);
         Ok(Self {
             store,
             group,
             inner: Arc::new(RwLock::new(Inner { applied, records })),
             built: Arc::new(AtomicU64::new(0)),
             observer: Arc::new(RwLock::new(None)),
+            telling: Arc::new(Mutex::new(())),
+            applied_index: Arc::new(watch::Sender::new(index)),
         })
     }
 
@@ -256,63 +344,51 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     {
         let mut batch = Batch::new();
         let mut responses = Vec::new();
-        let observed = self.observer.read().is_some();
         let mut changes = Vec::new();
-        let receipt = {
+        let (receipt, last) = {
             let mut inner = self.inner.write();
+            // Read under the records' lock: an observer set after this
+            // batch's changes is given them in its first reset instead.
+            let observed = self.observer.read().is_some();
             for entry in entries {
                 inner.applied.last_applied = Some(entry.log_id);
-                let response = match entry.payload {
-                    EntryPayload::Blank => Response::default(),
+                let previous = match entry.payload {
+                    EntryPayload::Blank => None,
                     EntryPayload::Membership(membership) => {
                         inner.applied.membership =
                             StoredMembership::new(Some(entry.log_id), membership);
-                        Response::default()
+                        None
                     }
-                    EntryPayload::Normal(Command::Put { key, value }) => {
-                        batch.put(
-                            Cf::Raft,
-                            records::record_key(self.group, &key),
-                            value.clone(),
-                        );
-                        if observed {
-                            changes.push(Change::Put {
-                                key: key.clone(),
-                                value: value.clone(),
-                            });
-                        }
-                        Response {
-                            previous: inner.records.insert(key, value),
-                        }
-                    }
-                    EntryPayload::Normal(Command::Delete { key }) => {
-                        batch.delete(Cf::Raft, records::record_key(self.group, &key));
-                        if observed {
-                            changes.push(Change::Delete { key: key.clone() });
-                        }
-                        Response {
-                            previous: inner.records.remove(&key),
-                        }
-                    }
+                    EntryPayload::Normal(command) => self.apply_command(
+                        &mut inner.records,
+                        &mut batch,
+                        observed.then_some(&mut changes),
+                        command,
+                    ),
                 };
-                responses.push(response);
+                responses.push(Response {
+                    previous,
+                    index: entry.log_id.index,
+                });
             }
             // Not synced: the entries are already on disk in the log, and a
             // restart re-applies whatever the store lost past the last sync.
             // Submitted under the lock, in the order of the changes.
-            records::encode("applied state", &inner.applied).and_then(|value| {
+            let receipt = records::encode("applied state", &inner.applied).and_then(|value| {
                 batch.put(
                     Cf::Raft,
                     records::state_key(self.group, APPLIED).to_vec(),
                     value,
                 );
                 self.submit(batch, false)
-            })
+            });
+            (receipt, inner.applied.last_applied)
         };
         let wait = async { Ok::<(), ClusterError>(receipt?.await?) };
         wait.await
             .map_err(|e| e.storage(ErrorSubject::StateMachine, ErrorVerb::Write))?;
         self.tell(&changes);
+        self.mark_applied(last);
         Ok(responses)
     }
 
@@ -385,6 +461,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .map_err(|e| e.storage(subject, ErrorVerb::Write))?;
         let all = self.scan(b"");
         self.tell(&[Change::Reset(all)]);
+        self.mark_applied(meta.last_log_id);
         Ok(())
     }
 
@@ -450,11 +527,16 @@ mod tests {
                 .collect::<Vec<_>>(),
             vec![None, None, Some(b"1".to_vec()), Some(b"2".to_vec())]
         );
-        assert_eq!(*applied_when_told.lock(), vec![Some(4); 4]);
+        // The first reset (nothing applied yet), then the batch's changes.
+        assert_eq!(
+            *applied_when_told.lock(),
+            vec![None, Some(4), Some(4), Some(4), Some(4)]
+        );
         let snapshot = sm.build_snapshot().await.unwrap();
         assert_eq!(
             *seen.lock(),
             vec![
+                Change::Reset(Vec::new()),
                 Change::Put {
                     key: b"a".to_vec(),
                     value: b"1".to_vec()
@@ -485,8 +567,13 @@ mod tests {
             .unwrap();
         assert_eq!(
             *heard.lock(),
-            vec![Change::Reset(vec![(b"b".to_vec(), b"3".to_vec())])]
+            vec![
+                Change::Reset(vec![(b"z".to_vec(), b"9".to_vec())]),
+                Change::Reset(vec![(b"b".to_vec(), b"3".to_vec())])
+            ]
         );
+        assert!(other.wait_applied(4, Duration::ZERO).await);
+        assert!(!other.wait_applied(5, Duration::from_millis(10)).await);
         assert_eq!(other.get(b"z"), None);
         assert_eq!(other.last_applied().map(|l| l.index), Some(4));
     }

@@ -57,6 +57,20 @@ pub enum Command {
         /// The record's key.
         key: Vec<u8>,
     },
+    /// These commands, in order, as one entry: every member applies all
+    /// of them or none (a queue's record with its bindings).
+    Batch(Vec<Command>),
+}
+
+impl Command {
+    /// Bytes of keys and values it carries.
+    pub fn size(&self) -> usize {
+        match self {
+            Command::Put { key, value } => key.len() + value.len(),
+            Command::Delete { key } => key.len(),
+            Command::Batch(all) => all.iter().map(Command::size).sum(),
+        }
+    }
 }
 
 impl fmt::Display for Command {
@@ -71,6 +85,7 @@ impl fmt::Display for Command {
                 )
             }
             Command::Delete { key } => write!(f, "delete {}", String::from_utf8_lossy(key)),
+            Command::Batch(all) => write!(f, "batch of {}", all.len()),
         }
     }
 }
@@ -79,8 +94,11 @@ impl fmt::Display for Command {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Response {
     /// The value the command's key held before it was applied (None for
-    /// entries that carry no command, and for keys that were absent).
+    /// entries that carry no command, for batches, and for keys that were
+    /// absent).
     pub previous: Option<Vec<u8>>,
+    /// The log index of the entry.
+    pub index: u64,
 }
 
 openraft::declare_raft_types!(

@@ -80,12 +80,20 @@ async fn three_members_replicate_lose_the_leader_and_catch_up_after_a_restart() 
         .write(put("vhost/a", "1"))
         .await
         .expect("write");
-    assert_eq!(answer, Response { previous: None });
+    assert_eq!(answer.previous, None);
+    assert!(answer.index > 0, "{answer:?}");
+    let first_index = answer.index;
     let answer = nodes[&first]
         .write(put("vhost/a", "2"))
         .await
         .expect("write");
-    assert_eq!(answer.previous.as_deref(), Some(&b"1"[..]));
+    assert_eq!(
+        answer,
+        Response {
+            previous: Some(b"1".to_vec()),
+            index: first_index + 1
+        }
+    );
     eventually("the write on every member", || {
         nodes
             .values()
@@ -104,12 +112,30 @@ async fn three_members_replicate_lose_the_leader_and_catch_up_after_a_restart() 
     }
 
     // A write on a follower is forwarded to the leader and answered once
-    // committed there.
+    // committed there and applied on the follower too.
     let follower = *nodes.keys().find(|id| **id != first).unwrap();
     let answer = nodes[&follower].write(put("vhost/b", "x")).await;
+    assert_eq!(answer.expect("forwarded write").previous, None);
     assert_eq!(
-        answer.expect("forwarded write"),
-        Response { previous: None }
+        nodes[&follower].state().get(b"vhost/b").as_deref(),
+        Some(&b"x"[..])
+    );
+    // A batch is one entry: all of it or none, in order.
+    let answer = nodes[&follower]
+        .write(Command::Batch(vec![
+            put("vhost/d", "1"),
+            put("vhost/e", "2"),
+            Command::Delete {
+                key: b"vhost/d".to_vec(),
+            },
+        ]))
+        .await
+        .expect("batch");
+    assert_eq!(answer.previous, None);
+    assert_eq!(nodes[&follower].state().get(b"vhost/d"), None);
+    assert_eq!(
+        nodes[&follower].state().get(b"vhost/e").as_deref(),
+        Some(&b"2"[..])
     );
     eventually("the forwarded write on every member", || {
         nodes

@@ -35,6 +35,10 @@ pub enum CoreError {
     /// The broker is shutting down.
     #[error("broker is shutting down")]
     ShuttingDown,
+    /// 541 INTERNAL_ERROR: the cluster did not commit a change in time (no
+    /// majority of nodes reachable).
+    #[error("cluster unavailable: {0}")]
+    Unavailable(String),
     /// 541 INTERNAL_ERROR: the store failed.
     #[error("store failure: {0}")]
     Store(#[from] StoreError),
@@ -55,7 +59,7 @@ impl CoreError {
             CoreError::CommandInvalid(_) => 503,
             CoreError::NotAllowed(_) => 530,
             CoreError::ShuttingDown => 320,
-            CoreError::Store(_) | CoreError::Corrupt(_) => 541,
+            CoreError::Store(_) | CoreError::Corrupt(_) | CoreError::Unavailable(_) => 541,
         }
     }
 }

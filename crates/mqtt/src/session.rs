@@ -716,16 +716,22 @@ impl Session {
     }
 }
 
+/// How the queue of every session's name starts.
+pub const SESSION_QUEUE_PREFIX: &str = "mqtt-session-";
+
+/// How the queue of every shared subscription's name starts.
+pub const SHARED_QUEUE_PREFIX: &str = "mqtt-shared-";
+
 /// The queue of the session of `client_id`.
 pub fn session_queue_name(client_id: &str) -> String {
-    format!("mqtt-session-{client_id}")
+    format!("{SESSION_QUEUE_PREFIX}{client_id}")
 }
 
 /// The queue a shared subscription's group consumes from. A share name
 /// holds no `/`, so the first `/` ends it: no two (group, filter) pairs
 /// share a queue.
 pub fn shared_queue_name(group: &str, filter: &str) -> String {
-    format!("mqtt-shared-{group}/{filter}")
+    format!("{SHARED_QUEUE_PREFIX}{group}/{filter}")
 }
 
 #[cfg(test)]

@@ -7,7 +7,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use junction_cluster::{MetaNode, NodeId, Timing, node_id};
+use junction_cluster::{Change, Command, MetaNode, NodeId, Timing, WriteError, node_id};
+use junction_core::{Broker, CoreError, MetaFuture, MetaLog, MetaOp};
 use junction_store::Store;
 use serde_json::{Value, json};
 use tokio::sync::OnceCell;
@@ -88,7 +89,7 @@ impl Cluster {
             node = %config.node_name,
             %addr,
             members = members.len(),
-            "cluster member started (metadata group only: topology and queues are not replicated yet)"
+            "cluster member started (durable topology is replicated; messages are not yet)"
         );
         Ok(Arc::new(Cluster {
             node,
@@ -97,6 +98,25 @@ impl Cluster {
             addr,
             stopped: OnceCell::new(),
         }))
+    }
+
+    /// Make `broker` this node of the cluster: its durable topology
+    /// changes are committed to the metadata group, and every committed
+    /// record (those already applied first, as one reset) is applied to
+    /// it.
+    pub fn attach(self: &Arc<Self>, broker: &Arc<Broker>) {
+        broker.attach_meta_log(Arc::clone(self) as Arc<dyn MetaLog>);
+        let broker = Arc::downgrade(broker);
+        self.node.state().observe(Arc::new(move |change: &Change| {
+            let Some(broker) = broker.upgrade() else {
+                return;
+            };
+            match change {
+                Change::Put { key, value } => broker.apply_replicated(key, Some(value)),
+                Change::Delete { key } => broker.apply_replicated(key, None),
+                Change::Reset(all) => broker.reset_replicated(all),
+            }
+        }));
     }
 
     /// This node's name in the management API.
@@ -173,6 +193,39 @@ impl Cluster {
                 }
             })
             .await;
+    }
+}
+
+impl MetaLog for Cluster {
+    fn commit(&self, ops: Vec<MetaOp>) -> MetaFuture<'_> {
+        Box::pin(async move {
+            let command = Command::Batch(
+                ops.into_iter()
+                    .map(|op| match op {
+                        MetaOp::Put { key, value } => Command::Put { key, value },
+                        MetaOp::Delete { key } => Command::Delete { key },
+                    })
+                    .collect(),
+            );
+            match self.node.write(command).await {
+                Ok(_) => Ok(()),
+                Err(WriteError::Unavailable(within)) => Err(CoreError::Unavailable(format!(
+                    "the cluster did not commit the change within {within:?} (no majority of its nodes is reachable from this one)"
+                ))),
+                Err(WriteError::TooLarge(bytes)) => Err(CoreError::PreconditionFailed(format!(
+                    "a topology change of {bytes} bytes is over the cluster's limit"
+                ))),
+                Err(WriteError::Raft(e)) => Err(CoreError::Unavailable(format!("cluster: {e}"))),
+            }
+        })
+    }
+
+    fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
+        self.node.state().get(key)
+    }
+
+    fn scan(&self, prefix: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
+        self.node.state().scan(prefix)
     }
 }
 

@@ -494,6 +494,15 @@ impl Server {
                 },
                 queue_head_messages: config.broker.queue_head_messages,
                 queue_head_bytes: config.broker.queue_head_bytes,
+                node: config
+                    .cluster
+                    .enabled
+                    .then(|| config.cluster.node_name.clone()),
+                node_local_names: vec![
+                    junction_mqtt::session::SESSION_QUEUE_PREFIX.to_owned(),
+                    junction_mqtt::session::SHARED_QUEUE_PREFIX.to_owned(),
+                    junction_mqtt::convert::SYS_EXCHANGE.to_owned(),
+                ],
             },
         )
         .await?;
@@ -503,7 +512,10 @@ impl Server {
                 .cluster
                 .validate(config.broker.in_memory)
                 .map_err(ServerError::Cluster)?;
-            Some(crate::cluster::Cluster::start(&config.cluster, broker.store().clone()).await?)
+            let cluster =
+                crate::cluster::Cluster::start(&config.cluster, broker.store().clone()).await?;
+            cluster.attach(&broker);
+            Some(cluster)
         } else {
             None
         };

@@ -129,6 +129,7 @@ impl StompError {
             CoreError::ResourceLocked(_) => "resource_locked",
             CoreError::PreconditionFailed(_) | CoreError::LimitReached(_) => "precondition_failed",
             CoreError::ShuttingDown => "broker shutting down",
+            CoreError::Unavailable(_) => "cluster_unavailable",
             _ => "internal_error",
         };
         StompError::new(message).detail(e.to_string())

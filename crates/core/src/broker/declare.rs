@@ -162,7 +162,7 @@ impl Broker {
     }
 
     /// Turns topology changes into store writes for the durable parts.
-    fn persist_changes(&self, vh: &VHost, changes: &[Change], batch: &mut Batch) {
+    pub(crate) fn persist_changes(&self, vh: &VHost, changes: &[Change], batch: &mut Batch) {
         for c in changes {
             match c {
                 Change::ExchangeAdded(d) if d.durable => batch.put(
@@ -191,14 +191,16 @@ impl Broker {
     }
 
     /// A binding survives a restart when its source and destination do.
-    fn binding_is_durable(&self, vh: &VHost, b: &Binding) -> bool {
+    pub(crate) fn binding_is_durable(&self, vh: &VHost, b: &Binding) -> bool {
         let topo = vh.topology.read();
         let source = topo.exchange(&b.source).is_some_and(|x| x.durable);
         let dest = match &b.destination {
             Destination::Exchange(x) => topo.exchange(x).is_some_and(|x| x.durable),
-            Destination::Queue(q) => vh
-                .queue(q)
-                .is_some_and(|q| q.def.durable && q.def.exclusive_owner.is_none()),
+            Destination::Queue(q) => {
+                vh.queue(q)
+                    .is_some_and(|q| q.def.durable && q.def.exclusive_owner.is_none())
+                    || vh.remote.read().contains_key(q)
+            }
         };
         source && dest
     }
@@ -228,7 +230,7 @@ impl Broker {
         if let Some(c) = change {
             self.persist_changes(&vh, &[c], &mut batch);
         }
-        self.write_durably(batch).await
+        self.commit_durably(batch).await
     }
 
     /// `exchange.delete`.
@@ -242,7 +244,7 @@ impl Broker {
         let changes = vh.topology.write().delete_exchange(name, if_unused)?;
         let mut batch = Batch::new();
         self.persist_changes(&vh, &changes, &mut batch);
-        self.write_durably(batch).await
+        self.commit_durably(batch).await
     }
 
     /// The queue `name`, checking that `conn` may use it (exclusive queues
@@ -393,6 +395,28 @@ impl Broker {
             drop(st);
             q.wake.notify_one();
             return Ok(info);
+        } else if let Some(remote) = vh.remote_queue(&def.name) {
+            // A queue of another node: same checks; its counts are not
+            // known here.
+            if !passive {
+                if def.exclusive_owner.is_some() {
+                    return Err(queue_locked(&def.name));
+                }
+                let args = QueueArgs::parse(&def.arguments)?;
+                let current = QueueArgs::parse(&remote.def.arguments).unwrap_or_default();
+                if let Some((arg, why)) = inequivalence(&remote.def, &current, &def, &args) {
+                    return Err(CoreError::PreconditionFailed(format!(
+                        "inequivalent arg '{arg}' for queue '{}' in vhost '{vhost}': {why}",
+                        def.name
+                    )));
+                }
+            }
+            return Ok(QueueInfo {
+                name: def.name,
+                messages: 0,
+                consumers: 0,
+                created: false,
+            });
         } else if passive {
             return Err(CoreError::NotFound(format!(
                 "no queue '{}' in vhost '{vhost}'",
@@ -431,6 +455,7 @@ impl Broker {
         let stored = def.durable && def.exclusive_owner.is_none();
         let q = self.new_queue(id, vhost, def.clone(), args, Instant::now());
         let mut receipt = None;
+        let mut replicated = None;
         {
             let mut queues = vh.queues.write();
             if let Some(existing) = queues.get(&def.name) {
@@ -455,11 +480,13 @@ impl Broker {
             // know (which would delete its entries).
             if stored {
                 let mut batch = Batch::new();
+                let record = records::encode_queue(vhost, id, &def, self.node_name());
                 batch.put(
                     Cf::Meta,
                     records::queue_key(vhost, &def.name),
-                    records::encode_queue(vhost, id, &def),
+                    record.clone(),
                 );
+                replicated = Some(record);
                 receipt = Some(self.store.submit_now(batch, true)?);
             }
             queues.insert(def.name.clone(), Arc::clone(&q));
@@ -474,6 +501,13 @@ impl Broker {
         self.spawn_service(Arc::clone(&q));
         if let Some(r) = receipt {
             r.await?;
+        }
+        if let Some(record) = replicated {
+            self.commit_meta(vec![super::MetaOp::Put {
+                key: records::queue_key(vhost, &def.name),
+                value: record.to_vec(),
+            }])
+            .await?;
         }
         Ok(QueueInfo {
             name: def.name,
@@ -531,7 +565,7 @@ impl Broker {
     /// expiry, exclusive owner gone).
     pub(crate) fn remove_queue(&self, q: &Arc<Queue>) {
         let (batch, _) = self.detach_queue(q);
-        self.write_soon(batch);
+        self.commit_soon(batch);
     }
 
     /// `queue.delete`; returns the number of messages deleted.
@@ -543,6 +577,11 @@ impl Broker {
         if_empty: bool,
         conn: Option<ConnectionId>,
     ) -> Result<u64, CoreError> {
+        if let Some(remote) = self.vhost(vhost)?.remote_queue(name) {
+            return self
+                .delete_remote_queue(vhost, remote, if_unused || if_empty)
+                .await;
+        }
         let q = self.queue_for(vhost, name, conn)?;
         {
             let st = q.state.lock();
@@ -558,8 +597,45 @@ impl Broker {
             }
         }
         let (batch, n) = self.detach_queue(&q);
-        self.write_durably(batch).await?;
+        self.commit_durably(batch).await?;
         Ok(n)
+    }
+
+    /// `queue.delete` of a queue on another node: its record and its
+    /// bindings' go from the cluster, and its node drops it and its
+    /// messages as it applies that. How many messages it held is not
+    /// known here (0 is answered); a conditional delete must be asked of
+    /// the queue's node, which knows its consumers and messages.
+    async fn delete_remote_queue(
+        &self,
+        vhost: &str,
+        remote: super::RemoteQueue,
+        conditional: bool,
+    ) -> Result<u64, CoreError> {
+        let name = &remote.def.name;
+        if conditional {
+            return Err(CoreError::PreconditionFailed(format!(
+                "queue '{name}' in vhost '{vhost}' lives on node {}: delete it there if unused or empty",
+                remote.node
+            )));
+        }
+        let bindings: Vec<super::MetaOp> = {
+            let vh = self.vhost(vhost)?;
+            let topo = vh.topology.read();
+            topo.bindings()
+                .into_iter()
+                .filter(|b| matches!(&b.destination, Destination::Queue(q) if q == name))
+                .map(|b| super::MetaOp::Delete {
+                    key: records::binding_key(vhost, &b),
+                })
+                .collect()
+        };
+        let mut ops = bindings;
+        ops.push(super::MetaOp::Delete {
+            key: records::queue_key(vhost, name),
+        });
+        self.commit_meta(ops).await?;
+        Ok(0)
     }
 
     /// `queue.purge`: drops the ready messages; returns how many.
@@ -586,7 +662,9 @@ impl Broker {
         conn: Option<ConnectionId>,
     ) -> Result<(), CoreError> {
         let vh = self.vhost(vhost)?;
-        if let Destination::Queue(q) = &binding.destination {
+        if let Destination::Queue(q) = &binding.destination
+            && vh.remote_queue(q).is_none()
+        {
             self.queue_for(vhost, q, conn)?;
         }
         let change = {
@@ -611,7 +689,7 @@ impl Broker {
         if let Some(c) = change {
             self.persist_changes(&vh, &[c], &mut batch);
         }
-        self.write_durably(batch).await
+        self.commit_durably(batch).await
     }
 
     /// `queue.unbind` / `exchange.unbind`.
@@ -622,13 +700,15 @@ impl Broker {
         conn: Option<ConnectionId>,
     ) -> Result<(), CoreError> {
         let vh = self.vhost(vhost)?;
-        if let Destination::Queue(q) = &binding.destination {
+        if let Destination::Queue(q) = &binding.destination
+            && vh.remote_queue(q).is_none()
+        {
             self.queue_for(vhost, q, conn)?;
         }
         let changes = vh.topology.write().unbind(binding)?;
         let mut batch = Batch::new();
         self.persist_changes(&vh, &changes, &mut batch);
-        self.write_durably(batch).await
+        self.commit_durably(batch).await
     }
 
     /// Exchange definition lookup (for adapters' passive checks and listings).
@@ -702,6 +782,15 @@ impl Broker {
                 }
             })
             .collect();
+        all.sort_by(|a, b| a.def.name.cmp(&b.def.name));
+        Ok(all)
+    }
+
+    /// The durable queues of a vhost that live on other nodes of the
+    /// cluster, sorted by name (the management API).
+    pub fn remote_queues(&self, vhost: &str) -> Result<Vec<super::RemoteQueue>, CoreError> {
+        let vh = self.vhost(vhost)?;
+        let mut all: Vec<super::RemoteQueue> = vh.remote.read().values().cloned().collect();
         all.sort_by(|a, b| a.def.name.cmp(&b.def.name));
         Ok(all)
     }

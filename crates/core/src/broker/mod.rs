@@ -11,6 +11,7 @@ mod declare;
 mod publish;
 pub(crate) mod records;
 mod recovery;
+mod replica;
 mod vhosts;
 
 use std::collections::HashMap;
@@ -37,6 +38,7 @@ pub use connections::{ConnectionDetails, ConnectionEntry, ConnectionSnapshot};
 pub use consume::{ConsumerHandle, GetOk};
 pub use declare::{ConsumerSummary, QueueInfo, QueueSummary};
 pub use publish::Published;
+pub use replica::{MetaFuture, MetaLog, MetaOp, RemoteQueue};
 pub use vhosts::VhostInfo;
 
 /// Broker-wide settings the core needs.
@@ -59,6 +61,14 @@ pub struct BrokerConfig {
     pub queue_head_messages: usize,
     /// The same bound in body bytes.
     pub queue_head_bytes: u64,
+    /// This node's name in its cluster (`[cluster] node_name`); None
+    /// outside a cluster. Queue records name the node a queue lives on.
+    pub node: Option<String>,
+    /// Queues and exchanges whose names start with one of these stay on
+    /// their node in a cluster, with their bindings: MQTT sessions' queues
+    /// (until the client-id registry is the cluster's), and the `$SYS`
+    /// exchange of each node's own statistics.
+    pub node_local_names: Vec<String>,
 }
 
 impl Default for BrokerConfig {
@@ -71,6 +81,8 @@ impl Default for BrokerConfig {
             limits: Limits::default(),
             queue_head_messages: paging.head_messages,
             queue_head_bytes: paging.head_bytes,
+            node: None,
+            node_local_names: Vec::new(),
         }
     }
 }
@@ -146,6 +158,8 @@ pub struct VHost {
     pub(crate) queues: RwLock<crate::FastMap<String, Arc<Queue>>>,
     /// What the management API says of it.
     pub(crate) info: RwLock<VhostInfo>,
+    /// Durable queues that live on other nodes of the cluster, by name.
+    pub(crate) remote: RwLock<crate::FastMap<String, RemoteQueue>>,
 }
 
 impl VHost {
@@ -155,11 +169,17 @@ impl VHost {
             topology: RwLock::new(Topology::with_builtins()),
             queues: RwLock::new(crate::FastMap::default()),
             info: RwLock::new(VhostInfo::default()),
+            remote: RwLock::new(crate::FastMap::default()),
         }
     }
 
     pub fn queue(&self, name: &str) -> Option<Arc<Queue>> {
         self.queues.read().get(name).cloned()
+    }
+
+    /// The durable queue `name` of another node of the cluster.
+    pub fn remote_queue(&self, name: &str) -> Option<RemoteQueue> {
+        self.remote.read().get(name).cloned()
     }
 
     /// The queues a message published to `exchange` goes to (routing, then
@@ -490,6 +510,12 @@ pub struct Broker {
     queued: Arc<AtomicU64>,
     /// How queues page; its pressure flag is shared by every queue.
     paging: Paging,
+    /// This node's name in its cluster.
+    node: Option<String>,
+    /// See [`BrokerConfig::node_local_names`].
+    node_local_names: Vec<String>,
+    /// The cluster's metadata group, once attached.
+    meta: std::sync::OnceLock<Arc<dyn MetaLog>>,
 }
 
 /// Memory an adapter holds for a client outside any queue (an open AMQP
@@ -589,6 +615,9 @@ impl Broker {
             slow_consumers: AtomicU64::new(0),
             charged: Arc::new(AtomicU64::new(0)),
             queued: Arc::new(AtomicU64::new(0)),
+            node: config.node.clone(),
+            node_local_names: config.node_local_names.clone(),
+            meta: std::sync::OnceLock::new(),
         });
         for v in &config.vhosts {
             broker.add_vhost(v).info.write().configured = true;

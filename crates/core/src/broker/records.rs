@@ -186,23 +186,32 @@ pub fn decode_exchange(data: &[u8]) -> Result<(String, ExchangeDef), CoreError> 
     Ok((vhost, def))
 }
 
-pub fn encode_queue(vhost: &str, id: QueueId, d: &QueueDef) -> Bytes {
+/// A queue's record; `node` is the cluster node it lives on (None outside
+/// a cluster, and in records written before clusters existed).
+pub fn encode_queue(vhost: &str, id: QueueId, d: &QueueDef, node: Option<&str>) -> Bytes {
     let mut w = Writer::record();
     w.str(vhost);
     w.u64(id.0);
     w.str(&d.name);
     w.bool(d.auto_delete);
     w.table(&d.arguments);
+    if node.is_some() {
+        w.opt_str(node);
+    }
     w.finish()
 }
 
-pub fn decode_queue(data: &[u8]) -> Result<(String, QueueId, QueueDef), CoreError> {
+/// A decoded queue record: vhost, id, declaration, node.
+pub type QueueRecord = (String, QueueId, QueueDef, Option<String>);
+
+pub fn decode_queue(data: &[u8]) -> Result<QueueRecord, CoreError> {
     let mut r = Reader::record(data)?;
     let vhost = r.string()?;
     let id = QueueId(r.u64()?);
     let name = r.string()?;
     let auto_delete = r.bool()?;
     let arguments = r.table()?;
+    let node = if r.is_empty() { None } else { r.opt_string()? };
     Ok((
         vhost,
         id,
@@ -213,7 +222,39 @@ pub fn decode_queue(data: &[u8]) -> Result<(String, QueueId, QueueDef), CoreErro
             auto_delete,
             arguments,
         },
+        node,
     ))
+}
+
+/// Reads one length-prefixed string of a key at `at`, returning it and
+/// where the next part starts.
+fn key_part(key: &[u8], at: usize) -> Result<(String, usize), CoreError> {
+    let corrupt = || CoreError::Corrupt("meta key truncated".into());
+    let len = key.get(at..at + 4).ok_or_else(corrupt)?;
+    let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
+    let end = at + 4 + len;
+    let part = key.get(at + 4..end).ok_or_else(corrupt)?;
+    let part = String::from_utf8(part.to_vec())
+        .map_err(|_| CoreError::Corrupt("meta key part is not UTF-8".into()))?;
+    Ok((part, end))
+}
+
+/// The vhost of a [`vhost_key`].
+pub fn decode_vhost_key(key: &[u8]) -> Result<String, CoreError> {
+    key_part(key, 1).map(|(vhost, _)| vhost)
+}
+
+/// The vhost and name of an [`exchange_key`] or a [`queue_key`].
+pub fn decode_name_key(key: &[u8]) -> Result<(String, String), CoreError> {
+    let (vhost, at) = key_part(key, 1)?;
+    let (name, _) = key_part(key, at)?;
+    Ok((vhost, name))
+}
+
+/// The binding record a [`binding_key`] holds after its vhost.
+pub fn binding_record_of_key(key: &[u8]) -> Result<Vec<u8>, CoreError> {
+    let (_, at) = key_part(key, 1)?;
+    Ok(key[at..].to_vec())
 }
 
 pub fn encode_binding(vhost: &str, b: &Binding) -> Vec<u8> {
@@ -319,9 +360,23 @@ mod tests {
         );
         let q = QueueDef::new("q1").argument("x-max-length", FieldValue::I32(5));
         assert_eq!(
-            decode_queue(&encode_queue("/", QueueId(7), &q)).unwrap(),
-            ("/".into(), QueueId(7), q)
+            decode_queue(&encode_queue("/", QueueId(7), &q, None)).unwrap(),
+            ("/".into(), QueueId(7), q.clone(), None)
         );
+        assert_eq!(
+            decode_queue(&encode_queue("/", QueueId(7), &q, Some("n2"))).unwrap(),
+            ("/".into(), QueueId(7), q, Some("n2".into()))
+        );
+        assert_eq!(
+            decode_name_key(&queue_key("/v", "q1")).unwrap(),
+            ("/v".into(), "q1".into())
+        );
+        assert_eq!(
+            decode_name_key(&exchange_key("/", "x")).unwrap(),
+            ("/".into(), "x".into())
+        );
+        assert_eq!(decode_vhost_key(&vhost_key("/v")).unwrap(), "/v");
+        assert!(decode_name_key(&queue_key("/v", "q1")[..7]).is_err());
         let b = Binding {
             source: "amq.topic".into(),
             destination: Destination::Exchange("x2".into()),
@@ -330,7 +385,11 @@ mod tests {
         };
         assert_eq!(
             decode_binding(&encode_binding("/", &b)).unwrap(),
-            ("/".into(), b)
+            ("/".into(), b.clone())
+        );
+        assert_eq!(
+            binding_record_of_key(&binding_key("/", &b)).unwrap(),
+            encode_binding("/", &b)
         );
     }
 

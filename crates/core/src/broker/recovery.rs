@@ -23,14 +23,14 @@ use crate::error::CoreError;
 use crate::exchange::{Binding, ExchangeDef};
 use crate::ids::{MessageId, QueueId};
 use crate::message::Message;
-use crate::queue::args::{QueueArgs, QueueDef};
+use crate::queue::args::QueueArgs;
 use crate::queue::{Body, Entry, Paged};
 
 /// Everything read from the store, not yet applied.
 pub(super) struct Recovered {
     vhosts: Vec<(String, super::VhostInfo)>,
     exchanges: Vec<(String, ExchangeDef)>,
-    queues: Vec<(String, QueueId, QueueDef)>,
+    queues: Vec<records::QueueRecord>,
     bindings: Vec<(String, Binding)>,
     /// Messages read whole: those at the head of a queue, and those whose
     /// entries carry no index.
@@ -206,7 +206,17 @@ pub(super) fn apply(broker: &Arc<Broker>, r: Recovered) -> Result<(), CoreError>
     let now = Instant::now();
     let mut by_id: HashMap<QueueId, Arc<Queue>> = HashMap::new();
     let mut max_queue = 0;
-    for (vhost, id, def) in r.queues {
+    for (vhost, id, def, node) in r.queues {
+        if !broker.owns(node.as_deref()) {
+            // A queue of another node of the cluster.
+            let node = node.unwrap_or_default();
+            broker
+                .add_vhost(&vhost)
+                .remote
+                .write()
+                .insert(def.name.clone(), super::RemoteQueue { def, node });
+            continue;
+        }
         max_queue = max_queue.max(id.0);
         let args = match QueueArgs::parse(&def.arguments) {
             Ok(a) => a,
@@ -230,7 +240,9 @@ pub(super) fn apply(broker: &Arc<Broker>, r: Recovered) -> Result<(), CoreError>
     for (vhost, b) in r.bindings {
         let vh = broker.add_vhost(&vhost);
         let dest_ok = match &b.destination {
-            crate::exchange::Destination::Queue(q) => vh.queue(q).is_some(),
+            crate::exchange::Destination::Queue(q) => {
+                vh.queue(q).is_some() || vh.remote.read().contains_key(q)
+            }
             crate::exchange::Destination::Exchange(_) => true,
         };
         let res = if dest_ok {

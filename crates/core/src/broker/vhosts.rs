@@ -69,7 +69,7 @@ impl Broker {
         };
         let mut batch = Batch::new();
         batch.put(Cf::Meta, records::vhost_key(name), record);
-        self.write_durably(batch).await?;
+        self.commit_durably(batch).await?;
         if created {
             tracing::info!(vhost = name, "vhost created");
         }
@@ -80,8 +80,8 @@ impl Broker {
     /// connections are closed, its queues and their messages, exchanges,
     /// bindings and retained messages go. Durable once this returns.
     pub async fn delete_vhost(&self, name: &str) -> Result<(), CoreError> {
-        let vh = {
-            let mut all = self.vhosts.write();
+        {
+            let all = self.vhosts.read();
             let Some(vh) = all.get(name) else {
                 return Err(CoreError::NotFound(format!("no vhost '{name}'")));
             };
@@ -89,6 +89,38 @@ impl Broker {
                 return Err(CoreError::PreconditionFailed(format!(
                     "vhost '{name}' is one of [broker] vhosts; remove it from the configuration instead"
                 )));
+            }
+        }
+        if let Some(log) = self.meta_log() {
+            // Every node (this one too) takes the vhost down as it applies
+            // the removal of its record; the records of what it held go
+            // from the cluster in the same entry.
+            let mut ops = vec![super::MetaOp::Delete {
+                key: records::vhost_key(name),
+            }];
+            for tag in [TAG_BINDING, TAG_QUEUE, TAG_EXCHANGE] {
+                for (key, _) in log.scan(&records::vhost_prefix(tag, name)) {
+                    ops.push(super::MetaOp::Delete { key });
+                }
+            }
+            return self.commit_meta(ops).await;
+        }
+        let Some(batch) = self.take_vhost_down(name) else {
+            return Err(CoreError::NotFound(format!("no vhost '{name}'")));
+        };
+        self.delete_vhost_records(name, batch).await
+    }
+
+    /// Takes vhost `name` out of the broker (unless it is configured): its
+    /// connections are closed, its queues dropped with their messages, its
+    /// retained messages dropped. Returns the store writes so far; None
+    /// when there is no such vhost (or it is configured).
+    pub(crate) fn take_vhost_down(&self, name: &str) -> Option<Batch> {
+        let vh = {
+            let mut all = self.vhosts.write();
+            let vh = all.get(name)?;
+            if vh.info.read().configured {
+                return None;
             }
             let vh = Arc::clone(vh);
             all.remove(name);
@@ -109,13 +141,24 @@ impl Broker {
             batch.append(b);
         }
         let dropped = self.retained_service().remove_vhost(name);
-        tracing::debug!(
+        tracing::info!(
             vhost = name,
+            queues = queues.len(),
             retained = dropped,
-            "vhost retained messages dropped"
+            "vhost deleted"
         );
-        // Exchange, binding and leftover queue records, and retained
-        // messages: whatever the store holds under the vhost's prefixes.
+        Some(batch)
+    }
+
+    /// Deletes what the store holds of vhost `name` (taken down by
+    /// [`Self::take_vhost_down`], whose writes `batch` holds): exchange,
+    /// binding and leftover queue records, retained messages, its own
+    /// record. Durable once this returns.
+    pub(crate) async fn delete_vhost_records(
+        &self,
+        name: &str,
+        mut batch: Batch,
+    ) -> Result<(), CoreError> {
         let store = self.store.clone();
         let vhost = name.to_owned();
         let keys = tokio::task::spawn_blocking(move || {
@@ -140,8 +183,6 @@ impl Broker {
             batch.delete(cf, k);
         }
         batch.delete(Cf::Meta, records::vhost_key(name));
-        self.write_durably(batch).await?;
-        tracing::info!(vhost = name, queues = queues.len(), "vhost deleted");
-        Ok(())
+        self.write_durably(batch).await
     }
 }

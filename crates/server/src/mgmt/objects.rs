@@ -91,21 +91,40 @@ fn civil_time(secs: u64) -> String {
     )
 }
 
-fn queue_json(state: &MgmtState, vhost: &str, q: &QueueSummary, node: &str) -> Value {
-    let policy = state.policies.matching(vhost, &q.def.name);
-    let kind = q
-        .def
+/// What any node can say of a queue: its declaration, type, node and
+/// policy.
+fn declared_queue_json(
+    state: &MgmtState,
+    vhost: &str,
+    def: &junction_core::QueueDef,
+    node: &str,
+) -> serde_json::Map<String, Value> {
+    let kind = def
         .arguments
         .get("x-queue-type")
         .map(junction_core::interop::value_text)
         .unwrap_or_else(|| "classic".to_owned());
-    json!({
-        "name": q.def.name,
+    let policy = state.policies.matching(vhost, &def.name);
+    let Value::Object(fields) = json!({
+        "name": def.name,
         "vhost": vhost,
-        "durable": q.def.durable,
-        "auto_delete": q.def.auto_delete,
-        "exclusive": q.def.exclusive_owner.is_some(),
-        "arguments": table_json(&q.def.arguments),
+        "durable": def.durable,
+        "auto_delete": def.auto_delete,
+        "exclusive": def.exclusive_owner.is_some(),
+        "arguments": table_json(&def.arguments),
+        "type": kind,
+        "node": node,
+        "policy": policy.as_ref().map(|p| p.name.clone()),
+        "effective_policy_definition": policy.map_or_else(|| json!({}), |p| Value::Object(p.definition)),
+    }) else {
+        unreachable!("json! of an object literal is an object")
+    };
+    fields
+}
+
+fn queue_json(state: &MgmtState, vhost: &str, q: &QueueSummary, node: &str) -> Value {
+    let mut fields = declared_queue_json(state, vhost, &q.def, node);
+    let Value::Object(counts) = json!({
         "messages": q.ready + q.unacked,
         "messages_ready": q.ready,
         "messages_unacknowledged": q.unacked,
@@ -113,15 +132,23 @@ fn queue_json(state: &MgmtState, vhost: &str, q: &QueueSummary, node: &str) -> V
         "memory": q.memory,
         "consumers": q.consumers,
         "state": "running",
-        "type": kind,
-        "node": node,
         "idle_since": time_before(q.idle_for),
         "message_stats": state
             .rates
             .message_stats(vhost, &q.def.name, q.published, q.delivered),
-        "policy": policy.as_ref().map(|p| p.name.clone()),
-        "effective_policy_definition": policy.map_or_else(|| json!({}), |p| Value::Object(p.definition)),
-    })
+    }) else {
+        unreachable!("json! of an object literal is an object")
+    };
+    fields.extend(counts);
+    Value::Object(fields)
+}
+
+/// A queue of another node of the cluster: its declaration and its node;
+/// its counts are that node's to report, so they are left out (as
+/// RabbitMQ leaves out statistics it has not received).
+fn remote_queue_json(state: &MgmtState, vhost: &str, q: &junction_core::RemoteQueue) -> Value {
+    let node = crate::cluster::display_name(&q.node);
+    Value::Object(declared_queue_json(state, vhost, &q.def, &node))
 }
 
 fn exchange_json(vhost: &str, x: &ExchangeDef) -> Value {
@@ -412,7 +439,13 @@ async fn queues_of(state: &MgmtState, vhosts: &[String]) -> Result<Vec<Value>, A
         for q in state.broker.queues(v).map_err(ApiError::core)? {
             items.push(queue_json(state, v, &q, &node));
         }
+        for q in state.broker.remote_queues(v).map_err(ApiError::core)? {
+            items.push(remote_queue_json(state, v, &q));
+        }
     }
+    items.sort_by(|a, b| {
+        (a["vhost"].as_str(), a["name"].as_str()).cmp(&(b["vhost"].as_str(), b["name"].as_str()))
+    });
     Ok(items)
 }
 
@@ -437,14 +470,23 @@ pub async fn queue(
     Path((v, name)): Path<(String, String)>,
 ) -> Answer {
     visible_vhosts(&state, &caller, Some(&v)).await?;
-    let q = state
+    let local = state
         .broker
         .queues(&v)
         .map_err(ApiError::core)?
         .into_iter()
-        .find(|q| q.def.name == name)
-        .ok_or_else(ApiError::not_found)?;
-    let mut body = queue_json(&state, &v, &q, &state.node);
+        .find(|q| q.def.name == name);
+    let mut body = match local {
+        Some(q) => queue_json(&state, &v, &q, &state.node),
+        None => state
+            .broker
+            .remote_queues(&v)
+            .map_err(ApiError::core)?
+            .iter()
+            .find(|q| q.def.name == name)
+            .map(|q| remote_queue_json(&state, &v, q))
+            .ok_or_else(ApiError::not_found)?,
+    };
     let bindings: Vec<Value> = state
         .broker
         .bindings(&v)

@@ -1,0 +1,523 @@
+//! The broker in a cluster (docs/cluster.md "Topology"). The durable
+//! topology (vhosts made at run time, durable exchanges, durable queues
+//! with the node each lives on, and the bindings between durable things)
+//! is the record map of the cluster's metadata group, in the keys and
+//! record encodings of the `meta` family ([`super::records`]).
+//!
+//! A change is checked and made here first, as on a single node; its
+//! `meta` records are then committed to the group ([`MetaLog::commit`]).
+//! Every node, this one included, applies each committed record to its
+//! topology and its `meta` family ([`Broker::apply_replicated`]), in log
+//! order. A commit that fails (no majority within the write timeout) is
+//! undone here from the group's own records, and the client gets the
+//! error. Transient exchanges and queues, exclusive queues and the
+//! bindings that involve them stay on the node that made them.
+//!
+//! A queue lives on one node, the one that declared it (its record names
+//! that node); every other node knows it as a [`RemoteQueue`].
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use junction_store::{Batch, Cf, Op};
+use tokio::time::Instant;
+
+use super::records::{self, TAG_BINDING, TAG_EXCHANGE, TAG_QUEUE, TAG_VHOST};
+use super::{Broker, VHost};
+use crate::error::CoreError;
+use crate::queue::args::{QueueArgs, QueueDef};
+
+/// One write to the cluster's record map.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MetaOp {
+    /// Set `key` to `value`.
+    Put { key: Vec<u8>, value: Vec<u8> },
+    /// Remove `key`.
+    Delete { key: Vec<u8> },
+}
+
+impl MetaOp {
+    fn key(&self) -> &[u8] {
+        match self {
+            MetaOp::Put { key, .. } | MetaOp::Delete { key } => key,
+        }
+    }
+}
+
+/// What [`MetaLog::commit`] returns.
+pub type MetaFuture<'a> = Pin<Box<dyn Future<Output = Result<(), CoreError>> + Send + 'a>>;
+
+/// The cluster's metadata group, as the broker uses it (the server wires
+/// it to its member of the group).
+pub trait MetaLog: Send + Sync {
+    /// Commit `ops` as one log entry, and return once it is applied on
+    /// this node ([`Broker::apply_replicated`] has run for each op).
+    /// [`CoreError::Unavailable`] when no majority took it in time: it may
+    /// still be applied later.
+    fn commit(&self, ops: Vec<MetaOp>) -> MetaFuture<'_>;
+    /// The record `key` as of the last entry applied here.
+    fn get(&self, key: &[u8]) -> Option<Vec<u8>>;
+    /// Every record under `prefix`, in key order.
+    fn scan(&self, prefix: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)>;
+}
+
+/// A durable queue that lives on another node of the cluster.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RemoteQueue {
+    /// How it was declared.
+    pub def: QueueDef,
+    /// The node it lives on (its `node_name`).
+    pub node: String,
+}
+
+/// Applying order of record kinds: a vhost before what it holds, a queue
+/// and an exchange before the bindings between them.
+fn kind_rank(key: &[u8]) -> u8 {
+    match key.first() {
+        Some(&TAG_VHOST) => 0,
+        Some(&TAG_EXCHANGE) => 1,
+        Some(&TAG_QUEUE) => 2,
+        Some(&TAG_BINDING) => 3,
+        _ => 4,
+    }
+}
+
+impl Broker {
+    /// The `meta` writes of `batch` the cluster shares, as the group's ops.
+    fn meta_ops(&self, batch: &Batch) -> Vec<MetaOp> {
+        batch
+            .ops()
+            .iter()
+            .filter_map(|op| match op {
+                Op::Put {
+                    cf: Cf::Meta,
+                    key,
+                    value,
+                } => Some(MetaOp::Put {
+                    key: key.clone(),
+                    value: value.to_vec(),
+                }),
+                Op::Delete { cf: Cf::Meta, key } => Some(MetaOp::Delete { key: key.clone() }),
+                _ => None,
+            })
+            .filter(|op| self.is_shared_key(op.key()))
+            .collect()
+    }
+
+    /// Whether queue or exchange `name` stays on its node
+    /// ([`BrokerConfig::node_local_names`]).
+    ///
+    /// [`BrokerConfig::node_local_names`]: super::BrokerConfig::node_local_names
+    fn is_node_local(&self, name: &str) -> bool {
+        self.node_local_names
+            .iter()
+            .any(|p| name.starts_with(p.as_str()))
+    }
+
+    /// Whether the `meta` record `key` is the cluster's (not one of a
+    /// node-local queue or its bindings).
+    fn is_shared_key(&self, key: &[u8]) -> bool {
+        if self.node_local_names.is_empty() {
+            return true;
+        }
+        match key.first() {
+            Some(&TAG_QUEUE | &TAG_EXCHANGE) => {
+                records::decode_name_key(key).is_ok_and(|(_, name)| !self.is_node_local(&name))
+            }
+            Some(&TAG_BINDING) => records::binding_record_of_key(key)
+                .and_then(|r| records::decode_binding(&r))
+                .is_ok_and(|(_, b)| {
+                    let (crate::exchange::Destination::Queue(to)
+                    | crate::exchange::Destination::Exchange(to)) = &b.destination;
+                    !self.is_node_local(&b.source) && !self.is_node_local(to)
+                }),
+            _ => true,
+        }
+    }
+
+    /// Make this broker one node of a cluster whose metadata group is
+    /// `log` (once, before clients connect).
+    pub fn attach_meta_log(&self, log: Arc<dyn MetaLog>) {
+        if self.meta.set(log).is_err() {
+            tracing::warn!("the cluster's metadata log was attached twice; kept the first");
+        }
+    }
+
+    /// The cluster's metadata group, when this node is in a cluster.
+    pub(crate) fn meta_log(&self) -> Option<&Arc<dyn MetaLog>> {
+        self.meta.get()
+    }
+
+    /// This node's name in its cluster.
+    pub fn node_name(&self) -> Option<&str> {
+        self.node.as_deref()
+    }
+
+    /// Whether a queue record naming `owner` is a queue of this node
+    /// (records written before the node joined a cluster name none).
+    pub(crate) fn owns(&self, owner: Option<&str>) -> bool {
+        owner.is_none() || owner == self.node.as_deref()
+    }
+
+    /// Write `batch` durably here and, in a cluster, commit its `meta`
+    /// records to the group; a failed commit is undone here.
+    pub(crate) async fn commit_durably(&self, batch: Batch) -> Result<(), CoreError> {
+        let ops = match self.meta_log() {
+            Some(_) => self.meta_ops(&batch),
+            None => Vec::new(),
+        };
+        self.write_durably(batch).await?;
+        self.commit_meta(ops).await
+    }
+
+    /// Commit `ops` to the group (nothing outside a cluster); a failed
+    /// commit is undone here.
+    pub(crate) async fn commit_meta(&self, ops: Vec<MetaOp>) -> Result<(), CoreError> {
+        let Some(log) = self.meta_log() else {
+            return Ok(());
+        };
+        let ops: Vec<MetaOp> = ops
+            .into_iter()
+            .filter(|op| self.is_shared_key(op.key()))
+            .collect();
+        if ops.is_empty() {
+            return Ok(());
+        }
+        let keys: Vec<Vec<u8>> = ops.iter().map(|op| op.key().to_vec()).collect();
+        if let Err(e) = log.commit(ops).await {
+            tracing::warn!(error = %e, records = keys.len(), "a topology change was not committed to the cluster; undone here");
+            let now: Vec<(Vec<u8>, Option<Vec<u8>>)> = keys
+                .into_iter()
+                .map(|k| {
+                    let v = log.get(&k);
+                    (k, v)
+                })
+                .collect();
+            self.apply_in_order(now);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// [`Self::commit_durably`] for paths that cannot wait (auto-delete,
+    /// expiry): written here now, committed to the group in the
+    /// background. A commit that fails is only logged: the group's records
+    /// come back at the next reset.
+    pub(crate) fn commit_soon(&self, batch: Batch) {
+        let ops = match self.meta_log() {
+            Some(_) => self.meta_ops(&batch),
+            None => Vec::new(),
+        };
+        self.write_soon(batch);
+        if ops.is_empty() {
+            return;
+        }
+        let Some(me) = self.me.upgrade() else {
+            return;
+        };
+        tokio::spawn(async move {
+            if let Some(log) = me.meta_log()
+                && let Err(e) = log.commit(ops).await
+            {
+                tracing::warn!(error = %e, "a topology change made here (auto-delete, expiry) was not committed to the cluster");
+            }
+        });
+    }
+
+    /// Apply records in dependency order: removals first (bindings, then
+    /// queues, exchanges, vhosts), then the rest (vhosts first).
+    fn apply_in_order(&self, mut records: Vec<(Vec<u8>, Option<Vec<u8>>)>) {
+        records.sort_by_key(|(k, v)| match v {
+            None => (0, 4 - kind_rank(k)),
+            Some(_) => (1, kind_rank(k)),
+        });
+        for (k, v) in records {
+            self.apply_replicated(&k, v.as_deref());
+        }
+    }
+
+    /// The group's whole record map replaced what this node had (its
+    /// start, or a snapshot installed): make the topology match it.
+    /// Shared records here that `all` lacks are removed, unless `all` is
+    /// empty (a group that never applied anything: a data directory from
+    /// before the node joined keeps its topology, node-local), or the
+    /// record is of a queue of this node that holds messages (kept, and
+    /// logged: never dropped on a reset's word).
+    pub fn reset_replicated(&self, all: &[(Vec<u8>, Vec<u8>)]) {
+        let wanted: std::collections::HashSet<&[u8]> =
+            all.iter().map(|(k, _)| k.as_slice()).collect();
+        let mut changes: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::new();
+        let mut local_only = 0;
+        for key in self.shared_keys() {
+            if wanted.contains(key.as_slice()) {
+                continue;
+            }
+            if all.is_empty() {
+                local_only += 1;
+            } else if self.holds_messages(&key) {
+                tracing::error!(
+                    key = ?key,
+                    "the cluster has no record of this node's queue, which holds messages: kept here, not deleted"
+                );
+            } else {
+                changes.push((key, None));
+            }
+        }
+        if local_only > 0 {
+            tracing::warn!(
+                records = local_only,
+                "this node's durable topology is not in the cluster's (it was made before the node joined): it stays on this node only"
+            );
+        }
+        tracing::info!(
+            records = all.len(),
+            removed = changes.len(),
+            "topology reset from the cluster"
+        );
+        changes.extend(all.iter().map(|(k, v)| (k.clone(), Some(v.clone()))));
+        self.apply_in_order(changes);
+    }
+
+    /// The keys of every record of this node's topology the cluster
+    /// shares, from memory (the `meta` family may still have writes on
+    /// their way).
+    fn shared_keys(&self) -> Vec<Vec<u8>> {
+        let vhosts: Vec<Arc<VHost>> = self.vhosts.read().values().cloned().collect();
+        let mut keys = Vec::new();
+        for vh in &vhosts {
+            if !vh.info.read().configured {
+                keys.push(records::vhost_key(&vh.name));
+            }
+            let (exchanges, bindings) = {
+                let topo = vh.topology.read();
+                let exchanges: Vec<String> = topo
+                    .exchanges()
+                    .filter(|x| x.durable && !crate::topology::is_reserved_exchange(&x.name))
+                    .map(|x| x.name.clone())
+                    .collect();
+                (exchanges, topo.bindings())
+            };
+            keys.extend(exchanges.iter().map(|x| records::exchange_key(&vh.name, x)));
+            let queues: Vec<String> = vh
+                .queues
+                .read()
+                .values()
+                .filter(|q| q.def.durable && q.def.exclusive_owner.is_none())
+                .map(|q| q.def.name.clone())
+                .chain(vh.remote.read().keys().cloned())
+                .collect();
+            keys.extend(queues.iter().map(|q| records::queue_key(&vh.name, q)));
+            keys.extend(
+                bindings
+                    .iter()
+                    .filter(|b| self.binding_is_durable(vh, b))
+                    .map(|b| records::binding_key(&vh.name, b)),
+            );
+        }
+        keys.retain(|k| self.is_shared_key(k));
+        keys
+    }
+
+    /// Whether `key` is the record of a queue of this node that holds
+    /// messages (ready or unacknowledged).
+    fn holds_messages(&self, key: &[u8]) -> bool {
+        key.first() == Some(&TAG_QUEUE)
+            && records::decode_name_key(key).is_ok_and(|(vhost, name)| {
+                self.vhost(&vhost)
+                    .ok()
+                    .and_then(|vh| vh.queue(&name))
+                    .is_some_and(|q| q.message_count() + q.unacked_count() > 0)
+            })
+    }
+
+    /// Apply one committed record of the group (`value` None: removed) to
+    /// the topology and the `meta` family. Idempotent: the node that made
+    /// the change has it already. Never blocks on the store; never
+    /// commits anything.
+    pub fn apply_replicated(&self, key: &[u8], value: Option<&[u8]>) {
+        let res = match key.first() {
+            Some(&TAG_VHOST) => self.apply_vhost(key, value),
+            Some(&TAG_EXCHANGE) => self.apply_exchange(key, value),
+            Some(&TAG_QUEUE) => self.apply_queue(key, value),
+            Some(&TAG_BINDING) => self.apply_binding(key, value),
+            _ => {
+                tracing::warn!(key = ?key, "a replicated record of an unknown kind: ignored");
+                return;
+            }
+        };
+        if let Err(e) = res {
+            tracing::error!(key = ?key, error = %e, "a replicated record could not be applied");
+            return;
+        }
+        let mut batch = Batch::new();
+        match value {
+            Some(v) => batch.put(Cf::Meta, key.to_vec(), bytes::Bytes::copy_from_slice(v)),
+            None => batch.delete(Cf::Meta, key.to_vec()),
+        }
+        self.write_soon(batch);
+    }
+
+    /// The vhost a replicated record belongs to, made if need be.
+    fn replica_vhost(&self, vhost: &str) -> Arc<VHost> {
+        self.add_vhost(vhost)
+    }
+
+    fn apply_vhost(&self, key: &[u8], value: Option<&[u8]>) -> Result<(), CoreError> {
+        match value {
+            Some(v) => {
+                let (name, info) = records::decode_vhost(v)?;
+                let vh = self.replica_vhost(&name);
+                let mut current = vh.info.write();
+                current.description = info.description;
+                current.tags = info.tags;
+                current.default_queue_type = info.default_queue_type;
+            }
+            None => {
+                let name = records::decode_vhost_key(key)?;
+                if let Some(me) = self.me.upgrade()
+                    && let Some(batch) = self.take_vhost_down(&name)
+                {
+                    tokio::spawn(async move {
+                        if let Err(e) = me.delete_vhost_records(&name, batch).await {
+                            tracing::error!(vhost = name, error = %e, "vhost records not deleted");
+                        }
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn apply_exchange(&self, key: &[u8], value: Option<&[u8]>) -> Result<(), CoreError> {
+        match value {
+            Some(v) => {
+                let (vhost, def) = records::decode_exchange(v)?;
+                self.replica_vhost(&vhost)
+                    .topology
+                    .write()
+                    .restore_exchange(def);
+            }
+            None => {
+                let (vhost, name) = records::decode_name_key(key)?;
+                if let Ok(vh) = self.vhost(&vhost) {
+                    let changes = match vh.topology.write().delete_exchange(&name, false) {
+                        Ok(changes) => changes,
+                        Err(CoreError::NotFound(_)) => Vec::new(),
+                        Err(e) => return Err(e),
+                    };
+                    let mut batch = Batch::new();
+                    self.persist_changes(&vh, &changes, &mut batch);
+                    self.write_soon(batch);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn apply_queue(&self, key: &[u8], value: Option<&[u8]>) -> Result<(), CoreError> {
+        match value {
+            Some(v) => {
+                let (vhost, id, def, owner) = records::decode_queue(v)?;
+                let vh = self.replica_vhost(&vhost);
+                if self.owns(owner.as_deref()) {
+                    vh.remote.write().remove(&def.name);
+                    if vh.queue(&def.name).is_none() {
+                        self.restore_queue(&vh, id, def);
+                    }
+                } else if vh.queue(&def.name).is_some() {
+                    tracing::error!(
+                        vhost,
+                        queue = def.name,
+                        node = owner.as_deref().unwrap_or(""),
+                        "the cluster places this queue on another node but one of the same name lives here: this one is kept"
+                    );
+                } else {
+                    let node = owner.unwrap_or_default();
+                    vh.remote
+                        .write()
+                        .insert(def.name.clone(), RemoteQueue { def, node });
+                }
+            }
+            None => {
+                let (vhost, name) = records::decode_name_key(key)?;
+                if let Ok(vh) = self.vhost(&vhost) {
+                    if vh.remote.write().remove(&name).is_some() {
+                        let changes = vh.topology.write().queue_deleted(&name);
+                        let mut batch = Batch::new();
+                        self.persist_changes(&vh, &changes, &mut batch);
+                        self.write_soon(batch);
+                    }
+                    if let Some(q) = vh.queue(&name)
+                        && q.def.durable
+                        && q.def.exclusive_owner.is_none()
+                    {
+                        let (batch, _) = self.detach_queue_in(&vh, &q);
+                        self.write_soon(batch);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A queue of this node the group knows and this node lacks.
+    fn restore_queue(&self, vh: &VHost, id: crate::ids::QueueId, def: QueueDef) {
+        let args = QueueArgs::parse(&self.effective_arguments(&vh.name, &def))
+            .or_else(|_| QueueArgs::parse(&def.arguments))
+            .unwrap_or_default();
+        let q = self.new_queue(id, &vh.name, def.clone(), args, Instant::now());
+        {
+            let mut queues = vh.queues.write();
+            if queues.contains_key(&def.name) {
+                return;
+            }
+            queues.insert(def.name.clone(), Arc::clone(&q));
+        }
+        if let Some(me) = self.me.upgrade() {
+            me.spawn_service(q);
+        }
+    }
+
+    fn apply_binding(&self, key: &[u8], value: Option<&[u8]>) -> Result<(), CoreError> {
+        // A binding's key holds its whole record after the tag and vhost.
+        let (vhost, b) = match value {
+            Some(v) => records::decode_binding(v)?,
+            None => records::decode_binding(&records::binding_record_of_key(key)?)?,
+        };
+        let changes = match value {
+            Some(_) => {
+                let vh = self.replica_vhost(&vhost);
+                let change = {
+                    let mut topo = vh.topology.write();
+                    if topo.has_binding(&b) {
+                        None
+                    } else {
+                        topo.bind(b)?
+                    }
+                };
+                (vh, change.into_iter().collect())
+            }
+            None => {
+                let Ok(vh) = self.vhost(&vhost) else {
+                    return Ok(());
+                };
+                let changes = {
+                    let mut topo = vh.topology.write();
+                    if topo.has_binding(&b) {
+                        topo.unbind(&b)?
+                    } else {
+                        Vec::new()
+                    }
+                };
+                (vh, changes)
+            }
+        };
+        // An auto-delete exchange may go with its last binding.
+        let (vh, changes) = changes;
+        let mut batch = Batch::new();
+        self.persist_changes(&vh, &changes, &mut batch);
+        self.write_soon(batch);
+        Ok(())
+    }
+}

@@ -1,0 +1,262 @@
+//! The broker's side of the cluster's topology (`broker/replica.rs`),
+//! with a log standing in for the metadata group: a commit applies its
+//! ops to every attached broker in order, as the group's observer does,
+//! and can be made to fail as a group without a majority does. The real
+//! group under three processes is `tests/python/test_cluster_topology.py`.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+
+use junction_core::{
+    Binding, Broker, BrokerConfig, CoreError, Destination, ExchangeDef, ExchangeKind, MetaFuture,
+    MetaLog, MetaOp, QueueDef,
+};
+use junction_store::Store;
+use parking_lot::Mutex;
+
+const VH: &str = "/";
+
+#[derive(Default)]
+struct Log {
+    records: Mutex<BTreeMap<Vec<u8>, Vec<u8>>>,
+    nodes: Mutex<Vec<Weak<Broker>>>,
+    down: AtomicBool,
+}
+
+impl MetaLog for Log {
+    fn commit(&self, ops: Vec<MetaOp>) -> MetaFuture<'_> {
+        Box::pin(async move {
+            if self.down.load(Ordering::SeqCst) {
+                return Err(CoreError::Unavailable("no majority".into()));
+            }
+            {
+                let mut records = self.records.lock();
+                for op in &ops {
+                    match op {
+                        MetaOp::Put { key, value } => records.insert(key.clone(), value.clone()),
+                        MetaOp::Delete { key } => records.remove(key),
+                    };
+                }
+            }
+            let nodes: Vec<Arc<Broker>> =
+                self.nodes.lock().iter().filter_map(Weak::upgrade).collect();
+            for node in nodes {
+                for op in &ops {
+                    match op {
+                        MetaOp::Put { key, value } => node.apply_replicated(key, Some(value)),
+                        MetaOp::Delete { key } => node.apply_replicated(key, None),
+                    }
+                }
+            }
+            Ok(())
+        })
+    }
+
+    fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
+        self.records.lock().get(key).cloned()
+    }
+
+    fn scan(&self, prefix: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
+        self.records
+            .lock()
+            .iter()
+            .filter(|(k, _)| k.starts_with(prefix))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+}
+
+impl Log {
+    fn all(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
+        self.scan(b"")
+    }
+}
+
+async fn node(name: &str, log: &Arc<Log>) -> Arc<Broker> {
+    let config = BrokerConfig {
+        node: Some(name.to_owned()),
+        node_local_names: vec!["local-".to_owned()],
+        ..BrokerConfig::default()
+    };
+    let broker = Broker::open(Store::in_memory(), config)
+        .await
+        .expect("opens");
+    broker.attach_meta_log(Arc::clone(log) as Arc<dyn MetaLog>);
+    log.nodes.lock().push(Arc::downgrade(&broker));
+    broker.reset_replicated(&log.all());
+    broker
+}
+
+fn binding(source: &str, queue: &str, key: &str) -> Binding {
+    Binding {
+        source: source.into(),
+        destination: Destination::Queue(queue.into()),
+        routing_key: key.into(),
+        arguments: Default::default(),
+    }
+}
+
+fn local_queues(b: &Broker) -> Vec<String> {
+    b.queues(VH)
+        .unwrap()
+        .into_iter()
+        .map(|q| q.def.name)
+        .collect()
+}
+
+fn remote_queues(b: &Broker) -> Vec<(String, String)> {
+    b.remote_queues(VH)
+        .unwrap()
+        .into_iter()
+        .map(|q| (q.def.name, q.node))
+        .collect()
+}
+
+#[tokio::test]
+async fn durable_topology_made_on_one_node_is_on_every_node_and_transient_stays() {
+    let log = Arc::new(Log::default());
+    let a = node("a", &log).await;
+    let b = node("b", &log).await;
+
+    a.declare_exchange(VH, ExchangeDef::new("x", ExchangeKind::Direct), false)
+        .await
+        .unwrap();
+    a.declare_queue(VH, QueueDef::new("q"), false)
+        .await
+        .unwrap();
+    a.bind(VH, binding("x", "q", "k"), None).await.unwrap();
+    let mut transient = ExchangeDef::new("t", ExchangeKind::Fanout);
+    transient.durable = false;
+    a.declare_exchange(VH, transient, false).await.unwrap();
+    a.declare_queue(VH, QueueDef::new("temp").transient(), false)
+        .await
+        .unwrap();
+    a.declare_queue(VH, QueueDef::new("local-session"), false)
+        .await
+        .unwrap();
+    a.bind(VH, binding("x", "local-session", "k"), None)
+        .await
+        .unwrap();
+
+    // b: the exchange, a's durable queue as a's, the binding to it; none
+    // of the transient or node-local things.
+    assert_eq!(b.exchange(VH, "x").unwrap().kind, ExchangeKind::Direct);
+    assert!(b.exchange(VH, "t").is_err());
+    assert_eq!(local_queues(&b), Vec::<String>::new());
+    assert_eq!(remote_queues(&b), vec![("q".to_owned(), "a".to_owned())]);
+    assert_eq!(b.bindings(VH).unwrap(), vec![binding("x", "q", "k")]);
+    // a: its own queues are local; the log holds only what is shared.
+    assert_eq!(local_queues(&a), vec!["local-session", "q", "temp"]);
+    assert_eq!(remote_queues(&a), vec![]);
+    let kinds: Vec<u8> = log.all().iter().map(|(k, _)| k[0]).collect();
+    assert_eq!(kinds, vec![b'b', b'q', b'x'], "{:?}", log.all());
+
+    // b declares a's queue again: same arguments are fine, others 406.
+    let info = b
+        .declare_queue(VH, QueueDef::new("q"), false)
+        .await
+        .unwrap();
+    assert!(!info.created);
+    let other = QueueDef::new("q").argument("x-max-length", junction_core::FieldValue::I32(3));
+    assert!(matches!(
+        b.declare_queue(VH, other, false).await,
+        Err(CoreError::PreconditionFailed(_))
+    ));
+
+    // A queue deleted on b goes from a, with its binding; an exchange
+    // deleted on b goes from a.
+    assert!(matches!(
+        b.delete_queue(VH, "q", false, true, None).await,
+        Err(CoreError::PreconditionFailed(_))
+    ));
+    b.delete_queue(VH, "q", false, false, None).await.unwrap();
+    assert_eq!(local_queues(&a), vec!["local-session", "temp"]);
+    assert_eq!(
+        a.bindings(VH).unwrap(),
+        vec![binding("x", "local-session", "k")]
+    );
+    assert_eq!(remote_queues(&b), vec![]);
+    b.delete_exchange(VH, "x", false).await.unwrap();
+    assert!(a.exchange(VH, "x").is_err());
+    assert!(a.bindings(VH).unwrap().is_empty());
+    assert!(log.all().is_empty(), "{:?}", log.all());
+}
+
+#[tokio::test]
+async fn a_change_the_log_refuses_is_undone_where_it_was_made() {
+    let log = Arc::new(Log::default());
+    let a = node("a", &log).await;
+    a.declare_exchange(VH, ExchangeDef::new("x", ExchangeKind::Topic), false)
+        .await
+        .unwrap();
+    log.down.store(true, Ordering::SeqCst);
+
+    let refused = a
+        .declare_exchange(VH, ExchangeDef::new("y", ExchangeKind::Direct), false)
+        .await;
+    assert!(
+        matches!(refused, Err(CoreError::Unavailable(_))),
+        "{refused:?}"
+    );
+    assert!(a.exchange(VH, "y").is_err());
+    let refused = a.declare_queue(VH, QueueDef::new("q"), false).await;
+    assert!(
+        matches!(refused, Err(CoreError::Unavailable(_))),
+        "{refused:?}"
+    );
+    assert_eq!(local_queues(&a), Vec::<String>::new());
+    // A refused delete puts the exchange back.
+    let refused = a.delete_exchange(VH, "x", false).await;
+    assert!(
+        matches!(refused, Err(CoreError::Unavailable(_))),
+        "{refused:?}"
+    );
+    assert_eq!(a.exchange(VH, "x").unwrap().kind, ExchangeKind::Topic);
+    // Transient topology never asks the log.
+    a.declare_queue(VH, QueueDef::new("t").transient(), false)
+        .await
+        .unwrap();
+    assert_eq!(local_queues(&a), vec!["t"]);
+}
+
+#[tokio::test]
+async fn a_reset_makes_a_node_match_the_log() {
+    let log = Arc::new(Log::default());
+    let a = node("a", &log).await;
+    a.put_vhost("v2", Default::default()).await.unwrap();
+    a.declare_exchange("v2", ExchangeDef::new("x", ExchangeKind::Fanout), false)
+        .await
+        .unwrap();
+    a.declare_queue("v2", QueueDef::new("q"), false)
+        .await
+        .unwrap();
+    a.bind("v2", binding("x", "q", ""), None).await.unwrap();
+
+    // A node that joins later is given everything by its first reset.
+    let c = node("c", &log).await;
+    assert_eq!(c.exchange("v2", "x").unwrap().kind, ExchangeKind::Fanout);
+    assert_eq!(
+        c.remote_queues("v2").unwrap()[0].node,
+        "a",
+        "{:?}",
+        c.remote_queues("v2")
+    );
+    assert_eq!(c.bindings("v2").unwrap(), vec![binding("x", "q", "")]);
+
+    // A reset that lacks records removes them (bindings with them).
+    let without_x: Vec<(Vec<u8>, Vec<u8>)> = log
+        .all()
+        .into_iter()
+        .filter(|(k, _)| k[0] == b'v' || k[0] == b'q')
+        .collect();
+    c.reset_replicated(&without_x);
+    assert!(c.exchange("v2", "x").is_err());
+    assert!(c.bindings("v2").unwrap().is_empty());
+    assert_eq!(c.remote_queues("v2").unwrap().len(), 1);
+    // The vhost's removal takes it down everywhere.
+    c.delete_vhost("v2").await.unwrap();
+    assert!(a.vhost_names().iter().all(|v| v != "v2"));
+    assert!(c.vhost_names().iter().all(|v| v != "v2"));
+    assert!(log.all().is_empty(), "{:?}", log.all());
+}
