@@ -260,3 +260,26 @@ async fn a_reset_makes_a_node_match_the_log() {
     assert!(c.vhost_names().iter().all(|v| v != "v2"));
     assert!(log.all().is_empty(), "{:?}", log.all());
 }
+
+#[tokio::test]
+async fn outside_a_cluster_every_stored_queue_is_this_brokers() {
+    // A data directory of a former cluster node: a queue record naming
+    // another node, and one of its messages' entry.
+    let store = Store::in_memory();
+    {
+        let log = Arc::new(Log::default());
+        let config = BrokerConfig {
+            node: Some("b".to_owned()),
+            ..BrokerConfig::default()
+        };
+        let b = Broker::open(store.clone(), config).await.unwrap();
+        b.attach_meta_log(Arc::clone(&log) as Arc<dyn MetaLog>);
+        b.declare_queue(VH, QueueDef::new("q"), false)
+            .await
+            .unwrap();
+        b.shutdown().await.unwrap();
+    }
+    let alone = Broker::open(store, BrokerConfig::default()).await.unwrap();
+    assert_eq!(local_queues(&alone), vec!["q"]);
+    assert_eq!(remote_queues(&alone), vec![]);
+}

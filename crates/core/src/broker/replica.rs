@@ -157,7 +157,9 @@ impl Broker {
     /// Whether a queue record naming `owner` is a queue of this node
     /// (records written before the node joined a cluster name none).
     pub(crate) fn owns(&self, owner: Option<&str>) -> bool {
-        owner.is_none() || owner == self.node.as_deref()
+        // Outside a cluster every stored queue is this broker's (a data
+        // directory of a former cluster node keeps its queues' messages).
+        owner.is_none() || self.node.is_none() || owner == self.node.as_deref()
     }
 
     /// Write `batch` durably here and, in a cluster, commit its `meta`
@@ -187,12 +189,15 @@ impl Broker {
         let keys: Vec<Vec<u8>> = ops.iter().map(|op| op.key().to_vec()).collect();
         if let Err(e) = log.commit(ops).await {
             tracing::warn!(error = %e, records = keys.len(), "a topology change was not committed to the cluster; undone here");
+            // Never undone by dropping messages: a queue (or a vhost with
+            // a queue) that took messages meanwhile stays, and is logged.
             let now: Vec<(Vec<u8>, Option<Vec<u8>>)> = keys
                 .into_iter()
                 .map(|k| {
                     let v = log.get(&k);
                     (k, v)
                 })
+                .filter(|(k, v)| v.is_some() || !self.holds_messages(k))
                 .collect();
             self.apply_in_order(now);
             return Err(e);
@@ -256,10 +261,7 @@ impl Broker {
             if all.is_empty() {
                 local_only += 1;
             } else if self.holds_messages(&key) {
-                tracing::error!(
-                    key = ?key,
-                    "the cluster has no record of this node's queue, which holds messages: kept here, not deleted"
-                );
+                // Kept (and logged).
             } else {
                 changes.push((key, None));
             }
@@ -320,15 +322,30 @@ impl Broker {
     }
 
     /// Whether `key` is the record of a queue of this node that holds
-    /// messages (ready or unacknowledged).
+    /// messages (ready or unacknowledged), or of a vhost with such a
+    /// queue: removing it would drop them. Logged when true.
     fn holds_messages(&self, key: &[u8]) -> bool {
-        key.first() == Some(&TAG_QUEUE)
-            && records::decode_name_key(key).is_ok_and(|(vhost, name)| {
+        let holds = |q: &super::Queue| q.message_count() + q.unacked_count() > 0;
+        let found = match key.first() {
+            Some(&TAG_QUEUE) => records::decode_name_key(key).is_ok_and(|(vhost, name)| {
                 self.vhost(&vhost)
                     .ok()
                     .and_then(|vh| vh.queue(&name))
-                    .is_some_and(|q| q.message_count() + q.unacked_count() > 0)
-            })
+                    .is_some_and(|q| holds(&q))
+            }),
+            Some(&TAG_VHOST) => records::decode_vhost_key(key).is_ok_and(|vhost| {
+                self.vhost(&vhost)
+                    .is_ok_and(|vh| vh.queues.read().values().any(|q| holds(q)))
+            }),
+            _ => false,
+        };
+        if found {
+            tracing::error!(
+                key = ?key,
+                "the cluster has no record of this, which holds messages here: kept, not removed"
+            );
+        }
+        found
     }
 
     /// Apply one committed record of the group (`value` None: removed) to
@@ -426,12 +443,13 @@ impl Broker {
                         self.restore_queue(&vh, id, def);
                     }
                 } else if vh.queue(&def.name).is_some() {
-                    tracing::error!(
-                        vhost,
-                        queue = def.name,
-                        node = owner.as_deref().unwrap_or(""),
-                        "the cluster places this queue on another node but one of the same name lives here: this one is kept"
-                    );
+                    // Its record here stays this node's (recovery keeps
+                    // the queue and its messages).
+                    return Err(CoreError::PreconditionFailed(format!(
+                        "the cluster places queue '{}' in vhost '{vhost}' on node {} but one of that name lives here: this one is kept",
+                        def.name,
+                        owner.as_deref().unwrap_or("")
+                    )));
                 } else {
                     let node = owner.unwrap_or_default();
                     vh.remote
