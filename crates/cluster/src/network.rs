@@ -84,7 +84,8 @@ fn transport<E: std::error::Error>(e: &CallError) -> RpcErr<E> {
         CallError::Closed(_)
         | CallError::Timeout(_)
         | CallError::TooLarge(_)
-        | CallError::Encode(_) => RPCError::Network(NetworkError::new(e)),
+        | CallError::Encode(_)
+        | CallError::Refused(..) => RPCError::Network(NetworkError::new(e)),
     }
 }
 

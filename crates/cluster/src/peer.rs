@@ -10,7 +10,9 @@
 //! link's reader and a peer cannot make this node start unbounded work.
 
 use std::collections::{HashMap, HashSet};
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -125,6 +127,9 @@ pub(crate) enum Rpc {
         /// gives up when it does.
         within_ms: u64,
     },
+    /// A request for the receiving node's broker, in the broker's own
+    /// encoding ([`Peers::serve`]).
+    Broker(Vec<u8>),
 }
 
 /// The answer to an [`Rpc`].
@@ -138,6 +143,8 @@ pub(crate) enum Reply {
     Snapshot(Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>),
     /// To [`Rpc::Propose`]: the answer once committed, or why not.
     Propose(Result<Response, Refusal>),
+    /// To [`Rpc::Broker`]: the broker's answer, or why there is none.
+    Broker(Result<Vec<u8>, String>),
     /// The receiver holds no member of that group.
     NoGroup,
     /// The receiver is answering as many of this link's requests as it
@@ -191,7 +198,19 @@ pub enum CallError {
     /// The request could not be encoded.
     #[error("{0}")]
     Encode(String),
+    /// The peer answered that it could not serve the request.
+    #[error("node {0} refused: {1}")]
+    Refused(NodeId, String),
 }
+
+/// What a node's broker answers its peers' requests with
+/// ([`Peers::serve`]): given the asking node and the request's bytes, the
+/// answer's bytes or why there is none.
+pub type Service = Arc<
+    dyn Fn(NodeId, Vec<u8>) -> Pin<Box<dyn Future<Output = Result<Vec<u8>, String>> + Send>>
+        + Send
+        + Sync,
+>;
 
 /// An open link: where its writer takes frames, and the calls waiting
 /// for replies on it.
@@ -257,6 +276,8 @@ struct Inner {
     tasks: Mutex<Tasks>,
     /// Slots for handshakes under way.
     handshakes: Arc<Semaphore>,
+    /// The broker's answer to [`Rpc::Broker`] requests.
+    service: RwLock<Option<Service>>,
 }
 
 /// A node's peer links. Cheap to clone.
@@ -295,6 +316,7 @@ impl Peers {
                 next_id: AtomicU64::new(1),
                 tasks: Mutex::new(Tasks::default()),
                 handshakes: Arc::new(Semaphore::new(HANDSHAKES)),
+                service: RwLock::new(None),
             }),
         };
         let acceptor = peers.clone();
@@ -316,6 +338,35 @@ impl Peers {
     /// Hand requests for `group` to `raft` from now on.
     pub fn register(&self, group: GroupId, raft: Raft<TypeConfig>) {
         self.inner.groups.write().insert(group, raft);
+    }
+
+    /// Answer peers' broker requests ([`Peers::ask`]) with `service`.
+    pub fn serve(&self, service: Service) {
+        *self.inner.service.write() = Some(service);
+    }
+
+    /// Send `request` to the broker of node `target` over the link to it
+    /// and wait up to `deadline` for its answer. Requests from one caller
+    /// may be answered in any order: a caller that needs order sends the
+    /// next once the last is answered.
+    pub async fn ask(
+        &self,
+        target: NodeId,
+        request: Vec<u8>,
+        deadline: Duration,
+    ) -> Result<Vec<u8>, CallError> {
+        match self
+            .call(target, GroupId::META, Rpc::Broker(request), deadline)
+            .await?
+        {
+            Reply::Broker(Ok(answer)) => Ok(answer),
+            Reply::Broker(Err(why)) => Err(CallError::Refused(target, why)),
+            Reply::Busy => Err(CallError::Refused(target, "busy".to_owned())),
+            _ => Err(CallError::Refused(
+                target,
+                "no broker service on that node".to_owned(),
+            )),
+        }
     }
 
     /// Stop handing requests for `group` to a local member.
@@ -587,6 +638,7 @@ impl Peers {
                             ));
                         }
                         let tx = link.tx.clone();
+                        let peer_id = peer;
                         // Never wait here: replies to this node's own calls
                         // come on the same link and must still be read.
                         let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
@@ -600,10 +652,15 @@ impl Peers {
                             continue;
                         };
                         let raft = self.inner.groups.read().get(&group).cloned();
+                        let service = self.inner.service.read().clone();
                         self.spawn(async move {
-                            let reply = match raft {
-                                Some(raft) => answer(&raft, *rpc).await,
-                                None => Reply::NoGroup,
+                            let reply = match (*rpc, raft) {
+                                (Rpc::Broker(request), _) => match service {
+                                    Some(service) => Reply::Broker(service(peer_id, request).await),
+                                    None => Reply::NoGroup,
+                                },
+                                (rpc, Some(raft)) => answer(&raft, rpc).await,
+                                (_, None) => Reply::NoGroup,
                             };
                             let reply = Frame::Reply {
                                 id,
@@ -668,6 +725,8 @@ async fn answer(raft: &Raft<TypeConfig>, rpc: Rpc) -> Reply {
             let answer = tokio::time::timeout(within, write_locally(raft, command)).await;
             Reply::Propose(answer.unwrap_or(Err(Refusal::Later)))
         }
+        // Answered by the broker's service before a group is looked at.
+        Rpc::Broker(_) => Reply::NoGroup,
     }
 }
 

@@ -144,6 +144,14 @@ impl StateMachine {
         }
     }
 
+    /// Run `f` while no change is told to the observer (it may read the
+    /// records: none changes under it from the observer's point of view).
+    /// `f` must not wait for an apply.
+    pub fn while_quiet<R>(&self, f: impl FnOnce() -> R) -> R {
+        let _telling = self.telling.lock();
+        f()
+    }
+
     /// Entries up to `last` are applied and told.
     fn mark_applied(&self, last: Option<LogId<NodeId>>) {
         let index = last.map_or(0, |l| l.index);

@@ -64,8 +64,9 @@ pub mod records {
 pub use access::{Access, Denied, Login, Permission, Principal, Resource};
 pub use broker::{
     Broker, BrokerConfig, BrokerStats, ConnectionDetails, ConnectionGuard, ConnectionSnapshot,
-    ConsumerHandle, ConsumerSummary, GetOk, Limits, MemoryCharge, MetaFuture, MetaLog, MetaOp,
-    PolicySource, Published, Queue, QueueInfo, QueueStats, QueueSummary, RemoteQueue, VhostInfo,
+    ConsumerHandle, ConsumerSummary, ForwardAnswer, ForwardFuture, Forwarded, Forwarder, GetOk,
+    Limits, MemoryCharge, MetaFuture, MetaLog, MetaOp, PolicySource, Published, Queue, QueueInfo,
+    QueueStats, QueueSummary, Records, RemoteQueue, VhostInfo,
 };
 pub use consumer::{ConsumerEvent, ConsumerSpec, Credit, Delivery};
 pub use error::CoreError;

@@ -8,9 +8,10 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 
+use bytes::Bytes;
 use junction_core::{
-    Binding, Broker, BrokerConfig, CoreError, Destination, ExchangeDef, ExchangeKind, MetaFuture,
-    MetaLog, MetaOp, QueueDef,
+    Binding, Broker, BrokerConfig, CoreError, Destination, ExchangeDef, ExchangeKind,
+    ForwardFuture, Forwarded, Forwarder, Message, MetaFuture, MetaLog, MetaOp, QueueDef, Records,
 };
 use junction_store::Store;
 use parking_lot::Mutex;
@@ -55,6 +56,17 @@ impl MetaLog for Log {
 
     fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
         self.records.lock().get(key).cloned()
+    }
+
+    fn settle(&self, keys: Vec<Vec<u8>>, then: &mut dyn FnMut(Records)) {
+        let now = keys
+            .into_iter()
+            .map(|k| {
+                let v = self.get(&k);
+                (k, v)
+            })
+            .collect();
+        then(now);
     }
 
     fn scan(&self, prefix: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
@@ -282,4 +294,86 @@ async fn outside_a_cluster_every_stored_queue_is_this_brokers() {
     let alone = Broker::open(store, BrokerConfig::default()).await.unwrap();
     assert_eq!(local_queues(&alone), vec!["q"]);
     assert_eq!(remote_queues(&alone), vec![]);
+}
+
+/// Forwards to the brokers of this process by node name, as the peer
+/// links do between processes; a node that is "down" cannot be asked.
+#[derive(Default)]
+struct Links {
+    nodes: Mutex<Vec<(String, Weak<Broker>)>>,
+    down: Mutex<Vec<String>>,
+}
+
+impl Forwarder for Links {
+    fn forward(&self, node: &str, batch: Vec<Forwarded>) -> ForwardFuture<'_> {
+        let node = node.to_owned();
+        Box::pin(async move {
+            if self.down.lock().contains(&node) {
+                return Err(format!("no link to {node}"));
+            }
+            let target = self
+                .nodes
+                .lock()
+                .iter()
+                .find(|(n, _)| *n == node)
+                .and_then(|(_, b)| b.upgrade())
+                .ok_or_else(|| format!("no node {node}"))?;
+            let items = batch
+                .into_iter()
+                .map(|f| (f.vhost, f.queues, (*f.message).clone()))
+                .collect();
+            Ok(target.accept_forwarded(items).await)
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_publish_reaches_queues_on_other_nodes_and_is_nacked_when_one_is_down() {
+    let log = Arc::new(Log::default());
+    let links = Arc::new(Links::default());
+    let a = node("a", &log).await;
+    let b = node("b", &log).await;
+    for (name, broker) in [("a", &a), ("b", &b)] {
+        broker.attach_forwarder(Arc::clone(&links) as Arc<dyn Forwarder>);
+        links
+            .nodes
+            .lock()
+            .push((name.to_owned(), Arc::downgrade(broker)));
+    }
+    a.declare_exchange(VH, ExchangeDef::new("x", ExchangeKind::Fanout), false)
+        .await
+        .unwrap();
+    a.declare_queue(VH, QueueDef::new("on-a"), false)
+        .await
+        .unwrap();
+    b.declare_queue(VH, QueueDef::new("on-b"), false)
+        .await
+        .unwrap();
+    a.bind(VH, binding("x", "on-a", ""), None).await.unwrap();
+    a.bind(VH, binding("x", "on-b", ""), None).await.unwrap();
+
+    // Published on b to the fanout: one copy in b's queue, one forwarded
+    // to a's, in order; the confirm waits for a.
+    for i in 0..10 {
+        let msg = Message::new("x", "", Bytes::from(format!("m{i}"))).persistent();
+        let published = b.publish(VH, msg).await.unwrap();
+        assert_eq!(published.routed, 2);
+        assert_eq!(published.settled(), None);
+        assert!(published.confirmed().await.unwrap());
+    }
+    let bodies = |q: &junction_core::Queue| -> Vec<Bytes> { q.peek_bodies() };
+    let on_a = a.queue_for(VH, "on-a", None).unwrap();
+    let on_b = b.queue_for(VH, "on-b", None).unwrap();
+    let expected: Vec<Bytes> = (0..10).map(|i| Bytes::from(format!("m{i}"))).collect();
+    assert_eq!(bodies(&on_a), expected);
+    assert_eq!(bodies(&on_b), expected);
+
+    // a cannot be asked: the copy for a's queue is refused (a nack), b's
+    // own copy is kept.
+    links.down.lock().push("a".to_owned());
+    let msg = Message::new("x", "", Bytes::from_static(b"late")).persistent();
+    let published = b.publish(VH, msg).await.unwrap();
+    assert!(!published.confirmed().await.unwrap());
+    assert_eq!(on_a.message_count(), 10);
+    assert_eq!(on_b.message_count(), 11);
 }

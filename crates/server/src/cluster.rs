@@ -8,8 +8,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use junction_cluster::{Change, Command, MetaNode, NodeId, Timing, WriteError, node_id};
-use junction_core::{Broker, CoreError, MetaFuture, MetaLog, MetaOp};
+use junction_core::{
+    Broker, CoreError, ForwardAnswer, ForwardFuture, Forwarded, Forwarder, MetaFuture, MetaLog,
+    MetaOp, Records,
+};
 use junction_store::Store;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::sync::OnceCell;
 
@@ -18,6 +22,24 @@ use crate::run::ServerError;
 
 /// Shortest shared secret accepted.
 const MIN_SECRET_BYTES: usize = 16;
+/// Longest wait for another node to take forwarded messages.
+const FORWARD_WITHIN: Duration = Duration::from_secs(30);
+
+/// A broker's request to another node's broker over the peer link.
+#[derive(Serialize, Deserialize)]
+enum PeerRequest {
+    /// Messages for queues of the receiving node, in order: each its
+    /// vhost, its queues there, and the message in the store's encoding.
+    Forward(Vec<(String, Vec<String>, Vec<u8>)>),
+}
+
+/// The answer to a [`PeerRequest`].
+#[derive(Serialize, Deserialize)]
+enum PeerAnswer {
+    /// Per forwarded message, in order.
+    Forwarded(Vec<ForwardAnswer>),
+}
+
 /// Longest wait for the member to stop at shutdown.
 const SHUTDOWN_WITHIN: Duration = Duration::from_secs(10);
 
@@ -106,6 +128,17 @@ impl Cluster {
     /// it.
     pub fn attach(self: &Arc<Self>, broker: &Arc<Broker>) {
         broker.attach_meta_log(Arc::clone(self) as Arc<dyn MetaLog>);
+        broker.attach_forwarder(Arc::clone(self) as Arc<dyn Forwarder>);
+        let server = Arc::downgrade(broker);
+        self.node.peers().serve(Arc::new(move |from, request| {
+            let broker = server.upgrade();
+            Box::pin(async move {
+                let Some(broker) = broker else {
+                    return Err("the broker is stopping".to_owned());
+                };
+                answer_peer(&broker, from, &request).await
+            })
+        }));
         let broker = Arc::downgrade(broker);
         self.node.state().observe(Arc::new(move |change: &Change| {
             let Some(broker) = broker.upgrade() else {
@@ -227,6 +260,80 @@ impl MetaLog for Cluster {
     fn scan(&self, prefix: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
         self.node.state().scan(prefix)
     }
+
+    fn settle(&self, keys: Vec<Vec<u8>>, then: &mut dyn FnMut(Records)) {
+        let state = self.node.state();
+        state.while_quiet(|| {
+            let now = keys
+                .into_iter()
+                .map(|k| {
+                    let v = state.get(&k);
+                    (k, v)
+                })
+                .collect();
+            then(now);
+        });
+    }
+}
+
+impl Forwarder for Cluster {
+    fn forward(&self, node: &str, batch: Vec<Forwarded>) -> ForwardFuture<'_> {
+        let target = node_id(node);
+        let node = node.to_owned();
+        Box::pin(async move {
+            let items = batch
+                .into_iter()
+                .map(|f| {
+                    let message = junction_core::codec::encode_message(&f.message).to_vec();
+                    (f.vhost, f.queues, message)
+                })
+                .collect();
+            let request =
+                postcard::to_stdvec(&PeerRequest::Forward(items)).map_err(|e| e.to_string())?;
+            let answer = self
+                .node
+                .peers()
+                .ask(target, request, FORWARD_WITHIN)
+                .await
+                .map_err(|e| e.to_string())?;
+            match postcard::from_bytes::<PeerAnswer>(&answer) {
+                Ok(PeerAnswer::Forwarded(answers)) => Ok(answers),
+                Err(e) => Err(format!("an answer from node {node} could not be read: {e}")),
+            }
+        })
+    }
+}
+
+/// This node's broker answering a peer's request.
+async fn answer_peer(broker: &Broker, from: NodeId, request: &[u8]) -> Result<Vec<u8>, String> {
+    let request: PeerRequest = postcard::from_bytes(request)
+        .map_err(|e| format!("a request from node {from:016x} could not be read: {e}"))?;
+    let answer = match request {
+        PeerRequest::Forward(items) => {
+            // Messages that cannot be read are answered as such, in place.
+            let mut answers: Vec<Option<ForwardAnswer>> = Vec::with_capacity(items.len());
+            let mut readable = Vec::with_capacity(items.len());
+            for (vhost, queues, bytes) in items {
+                match junction_core::codec::decode_message(&bytes) {
+                    Ok(message) => {
+                        answers.push(None);
+                        readable.push((vhost, queues, message));
+                    }
+                    Err(e) => answers.push(Some(Err(format!("unreadable message: {e}")))),
+                }
+            }
+            let mut taken = broker.accept_forwarded(readable).await.into_iter();
+            let answers = answers
+                .into_iter()
+                .map(|a| {
+                    a.or_else(|| taken.next())
+                        .unwrap_or_else(|| Err("no answer".to_owned()))
+                })
+                .collect();
+            PeerAnswer::Forwarded(answers)
+        }
+    };
+    postcard::to_stdvec(&answer).map_err(|e| e.to_string())
 }
 
 /// The shared secret: the file's bytes without a trailing newline.

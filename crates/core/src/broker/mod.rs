@@ -8,6 +8,7 @@
 mod connections;
 mod consume;
 mod declare;
+mod forward;
 mod publish;
 pub(crate) mod records;
 mod recovery;
@@ -37,8 +38,9 @@ use crate::value::FieldTable;
 pub use connections::{ConnectionDetails, ConnectionEntry, ConnectionSnapshot};
 pub use consume::{ConsumerHandle, GetOk};
 pub use declare::{ConsumerSummary, QueueInfo, QueueSummary};
+pub use forward::{ForwardAnswer, ForwardFuture, Forwarded, Forwarder};
 pub use publish::Published;
-pub use replica::{MetaFuture, MetaLog, MetaOp, RemoteQueue};
+pub use replica::{MetaFuture, MetaLog, MetaOp, Records, RemoteQueue};
 pub use vhosts::VhostInfo;
 
 /// Broker-wide settings the core needs.
@@ -150,6 +152,9 @@ fn default_watermark() -> u64 {
 /// How often the memory alarm re-counts what the queues hold.
 const ALARM_INTERVAL: std::time::Duration = std::time::Duration::from_millis(250);
 
+/// Queues of other nodes a message goes to, as (node, queue) pairs.
+pub(crate) type RemoteTargets = Vec<(String, String)>;
+
 /// One virtual host: an isolated set of exchanges, bindings and queues.
 pub struct VHost {
     pub name: String,
@@ -189,18 +194,39 @@ impl VHost {
         exchange: &str,
         msg: &Message,
     ) -> Result<Vec<Arc<Queue>>, CoreError> {
+        self.route(exchange, msg, false).map(|(local, _)| local)
+    }
+
+    /// [`Self::route_queues`], and, when `remote`, the queues of other
+    /// nodes it goes to as (node, queue) pairs.
+    pub(crate) fn route(
+        &self,
+        exchange: &str,
+        msg: &Message,
+        remote: bool,
+    ) -> Result<(Vec<Arc<Queue>>, RemoteTargets), CoreError> {
         let topology = self.topology.read();
         let names = topology.route(exchange, msg)?;
         if names.is_empty() {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), Vec::new()));
         }
         // Taken inside the topology read: nothing takes the two the other
         // way round (writers hold one at a time).
         let queues = self.queues.read();
-        Ok(names
+        let local: Vec<Arc<Queue>> = names
             .iter()
             .filter_map(|n| queues.get(*n).cloned())
-            .collect())
+            .collect();
+        let mut elsewhere = Vec::new();
+        if remote && local.len() < names.len() {
+            let others = self.remote.read();
+            for n in names.iter().filter(|n| !queues.contains_key(**n)) {
+                if let Some(r) = others.get(*n) {
+                    elsewhere.push((r.node.clone(), (*n).to_owned()));
+                }
+            }
+        }
+        Ok((local, elsewhere))
     }
 }
 
@@ -516,6 +542,12 @@ pub struct Broker {
     node_local_names: Vec<String>,
     /// The cluster's metadata group, once attached.
     meta: std::sync::OnceLock<Arc<dyn MetaLog>>,
+    /// The cluster's commit pipeline, once attached.
+    commits: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<replica::Pending>>,
+    /// The way to other nodes' queues, once attached.
+    forwarder: std::sync::OnceLock<Arc<dyn Forwarder>>,
+    /// An outbox per node messages were forwarded to.
+    outboxes: Mutex<HashMap<String, tokio::sync::mpsc::Sender<forward::Outgoing>>>,
 }
 
 /// Memory an adapter holds for a client outside any queue (an open AMQP
@@ -618,6 +650,9 @@ impl Broker {
             node: config.node.clone(),
             node_local_names: config.node_local_names.clone(),
             meta: std::sync::OnceLock::new(),
+            commits: std::sync::OnceLock::new(),
+            forwarder: std::sync::OnceLock::new(),
+            outboxes: Mutex::new(HashMap::new()),
         });
         for v in &config.vhosts {
             broker.add_vhost(v).info.write().configured = true;

@@ -30,6 +30,9 @@ pub struct Published {
     pub rejected: usize,
     /// Resolves when the store batch is on disk (None: nothing was stored).
     receipt: Option<CommitReceipt>,
+    /// The answers of the other nodes whose queues it went to (each with
+    /// how many of its queues), in a cluster.
+    forwarded: super::forward::Awaited,
 }
 
 impl Published {
@@ -39,14 +42,18 @@ impl Published {
         if let Some(r) = self.receipt {
             r.await?;
         }
-        Ok(self.rejected == 0)
+        let mut rejected = self.rejected;
+        for (queues, answer) in self.forwarded {
+            rejected += refused_of(queues, answer.await.ok());
+        }
+        Ok(rejected == 0)
     }
 
     /// The outcome at once when there is nothing to wait for (nothing was
     /// stored): true if every queue took it. None while a store write is
     /// pending ([`Published::confirmed`] then waits for it).
     pub fn settled(&self) -> Option<bool> {
-        self.receipt.is_none().then_some(self.rejected == 0)
+        (self.receipt.is_none() && self.forwarded.is_empty()).then_some(self.rejected == 0)
     }
 
     /// Blocking form of [`Published::confirmed`], for non-async callers.
@@ -54,12 +61,25 @@ impl Published {
         if let Some(r) = self.receipt {
             r.wait_blocking()?;
         }
-        Ok(self.rejected == 0)
+        let mut rejected = self.rejected;
+        for (queues, answer) in self.forwarded {
+            rejected += refused_of(queues, answer.blocking_recv().ok());
+        }
+        Ok(rejected == 0)
+    }
+}
+
+/// How many of another node's `queues` did not take a message, from its
+/// answer (none: all of them).
+fn refused_of(queues: u32, answer: Option<super::forward::ForwardAnswer>) -> usize {
+    match answer {
+        Some(Ok((_, refused))) => refused as usize,
+        Some(Err(_)) | None => queues as usize,
     }
 }
 
 /// One queue a message is going to.
-struct Target {
+pub(crate) struct Target {
     queue: Arc<Queue>,
     /// The arrival number and expiry, when they were fixed while planning
     /// (a stored entry's record needs them); otherwise they are taken
@@ -132,14 +152,19 @@ impl Broker {
         {
             self.set_retained(vhost, msg.clone()).await?;
         }
-        let (msg, targets, mut batch) = self.prepare(vhost, msg)?;
+        let (msg, targets, remote, mut batch) = self.prepare(vhost, msg)?;
         batch.append(extra);
         let receipt = if batch.is_empty() {
             None
         } else {
             Some(self.store.submit(batch, true).await?)
         };
-        Ok(self.enqueue(&msg, targets, receipt))
+        let mut published = self.enqueue(&msg, targets, receipt);
+        if !remote.is_empty() {
+            published.routed += remote.len();
+            published.forwarded = self.forward(vhost, &msg, remote).await;
+        }
+        Ok(published)
     }
 
     /// A message for the default exchange whose routing key is an address
@@ -171,11 +196,12 @@ impl Broker {
     }
 
     /// Routes the message and plans where it goes and what is written.
+    #[allow(clippy::type_complexity)]
     fn prepare(
         &self,
         vhost: &str,
         mut msg: Message,
-    ) -> Result<(Arc<Message>, Vec<Target>, Batch), CoreError> {
+    ) -> Result<(Arc<Message>, Vec<Target>, super::RemoteTargets, Batch), CoreError> {
         if self.is_shut_down() {
             return Err(CoreError::ShuttingDown);
         }
@@ -186,17 +212,17 @@ impl Broker {
         self.counters
             .bytes_in
             .fetch_add(msg.body_len(), Ordering::Relaxed);
-        let queues = vh.route_queues(&msg.exchange, &msg)?;
+        let (queues, remote) = vh.route(&msg.exchange, &msg, self.forwards())?;
         let msg = Arc::new(msg);
         let mut batch = Batch::new();
         let targets = self.plan(&msg, queues, &[], &mut batch);
-        Ok((msg, targets, batch))
+        Ok((msg, targets, remote, batch))
     }
 
     /// Reserves a place in each queue and writes the records for the
     /// durable ones into `batch`. `skip` lists queues a dead-lettered
     /// message must not return to (cycle detection).
-    fn plan(
+    pub(crate) fn plan(
         &self,
         msg: &Arc<Message>,
         queues: Vec<Arc<Queue>>,
@@ -260,7 +286,7 @@ impl Broker {
     }
 
     /// Puts the message into each target queue and carries out the effects.
-    fn enqueue(
+    pub(crate) fn enqueue(
         &self,
         msg: &Arc<Message>,
         targets: Vec<Target>,
@@ -272,6 +298,7 @@ impl Broker {
                 routed,
                 rejected: 0,
                 receipt,
+                forwarded: Vec::new(),
             };
         }
         let now = Instant::now();
@@ -297,6 +324,7 @@ impl Broker {
             routed,
             rejected,
             receipt,
+            forwarded: Vec::new(),
         }
     }
 

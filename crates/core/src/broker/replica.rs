@@ -18,15 +18,19 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use junction_store::{Batch, Cf, Op};
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use super::records::{self, TAG_BINDING, TAG_EXCHANGE, TAG_QUEUE, TAG_VHOST};
 use super::{Broker, VHost};
 use crate::error::CoreError;
 use crate::queue::args::{QueueArgs, QueueDef};
+
+/// Records as the group holds them: a key and its value (None: absent).
+pub type Records = Vec<(Vec<u8>, Option<Vec<u8>>)>;
 
 /// One write to the cluster's record map.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -60,6 +64,78 @@ pub trait MetaLog: Send + Sync {
     fn get(&self, key: &[u8]) -> Option<Vec<u8>>;
     /// Every record under `prefix`, in key order.
     fn scan(&self, prefix: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)>;
+    /// Call `then` with the records of `keys` as applied here, while no
+    /// committed change is being applied: none lands between the read and
+    /// what `then` does with it.
+    fn settle(&self, keys: Vec<Vec<u8>>, then: &mut dyn FnMut(Records));
+}
+
+/// One change waiting for the commit pipeline; `done` hears how it went
+/// (none for changes made where nothing waits: auto-delete, expiry).
+pub(crate) struct Pending {
+    ops: Vec<MetaOp>,
+    done: Option<oneshot::Sender<Result<(), CoreError>>>,
+}
+
+/// Bytes of keys and values the pipeline gathers into one entry at most
+/// (a change larger than this goes alone; the group's limit is 1 MiB).
+const GATHER_BYTES: usize = 256 * 1024;
+
+/// An error of a commit, for each change it carried.
+fn share(e: &CoreError) -> CoreError {
+    match e {
+        CoreError::PreconditionFailed(t) => CoreError::PreconditionFailed(t.clone()),
+        CoreError::ShuttingDown => CoreError::ShuttingDown,
+        CoreError::Unavailable(t) => CoreError::Unavailable(t.clone()),
+        other => CoreError::Unavailable(other.to_string()),
+    }
+}
+
+fn ops_bytes(ops: &[MetaOp]) -> usize {
+    ops.iter()
+        .map(|op| match op {
+            MetaOp::Put { key, value } => key.len() + value.len(),
+            MetaOp::Delete { key } => key.len(),
+        })
+        .sum()
+}
+
+/// The node's commit pipeline: commits changes in the order they were
+/// made here (an auto-delete before the redeclaration that follows it),
+/// gathering those waiting into one entry; a commit that fails is undone
+/// here for every change it carried.
+async fn commit_pipeline(
+    broker: Weak<Broker>,
+    log: Arc<dyn MetaLog>,
+    mut pending: mpsc::UnboundedReceiver<Pending>,
+) {
+    while let Some(first) = pending.recv().await {
+        let mut size = ops_bytes(&first.ops);
+        let mut group = vec![first];
+        while size < GATHER_BYTES {
+            match pending.try_recv() {
+                Ok(next) => {
+                    size += ops_bytes(&next.ops);
+                    group.push(next);
+                }
+                Err(_) => break,
+            }
+        }
+        let ops: Vec<MetaOp> = group.iter().flat_map(|p| p.ops.iter().cloned()).collect();
+        let keys: Vec<Vec<u8>> = ops.iter().map(|op| op.key().to_vec()).collect();
+        let result = log.commit(ops).await;
+        if let Err(e) = &result {
+            tracing::warn!(error = %e, records = keys.len(), "a topology change was not committed to the cluster; undone here");
+            if let Some(broker) = broker.upgrade() {
+                broker.undo(&*log, keys);
+            }
+        }
+        for p in group {
+            if let Some(done) = p.done {
+                let _ = done.send(result.as_ref().map(|_| ()).map_err(share));
+            }
+        }
+    }
 }
 
 /// A durable queue that lives on another node of the cluster.
@@ -139,8 +215,13 @@ impl Broker {
     /// Make this broker one node of a cluster whose metadata group is
     /// `log` (once, before clients connect).
     pub fn attach_meta_log(&self, log: Arc<dyn MetaLog>) {
-        if self.meta.set(log).is_err() {
+        if self.meta.set(Arc::clone(&log)).is_err() {
             tracing::warn!("the cluster's metadata log was attached twice; kept the first");
+            return;
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        if self.commits.set(tx).is_ok() {
+            tokio::spawn(commit_pipeline(self.me.clone(), log, rx));
         }
     }
 
@@ -173,66 +254,72 @@ impl Broker {
         self.commit_meta(ops).await
     }
 
-    /// Commit `ops` to the group (nothing outside a cluster); a failed
-    /// commit is undone here.
+    /// Commit `ops` to the group (nothing outside a cluster), after every
+    /// change made here before; a failed commit is undone here.
     pub(crate) async fn commit_meta(&self, ops: Vec<MetaOp>) -> Result<(), CoreError> {
-        let Some(log) = self.meta_log() else {
+        let (done, answer) = oneshot::channel();
+        if !self.send_commit(ops, Some(done)) {
             return Ok(());
+        }
+        answer.await.unwrap_or(Err(CoreError::ShuttingDown))
+    }
+
+    /// Hand the shared ones of `ops` to the commit pipeline; false when
+    /// there is nothing to commit (not in a cluster, or nothing shared).
+    fn send_commit(
+        &self,
+        ops: Vec<MetaOp>,
+        done: Option<oneshot::Sender<Result<(), CoreError>>>,
+    ) -> bool {
+        let Some(pipeline) = self.commits.get() else {
+            return false;
         };
         let ops: Vec<MetaOp> = ops
             .into_iter()
             .filter(|op| self.is_shared_key(op.key()))
             .collect();
         if ops.is_empty() {
-            return Ok(());
+            return false;
         }
-        let keys: Vec<Vec<u8>> = ops.iter().map(|op| op.key().to_vec()).collect();
-        if let Err(e) = log.commit(ops).await {
-            tracing::warn!(error = %e, records = keys.len(), "a topology change was not committed to the cluster; undone here");
-            // Never undone by dropping messages: a queue (or a vhost with
-            // a queue) that took messages meanwhile stays, and is logged.
-            let now: Vec<(Vec<u8>, Option<Vec<u8>>)> = keys
+        if let Err(e) = pipeline.send(Pending { ops, done }) {
+            // The pipeline is gone (the broker is stopping): tell the
+            // waiter so.
+            if let Some(done) = e.0.done {
+                let _ = done.send(Err(CoreError::ShuttingDown));
+            }
+        }
+        true
+    }
+
+    /// Make `keys` here what the group holds for them, as one step no
+    /// committed change interleaves with. Never by dropping messages: a
+    /// queue (or a vhost with a queue) that took some meanwhile stays, and
+    /// is logged.
+    fn undo(&self, log: &dyn MetaLog, keys: Vec<Vec<u8>>) {
+        log.settle(keys, &mut |now| {
+            let now = now
                 .into_iter()
-                .map(|k| {
-                    let v = log.get(&k);
-                    (k, v)
-                })
                 .filter(|(k, v)| v.is_some() || !self.holds_messages(k))
                 .collect();
             self.apply_in_order(now);
-            return Err(e);
-        }
-        Ok(())
+        });
     }
 
     /// [`Self::commit_durably`] for paths that cannot wait (auto-delete,
-    /// expiry): written here now, committed to the group in the
-    /// background. A commit that fails is only logged: the group's records
-    /// come back at the next reset.
+    /// expiry): written here now, committed in its turn; a commit that
+    /// fails is undone here as any other (the queue comes back, empty).
     pub(crate) fn commit_soon(&self, batch: Batch) {
         let ops = match self.meta_log() {
             Some(_) => self.meta_ops(&batch),
             None => Vec::new(),
         };
         self.write_soon(batch);
-        if ops.is_empty() {
-            return;
-        }
-        let Some(me) = self.me.upgrade() else {
-            return;
-        };
-        tokio::spawn(async move {
-            if let Some(log) = me.meta_log()
-                && let Err(e) = log.commit(ops).await
-            {
-                tracing::warn!(error = %e, "a topology change made here (auto-delete, expiry) was not committed to the cluster");
-            }
-        });
+        self.send_commit(ops, None);
     }
 
     /// Apply records in dependency order: removals first (bindings, then
     /// queues, exchanges, vhosts), then the rest (vhosts first).
-    fn apply_in_order(&self, mut records: Vec<(Vec<u8>, Option<Vec<u8>>)>) {
+    fn apply_in_order(&self, mut records: Records) {
         records.sort_by_key(|(k, v)| match v {
             None => (0, 4 - kind_rank(k)),
             Some(_) => (1, kind_rank(k)),
@@ -392,14 +479,8 @@ impl Broker {
             }
             None => {
                 let name = records::decode_vhost_key(key)?;
-                if let Some(me) = self.me.upgrade()
-                    && let Some(batch) = self.take_vhost_down(&name)
-                {
-                    tokio::spawn(async move {
-                        if let Err(e) = me.delete_vhost_records(&name, batch).await {
-                            tracing::error!(vhost = name, error = %e, "vhost records not deleted");
-                        }
-                    });
+                if let Some(batch) = self.take_vhost_down(&name) {
+                    self.delete_vhost_records_now(&name, batch);
                 }
             }
         }
@@ -537,5 +618,82 @@ impl Broker {
         self.persist_changes(&vh, &changes, &mut batch);
         self.write_soon(batch);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use junction_store::Store;
+
+    use super::*;
+    use crate::broker::BrokerConfig;
+
+    /// A log whose commits take a while, recording what each carried.
+    #[derive(Default)]
+    struct Slow {
+        commits: parking_lot::Mutex<Vec<Vec<MetaOp>>>,
+    }
+
+    impl MetaLog for Slow {
+        fn commit(&self, ops: Vec<MetaOp>) -> MetaFuture<'_> {
+            Box::pin(async move {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                self.commits.lock().push(ops);
+                Ok(())
+            })
+        }
+
+        fn get(&self, _key: &[u8]) -> Option<Vec<u8>> {
+            None
+        }
+
+        fn scan(&self, _prefix: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
+            Vec::new()
+        }
+
+        fn settle(&self, keys: Vec<Vec<u8>>, then: &mut dyn FnMut(Records)) {
+            then(keys.into_iter().map(|k| (k, None)).collect());
+        }
+    }
+
+    #[tokio::test]
+    async fn changes_commit_in_the_order_made_gathered_while_one_is_in_flight() {
+        let config = BrokerConfig {
+            node: Some("a".to_owned()),
+            ..BrokerConfig::default()
+        };
+        let broker = Broker::open(Store::in_memory(), config).await.unwrap();
+        let log = Arc::new(Slow::default());
+        broker.attach_meta_log(Arc::clone(&log) as Arc<dyn MetaLog>);
+        let put = |name: &str| MetaOp::Put {
+            key: records::queue_key("/", name),
+            value: b"record".to_vec(),
+        };
+        let first = {
+            let broker = Arc::clone(&broker);
+            let op = put("a");
+            tokio::spawn(async move { broker.commit_meta(vec![op]).await })
+        };
+        // "a" is in flight; an auto-delete made here, then a declare, wait.
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let mut deleted = Batch::new();
+        deleted.delete(Cf::Meta, records::queue_key("/", "b"));
+        broker.commit_soon(deleted);
+        broker.commit_meta(vec![put("b")]).await.unwrap();
+        first.await.unwrap().unwrap();
+        assert_eq!(
+            *log.commits.lock(),
+            vec![
+                vec![put("a")],
+                vec![
+                    MetaOp::Delete {
+                        key: records::queue_key("/", "b")
+                    },
+                    put("b")
+                ],
+            ]
+        );
     }
 }

@@ -161,28 +161,54 @@ impl Broker {
     ) -> Result<(), CoreError> {
         let store = self.store.clone();
         let vhost = name.to_owned();
-        let keys = tokio::task::spawn_blocking(move || {
-            let mut keys: Vec<(Cf, Vec<u8>)> = Vec::new();
-            let prefixes = [
-                (Cf::Meta, records::vhost_prefix(TAG_EXCHANGE, &vhost)),
-                (Cf::Meta, records::vhost_prefix(TAG_QUEUE, &vhost)),
-                (Cf::Meta, records::vhost_prefix(TAG_BINDING, &vhost)),
-                (Cf::Retained, records::retained_prefix(&vhost)),
-            ];
-            for (cf, prefix) in prefixes {
-                store.scan(cf, &prefix, &mut |k, _| {
-                    keys.push((cf, k.to_vec()));
-                    true
-                })?;
-            }
-            Ok::<_, CoreError>(keys)
-        })
-        .await
-        .map_err(|e| CoreError::Corrupt(format!("vhost delete task failed: {e}")))??;
-        for (cf, k) in keys {
-            batch.delete(cf, k);
-        }
-        batch.delete(Cf::Meta, records::vhost_key(name));
+        let keys = tokio::task::spawn_blocking(move || vhost_record_keys(&store, &vhost))
+            .await
+            .map_err(|e| CoreError::Corrupt(format!("vhost delete task failed: {e}")))??;
+        add_deletes(&mut batch, name, keys);
         self.write_durably(batch).await
     }
+
+    /// [`Self::delete_vhost_records`] from a context that cannot wait (a
+    /// replicated deletion being applied): the store is read here and the
+    /// deletes queued, ordered with every later write (a vhost of the same
+    /// name made again is written after them).
+    pub(crate) fn delete_vhost_records_now(&self, name: &str, mut batch: Batch) {
+        match vhost_record_keys(&self.store, name) {
+            Ok(keys) => {
+                add_deletes(&mut batch, name, keys);
+                self.write_soon(batch);
+            }
+            Err(e) => tracing::error!(vhost = name, error = %e, "vhost records not deleted"),
+        }
+    }
+}
+
+/// The keys of what the store holds of vhost `vhost`: exchange, binding
+/// and queue records, retained messages.
+fn vhost_record_keys(
+    store: &junction_store::Store,
+    vhost: &str,
+) -> Result<Vec<(Cf, Vec<u8>)>, CoreError> {
+    let mut keys: Vec<(Cf, Vec<u8>)> = Vec::new();
+    let prefixes = [
+        (Cf::Meta, records::vhost_prefix(TAG_EXCHANGE, vhost)),
+        (Cf::Meta, records::vhost_prefix(TAG_QUEUE, vhost)),
+        (Cf::Meta, records::vhost_prefix(TAG_BINDING, vhost)),
+        (Cf::Retained, records::retained_prefix(vhost)),
+    ];
+    for (cf, prefix) in prefixes {
+        store.scan(cf, &prefix, &mut |k, _| {
+            keys.push((cf, k.to_vec()));
+            true
+        })?;
+    }
+    Ok(keys)
+}
+
+/// Adds the deletes of `keys` and of vhost `name`'s own record to `batch`.
+fn add_deletes(batch: &mut Batch, name: &str, keys: Vec<(Cf, Vec<u8>)>) {
+    for (cf, k) in keys {
+        batch.delete(cf, k);
+    }
+    batch.delete(Cf::Meta, records::vhost_key(name));
 }
