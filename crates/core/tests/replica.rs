@@ -109,6 +109,17 @@ fn binding(source: &str, queue: &str, key: &str) -> Binding {
     }
 }
 
+/// A direct exchange "x" bound to a queue "q" with key "k", declared on `b`.
+async fn x_bound_to_q(b: &Arc<Broker>) {
+    b.declare_exchange(VH, ExchangeDef::new("x", ExchangeKind::Direct), false)
+        .await
+        .unwrap();
+    b.declare_queue(VH, QueueDef::new("q"), false)
+        .await
+        .unwrap();
+    b.bind(VH, binding("x", "q", "k"), None).await.unwrap();
+}
+
 fn local_queues(b: &Broker) -> Vec<String> {
     b.queues(VH)
         .unwrap()
@@ -131,13 +142,7 @@ async fn durable_topology_made_on_one_node_is_on_every_node_and_transient_stays(
     let a = node("a", &log).await;
     let b = node("b", &log).await;
 
-    a.declare_exchange(VH, ExchangeDef::new("x", ExchangeKind::Direct), false)
-        .await
-        .unwrap();
-    a.declare_queue(VH, QueueDef::new("q"), false)
-        .await
-        .unwrap();
-    a.bind(VH, binding("x", "q", "k"), None).await.unwrap();
+    x_bound_to_q(&a).await;
     let mut transient = ExchangeDef::new("t", ExchangeKind::Fanout);
     transient.durable = false;
     a.declare_exchange(VH, transient, false).await.unwrap();
@@ -376,4 +381,36 @@ async fn a_publish_reaches_queues_on_other_nodes_and_is_nacked_when_one_is_down(
     assert!(!published.confirmed().await.unwrap());
     assert_eq!(on_a.message_count(), 10);
     assert_eq!(on_b.message_count(), 11);
+}
+
+#[tokio::test]
+async fn a_record_that_redefines_an_exchange_replaces_it_and_one_of_a_missing_vhost_makes_nothing()
+{
+    let log = Arc::new(Log::default());
+    let a = node("a", &log).await;
+    x_bound_to_q(&a).await;
+
+    // Records made on a node of another log: a fanout "x" (a declaration
+    // that won elsewhere), and an exchange in a vhost a does not have.
+    let other = Arc::new(Log::default());
+    let b = node("b", &other).await;
+    b.declare_exchange(VH, ExchangeDef::new("x", ExchangeKind::Fanout), false)
+        .await
+        .unwrap();
+    b.put_vhost("v9", Default::default()).await.unwrap();
+    b.declare_exchange("v9", ExchangeDef::new("y", ExchangeKind::Topic), false)
+        .await
+        .unwrap();
+    let exchanges: Vec<(Vec<u8>, Vec<u8>)> = other
+        .all()
+        .into_iter()
+        .filter(|(k, _)| k[0] == b'x')
+        .collect();
+    assert_eq!(exchanges.len(), 2);
+    for (key, value) in &exchanges {
+        a.apply_replicated(key, Some(value));
+    }
+    assert_eq!(a.exchange(VH, "x").unwrap().kind, ExchangeKind::Fanout);
+    assert_eq!(a.bindings(VH).unwrap(), vec![binding("x", "q", "k")]);
+    assert!(!a.vhost_names().contains(&"v9".to_owned()));
 }

@@ -386,3 +386,51 @@ impl Drop for StartGuard {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use junction_core::{BrokerConfig, Message, QueueDef};
+    use junction_store::Store;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_peer_request_that_cannot_be_read_is_answered_so_and_the_rest_are_taken() {
+        let broker = Broker::open(Store::in_memory(), BrokerConfig::default())
+            .await
+            .unwrap();
+        broker
+            .declare_queue("/", QueueDef::new("q"), false)
+            .await
+            .unwrap();
+
+        // Not a request at all.
+        let refused = answer_peer(&broker, 7, b"\xff\xff not postcard").await;
+        assert!(refused.unwrap_err().contains("could not be read"));
+
+        // Three messages: one for q, one that is not a message, one for a
+        // queue this node does not have.
+        let good = Message::new("", "q", bytes::Bytes::from_static(b"hello")).persistent();
+        let good = junction_core::codec::encode_message(&good).to_vec();
+        let request = PeerRequest::Forward(vec![
+            ("/".to_owned(), vec!["q".to_owned()], good.clone()),
+            ("/".to_owned(), vec!["q".to_owned()], b"garbage".to_vec()),
+            ("/".to_owned(), vec!["gone".to_owned()], good),
+        ]);
+        let answer = answer_peer(&broker, 7, &postcard::to_stdvec(&request).unwrap())
+            .await
+            .unwrap();
+        let PeerAnswer::Forwarded(answers) = postcard::from_bytes(&answer).unwrap();
+        assert_eq!(answers.len(), 3);
+        assert_eq!(answers[0], Ok((1, 0)));
+        assert!(
+            answers[1]
+                .as_ref()
+                .unwrap_err()
+                .contains("unreadable message")
+        );
+        assert_eq!(answers[2], Ok((0, 1)));
+        let q = broker.queue_for("/", "q", None).unwrap();
+        assert_eq!(q.peek_bodies(), vec![bytes::Bytes::from_static(b"hello")]);
+    }
+}

@@ -462,16 +462,20 @@ impl Broker {
         self.write_soon(batch);
     }
 
-    /// The vhost a replicated record belongs to, made if need be.
-    fn replica_vhost(&self, vhost: &str) -> Arc<VHost> {
-        self.add_vhost(vhost)
+    /// The vhost a replicated record belongs to. Its own record comes
+    /// first in the log (and first in a reset); a vhost this node lacks is
+    /// one deleted since, or one configured on other nodes only: nothing
+    /// of it is made here.
+    fn replica_vhost(&self, vhost: &str) -> Result<Arc<VHost>, CoreError> {
+        self.vhost(vhost)
+            .map_err(|_| CoreError::NotFound(format!("no vhost '{vhost}' on this node")))
     }
 
     fn apply_vhost(&self, key: &[u8], value: Option<&[u8]>) -> Result<(), CoreError> {
         match value {
             Some(v) => {
                 let (name, info) = records::decode_vhost(v)?;
-                let vh = self.replica_vhost(&name);
+                let vh = self.add_vhost(&name);
                 let mut current = vh.info.write();
                 current.description = info.description;
                 current.tags = info.tags;
@@ -491,10 +495,33 @@ impl Broker {
         match value {
             Some(v) => {
                 let (vhost, def) = records::decode_exchange(v)?;
-                self.replica_vhost(&vhost)
-                    .topology
-                    .write()
-                    .restore_exchange(def);
+                let vh = self.replica_vhost(&vhost)?;
+                let mut topo = vh.topology.write();
+                match topo.exchange(&def.name) {
+                    Some(current) if *current != def => {
+                        // Another declaration of the name won in the log:
+                        // take it, keeping the bindings from and to it.
+                        let name = def.name.clone();
+                        let kept: Vec<crate::exchange::Binding> = topo
+                            .bindings()
+                            .into_iter()
+                            .filter(|b| {
+                                b.source == name
+                                    || b.destination
+                                        == crate::exchange::Destination::Exchange(name.clone())
+                            })
+                            .collect();
+                        topo.delete_exchange(&name, false)?;
+                        topo.restore_exchange(def);
+                        for b in kept {
+                            if let Err(e) = topo.bind(b) {
+                                tracing::warn!(exchange = name, error = %e, "a binding of a replaced exchange was not kept");
+                            }
+                        }
+                    }
+                    Some(_) => {}
+                    None => topo.restore_exchange(def),
+                }
             }
             None => {
                 let (vhost, name) = records::decode_name_key(key)?;
@@ -517,7 +544,7 @@ impl Broker {
         match value {
             Some(v) => {
                 let (vhost, id, def, owner) = records::decode_queue(v)?;
-                let vh = self.replica_vhost(&vhost);
+                let vh = self.replica_vhost(&vhost)?;
                 if self.owns(owner.as_deref()) {
                     vh.remote.write().remove(&def.name);
                     if vh.queue(&def.name).is_none() {
@@ -586,7 +613,7 @@ impl Broker {
         };
         let changes = match value {
             Some(_) => {
-                let vh = self.replica_vhost(&vhost);
+                let vh = self.replica_vhost(&vhost)?;
                 let change = {
                     let mut topo = vh.topology.write();
                     if topo.has_binding(&b) {

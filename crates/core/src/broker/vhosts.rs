@@ -26,6 +26,9 @@ pub struct VhostInfo {
     pub configured: bool,
 }
 
+/// Keys one entry of a replicated vhost deletion carries at most.
+const VHOST_DELETE_BYTES: usize = 256 * 1024;
+
 /// Longest vhost name accepted (RabbitMQ caps names at 255 bytes too).
 pub const MAX_VHOST_NAME: usize = 255;
 
@@ -103,7 +106,23 @@ impl Broker {
                     ops.push(super::MetaOp::Delete { key });
                 }
             }
-            return self.commit_meta(ops).await;
+            // In entries of at most VHOST_DELETE_BYTES of keys, the vhost's
+            // own record first: a large vhost stays under the group's
+            // command limit, and once its record is gone no node applies
+            // a record of it again.
+            let mut rest = ops.into_iter().peekable();
+            while rest.peek().is_some() {
+                let mut chunk = Vec::new();
+                let mut bytes = 0;
+                while let Some(op) = rest.next_if(|_| bytes < VHOST_DELETE_BYTES) {
+                    if let super::MetaOp::Delete { key } = &op {
+                        bytes += key.len();
+                    }
+                    chunk.push(op);
+                }
+                self.commit_meta(chunk).await?;
+            }
+            return Ok(());
         }
         let Some(batch) = self.take_vhost_down(name) else {
             return Err(CoreError::NotFound(format!("no vhost '{name}'")));
