@@ -11,6 +11,7 @@ import pika
 import pika.exceptions
 import pytest
 
+from mqtt_support import V5
 from mqtt_support import Client as MqttClient
 from stomp_support import Client as StompClient
 from test_cluster import agreed_leader, wait_for
@@ -111,7 +112,9 @@ def test_a_publish_for_a_queue_whose_node_is_down_is_nacked(make_broker, tmp_pat
     brokers, names = formed(make_broker, tmp_path)
     n1, n2, n3 = brokers
     conn = amqp(n1)
-    conn.channel().queue_declare("far", durable=True)
+    ch = conn.channel()
+    ch.queue_declare("far", durable=True)
+    ch.queue_bind("far", "amq.topic", routing_key="far.#")
     conn.close()
     wait_for("far known on n2", lambda: depth(n2, "far") == 0)
 
@@ -125,6 +128,11 @@ def test_a_publish_for_a_queue_whose_node_is_down_is_nacked(make_broker, tmp_pat
     with pytest.raises(pika.exceptions.NackError):
         ch.basic_publish("", "far", b"two", pika.BasicProperties(delivery_mode=2))
     conn.close()
+    # MQTT 5: the PUBACK carries an error reason code (0x80 and up).
+    mqtt = MqttClient(n2, version=V5)
+    mqtt.connect()
+    assert mqtt.publish("far/1", b"three", qos=1) >= 0x80
+    mqtt.close()
     n1.start()
     wait_for("the cluster together", lambda: agreed_leader(brokers, names))
     assert drain(n1, "far", 1) == [b"one"]

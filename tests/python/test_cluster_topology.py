@@ -14,8 +14,21 @@ import pika
 import pika.exceptions
 import pytest
 
+import admin_support
 from admin_support import api
+from stomp_support import Client as StompClient
 from test_cluster import agreed_leader, three_nodes, wait_for
+
+
+def api_within(b, *args, timeout=20.0):
+    """`api` with a longer wait, for a change the cluster takes 10 s to
+    refuse."""
+    saved = admin_support.HTTP_TIMEOUT
+    admin_support.HTTP_TIMEOUT = timeout
+    try:
+        return api(b, *args)
+    finally:
+        admin_support.HTTP_TIMEOUT = saved
 
 
 def amqp(b, vhost="/"):
@@ -214,6 +227,18 @@ def test_a_node_cut_off_from_the_majority_refuses_changes_and_all_agree_after(ma
     with pytest.raises(pika.exceptions.ConnectionClosedByBroker) as refused:
         conn.channel().queue_declare("lonely.q", durable=True)
     assert refused.value.reply_code == 541
+    # STOMP (a SEND to /queue/ declares a durable queue) and the
+    # management API are refused the same way.
+    stomp = StompClient(n1)
+    stomp.connected()
+    stomp.send("/queue/lonely.s", "x")
+    stomp.listener.wait(lambda: any(f.cmd == "ERROR" for f in stomp.listener.frames), 20, "ERROR")
+    error = next(f for f in stomp.listener.frames if f.cmd == "ERROR")
+    assert error.headers["message"] == "cluster_unavailable", error.headers
+    stomp.close()
+    status, body, _ = api_within(n1, "PUT", "/api/exchanges/%2F/lonely.api", {"type": "direct", "durable": True})
+    assert (status, body["error"]) == (503, "unavailable"), (status, body)
+    assert "did not commit the change" in body["reason"]
     # Transient topology needs no majority.
     conn = amqp(n1)
     conn.channel().exchange_declare("local.only", "fanout", durable=False)
@@ -229,7 +254,12 @@ def test_a_node_cut_off_from_the_majority_refuses_changes_and_all_agree_after(ma
     n2.start()
     n3.start()
     wait_for("the cluster together", lambda: agreed_leader(brokers, names))
-    for kind, name in (("exchange", "lonely"), ("queue", "lonely.q")):
+    for kind, name in (
+        ("exchange", "lonely"),
+        ("queue", "lonely.q"),
+        ("queue", "lonely.s"),
+        ("exchange", "lonely.api"),
+    ):
         wait_for(
             f"every node to agree on {name}",
             lambda: len({exists(b, kind, name) for b in brokers}) == 1,

@@ -11,7 +11,7 @@ use std::sync::{Arc, Weak};
 use bytes::Bytes;
 use junction_core::{
     Binding, Broker, BrokerConfig, CoreError, Destination, ExchangeDef, ExchangeKind,
-    ForwardFuture, Forwarded, Forwarder, Message, MetaFuture, MetaLog, MetaOp, QueueDef, Records,
+    ForwardFuture, Forwarded, Forwarder, Message, MetaFuture, MetaLog, MetaOp, QueueDef,
 };
 use junction_store::Store;
 use parking_lot::Mutex;
@@ -56,17 +56,6 @@ impl MetaLog for Log {
 
     fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
         self.records.lock().get(key).cloned()
-    }
-
-    fn settle(&self, keys: Vec<Vec<u8>>, then: &mut dyn FnMut(Records)) {
-        let now = keys
-            .into_iter()
-            .map(|k| {
-                let v = self.get(&k);
-                (k, v)
-            })
-            .collect();
-        then(now);
     }
 
     fn scan(&self, prefix: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {

@@ -10,7 +10,7 @@ use std::time::Duration;
 use junction_cluster::{Change, Command, MetaNode, NodeId, Timing, WriteError, node_id};
 use junction_core::{
     Broker, CoreError, ForwardAnswer, ForwardFuture, Forwarded, Forwarder, MetaFuture, MetaLog,
-    MetaOp, Records,
+    MetaOp,
 };
 use junction_store::Store;
 use serde::{Deserialize, Serialize};
@@ -261,18 +261,8 @@ impl MetaLog for Cluster {
         self.node.state().scan(prefix)
     }
 
-    fn settle(&self, keys: Vec<Vec<u8>>, then: &mut dyn FnMut(Records)) {
-        let state = self.node.state();
-        state.while_quiet(|| {
-            let now = keys
-                .into_iter()
-                .map(|k| {
-                    let v = state.get(&k);
-                    (k, v)
-                })
-                .collect();
-            then(now);
-        });
+    fn quietly(&self, f: &mut dyn FnMut()) {
+        self.node.state().while_quiet(f);
     }
 }
 

@@ -7,7 +7,6 @@
 //! in its queues (on disk when persistent). A node that cannot be asked
 //! counts as refusing the message: the publisher gets a nack.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -128,12 +127,12 @@ impl Broker {
         let Some(forwarder) = self.forwarder.get() else {
             return Vec::new();
         };
-        let mut by_node: HashMap<String, Vec<String>> = HashMap::new();
-        for (node, queue) in remote {
-            by_node.entry(node).or_default().push(queue);
-        }
-        let mut awaited = Vec::with_capacity(by_node.len());
-        for (node, queues) in by_node {
+        let mut remote = remote;
+        remote.sort_unstable();
+        let mut awaited = Vec::new();
+        for group in remote.chunk_by(|a, b| a.0 == b.0) {
+            let node = group[0].0.clone();
+            let queues: Vec<String> = group.iter().map(|(_, q)| q.clone()).collect();
             let count = queues.len() as u32;
             let (done, answer) = oneshot::channel();
             let outbox_tx = {
@@ -183,12 +182,7 @@ impl Broker {
                 let msg = Arc::new(msg);
                 let mut batch = Batch::new();
                 let targets = self.plan(&msg, queues, &[], &mut batch);
-                let receipt = if batch.is_empty() {
-                    None
-                } else {
-                    Some(self.store.submit(batch, true).await?)
-                };
-                Ok::<_, CoreError>((self.enqueue(&msg, targets, receipt), missing))
+                Ok::<_, CoreError>((self.place(&msg, targets, batch).await?, missing))
             }
             .await;
             pending.push(taken);

@@ -154,17 +154,29 @@ impl Broker {
         }
         let (msg, targets, remote, mut batch) = self.prepare(vhost, msg)?;
         batch.append(extra);
-        let receipt = if batch.is_empty() {
-            None
-        } else {
-            Some(self.store.submit(batch, true).await?)
-        };
-        let mut published = self.enqueue(&msg, targets, receipt);
+        let mut published = self.place(&msg, targets, batch).await?;
         if !remote.is_empty() {
             published.routed += remote.len();
             published.forwarded = self.forward(vhost, &msg, remote).await;
         }
         Ok(published)
+    }
+
+    /// Hands `batch` (the message's records) to the store, then puts the
+    /// message into its planned `targets`; the receipt resolves when the
+    /// batch is on disk.
+    pub(crate) async fn place(
+        &self,
+        msg: &Arc<Message>,
+        targets: Vec<Target>,
+        batch: Batch,
+    ) -> Result<Published, CoreError> {
+        let receipt = if batch.is_empty() {
+            None
+        } else {
+            Some(self.store.submit(batch, true).await?)
+        };
+        Ok(self.enqueue(msg, targets, receipt))
     }
 
     /// A message for the default exchange whose routing key is an address
@@ -286,7 +298,7 @@ impl Broker {
     }
 
     /// Puts the message into each target queue and carries out the effects.
-    pub(crate) fn enqueue(
+    fn enqueue(
         &self,
         msg: &Arc<Message>,
         targets: Vec<Target>,

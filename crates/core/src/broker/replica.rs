@@ -64,10 +64,13 @@ pub trait MetaLog: Send + Sync {
     fn get(&self, key: &[u8]) -> Option<Vec<u8>>;
     /// Every record under `prefix`, in key order.
     fn scan(&self, prefix: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)>;
-    /// Call `then` with the records of `keys` as applied here, while no
-    /// committed change is being applied: none lands between the read and
-    /// what `then` does with it.
-    fn settle(&self, keys: Vec<Vec<u8>>, then: &mut dyn FnMut(Records));
+    /// Run `f` while no committed change is being applied here, so that
+    /// none lands between what `f` reads ([`MetaLog::get`]) and what it
+    /// does with it. The default runs `f` as it is (a log applied only
+    /// from its callers' tasks).
+    fn quietly(&self, f: &mut dyn FnMut()) {
+        f();
+    }
 }
 
 /// One change waiting for the commit pipeline; `done` hears how it went
@@ -296,9 +299,10 @@ impl Broker {
     /// queue (or a vhost with a queue) that took some meanwhile stays, and
     /// is logged.
     fn undo(&self, log: &dyn MetaLog, keys: Vec<Vec<u8>>) {
-        log.settle(keys, &mut |now| {
-            let now = now
-                .into_iter()
+        log.quietly(&mut || {
+            let now = keys
+                .iter()
+                .map(|k| (k.clone(), log.get(k)))
                 .filter(|(k, v)| v.is_some() || !self.holds_messages(k))
                 .collect();
             self.apply_in_order(now);
@@ -678,10 +682,6 @@ mod tests {
 
         fn scan(&self, _prefix: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
             Vec::new()
-        }
-
-        fn settle(&self, keys: Vec<Vec<u8>>, then: &mut dyn FnMut(Records)) {
-            then(keys.into_iter().map(|k| (k, None)).collect());
         }
     }
 

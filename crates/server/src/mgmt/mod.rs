@@ -253,12 +253,17 @@ impl ApiError {
     }
 
     /// A core error as the API's: not found is 404, a refusal 400 with
-    /// the core's words (RabbitMQ answers precondition failures 400).
+    /// the core's words (RabbitMQ answers precondition failures 400), a
+    /// change the cluster did not commit 503.
     pub(crate) fn core(e: junction_core::CoreError) -> Self {
         use junction_core::CoreError;
         match e {
             CoreError::NotFound(_) => ApiError::not_found(),
             CoreError::AccessRefused(why) => ApiError::access_refused(why),
+            // The cluster did not commit the change: try again later.
+            CoreError::Unavailable(why) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", why)
+            }
             other => ApiError::bad_request(other.to_string()),
         }
     }
