@@ -4,8 +4,8 @@ node reaches a durable queue that lives on another, from AMQP (pika, with
 confirms), MQTT (paho, QoS 1) and STOMP (stomp.py, with receipts), in
 publish order, confirmed only once the queue's node has it; a confirmed
 persistent message survives kill -9 of that node; a queue whose node is
-down makes the publisher's confirm a nack. Consumers still attach on the
-queue's own node."""
+down makes the publisher's confirm a nack. Consumers on other nodes:
+test_cluster_consumers.py."""
 
 import pika
 import pika.exceptions

@@ -48,7 +48,7 @@ impl Conn {
         Ok(name)
     }
 
-    pub(crate) fn consume(&mut self, id: u16, c: basic::Consume) -> Result<(), AmqpError> {
+    pub(crate) async fn consume(&mut self, id: u16, c: basic::Consume) -> Result<(), AmqpError> {
         let generated = self.consumer_tag();
         let events = self.events_tx.clone();
         let owner = self.guard.id();
@@ -87,7 +87,8 @@ impl Conn {
         }
         spec.credits.push(Arc::clone(&ch.channel_credit));
         let handle = broker
-            .consume(&vhost, &name, spec, events)
+            .attach_consumer(&vhost, &name, spec, events)
+            .await
             .map_err(Conn::core_error)?;
         // consume-ok goes out before any delivery: deliveries wait in the
         // event channel until this turn's frames are written.

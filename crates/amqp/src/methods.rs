@@ -280,7 +280,7 @@ impl Conn {
                     let name = self.open_channel(id)?.queue_name(c.queue.as_str())?;
                     self.allow(Permission::Read, Resource::Queue(&name)).await?;
                 }
-                self.consume(id, c)?
+                self.consume(id, c).await?
             }
             AMQPClass::Basic(basic::AMQPMethod::Cancel(c)) => {
                 let ch = self.open_channel(id)?;

@@ -114,6 +114,12 @@ impl Window {
         self.pending.load(Ordering::Acquire) < self.limit
     }
 
+    /// Deliveries that may still be handed out before it is full.
+    pub(crate) fn room(&self) -> usize {
+        self.limit
+            .saturating_sub(self.pending.load(Ordering::Acquire))
+    }
+
     pub(crate) fn permit(self: &Arc<Window>) -> WindowPermit {
         self.pending.fetch_add(1, Ordering::AcqRel);
         WindowPermit {

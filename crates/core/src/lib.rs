@@ -63,10 +63,11 @@ pub mod records {
 
 pub use access::{Access, Denied, Login, Permission, Principal, Resource};
 pub use broker::{
-    Broker, BrokerConfig, BrokerStats, ConnectionDetails, ConnectionGuard, ConnectionSnapshot,
-    ConsumerHandle, ConsumerSummary, ForwardAnswer, ForwardFuture, Forwarded, Forwarder, GetOk,
-    Limits, MemoryCharge, MetaFuture, MetaLog, MetaOp, PolicySource, Published, Queue, QueueInfo,
-    QueueStats, QueueSummary, Records, RemoteQueue, VhostInfo,
+    Broker, BrokerConfig, BrokerStats, CallFuture, ConnectionDetails, ConnectionGuard,
+    ConnectionSnapshot, ConsumerHandle, ConsumerSummary, ControlOp, ForwardAnswer, ForwardFuture,
+    Forwarded, Forwarder, GetOk, Limits, MemoryCharge, MetaFuture, MetaLog, MetaOp, PeerCall,
+    PeerReply, PolicySource, Published, Queue, QueueInfo, QueueStats, QueueSummary, Records,
+    RemoteQueue, Shipped, VhostInfo,
 };
 pub use consumer::{ConsumerEvent, ConsumerSpec, Credit, Delivery};
 pub use error::CoreError;

@@ -7,14 +7,17 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
+use std::time::Duration;
 
 use bytes::Bytes;
 use junction_core::{
-    Binding, Broker, BrokerConfig, CoreError, Destination, ExchangeDef, ExchangeKind,
-    ForwardFuture, Forwarded, Forwarder, Message, MetaFuture, MetaLog, MetaOp, QueueDef,
+    Binding, Broker, BrokerConfig, CallFuture, ConsumerEvent, ConsumerSpec, CoreError, Delivery,
+    Destination, ExchangeDef, ExchangeKind, ForwardFuture, Forwarded, Forwarder, Message,
+    MetaFuture, MetaLog, MetaOp, PeerCall, PeerReply, QueueDef, Settle,
 };
 use junction_store::Store;
 use parking_lot::Mutex;
+use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
 
 const VH: &str = "/";
 
@@ -319,21 +322,42 @@ impl Forwarder for Links {
             Ok(target.accept_forwarded(items).await)
         })
     }
+
+    fn call(&self, node: &str, call: PeerCall, _within: Duration) -> CallFuture<'_> {
+        let node = node.to_owned();
+        Box::pin(async move {
+            if self.down.lock().contains(&node) {
+                return Err(format!("no link to {node}"));
+            }
+            let (target, from) = {
+                let nodes = self.nodes.lock();
+                let target = nodes
+                    .iter()
+                    .find(|(n, _)| *n == node)
+                    .and_then(|(_, b)| b.upgrade())
+                    .ok_or_else(|| format!("no node {node}"))?;
+                // The caller is the node whose life the call carries.
+                let life = match &call {
+                    PeerCall::Attach { life, .. }
+                    | PeerCall::Fetch { life, .. }
+                    | PeerCall::Get { life, .. }
+                    | PeerCall::Control { life, .. } => *life,
+                };
+                let from = nodes
+                    .iter()
+                    .find(|(_, b)| b.upgrade().is_some_and(|b| b.life() == life))
+                    .map(|(n, _)| n.clone())
+                    .ok_or("an unknown caller")?;
+                (target, from)
+            };
+            Ok(target.answer_call(&from, call).await)
+        })
+    }
 }
 
 #[tokio::test]
 async fn a_publish_reaches_queues_on_other_nodes_and_is_nacked_when_one_is_down() {
-    let log = Arc::new(Log::default());
-    let links = Arc::new(Links::default());
-    let a = node("a", &log).await;
-    let b = node("b", &log).await;
-    for (name, broker) in [("a", &a), ("b", &b)] {
-        broker.attach_forwarder(Arc::clone(&links) as Arc<dyn Forwarder>);
-        links
-            .nodes
-            .lock()
-            .push((name.to_owned(), Arc::downgrade(broker)));
-    }
+    let (links, a, b) = linked_pair().await;
     a.declare_exchange(VH, ExchangeDef::new("x", ExchangeKind::Fanout), false)
         .await
         .unwrap();
@@ -402,4 +426,285 @@ async fn a_record_that_redefines_an_exchange_replaces_it_and_one_of_a_missing_vh
     assert_eq!(a.exchange(VH, "x").unwrap().kind, ExchangeKind::Fanout);
     assert_eq!(a.bindings(VH).unwrap(), vec![binding("x", "q", "k")]);
     assert!(!a.vhost_names().contains(&"v9".to_owned()));
+}
+
+/// Two nodes joined by `Links`.
+async fn linked_pair() -> (Arc<Links>, Arc<Broker>, Arc<Broker>) {
+    let log = Arc::new(Log::default());
+    let links = Arc::new(Links::default());
+    let a = node("a", &log).await;
+    let b = node("b", &log).await;
+    for (name, broker) in [("a", &a), ("b", &b)] {
+        broker.attach_forwarder(Arc::clone(&links) as Arc<dyn Forwarder>);
+        links
+            .nodes
+            .lock()
+            .push((name.to_owned(), Arc::downgrade(broker)));
+    }
+    (links, a, b)
+}
+
+/// A durable queue "work" on `b` holding `n` persistent messages m0...
+async fn work_on(b: &Arc<Broker>, n: usize) -> Arc<junction_core::Queue> {
+    b.declare_queue(VH, QueueDef::new("work"), false)
+        .await
+        .unwrap();
+    for i in 0..n {
+        let msg = Message::new("", "work", Bytes::from(format!("m{i}"))).persistent();
+        assert!(b.publish(VH, msg).await.unwrap().confirmed().await.unwrap());
+    }
+    b.queue_for(VH, "work", None).unwrap()
+}
+
+/// The next delivery on `rx` (within 5 s), or None on a cancel.
+async fn next_delivery(rx: &mut UnboundedReceiver<ConsumerEvent>) -> Option<Delivery> {
+    match tokio::time::timeout(Duration::from_secs(5), rx.recv())
+        .await
+        .expect("an event within 5 s")
+        .expect("the channel is open")
+    {
+        ConsumerEvent::Deliver(d) => Some(d),
+        ConsumerEvent::Cancelled(_) => None,
+    }
+}
+
+/// Waits until `f` holds (5 s at most).
+async fn eventually(what: &str, f: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !f() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: not within 5 s"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_consumer_on_one_node_takes_and_settles_the_messages_of_a_queue_on_another() {
+    let (_links, a, b) = linked_pair().await;
+    let on_b = work_on(&b, 5).await;
+
+    // A consumer on a with a prefetch of 2: b's queue gives it two.
+    let (tx, mut rx) = unbounded_channel();
+    let conn = a.new_connection_id();
+    let handle = a
+        .attach_consumer(VH, "work", ConsumerSpec::new("c1", conn).prefetch(2), tx)
+        .await
+        .unwrap();
+    assert_eq!(handle.queue().node(), Some("b"));
+    let d0 = next_delivery(&mut rx).await.unwrap();
+    let d1 = next_delivery(&mut rx).await.unwrap();
+    assert_eq!(d0.message.body, Bytes::from_static(b"m0"));
+    assert_eq!(d1.message.body, Bytes::from_static(b"m1"));
+    assert_eq!(d0.consumer, handle.id());
+    eventually("b holds two unacked", || on_b.unacked_count() == 2).await;
+    assert_eq!(on_b.consumer_count(), 1);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), rx.recv())
+            .await
+            .is_err(),
+        "a third delivery came past the prefetch"
+    );
+
+    // An ack frees room: m2 comes. A requeue sends m1 back, redelivered.
+    handle.settle(d0.tag, Settle::Ack).unwrap();
+    let d2 = next_delivery(&mut rx).await.unwrap();
+    assert_eq!(d2.message.body, Bytes::from_static(b"m2"));
+    handle.settle(d1.tag, Settle::Requeue).unwrap();
+    let again = next_delivery(&mut rx).await.unwrap();
+    assert_eq!(again.message.body, Bytes::from_static(b"m1"));
+    assert!(again.redelivered);
+    // A tag the consumer does not hold is refused here.
+    assert!(matches!(
+        handle.settle(d0.tag, Settle::Ack),
+        Err(CoreError::PreconditionFailed(_))
+    ));
+    handle.settle(d2.tag, Settle::Ack).unwrap();
+    eventually("b has m1, m3 and m4 left", || {
+        on_b.message_count() + on_b.unacked_count() == 3
+    })
+    .await;
+
+    // Dropping the handle (the client went) returns what it held.
+    drop(handle);
+    eventually("the consumer is gone from b", || {
+        on_b.consumer_count() == 0 && on_b.unacked_count() == 0
+    })
+    .await;
+    assert_eq!(on_b.message_count(), 3);
+
+    // basic.get from a: the head, then settled through the stand-in.
+    let holder = a.new_consumer_id();
+    let got = a
+        .get(VH, "work", holder, false, None)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.delivery.message.body, Bytes::from_static(b"m1"));
+    assert_eq!(got.remaining, 2);
+    a.settle(&got.queue, holder, got.delivery.tag, Settle::Ack)
+        .unwrap();
+    let got = a
+        .get(VH, "work", holder, false, None)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.delivery.message.body, Bytes::from_static(b"m3"));
+    // The channel closes with m3 unsettled: it goes back.
+    a.release(&got.queue, holder);
+    eventually("m3 went back", || {
+        on_b.message_count() == 2 && on_b.unacked_count() == 0
+    })
+    .await;
+    assert_eq!(
+        on_b.peek_bodies(),
+        vec![Bytes::from_static(b"m3"), Bytes::from_static(b"m4")]
+    );
+}
+
+#[tokio::test]
+async fn a_remote_consumer_is_refused_as_a_local_one_and_ends_when_its_queue_goes() {
+    let (_links, a, b) = linked_pair().await;
+    b.declare_queue(VH, QueueDef::new("solo"), false)
+        .await
+        .unwrap();
+    let conn = b.new_connection_id();
+    let (tx, _keep) = unbounded_channel();
+    let mut spec = ConsumerSpec::new("only", conn);
+    spec.exclusive = true;
+    let _only = b.consume(VH, "solo", spec, tx).unwrap();
+
+    // An exclusive consumer on b holds the queue: a's consumer is refused
+    // as a local one would be.
+    let (tx, _rx) = unbounded_channel();
+    let refused = a
+        .attach_consumer(
+            VH,
+            "solo",
+            ConsumerSpec::new("c", a.new_connection_id()),
+            tx,
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(refused, CoreError::AccessRefused(_)),
+        "{refused:?}"
+    );
+
+    // The queue is deleted on b: a's consumer is told.
+    b.declare_queue(VH, QueueDef::new("doomed"), false)
+        .await
+        .unwrap();
+    let (tx, mut rx) = unbounded_channel();
+    let handle = a
+        .attach_consumer(
+            VH,
+            "doomed",
+            ConsumerSpec::new("c", a.new_connection_id()),
+            tx,
+        )
+        .await
+        .unwrap();
+    b.delete_queue(VH, "doomed", false, false, None)
+        .await
+        .unwrap();
+    assert!(next_delivery(&mut rx).await.is_none());
+    drop(handle);
+}
+
+#[tokio::test]
+async fn what_a_holder_of_an_earlier_life_held_goes_back_when_its_node_speaks_again() {
+    let (_links, a, b) = linked_pair().await;
+    b.declare_queue(VH, QueueDef::new("work"), false)
+        .await
+        .unwrap();
+    let on_b = b.queue_for(VH, "work", None).unwrap();
+    let msg = Message::new("", "work", Bytes::from_static(b"m")).persistent();
+    assert!(b.publish(VH, msg).await.unwrap().confirmed().await.unwrap());
+
+    // A call from a's life takes m; a call from a later life of a (a
+    // restart) gives it back.
+    let reply = b
+        .answer_call(
+            "a",
+            PeerCall::Get {
+                life: 1,
+                holder: 9,
+                vhost: VH.into(),
+                queue: "work".into(),
+                no_ack: false,
+            },
+        )
+        .await;
+    assert!(matches!(reply, PeerReply::Got(Some(_))), "{reply:?}");
+    assert_eq!(on_b.unacked_count(), 1);
+    let reply = b
+        .answer_call(
+            "a",
+            PeerCall::Control {
+                life: 2,
+                ops: Vec::new(),
+            },
+        )
+        .await;
+    assert!(matches!(reply, PeerReply::Done));
+    assert_eq!(on_b.unacked_count(), 0);
+    assert_eq!(on_b.message_count(), 1);
+    let _ = a;
+}
+
+#[tokio::test]
+async fn a_cancelled_remote_consumer_gives_back_what_it_never_fetched_and_is_forgotten_once_settled()
+ {
+    let (_links, a, b) = linked_pair().await;
+    let on_b = work_on(&b, 10).await;
+    // Prefetch 5 on b, but a transport window of 2 here: b gives five,
+    // a fetches two (the others wait on b, unfetched).
+    let (tx, mut rx) = unbounded_channel();
+    let mut spec = ConsumerSpec::new("c", a.new_connection_id()).prefetch(5);
+    spec.window = 2;
+    let handle = a.attach_consumer(VH, "work", spec, tx).await.unwrap();
+    let stub = Arc::clone(handle.queue());
+    let id = handle.id();
+    let d0 = next_delivery(&mut rx).await.unwrap();
+    let d1 = next_delivery(&mut rx).await.unwrap();
+    eventually("b gave five", || on_b.unacked_count() == 5).await;
+
+    // basic.cancel (deliveries stay settleable): the three never fetched
+    // go back at once; the two fetched wait for their acks.
+    handle.cancel(false);
+    eventually("three back on b", || {
+        on_b.unacked_count() == 2 && on_b.message_count() == 8
+    })
+    .await;
+    assert_eq!(on_b.consumer_count(), 0);
+    a.settle(&stub, id, d0.tag, Settle::Ack).unwrap();
+    a.settle(&stub, id, d1.tag, Settle::Ack).unwrap();
+    eventually("both acked on b", || on_b.unacked_count() == 0).await;
+    assert_eq!(on_b.message_count(), 8);
+    // The holder is forgotten on both sides: a late settle is refused
+    // here, and a late attach under its id there.
+    assert!(a.settle(&stub, id, d0.tag, Settle::Ack).is_err());
+    let late = b
+        .answer_call(
+            "a",
+            PeerCall::Attach {
+                life: a.life(),
+                holder: id.0,
+                vhost: VH.into(),
+                queue: "work".into(),
+                tag: "c".into(),
+                no_ack: false,
+                exclusive: false,
+                priority: 0,
+                prefetch: 5,
+            },
+        )
+        .await;
+    assert!(
+        matches!(late, PeerReply::Refused { code: 404, .. }),
+        "{late:?}"
+    );
+    assert_eq!(on_b.consumer_count(), 0);
 }

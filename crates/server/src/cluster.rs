@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use junction_cluster::{Change, Command, MetaNode, NodeId, Timing, WriteError, node_id};
 use junction_core::{
-    Broker, CoreError, ForwardAnswer, ForwardFuture, Forwarded, Forwarder, MetaFuture, MetaLog,
-    MetaOp,
+    Broker, CallFuture, CoreError, ForwardAnswer, ForwardFuture, Forwarded, Forwarder, MetaFuture,
+    MetaLog, MetaOp, PeerCall, PeerReply,
 };
 use junction_store::Store;
 use serde::{Deserialize, Serialize};
@@ -31,6 +31,8 @@ enum PeerRequest {
     /// Messages for queues of the receiving node, in order: each its
     /// vhost, its queues there, and the message in the store's encoding.
     Forward(Vec<(String, Vec<String>, Vec<u8>)>),
+    /// A call about the receiving node's queues (consumers across nodes).
+    Call(PeerCall),
 }
 
 /// The answer to a [`PeerRequest`].
@@ -38,6 +40,7 @@ enum PeerRequest {
 enum PeerAnswer {
     /// Per forwarded message, in order.
     Forwarded(Vec<ForwardAnswer>),
+    Called(PeerReply),
 }
 
 /// Longest wait for the member to stop at shutdown.
@@ -130,13 +133,16 @@ impl Cluster {
         broker.attach_meta_log(Arc::clone(self) as Arc<dyn MetaLog>);
         broker.attach_forwarder(Arc::clone(self) as Arc<dyn Forwarder>);
         let server = Arc::downgrade(broker);
+        let names = self.names.clone();
         self.node.peers().serve(Arc::new(move |from, request| {
             let broker = server.upgrade();
+            let name = names.get(&from).cloned();
             Box::pin(async move {
                 let Some(broker) = broker else {
                     return Err("the broker is stopping".to_owned());
                 };
-                answer_peer(&broker, from, &request).await
+                let name = name.unwrap_or_else(|| format!("{from:016x}"));
+                answer_peer(&broker, from, &name, &request).await
             })
         }));
         let broker = Arc::downgrade(broker);
@@ -288,6 +294,27 @@ impl Forwarder for Cluster {
                 .map_err(|e| e.to_string())?;
             match postcard::from_bytes::<PeerAnswer>(&answer) {
                 Ok(PeerAnswer::Forwarded(answers)) => Ok(answers),
+                Ok(PeerAnswer::Called(_)) => Err(format!("node {node} answered out of turn")),
+                Err(e) => Err(format!("an answer from node {node} could not be read: {e}")),
+            }
+        })
+    }
+
+    fn call(&self, node: &str, call: PeerCall, within: Duration) -> CallFuture<'_> {
+        let target = node_id(node);
+        let node = node.to_owned();
+        Box::pin(async move {
+            let request =
+                postcard::to_stdvec(&PeerRequest::Call(call)).map_err(|e| e.to_string())?;
+            let answer = self
+                .node
+                .peers()
+                .ask(target, request, within)
+                .await
+                .map_err(|e| e.to_string())?;
+            match postcard::from_bytes::<PeerAnswer>(&answer) {
+                Ok(PeerAnswer::Called(reply)) => Ok(reply),
+                Ok(PeerAnswer::Forwarded(_)) => Err(format!("node {node} answered out of turn")),
                 Err(e) => Err(format!("an answer from node {node} could not be read: {e}")),
             }
         })
@@ -295,7 +322,12 @@ impl Forwarder for Cluster {
 }
 
 /// This node's broker answering a peer's request.
-async fn answer_peer(broker: &Broker, from: NodeId, request: &[u8]) -> Result<Vec<u8>, String> {
+async fn answer_peer(
+    broker: &Arc<Broker>,
+    from: NodeId,
+    name: &str,
+    request: &[u8],
+) -> Result<Vec<u8>, String> {
     let request: PeerRequest = postcard::from_bytes(request)
         .map_err(|e| format!("a request from node {from:016x} could not be read: {e}"))?;
     let answer = match request {
@@ -322,6 +354,7 @@ async fn answer_peer(broker: &Broker, from: NodeId, request: &[u8]) -> Result<Ve
                 .collect();
             PeerAnswer::Forwarded(answers)
         }
+        PeerRequest::Call(call) => PeerAnswer::Called(broker.answer_call(name, call).await),
     };
     postcard::to_stdvec(&answer).map_err(|e| e.to_string())
 }
@@ -395,7 +428,7 @@ mod tests {
             .unwrap();
 
         // Not a request at all.
-        let refused = answer_peer(&broker, 7, b"\xff\xff not postcard").await;
+        let refused = answer_peer(&broker, 7, "n7", b"\xff\xff not postcard").await;
         assert!(refused.unwrap_err().contains("could not be read"));
 
         // Three messages: one for q, one that is not a message, one for a
@@ -407,10 +440,12 @@ mod tests {
             ("/".to_owned(), vec!["q".to_owned()], b"garbage".to_vec()),
             ("/".to_owned(), vec!["gone".to_owned()], good),
         ]);
-        let answer = answer_peer(&broker, 7, &postcard::to_stdvec(&request).unwrap())
+        let answer = answer_peer(&broker, 7, "n7", &postcard::to_stdvec(&request).unwrap())
             .await
             .unwrap();
-        let PeerAnswer::Forwarded(answers) = postcard::from_bytes(&answer).unwrap();
+        let Ok(PeerAnswer::Forwarded(answers)) = postcard::from_bytes(&answer) else {
+            panic!("not a forward answer");
+        };
         assert_eq!(answers.len(), 3);
         assert_eq!(answers[0], Ok((1, 0)));
         assert!(

@@ -966,12 +966,13 @@ impl Conn {
             .await
             .map_err(StompError::core)?;
         let id = format!("/temp-queue/{name}");
-        self.start_consumer(id.clone(), &info.name, AckMode::Auto, 0, Some(id))?;
+        self.start_consumer(id.clone(), &info.name, AckMode::Auto, 0, Some(id))
+            .await?;
         self.temp_queues.insert(name.to_string(), info.name.clone());
         Ok(info.name)
     }
 
-    fn start_consumer(
+    async fn start_consumer(
         &mut self,
         id: String,
         queue: &str,
@@ -993,7 +994,8 @@ impl Conn {
         let handle = self
             .ctx
             .broker
-            .consume(&self.vhost, queue, spec, self.events_tx.clone())
+            .attach_consumer(&self.vhost, queue, spec, self.events_tx.clone())
+            .await
             .map_err(StompError::core)?;
         let key = self.next_sub;
         self.next_sub += 1;
@@ -1064,7 +1066,7 @@ impl Conn {
                     .await?
             }
         };
-        self.start_consumer(id, &queue, mode, prefetch, None)
+        self.start_consumer(id, &queue, mode, prefetch, None).await
     }
 
     /// `perm` on `what`, or the ERROR `access_refused` that closes the
@@ -1326,14 +1328,17 @@ impl Conn {
                 self.out.with_body(&f, &m.body, self.version);
             }
             ConsumerEvent::Cancelled(consumer) => {
-                // The queue was deleted under the subscription.
+                // The queue was deleted under the subscription (or, for
+                // another node's queue, that node cannot be reached).
                 if let Some(id) = self.by_consumer.remove(&consumer)
                     && let Some(sub) = self.subs.remove(&id)
                 {
                     self.acks.forget(sub.key);
                     self.error(
                         StompError::new("subscription ended")
-                            .detail(format!("the queue of subscription '{id}' was deleted")),
+                            .detail(format!(
+                                "the queue of subscription '{id}' is gone (deleted, or its node cannot be reached)"
+                            )),
                         None,
                     );
                 }

@@ -70,6 +70,21 @@ impl Broker {
         no_ack: bool,
         conn: Option<ConnectionId>,
     ) -> Result<Option<GetOk>, CoreError> {
+        if let Some(remote) = self.remote_of(vhost, queue)? {
+            return self.get_remote(vhost, remote, holder, no_ack).await;
+        }
+        self.get_here(vhost, queue, holder, no_ack, conn).await
+    }
+
+    /// [`Broker::get`] from a queue of this node.
+    pub(crate) async fn get_here(
+        &self,
+        vhost: &str,
+        queue: &str,
+        holder: ConsumerId,
+        no_ack: bool,
+        conn: Option<ConnectionId>,
+    ) -> Result<Option<GetOk>, CoreError> {
         let q = self.queue_for(vhost, queue, conn)?;
         // Each round reads the head back; another round is needed only if
         // a paged entry overtook it meanwhile (a higher priority).
@@ -110,6 +125,9 @@ impl Broker {
         tag: DeliveryTag,
         how: Settle,
     ) -> Result<(), CoreError> {
+        if let Some(node) = queue.node() {
+            return self.settle_remote(queue, node, holder, tag, how);
+        }
         let mut fx = Effects::default();
         {
             let mut st = queue.state.lock();
@@ -132,6 +150,9 @@ impl Broker {
     /// Returns to `queue` everything `holder` left unsettled (its channel
     /// or connection closed), flagged redelivered.
     pub fn release(&self, queue: &Arc<Queue>, holder: ConsumerId) {
+        if let Some(node) = queue.node() {
+            return self.release_remote(queue, node, holder);
+        }
         let mut fx = Effects::default();
         {
             let mut st = queue.state.lock();
@@ -143,6 +164,9 @@ impl Broker {
     }
 
     fn cancel_consumer(&self, q: &Arc<Queue>, id: ConsumerId, requeue: bool) {
+        if let Some(node) = q.node() {
+            return self.cancel_remote(node, id, requeue);
+        }
         let mut fx = Effects::default();
         let now_unused = {
             let mut st = q.state.lock();
@@ -162,11 +186,11 @@ impl Broker {
 /// A registered consumer. Dropping it cancels the consumer and returns its
 /// unsettled deliveries to the queue.
 pub struct ConsumerHandle {
-    broker: Arc<Broker>,
-    queue: Arc<Queue>,
-    id: ConsumerId,
+    pub(super) broker: Arc<Broker>,
+    pub(super) queue: Arc<Queue>,
+    pub(super) id: ConsumerId,
     /// False once cancelled, so drop does nothing more.
-    active: bool,
+    pub(super) active: bool,
 }
 
 impl std::fmt::Debug for ConsumerHandle {

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use junction_store::Batch;
 use tokio::sync::{mpsc, oneshot};
 
-use super::Broker;
+use super::{Broker, PeerCall, PeerReply};
 use crate::error::CoreError;
 use crate::message::Message;
 
@@ -38,11 +38,20 @@ pub type ForwardAnswer = Result<(u32, u32), String>;
 pub type ForwardFuture<'a> =
     Pin<Box<dyn Future<Output = Result<Vec<ForwardAnswer>, String>> + Send + 'a>>;
 
+/// What [`Forwarder::call`] returns: the other broker's reply, or why
+/// the node could not be asked.
+pub type CallFuture<'a> = Pin<Box<dyn Future<Output = Result<PeerReply, String>> + Send + 'a>>;
+
 /// The way to other nodes' brokers (the server wires it to its peer
-/// links and the receiving node's [`Broker::accept_forwarded`]).
+/// links, the receiving node's [`Broker::accept_forwarded`] and
+/// [`Broker::answer_call`]).
 pub trait Forwarder: Send + Sync {
     /// Hand `batch` to the broker of node `node`, to be taken in order.
     fn forward(&self, node: &str, batch: Vec<Forwarded>) -> ForwardFuture<'_>;
+
+    /// Ask the broker of node `node` about its queues (consumers across
+    /// nodes), waiting at most `within` for its reply.
+    fn call(&self, node: &str, call: PeerCall, within: std::time::Duration) -> CallFuture<'_>;
 }
 
 /// A message waiting in a node's outbox, and who waits for its answer.

@@ -12,6 +12,7 @@ mod forward;
 mod publish;
 pub(crate) mod records;
 mod recovery;
+mod remote;
 mod replica;
 mod vhosts;
 
@@ -38,8 +39,9 @@ use crate::value::FieldTable;
 pub use connections::{ConnectionDetails, ConnectionEntry, ConnectionSnapshot};
 pub use consume::{ConsumerHandle, GetOk};
 pub use declare::{ConsumerSummary, QueueInfo, QueueSummary};
-pub use forward::{ForwardAnswer, ForwardFuture, Forwarded, Forwarder};
+pub use forward::{CallFuture, ForwardAnswer, ForwardFuture, Forwarded, Forwarder};
 pub use publish::Published;
+pub use remote::{ControlOp, PeerCall, PeerReply, Shipped};
 pub use replica::{MetaFuture, MetaLog, MetaOp, Records, RemoteQueue};
 pub use vhosts::VhostInfo;
 
@@ -250,6 +252,9 @@ pub struct Queue {
     /// queue gave them up, not in the order the threads got there.
     dead_letter_turn: Mutex<u64>,
     dead_letter_turn_moved: parking_lot::Condvar,
+    /// Set on the stand-in for a queue another node holds: that node's
+    /// name (see `remote.rs`).
+    node: Option<String>,
 }
 
 /// Longest wait for an earlier batch of a queue's dead letters to be
@@ -283,6 +288,11 @@ impl Queue {
     }
     pub fn is_deleted(&self) -> bool {
         self.deleted.load(Ordering::Acquire)
+    }
+    /// The node holding the queue when this is a stand-in for another
+    /// node's queue (its consumers' deliveries come from there).
+    pub fn node(&self) -> Option<&str> {
+        self.node.as_deref()
     }
 
     /// Waits, at most `patience` ([`DEAD_LETTER_TURN_PATIENCE`]), until
@@ -548,6 +558,11 @@ pub struct Broker {
     forwarder: std::sync::OnceLock<Arc<dyn Forwarder>>,
     /// An outbox per node messages were forwarded to.
     outboxes: Mutex<HashMap<String, tokio::sync::mpsc::Sender<forward::Outgoing>>>,
+    /// Consumers across nodes, both ways.
+    remotes: remote::Remotes,
+    /// This incarnation, told to other nodes so that they can tell a
+    /// restart (what an earlier life held goes back to its queues).
+    life: u64,
 }
 
 /// Memory an adapter holds for a client outside any queue (an open AMQP
@@ -653,6 +668,8 @@ impl Broker {
             commits: std::sync::OnceLock::new(),
             forwarder: std::sync::OnceLock::new(),
             outboxes: Mutex::new(HashMap::new()),
+            remotes: remote::Remotes::default(),
+            life: new_life(),
         });
         for v in &config.vhosts {
             broker.add_vhost(v).info.write().configured = true;
@@ -803,6 +820,7 @@ impl Broker {
             broker: self.me.clone(),
             dead_letter_turn: Mutex::new(0),
             dead_letter_turn_moved: parking_lot::Condvar::new(),
+            node: None,
         })
     }
 
@@ -1147,6 +1165,13 @@ fn first_connection_id() -> u64 {
 /// repeat.
 pub(crate) fn first_id_of_run() -> u64 {
     first_connection_id().saturating_mul(16)
+}
+
+/// This run's incarnation: its start in microseconds mixed with the
+/// process id, so that two runs (even started in one microsecond by two
+/// processes sharing nothing) tell apart.
+fn new_life() -> u64 {
+    first_connection_id() ^ (u64::from(std::process::id()) << 44)
 }
 
 #[cfg(test)]

@@ -231,7 +231,7 @@ impl Effects {
 }
 
 /// How a consumer settles a delivery.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Settle {
     Ack,
     /// Back to the queue at its original place, flagged redelivered.
