@@ -239,6 +239,15 @@ def test_a_node_cut_off_from_the_majority_refuses_changes_and_all_agree_after(ma
     status, body, _ = api_within(n1, "PUT", "/api/exchanges/%2F/lonely.api", {"type": "direct", "durable": True})
     assert (status, body["error"]) == (503, "unavailable"), (status, body)
     assert "did not commit the change" in body["reason"]
+    # Users and policies are the cluster's too.
+    status, body, _ = api_within(n1, "PUT", "/api/users/lonely", {"password": "lonely-secret", "tags": ""})
+    assert (status, body["error"]) == (503, "unavailable"), (status, body)
+    status, body, _ = api_within(
+        n1, "PUT", "/api/policies/%2F/lonely", {"pattern": "^x$", "definition": {"max-length": 1}}
+    )
+    assert (status, body["error"]) == (503, "unavailable"), (status, body)
+    assert api(n1, "GET", "/api/users/lonely")[0] == 404
+    assert api(n1, "GET", "/api/policies")[1] == []
     # Transient topology needs no majority.
     conn = amqp(n1)
     conn.channel().exchange_declare("local.only", "fanout", durable=False)
@@ -265,3 +274,5 @@ def test_a_node_cut_off_from_the_majority_refuses_changes_and_all_agree_after(ma
             lambda: len({exists(b, kind, name) for b in brokers}) == 1,
         )
     assert not exists(n2, "exchange", "local.only")
+    for path in ("/api/users/lonely", "/api/policies/%2F/lonely"):
+        wait_for(f"every node to agree on {path}", lambda: len({api(b, "GET", path)[0] for b in brokers}) == 1)

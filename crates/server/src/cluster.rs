@@ -43,6 +43,36 @@ enum PeerAnswer {
     Called(PeerReply),
 }
 
+/// The server's own records in the metadata group, beside the core's
+/// topology (whose keys start with a lower-case tag byte): whole
+/// documents, each put in force on every node as it is committed.
+pub const USERS_KEY: &[u8] = b"\xF5users";
+pub const POLICIES_KEY: &[u8] = b"\xF5policies";
+/// The first byte of a server document's key.
+const DOCUMENT_TAG: u8 = 0xF5;
+
+/// Commits a new version of one server document to the metadata group;
+/// resolves once this node applied it.
+pub type Share = Arc<
+    dyn Fn(
+            Vec<u8>,
+        )
+            -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>>
+        + Send
+        + Sync,
+>;
+
+/// Puts a committed server document (its key, its value) in force here.
+pub type DocumentSink = Arc<dyn Fn(&[u8], &[u8]) + Send + Sync>;
+
+/// Server documents committed before the server could take them, and
+/// where they go once it can.
+#[derive(Default)]
+struct Documents {
+    sink: Option<DocumentSink>,
+    waiting: BTreeMap<Vec<u8>, Vec<u8>>,
+}
+
 /// Longest wait for the member to stop at shutdown.
 const SHUTDOWN_WITHIN: Duration = Duration::from_secs(10);
 
@@ -58,6 +88,8 @@ pub struct Cluster {
     addr: SocketAddr,
     /// The one shutdown every caller waits for.
     stopped: OnceCell<()>,
+    /// Users and policies as the group has them.
+    documents: parking_lot::Mutex<Documents>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -122,6 +154,7 @@ impl Cluster {
             names,
             addr,
             stopped: OnceCell::new(),
+            documents: parking_lot::Mutex::default(),
         }))
     }
 
@@ -146,16 +179,71 @@ impl Cluster {
             })
         }));
         let broker = Arc::downgrade(broker);
+        let me = Arc::downgrade(self);
         self.node.state().observe(Arc::new(move |change: &Change| {
-            let Some(broker) = broker.upgrade() else {
+            let (Some(broker), Some(me)) = (broker.upgrade(), me.upgrade()) else {
                 return;
             };
+            let document = |key: &[u8]| key.first() == Some(&DOCUMENT_TAG);
             match change {
+                Change::Put { key, value } if document(key) => me.document(key, value),
+                // Documents are replaced, never removed.
+                Change::Delete { key } if document(key) => {}
                 Change::Put { key, value } => broker.apply_replicated(key, Some(value)),
                 Change::Delete { key } => broker.apply_replicated(key, None),
-                Change::Reset(all) => broker.reset_replicated(all),
+                Change::Reset(all) => {
+                    // A document the group lacks (never edited in the
+                    // cluster) leaves this node's own in force.
+                    let (documents, topology): (Vec<_>, Vec<_>) =
+                        all.iter().cloned().partition(|(k, _)| document(k));
+                    for (key, value) in &documents {
+                        me.document(key, value);
+                    }
+                    broker.reset_replicated(&topology);
+                }
             }
         }));
+    }
+
+    /// A committed server document: to its sink, or kept until there is
+    /// one (the latest version of each).
+    fn document(&self, key: &[u8], value: &[u8]) {
+        let mut documents = self.documents.lock();
+        match &documents.sink {
+            Some(sink) => sink(key, value),
+            None => {
+                documents.waiting.insert(key.to_vec(), value.to_vec());
+            }
+        }
+    }
+
+    /// Puts committed server documents in force through `sink`, those
+    /// committed so far first.
+    pub fn serve_documents(&self, sink: DocumentSink) {
+        let mut documents = self.documents.lock();
+        for (key, value) in std::mem::take(&mut documents.waiting) {
+            sink(&key, &value);
+        }
+        documents.sink = Some(sink);
+    }
+
+    /// Commits new versions of the document `key` (a whole document each).
+    pub fn share(self: &Arc<Self>, key: &'static [u8]) -> Share {
+        let me = Arc::downgrade(self);
+        Arc::new(move |value: Vec<u8>| {
+            let me = me.upgrade();
+            Box::pin(async move {
+                let Some(me) = me else {
+                    return Err("the cluster member is stopping".to_owned());
+                };
+                me.commit(vec![MetaOp::Put {
+                    key: key.to_vec(),
+                    value,
+                }])
+                .await
+                .map_err(|e| e.to_string())
+            })
+        })
     }
 
     /// This node's name in the management API.

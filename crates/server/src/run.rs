@@ -150,6 +150,45 @@ const USERS_POLL: std::time::Duration = std::time::Duration::from_secs(1);
 /// Reads the users file again when it changes (or always, with `force`),
 /// logged: `junction user|permission|topic-permission` take effect in a
 /// running broker this way.
+/// From here on, the users file and the policies are the cluster's: an
+/// edit on any node is committed to the metadata group and put in force
+/// on every node as it applies it (docs/cluster.md "Users, permissions and
+/// policies"). What the group already holds replaces this node's own now.
+fn share_documents(
+    cluster: &Arc<crate::cluster::Cluster>,
+    users: Option<&Arc<FileAuth>>,
+    policies: &Arc<crate::mgmt::policies::Policies>,
+    broker: &Arc<Broker>,
+) {
+    use crate::cluster::{POLICIES_KEY, USERS_KEY};
+    if let Some(users) = users {
+        users.share_through(cluster.share(USERS_KEY));
+    }
+    policies.share_through(cluster.share(POLICIES_KEY));
+    let users = users.cloned();
+    let policies = Arc::clone(policies);
+    let broker = Arc::downgrade(broker);
+    cluster.serve_documents(Arc::new(move |key: &[u8], value: &[u8]| {
+        let outcome = if key == USERS_KEY {
+            match &users {
+                Some(users) => users.install_shared(value).map_err(|e| e.to_string()),
+                // Not authenticating with the users file: nothing to do.
+                None => Ok(()),
+            }
+        } else if key == POLICIES_KEY {
+            match broker.upgrade() {
+                Some(broker) => policies.install_shared(value, &broker),
+                None => Ok(()),
+            }
+        } else {
+            Err("a document this version does not know".to_owned())
+        };
+        if let Err(e) = outcome {
+            tracing::error!(key = %String::from_utf8_lossy(&key[1..]), error = %e, "the cluster's copy could not be put in force on this node");
+        }
+    }));
+}
+
 async fn reload_users(users: &Arc<FileAuth>, force: bool, why: &str) {
     let u = Arc::clone(users);
     match tokio::task::spawn_blocking(move || u.reload(force)).await {
@@ -549,6 +588,9 @@ impl Server {
             .backends
             .contains(&AuthBackend::File)
             .then_some(users);
+        if let Some(cluster) = &cluster {
+            share_documents(cluster, users.as_ref(), &policies, &broker);
+        }
         let auth: Arc<dyn junction_core::Authenticator> = Arc::new(Chain::new(backends));
         let listeners = CancellationToken::new();
         let tasks = TaskTracker::new();

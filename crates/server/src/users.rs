@@ -153,6 +153,9 @@ pub enum UsersError {
     /// `delete` or `passwd` of a name that is not there.
     #[error("no user '{0}'")]
     NoSuchUser(String),
+    /// The cluster did not take the change (no majority reachable).
+    #[error("{0}")]
+    Unavailable(String),
     /// A permission pattern that is not a valid regular expression.
     #[error("{0}")]
     InvalidPattern(String),
@@ -271,8 +274,8 @@ impl UserDb {
             users: BTreeMap::new(),
             hasher,
         };
-        let text = match std::fs::read_to_string(path) {
-            Ok(text) => text,
+        match std::fs::read_to_string(path) {
+            Ok(text) => UserDb::parse_with(path, &text, db.hasher),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 // As RabbitMQ's guest: an administrator (management API).
                 db.add(
@@ -281,16 +284,28 @@ impl UserDb {
                     vec!["/".to_owned()],
                     vec!["administrator".to_owned()],
                 )?;
-                return Ok(db);
+                Ok(db)
             }
-            Err(source) => {
-                return Err(UsersError::Read {
-                    path: path.to_owned(),
-                    source,
-                });
-            }
+            Err(source) => Err(UsersError::Read {
+                path: path.to_owned(),
+                source,
+            }),
+        }
+    }
+
+    /// The users of a users file's `text` (the cluster's copy), saving to
+    /// `path`.
+    pub fn parse(path: &Path, text: &str) -> Result<UserDb, UsersError> {
+        UserDb::parse_with(path, text, Argon2::default())
+    }
+
+    fn parse_with(path: &Path, text: &str, hasher: Argon2<'static>) -> Result<UserDb, UsersError> {
+        let mut db = UserDb {
+            path: path.to_owned(),
+            users: BTreeMap::new(),
+            hasher,
         };
-        let file: UsersFile = toml::from_str(&text).map_err(|source| UsersError::Parse {
+        let file: UsersFile = toml::from_str(text).map_err(|source| UsersError::Parse {
             path: path.to_owned(),
             source,
         })?;
@@ -576,14 +591,8 @@ impl UserDb {
             .ok_or_else(|| UsersError::NoSuchUser(name.to_owned()))
     }
 
-    /// Writes the database to its file atomically: a temporary file in the
-    /// same directory (mode 0600: it holds password hashes), synced, then
-    /// renamed over the old one, then the directory synced. A crash leaves
-    /// either the old or the new file, never a torn one. Creates the
-    /// directory if needed (`junction user add` may run before the first
-    /// start). Two `junction user` commands racing each other may lose one
-    /// update; that is accepted for an offline admin tool.
-    pub fn save(&self) -> Result<(), UsersError> {
+    /// The users file's text for these users.
+    pub fn to_text(&self) -> Result<String, UsersError> {
         let file = UsersFile {
             users: self
                 .users
@@ -618,8 +627,18 @@ impl UserDb {
                 })
                 .collect(),
         };
-        let text = format!("{FILE_HEADER}{}", toml::to_string(&file)?);
+        Ok(format!("{FILE_HEADER}{}", toml::to_string(&file)?))
+    }
 
+    /// Writes the database to its file atomically: a temporary file in the
+    /// same directory (mode 0600: it holds password hashes), synced, then
+    /// renamed over the old one, then the directory synced. A crash leaves
+    /// either the old or the new file, never a torn one. Creates the
+    /// directory if needed (`junction user add` may run before the first
+    /// start). Two `junction user` commands racing each other may lose one
+    /// update; that is accepted for an offline admin tool.
+    pub fn save(&self) -> Result<(), UsersError> {
+        let text = self.to_text()?;
         let dir = match self.path.parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
             _ => PathBuf::from("."),

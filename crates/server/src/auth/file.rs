@@ -59,6 +59,10 @@ pub struct FileAuth {
     expansions: ExpansionCache,
     /// Held by [`FileAuth::edit`]: one edit at a time.
     editing: parking_lot::Mutex<()>,
+    /// In a cluster: commits the users file's text to the metadata group,
+    /// whose observer puts it in force on every node
+    /// ([`FileAuth::install_shared`]).
+    share: std::sync::OnceLock<crate::cluster::Share>,
 }
 
 impl FileAuth {
@@ -79,7 +83,27 @@ impl FileAuth {
             hashing: (parking_lot::Mutex::new(0), parking_lot::Condvar::new()),
             expansions: ExpansionCache::default(),
             editing: parking_lot::Mutex::new(()),
+            share: std::sync::OnceLock::new(),
         }
+    }
+
+    /// From now on, edits go to the cluster through `share` (see
+    /// docs/cluster.md "Users, permissions and policies").
+    pub fn share_through(&self, share: crate::cluster::Share) {
+        let _ = self.share.set(share);
+    }
+
+    /// Puts the cluster's users file `text` in force here: saved to this
+    /// node's file and used at once. Blocking (file I/O).
+    pub fn install_shared(&self, text: &[u8]) -> Result<(), UsersError> {
+        let text = String::from_utf8_lossy(text);
+        let db = UserDb::parse(&self.path, &text)?;
+        // Not under `editing`: an edit here waits for this (its commit
+        // returns once this node applied it).
+        db.save()?;
+        *self.stamp.lock() = stamp(&self.path);
+        self.install(db);
+        Ok(())
     }
 
     /// The users as they are now.
@@ -93,7 +117,8 @@ impl FileAuth {
     }
 
     /// Reads the file again if it changed since the last read (or
-    /// always, with `force`); Ok(true) when the users were replaced. A file
+    /// always, with `force`); Ok(true) when the users were replaced (in a
+    /// cluster: on every node). A file
     /// that does not parse leaves the users in force, and is not tried
     /// again until it changes (the caller logs why, once). Blocking (file
     /// I/O, and the built-in guest's hash when the file was removed).
@@ -107,6 +132,21 @@ impl FileAuth {
             *seen = now;
         }
         let db = UserDb::load(&self.path)?;
+        if let Some(share) = self.share.get() {
+            // In a cluster the file changed here (`junction user`, an
+            // editor) is the cluster's from now on, on every node.
+            let shared = db.to_text().and_then(|text| {
+                tokio::runtime::Handle::current()
+                    .block_on(share(text.into_bytes()))
+                    .map_err(UsersError::Unavailable)
+            });
+            if let Err(e) = shared {
+                // Tried again at the next look.
+                *self.stamp.lock() = None;
+                return Err(e);
+            }
+            return Ok(true);
+        }
         self.install(db);
         Ok(true)
     }
@@ -121,6 +161,15 @@ impl FileAuth {
         let _one_at_a_time = self.editing.lock();
         let mut db = UserDb::clone(&self.db());
         let out = f(&mut db)?;
+        if let Some(share) = self.share.get() {
+            // In force on every node, this one included, once committed
+            // (the commit returns after this node applied it).
+            let text = db.to_text()?;
+            tokio::runtime::Handle::current()
+                .block_on(share(text.into_bytes()))
+                .map_err(UsersError::Unavailable)?;
+            return Ok(out);
+        }
         db.save()?;
         *self.stamp.lock() = stamp(&self.path);
         self.install(db);

@@ -254,7 +254,7 @@ pub async fn import(
         wanted_policies.push(p);
     }
     for p in wanted_policies {
-        policies.put(p, broker)?;
+        policies.put(p, broker).await?;
     }
     for x in list(defs, "exchanges") {
         let def = ExchangeDef {

@@ -415,7 +415,7 @@ pub async fn delete_vhost(State(state): St, caller: Caller, Path(v): Path<String
         .delete_vhost(&v)
         .await
         .map_err(ApiError::core)?;
-    state.policies.forget_vhost(&v)?;
+    state.policies.forget_vhost(&v, &state.broker).await?;
     if state.users.is_some() {
         let vhost = v.clone();
         super::users::edit(&state, move |db| Ok(db.forget_vhost(&vhost))).await?;

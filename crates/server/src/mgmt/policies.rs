@@ -92,6 +92,12 @@ impl Policy {
 pub struct Policies {
     file: Option<PathBuf>,
     all: parking_lot::RwLock<Vec<(Policy, fancy_regex::Regex)>>,
+    /// One change at a time (read, change, put in force).
+    editing: tokio::sync::Mutex<()>,
+    /// In a cluster: commits the whole list to the metadata group, whose
+    /// observer puts it in force on every node
+    /// ([`Policies::install_shared`]).
+    share: std::sync::OnceLock<crate::cluster::Share>,
 }
 
 impl Policies {
@@ -116,7 +122,54 @@ impl Policies {
         Ok(Policies {
             file,
             all: parking_lot::RwLock::new(all),
+            editing: tokio::sync::Mutex::new(()),
+            share: std::sync::OnceLock::new(),
         })
+    }
+
+    /// From now on, changes go to the cluster through `share`.
+    pub fn share_through(&self, share: crate::cluster::Share) {
+        let _ = self.share.set(share);
+    }
+
+    /// Puts the cluster's list of policies (`text`, JSON) in force here:
+    /// kept in this node's file and applied to every queue.
+    pub fn install_shared(&self, text: &[u8], broker: &Broker) -> Result<(), String> {
+        let list: Vec<Policy> = serde_json::from_slice(text).map_err(|e| e.to_string())?;
+        let mut all = Vec::with_capacity(list.len());
+        for p in list {
+            let re = p.check().map_err(|e| e.to_string())?;
+            all.push((p, re));
+        }
+        *self.all.write() = all;
+        self.save().map_err(|e| e.to_string())?;
+        broker.reapply_policies();
+        Ok(())
+    }
+
+    /// Puts `change` of the policies in force (here, or through the
+    /// cluster on every node); what it returns.
+    async fn change<T>(
+        &self,
+        broker: &Broker,
+        change: impl FnOnce(&mut Vec<(Policy, fancy_regex::Regex)>) -> Result<T, ApiError>,
+    ) -> Result<T, ApiError> {
+        let _one_at_a_time = self.editing.lock().await;
+        let mut next = self.all.read().clone();
+        let out = change(&mut next)?;
+        if let Some(share) = self.share.get() {
+            let list: Vec<&Policy> = next.iter().map(|(p, _)| p).collect();
+            let text =
+                serde_json::to_vec(&list).map_err(|e| ApiError::bad_request(e.to_string()))?;
+            share(text)
+                .await
+                .map_err(|why| ApiError::core(junction_core::CoreError::Unavailable(why)))?;
+            return Ok(out);
+        }
+        *self.all.write() = next;
+        self.save()?;
+        broker.reapply_policies();
+        Ok(out)
     }
 
     /// The highest-priority policy matching `queue`.
@@ -162,49 +215,41 @@ impl Policies {
 
     /// Adds or replaces `p` (checked), keeps it, and puts it in force on
     /// every queue; whether it was new.
-    pub fn put(&self, p: Policy, broker: &Broker) -> Result<bool, ApiError> {
+    pub async fn put(&self, p: Policy, broker: &Broker) -> Result<bool, ApiError> {
         let re = p.check()?;
-        let created = {
-            let mut all = self.all.write();
+        self.change(broker, move |all| {
             let before = all.len();
             all.retain(|(q, _)| !(q.vhost == p.vhost && q.name == p.name));
             let created = all.len() == before;
             all.push((p, re));
-            created
-        };
-        self.save()?;
-        broker.reapply_policies();
-        Ok(created)
+            Ok(created)
+        })
+        .await
     }
 
     /// Removes every policy of a deleted vhost.
-    pub fn forget_vhost(&self, vhost: &str) -> Result<(), ApiError> {
-        let removed = {
-            let mut all = self.all.write();
-            let before = all.len();
-            all.retain(|(p, _)| p.vhost != vhost);
-            all.len() != before
-        };
-        if removed {
-            self.save()?;
+    pub async fn forget_vhost(&self, vhost: &str, broker: &Broker) -> Result<(), ApiError> {
+        if !self.all.read().iter().any(|(p, _)| p.vhost == vhost) {
+            return Ok(());
         }
-        Ok(())
+        self.change(broker, |all| {
+            all.retain(|(p, _)| p.vhost != vhost);
+            Ok(())
+        })
+        .await
     }
 
     /// Removes a policy; its queues go back to their own arguments.
-    pub fn delete(&self, vhost: &str, name: &str, broker: &Broker) -> Result<(), ApiError> {
-        let removed = {
-            let mut all = self.all.write();
+    pub async fn delete(&self, vhost: &str, name: &str, broker: &Broker) -> Result<(), ApiError> {
+        self.change(broker, |all| {
             let before = all.len();
             all.retain(|(p, _)| !(p.vhost == vhost && p.name == name));
-            all.len() != before
-        };
-        if !removed {
-            return Err(ApiError::not_found());
-        }
-        self.save()?;
-        broker.reapply_policies();
-        Ok(())
+            if all.len() == before {
+                return Err(ApiError::not_found());
+            }
+            Ok(())
+        })
+        .await
     }
 }
 
@@ -284,17 +329,20 @@ pub async fn put_policy(
     }
     let b: PolicyBody = serde_json::from_slice(&raw)
         .map_err(|e| ApiError::bad_request(format!("invalid policy: {e}")))?;
-    let created = state.policies.put(
-        Policy {
-            vhost: v,
-            name,
-            pattern: b.pattern,
-            apply_to: b.apply_to,
-            priority: b.priority,
-            definition: b.definition,
-        },
-        &state.broker,
-    )?;
+    let created = state
+        .policies
+        .put(
+            Policy {
+                vhost: v,
+                name,
+                pattern: b.pattern,
+                apply_to: b.apply_to,
+                priority: b.priority,
+                definition: b.definition,
+            },
+            &state.broker,
+        )
+        .await?;
     Ok(done(created))
 }
 
@@ -306,6 +354,6 @@ pub async fn delete_policy(
     if !caller.tags.iter().any(|t| t == "policymaker") {
         caller.need(Level::Administrator)?;
     }
-    state.policies.delete(&v, &name, &state.broker)?;
+    state.policies.delete(&v, &name, &state.broker).await?;
     Ok(done(false))
 }

@@ -36,6 +36,7 @@ fn file(state: &MgmtState) -> Result<&Arc<FileAuth>, ApiError> {
 fn users_error(e: UsersError) -> ApiError {
     match e {
         UsersError::NoSuchUser(_) => ApiError::not_found(),
+        UsersError::Unavailable(why) => ApiError::core(junction_core::CoreError::Unavailable(why)),
         other => ApiError::bad_request(other.to_string()),
     }
 }
