@@ -8,6 +8,8 @@ reaches every node; a policy made on one node caps a queue living on
 another; all of it survives kill -9 of a node. Refusals on a minority
 node: test_cluster_topology.py."""
 
+import time
+
 import pika
 import pika.exceptions
 import pytest
@@ -72,6 +74,12 @@ def test_users_permissions_and_policies_are_the_clusters(make_broker, tmp_path):
     # one node is the cluster's): bob logs in on n1.
     n3.command("user", "add", "bob", "--password", "bob-secret", "--vhost", "/")
     wait_for("bob logs in on n1", lambda: login(n1, "bob", "bob-secret"))
+    # A users file removed on one node changes nothing anywhere (it
+    # would lock every node out).
+    (n1.data_dir / "users.toml").unlink()
+    time.sleep(2.5)
+    assert login(n2, "bob", "bob-secret") is True
+    assert login(n1, "bob", "bob-secret") is True
 
     # A policy made on n1 caps a queue that lives on n2.
     ok(

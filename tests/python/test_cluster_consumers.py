@@ -34,7 +34,8 @@ def queue_on(b, name, n=0):
 
 
 def counts(b, name):
-    """(ready, consumers) of `name` on its own node `b`."""
+    """(ready, consumers) of `name` as node `b` tells them (its own, or
+    asked of the queue's node)."""
     conn = amqp(b)
     try:
         m = conn.channel().queue_declare(name, passive=True).method
@@ -111,8 +112,10 @@ def test_amqp_and_stomp_consumers_on_other_nodes_take_a_queues_messages(make_bro
     assert not any(m.redelivered for m, _ in first)
     conn.process_data_events(0.5)
     assert len(got) == 10, "deliveries past the prefetch"
-    # n1 counts the consumer and the ten it holds.
+    # n1 counts the consumer and the ten it holds; a passive declare on
+    # another node tells n1's counts.
     assert counts(n1, "jobs") == (20, 1)
+    assert counts(n3, "jobs") == (20, 1)
 
     # Ack five (one multiple ack), requeue one: it comes back redelivered.
     ch.basic_ack(first[4][0].delivery_tag, multiple=True)

@@ -341,7 +341,8 @@ impl Forwarder for Links {
                     PeerCall::Attach { life, .. }
                     | PeerCall::Fetch { life, .. }
                     | PeerCall::Get { life, .. }
-                    | PeerCall::Control { life, .. } => *life,
+                    | PeerCall::Control { life, .. }
+                    | PeerCall::Counts { life, .. } => *life,
                 };
                 let from = nodes
                     .iter()
@@ -500,6 +501,12 @@ async fn a_consumer_on_one_node_takes_and_settles_the_messages_of_a_queue_on_ano
     assert_eq!(d0.consumer, handle.id());
     eventually("b holds two unacked", || on_b.unacked_count() == 2).await;
     assert_eq!(on_b.consumer_count(), 1);
+    // A passive declare on a tells b's counts.
+    let info = a
+        .declare_queue(VH, QueueDef::new("work"), true)
+        .await
+        .unwrap();
+    assert_eq!((info.messages, info.consumers), (3, 1));
     assert!(
         tokio::time::timeout(Duration::from_millis(300), rx.recv())
             .await
@@ -707,4 +714,32 @@ async fn a_cancelled_remote_consumer_gives_back_what_it_never_fetched_and_is_for
         "{late:?}"
     );
     assert_eq!(on_b.consumer_count(), 0);
+}
+
+#[tokio::test]
+async fn more_remote_consumers_than_open_fetches_all_get_their_messages() {
+    let (_links, a, b) = linked_pair().await;
+    // 100 idle queues on b, each with a consumer on a: more than the 64
+    // fetches a node keeps open on another.
+    let mut consumers = Vec::new();
+    for i in 0..100 {
+        let name = format!("idle-{i}");
+        b.declare_queue(VH, QueueDef::new(&name), false)
+            .await
+            .unwrap();
+        let (tx, rx) = unbounded_channel();
+        let spec = ConsumerSpec::new("c", a.new_connection_id()).prefetch(1);
+        let handle = a.attach_consumer(VH, &name, spec, tx).await.unwrap();
+        consumers.push((handle, rx));
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for i in 0..100 {
+        let msg = Message::new("", format!("idle-{i}"), Bytes::from(format!("m{i}")));
+        assert_eq!(b.publish(VH, msg).await.unwrap().routed, 1);
+    }
+    for (i, (handle, rx)) in consumers.iter_mut().enumerate() {
+        let d = next_delivery(rx).await.expect("a delivery, not a cancel");
+        assert_eq!(d.message.body, Bytes::from(format!("m{i}")));
+        handle.settle(d.tag, Settle::Ack).unwrap();
+    }
 }

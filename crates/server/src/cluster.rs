@@ -53,14 +53,10 @@ const DOCUMENT_TAG: u8 = 0xF5;
 
 /// Commits a new version of one server document to the metadata group;
 /// resolves once this node applied it.
-pub type Share = Arc<
-    dyn Fn(
-            Vec<u8>,
-        )
-            -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>>
-        + Send
-        + Sync,
->;
+pub type Share = Arc<dyn Fn(Vec<u8>) -> ShareFuture + Send + Sync>;
+/// What [`Share`] returns.
+pub type ShareFuture =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), CoreError>> + Send>>;
 
 /// Puts a committed server document (its key, its value) in force here.
 pub type DocumentSink = Arc<dyn Fn(&[u8], &[u8]) + Send + Sync>;
@@ -234,14 +230,13 @@ impl Cluster {
             let me = me.upgrade();
             Box::pin(async move {
                 let Some(me) = me else {
-                    return Err("the cluster member is stopping".to_owned());
+                    return Err(CoreError::ShuttingDown);
                 };
                 me.commit(vec![MetaOp::Put {
                     key: key.to_vec(),
                     value,
                 }])
                 .await
-                .map_err(|e| e.to_string())
             })
         })
     }

@@ -502,6 +502,17 @@ impl Server {
             })?;
             let opts = store_options(&config);
             let path = dir.join("store");
+            // The store holds message bodies and, in a cluster, the users
+            // document (password hashes): its owner's only.
+            {
+                use std::os::unix::fs::PermissionsExt;
+                let private = std::fs::create_dir_all(&path).and_then(|()| {
+                    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o700))
+                });
+                if let Err(e) = private {
+                    tracing::warn!(path = %path.display(), error = %e, "the store directory could not be made its owner's only");
+                }
+            }
             tokio::task::spawn_blocking(move || Store::open_rocksdb(&path, opts))
                 .await
                 .map_err(|e| StoreError::Io(std::io::Error::other(e.to_string())))??

@@ -153,9 +153,10 @@ pub enum UsersError {
     /// `delete` or `passwd` of a name that is not there.
     #[error("no user '{0}'")]
     NoSuchUser(String),
-    /// The cluster did not take the change (no majority reachable).
+    /// The cluster did not take the change (no majority reachable: 503;
+    /// a users file over the cluster's entry limit: 400).
     #[error("{0}")]
-    Unavailable(String),
+    Cluster(junction_core::CoreError),
     /// A permission pattern that is not a valid regular expression.
     #[error("{0}")]
     InvalidPattern(String),

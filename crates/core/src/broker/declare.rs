@@ -396,8 +396,8 @@ impl Broker {
             q.wake.notify_one();
             return Ok(info);
         } else if let Some(remote) = vh.remote_queue(&def.name) {
-            // A queue of another node: same checks; its counts are not
-            // known here.
+            // A queue of another node: same checks; its counts are its
+            // node's (0 and 0 when that node cannot say within 2 s).
             if !passive {
                 if def.exclusive_owner.is_some() {
                     return Err(queue_locked(&def.name));
@@ -411,10 +411,11 @@ impl Broker {
                     )));
                 }
             }
+            let (messages, consumers) = self.remote_counts(vhost, &remote).await.unwrap_or((0, 0));
             return Ok(QueueInfo {
                 name: def.name,
-                messages: 0,
-                consumers: 0,
+                messages,
+                consumers,
                 created: false,
             });
         } else if passive {

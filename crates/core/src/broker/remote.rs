@@ -46,6 +46,14 @@ const SHIP_MAX: usize = 48 << 20;
 /// Holders a node was told to forget before it knew them, kept per node
 /// (a late attach for one is refused).
 const FORGOTTEN_MAX: usize = 65_536;
+/// Longest wait for another node to tell a queue's counts.
+const COUNTS_WITHIN: Duration = Duration::from_secs(2);
+/// Fetches one node has open on another at once: a quarter of what a
+/// peer link answers at once, so that Raft and publishes keep theirs.
+const FETCHES_PER_NODE: usize = 64;
+/// A fetch's wait for a first delivery while few of those are free, so
+/// that they go round.
+const CROWDED_WAIT: Duration = Duration::from_millis(100);
 /// Longest wait of one fetch for a first delivery.
 const FETCH_WAIT: Duration = Duration::from_secs(5);
 /// Longest wait for a node's answer beyond what it may wait itself.
@@ -94,6 +102,12 @@ pub enum PeerCall {
     },
     /// Settles, cancels, releases and liveness, in the order made.
     Control { life: u64, ops: Vec<ControlOp> },
+    /// A queue's ready messages and consumers (a passive declare).
+    Counts {
+        life: u64,
+        vhost: String,
+        queue: String,
+    },
 }
 
 /// One step of a holder's life on another node, in [`PeerCall::Control`].
@@ -139,6 +153,10 @@ pub enum PeerReply {
     },
     /// A `basic.get` answer: the delivery and the ready count left.
     Got(Option<(Shipped, u64)>),
+    Counts {
+        messages: u64,
+        consumers: u64,
+    },
     Done,
     /// Refused with the AMQP reply code and text of the error.
     Refused {
@@ -292,6 +310,8 @@ pub(crate) struct Remotes {
     holds: Mutex<crate::FastMap<(String, ConsumerId), Arc<Hold>>>,
     /// A control outbox per node.
     controls: Mutex<crate::FastMap<String, mpsc::UnboundedSender<ControlOp>>>,
+    /// Fetches open per node ([`FETCHES_PER_NODE`]).
+    fetch_slots: Mutex<crate::FastMap<String, Arc<tokio::sync::Semaphore>>>,
     /// Stand-ins for other nodes' queues, by (vhost, name).
     stubs: Mutex<crate::FastMap<(String, String), Arc<Queue>>>,
     /// Holders of other nodes served here, by node.
@@ -351,16 +371,30 @@ impl Fetcher {
             let Some(broker) = self.broker.upgrade() else {
                 return;
             };
-            let call = PeerCall::Fetch {
-                life: broker.life,
-                holder: self.holder.0,
-                max: room.min(FETCH_DELIVERIES) as u32,
-                wait_ms: FETCH_WAIT.as_millis() as u32,
-            };
+            let slots = broker.fetch_slots(&self.node);
             let Some(forwarder) = broker.forwarder.get().cloned() else {
                 return;
             };
+            let life = broker.life;
             drop(broker);
+            let slot = tokio::select! {
+                slot = Arc::clone(&slots).acquire_owned() => slot,
+                _ = self.hold.stop.cancelled() => break "stopped",
+            };
+            let Ok(_slot) = slot else {
+                return;
+            };
+            let wait = if slots.available_permits() < FETCHES_PER_NODE / 4 {
+                CROWDED_WAIT
+            } else {
+                FETCH_WAIT
+            };
+            let call = PeerCall::Fetch {
+                life,
+                holder: self.holder.0,
+                max: room.min(FETCH_DELIVERIES) as u32,
+                wait_ms: wait.as_millis() as u32,
+            };
             // Not abandoned on a cancel: what it brings goes back.
             match ask(forwarder, &self.node, call).await {
                 Ok(PeerReply::Fetched { deliveries, ended }) => {
@@ -663,6 +697,17 @@ impl Broker {
         }
     }
 
+    /// The fetches this node may have open on `node`.
+    fn fetch_slots(&self, node: &str) -> Arc<tokio::sync::Semaphore> {
+        Arc::clone(
+            self.remotes
+                .fetch_slots
+                .lock()
+                .entry(node.to_owned())
+                .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(FETCHES_PER_NODE))),
+        )
+    }
+
     /// This node's holders of queues of `node`.
     fn holders_on(&self, node: &str) -> Vec<u64> {
         self.remotes
@@ -804,6 +849,31 @@ impl Broker {
             id: holder,
             active: true,
         })
+    }
+
+    /// The ready messages and consumers of a queue another node holds, as
+    /// that node says within [`COUNTS_WITHIN`]; None when it cannot say.
+    pub(crate) async fn remote_counts(
+        &self,
+        vhost: &str,
+        remote: &RemoteQueue,
+    ) -> Option<(u64, u64)> {
+        let forwarder = self.forwarder.get()?;
+        let call = PeerCall::Counts {
+            life: self.life,
+            vhost: vhost.to_owned(),
+            queue: remote.def.name.clone(),
+        };
+        match forwarder.call(&remote.node, call, COUNTS_WITHIN).await {
+            Ok(PeerReply::Counts {
+                messages,
+                consumers,
+            }) => Some((messages, consumers)),
+            other => {
+                tracing::debug!(node = %remote.node, queue = %remote.def.name, answer = ?other, "a queue's counts not known");
+                None
+            }
+        }
     }
 
     /// `basic.get` from a queue another node holds.
@@ -960,7 +1030,8 @@ impl Broker {
             PeerCall::Attach { life, .. }
             | PeerCall::Fetch { life, .. }
             | PeerCall::Get { life, .. }
-            | PeerCall::Control { life, .. } => *life,
+            | PeerCall::Control { life, .. }
+            | PeerCall::Counts { life, .. } => *life,
         };
         self.meet(from, life);
         let result = match call {
@@ -1004,6 +1075,13 @@ impl Broker {
                     self.serve_control(from, op);
                 }
                 Ok(PeerReply::Done)
+            }
+            PeerCall::Counts { vhost, queue, .. } => {
+                self.queue_for(&vhost, &queue, None)
+                    .map(|q| PeerReply::Counts {
+                        messages: q.message_count(),
+                        consumers: q.consumer_count(),
+                    })
             }
         };
         result.unwrap_or_else(|e| refusal(&e))

@@ -63,6 +63,8 @@ pub struct FileAuth {
     /// whose observer puts it in force on every node
     /// ([`FileAuth::install_shared`]).
     share: std::sync::OnceLock<crate::cluster::Share>,
+    /// The text of the cluster's version last put in force here.
+    shared_text: parking_lot::Mutex<Option<String>>,
 }
 
 impl FileAuth {
@@ -84,6 +86,7 @@ impl FileAuth {
             expansions: ExpansionCache::default(),
             editing: parking_lot::Mutex::new(()),
             share: std::sync::OnceLock::new(),
+            shared_text: parking_lot::Mutex::new(None),
         }
     }
 
@@ -96,14 +99,19 @@ impl FileAuth {
     /// Puts the cluster's users file `text` in force here: saved to this
     /// node's file and used at once. Blocking (file I/O).
     pub fn install_shared(&self, text: &[u8]) -> Result<(), UsersError> {
-        let text = String::from_utf8_lossy(text);
+        let text = String::from_utf8_lossy(text).into_owned();
         let db = UserDb::parse(&self.path, &text)?;
         // Not under `editing`: an edit here waits for this (its commit
-        // returns once this node applied it).
-        db.save()?;
+        // returns once this node applied it). Known before the file is
+        // written, so that a look at the file meanwhile does not take
+        // this version for a change made here.
+        *self.shared_text.lock() = Some(db.to_text()?);
+        // In force first: a file that cannot be written here (a read-only
+        // users_file) must not keep this node on the old users.
+        let saved = db.save();
         *self.stamp.lock() = stamp(&self.path);
         self.install(db);
-        Ok(())
+        saved
     }
 
     /// The users as they are now.
@@ -131,24 +139,45 @@ impl FileAuth {
             }
             *seen = now;
         }
-        let db = UserDb::load(&self.path)?;
         if let Some(share) = self.share.get() {
-            // In a cluster the file changed here (`junction user`, an
-            // editor) is the cluster's from now on, on every node.
-            let shared = db.to_text().and_then(|text| {
-                tokio::runtime::Handle::current()
-                    .block_on(share(text.into_bytes()))
-                    .map_err(UsersError::Unavailable)
-            });
-            if let Err(e) = shared {
-                // Tried again at the next look.
-                *self.stamp.lock() = None;
-                return Err(e);
-            }
-            return Ok(true);
+            return self.share_file(share);
         }
+        let db = UserDb::load(&self.path)?;
         self.install(db);
         Ok(true)
+    }
+
+    /// In a cluster, the file changed here (`junction user`, an editor)
+    /// is the cluster's from now on, on every node: committed when it
+    /// differs from the version in force. A missing file, or one without
+    /// users (removed, or caught half written), is not: it would lock every
+    /// node out.
+    fn share_file(&self, share: &crate::cluster::Share) -> Result<bool, UsersError> {
+        let _one_at_a_time = self.editing.lock();
+        if !self.path.exists() {
+            tracing::warn!(file = %self.path.display(), "the users file is gone: the cluster's users stay in force");
+            return Ok(false);
+        }
+        let db = UserDb::load(&self.path)?;
+        if db.list().next().is_none() {
+            tracing::warn!(file = %self.path.display(), "the users file holds no user: not made the cluster's");
+            return Ok(false);
+        }
+        let text = db.to_text()?;
+        if self.shared_text.lock().as_deref() == Some(text.as_str()) || self.db().to_text()? == text
+        {
+            return Ok(false);
+        }
+        match tokio::runtime::Handle::current().block_on(share(text.into_bytes())) {
+            Ok(()) => Ok(true),
+            Err(e) => {
+                if matches!(e, junction_core::CoreError::Unavailable(_)) {
+                    // Tried again at the next look.
+                    *self.stamp.lock() = None;
+                }
+                Err(UsersError::Cluster(e))
+            }
+        }
     }
 
     /// Changes the users file: `f` edits a copy of the users in force,
@@ -167,7 +196,7 @@ impl FileAuth {
             let text = db.to_text()?;
             tokio::runtime::Handle::current()
                 .block_on(share(text.into_bytes()))
-                .map_err(UsersError::Unavailable)?;
+                .map_err(UsersError::Cluster)?;
             return Ok(out);
         }
         db.save()?;

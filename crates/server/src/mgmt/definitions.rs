@@ -244,7 +244,11 @@ pub async fn import(
         })
         .await
         .map_err(|e| ApiError::bad_request(e.to_string()))?
-        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+        .map_err(|e| match e {
+            // Not committed by the cluster: 503 (or 400), as other edits.
+            UsersError::Cluster(_) => super::users::users_error(e),
+            other => ApiError::bad_request(other.to_string()),
+        })?;
     }
     // Policies are checked before anything changes below them.
     let mut wanted_policies = Vec::new();

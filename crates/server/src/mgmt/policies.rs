@@ -141,10 +141,12 @@ impl Policies {
             let re = p.check().map_err(|e| e.to_string())?;
             all.push((p, re));
         }
+        // In force first: a file that cannot be written here must not
+        // leave this node's queues on the old policies.
         *self.all.write() = all;
-        self.save().map_err(|e| e.to_string())?;
         broker.reapply_policies();
-        Ok(())
+        self.save()
+            .map_err(|e| format!("in force, but not saved here: {e}"))
     }
 
     /// Puts `change` of the policies in force (here, or through the
@@ -161,9 +163,7 @@ impl Policies {
             let list: Vec<&Policy> = next.iter().map(|(p, _)| p).collect();
             let text =
                 serde_json::to_vec(&list).map_err(|e| ApiError::bad_request(e.to_string()))?;
-            share(text)
-                .await
-                .map_err(|why| ApiError::core(junction_core::CoreError::Unavailable(why)))?;
+            share(text).await.map_err(ApiError::core)?;
             return Ok(out);
         }
         *self.all.write() = next;

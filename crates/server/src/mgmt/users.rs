@@ -33,10 +33,10 @@ fn file(state: &MgmtState) -> Result<&Arc<FileAuth>, ApiError> {
 }
 
 /// A users-file error as the API's.
-fn users_error(e: UsersError) -> ApiError {
+pub(crate) fn users_error(e: UsersError) -> ApiError {
     match e {
         UsersError::NoSuchUser(_) => ApiError::not_found(),
-        UsersError::Unavailable(why) => ApiError::core(junction_core::CoreError::Unavailable(why)),
+        UsersError::Cluster(e) => ApiError::core(e),
         other => ApiError::bad_request(other.to_string()),
     }
 }
