@@ -6,8 +6,10 @@ basic.get, acks, requeues) and STOMP (stomp.py); the queue's node counts
 it as a consumer and refuses it as it would a local one (an exclusive
 consumer holds the queue); what a consumer leaves unacknowledged goes
 back when its connection closes, when its node is killed (kill -9: the
-holder's lease lapses), and the consumer is cancelled (basic.cancel to
-the client) when the queue's node goes away."""
+holder's lease lapses) or cut off from the queue's node (every link
+between the two black-holed through fault_proxy.py), and the consumer is
+cancelled (basic.cancel to the client) when the queue's node goes away or
+cannot be reached."""
 
 import time
 
@@ -16,7 +18,7 @@ import pika.exceptions
 import pytest
 
 from stomp_support import Client as StompClient
-from test_cluster import wait_for
+from test_cluster import proxied_cluster, settled, wait_for  # noqa: F401 (a fixture)
 from test_cluster_topology import amqp, formed
 
 
@@ -215,3 +217,49 @@ def test_what_a_killed_nodes_consumer_held_goes_back_and_a_dead_queue_node_cance
     # n1 back: the queue kept all ten (none was acked).
     n1.start()
     wait_for("n1's queue back", lambda: counts(n1, "held") == (10, 0) or counts(n1, "held"), timeout=60)
+
+
+@pytest.mark.deadline(300)
+def test_a_consumer_cut_off_from_its_queues_node_is_cancelled_and_its_messages_go_back(proxied_cluster):
+    brokers, proxies = proxied_cluster
+    settled(brokers)
+    n1, n2, _ = brokers
+    queue_on(n1, "far", 10)
+    known_on(brokers, "far")
+    conn = amqp(n2)
+    ch = conn.channel()
+    cancelled = []
+    ch.add_on_cancel_callback(lambda frame: cancelled.append(frame.method.consumer_tag))
+    held = take(conn, collect(ch, "far", 5), 5)
+    assert counts(n1, "far") == (5, 1)
+
+    # n1 and n2 cannot hear each other (n3 hears both): n2's consumer is
+    # cancelled (its fetches fail), and n1 gives back what it held once
+    # n2's lease lapses.
+    proxies["n1", "n2"].blackhole()
+    proxies["n2", "n1"].blackhole()
+    started = time.monotonic()
+    assert len(cancels_of(conn, cancelled, 120)) == 1
+    wait_for("the five back on n1", lambda: counts(n1, "far") == (10, 0) or counts(n1, "far"), timeout=90)
+    lapsed = time.monotonic() - started
+    # Acks of what the cancelled consumer held are no error (the
+    # channel stays open) and change nothing on n1.
+    ch.basic_ack(held[-1][0].delivery_tag, multiple=True)
+    conn.process_data_events(0.5)
+    assert ch.is_open
+    conn.close()
+
+    # Healed: a consumer on n2 gets all ten, the five flagged redelivered.
+    proxies["n1", "n2"].heal()
+    proxies["n2", "n1"].heal()
+    settled(brokers)
+    conn = amqp(n2)
+    ch = conn.channel()
+    got = take(conn, collect(ch, "far", 10), 10, timeout=30)
+    assert sorted(int(b[1:]) for _, b in got) == list(range(10))
+    assert sum(m.redelivered for m, _ in got) == 5
+    for m, _ in got:
+        ch.basic_ack(m.delivery_tag)
+    conn.close()
+    wait_for("n1's queue empty", lambda: counts(n1, "far") == (0, 0) or counts(n1, "far"))
+    print(f"messages back on n1 {lapsed:.1f} s after the partition")

@@ -945,19 +945,21 @@ impl Broker {
         tag: DeliveryTag,
         how: Settle,
     ) -> Result<(), CoreError> {
-        let hold = self.held_by(node, holder);
-        let known = hold.and_then(|h| {
-            let taken = h.held.lock().remove(&(stub.name().to_owned(), tag.0));
-            if taken {
-                h.give_back(1);
-            }
-            taken.then_some(h.remote)
-        });
-        let Some(id) = known else {
+        let Some(hold) = self.held_by(node, holder) else {
+            // The holder was dropped: its node could not be reached (its
+            // deliveries went back there when its lease lapsed). The
+            // adapters check their clients' tags themselves; a settle of
+            // one of those is a no-op, as for a queue that went.
+            return Ok(());
+        };
+        let taken = hold.held.lock().remove(&(stub.name().to_owned(), tag.0));
+        if !taken {
             return Err(CoreError::PreconditionFailed(format!(
                 "unknown delivery tag {tag}"
             )));
-        };
+        }
+        hold.give_back(1);
+        let id = hold.remote;
         self.control(
             node,
             ControlOp::Settle {
