@@ -135,7 +135,9 @@ def test_amqp_and_stomp_consumers_on_other_nodes_take_a_queues_messages(make_bro
     # with a receipt.
     stomp = StompClient(n3)
     stomp.connected()
-    stomp.subscribe("/amq/queue/jobs", ack="client-individual", headers={"prefetch-count": "25"})
+    # (/queue/ declares the queue as stomp.py's users expect: durable,
+    # equivalent to n1's declaration, so the subscription takes n1's.)
+    stomp.subscribe("/queue/jobs", ack="client-individual", headers={"prefetch-count": "25"})
     frames = stomp.exactly(25)
     assert sorted(int(m.body[1:]) for m in frames) == list(range(5, 30))
     for m in frames:

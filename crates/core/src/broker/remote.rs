@@ -46,6 +46,8 @@ const SHIP_MAX: usize = 48 << 20;
 /// Holders a node was told to forget before it knew them, kept per node
 /// (a late attach for one is refused).
 const FORGOTTEN_MAX: usize = 65_536;
+/// Longest wait for another node to answer a call a client waits for.
+const CLIENT_WAITS: Duration = Duration::from_secs(5);
 /// Longest wait for another node to tell a queue's counts.
 const COUNTS_WITHIN: Duration = Duration::from_secs(2);
 /// Fetches one node has open on another at once: a quarter of what a
@@ -609,12 +611,17 @@ async fn keep_alive(node: String, broker: Weak<Broker>) {
 }
 
 impl Broker {
-    /// Calls another node's broker.
+    /// Calls another node's broker for a client that waits (an attach, a
+    /// `basic.get`): within [`CLIENT_WAITS`], as its connection reads
+    /// nothing else meanwhile.
     async fn call(&self, node: &str, call: PeerCall) -> Result<PeerReply, CoreError> {
         let Some(forwarder) = self.forwarder.get() else {
             return Err(CoreError::Unavailable("not in a cluster".into()));
         };
-        ask(Arc::clone(forwarder), node, call).await
+        forwarder
+            .call(node, call, CLIENT_WAITS)
+            .await
+            .map_err(|why| unreachable_node(node, why))
     }
 
     /// Queues `op` for node `node`, in order after those before.
