@@ -145,6 +145,27 @@ def test_amqp_and_stomp_consumers_on_other_nodes_take_a_queues_messages(make_bro
     stomp.close()
     wait_for("n1's queue empty", lambda: counts(n1, "jobs") == (0, 0) or counts(n1, "jobs"))
 
+    # A channel-wide prefetch raised after basic.consume (as Celery does)
+    # reaches n1: one delivery, then three.
+    queue_on(n1, "jobs", 5)
+    conn = amqp(n2)
+    ch = conn.channel()
+    ch.basic_qos(prefetch_count=1, global_qos=True)
+    got = []
+    ch.basic_consume("jobs", lambda c, m, p, body: got.append((m, body)))
+    take(conn, got, 1)
+    conn.process_data_events(0.5)
+    assert len(got) == 1, "deliveries past the channel's prefetch"
+    ch.basic_qos(prefetch_count=3, global_qos=True)
+    assert [b for _, b in take(conn, got, 3)] == [b"m0", b"m1", b"m2"]
+    conn.process_data_events(0.5)
+    assert len(got) == 3, "deliveries past the raised prefetch"
+    conn.close()
+    wait_for("all five back on n1", lambda: counts(n1, "jobs") == (5, 0) or counts(n1, "jobs"))
+    drain_all = amqp(n1)
+    drain_all.channel().queue_purge("jobs")
+    drain_all.close()
+
     # basic.get from n2: the head, then empty.
     queue_on(n1, "jobs", 2)
     conn = amqp(n2)

@@ -745,3 +745,31 @@ async fn more_remote_consumers_than_open_fetches_all_get_their_messages() {
         handle.settle(d.tag, Settle::Ack).unwrap();
     }
 }
+
+#[tokio::test]
+async fn a_channel_wide_prefetch_raised_after_consume_reaches_the_queues_node() {
+    let (_links, a, b) = linked_pair().await;
+    let on_b = work_on(&b, 5).await;
+    // A channel's budget of 1, shared by its consumers (global qos).
+    let channel = junction_core::Credit::new(1);
+    let mut spec = ConsumerSpec::new("c", a.new_connection_id());
+    spec.credits.push(Arc::clone(&channel));
+    let (tx, mut rx) = unbounded_channel();
+    let handle = a.attach_consumer(VH, "work", spec, tx).await.unwrap();
+    next_delivery(&mut rx).await.unwrap();
+    eventually("b gave one", || on_b.unacked_count() == 1).await;
+
+    // basic.qos global 3: the channel pumps its consumers; b gives two more.
+    channel.set_limit(3);
+    handle.pump();
+    next_delivery(&mut rx).await.unwrap();
+    next_delivery(&mut rx).await.unwrap();
+    eventually("b gave three", || on_b.unacked_count() == 3).await;
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), rx.recv())
+            .await
+            .is_err(),
+        "a fourth delivery came past the prefetch"
+    );
+    assert_eq!(on_b.message_count(), 2);
+}

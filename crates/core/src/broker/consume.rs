@@ -227,7 +227,11 @@ impl ConsumerHandle {
     /// Asks the queue to deliver again: credit shared with other queues
     /// (a channel-wide prefetch) may have been freed elsewhere.
     pub fn pump(&self) {
-        self.queue.wake.notify_one();
+        match self.queue.node() {
+            // Another node's queue: its prefetch may have to change there.
+            Some(node) => self.broker.retune_remote(node, self.id),
+            None => self.queue.wake.notify_one(),
+        }
     }
 }
 

@@ -128,6 +128,9 @@ pub enum ControlOp {
     Release { holder: u64, queue: String },
     /// These holders of the caller live.
     Alive { holders: Vec<u64> },
+    /// The budget of `holder`'s consumer changed (a channel-wide
+    /// `basic.qos` after `basic.consume`); 0: no limit.
+    Prefetch { holder: u64, prefetch: u32 },
     /// `holder` neither consumes nor holds anything any more: end what is
     /// left of it there (and refuse a late attach for it).
     Forget { holder: u64 },
@@ -254,6 +257,8 @@ pub(crate) struct Hold {
     /// Dropped because its node could not be told of its settles: the
     /// consumer is ended (the client is told).
     lost: std::sync::atomic::AtomicBool,
+    /// The prefetch its node enforces, as last told.
+    prefetch: std::sync::atomic::AtomicU32,
 }
 
 impl Hold {
@@ -265,7 +270,18 @@ impl Hold {
             stop: CancellationToken::new(),
             consuming: std::sync::atomic::AtomicBool::new(consuming),
             lost: std::sync::atomic::AtomicBool::new(false),
+            prefetch: std::sync::atomic::AtomicU32::new(0),
         })
+    }
+
+    /// The tightest of its budgets (0: none limits it).
+    fn tightest(&self) -> u32 {
+        self.credits
+            .iter()
+            .map(|c| c.limit())
+            .filter(|&l| l > 0)
+            .min()
+            .unwrap_or(0)
     }
 
     fn give_back(&self, n: usize) {
@@ -281,6 +297,8 @@ impl Hold {
 pub(crate) struct Served {
     /// This node's id for the holder: its consumer's, or a `get` holder's.
     holder: ConsumerId,
+    /// The consumer's budget (its holder's prefetch), when it acks.
+    credit: Option<Arc<Credit>>,
     consumer: Option<ConsumerHandle>,
     feed: Option<Arc<tokio::sync::Mutex<Feed>>>,
     /// Queues it holds deliveries of.
@@ -659,6 +677,31 @@ impl Broker {
             .remote
     }
 
+    /// Tells `node` a consumer's new prefetch when its budgets changed (a
+    /// channel-wide `basic.qos`; see [`ConsumerHandle::pump`]).
+    pub(crate) fn retune_remote(&self, node: &str, holder: ConsumerId) {
+        let Some(hold) = self.held_by(node, holder) else {
+            return;
+        };
+        if !hold.consuming.load(std::sync::atomic::Ordering::Acquire) || hold.credits.is_empty() {
+            return;
+        }
+        let prefetch = hold.tightest();
+        if hold
+            .prefetch
+            .swap(prefetch, std::sync::atomic::Ordering::AcqRel)
+            != prefetch
+        {
+            self.control(
+                node,
+                ControlOp::Prefetch {
+                    holder: hold.remote,
+                    prefetch,
+                },
+            );
+        }
+    }
+
     /// This node's holder `holder` of `node`'s queues.
     fn held_by(&self, node: &str, holder: ConsumerId) -> Option<Arc<Hold>> {
         self.remotes
@@ -792,22 +835,15 @@ impl Broker {
         let holder = self.new_consumer_id();
         // The tightest budget is the consumer's there; here every budget
         // counts its deliveries too.
-        let prefetch = if spec.no_ack {
-            0
-        } else {
-            spec.credits
-                .iter()
-                .map(|c| c.limit())
-                .filter(|&l| l > 0)
-                .min()
-                .unwrap_or(0)
-        };
         let credits = if spec.no_ack {
             Vec::new()
         } else {
             spec.credits.clone()
         };
         let hold = Hold::new(holder.0, credits, true);
+        let prefetch = hold.tightest();
+        hold.prefetch
+            .store(prefetch, std::sync::atomic::Ordering::Relaxed);
         self.hold(&node, holder, || Arc::clone(&hold));
         let mut guard = AttachGuard {
             broker: self,
@@ -1060,7 +1096,9 @@ impl Broker {
                 spec.exclusive = exclusive;
                 spec.priority = priority;
                 spec.window = SERVED_WINDOW;
-                if prefetch > 0 && !no_ack {
+                if !no_ack {
+                    // Kept (0: no limit) so that a later `Prefetch` can
+                    // change it.
                     spec.credits.push(Credit::new(prefetch));
                 }
                 self.serve_consumer(from, holder, &vhost, &queue, spec)
@@ -1159,10 +1197,12 @@ impl Broker {
                 "consumer {holder} of node {from} was cancelled"
             )));
         }
+        let credit = spec.credits.first().cloned();
         let (tx, rx) = mpsc::unbounded_channel();
         let handle = self.consume(vhost, queue, spec, tx)?;
         let served = Served {
             holder: handle.id(),
+            credit,
             consumer: Some(handle),
             feed: Some(Arc::new(tokio::sync::Mutex::new(Feed {
                 rx,
@@ -1297,6 +1337,7 @@ impl Broker {
                     holder,
                     Served {
                         holder: h,
+                        credit: None,
                         consumer: None,
                         feed: None,
                         queues: vec![Arc::clone(&q)],
@@ -1410,6 +1451,19 @@ impl Broker {
                 }
                 if let (Some(feed), Some(q)) = (feed, queue) {
                     self.requeue_unfetched(feed, q, mine);
+                }
+            }
+            ControlOp::Prefetch { holder, prefetch } => {
+                let retuned = self
+                    .with_served(from, holder, |s| {
+                        let credit = s.credit.as_ref()?;
+                        credit.set_limit(prefetch);
+                        Some(s.consumer.as_ref()?.queue().clone())
+                    })
+                    .flatten();
+                if let Some(q) = retuned {
+                    // More room may let the queue deliver now.
+                    q.wake.notify_one();
                 }
             }
             ControlOp::Forget { holder } => {
