@@ -145,8 +145,8 @@ def test_amqp_and_stomp_consumers_on_other_nodes_take_a_queues_messages(make_bro
     stomp.close()
     wait_for("n1's queue empty", lambda: counts(n1, "jobs") == (0, 0) or counts(n1, "jobs"))
 
-    # A channel-wide prefetch raised after basic.consume (as Celery does)
-    # reaches n1: one delivery, then three.
+    # A channel-wide prefetch raised after basic.consume reaches n1: one
+    # delivery, then three.
     queue_on(n1, "jobs", 5)
     conn = amqp(n2)
     ch = conn.channel()

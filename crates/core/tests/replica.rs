@@ -337,13 +337,7 @@ impl Forwarder for Links {
                     .and_then(|(_, b)| b.upgrade())
                     .ok_or_else(|| format!("no node {node}"))?;
                 // The caller is the node whose life the call carries.
-                let life = match &call {
-                    PeerCall::Attach { life, .. }
-                    | PeerCall::Fetch { life, .. }
-                    | PeerCall::Get { life, .. }
-                    | PeerCall::Control { life, .. }
-                    | PeerCall::Counts { life, .. } => *life,
-                };
+                let life = call.life();
                 let from = nodes
                     .iter()
                     .find(|(_, b)| b.upgrade().is_some_and(|b| b.life() == life))
@@ -772,4 +766,61 @@ async fn a_channel_wide_prefetch_raised_after_consume_reaches_the_queues_node() 
         "a fourth delivery came past the prefetch"
     );
     assert_eq!(on_b.message_count(), 2);
+}
+
+#[tokio::test]
+async fn a_peers_oversized_asks_are_bounded() {
+    let (_links, a, b) = linked_pair().await;
+    let on_b = work_on(&b, 600).await;
+    let life = a.life();
+    let attach = |holder: u64| PeerCall::Attach {
+        life,
+        holder,
+        vhost: VH.into(),
+        queue: "work".into(),
+        tag: "c".into(),
+        no_ack: false,
+        exclusive: false,
+        priority: 0,
+        prefetch: 0,
+    };
+    // A fetch asking for u32::MAX deliveries gets at most 512.
+    assert!(matches!(
+        b.answer_call("a", attach(1)).await,
+        PeerReply::Attached
+    ));
+    eventually("b gave all 600", || on_b.unacked_count() == 600).await;
+    let reply = b
+        .answer_call(
+            "a",
+            PeerCall::Fetch {
+                life,
+                holder: 1,
+                max: u32::MAX,
+                wait_ms: u32::MAX,
+            },
+        )
+        .await;
+    let PeerReply::Fetched { deliveries, ended } = reply else {
+        panic!("{reply:?}");
+    };
+    assert_eq!((deliveries.len(), ended), (512, false));
+
+    // 70,000 forgets of unknown holders: at most 65,536 are remembered
+    // (a late attach of an early one is refused, of a late one taken).
+    let ops = (1_000..71_000)
+        .map(|holder| junction_core::ControlOp::Forget { holder })
+        .collect();
+    assert!(matches!(
+        b.answer_call("a", PeerCall::Control { life, ops }).await,
+        PeerReply::Done
+    ));
+    assert!(matches!(
+        b.answer_call("a", attach(1_000)).await,
+        PeerReply::Refused { code: 404, .. }
+    ));
+    assert!(matches!(
+        b.answer_call("a", attach(70_999)).await,
+        PeerReply::Attached
+    ));
 }

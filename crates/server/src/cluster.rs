@@ -241,6 +241,26 @@ impl Cluster {
         })
     }
 
+    /// Sends `request` to the broker of node `target` (named `node`) and
+    /// reads its answer, within `within`.
+    async fn ask_peer(
+        &self,
+        target: NodeId,
+        node: &str,
+        request: &PeerRequest,
+        within: Duration,
+    ) -> Result<PeerAnswer, String> {
+        let request = postcard::to_stdvec(request).map_err(|e| e.to_string())?;
+        let answer = self
+            .node
+            .peers()
+            .ask(target, request, within)
+            .await
+            .map_err(|e| e.to_string())?;
+        postcard::from_bytes::<PeerAnswer>(&answer)
+            .map_err(|e| format!("an answer from node {node} could not be read: {e}"))
+    }
+
     /// This node's name in the management API.
     pub fn node_name(&self) -> String {
         display_name(self.names.get(&self.me).map_or("", String::as_str))
@@ -367,18 +387,12 @@ impl Forwarder for Cluster {
                     (f.vhost, f.queues, message)
                 })
                 .collect();
-            let request =
-                postcard::to_stdvec(&PeerRequest::Forward(items)).map_err(|e| e.to_string())?;
-            let answer = self
-                .node
-                .peers()
-                .ask(target, request, FORWARD_WITHIN)
-                .await
-                .map_err(|e| e.to_string())?;
-            match postcard::from_bytes::<PeerAnswer>(&answer) {
-                Ok(PeerAnswer::Forwarded(answers)) => Ok(answers),
-                Ok(PeerAnswer::Called(_)) => Err(format!("node {node} answered out of turn")),
-                Err(e) => Err(format!("an answer from node {node} could not be read: {e}")),
+            match self
+                .ask_peer(target, &node, &PeerRequest::Forward(items), FORWARD_WITHIN)
+                .await?
+            {
+                PeerAnswer::Forwarded(answers) => Ok(answers),
+                PeerAnswer::Called(_) => Err(format!("node {node} answered out of turn")),
             }
         })
     }
@@ -387,18 +401,12 @@ impl Forwarder for Cluster {
         let target = node_id(node);
         let node = node.to_owned();
         Box::pin(async move {
-            let request =
-                postcard::to_stdvec(&PeerRequest::Call(call)).map_err(|e| e.to_string())?;
-            let answer = self
-                .node
-                .peers()
-                .ask(target, request, within)
-                .await
-                .map_err(|e| e.to_string())?;
-            match postcard::from_bytes::<PeerAnswer>(&answer) {
-                Ok(PeerAnswer::Called(reply)) => Ok(reply),
-                Ok(PeerAnswer::Forwarded(_)) => Err(format!("node {node} answered out of turn")),
-                Err(e) => Err(format!("an answer from node {node} could not be read: {e}")),
+            match self
+                .ask_peer(target, &node, &PeerRequest::Call(call), within)
+                .await?
+            {
+                PeerAnswer::Called(reply) => Ok(reply),
+                PeerAnswer::Forwarded(_) => Err(format!("node {node} answered out of turn")),
             }
         })
     }

@@ -112,6 +112,19 @@ pub enum PeerCall {
     },
 }
 
+impl PeerCall {
+    /// The caller's incarnation, which every call carries.
+    pub fn life(&self) -> u64 {
+        match self {
+            PeerCall::Attach { life, .. }
+            | PeerCall::Fetch { life, .. }
+            | PeerCall::Get { life, .. }
+            | PeerCall::Control { life, .. }
+            | PeerCall::Counts { life, .. } => *life,
+        }
+    }
+}
+
 /// One step of a holder's life on another node, in [`PeerCall::Control`].
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum ControlOp {
@@ -1071,14 +1084,7 @@ impl Broker {
 
     /// Answers another node's [`PeerCall`]; `from` is its name.
     pub async fn answer_call(self: &Arc<Self>, from: &str, call: PeerCall) -> PeerReply {
-        let life = match &call {
-            PeerCall::Attach { life, .. }
-            | PeerCall::Fetch { life, .. }
-            | PeerCall::Get { life, .. }
-            | PeerCall::Control { life, .. }
-            | PeerCall::Counts { life, .. } => *life,
-        };
-        self.meet(from, life);
+        self.meet(from, call.life());
         let result = match call {
             PeerCall::Attach {
                 holder,
