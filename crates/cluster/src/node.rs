@@ -104,6 +104,35 @@ pub struct GroupStatus {
     pub members: Vec<MemberStatus>,
 }
 
+/// Who leads a group, as one node sees it change ([`Group::leadership`]).
+pub struct LeaderWatch {
+    metrics: tokio::sync::watch::Receiver<RaftMetrics<NodeId, BasicNode>>,
+    last: Option<(bool, Option<NodeId>)>,
+}
+
+impl LeaderWatch {
+    /// The next change (the first call: how it stands now): whether this
+    /// node leads, and the leader it knows. None once the member stopped.
+    pub async fn changed(&mut self) -> Option<(bool, Option<NodeId>)> {
+        loop {
+            let now = {
+                let m = self.metrics.borrow_and_update();
+                if m.state == ServerState::Shutdown {
+                    return None;
+                }
+                (m.state == ServerState::Leader, m.current_leader)
+            };
+            if self.last != Some(now) {
+                self.last = Some(now);
+                return Some(now);
+            }
+            if self.metrics.changed().await.is_err() {
+                return None;
+            }
+        }
+    }
+}
+
 /// This node's member of one consensus group, over the node's shared
 /// peer links and store. Stop it with [`Group::shutdown`].
 pub struct Group {
@@ -204,6 +233,26 @@ impl Group {
     /// The group's metrics (leader, term, log and applied indexes...).
     pub fn metrics(&self) -> RaftMetrics<NodeId, BasicNode> {
         self.raft.metrics().borrow().clone()
+    }
+
+    /// Who leads the group, as it changes.
+    pub fn leadership(&self) -> LeaderWatch {
+        LeaderWatch {
+            metrics: self.raft.metrics(),
+            last: None,
+        }
+    }
+
+    /// Whether this node leads the group, confirmed by a majority in its
+    /// term, with every entry committed before applied here; false when
+    /// that is not so within `within`. (openraft restores a restarted
+    /// leader as leader until it hears of a newer term: its metrics alone
+    /// do not tell.)
+    pub async fn confirm_leadership(&self, within: Duration) -> bool {
+        matches!(
+            tokio::time::timeout(within, self.raft.ensure_linearizable()).await,
+            Ok(Ok(_))
+        )
     }
 
     /// Whether this node leads the group now.
@@ -328,6 +377,28 @@ impl Group {
         }
     }
 
+    /// Stop this member and remove everything it kept in the store (its
+    /// log, vote and records): the group is gone for good.
+    pub async fn destroy(&self, store: &Store) -> Result<(), ClusterError> {
+        self.shutdown().await;
+        let prefix = crate::records::group_prefix(self.id);
+        for cf in [junction_store::Cf::RaftLog, junction_store::Cf::Raft] {
+            let mut keys = Vec::new();
+            store.scan(cf, &prefix, &mut |key, _| {
+                keys.push(key.to_vec());
+                true
+            })?;
+            for chunk in keys.chunks(4096) {
+                let mut batch = junction_store::Batch::new();
+                for key in chunk {
+                    batch.delete(cf, key.clone());
+                }
+                store.submit(batch, false).await?.await?;
+            }
+        }
+        Ok(())
+    }
+
     /// Stop this member (the node's links stay up for its other groups).
     pub async fn shutdown(&self) {
         self.peers.unregister(self.id);
@@ -417,6 +488,11 @@ impl MetaNode {
             &self.timing,
         )
         .await
+    }
+
+    /// The node's store (every group's log and records are in it).
+    pub fn store(&self) -> &Store {
+        &self.store
     }
 
     /// The node's peer links.

@@ -34,6 +34,31 @@ impl GroupId {
     pub const META: GroupId = GroupId(0);
 }
 
+impl GroupId {
+    /// The group of a replicated queue: a digest of its vhost, name, the
+    /// node that declared it and the id that node gave it, so every node
+    /// derives the same id, and a queue declared again under the same
+    /// name gets another group. Never the metadata group's.
+    pub fn of_queue(vhost: &str, name: &str, owner: &str, id: u64) -> GroupId {
+        use sha2::{Digest, Sha256};
+        let mut digest = Sha256::new();
+        for part in [
+            b"queue".as_slice(),
+            vhost.as_bytes(),
+            name.as_bytes(),
+            owner.as_bytes(),
+        ] {
+            digest.update((part.len() as u64).to_be_bytes());
+            digest.update(part);
+        }
+        digest.update(id.to_be_bytes());
+        let digest = digest.finalize();
+        let mut bytes = [0; 8];
+        bytes.copy_from_slice(&digest[..8]);
+        GroupId(u64::from_be_bytes(bytes) | 1 << 63)
+    }
+}
+
 impl fmt::Display for GroupId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "group-{}", self.0)

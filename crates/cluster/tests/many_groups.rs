@@ -77,3 +77,101 @@ async fn groups_share_one_link_per_pair_and_one_store_per_node() {
         node.shutdown().await;
     }
 }
+
+/// What a replicated queue's group needs of its members: every member
+/// hears who leads, the leader confirms it leads, and a destroyed
+/// member's log and records leave its store while the other groups'
+/// stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_group_reports_its_leader_and_leaves_nothing_when_destroyed() {
+    let local = common::start(3, &timing()).await;
+    let (nodes, members, stores) = (&local.nodes, &local.members, &local.stores);
+    // The metadata group settled first (its keys are compared below).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let status: Vec<_> = nodes.values().map(|n| n.status()).collect();
+        let leader = status[0].leader;
+        if leader.is_some()
+            && status
+                .iter()
+                .all(|s| s.leader == leader && s.applied_index == status[0].applied_index)
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{status:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let id = GroupId::of_queue("/", "orders", "n1", 7);
+    assert_ne!(id, GroupId::META);
+    assert_ne!(id, GroupId::of_queue("/", "orders", "n1", 8));
+    assert_ne!(id, GroupId::of_queue("/", "order", "sn1", 7));
+    let mut groups = BTreeMap::new();
+    for (n, node) in nodes {
+        groups.insert(*n, node.start_group(id, members).await.unwrap());
+    }
+    // Every member's watch names the same leader; only it confirms.
+    let mut seen = BTreeMap::new();
+    for (n, group) in &groups {
+        let mut watch = group.leadership();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let leader = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, watch.changed()).await {
+                Ok(Some((_, Some(leader)))) => break leader,
+                Ok(Some(_)) => {}
+                other => panic!("no leader heard on node {n}: {other:?}"),
+            }
+        };
+        seen.insert(*n, leader);
+    }
+    let leader = seen[&1];
+    assert!(seen.values().all(|l| *l == leader), "{seen:?}");
+    let confirm = Duration::from_secs(5);
+    assert!(groups[&leader].confirm_leadership(confirm).await);
+    let follower = groups.keys().copied().find(|n| *n != leader).unwrap();
+    assert!(!groups[&follower].confirm_leadership(confirm).await);
+    groups[&follower]
+        .write(Command::Put {
+            key: b"m1".to_vec(),
+            value: b"body".to_vec(),
+        })
+        .await
+        .unwrap();
+    // Destroyed on every member: nothing of the group is left in any
+    // store, and the metadata group's keys are untouched.
+    let count = |store: &junction_store::Store, cf, group: GroupId| {
+        let mut n = 0;
+        store
+            .scan(cf, &group.0.to_be_bytes(), &mut |_, _| {
+                n += 1;
+                true
+            })
+            .unwrap();
+        n
+    };
+    for (n, group) in &groups {
+        let store = &stores[usize::try_from(*n - 1).unwrap()];
+        let cfs = [junction_store::Cf::RaftLog, junction_store::Cf::Raft];
+        let meta_before: Vec<usize> = cfs
+            .iter()
+            .map(|cf| count(store, *cf, GroupId::META))
+            .collect();
+        assert!(cfs.iter().any(|cf| count(store, *cf, id) > 0));
+        group.destroy(store).await.unwrap();
+        for cf in cfs {
+            assert_eq!(
+                count(store, cf, id),
+                0,
+                "node {n} kept keys of the group in {cf:?}"
+            );
+        }
+        let meta_after: Vec<usize> = cfs
+            .iter()
+            .map(|cf| count(store, *cf, GroupId::META))
+            .collect();
+        assert_eq!(meta_before, meta_after, "node {n}");
+    }
+    for node in nodes.values() {
+        node.shutdown().await;
+    }
+}

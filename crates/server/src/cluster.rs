@@ -10,7 +10,7 @@ use std::time::Duration;
 use junction_cluster::{Change, Command, MetaNode, NodeId, Timing, WriteError, node_id};
 use junction_core::{
     Broker, CallFuture, CoreError, ForwardAnswer, ForwardFuture, Forwarded, Forwarder, MetaFuture,
-    MetaLog, MetaOp, PeerCall, PeerReply,
+    MetaLog, MetaOp, PeerCall, PeerReply, QuorumLog,
 };
 use junction_store::Store;
 use serde::{Deserialize, Serialize};
@@ -18,6 +18,7 @@ use serde_json::{Value, json};
 use tokio::sync::OnceCell;
 
 use crate::config::ClusterConfig;
+use crate::quorum::Quorums;
 use crate::run::ServerError;
 
 /// Shortest shared secret accepted.
@@ -75,7 +76,9 @@ const SHUTDOWN_WITHIN: Duration = Duration::from_secs(10);
 /// This node's place in its cluster.
 pub struct Cluster {
     /// The metadata group's member on this node.
-    node: MetaNode,
+    node: Arc<MetaNode>,
+    /// The quorum queues' groups on this node.
+    quorums: Arc<Quorums>,
     /// This node's id.
     me: NodeId,
     /// Every member's name, by id.
@@ -125,7 +128,7 @@ impl Cluster {
             })?;
         let ids: BTreeMap<NodeId, SocketAddr> =
             members.iter().map(|m| (node_id(&m.name), m.addr)).collect();
-        let names = members
+        let names: BTreeMap<NodeId, String> = members
             .iter()
             .map(|m| (node_id(&m.name), m.name.clone()))
             .collect();
@@ -138,14 +141,17 @@ impl Cluster {
         let node = MetaNode::start(me, listener, &ids, secret.into(), store, &timing)
             .await
             .map_err(|e| fail(e.to_string()))?;
+        let node = Arc::new(node);
+        let quorums = Quorums::new(Arc::downgrade(&node), ids, names.clone());
         tracing::info!(
             node = %config.node_name,
             %addr,
             members = members.len(),
-            "cluster member started (durable topology is replicated; messages are not yet)"
+            "cluster member started"
         );
         Ok(Arc::new(Cluster {
             node,
+            quorums,
             me,
             names,
             addr,
@@ -161,6 +167,8 @@ impl Cluster {
     pub fn attach(self: &Arc<Self>, broker: &Arc<Broker>) {
         broker.attach_meta_log(Arc::clone(self) as Arc<dyn MetaLog>);
         broker.attach_forwarder(Arc::clone(self) as Arc<dyn Forwarder>);
+        self.quorums.serve(broker);
+        broker.attach_quorum(Arc::clone(&self.quorums) as Arc<dyn QuorumLog>);
         let server = Arc::downgrade(broker);
         let names = self.names.clone();
         self.node.peers().serve(Arc::new(move |from, request| {
@@ -266,6 +274,11 @@ impl Cluster {
         display_name(self.names.get(&self.me).map_or("", String::as_str))
     }
 
+    /// Every member's name in the management API.
+    pub fn member_names(&self) -> Vec<String> {
+        self.names.values().map(|n| display_name(n)).collect()
+    }
+
     /// This node's peer listener.
     pub fn addr(&self) -> SocketAddr {
         self.addr
@@ -274,6 +287,11 @@ impl Cluster {
     /// The metadata group's member on this node.
     pub fn node(&self) -> &MetaNode {
         &self.node
+    }
+
+    /// The quorum queues' groups on this node.
+    pub fn quorums(&self) -> &Arc<Quorums> {
+        &self.quorums
     }
 
     /// `/api/nodes`: `local` (this node's own entry) and every other
@@ -327,10 +345,11 @@ impl Cluster {
     pub async fn shutdown(&self) {
         self.stopped
             .get_or_init(|| async {
-                if tokio::time::timeout(SHUTDOWN_WITHIN, self.node.shutdown())
-                    .await
-                    .is_err()
-                {
+                let stop = async {
+                    self.quorums.shutdown().await;
+                    self.node.shutdown().await;
+                };
+                if tokio::time::timeout(SHUTDOWN_WITHIN, stop).await.is_err() {
                     tracing::warn!("the cluster member did not stop within {SHUTDOWN_WITHIN:?}");
                 }
             })

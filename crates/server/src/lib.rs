@@ -23,6 +23,7 @@ pub mod console;
 pub mod metrics;
 pub mod mgmt;
 pub mod ops;
+pub mod quorum;
 pub mod tls;
 pub mod users;
 pub mod ws;

@@ -882,7 +882,7 @@ impl Conn {
                 match published.confirmed().await {
                     Ok(true) => Ok(receipt),
                     Ok(false) => Err((
-                        "a queue refused the message (x-overflow reject-publish)".to_string(),
+                        "a queue did not take the message (x-overflow reject-publish, or its node or cluster could not confirm it)".to_string(),
                         receipt,
                     )),
                     Err(e) => Err((e.to_string(), receipt)),

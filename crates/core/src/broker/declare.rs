@@ -19,6 +19,10 @@ use crate::queue::args::{QueueArgs, QueueDef, QueueType};
 use crate::topology::Change;
 use crate::value::{FieldTable, FieldValue};
 
+/// Longest wait, after a quorum queue's record is committed, for its
+/// group's leader to be known here.
+const QUORUM_LEADER_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// What `queue.declare-ok` reports.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct QueueInfo {
@@ -451,6 +455,10 @@ impl Broker {
                 )));
             }
         }
+        self.fix_quorum_type(vhost, &mut def, &args);
+        if self.replicates(&def) {
+            return self.declare_quorum(vhost, &vh, def).await;
+        }
         let id = QueueId(self.next_queue.fetch_add(1, Ordering::Relaxed));
         // Exclusive queues die with their connection, so they are never stored.
         let stored = def.durable && def.exclusive_owner.is_none();
@@ -509,6 +517,47 @@ impl Broker {
                 value: record.to_vec(),
             }])
             .await?;
+        }
+        Ok(QueueInfo {
+            name: def.name,
+            messages: 0,
+            consumers: 0,
+            created: true,
+        })
+    }
+
+    /// Declares quorum queue `def` in a cluster: its record is committed
+    /// to the metadata group, whose apply starts every node's member of
+    /// the queue's group; answers once a leader is known here (or after
+    /// [`QUORUM_LEADER_WITHIN`]), so that a consume that follows finds it.
+    async fn declare_quorum(
+        &self,
+        vhost: &str,
+        vh: &VHost,
+        def: QueueDef,
+    ) -> Result<QueueInfo, CoreError> {
+        if vh.queues.read().len() + vh.remote.read().len() >= self.limits.max_queues {
+            return Err(CoreError::LimitReached(format!(
+                "cannot declare queue '{}': queue limit in vhost '{vhost}' ({}) is reached",
+                def.name, self.limits.max_queues
+            )));
+        }
+        let id = QueueId(self.next_queue.fetch_add(1, Ordering::Relaxed));
+        let record = records::encode_queue(vhost, id, &def, self.node_name());
+        self.commit_meta(vec![super::MetaOp::Put {
+            key: records::queue_key(vhost, &def.name),
+            value: record.to_vec(),
+        }])
+        .await?;
+        if !self
+            .await_quorum_leader(vhost, &def.name, QUORUM_LEADER_WITHIN)
+            .await
+        {
+            tracing::warn!(
+                vhost,
+                queue = def.name,
+                "a new quorum queue has no leader yet"
+            );
         }
         Ok(QueueInfo {
             name: def.name,

@@ -185,10 +185,13 @@ impl Broker {
                 }
                 let vh = self.vhost(&vhost)?;
                 msg.id = self.new_message_id();
-                let queues: Vec<Arc<super::Queue>> =
+                let mut queues: Vec<Arc<super::Queue>> =
                     names.iter().filter_map(|n| vh.queue(n)).collect();
                 let missing = names.len() - queues.len();
                 let msg = Arc::new(msg);
+                // A quorum queue's messages go through its group (a node
+                // that forwarded here knew it as a classic queue).
+                self.enqueue_quorum_soon(&vhost, &msg, self.take_quorum(&mut queues));
                 let mut batch = Batch::new();
                 let targets = self.plan(&msg, queues, &[], &mut batch);
                 Ok::<_, CoreError>((self.place(&msg, targets, batch).await?, missing))

@@ -10,6 +10,7 @@ mod consume;
 mod declare;
 mod forward;
 mod publish;
+mod quorum;
 pub(crate) mod records;
 mod recovery;
 mod remote;
@@ -41,6 +42,7 @@ pub use consume::{ConsumerHandle, GetOk};
 pub use declare::{ConsumerSummary, QueueInfo, QueueSummary};
 pub use forward::{CallFuture, ForwardAnswer, ForwardFuture, Forwarded, Forwarder};
 pub use publish::Published;
+pub use quorum::{EnqueueFuture, QuorumLog, QuorumQueue, is_quorum, quorum_key};
 pub use remote::{ControlOp, PeerCall, PeerReply, Shipped};
 pub use replica::{MetaFuture, MetaLog, MetaOp, Records, RemoteQueue};
 pub use vhosts::VhostInfo;
@@ -255,6 +257,9 @@ pub struct Queue {
     /// Set on the stand-in for a queue another node holds: that node's
     /// name (see `remote.rs`).
     node: Option<String>,
+    /// Set on the queue of a quorum queue's leader: each message's key in
+    /// the queue's group (see `quorum.rs`).
+    quorum: Option<quorum::QuorumLink>,
 }
 
 /// Longest wait for an earlier batch of a queue's dead letters to be
@@ -560,6 +565,11 @@ pub struct Broker {
     outboxes: Mutex<HashMap<String, tokio::sync::mpsc::Sender<forward::Outgoing>>>,
     /// Consumers across nodes, both ways.
     remotes: remote::Remotes,
+    /// The quorum queues' groups, once attached.
+    quorum: std::sync::OnceLock<Arc<dyn QuorumLog>>,
+    /// The leader of each quorum queue's group as last heard, by (vhost,
+    /// queue).
+    quorum_leaders: Mutex<HashMap<(String, String), Option<String>>>,
     /// This incarnation, told to other nodes so that they can tell a
     /// restart (what an earlier life held goes back to its queues).
     life: u64,
@@ -669,6 +679,8 @@ impl Broker {
             forwarder: std::sync::OnceLock::new(),
             outboxes: Mutex::new(HashMap::new()),
             remotes: remote::Remotes::default(),
+            quorum: std::sync::OnceLock::new(),
+            quorum_leaders: Mutex::new(HashMap::new()),
             life: new_life(),
         });
         for v in &config.vhosts {
@@ -821,6 +833,7 @@ impl Broker {
             dead_letter_turn: Mutex::new(0),
             dead_letter_turn_moved: parking_lot::Condvar::new(),
             node: None,
+            quorum: None,
         })
     }
 

@@ -152,12 +152,17 @@ impl Broker {
         {
             self.set_retained(vhost, msg.clone()).await?;
         }
-        let (msg, targets, remote, mut batch) = self.prepare(vhost, msg)?;
+        let (msg, targets, remote, quorum, mut batch) = self.prepare(vhost, msg)?;
         batch.append(extra);
         let mut published = self.place(&msg, targets, batch).await?;
         if !remote.is_empty() {
             published.routed += remote.len();
             published.forwarded = self.forward(vhost, &msg, remote).await;
+        }
+        if !quorum.is_empty() {
+            published.routed += quorum.len();
+            let awaited = self.enqueue_quorum(vhost, &msg, quorum).await;
+            published.forwarded.extend(awaited);
         }
         Ok(published)
     }
@@ -213,7 +218,16 @@ impl Broker {
         &self,
         vhost: &str,
         mut msg: Message,
-    ) -> Result<(Arc<Message>, Vec<Target>, super::RemoteTargets, Batch), CoreError> {
+    ) -> Result<
+        (
+            Arc<Message>,
+            Vec<Target>,
+            super::RemoteTargets,
+            Vec<String>,
+            Batch,
+        ),
+        CoreError,
+    > {
         if self.is_shut_down() {
             return Err(CoreError::ShuttingDown);
         }
@@ -224,11 +238,23 @@ impl Broker {
         self.counters
             .bytes_in
             .fetch_add(msg.body_len(), Ordering::Relaxed);
-        let (queues, remote) = vh.route(&msg.exchange, &msg, self.forwards())?;
+        let (mut queues, mut remote) = vh.route(&msg.exchange, &msg, self.forwards())?;
+        let mut quorum = self.take_quorum(&mut queues);
+        if self.quorum_log().is_some() && !remote.is_empty() {
+            remote.retain(|(_, name)| {
+                let replicated = vh
+                    .remote_queue(name)
+                    .is_some_and(|r| super::is_quorum(&r.def));
+                if replicated {
+                    quorum.push(name.clone());
+                }
+                !replicated
+            });
+        }
         let msg = Arc::new(msg);
         let mut batch = Batch::new();
         let targets = self.plan(&msg, queues, &[], &mut batch);
-        Ok((msg, targets, remote, batch))
+        Ok((msg, targets, remote, quorum, batch))
     }
 
     /// Reserves a place in each queue and writes the records for the
@@ -344,6 +370,11 @@ impl Broker {
     /// record when its last entry goes.
     pub(crate) fn collect_removed(&self, q: &Queue, removed: &[Removed], batch: &mut Batch) {
         if removed.is_empty() {
+            return;
+        }
+        if q.quorum.is_some() {
+            // Its messages are its group's, not this store's.
+            self.settle_quorum(q, removed);
             return;
         }
         let mut refs = self.refs.lock();
@@ -478,7 +509,10 @@ impl Broker {
                 return None;
             }
         };
+        let mut queues = queues;
+        queues.retain(|t| !skip.iter().any(|s| s == t.name()));
         let msg = Arc::new(msg);
+        self.enqueue_quorum_soon(q.vhost(), &msg, self.take_quorum(&mut queues));
         let targets = self.plan(&msg, queues, &skip, batch);
         Some((msg, targets))
     }

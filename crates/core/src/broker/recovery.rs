@@ -207,7 +207,9 @@ pub(super) fn apply(broker: &Arc<Broker>, r: Recovered) -> Result<(), CoreError>
     let mut by_id: HashMap<QueueId, Arc<Queue>> = HashMap::new();
     let mut max_queue = 0;
     for (vhost, id, def, node) in r.queues {
-        if !broker.owns(node.as_deref()) {
+        // A quorum queue's messages are its group's: every node knows it
+        // as another's until its group elects this one.
+        if !broker.owns(node.as_deref()) || (broker.node.is_some() && super::is_quorum(&def)) {
             // A queue of another node of the cluster.
             let node = node.unwrap_or_default();
             broker

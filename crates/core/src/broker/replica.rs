@@ -549,7 +549,9 @@ impl Broker {
             Some(v) => {
                 let (vhost, id, def, owner) = records::decode_queue(v)?;
                 let vh = self.replica_vhost(&vhost)?;
-                if self.owns(owner.as_deref()) {
+                if self.replicates(&def) {
+                    self.apply_quorum_queue(&vh, id, def, owner);
+                } else if self.owns(owner.as_deref()) {
                     vh.remote.write().remove(&def.name);
                     if vh.queue(&def.name).is_none() {
                         self.restore_queue(&vh, id, def);
@@ -586,6 +588,7 @@ impl Broker {
                         self.write_soon(batch);
                     }
                 }
+                self.forget_quorum_queue(&vhost, &name);
             }
         }
         Ok(())

@@ -119,6 +119,12 @@ fn declared_queue_json(
     }) else {
         unreachable!("json! of an object literal is an object")
     };
+    let mut fields = fields;
+    if let Some(cluster) = state.cluster.as_ref().filter(|_| kind == "quorum") {
+        // RabbitMQ's fields of a quorum queue: every member holds it.
+        fields.insert("leader".to_owned(), json!(node));
+        fields.insert("members".to_owned(), json!(cluster.member_names()));
+    }
     fields
 }
 

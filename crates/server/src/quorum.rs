@@ -1,0 +1,355 @@
+//! Quorum queues' groups on this node (docs/cluster.md "Replicated
+//! (quorum) queues"): for each quorum queue, this node's member of the
+//! queue's consensus group, a writer that commits the messages published
+//! here in batches, a settler that removes what the leader's consumers
+//! settled, and a watch that hands the queue to the broker while this
+//! node leads the group.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::{Arc, Weak};
+
+use junction_cluster::{Change, Command, Group, GroupId, MetaNode, NodeId, WriteError};
+use junction_core::{Broker, EnqueueFuture, ForwardAnswer, QuorumLog, QuorumQueue};
+use tokio::sync::{mpsc, oneshot, watch};
+
+/// Messages a queue's writer holds before publishers wait for room.
+const WRITER_MESSAGES: usize = 8192;
+/// Messages, and bytes, one entry of a queue's group carries at most.
+const ENTRY_MESSAGES: usize = 512;
+const ENTRY_BYTES: usize = 512 * 1024;
+
+/// Longest wait for a majority to confirm this node leads a queue's
+/// group, and the pause before asking again.
+const CONFIRM_WITHIN: std::time::Duration = std::time::Duration::from_secs(2);
+const CONFIRM_PAUSE: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// A message waiting for its queue's writer.
+struct Enqueue {
+    key: Vec<u8>,
+    value: Vec<u8>,
+    done: oneshot::Sender<ForwardAnswer>,
+}
+
+/// This node's member of one quorum queue's group.
+struct Member {
+    queue: QuorumQueue,
+    group: GroupId,
+    /// The started member (None until it is).
+    started: watch::Receiver<Option<Arc<Group>>>,
+    writes: mpsc::Sender<Enqueue>,
+    settles: mpsc::UnboundedSender<Vec<Vec<u8>>>,
+}
+
+/// Every quorum queue's group this node is a member of.
+pub struct Quorums {
+    /// Itself, for the tasks it starts.
+    me: Weak<Quorums>,
+    /// The node's metadata member: its links and store.
+    node: Weak<MetaNode>,
+    /// Every member of the cluster (every queue's group has them all).
+    members: BTreeMap<NodeId, SocketAddr>,
+    /// Member names by id.
+    names: BTreeMap<NodeId, String>,
+    broker: std::sync::OnceLock<Weak<Broker>>,
+    queues: parking_lot::Mutex<HashMap<(String, String), Arc<Member>>>,
+}
+
+impl std::fmt::Debug for Quorums {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Quorums")
+            .field("queues", &self.queues.lock().len())
+            .finish()
+    }
+}
+
+impl Quorums {
+    /// The quorum queues' groups of the node whose metadata member is
+    /// `node`, with every cluster member in each group.
+    pub fn new(
+        node: Weak<MetaNode>,
+        members: BTreeMap<NodeId, SocketAddr>,
+        names: BTreeMap<NodeId, String>,
+    ) -> Arc<Self> {
+        Arc::new_cyclic(|me| Self {
+            me: me.clone(),
+            node,
+            members,
+            names,
+            broker: std::sync::OnceLock::new(),
+            queues: parking_lot::Mutex::default(),
+        })
+    }
+
+    /// Hand the queues to `broker` as this node leads them.
+    pub fn serve(&self, broker: &Arc<Broker>) {
+        let _ = self.broker.set(Arc::downgrade(broker));
+    }
+
+    /// The group of quorum queue `name`, once started here.
+    pub fn group(&self, vhost: &str, name: &str) -> Option<Arc<Group>> {
+        let member = self
+            .queues
+            .lock()
+            .get(&(vhost.to_owned(), name.to_owned()))
+            .cloned()?;
+        member.started.borrow().clone()
+    }
+
+    /// The name of member `id`.
+    pub fn name_of(&self, id: NodeId) -> Option<&str> {
+        self.names.get(&id).map(String::as_str)
+    }
+
+    /// Stop every member here (the node is stopping; their logs stay).
+    pub async fn shutdown(&self) {
+        let members: Vec<Arc<Member>> = self.queues.lock().drain().map(|(_, m)| m).collect();
+        for member in members {
+            let group = member.started.borrow().clone();
+            if let Some(group) = group {
+                group.shutdown().await;
+            }
+        }
+    }
+
+    /// Start member `member`'s group and its tasks.
+    fn start(
+        &self,
+        member: &Arc<Member>,
+        ready: watch::Sender<Option<Arc<Group>>>,
+        writes: mpsc::Receiver<Enqueue>,
+        settles: mpsc::UnboundedReceiver<Vec<Vec<u8>>>,
+    ) {
+        let me = self.me.clone();
+        let member = Arc::clone(member);
+        tokio::spawn(async move {
+            let Some(node) = me.upgrade().and_then(|q| q.node.upgrade()) else {
+                return;
+            };
+            let members = me.upgrade().map(|q| q.members.clone()).unwrap_or_default();
+            let group = match node.start_group(member.group, &members).await {
+                Ok(group) => Arc::new(group),
+                Err(e) => {
+                    tracing::error!(vhost = member.queue.vhost, queue = member.queue.name, error = %e, "the quorum queue's group did not start here");
+                    return;
+                }
+            };
+            drop(node);
+            let (vhost, name) = (member.queue.vhost.clone(), member.queue.name.clone());
+            let broker = me
+                .upgrade()
+                .and_then(|q| q.broker.get().cloned())
+                .unwrap_or_default();
+            {
+                let broker = broker.clone();
+                let (vhost, name) = (vhost.clone(), name.clone());
+                group.state().observe(Arc::new(move |change: &Change| {
+                    if let (Change::Put { key, value }, Some(broker)) = (change, broker.upgrade()) {
+                        broker.quorum_put(&vhost, &name, key.clone(), value);
+                    }
+                }));
+            }
+            let _ = ready.send(Some(Arc::clone(&group)));
+            tokio::spawn(write_loop(Arc::clone(&group), writes));
+            tokio::spawn(settle_loop(Arc::clone(&group), settles, name.clone()));
+            lead_loop(me, group, broker, vhost, name).await;
+        });
+    }
+}
+
+/// Tell the broker who leads the group as it changes: this node builds
+/// the queue when it leads, and drops it when it stops leading.
+async fn lead_loop(
+    quorums: Weak<Quorums>,
+    group: Arc<Group>,
+    broker: Weak<Broker>,
+    vhost: String,
+    name: String,
+) {
+    let mut leadership = group.leadership();
+    while let Some((leading, leader)) = leadership.changed().await {
+        let (Some(broker), Some(quorums)) = (broker.upgrade(), quorums.upgrade()) else {
+            return;
+        };
+        if leading {
+            // Built only once a majority confirmed this node in its term
+            // and everything committed before is applied here.
+            while group.is_leader() {
+                if group.confirm_leadership(CONFIRM_WITHIN).await {
+                    let state = group.state();
+                    state.while_quiet(|| broker.quorum_lead(&vhost, &name, state.scan(b"")));
+                    break;
+                }
+                tokio::time::sleep(CONFIRM_PAUSE).await;
+            }
+        } else {
+            let leader = leader.and_then(|id| quorums.name_of(id)).map(str::to_owned);
+            broker.quorum_follow(&vhost, &name, leader);
+        }
+    }
+}
+
+/// Commit the messages published here, a batch per entry, one entry in
+/// flight at a time (so each publisher's order is kept).
+async fn write_loop(group: Arc<Group>, mut writes: mpsc::Receiver<Enqueue>) {
+    while let Some(first) = writes.recv().await {
+        let mut bytes = first.key.len() + first.value.len();
+        let mut batch = vec![first];
+        while batch.len() < ENTRY_MESSAGES && bytes < ENTRY_BYTES {
+            match writes.try_recv() {
+                Ok(next) => {
+                    bytes += next.key.len() + next.value.len();
+                    batch.push(next);
+                }
+                Err(_) => break,
+            }
+        }
+        let (puts, dones): (Vec<Command>, Vec<oneshot::Sender<ForwardAnswer>>) = batch
+            .into_iter()
+            .map(|e| {
+                (
+                    Command::Put {
+                        key: e.key,
+                        value: e.value,
+                    },
+                    e.done,
+                )
+            })
+            .unzip();
+        let answer: ForwardAnswer = match group.write(Command::Batch(puts)).await {
+            Ok(_) => Ok((1, 0)),
+            Err(WriteError::TooLarge(bytes)) => Err(format!(
+                "a message of {bytes} bytes is over a quorum queue's limit"
+            )),
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(e) = &answer {
+            tracing::warn!(group = %group.id(), messages = dones.len(), error = %e, "messages for a quorum queue were not committed");
+        }
+        for done in dones {
+            let _ = done.send(answer.clone());
+        }
+    }
+}
+
+/// Remove settled messages from the group, gathering what waits.
+async fn settle_loop(
+    group: Arc<Group>,
+    mut settles: mpsc::UnboundedReceiver<Vec<Vec<u8>>>,
+    queue: String,
+) {
+    while let Some(mut keys) = settles.recv().await {
+        while keys.len() < 4 * ENTRY_MESSAGES {
+            match settles.try_recv() {
+                Ok(more) => keys.extend(more),
+                Err(_) => break,
+            }
+        }
+        let count = keys.len();
+        let deletes = keys
+            .into_iter()
+            .map(|key| Command::Delete { key })
+            .collect();
+        if let Err(e) = group.write(Command::Batch(deletes)).await {
+            // They stay in the group: the next leader delivers them again.
+            tracing::warn!(queue, messages = count, error = %e, "settled messages of a quorum queue were not removed");
+        }
+    }
+}
+
+impl QuorumLog for Quorums {
+    fn open(&self, queue: QuorumQueue) {
+        let key = (queue.vhost.clone(), queue.name.clone());
+        let group = GroupId::of_queue(&queue.vhost, &queue.name, &queue.owner, queue.id.0);
+        let mut queues = self.queues.lock();
+        if let Some(existing) = queues.get(&key) {
+            if existing.group == group {
+                return;
+            }
+            // The name was declared again: the old group goes.
+            let old = queues.remove(&key).expect("present");
+            self.destroy(old);
+        }
+        let (ready, started) = watch::channel(None);
+        let (writes, write_rx) = mpsc::channel(WRITER_MESSAGES);
+        let (settles, settle_rx) = mpsc::unbounded_channel();
+        let member = Arc::new(Member {
+            queue,
+            group,
+            started,
+            writes,
+            settles,
+        });
+        queues.insert(key, Arc::clone(&member));
+        drop(queues);
+        self.start(&member, ready, write_rx, settle_rx);
+    }
+
+    fn close(&self, vhost: &str, name: &str) {
+        let member = self
+            .queues
+            .lock()
+            .remove(&(vhost.to_owned(), name.to_owned()));
+        if let Some(member) = member {
+            self.destroy(member);
+        }
+    }
+
+    fn enqueue(&self, vhost: &str, name: &str, key: Vec<u8>, value: Vec<u8>) -> EnqueueFuture<'_> {
+        let member = self
+            .queues
+            .lock()
+            .get(&(vhost.to_owned(), name.to_owned()))
+            .cloned();
+        let name = name.to_owned();
+        // The answer's receiver is what this yields: the publisher awaits
+        // it later, with the other answers of its publish.
+        #[allow(clippy::async_yields_async)]
+        Box::pin(async move {
+            let (done, answer) = oneshot::channel();
+            match member {
+                Some(member) => {
+                    if let Err(e) = member.writes.send(Enqueue { key, value, done }).await {
+                        let _ = e.0.done.send(Err("the quorum queue is closing".to_owned()));
+                    }
+                }
+                None => {
+                    let _ = done.send(Err(format!("no group for quorum queue '{name}' here")));
+                }
+            }
+            answer
+        })
+    }
+
+    fn settle(&self, vhost: &str, name: &str, keys: Vec<Vec<u8>>) {
+        let member = self
+            .queues
+            .lock()
+            .get(&(vhost.to_owned(), name.to_owned()))
+            .cloned();
+        if let Some(member) = member {
+            let _ = member.settles.send(keys);
+        }
+    }
+}
+
+impl Quorums {
+    /// Stop `member`'s group once it started, and remove its log and
+    /// records from the store.
+    fn destroy(&self, member: Arc<Member>) {
+        let node = self.node.clone();
+        tokio::spawn(async move {
+            let mut started = member.started.clone();
+            let group = match started.wait_for(Option::is_some).await {
+                Ok(group) => group.clone(),
+                Err(_) => None,
+            };
+            let (Some(group), Some(node)) = (group, node.upgrade()) else {
+                return;
+            };
+            if let Err(e) = group.destroy(node.store()).await {
+                tracing::warn!(group = %member.group, error = %e, "a deleted quorum queue's group left records in the store");
+            }
+        });
+    }
+}

@@ -1,0 +1,228 @@
+"""Replicated (quorum) queues (docs/cluster.md "Replicated (quorum)
+queues"), with three real `junction` processes: a queue declared with
+`x-queue-type: quorum` has a consensus group on every node; publishes on
+any node, from AMQP (pika, confirms), MQTT (paho, QoS 1) and STOMP
+(stomp.py, receipts), are confirmed once a majority has them on disk; the
+group's leader delivers them to consumers on any node; kill -9 of the
+leader loses no confirmed message (the other two elect a leader that
+holds them all, and the killed node catches up when it returns); a node
+cut off from the other two cannot confirm a publish (pika gets a nack)."""
+
+import time
+
+import pika
+import pika.exceptions
+import pytest
+
+from mqtt_support import Client as MqttClient
+from stomp_support import Client as StompClient
+from test_cluster import api, proxied_cluster, settled, wait_for  # noqa: F401 (a fixture)
+from test_cluster_messages import depth
+from test_cluster_topology import amqp, formed
+
+PERSISTENT = pika.BasicProperties(delivery_mode=2)
+
+
+def declare_quorum(b, name, bind_topic=None):
+    conn = amqp(b)
+    ch = conn.channel()
+    ch.queue_declare(name, durable=True, arguments={"x-queue-type": "quorum"})
+    if bind_topic:
+        ch.queue_bind(name, "amq.topic", routing_key=bind_topic)
+    conn.close()
+
+
+def queue_info(b, name):
+    status, body, _ = api(b, "GET", f"/api/queues/%2F/{name}")
+    assert status == 200, (status, body)
+    return body
+
+
+def leader_everywhere(brokers, name):
+    """Waits until every node in `brokers` names the same leader for the
+    queue, one of `brokers`; returns that broker."""
+    found = {}
+
+    def agreed():
+        leaders = {b.name: queue_info(b, name).get("leader") for b in brokers}
+        names = set(leaders.values())
+        if len(names) != 1:
+            return leaders
+        (leader,) = names
+        match = [b for b in brokers if f"junction@{b.name}" == leader]
+        if not match:
+            return leaders
+        found["b"] = match[0]
+        return True
+
+    wait_for(f"one leader of {name} on every node", agreed)
+    return found["b"]
+
+
+def publish_confirmed(b, queue, bodies):
+    """Publishes `bodies` persistent to `queue` on `b` with confirms;
+    each publish returns once confirmed (pika raises on a nack)."""
+    conn = amqp(b)
+    ch = conn.channel()
+    ch.confirm_delivery()
+    for body in bodies:
+        ch.basic_publish("", queue, body, PERSISTENT, mandatory=True)
+    conn.close()
+
+
+def consume_all(b, queue, n, timeout=20.0):
+    """Consumes `queue` on `b` with manual acks until `n` deliveries came
+    (and then half a second more, to see any extra); returns (body,
+    redelivered) in delivery order."""
+    conn = amqp(b)
+    ch = conn.channel()
+    ch.basic_qos(prefetch_count=100)
+    got = []
+
+    def on(c, m, p, body):
+        got.append((body, m.redelivered))
+        c.basic_ack(m.delivery_tag)
+
+    ch.basic_consume(queue, on)
+    deadline = time.monotonic() + timeout
+    while len(got) < n and time.monotonic() < deadline:
+        conn.process_data_events(0.05)
+    conn.process_data_events(0.5)
+    conn.close()
+    assert len(got) >= n, f"{len(got)} of {n} deliveries"
+    return got
+
+
+@pytest.mark.deadline(300)
+def test_a_quorum_queue_keeps_every_confirmed_message_through_kill9_of_its_leader(make_broker, tmp_path):
+    brokers, _ = formed(make_broker, tmp_path)
+    n1, n2, n3 = brokers
+    declare_quorum(n1, "orders")
+    first = leader_everywhere(brokers, "orders")
+    info = queue_info(n2, "orders")
+    assert info["type"] == "quorum"
+    assert sorted(info["members"]) == ["junction@n1", "junction@n2", "junction@n3"]
+    # A redeclaration as a classic queue is refused, as RabbitMQ does.
+    conn = amqp(n3)
+    with pytest.raises(pika.exceptions.ChannelClosedByBroker) as refused:
+        conn.channel().queue_declare("orders", durable=True)
+    assert refused.value.reply_code == 406
+    conn.close()
+
+    # 40 confirmed on each node; every node counts them all (the leader's).
+    for b in brokers:
+        publish_confirmed(b, "orders", [f"{b.name}-{i}".encode() for i in range(40)])
+    wait_for("120 ready on every node", lambda: all(depth(b, "orders") == 120 for b in brokers) or [depth(b, "orders") for b in brokers])
+
+    # kill -9 of the leader: the other two elect one of themselves, which
+    # holds every confirmed message; publishes go on on both.
+    first.kill9()
+    survivors = [b for b in brokers if b is not first]
+    second = leader_everywhere(survivors, "orders")
+    assert second is not first
+    for b in survivors:
+        publish_confirmed(b, "orders", [f"{b.name}-after-{i}".encode() for i in range(30)])
+
+    # A consumer on either survivor gets all 180, each publisher's in its
+    # order, each once; those published before the kill may be flagged
+    # redelivered (the new leader cannot know they were not delivered).
+    other = next(b for b in survivors if b is not second)
+    got = consume_all(other, "orders", 180)
+    bodies = [body for body, _ in got]
+    assert len(bodies) == 180, bodies[180:]
+    assert len(set(bodies)) == 180
+    for b in brokers:
+        mine = [x for x in bodies if x.startswith(f"{b.name}-".encode()) and b"after" not in x]
+        assert mine == [f"{b.name}-{i}".encode() for i in range(40)]
+    for b in survivors:
+        after = [x for x in bodies if x.startswith(f"{b.name}-after-".encode())]
+        assert after == [f"{b.name}-after-{i}".encode() for i in range(30)]
+    assert not any(redelivered for body, redelivered in got if b"after" in body)
+
+    # The killed node returns, catches up, and knows the queue empty.
+    first.start()
+    leader_everywhere(brokers, "orders")
+    wait_for("the queue empty on the returned node", lambda: depth(first, "orders") == 0)
+    publish_confirmed(first, "orders", [b"back"])
+    assert [body for body, _ in consume_all(second, "orders", 1)] == [b"back"]
+
+
+@pytest.mark.deadline(240)
+def test_mqtt_qos1_and_stomp_receipts_reach_a_quorum_queue_and_a_deleted_one_goes_everywhere(make_broker, tmp_path):
+    brokers, _ = formed(make_broker, tmp_path)
+    n1, n2, n3 = brokers
+    declare_quorum(n2, "plant", bind_topic="plant.*.temp")
+    leader_everywhere(brokers, "plant")
+
+    mqtt = MqttClient(n3)
+    mqtt.connect()
+    for i in range(20):
+        assert mqtt.publish(f"plant/{i}/temp", f"mqtt-{i}".encode(), qos=1) == 0
+    mqtt.close()
+    stomp = StompClient(n1)
+    stomp.connected()
+    for i in range(20):
+        receipt = stomp.send("/amq/queue/plant", f"stomp-{i}", headers={"persistent": "true"}, receipt=True)
+        assert receipt.cmd == "RECEIPT"
+    stomp.close()
+
+    got = [body for body, _ in consume_all(n3, "plant", 40)]
+    assert len(got) == 40
+    assert [m for m in got if m.startswith(b"mqtt-")] == [f"mqtt-{i}".encode() for i in range(20)]
+    assert [m for m in got if m.startswith(b"stomp-")] == [f"stomp-{i}".encode() for i in range(20)]
+
+    # Deleted on a node that does not lead it: gone on every node, and a
+    # new queue of the name is a new, empty group.
+    leader = leader_everywhere(brokers, "plant")
+    other = next(b for b in brokers if b is not leader)
+    conn = amqp(other)
+    conn.channel().queue_delete("plant")
+    conn.close()
+
+    def gone_everywhere():
+        for b in brokers:
+            status, _, _ = api(b, "GET", "/api/queues/%2F/plant")
+            if status != 404:
+                return f"{b.name}: {status}"
+        return True
+
+    wait_for("the queue gone on every node", gone_everywhere)
+    declare_quorum(n1, "plant")
+    leader_everywhere(brokers, "plant")
+    assert all(depth(b, "plant") == 0 for b in brokers)
+
+
+@pytest.mark.deadline(240)
+def test_a_node_cut_off_from_the_other_two_cannot_confirm_a_publish(proxied_cluster):
+    brokers, proxies = proxied_cluster
+    settled(brokers)
+    n1, n2, n3 = brokers
+    declare_quorum(n1, "jobs")
+    leader_everywhere(brokers, "jobs")
+    publish_confirmed(n3, "jobs", [b"before"])
+
+    # Every link to and from n3 black-holed: n3 has no majority.
+    for (x, y), p in proxies.items():
+        if "n3" in (x, y):
+            p.blackhole()
+    conn = amqp(n3)
+    ch = conn.channel()
+    ch.confirm_delivery()
+    with pytest.raises(pika.exceptions.NackError):
+        ch.basic_publish("", "jobs", b"cut-off", PERSISTENT)
+    conn.close()
+    # The majority goes on.
+    majority = [n1, n2]
+    leader_everywhere(majority, "jobs")
+    publish_confirmed(n2, "jobs", [b"majority"])
+
+    for (x, y), p in proxies.items():
+        if "n3" in (x, y):
+            p.heal()
+    leader_everywhere(brokers, "jobs")
+    got = [body for body, _ in consume_all(n1, "jobs", 2)]
+    # Both confirmed messages, once each, in order. The refused one may
+    # still have been committed after the heal (a nack says "not
+    # confirmed", not "absent"), so it alone may appear too.
+    assert [m for m in got if m != b"cut-off"] == [b"before", b"majority"]
+    assert got.count(b"cut-off") <= 1
