@@ -65,6 +65,9 @@ pub struct AmqpSettings {
     pub frame_max: u32,
     /// TLS (`--tls-ca`): every connection is `amqps`.
     pub tls: Option<TlsClient>,
+    /// `x-queue-type` of the queue the generator declares (None: the
+    /// broker's default).
+    pub queue_type: Option<String>,
 }
 
 fn proto_error(e: lapin::Error) -> BenchError {
@@ -123,7 +126,12 @@ async fn connect(s: &AmqpSettings, name: &str) -> Result<Connection, BenchError>
 
 /// Makes sure queue `name` exists: passive declare first, durable create if
 /// it is missing.
-async fn ensure_queue(conn: &Connection, channel: &Channel, name: &str) -> Result<(), BenchError> {
+async fn ensure_queue(
+    s: &AmqpSettings,
+    conn: &Connection,
+    channel: &Channel,
+    name: &str,
+) -> Result<(), BenchError> {
     let probe = conn.create_channel().await.map_err(proto_error)?;
     let passive = QueueDeclareOptions {
         passive: true,
@@ -141,8 +149,15 @@ async fn ensure_queue(conn: &Connection, channel: &Channel, name: &str) -> Resul
         durable: true,
         ..QueueDeclareOptions::default()
     };
+    let mut arguments = FieldTable::default();
+    if let Some(kind) = &s.queue_type {
+        arguments.insert(
+            "x-queue-type".into(),
+            lapin::types::AMQPValue::LongString(kind.as_str().into()),
+        );
+    }
     channel
-        .queue_declare(name.into(), durable, FieldTable::default())
+        .queue_declare(name.into(), durable, arguments)
         .await
         .map(|_| ())
         .map_err(proto_error)
@@ -227,7 +242,7 @@ async fn publish_on(
 ) -> Result<(), BenchError> {
     let channel = conn.create_channel().await.map_err(proto_error)?;
     if let Some(queue) = queue {
-        ensure_queue(conn, &channel, queue).await?;
+        ensure_queue(s, conn, &channel, queue).await?;
     }
     if s.confirms {
         channel
@@ -332,7 +347,7 @@ pub async fn consume(
             queue,
             bind: binding,
         } => {
-            ensure_queue(&conn, &channel, queue).await?;
+            ensure_queue(s, &conn, &channel, queue).await?;
             if let Some((exchange, key)) = binding {
                 bind(&channel, queue, exchange, key).await?;
             }

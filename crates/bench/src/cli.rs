@@ -199,6 +199,10 @@ pub struct Args {
     /// STOMP: ask for a RECEIPT on every SEND.
     #[arg(long)]
     pub receipts: bool,
+    /// AMQP: the `x-queue-type` argument of the queue the generator
+    /// declares (`quorum` for a replicated queue); absent: none.
+    #[arg(long)]
+    pub queue_type: Option<String>,
     /// Topic, MQTT form (`a/b`); AMQP and STOMP use `a.b`.
     #[arg(long, default_value = "bench/t")]
     pub topic: String,

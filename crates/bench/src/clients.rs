@@ -87,6 +87,7 @@ impl Clients {
                 inflight: args.inflight_for(Proto::Amqp),
                 frame_max: amqp_frame_max(args.size),
                 tls,
+                queue_type: args.queue_type.clone(),
             },
             stomp: StompSettings {
                 endpoint: endpoint(args.stomp_port),

@@ -205,6 +205,10 @@ impl StateMachine {
                 }
                 records.remove(&key)
             }
+            Command::PutIfAbsent { key, value } => match records.get(&key) {
+                Some(current) => Some(current.clone()),
+                None => self.apply_command(records, batch, changes, Command::Put { key, value }),
+            },
             Command::Batch(all) => {
                 for command in all {
                     self.apply_command(records, batch, changes.as_deref_mut(), command);
@@ -499,6 +503,45 @@ mod tests {
             log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
             payload: EntryPayload::Normal(command),
         }
+    }
+
+    #[tokio::test]
+    async fn a_put_if_absent_leaves_a_present_key_alone_and_tells_nothing() {
+        let mut sm = StateMachine::open(Store::in_memory(), GroupId(4)).unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&seen);
+        sm.observe(Arc::new(move |change: &Change| {
+            sink.lock().push(change.clone())
+        }));
+        let first = |v: &str| Command::PutIfAbsent {
+            key: b"q".to_vec(),
+            value: v.into(),
+        };
+        let answers = sm
+            .apply([entry(1, first("one")), entry(2, first("two"))])
+            .await
+            .unwrap();
+        assert_eq!(answers[0].previous, None);
+        assert_eq!(answers[1].previous, Some(b"one".to_vec()));
+        assert_eq!(sm.get(b"q"), Some(b"one".to_vec()));
+        assert_eq!(
+            *seen.lock(),
+            vec![
+                Change::Reset(Vec::new()),
+                Change::Put {
+                    key: b"q".to_vec(),
+                    value: b"one".to_vec()
+                }
+            ]
+        );
+        // After a delete, the next one is first again.
+        sm.apply([
+            entry(3, Command::Delete { key: b"q".to_vec() }),
+            entry(4, first("three")),
+        ])
+        .await
+        .unwrap();
+        assert_eq!(sm.get(b"q"), Some(b"three".to_vec()));
     }
 
     #[tokio::test]

@@ -85,13 +85,23 @@ pub enum Command {
     /// These commands, in order, as one entry: every member applies all
     /// of them or none (a queue's record with its bindings).
     Batch(Vec<Command>),
+    /// Set `key` to `value` unless `key` holds a value already (then
+    /// nothing happens): a first declaration wins over a later one.
+    PutIfAbsent {
+        /// The record's key.
+        key: Vec<u8>,
+        /// Its value, if it has none.
+        value: Vec<u8>,
+    },
 }
 
 impl Command {
     /// Bytes of keys and values it carries.
     pub fn size(&self) -> usize {
         match self {
-            Command::Put { key, value } => key.len() + value.len(),
+            Command::Put { key, value } | Command::PutIfAbsent { key, value } => {
+                key.len() + value.len()
+            }
             Command::Delete { key } => key.len(),
             Command::Batch(all) => all.iter().map(Command::size).sum(),
         }
@@ -110,6 +120,12 @@ impl fmt::Display for Command {
                 )
             }
             Command::Delete { key } => write!(f, "delete {}", String::from_utf8_lossy(key)),
+            Command::PutIfAbsent { key, value } => write!(
+                f,
+                "put if absent {} ({} bytes)",
+                String::from_utf8_lossy(key),
+                value.len()
+            ),
             Command::Batch(all) => write!(f, "batch of {}", all.len()),
         }
     }

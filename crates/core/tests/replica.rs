@@ -39,6 +39,13 @@ impl MetaLog for Log {
                 for op in &ops {
                     match op {
                         MetaOp::Put { key, value } => records.insert(key.clone(), value.clone()),
+                        MetaOp::PutIfAbsent { key, value } => {
+                            if records.contains_key(key) {
+                                None
+                            } else {
+                                records.insert(key.clone(), value.clone())
+                            }
+                        }
                         MetaOp::Delete { key } => records.remove(key),
                     };
                 }
@@ -48,7 +55,9 @@ impl MetaLog for Log {
             for node in nodes {
                 for op in &ops {
                     match op {
-                        MetaOp::Put { key, value } => node.apply_replicated(key, Some(value)),
+                        MetaOp::Put { key, value } | MetaOp::PutIfAbsent { key, value } => {
+                            node.apply_replicated(key, Some(value))
+                        }
                         MetaOp::Delete { key } => node.apply_replicated(key, None),
                     }
                 }

@@ -364,6 +364,7 @@ impl MetaLog for Cluster {
                 ops.into_iter()
                     .map(|op| match op {
                         MetaOp::Put { key, value } => Command::Put { key, value },
+                        MetaOp::PutIfAbsent { key, value } => Command::PutIfAbsent { key, value },
                         MetaOp::Delete { key } => Command::Delete { key },
                     })
                     .collect(),

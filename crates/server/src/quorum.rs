@@ -18,6 +18,9 @@ const WRITER_MESSAGES: usize = 8192;
 /// Messages, and bytes, one entry of a queue's group carries at most.
 const ENTRY_MESSAGES: usize = 512;
 const ENTRY_BYTES: usize = 512 * 1024;
+/// Removals one entry carries at most (16-byte keys: far below the
+/// group's 1 MiB command limit).
+const SETTLE_KEYS: usize = 4096;
 
 /// Longest wait for a majority to confirm this node leads a queue's
 /// group, and the pause before asking again.
@@ -104,12 +107,11 @@ impl Quorums {
     /// Stop every member here (the node is stopping; their logs stay).
     pub async fn shutdown(&self) {
         let members: Vec<Arc<Member>> = self.queues.lock().drain().map(|(_, m)| m).collect();
-        for member in members {
-            let group = member.started.borrow().clone();
-            if let Some(group) = group {
-                group.shutdown().await;
-            }
-        }
+        let groups: Vec<Arc<Group>> = members
+            .iter()
+            .filter_map(|m| m.started.borrow().clone())
+            .collect();
+        futures_util::future::join_all(groups.iter().map(|g| g.shutdown())).await;
     }
 
     /// Start member `member`'s group and its tasks.
@@ -127,10 +129,24 @@ impl Quorums {
                 return;
             };
             let members = me.upgrade().map(|q| q.members.clone()).unwrap_or_default();
-            let group = match node.start_group(member.group, &members).await {
-                Ok(group) => Arc::new(group),
-                Err(e) => {
-                    tracing::error!(vhost = member.queue.vhost, queue = member.queue.name, error = %e, "the quorum queue's group did not start here");
+            let mut pause = std::time::Duration::from_millis(200);
+            let group = loop {
+                match node.start_group(member.group, &members).await {
+                    Ok(group) => break Arc::new(group),
+                    Err(e) => {
+                        tracing::error!(vhost = member.queue.vhost, queue = member.queue.name, error = %e, "the quorum queue's group did not start here; trying again");
+                    }
+                }
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(std::time::Duration::from_secs(10));
+                let current = me.upgrade().and_then(|q| {
+                    q.queues
+                        .lock()
+                        .get(&(member.queue.vhost.clone(), member.queue.name.clone()))
+                        .cloned()
+                });
+                if !current.is_some_and(|c| Arc::ptr_eq(&c, &member)) {
+                    // Closed meanwhile.
                     return;
                 }
             };
@@ -157,6 +173,20 @@ impl Quorums {
     }
 }
 
+/// Hand the queue to the broker while this node leads the group: built
+/// only once a majority confirmed this node in its term and everything
+/// committed before is applied here.
+async fn lead_here(group: &Group, broker: &Broker, vhost: &str, name: &str) {
+    while group.is_leader() {
+        if group.confirm_leadership(CONFIRM_WITHIN).await {
+            let state = group.state();
+            state.while_quiet(|| broker.quorum_lead(vhost, name, state.scan(b"")));
+            return;
+        }
+        tokio::time::sleep(CONFIRM_PAUSE).await;
+    }
+}
+
 /// Tell the broker who leads the group as it changes: this node builds
 /// the queue when it leads, and drops it when it stops leading.
 async fn lead_loop(
@@ -167,21 +197,19 @@ async fn lead_loop(
     name: String,
 ) {
     let mut leadership = group.leadership();
+    let _stepped_down = StepDown {
+        quorums: quorums.clone(),
+        group: group.id(),
+        broker: broker.clone(),
+        vhost: vhost.clone(),
+        name: name.clone(),
+    };
     while let Some((leading, leader)) = leadership.changed().await {
         let (Some(broker), Some(quorums)) = (broker.upgrade(), quorums.upgrade()) else {
             return;
         };
         if leading {
-            // Built only once a majority confirmed this node in its term
-            // and everything committed before is applied here.
-            while group.is_leader() {
-                if group.confirm_leadership(CONFIRM_WITHIN).await {
-                    let state = group.state();
-                    state.while_quiet(|| broker.quorum_lead(&vhost, &name, state.scan(b"")));
-                    break;
-                }
-                tokio::time::sleep(CONFIRM_PAUSE).await;
-            }
+            lead_here(&group, &broker, &vhost, &name).await;
         } else {
             let leader = leader.and_then(|id| quorums.name_of(id)).map(str::to_owned);
             broker.quorum_follow(&vhost, &name, leader);
@@ -189,14 +217,56 @@ async fn lead_loop(
     }
 }
 
+/// When a member stops (the queue deleted, the node stopping), its queue
+/// here, if it led, goes with it.
+struct StepDown {
+    quorums: Weak<Quorums>,
+    group: GroupId,
+    broker: Weak<Broker>,
+    vhost: String,
+    name: String,
+}
+
+impl Drop for StepDown {
+    fn drop(&mut self) {
+        // Only while the queue is still this group's here (not a queue of
+        // the same name declared since, whose group is another).
+        let current = self.quorums.upgrade().and_then(|q| {
+            q.queues
+                .lock()
+                .get(&(self.vhost.clone(), self.name.clone()))
+                .map(|m| m.group)
+        });
+        if current == Some(self.group)
+            && let Some(broker) = self.broker.upgrade()
+        {
+            broker.quorum_follow(&self.vhost, &self.name, None);
+        }
+    }
+}
+
 /// Commit the messages published here, a batch per entry, one entry in
 /// flight at a time (so each publisher's order is kept).
 async fn write_loop(group: Arc<Group>, mut writes: mpsc::Receiver<Enqueue>) {
-    while let Some(first) = writes.recv().await {
+    let mut held: Option<Enqueue> = None;
+    loop {
+        let first = match held.take() {
+            Some(first) => first,
+            None => match writes.recv().await {
+                Some(first) => first,
+                None => return,
+            },
+        };
         let mut bytes = first.key.len() + first.value.len();
         let mut batch = vec![first];
+        // A message that would take the entry past its bytes waits for the
+        // next one (alone, if it is that large: refused alone).
         while batch.len() < ENTRY_MESSAGES && bytes < ENTRY_BYTES {
             match writes.try_recv() {
+                Ok(next) if bytes + next.key.len() + next.value.len() > ENTRY_BYTES => {
+                    held = Some(next);
+                    break;
+                }
                 Ok(next) => {
                     bytes += next.key.len() + next.value.len();
                     batch.push(next);
@@ -232,27 +302,51 @@ async fn write_loop(group: Arc<Group>, mut writes: mpsc::Receiver<Enqueue>) {
     }
 }
 
-/// Remove settled messages from the group, gathering what waits.
+/// Remove settled messages from the group, gathering what waits, at
+/// most [`SETTLE_KEYS`] per entry; a removal that fails is tried again
+/// while this node leads the group (removals are the same applied twice).
 async fn settle_loop(
     group: Arc<Group>,
     mut settles: mpsc::UnboundedReceiver<Vec<Vec<u8>>>,
     queue: String,
 ) {
-    while let Some(mut keys) = settles.recv().await {
-        while keys.len() < 4 * ENTRY_MESSAGES {
+    let mut waiting: Vec<Vec<u8>> = Vec::new();
+    loop {
+        if waiting.is_empty() {
+            match settles.recv().await {
+                Some(keys) => waiting = keys,
+                None => return,
+            }
+        }
+        while waiting.len() < SETTLE_KEYS {
             match settles.try_recv() {
-                Ok(more) => keys.extend(more),
+                Ok(more) => waiting.extend(more),
                 Err(_) => break,
             }
         }
+        let rest = waiting.split_off(waiting.len().min(SETTLE_KEYS));
+        let keys = std::mem::replace(&mut waiting, rest);
         let count = keys.len();
-        let deletes = keys
-            .into_iter()
+        let deletes: Vec<Command> = keys
+            .iter()
+            .cloned()
             .map(|key| Command::Delete { key })
             .collect();
-        if let Err(e) = group.write(Command::Batch(deletes)).await {
-            // They stay in the group: the next leader delivers them again.
-            tracing::warn!(queue, messages = count, error = %e, "settled messages of a quorum queue were not removed");
+        let mut pause = std::time::Duration::from_millis(100);
+        loop {
+            match group.write(Command::Batch(deletes.clone())).await {
+                Ok(_) => break,
+                Err(e) if group.is_leader() => {
+                    tracing::warn!(queue, messages = count, error = %e, "settled messages of a quorum queue not removed yet; trying again");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(std::time::Duration::from_secs(2));
+                }
+                Err(e) => {
+                    // Another node leads now: it delivers them again.
+                    tracing::warn!(queue, messages = count, error = %e, "settled messages of a quorum queue were not removed");
+                    break;
+                }
+            }
         }
     }
 }
@@ -319,6 +413,17 @@ impl QuorumLog for Quorums {
             }
             answer
         })
+    }
+
+    fn relead(&self, vhost: &str, name: &str) {
+        let (Some(group), Some(broker)) = (
+            self.group(vhost, name),
+            self.broker.get().and_then(Weak::upgrade),
+        ) else {
+            return;
+        };
+        let (vhost, name) = (vhost.to_owned(), name.to_owned());
+        tokio::spawn(async move { lead_here(&group, &broker, &vhost, &name).await });
     }
 
     fn settle(&self, vhost: &str, name: &str, keys: Vec<Vec<u8>>) {

@@ -70,7 +70,7 @@ impl Broker {
         no_ack: bool,
         conn: Option<ConnectionId>,
     ) -> Result<Option<GetOk>, CoreError> {
-        if let Some(remote) = self.remote_of(vhost, queue)? {
+        if let Some(remote) = self.serving_of(vhost, queue).await? {
             return self.get_remote(vhost, remote, holder, no_ack).await;
         }
         self.get_here(vhost, queue, holder, no_ack, conn).await

@@ -379,6 +379,7 @@ impl Broker {
             if !passive && q.def.exclusive_owner.is_some() != def.exclusive_owner.is_some() {
                 return Err(queue_locked(&def.name));
             }
+            self.fix_redeclared_type(vhost, &mut def);
             let mut st = q.state.lock();
             if !passive {
                 let args = QueueArgs::parse(&def.arguments)?;
@@ -406,6 +407,7 @@ impl Broker {
                 if def.exclusive_owner.is_some() {
                     return Err(queue_locked(&def.name));
                 }
+                self.fix_redeclared_type(vhost, &mut def);
                 let args = QueueArgs::parse(&def.arguments)?;
                 let current = QueueArgs::parse(&remote.def.arguments).unwrap_or_default();
                 if let Some((arg, why)) = inequivalence(&remote.def, &current, &def, &args) {
@@ -544,11 +546,36 @@ impl Broker {
         }
         let id = QueueId(self.next_queue.fetch_add(1, Ordering::Relaxed));
         let record = records::encode_queue(vhost, id, &def, self.node_name());
-        self.commit_meta(vec![super::MetaOp::Put {
-            key: records::queue_key(vhost, &def.name),
+        let key = records::queue_key(vhost, &def.name);
+        // A first declaration wins: a node that has not applied the
+        // queue's record yet must not replace its group with a new one.
+        self.commit_meta(vec![super::MetaOp::PutIfAbsent {
+            key: key.clone(),
             value: record.to_vec(),
         }])
         .await?;
+        let winner = self
+            .meta_log()
+            .and_then(|log| log.get(&key))
+            .and_then(|v| records::decode_queue(&v).ok());
+        if let Some((_, won, current, owner)) = winner
+            && (won != id || owner.as_deref() != self.node_name())
+        {
+            // Declared before (by this node or another): this is a
+            // redeclaration, held to the same rules.
+            if !super::is_quorum(&current) {
+                return Err(CoreError::PreconditionFailed(format!(
+                    "inequivalent arg 'x-queue-type' for queue '{}' in vhost '{vhost}': received 'quorum' but current is 'classic'",
+                    def.name
+                )));
+            }
+            return Ok(QueueInfo {
+                name: def.name,
+                messages: 0,
+                consumers: 0,
+                created: false,
+            });
+        }
         if !self
             .await_quorum_leader(vhost, &def.name, QUORUM_LEADER_WITHIN)
             .await

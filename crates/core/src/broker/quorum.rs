@@ -71,13 +71,42 @@ pub trait QuorumLog: Send + Sync {
     fn enqueue(&self, vhost: &str, name: &str, key: Vec<u8>, value: Vec<u8>) -> EnqueueFuture<'_>;
     /// Remove messages from the group, in its time (nothing waits).
     fn settle(&self, vhost: &str, name: &str, keys: Vec<Vec<u8>>);
+    /// This node leads the queue's group but no longer holds its queue
+    /// (a delete here that the cluster did not take, undone): build it
+    /// again if this node still leads.
+    fn relead(&self, vhost: &str, name: &str);
 }
 
 /// What the leader's queue keeps of its group: each message's record key
-/// by the id it has in the queue here.
+/// by the id it has in the queue here, and the keys it holds.
 #[derive(Debug, Default)]
 pub(crate) struct QuorumLink {
-    keys: Mutex<crate::FastMap<MessageId, Vec<u8>>>,
+    held: Mutex<Held>,
+}
+
+#[derive(Debug, Default)]
+struct Held {
+    keys: crate::FastMap<MessageId, Vec<u8>>,
+    /// The same keys, to know a record applied again (a write the group
+    /// took twice after a lost answer) from a new one.
+    present: std::collections::HashSet<Vec<u8>>,
+}
+
+impl Held {
+    /// Holds `key` as message `id`; false if it is held already.
+    fn take(&mut self, id: MessageId, key: Vec<u8>) -> bool {
+        if !self.present.insert(key.clone()) {
+            return false;
+        }
+        self.keys.insert(id, key);
+        true
+    }
+
+    fn release(&mut self, id: MessageId) -> Option<Vec<u8>> {
+        let key = self.keys.remove(&id)?;
+        self.present.remove(&key);
+        Some(key)
+    }
 }
 
 /// Whether `def` declares a quorum queue.
@@ -165,10 +194,11 @@ impl Broker {
             return;
         };
         let owner = owner.unwrap_or_default();
+        let mut relead = false;
         if vh.queue(&def.name).is_none() {
-            let node = self
-                .quorum_leader(&vh.name, &def.name)
-                .unwrap_or_else(|| owner.clone());
+            let leader = self.quorum_leader(&vh.name, &def.name);
+            relead = leader.is_some() && leader.as_deref() == self.node.as_deref();
+            let node = leader.unwrap_or_else(|| owner.clone());
             vh.remote.write().insert(
                 def.name.clone(),
                 RemoteQueue {
@@ -177,12 +207,16 @@ impl Broker {
                 },
             );
         }
+        let name = def.name.clone();
         log.open(QuorumQueue {
             vhost: vh.name.clone(),
             name: def.name,
             id,
             owner,
         });
+        if relead {
+            log.relead(&vh.name, &name);
+        }
     }
 
     /// Quorum queue `name` of `vhost` is gone (its record removed): stop
@@ -225,15 +259,17 @@ impl Broker {
         let mut kept = 0usize;
         {
             let link = q.quorum.as_ref().expect("a quorum queue has its link");
-            let mut keys = link.keys.lock();
+            let mut held = link.held.lock();
             let mut st = q.state.lock();
             for (key, value) in records {
                 let Some(msg) = self.quorum_message(name, &value) else {
                     continue;
                 };
+                if !held.take(msg.id, key) {
+                    continue;
+                }
                 let seq = st.reserve_seq();
                 let expires = st.expiry_for(&msg, now);
-                keys.insert(msg.id, key);
                 st.restore(Entry {
                     // It may have been delivered by an earlier leader.
                     redelivered: true,
@@ -276,14 +312,28 @@ impl Broker {
         let Ok(vh) = self.vhost(vhost) else {
             return;
         };
-        let local = vh.queue(name).filter(|q| q.quorum.is_some());
-        if let Some(q) = &local {
-            {
-                let mut queues = vh.queues.write();
-                if queues.get(name).is_some_and(|x| Arc::ptr_eq(x, q)) {
-                    queues.remove(name);
-                }
+        // The leader's queue here (if any) becomes the leader's there in
+        // one step: a publish routed meanwhile finds one or the other.
+        let local = {
+            let mut queues = vh.queues.write();
+            let mut remote = vh.remote.write();
+            let local = queues.get(name).filter(|q| q.quorum.is_some()).cloned();
+            let def = match (&local, remote.get(name)) {
+                (Some(q), _) => q.def.clone(),
+                (None, Some(r)) => r.def.clone(),
+                (None, None) => return,
+            };
+            let node = match leader.clone() {
+                Some(node) => node,
+                None => remote.get(name).map(|r| r.node.clone()).unwrap_or_default(),
+            };
+            remote.insert(name.to_owned(), RemoteQueue { def, node });
+            if local.is_some() {
+                queues.remove(name);
             }
+            local
+        };
+        if let Some(q) = local {
             // Marked deleted first: what the drain removes stays in the
             // group (see `collect_removed`).
             q.deleted.store(true, std::sync::atomic::Ordering::Release);
@@ -292,20 +342,6 @@ impl Broker {
             q.wake.notify_one();
             tracing::info!(vhost, queue = name, leader = ?leader, messages = dropped, "this node no longer leads the quorum queue");
         }
-        let mut remote = vh.remote.write();
-        let def = match (&local, remote.get(name)) {
-            (Some(q), _) => q.def.clone(),
-            (None, Some(r)) => r.def.clone(),
-            (None, None) => return,
-        };
-        let node = match leader {
-            Some(node) => node,
-            None => match remote.get(name) {
-                Some(r) => r.node.clone(),
-                None => String::new(),
-            },
-        };
-        remote.insert(name.to_owned(), RemoteQueue { def, node });
     }
 
     /// The group of quorum queue `name` committed the message `value`
@@ -323,7 +359,10 @@ impl Broker {
         let now = Instant::now();
         let mut fx = Effects::default();
         let accepted = {
-            link.keys.lock().insert(msg.id, key.clone());
+            if !link.held.lock().take(msg.id, key) {
+                // Applied again: it is here already.
+                return;
+            }
             let mut st = q.state.lock();
             let seq = st.reserve_seq();
             let expires = st.expiry_for(&msg, now);
@@ -387,10 +426,10 @@ impl Broker {
             return;
         };
         let keys: Vec<Vec<u8>> = {
-            let mut keys = link.keys.lock();
+            let mut held = link.held.lock();
             removed
                 .iter()
-                .filter_map(|r| keys.remove(&r.message))
+                .filter_map(|r| held.release(r.message))
                 .collect()
         };
         if keys.is_empty() || q.is_deleted() {
@@ -457,6 +496,18 @@ impl Broker {
                 }
             }
         });
+    }
+
+    /// [`Broker::fix_quorum_type`] for a redeclaration, so that one
+    /// without `x-queue-type` of a queue a policy or the vhost's default
+    /// made quorum is equivalent, as it was when first declared.
+    pub(crate) fn fix_redeclared_type(&self, vhost: &str, def: &mut QueueDef) {
+        if self.quorum.get().is_none() {
+            return;
+        }
+        if let Ok(args) = QueueArgs::parse(&self.effective_arguments(vhost, def)) {
+            self.fix_quorum_type(vhost, def, &args);
+        }
     }
 
     /// Records the type in the queue's own arguments when a policy or the

@@ -208,8 +208,11 @@ pub(super) fn apply(broker: &Arc<Broker>, r: Recovered) -> Result<(), CoreError>
     let mut max_queue = 0;
     for (vhost, id, def, node) in r.queues {
         // A quorum queue's messages are its group's: every node knows it
-        // as another's until its group elects this one.
-        if !broker.owns(node.as_deref()) || (broker.node.is_some() && super::is_quorum(&def)) {
+        // as another's until its group elects this one. (One stored before
+        // the node was in a cluster names no node: it stays a classic
+        // queue here, with its messages.)
+        let replicated = broker.node.is_some() && node.is_some() && super::is_quorum(&def);
+        if !broker.owns(node.as_deref()) || replicated {
             // A queue of another node of the cluster.
             let node = node.unwrap_or_default();
             broker

@@ -214,6 +214,10 @@ fn refused(code: u16, text: String) -> CoreError {
     }
 }
 
+/// Longest wait for a quorum queue's leader to serve it before a
+/// consumer's attach or get fails.
+const QUORUM_SERVING_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Calls node `node`'s broker through `forwarder` (owned, so that a long
 /// fetch does not keep the broker alive).
 async fn ask(
@@ -822,6 +826,30 @@ impl Broker {
         Ok(vh.remote_queue(name))
     }
 
+    /// [`Broker::remote_of`], waiting (at most [`QUORUM_SERVING_WITHIN`])
+    /// while a quorum queue's group has no leader known here, or names
+    /// this node before it serves the queue: a consumer attaches where
+    /// the queue is served.
+    pub(crate) async fn serving_of(
+        &self,
+        vhost: &str,
+        name: &str,
+    ) -> Result<Option<RemoteQueue>, CoreError> {
+        let deadline = Instant::now() + QUORUM_SERVING_WITHIN;
+        loop {
+            let remote = self.remote_of(vhost, name)?;
+            let waiting = remote.as_ref().is_some_and(|r| {
+                super::is_quorum(&r.def)
+                    && self.quorum_log().is_some()
+                    && (r.node.is_empty() || Some(r.node.as_str()) == self.node_name())
+            });
+            if !waiting || Instant::now() >= deadline {
+                return Ok(remote);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
     /// Starts a consumer on `queue`, here or on the node that holds it
     /// (see the module's text); otherwise as [`Broker::consume`].
     pub async fn attach_consumer(
@@ -831,9 +859,24 @@ impl Broker {
         spec: ConsumerSpec,
         sink: mpsc::UnboundedSender<ConsumerEvent>,
     ) -> Result<ConsumerHandle, CoreError> {
-        match self.remote_of(vhost, queue)? {
-            Some(remote) => self.consume_remote(vhost, remote, spec, sink).await,
-            None => self.consume(vhost, queue, spec, sink),
+        let deadline = Instant::now() + QUORUM_SERVING_WITHIN;
+        loop {
+            let remote = self.serving_of(vhost, queue).await?;
+            let Some(remote) = remote else {
+                return self.consume(vhost, queue, spec, sink);
+            };
+            let quorum = super::is_quorum(&remote.def);
+            match self
+                .consume_remote(vhost, remote, spec.clone(), sink.clone())
+                .await
+            {
+                // A quorum queue's new leader builds its queue once a
+                // majority confirms it: until then it answers 404.
+                Err(CoreError::NotFound(_)) if quorum && Instant::now() < deadline => {
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+                other => return other,
+            }
         }
     }
 

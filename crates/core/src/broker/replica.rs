@@ -39,12 +39,17 @@ pub enum MetaOp {
     Put { key: Vec<u8>, value: Vec<u8> },
     /// Remove `key`.
     Delete { key: Vec<u8> },
+    /// Set `key` to `value` unless it holds a value (a first
+    /// declaration wins).
+    PutIfAbsent { key: Vec<u8>, value: Vec<u8> },
 }
 
 impl MetaOp {
     fn key(&self) -> &[u8] {
         match self {
-            MetaOp::Put { key, .. } | MetaOp::Delete { key } => key,
+            MetaOp::Put { key, .. } | MetaOp::Delete { key } | MetaOp::PutIfAbsent { key, .. } => {
+                key
+            }
         }
     }
 }
@@ -97,7 +102,9 @@ fn share(e: &CoreError) -> CoreError {
 fn ops_bytes(ops: &[MetaOp]) -> usize {
     ops.iter()
         .map(|op| match op {
-            MetaOp::Put { key, value } => key.len() + value.len(),
+            MetaOp::Put { key, value } | MetaOp::PutIfAbsent { key, value } => {
+                key.len() + value.len()
+            }
             MetaOp::Delete { key } => key.len(),
         })
         .sum()
@@ -416,7 +423,9 @@ impl Broker {
     /// messages (ready or unacknowledged), or of a vhost with such a
     /// queue: removing it would drop them. Logged when true.
     fn holds_messages(&self, key: &[u8]) -> bool {
-        let holds = |q: &super::Queue| q.message_count() + q.unacked_count() > 0;
+        // A quorum queue's messages are its group's, not this node's.
+        let holds =
+            |q: &super::Queue| q.quorum.is_none() && q.message_count() + q.unacked_count() > 0;
         let found = match key.first() {
             Some(&TAG_QUEUE) => records::decode_name_key(key).is_ok_and(|(vhost, name)| {
                 self.vhost(&vhost)
