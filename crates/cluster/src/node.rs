@@ -168,6 +168,19 @@ impl Group {
         store: Store,
         timing: &Timing,
     ) -> Result<Self, ClusterError> {
+        Self::start_with(group, members, peers, store, timing, false).await
+    }
+
+    /// [`Group::start`]; `volatile`: its records in memory only
+    /// ([`StateMachine::open_volatile`]).
+    pub async fn start_with(
+        group: GroupId,
+        members: &BTreeMap<NodeId, SocketAddr>,
+        peers: &Peers,
+        store: Store,
+        timing: &Timing,
+        volatile: bool,
+    ) -> Result<Self, ClusterError> {
         let me = peers.me();
         let config = Config {
             cluster_name: format!("junction-{group}"),
@@ -183,7 +196,11 @@ impl Group {
         }
         .validate()
         .map_err(|e| ClusterError::Raft(e.to_string()))?;
-        let state = StateMachine::open(store.clone(), group)?;
+        let state = if volatile {
+            StateMachine::open_volatile(store.clone(), group)?
+        } else {
+            StateMachine::open(store.clone(), group)?
+        };
         let raft = Raft::new(
             me,
             Arc::new(config),
@@ -486,6 +503,26 @@ impl MetaNode {
             &self.peers,
             self.store.clone(),
             &self.timing,
+        )
+        .await
+    }
+
+    /// Start this node's member of a replicated queue's group: as
+    /// [`MetaNode::start_group`], with its records in memory only (each
+    /// message is written once, in the log; a restart rebuilds them from
+    /// the last snapshot and the log after it).
+    pub async fn start_queue_group(
+        &self,
+        group: GroupId,
+        members: &BTreeMap<NodeId, SocketAddr>,
+    ) -> Result<Group, ClusterError> {
+        Group::start_with(
+            group,
+            members,
+            &self.peers,
+            self.store.clone(),
+            &self.timing,
+            true,
         )
         .await
     }

@@ -88,6 +88,10 @@ pub type Observer = Arc<dyn Fn(&Change) + Send + Sync>;
 pub struct StateMachine {
     /// The node's store.
     store: Store,
+    /// Records kept in memory only: the store holds the log and the
+    /// snapshots, and a restart rebuilds the records from the last
+    /// snapshot and the log after it (see [`StateMachine::open_volatile`]).
+    volatile: bool,
     /// Whose state this is.
     group: GroupId,
     /// The applied state and the records, read by the broker.
@@ -185,11 +189,13 @@ impl StateMachine {
     ) -> Option<Vec<u8>> {
         match command {
             Command::Put { key, value } => {
-                batch.put(
-                    Cf::Raft,
-                    records::record_key(self.group, &key),
-                    value.clone(),
-                );
+                if !self.volatile {
+                    batch.put(
+                        Cf::Raft,
+                        records::record_key(self.group, &key),
+                        value.clone(),
+                    );
+                }
                 if let Some(changes) = changes {
                     changes.push(Change::Put {
                         key: key.clone(),
@@ -199,7 +205,9 @@ impl StateMachine {
                 records.insert(key, value)
             }
             Command::Delete { key } => {
-                batch.delete(Cf::Raft, records::record_key(self.group, &key));
+                if !self.volatile {
+                    batch.delete(Cf::Raft, records::record_key(self.group, &key));
+                }
                 if let Some(changes) = changes {
                     changes.push(Change::Delete { key: key.clone() });
                 }
@@ -234,12 +242,41 @@ impl StateMachine {
         Ok(Self {
             store,
             group,
+            volatile: false,
             inner: Arc::new(RwLock::new(Inner { applied, records })),
             built: Arc::new(AtomicU64::new(0)),
             observer: Arc::new(RwLock::new(None)),
             telling: Arc::new(Mutex::new(())),
             applied_index: Arc::new(watch::Sender::new(index)),
         })
+    }
+
+    /// The state machine of `group` that writes nothing to the store as it
+    /// applies: its records and applied state are in memory, rebuilt at
+    /// start from the last snapshot (openraft applies the log after it
+    /// again). For groups whose every entry carries bulk (a replicated
+    /// queue's messages): each is written once, in the log, not again as a
+    /// record.
+    pub fn open_volatile(store: Store, group: GroupId) -> Result<Self, ClusterError> {
+        let mut sm = Self::open(store, group)?;
+        sm.volatile = true;
+        let (applied, records) = match sm.stored_snapshot()? {
+            Some(stored) => {
+                let data: SnapshotData = records::decode("snapshot data", &stored.data)?;
+                (
+                    AppliedState {
+                        last_applied: stored.meta.last_log_id,
+                        membership: stored.meta.last_membership,
+                    },
+                    data.records.into_iter().collect(),
+                )
+            }
+            None => (AppliedState::default(), BTreeMap::new()),
+        };
+        let index = applied.last_applied.map_or(0, |l| l.index);
+        *sm.inner.write() = Inner { applied, records };
+        sm.applied_index = Arc::new(watch::Sender::new(index));
+        Ok(sm)
     }
 
     /// The value of `key`, as of the last entry applied here.
@@ -385,18 +422,28 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             }
             // Not synced: the entries are already on disk in the log, and a
             // restart re-applies whatever the store lost past the last sync.
-            // Submitted under the lock, in the order of the changes.
-            let receipt = records::encode("applied state", &inner.applied).and_then(|value| {
-                batch.put(
-                    Cf::Raft,
-                    records::state_key(self.group, APPLIED).to_vec(),
-                    value,
-                );
-                self.submit(batch, false)
-            });
-            (receipt, inner.applied.last_applied)
+            // Submitted under the lock, in the order of the changes. A
+            // volatile machine writes nothing (see `open_volatile`).
+            if self.volatile {
+                (Ok(None), inner.applied.last_applied)
+            } else {
+                let receipt = records::encode("applied state", &inner.applied).and_then(|value| {
+                    batch.put(
+                        Cf::Raft,
+                        records::state_key(self.group, APPLIED).to_vec(),
+                        value,
+                    );
+                    self.submit(batch, false)
+                });
+                (receipt.map(Some), inner.applied.last_applied)
+            }
         };
-        let wait = async { Ok::<(), ClusterError>(receipt?.await?) };
+        let wait = async {
+            if let Some(receipt) = receipt? {
+                receipt.await?;
+            }
+            Ok::<(), ClusterError>(())
+        };
         wait.await
             .map_err(|e| e.storage(ErrorSubject::StateMachine, ErrorVerb::Write))?;
         self.tell(&changes);
@@ -435,18 +482,21 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             // the batch reaches the store in order with applies and builds.
             let mut inner = self.inner.write();
             let mut batch = Batch::new();
-            for key in inner.records.keys() {
-                batch.delete(Cf::Raft, records::record_key(self.group, key));
-            }
-            for (key, value) in &decoded.records {
-                batch.put(
-                    Cf::Raft,
-                    records::record_key(self.group, key),
-                    value.clone(),
-                );
-            }
-            let receipt = records::encode("applied state", &applied)
-                .and_then(|value| {
+            let receipt = if self.volatile {
+                // Only the snapshot: the records are rebuilt from it.
+                records::encode("snapshot", &stored)
+            } else {
+                for key in inner.records.keys() {
+                    batch.delete(Cf::Raft, records::record_key(self.group, key));
+                }
+                for (key, value) in &decoded.records {
+                    batch.put(
+                        Cf::Raft,
+                        records::record_key(self.group, key),
+                        value.clone(),
+                    );
+                }
+                records::encode("applied state", &applied).and_then(|value| {
                     batch.put(
                         Cf::Raft,
                         records::state_key(self.group, APPLIED).to_vec(),
@@ -454,14 +504,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     );
                     records::encode("snapshot", &stored)
                 })
-                .and_then(|value| {
-                    batch.put(
-                        Cf::Raft,
-                        records::state_key(self.group, SNAPSHOT).to_vec(),
-                        value,
-                    );
-                    self.submit(batch, true)
-                });
+            };
+            let receipt = receipt.and_then(|value| {
+                batch.put(
+                    Cf::Raft,
+                    records::state_key(self.group, SNAPSHOT).to_vec(),
+                    value,
+                );
+                self.submit(batch, true)
+            });
             if receipt.is_ok() {
                 inner.applied = applied;
                 inner.records = decoded.records.into_iter().collect();

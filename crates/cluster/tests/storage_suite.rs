@@ -1,5 +1,6 @@
 //! openraft's own storage test suite, run against our log store and state
-//! machine over a real RocksDB store, and over the in-memory engine.
+//! machine over a real RocksDB store, over the in-memory engine, and with
+//! a replicated queue's volatile state machine.
 
 use std::sync::Arc;
 
@@ -42,4 +43,23 @@ fn openraft_storage_suite_over_rocksdb() {
 #[test]
 fn openraft_storage_suite_over_memory() {
     Suite::test_all(Memory).expect("openraft storage suite");
+}
+
+/// A replicated queue's state machine (records in memory only, rebuilt
+/// from the last snapshot and the log) over RocksDB.
+struct Volatile;
+
+impl StoreBuilder<TypeConfig, LogStore, StateMachine, TempDir> for Volatile {
+    async fn build(&self) -> Result<(TempDir, LogStore, StateMachine), StorageError<u64>> {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Store::open_rocksdb(dir.path(), StoreOptions::default()).expect("open rocksdb");
+        let group = GroupId::of_queue("/", "q", "n1", 1);
+        let sm = StateMachine::open_volatile(store.clone(), group).expect("open state machine");
+        Ok((dir, LogStore::new(store, group), sm))
+    }
+}
+
+#[test]
+fn openraft_storage_suite_over_a_volatile_state_machine() {
+    Suite::test_all(Volatile).expect("openraft storage suite");
 }

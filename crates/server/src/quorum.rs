@@ -18,6 +18,8 @@ const WRITER_MESSAGES: usize = 8192;
 /// Messages, and bytes, one entry of a queue's group carries at most.
 const ENTRY_MESSAGES: usize = 512;
 const ENTRY_BYTES: usize = 512 * 1024;
+/// Entries one node's writer has on their way at once while it leads.
+const WRITES_IN_FLIGHT: usize = 4;
 /// Removals one entry carries at most (16-byte keys: far below the
 /// group's 1 MiB command limit).
 const SETTLE_KEYS: usize = 4096;
@@ -131,7 +133,7 @@ impl Quorums {
             let members = me.upgrade().map(|q| q.members.clone()).unwrap_or_default();
             let mut pause = std::time::Duration::from_millis(200);
             let group = loop {
-                match node.start_group(member.group, &members).await {
+                match node.start_queue_group(member.group, &members).await {
                     Ok(group) => break Arc::new(group),
                     Err(e) => {
                         tracing::error!(vhost = member.queue.vhost, queue = member.queue.name, error = %e, "the quorum queue's group did not start here; trying again");
@@ -245,60 +247,112 @@ impl Drop for StepDown {
     }
 }
 
-/// Commit the messages published here, a batch per entry, one entry in
-/// flight at a time (so each publisher's order is kept).
+/// Commit the messages published here, a batch per entry. While this
+/// node leads the group, up to [`WRITES_IN_FLIGHT`] entries are on their
+/// way at once (proposed in order to the local Raft member, which keeps
+/// their order); on a follower one at a time, as its proposals are
+/// forwarded to the leader and could overtake each other.
 async fn write_loop(group: Arc<Group>, mut writes: mpsc::Receiver<Enqueue>) {
+    use futures_util::StreamExt;
     let mut held: Option<Enqueue> = None;
+    let mut inflight = futures_util::stream::FuturesOrdered::new();
+    let mut closed = false;
     loop {
-        let first = match held.take() {
-            Some(first) => first,
-            None => match writes.recv().await {
-                Some(first) => first,
-                None => return,
-            },
+        let room = if group.is_leader() {
+            WRITES_IN_FLIGHT
+        } else {
+            1
         };
-        let mut bytes = first.key.len() + first.value.len();
-        let mut batch = vec![first];
-        // A message that would take the entry past its bytes waits for the
-        // next one (alone, if it is that large: refused alone).
-        while batch.len() < ENTRY_MESSAGES && bytes < ENTRY_BYTES {
-            match writes.try_recv() {
-                Ok(next) if bytes + next.key.len() + next.value.len() > ENTRY_BYTES => {
-                    held = Some(next);
-                    break;
+        while inflight.len() < room && !closed {
+            let first = match held.take() {
+                Some(first) => first,
+                None if inflight.is_empty() => match writes.recv().await {
+                    Some(first) => first,
+                    None => {
+                        closed = true;
+                        break;
+                    }
+                },
+                None => match writes.try_recv() {
+                    Ok(first) => first,
+                    Err(mpsc::error::TryRecvError::Empty) => break,
+                    Err(mpsc::error::TryRecvError::Disconnected) => {
+                        closed = true;
+                        break;
+                    }
+                },
+            };
+            let (batch, next) = gather(first, &mut writes);
+            held = next;
+            inflight.push_back(commit(Arc::clone(&group), batch));
+        }
+        if inflight.is_empty() {
+            if closed {
+                return;
+            }
+            continue;
+        }
+        // The oldest entry's answer, or a message to start the next one.
+        tokio::select! {
+            _ = inflight.next() => {}
+            next = writes.recv(), if held.is_none() && !closed && inflight.len() < room => {
+                match next {
+                    Some(next) => held = Some(next),
+                    None => closed = true,
                 }
-                Ok(next) => {
-                    bytes += next.key.len() + next.value.len();
-                    batch.push(next);
-                }
-                Err(_) => break,
             }
         }
-        let (puts, dones): (Vec<Command>, Vec<oneshot::Sender<ForwardAnswer>>) = batch
-            .into_iter()
-            .map(|e| {
-                (
-                    Command::Put {
-                        key: e.key,
-                        value: e.value,
-                    },
-                    e.done,
-                )
-            })
-            .unzip();
-        let answer: ForwardAnswer = match group.write(Command::Batch(puts)).await {
-            Ok(_) => Ok((1, 0)),
-            Err(WriteError::TooLarge(bytes)) => Err(format!(
-                "a message of {bytes} bytes is over a quorum queue's limit"
-            )),
-            Err(e) => Err(e.to_string()),
-        };
-        if let Err(e) = &answer {
-            tracing::warn!(group = %group.id(), messages = dones.len(), error = %e, "messages for a quorum queue were not committed");
+    }
+}
+
+/// The messages of one entry: `first` and what waits after it, up to
+/// [`ENTRY_MESSAGES`] and [`ENTRY_BYTES`]; a message that would take the
+/// entry past its bytes is handed back for the next (alone, if it is that
+/// large: refused alone).
+fn gather(first: Enqueue, writes: &mut mpsc::Receiver<Enqueue>) -> (Vec<Enqueue>, Option<Enqueue>) {
+    let mut bytes = first.key.len() + first.value.len();
+    let mut batch = vec![first];
+    while batch.len() < ENTRY_MESSAGES && bytes < ENTRY_BYTES {
+        match writes.try_recv() {
+            Ok(next) if bytes + next.key.len() + next.value.len() > ENTRY_BYTES => {
+                return (batch, Some(next));
+            }
+            Ok(next) => {
+                bytes += next.key.len() + next.value.len();
+                batch.push(next);
+            }
+            Err(_) => break,
         }
-        for done in dones {
-            let _ = done.send(answer.clone());
-        }
+    }
+    (batch, None)
+}
+
+/// Commits one entry of messages and answers each one's publisher.
+async fn commit(group: Arc<Group>, batch: Vec<Enqueue>) {
+    let (puts, dones): (Vec<Command>, Vec<oneshot::Sender<ForwardAnswer>>) = batch
+        .into_iter()
+        .map(|e| {
+            (
+                Command::Put {
+                    key: e.key,
+                    value: e.value,
+                },
+                e.done,
+            )
+        })
+        .unzip();
+    let answer: ForwardAnswer = match group.write(Command::Batch(puts)).await {
+        Ok(_) => Ok((1, 0)),
+        Err(WriteError::TooLarge(bytes)) => Err(format!(
+            "a message of {bytes} bytes is over a quorum queue's limit"
+        )),
+        Err(e) => Err(e.to_string()),
+    };
+    if let Err(e) = &answer {
+        tracing::warn!(group = %group.id(), messages = dones.len(), error = %e, "messages for a quorum queue were not committed");
+    }
+    for done in dones {
+        let _ = done.send(answer.clone());
     }
 }
 
