@@ -226,3 +226,62 @@ def test_a_node_cut_off_from_the_other_two_cannot_confirm_a_publish(proxied_clus
     # confirmed", not "absent"), so it alone may appear too.
     assert [m for m in got if m != b"cut-off"] == [b"before", b"majority"]
     assert got.count(b"cut-off") <= 1
+
+
+@pytest.mark.deadline(240)
+def test_a_vhosts_default_queue_type_makes_its_durable_queues_quorum(make_broker, tmp_path):
+    brokers, _ = formed(make_broker, tmp_path)
+    n1, n2, n3 = brokers
+    status = api(n1, "PUT", "/api/vhosts/qv", {"default_queue_type": "quorum"})[0]
+    assert status in (201, 204), status
+    assert api(n1, "PUT", "/api/permissions/qv/guest", {"configure": ".*", "write": ".*", "read": ".*"})[0] in (201, 204)
+
+    def can_open(b):
+        try:
+            amqp(b, "qv").close()
+            return True
+        except pika.exceptions.AMQPError as e:
+            return repr(e)
+
+    for b in brokers:
+        wait_for(f"qv open on {b.name}", lambda: can_open(b))
+
+    # Declared with no arguments on n2: replicated, as every node says.
+    conn = amqp(n2, "qv")
+    ch = conn.channel()
+    ch.queue_declare("auto", durable=True)
+    # A transient queue cannot be quorum: it stays classic.
+    ch.queue_declare("scratch", durable=False)
+    conn.close()
+
+    def types():
+        out = {}
+        for b in brokers:
+            status, body, _ = api(b, "GET", "/api/queues/qv/auto")
+            if status != 200:
+                return f"{b.name}: {status}"
+            out[b.name] = (body["type"], body.get("leader"))
+        leaders = {leader for _, leader in out.values()}
+        return (all(t == "quorum" for t, _ in out.values()) and len(leaders) == 1 and None not in leaders) or out
+
+    wait_for("auto a quorum queue with one leader everywhere", types)
+    status, scratch, _ = api(n2, "GET", "/api/queues/qv/scratch")
+    assert status == 200 and scratch["type"] == "classic", scratch
+
+    # Redeclared without arguments on another node: equivalent (no 406).
+    conn = amqp(n3, "qv")
+    ch = conn.channel()
+    assert ch.queue_declare("auto", durable=True).method.message_count == 0
+    ch.confirm_delivery()
+    ch.basic_publish("", "auto", b"by-default", PERSISTENT, mandatory=True)
+    conn.close()
+    conn = amqp(n1, "qv")
+    ch = conn.channel()
+    method, _, body = None, None, None
+    deadline = time.monotonic() + 10
+    while method is None and time.monotonic() < deadline:
+        method, _, body = ch.basic_get("auto", auto_ack=True)
+        if method is None:
+            time.sleep(0.1)
+    conn.close()
+    assert body == b"by-default"

@@ -698,22 +698,7 @@ async fn a_cancelled_remote_consumer_gives_back_what_it_never_fetched_and_is_for
     // its id is refused there.
     a.settle(&stub, id, d0.tag, Settle::Ack).unwrap();
     assert_eq!(on_b.message_count(), 8);
-    let late = b
-        .answer_call(
-            "a",
-            PeerCall::Attach {
-                life: a.life(),
-                holder: id.0,
-                vhost: VH.into(),
-                queue: "work".into(),
-                tag: "c".into(),
-                no_ack: false,
-                exclusive: false,
-                priority: 0,
-                prefetch: 5,
-            },
-        )
-        .await;
+    let late = b.answer_call("a", attach_work(a.life(), id.0, 5)).await;
     assert!(
         matches!(late, PeerReply::Refused { code: 404, .. }),
         "{late:?}"
@@ -782,17 +767,7 @@ async fn a_peers_oversized_asks_are_bounded() {
     let (_links, a, b) = linked_pair().await;
     let on_b = work_on(&b, 600).await;
     let life = a.life();
-    let attach = |holder: u64| PeerCall::Attach {
-        life,
-        holder,
-        vhost: VH.into(),
-        queue: "work".into(),
-        tag: "c".into(),
-        no_ack: false,
-        exclusive: false,
-        priority: 0,
-        prefetch: 0,
-    };
+    let attach = |holder: u64| attach_work(life, holder, 0);
     // A fetch asking for u32::MAX deliveries gets at most 512.
     assert!(matches!(
         b.answer_call("a", attach(1)).await,
@@ -832,4 +807,20 @@ async fn a_peers_oversized_asks_are_bounded() {
         b.answer_call("a", attach(70_999)).await,
         PeerReply::Attached
     ));
+}
+
+/// A peer's attach of consumer `holder` to queue `work` (tag `c`, manual
+/// acks), as node `a` in its life `life` sends it.
+fn attach_work(life: u64, holder: u64, prefetch: u32) -> PeerCall {
+    PeerCall::Attach {
+        life,
+        holder,
+        vhost: VH.into(),
+        queue: "work".into(),
+        tag: "c".into(),
+        no_ack: false,
+        exclusive: false,
+        priority: 0,
+        prefetch,
+    }
 }

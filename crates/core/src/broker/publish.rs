@@ -241,15 +241,15 @@ impl Broker {
         let (mut queues, mut remote) = vh.route(&msg.exchange, &msg, self.forwards())?;
         let mut quorum = self.take_quorum(&mut queues);
         if self.quorum_log().is_some() && !remote.is_empty() {
+            let known = vh.remote.read();
             remote.retain(|(_, name)| {
-                let replicated = vh
-                    .remote_queue(name)
-                    .is_some_and(|r| super::is_quorum(&r.def));
+                let replicated = known.get(name).is_some_and(|r| super::is_quorum(&r.def));
                 if replicated {
                     quorum.push(name.clone());
                 }
                 !replicated
             });
+            drop(known);
         }
         let msg = Arc::new(msg);
         let mut batch = Batch::new();

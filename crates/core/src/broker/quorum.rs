@@ -109,9 +109,15 @@ impl Held {
     }
 }
 
-/// Whether `def` declares a quorum queue.
+/// Whether `def` declares a quorum queue: its own `x-queue-type` says so
+/// (a policy's or the vhost's default is written there at declaration,
+/// see [`Broker::fix_quorum_type`]). A lookup, not a parse: routing asks
+/// it per publish.
 pub fn is_quorum(def: &QueueDef) -> bool {
-    QueueArgs::parse(&def.arguments).is_ok_and(|a| a.queue_type == QueueType::Quorum)
+    def.arguments
+        .get("x-queue-type")
+        .and_then(crate::value::FieldValue::as_str)
+        == Some("quorum")
 }
 
 /// The record key of a message in its queue's group: its id, then the
