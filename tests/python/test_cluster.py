@@ -100,16 +100,17 @@ def leader_of(b):
     return own(b)["cluster"]["leader"]
 
 
-def three_nodes(make_broker, tmp_path):
+def three_nodes(make_broker, tmp_path, mqtt_options=()):
     """Three started nodes n1, n2, n3 on 127.0.0.1, each listening for
-    its peers on the port its config names; `b.name` is each one's name."""
+    its peers on the port its config names; `b.name` is each one's name.
+    `mqtt_options`: lines for every node's [mqtt] table."""
     secret = tmp_path / "cluster.secret"
     secret.write_text(SECRET)
     names = ["n1", "n2", "n3"]
     members = list(zip(names, free_ports(3)))
     brokers = []
     for name, port in members:
-        b = make_broker(extra_config=cluster_toml(name, members, secret))
+        b = make_broker(mqtt_options=mqtt_options, extra_config=cluster_toml(name, members, secret))
         b.name = name
         assert b.ports["cluster"] == port, b.ports
         brokers.append(b)

@@ -374,6 +374,11 @@ impl Peers {
         self.inner.groups.write().remove(&group);
     }
 
+    /// Whether a link to `peer` is open now.
+    pub fn is_linked(&self, peer: NodeId) -> bool {
+        self.inner.links.lock().contains_key(&peer)
+    }
+
     /// The peers a link is open to now.
     pub fn connected(&self) -> Vec<NodeId> {
         let mut ids: Vec<NodeId> = self.inner.links.lock().keys().copied().collect();

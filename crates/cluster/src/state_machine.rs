@@ -217,6 +217,12 @@ impl StateMachine {
                 Some(current) => Some(current.clone()),
                 None => self.apply_command(records, batch, changes, Command::Put { key, value }),
             },
+            Command::DeleteIf { key, value } => match records.get(&key) {
+                Some(current) if *current == value => {
+                    self.apply_command(records, batch, changes, Command::Delete { key })
+                }
+                current => current.cloned(),
+            },
             Command::Batch(all) => {
                 for command in all {
                     self.apply_command(records, batch, changes.as_deref_mut(), command);
@@ -593,6 +599,55 @@ mod tests {
         .await
         .unwrap();
         assert_eq!(sm.get(b"q"), Some(b"three".to_vec()));
+    }
+
+    #[tokio::test]
+    async fn a_delete_if_removes_only_the_value_it_names() {
+        let mut sm = StateMachine::open(Store::in_memory(), GroupId(5)).unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&seen);
+        sm.observe(Arc::new(move |change: &Change| {
+            sink.lock().push(change.clone())
+        }));
+        let put = |v: &str| Command::Put {
+            key: b"c".to_vec(),
+            value: v.into(),
+        };
+        let delete_if = |v: &str| Command::DeleteIf {
+            key: b"c".to_vec(),
+            value: v.into(),
+        };
+        let answers = sm
+            .apply([
+                entry(1, put("a:1")),
+                entry(2, put("b:2")),
+                // The first claim's holder lets go after the second took it.
+                entry(3, delete_if("a:1")),
+            ])
+            .await
+            .unwrap();
+        assert_eq!(answers[2].previous, Some(b"b:2".to_vec()));
+        assert_eq!(sm.get(b"c"), Some(b"b:2".to_vec()));
+        let answers = sm.apply([entry(4, delete_if("b:2"))]).await.unwrap();
+        assert_eq!(answers[0].previous, Some(b"b:2".to_vec()));
+        assert_eq!(sm.get(b"c"), None);
+        // Absent: nothing to remove, nothing told.
+        sm.apply([entry(5, delete_if("b:2"))]).await.unwrap();
+        assert_eq!(
+            *seen.lock(),
+            vec![
+                Change::Reset(Vec::new()),
+                Change::Put {
+                    key: b"c".to_vec(),
+                    value: b"a:1".to_vec()
+                },
+                Change::Put {
+                    key: b"c".to_vec(),
+                    value: b"b:2".to_vec()
+                },
+                Change::Delete { key: b"c".to_vec() },
+            ]
+        );
     }
 
     #[tokio::test]

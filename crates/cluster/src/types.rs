@@ -93,15 +93,23 @@ pub enum Command {
         /// Its value, if it has none.
         value: Vec<u8>,
     },
+    /// Remove `key` if it holds exactly `value` (else nothing happens):
+    /// a claim is let go only by whoever made it.
+    DeleteIf {
+        /// The record's key.
+        key: Vec<u8>,
+        /// The value it must hold.
+        value: Vec<u8>,
+    },
 }
 
 impl Command {
     /// Bytes of keys and values it carries.
     pub fn size(&self) -> usize {
         match self {
-            Command::Put { key, value } | Command::PutIfAbsent { key, value } => {
-                key.len() + value.len()
-            }
+            Command::Put { key, value }
+            | Command::PutIfAbsent { key, value }
+            | Command::DeleteIf { key, value } => key.len() + value.len(),
             Command::Delete { key } => key.len(),
             Command::Batch(all) => all.iter().map(Command::size).sum(),
         }
@@ -123,6 +131,12 @@ impl fmt::Display for Command {
             Command::PutIfAbsent { key, value } => write!(
                 f,
                 "put if absent {} ({} bytes)",
+                String::from_utf8_lossy(key),
+                value.len()
+            ),
+            Command::DeleteIf { key, value } => write!(
+                f,
+                "delete if equal {} ({} bytes)",
                 String::from_utf8_lossy(key),
                 value.len()
             ),

@@ -11,9 +11,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use junction_core::{
-    Binding, Broker, BrokerConfig, CallFuture, ConsumerEvent, ConsumerSpec, CoreError, Delivery,
-    Destination, ExchangeDef, ExchangeKind, ForwardFuture, Forwarded, Forwarder, Message,
-    MetaFuture, MetaLog, MetaOp, PeerCall, PeerReply, QueueDef, Settle,
+    Binding, Broker, BrokerConfig, CallFuture, ClientClaim, ClientSessions, ConnectionId,
+    ConsumerEvent, ConsumerSpec, CoreError, Delivery, Destination, ExchangeDef, ExchangeKind,
+    ForwardFuture, Forwarded, Forwarder, HandOverFuture, Message, MetaFuture, MetaLog, MetaOp,
+    PeerCall, PeerReply, QueueDef, Settle,
 };
 use junction_store::Store;
 use parking_lot::Mutex;
@@ -34,6 +35,7 @@ impl MetaLog for Log {
             if self.down.load(Ordering::SeqCst) {
                 return Err(CoreError::Unavailable("no majority".into()));
             }
+            let mut applied = Vec::new();
             {
                 let mut records = self.records.lock();
                 for op in &ops {
@@ -47,9 +49,18 @@ impl MetaLog for Log {
                             }
                         }
                         MetaOp::Delete { key } => records.remove(key),
+                        MetaOp::DeleteIf { key, value } => {
+                            if records.get(key) != Some(value) {
+                                // Not applied: nobody hears of it.
+                                continue;
+                            }
+                            records.remove(key)
+                        }
                     };
+                    applied.push(op.clone());
                 }
             }
+            let ops = applied;
             let nodes: Vec<Arc<Broker>> =
                 self.nodes.lock().iter().filter_map(Weak::upgrade).collect();
             for node in nodes {
@@ -58,7 +69,9 @@ impl MetaLog for Log {
                         MetaOp::Put { key, value } | MetaOp::PutIfAbsent { key, value } => {
                             node.apply_replicated(key, Some(value))
                         }
-                        MetaOp::Delete { key } => node.apply_replicated(key, None),
+                        MetaOp::Delete { key } | MetaOp::DeleteIf { key, .. } => {
+                            node.apply_replicated(key, None)
+                        }
                     }
                 }
             }
@@ -823,4 +836,90 @@ fn attach_work(life: u64, holder: u64, prefetch: u32) -> PeerCall {
         priority: 0,
         prefetch,
     }
+}
+
+/// An adapter standing in for MQTT's side of the client-id registry: it
+/// notes every claim another node makes, and hands over the records it
+/// holds (each once).
+#[derive(Default)]
+struct Sessions {
+    told: Mutex<Vec<(String, String)>>,
+    held: Mutex<BTreeMap<String, Vec<u8>>>,
+}
+
+impl ClientSessions for Sessions {
+    fn claimed_elsewhere(&self, vhost: &str, client_id: &str) {
+        self.told
+            .lock()
+            .push((vhost.to_owned(), client_id.to_owned()));
+    }
+
+    fn hand_over<'a>(&'a self, _vhost: &'a str, client_id: &'a str) -> HandOverFuture<'a> {
+        Box::pin(async move { self.held.lock().remove(client_id) })
+    }
+}
+
+#[tokio::test]
+async fn a_client_id_claimed_on_another_node_is_taken_from_the_first_and_let_go_by_its_holder_only()
+{
+    let (links, a, b) = linked_pair().await;
+    let on_a = Arc::new(Sessions::default());
+    let on_b = Arc::new(Sessions::default());
+    a.serve_client_sessions(Arc::clone(&on_a) as Arc<dyn ClientSessions>);
+    b.serve_client_sessions(Arc::clone(&on_b) as Arc<dyn ClientSessions>);
+    let told = |s: &Sessions| s.told.lock().clone();
+    let dev = vec![(VH.to_owned(), "dev".to_owned())];
+
+    // a's connection 11 claims "dev": nobody held it; b hears, a does not.
+    assert_eq!(
+        a.claim_client(VH, "dev", ConnectionId(11)).await.unwrap(),
+        None
+    );
+    assert!(!a.client_elsewhere(VH, "dev"));
+    assert!(b.client_elsewhere(VH, "dev"));
+    assert_eq!(told(&on_b), dev);
+    assert_eq!(told(&on_a), vec![]);
+    on_a.held
+        .lock()
+        .insert("dev".into(), b"subscriptions".to_vec());
+
+    // b's connection 22 claims it: the claim it replaced names a, and a
+    // hears of it; b then takes the session from a, once.
+    let previous = b.claim_client(VH, "dev", ConnectionId(22)).await.unwrap();
+    assert_eq!(
+        previous,
+        Some(ClientClaim {
+            node: "a".into(),
+            connection: 11
+        })
+    );
+    assert_eq!(told(&on_a), dev);
+    assert_eq!(
+        b.take_client_session("a", VH, "dev").await.unwrap(),
+        Some(b"subscriptions".to_vec())
+    );
+    assert_eq!(b.take_client_session("a", VH, "dev").await.unwrap(), None);
+
+    // a's first connection ends late: b's claim stands.
+    a.release_client(VH, "dev", ConnectionId(11));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(
+        a.client_claim(VH, "dev"),
+        Some(ClientClaim {
+            node: "b".into(),
+            connection: 22
+        })
+    );
+    // b's ends: the claim goes, on every node; nobody is told of a removal.
+    b.release_client(VH, "dev", ConnectionId(22));
+    eventually("the claim removed", || a.client_claim(VH, "dev").is_none()).await;
+    assert_eq!(told(&on_a), dev);
+    assert_eq!(told(&on_b), dev);
+
+    // A node that cannot be reached hands nothing over.
+    links.down.lock().push("a".into());
+    assert!(matches!(
+        b.take_client_session("a", VH, "dev").await,
+        Err(CoreError::Unavailable(_))
+    ));
 }

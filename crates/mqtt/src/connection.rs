@@ -17,7 +17,7 @@ use futures_util::{FutureExt, StreamExt};
 use junction_core::io::Stream;
 use junction_core::io::{CLOSE_DRAIN_BYTES, CLOSE_GRACE};
 use junction_core::io::{ReadHalf, WriteHalf};
-use junction_core::{ConnectionGuard, ConsumerEvent, Protocol};
+use junction_core::{ConnectionGuard, ConnectionId, ConsumerEvent, Protocol};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -29,7 +29,7 @@ use crate::codec::{
     ProtocolVersion, Publish, ReasonCode,
 };
 use crate::registry::{self, Claim, Parked, PendingWill};
-use crate::session::Session;
+use crate::session::{Session, SessionRecord};
 
 /// A publish receipt: resolves to the ack to send (PUBACK or PUBREC).
 pub(crate) type ConfirmFuture = Pin<Box<dyn std::future::Future<Output = Packet> + Send + Sync>>;
@@ -85,6 +85,10 @@ pub(crate) struct Rare {
     /// Incoming QoS 2 ids of this connection awaiting PUBREL (the Receive
     /// Maximum counts these, not those left by earlier connections).
     pub qos2_here: std::collections::BTreeSet<u16>,
+    /// A consumer of the session ended while its queue stays (in a
+    /// cluster: the queue's leader moved, or its node was unreachable):
+    /// the serving loop makes it again.
+    pub reattach: bool,
 }
 
 /// A delivery on its way out: the PUBLISH, and whether it is in flight
@@ -594,12 +598,57 @@ async fn accept(
         refuse(wr, v, ReasonCode::QUOTA_EXCEEDED).await;
         return None;
     }
-    let (session, present) = match ctx.registry.claim(&client_id, guard.id(), kick).await {
-        Claim::Busy => {
-            refuse(wr, v, ReasonCode::SERVER_BUSY).await;
+    // In a cluster the client id is claimed first: every other node drops
+    // its connection for it, and the node that held its session hands it
+    // over (docs/cluster.md "MQTT sessions across nodes").
+    let handed = match claim_in_cluster(ctx, &client_id, guard.id()).await {
+        Ok(h) => h,
+        Err(e) => {
+            tracing::info!(%client_id, error = %e, "mqtt connection refused: its client id could not be claimed in the cluster");
+            refuse(wr, v, ReasonCode::SERVER_UNAVAILABLE).await;
             return None;
         }
-        Claim::Fresh => (Session::new(client_id.clone(), expiry, guard.id()), false),
+    };
+    let conn_id = guard.id();
+    let fresh = |handed: Option<SessionRecord>| match handed {
+        Some(rec) => {
+            let mut s = Session::new(client_id.clone(), expiry, conn_id);
+            ctx.stats
+                .subscriptions
+                .fetch_add(rec.subscriptions.len() as i64, Ordering::Relaxed);
+            s.subs = rec.subscriptions;
+            s
+        }
+        None => Session::new(client_id.clone(), expiry, conn_id),
+    };
+    let claim = ctx.registry.claim(&client_id, guard.id(), kick).await;
+    let claim = match claim {
+        // A session here that another node took since (or older than
+        // the one handed over) is not this client's any more.
+        Claim::Parked(p) if p.departed || handed.is_some() => {
+            registry::discard_departed(ctx, p.session).await;
+            Claim::Fresh
+        }
+        claim => claim,
+    };
+    let (session, present) = match claim {
+        Claim::Busy => {
+            refuse(wr, v, ReasonCode::SERVER_BUSY).await;
+            ctx.broker
+                .release_client(&settings.vhost, &client_id, guard.id());
+            return None;
+        }
+        Claim::Fresh if c.clean_start => {
+            if let Some(rec) = handed {
+                // The session handed over ends here, with its queues.
+                registry::end_session(ctx, fresh(Some(rec))).await;
+            }
+            (Session::new(client_id.clone(), expiry, guard.id()), false)
+        }
+        Claim::Fresh => {
+            let present = handed.is_some();
+            (fresh(handed), present)
+        }
         Claim::Parked(p) => {
             let Parked { session, will, .. } = *p;
             if c.clean_start {
@@ -686,6 +735,43 @@ async fn accept(
     conn.resend_inflight();
     let keepalive = (keepalive > 0).then(|| Duration::from_millis(u64::from(keepalive) * 1500));
     Some((conn, keepalive))
+}
+
+/// Claims `client_id` for connection `conn` in the cluster (nothing
+/// outside one) and, when another node held it, takes its session from
+/// that node: its record, or None when it had none or could not be
+/// reached (the client then starts afresh; the queue, where it lives,
+/// keeps its messages). An error: the claim was not committed.
+async fn claim_in_cluster(
+    ctx: &MqttContext,
+    client_id: &str,
+    conn: ConnectionId,
+) -> Result<Option<SessionRecord>, junction_core::CoreError> {
+    let broker = &ctx.broker;
+    let vhost = &ctx.settings.vhost;
+    let Some(previous) = broker.claim_client(vhost, client_id, conn).await? else {
+        return Ok(None);
+    };
+    if Some(previous.node.as_str()) == broker.node_name() {
+        return Ok(None);
+    }
+    match broker
+        .take_client_session(&previous.node, vhost, client_id)
+        .await
+    {
+        Ok(Some(bytes)) => match SessionRecord::decode(&bytes) {
+            Ok(rec) => Ok(Some(rec)),
+            Err(e) => {
+                tracing::warn!(%client_id, error = %e, "a session handed over could not be read");
+                Ok(None)
+            }
+        },
+        Ok(None) => Ok(None),
+        Err(e) => {
+            tracing::warn!(%client_id, node = %previous.node, error = %e, "mqtt session not taken over from its node; starting afresh");
+            Ok(None)
+        }
+    }
 }
 
 /// Whether `access` allows publishing on `topic`: write on its exchange,
@@ -846,6 +932,15 @@ impl Conn {
             }
             if self.end.is_some() {
                 break Ok(None);
+            }
+            if self.rare.as_ref().is_some_and(|r| r.reattach) {
+                self.rare().reattach = false;
+                if let Err(e) = Box::pin(self.attach()).await {
+                    tracing::warn!(client_id = %self.session.client_id, error = %e, "mqtt consumer not made again; closing");
+                    self.disconnect(ReasonCode::UNSPECIFIED_ERROR);
+                    self.end = Some(End::Abnormal);
+                    continue;
+                }
             }
             let alarmed = *alarm.borrow() && self.has_published;
             let read_ok =
@@ -1131,8 +1226,14 @@ impl Conn {
                     session,
                     expires_at,
                     will: pending,
+                    departed: false,
                 })),
             );
+            // Parked first, then asked: a claim applied meanwhile either
+            // found the parked session or is seen here.
+            if ctx.broker.client_elsewhere(&ctx.settings.vhost, &client_id) {
+                ctx.registry.depart(&client_id);
+            }
             if let Some(w) = now_will {
                 registry::publish_will(&ctx, w).await;
             }
@@ -1142,6 +1243,8 @@ impl Conn {
                 std::mem::replace(&mut self.session, Session::new(String::new(), 0, conn_id));
             registry::end_session(&ctx, session).await;
             ctx.registry.release(&client_id, conn_id, None);
+            ctx.broker
+                .release_client(&ctx.settings.vhost, &client_id, conn_id);
             if let Some((w, _)) = will {
                 registry::publish_will(&ctx, w).await;
             }

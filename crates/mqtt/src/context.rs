@@ -59,6 +59,10 @@ pub struct MqttSettings {
     /// Most subscriptions one session may hold; past it SUBACK says 0x97
     /// Quota exceeded (MQTT 3.1.1: 0x80).
     pub max_subscriptions_per_session: usize,
+    /// In a cluster, persistent sessions' queues and shared subscriptions'
+    /// queues are quorum queues (replicated on every node): queued
+    /// messages survive the loss of the node that held the session.
+    pub replicated_sessions: bool,
 }
 
 impl Default for MqttSettings {
@@ -81,6 +85,7 @@ impl Default for MqttSettings {
             connect_timeout: 10,
             max_session_expiry: 7 * 86_400,
             max_subscriptions_per_session: 10_000,
+            replicated_sessions: false,
         }
     }
 }
@@ -225,6 +230,8 @@ pub async fn start(
     shutdown: &CancellationToken,
     tasks: &TaskTracker,
 ) -> Result<(), CoreError> {
+    ctx.broker
+        .serve_client_sessions(Arc::new(ClusterSessions(Arc::downgrade(ctx))));
     let orphans = registry::restore(ctx)?;
     let sys = junction_core::ExchangeDef::new(
         crate::convert::SYS_EXCHANGE,
@@ -248,6 +255,34 @@ pub async fn start(
     });
     tasks.spawn(sys::publish_loop(Arc::clone(ctx), shutdown.clone()));
     Ok(())
+}
+
+/// This adapter's side of the cluster's client-id registry
+/// (docs/cluster.md "MQTT sessions across nodes").
+struct ClusterSessions(std::sync::Weak<MqttContext>);
+
+impl junction_core::ClientSessions for ClusterSessions {
+    fn claimed_elsewhere(&self, vhost: &str, client_id: &str) {
+        if let Some(ctx) = self.0.upgrade()
+            && ctx.settings.vhost == vhost
+        {
+            ctx.registry.depart(client_id);
+        }
+    }
+
+    fn hand_over<'a>(
+        &'a self,
+        vhost: &'a str,
+        client_id: &'a str,
+    ) -> junction_core::HandOverFuture<'a> {
+        Box::pin(async move {
+            let ctx = self.0.upgrade()?;
+            if ctx.settings.vhost != vhost {
+                return None;
+            }
+            registry::hand_over(&ctx, client_id).await
+        })
+    }
 }
 
 /// Serves one accepted MQTT connection until it closes; at `shutdown` an

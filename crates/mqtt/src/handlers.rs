@@ -133,6 +133,10 @@ impl Conn {
         if s.max_queued_bytes > 0 {
             args.insert("x-max-length-bytes", FieldValue::U64(s.max_queued_bytes));
         }
+        if durable && s.replicated_sessions {
+            // Outside a cluster a quorum queue is a classic one.
+            args.insert("x-queue-type", FieldValue::LongString("quorum".into()));
+        }
         let mut def = QueueDef::new(name);
         def.durable = durable;
         def.arguments = args;
@@ -175,7 +179,7 @@ impl Conn {
             Some(_) if !self.session.own_no_ack || no_ack => return Ok(()),
             Some(_) => {
                 // No-ack consumers leave nothing in flight: switch now.
-                self.upgrade_own_consumer();
+                self.upgrade_own_consumer().await;
                 return Ok(());
             }
             None => {}
@@ -196,23 +200,29 @@ impl Conn {
         for f in filters {
             self.bind(&queue, &f, true).await?;
         }
-        self.start_own_consumer(no_ack)
+        self.start_own_consumer(no_ack).await
     }
 
-    /// Registers the own-queue consumer, without acks when `no_ack`.
-    fn start_own_consumer(&mut self, no_ack: bool) -> Result<(), CoreError> {
+    /// Registers the own-queue consumer, without acks when `no_ack`. In a
+    /// cluster the queue may be another node's (a session taken over from
+    /// it, or a quorum queue led there): the consumer is then made there.
+    async fn start_own_consumer(&mut self, no_ack: bool) -> Result<(), CoreError> {
         let mut spec = self.spec(&self.session.client_id);
         if no_ack {
             spec = spec.no_ack();
             spec.credits.clear();
         }
         let events = self.session.events();
-        let handle = self.ctx.broker.consume(
-            &self.ctx.settings.vhost,
-            &self.session.queue(),
-            spec,
-            events,
-        )?;
+        let handle = self
+            .ctx
+            .broker
+            .attach_consumer(
+                &self.ctx.settings.vhost,
+                &self.session.queue(),
+                spec,
+                events,
+            )
+            .await?;
         self.session.consumer = Some(handle);
         self.session.own_no_ack = no_ack;
         Ok(())
@@ -220,12 +230,12 @@ impl Conn {
 
     /// Replaces an ack-free own consumer by an acked one; deliveries the
     /// old one made are still recognised as the session's own.
-    fn upgrade_own_consumer(&mut self) {
+    async fn upgrade_own_consumer(&mut self) {
         if let Some(old) = self.session.consumer.take() {
             self.session.rare_mut().retired_own = Some(old.id());
             old.cancel(true);
         }
-        if let Err(e) = self.start_own_consumer(false) {
+        if let Err(e) = self.start_own_consumer(false).await {
             tracing::warn!(error = %e, "mqtt consumer not restarted");
         }
     }
@@ -243,7 +253,8 @@ impl Conn {
         let handle = self
             .ctx
             .broker
-            .consume(&self.ctx.settings.vhost, &queue, spec, events)?;
+            .attach_consumer(&self.ctx.settings.vhost, &queue, spec, events)
+            .await?;
         self.session.rare_mut().shared.insert(queue, handle);
         Ok(())
     }
@@ -896,14 +907,31 @@ impl Conn {
         match ev {
             ConsumerEvent::Deliver(d) => self.deliver(d),
             ConsumerEvent::Cancelled(id) => {
-                // The queue was deleted (by an AMQP client, say): what was
-                // in flight from it can no longer be settled.
+                // The queue was deleted (by an AMQP client, say), or, in
+                // a cluster, its node or its leader changed: what was in
+                // flight from it can no longer be settled.
                 self.forget_inflight_of(id);
+                let mut lost = None;
                 if self.session.consumer.as_ref().is_some_and(|c| c.id() == id) {
                     self.session.consumer = None;
+                    lost = Some(self.session.queue());
                 }
                 if let Some(r) = self.session.rare_if() {
-                    r.shared.retain(|_, c| c.id() != id);
+                    r.shared.retain(|q, c| {
+                        let gone = c.id() == id;
+                        if gone {
+                            lost = Some(q.clone());
+                        }
+                        !gone
+                    });
+                }
+                // A queue still there (another node serves it now, or the
+                // link to its node came back) is consumed again; a deleted
+                // one is not declared again behind the deleter's back.
+                if let Some(q) = lost
+                    && self.ctx.broker.knows_queue(&self.ctx.settings.vhost, &q)
+                {
+                    self.rare().reattach = true;
                 }
             }
         }

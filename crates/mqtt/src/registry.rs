@@ -29,6 +29,22 @@ pub(crate) struct Parked {
     /// None: never expires.
     pub expires_at: Option<Instant>,
     pub will: Option<PendingWill>,
+    /// Another node of the cluster claimed the client id: the session
+    /// takes no more messages and has no will; its record stays until
+    /// that node takes it ([`hand_over`]) or it expires. Its queues are
+    /// not this node's to delete.
+    pub departed: bool,
+}
+
+impl Parked {
+    /// Stops the session taking messages here: its consumers go (what
+    /// they held goes back to the queues, to be delivered again), and its
+    /// will with them.
+    fn let_go(&mut self) {
+        self.departed = true;
+        self.will = None;
+        self.session.let_go();
+    }
 }
 
 /// Asks the connection that holds a client id to go. `notify_one` keeps a
@@ -65,6 +81,14 @@ pub(crate) enum Claim {
 
 /// How long a new connection waits for the one it takes over from.
 const TAKEOVER_WAIT: Duration = Duration::from_secs(5);
+
+/// What [`Registry::take_for_hand_over`] finds.
+enum Handing {
+    Taken(Box<Parked>),
+    Nothing,
+    /// A connection (asked to go) or the sweeper has it still.
+    Wait,
+}
 
 impl Registry {
     /// Registers `conn` for `client_id`, taking over from a connection
@@ -120,6 +144,34 @@ impl Registry {
         }
     }
 
+    /// Another node claimed `client_id`: its connection here is asked to
+    /// go, and its parked session lets go of its messages.
+    pub fn depart(&self, client_id: &str) {
+        let mut slots = self.slots.lock();
+        match slots.get_mut(client_id) {
+            Some(Slot::Online { kick, .. }) => kick.notify_one(),
+            Some(Slot::Parked(p)) if !p.departed => p.let_go(),
+            _ => {}
+        }
+    }
+
+    /// Takes `client_id`'s parked session out for another node.
+    fn take_for_hand_over(&self, client_id: &str) -> Handing {
+        let mut slots = self.slots.lock();
+        match slots.get(client_id) {
+            None => Handing::Nothing,
+            Some(Slot::Online { kick, .. }) => {
+                kick.notify_one();
+                Handing::Wait
+            }
+            Some(Slot::Ending) => Handing::Wait,
+            Some(Slot::Parked(_)) => match slots.remove(client_id) {
+                Some(Slot::Parked(p)) => Handing::Taken(p),
+                _ => Handing::Nothing,
+            },
+        }
+    }
+
     /// Wakes every connection (at shutdown: a parked connection waits on
     /// its kick only, see `connection::park`).
     pub fn kick_all(&self) {
@@ -141,6 +193,7 @@ impl Registry {
     /// Whether any parked session holds a subscription using `queue`.
     pub fn parked_uses_shared(&self, queue: &str) -> bool {
         self.slots.lock().values().any(|s| match s {
+            Slot::Parked(p) if p.departed => false,
             Slot::Parked(p) => p
                 .session
                 .subs
@@ -166,6 +219,7 @@ impl Registry {
                     will_pending: false,
                     queued: 0,
                 }),
+                Slot::Parked(p) if p.departed => None,
                 Slot::Parked(p) => Some(crate::context::ClientInfo {
                     client_id: id.clone(),
                     connection: None,
@@ -187,8 +241,9 @@ impl Registry {
         all
     }
 
-    /// Takes out sessions past their expiry and wills past their delay.
-    fn due(&self, now: Instant) -> (Vec<Session>, Vec<PendingWill>) {
+    /// Takes out sessions past their expiry (each with whether it
+    /// departed) and wills past their delay.
+    fn due(&self, now: Instant) -> (Vec<(Session, bool)>, Vec<PendingWill>) {
         let mut slots = self.slots.lock();
         let mut wills = Vec::new();
         let mut expired_ids = Vec::new();
@@ -206,7 +261,7 @@ impl Registry {
         let sessions = expired_ids
             .into_iter()
             .filter_map(|id| match slots.insert(id, Slot::Ending) {
-                Some(Slot::Parked(p)) => Some(p.session),
+                Some(Slot::Parked(p)) => Some((p.session, p.departed)),
                 _ => None,
             })
             .collect();
@@ -227,8 +282,12 @@ pub(crate) fn restore(ctx: &MqttContext) -> Result<Vec<String>, junction_core::C
     let (stored, orphans) = session::load_all(ctx.broker.read_state(session::NAMESPACE)?)?;
     let now = Instant::now();
     let now_unix = unix_secs();
+    let vhost = &ctx.settings.vhost;
+    // Read under the lock that a claim applied meanwhile takes too
+    // (`Registry::depart`): either this sees the claim or it sees this.
     let mut slots = ctx.registry.slots.lock();
     for (rec, incoming, outgoing) in stored {
+        let departed = ctx.broker.client_elsewhere(vhost, &rec.client_id);
         let away = match rec.disconnected_at {
             0 => 0,
             t => now_unix.saturating_sub(t),
@@ -260,6 +319,7 @@ pub(crate) fn restore(ctx: &MqttContext) -> Result<Vec<String>, junction_core::C
                 session: s,
                 expires_at,
                 will: None,
+                departed,
             })),
         );
     }
@@ -283,10 +343,18 @@ pub(crate) async fn remove_orphans(ctx: &MqttContext, records: Vec<String>) {
         .filter(|q| &q.vhost == vhost)
         .map(|q| q.name)
         .collect();
+    // In a cluster a shared queue here may serve sessions of other
+    // nodes: it stays.
+    let clustered = ctx.broker.node_name().is_some();
     for q in queues {
-        let orphan = match q.strip_prefix("mqtt-session-") {
-            Some(client) => !parked.contains(client),
-            None => q.starts_with("mqtt-shared-") && !ctx.registry.parked_uses_shared(&q),
+        let orphan = match q.strip_prefix(session::SESSION_QUEUE_PREFIX) {
+            // A session another node took over still uses its queue here.
+            Some(client) => !parked.contains(client) && !ctx.broker.client_elsewhere(vhost, client),
+            None => {
+                q.starts_with(session::SHARED_QUEUE_PREFIX)
+                    && !clustered
+                    && !ctx.registry.parked_uses_shared(&q)
+            }
         };
         if orphan {
             tracing::info!(queue = %q, "mqtt queue of an ended session deleted");
@@ -301,6 +369,49 @@ pub(crate) async fn remove_orphans(ctx: &MqttContext, records: Vec<String>) {
         && let Err(e) = ctx.broker.write_state(w).await
     {
         tracing::warn!(error = %e, "mqtt orphan records not deleted");
+    }
+}
+
+/// Another node takes `client_id`'s session over: the connection serving
+/// it here is asked to go (and waited for), the session gives up its
+/// messages and its records here, and its record (with its
+/// subscriptions) is the answer. None: no session here.
+pub(crate) async fn hand_over(ctx: &MqttContext, client_id: &str) -> Option<Vec<u8>> {
+    let deadline = Instant::now() + TAKEOVER_WAIT;
+    loop {
+        match ctx.registry.take_for_hand_over(client_id) {
+            Handing::Taken(mut p) => {
+                p.let_go();
+                let mut record = p.session.record(0);
+                record.subscriptions = p.session.subs.clone();
+                tracing::info!(%client_id, "mqtt session handed over to another node");
+                discard_departed(ctx, p.session).await;
+                return Some(record.encode());
+            }
+            Handing::Nothing => return None,
+            Handing::Wait => {}
+        }
+        if Instant::now() >= deadline {
+            tracing::warn!(%client_id, "mqtt session not handed over: its connection here did not go in time");
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Forgets a session another node holds now: its records here go, its
+/// queues stay (they are the other node's session's).
+pub(crate) async fn discard_departed(ctx: &MqttContext, mut s: Session) {
+    ctx.stats
+        .subscriptions
+        .fetch_sub(s.subs.len() as i64, Ordering::Relaxed);
+    s.let_go();
+    if s.stored {
+        let mut w = StateWrites::new();
+        s.forget(&mut w);
+        if let Err(e) = ctx.broker.write_state(w).await {
+            tracing::warn!(error = %e, "mqtt session record not deleted");
+        }
     }
 }
 
@@ -394,10 +505,16 @@ pub(crate) async fn sweep(ctx: Arc<MqttContext>, shutdown: CancellationToken) {
         for w in wills {
             publish_will(&ctx, w).await;
         }
-        for s in sessions {
-            tracing::debug!(client_id = %s.client_id, "mqtt session expired");
+        for (s, departed) in sessions {
+            tracing::debug!(client_id = %s.client_id, departed, "mqtt session expired");
             let id = s.client_id.clone();
-            end_session(&ctx, s).await;
+            if departed {
+                discard_departed(&ctx, s).await;
+            } else {
+                let conn = s.connection;
+                end_session(&ctx, s).await;
+                ctx.broker.release_client(&ctx.settings.vhost, &id, conn);
+            }
             ctx.registry.ended(&id);
         }
     }

@@ -610,6 +610,16 @@ impl Session {
         self.save_all_filters = false;
     }
 
+    /// Drops every consumer of the session (what they held goes back to
+    /// their queues, flagged redelivered): another node serves it now.
+    pub fn let_go(&mut self) {
+        self.consumer = None;
+        if let Some(r) = self.rare.as_mut() {
+            r.shared.clear();
+        }
+        self.events_tx = None;
+    }
+
     /// Deletes everything this session stored.
     pub fn forget(&mut self, w: &mut StateWrites) {
         self.stored = false;

@@ -366,6 +366,7 @@ impl MetaLog for Cluster {
                         MetaOp::Put { key, value } => Command::Put { key, value },
                         MetaOp::PutIfAbsent { key, value } => Command::PutIfAbsent { key, value },
                         MetaOp::Delete { key } => Command::Delete { key },
+                        MetaOp::DeleteIf { key, value } => Command::DeleteIf { key, value },
                     })
                     .collect(),
             );
@@ -429,6 +430,10 @@ impl Forwarder for Cluster {
                 PeerAnswer::Forwarded(_) => Err(format!("node {node} answered out of turn")),
             }
         })
+    }
+
+    fn linked(&self, node: &str) -> bool {
+        self.node.peers().is_linked(node_id(node))
     }
 }
 

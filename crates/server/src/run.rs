@@ -548,11 +548,10 @@ impl Server {
                     .cluster
                     .enabled
                     .then(|| config.cluster.node_name.clone()),
-                node_local_names: vec![
-                    junction_mqtt::session::SESSION_QUEUE_PREFIX.to_owned(),
-                    junction_mqtt::session::SHARED_QUEUE_PREFIX.to_owned(),
-                    junction_mqtt::convert::SYS_EXCHANGE.to_owned(),
-                ],
+                // MQTT sessions' durable queues are the cluster's, like any
+                // durable queue: a session taken over by another node
+                // consumes its queue where it lives.
+                node_local_names: vec![junction_mqtt::convert::SYS_EXCHANGE.to_owned()],
             },
         )
         .await?;

@@ -52,6 +52,11 @@ pub trait Forwarder: Send + Sync {
     /// Ask the broker of node `node` about its queues (consumers across
     /// nodes), waiting at most `within` for its reply.
     fn call(&self, node: &str, call: PeerCall, within: std::time::Duration) -> CallFuture<'_>;
+
+    /// Whether a link to node `node` is up now.
+    fn linked(&self, _node: &str) -> bool {
+        true
+    }
 }
 
 /// A message waiting in a node's outbox, and who waits for its answer.

@@ -5,6 +5,7 @@
 //! persistence, enqueue, dead-lettering), `consume` (consumers, get, settle),
 //! `recovery` (rebuilding state from the store), `records` (store encoding).
 
+mod clients;
 mod connections;
 mod consume;
 mod declare;
@@ -37,6 +38,7 @@ use crate::retained::Retained;
 use crate::topology::Topology;
 use crate::value::FieldTable;
 
+pub use clients::{ClientClaim, ClientSessions, HandOverFuture};
 pub use connections::{ConnectionDetails, ConnectionEntry, ConnectionSnapshot};
 pub use consume::{ConsumerHandle, GetOk};
 pub use declare::{ConsumerSummary, QueueInfo, QueueSummary};
@@ -71,9 +73,8 @@ pub struct BrokerConfig {
     /// outside a cluster. Queue records name the node a queue lives on.
     pub node: Option<String>,
     /// Queues and exchanges whose names start with one of these stay on
-    /// their node in a cluster, with their bindings: MQTT sessions' queues
-    /// (until the client-id registry is the cluster's), and the `$SYS`
-    /// exchange of each node's own statistics.
+    /// their node in a cluster, with their bindings: the `$SYS` exchange
+    /// of each node's own statistics.
     pub node_local_names: Vec<String>,
 }
 
@@ -561,6 +562,9 @@ pub struct Broker {
     commits: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<replica::Pending>>,
     /// The way to other nodes' queues, once attached.
     forwarder: std::sync::OnceLock<Arc<dyn Forwarder>>,
+    /// The protocol adapter whose client ids the cluster's registry
+    /// holds (MQTT), told when another node claims one.
+    client_sessions: std::sync::OnceLock<Arc<dyn ClientSessions>>,
     /// An outbox per node messages were forwarded to.
     outboxes: Mutex<HashMap<String, tokio::sync::mpsc::Sender<forward::Outgoing>>>,
     /// Consumers across nodes, both ways.
@@ -677,6 +681,7 @@ impl Broker {
             meta: std::sync::OnceLock::new(),
             commits: std::sync::OnceLock::new(),
             forwarder: std::sync::OnceLock::new(),
+            client_sessions: std::sync::OnceLock::new(),
             outboxes: Mutex::new(HashMap::new()),
             remotes: remote::Remotes::default(),
             quorum: std::sync::OnceLock::new(),

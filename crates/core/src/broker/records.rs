@@ -15,6 +15,9 @@ pub const TAG_EXCHANGE: u8 = b'x';
 pub const TAG_QUEUE: u8 = b'q';
 pub const TAG_BINDING: u8 = b'b';
 pub const TAG_VHOST: u8 = b'v';
+/// A protocol client id's claim in a cluster (`broker/clients.rs`): kept
+/// by the metadata group only, never in the `meta` family.
+pub const TAG_CLIENT: u8 = b'c';
 
 fn lp(out: &mut Vec<u8>, s: &[u8]) {
     out.extend_from_slice(&(s.len() as u32).to_be_bytes());
@@ -25,6 +28,13 @@ pub fn exchange_key(vhost: &str, name: &str) -> Vec<u8> {
     let mut k = vec![TAG_EXCHANGE];
     lp(&mut k, vhost.as_bytes());
     lp(&mut k, name.as_bytes());
+    k
+}
+
+pub fn client_key(vhost: &str, client_id: &str) -> Vec<u8> {
+    let mut k = vec![TAG_CLIENT];
+    lp(&mut k, vhost.as_bytes());
+    lp(&mut k, client_id.as_bytes());
     k
 }
 
@@ -244,7 +254,8 @@ pub fn decode_vhost_key(key: &[u8]) -> Result<String, CoreError> {
     key_part(key, 1).map(|(vhost, _)| vhost)
 }
 
-/// The vhost and name of an [`exchange_key`] or a [`queue_key`].
+/// The vhost and name of an [`exchange_key`], a [`queue_key`] or a
+/// [`client_key`].
 pub fn decode_name_key(key: &[u8]) -> Result<(String, String), CoreError> {
     let (vhost, at) = key_part(key, 1)?;
     let (name, _) = key_part(key, at)?;

@@ -34,6 +34,9 @@ pub const ALIVE_EVERY: Duration = Duration::from_secs(5);
 /// How long a holder not named stays: past it, what it holds goes back
 /// to its queue.
 pub const LEASE: Duration = Duration::from_secs(30);
+/// How long no link to a node may be up before what its holders hold
+/// here goes back to the queues (the reaper looks every [`ALIVE_EVERY`]).
+const UNLINKED_FOR: Duration = Duration::from_secs(4);
 /// Tries of a fetch before its consumer is ended, and the pause between.
 const FETCH_TRIES: u32 = 3;
 const RETRY_AFTER: Duration = Duration::from_secs(1);
@@ -110,6 +113,13 @@ pub enum PeerCall {
         vhost: String,
         queue: String,
     },
+    /// The caller claimed `client_id` (docs/cluster.md "MQTT sessions
+    /// across nodes"): give up its session here and answer its record.
+    TakeSession {
+        life: u64,
+        vhost: String,
+        client_id: String,
+    },
 }
 
 impl PeerCall {
@@ -120,7 +130,8 @@ impl PeerCall {
             | PeerCall::Fetch { life, .. }
             | PeerCall::Get { life, .. }
             | PeerCall::Control { life, .. }
-            | PeerCall::Counts { life, .. } => *life,
+            | PeerCall::Counts { life, .. }
+            | PeerCall::TakeSession { life, .. } => *life,
         }
     }
 }
@@ -176,6 +187,9 @@ pub enum PeerReply {
         consumers: u64,
     },
     Done,
+    /// A session handed over: the adapter's record of it (None: the node
+    /// had none).
+    Session(Option<Vec<u8>>),
     /// Refused with the AMQP reply code and text of the error.
     Refused {
         code: u16,
@@ -338,6 +352,8 @@ pub(crate) struct ServedFrom {
     /// Holders forgotten before they were known here (an attach still on
     /// its way), and when.
     forgotten: crate::FastMap<u64, Instant>,
+    /// Since when no link to the node is up (seen by the reaper).
+    unlinked_since: Option<Instant>,
 }
 
 /// This node's bookkeeping for consumers across nodes, both ways.
@@ -826,6 +842,12 @@ impl Broker {
         Ok(vh.remote_queue(name))
     }
 
+    /// Whether queue `name` of `vhost` exists, here or on another node.
+    pub fn knows_queue(&self, vhost: &str, name: &str) -> bool {
+        self.vhost(vhost)
+            .is_ok_and(|vh| vh.queue(name).is_some() || vh.remote_queue(name).is_some())
+    }
+
     /// [`Broker::remote_of`], waiting (at most [`QUORUM_SERVING_WITHIN`])
     /// while a quorum queue's group has no leader known here, or names
     /// this node before it serves the queue: a consumer attaches where
@@ -1179,6 +1201,9 @@ impl Broker {
                         consumers: q.consumer_count(),
                     })
             }
+            PeerCall::TakeSession {
+                vhost, client_id, ..
+            } => Ok(self.hand_over_client(&vhost, &client_id).await),
         };
         result.unwrap_or_else(|e| refusal(&e))
     }
@@ -1604,17 +1629,27 @@ impl Broker {
         });
     }
 
-    /// Ends every served holder not heard of for [`LEASE`].
+    /// Ends every served holder not heard of for [`LEASE`], and every
+    /// holder of a node no link has reached for [`UNLINKED_FOR`] (a node
+    /// that died: what it held is delivered again at once, as RabbitMQ
+    /// does when a node goes down, rather than after the lease).
     fn reap(&self, now: Instant) {
+        let forwarder = self.forwarder.get();
         let lapsed: Vec<(String, Served)> = {
             let mut served = self.remotes.served.lock();
             let mut lapsed = Vec::new();
             for (node, f) in served.iter_mut() {
                 f.forgotten.retain(|_, at| now.duration_since(*at) <= LEASE);
+                let unlinked = if forwarder.is_none_or(|fw| fw.linked(node)) {
+                    f.unlinked_since = None;
+                    false
+                } else {
+                    now.duration_since(*f.unlinked_since.get_or_insert(now)) >= UNLINKED_FOR
+                };
                 let old: Vec<u64> = f
                     .holders
                     .iter()
-                    .filter(|(_, s)| now.duration_since(s.seen) > LEASE)
+                    .filter(|(_, s)| unlinked || now.duration_since(s.seen) > LEASE)
                     .map(|(h, _)| *h)
                     .collect();
                 for h in old {

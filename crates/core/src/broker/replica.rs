@@ -42,14 +42,18 @@ pub enum MetaOp {
     /// Set `key` to `value` unless it holds a value (a first
     /// declaration wins).
     PutIfAbsent { key: Vec<u8>, value: Vec<u8> },
+    /// Remove `key` if it holds exactly `value` (a claim let go by its
+    /// holder only).
+    DeleteIf { key: Vec<u8>, value: Vec<u8> },
 }
 
 impl MetaOp {
     fn key(&self) -> &[u8] {
         match self {
-            MetaOp::Put { key, .. } | MetaOp::Delete { key } | MetaOp::PutIfAbsent { key, .. } => {
-                key
-            }
+            MetaOp::Put { key, .. }
+            | MetaOp::Delete { key }
+            | MetaOp::PutIfAbsent { key, .. }
+            | MetaOp::DeleteIf { key, .. } => key,
         }
     }
 }
@@ -102,9 +106,9 @@ fn share(e: &CoreError) -> CoreError {
 fn ops_bytes(ops: &[MetaOp]) -> usize {
     ops.iter()
         .map(|op| match op {
-            MetaOp::Put { key, value } | MetaOp::PutIfAbsent { key, value } => {
-                key.len() + value.len()
-            }
+            MetaOp::Put { key, value }
+            | MetaOp::PutIfAbsent { key, value }
+            | MetaOp::DeleteIf { key, value } => key.len() + value.len(),
             MetaOp::Delete { key } => key.len(),
         })
         .sum()
@@ -348,6 +352,13 @@ impl Broker {
     /// record is of a queue of this node that holds messages (kept, and
     /// logged: never dropped on a reset's word).
     pub fn reset_replicated(&self, all: &[(Vec<u8>, Vec<u8>)]) {
+        let (clients, all): (Vec<_>, Vec<_>) =
+            all.iter().partition(|(k, _)| Self::is_client_key(k));
+        for (key, value) in clients {
+            self.apply_client(key, Some(value));
+        }
+        let all: Vec<(Vec<u8>, Vec<u8>)> = all.into_iter().cloned().collect();
+        let all = all.as_slice();
         let wanted: std::collections::HashSet<&[u8]> =
             all.iter().map(|(k, _)| k.as_slice()).collect();
         let mut changes: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::new();
@@ -453,6 +464,11 @@ impl Broker {
     /// the change has it already. Never blocks on the store; never
     /// commits anything.
     pub fn apply_replicated(&self, key: &[u8], value: Option<&[u8]>) {
+        if Self::is_client_key(key) {
+            // Client claims live in the group only.
+            self.apply_client(key, value);
+            return;
+        }
         let res = match key.first() {
             Some(&TAG_VHOST) => self.apply_vhost(key, value),
             Some(&TAG_EXCHANGE) => self.apply_exchange(key, value),

@@ -1,0 +1,255 @@
+//! The cluster's registry of protocol client ids (docs/cluster.md "MQTT
+//! sessions across nodes"). One record per client id with a session in
+//! the cluster, in the metadata group: the node whose connection claimed
+//! it last, and that connection's id. A connection claims its client id
+//! before it is accepted; every other node that applies the claim drops
+//! its own connection for that id and lets go of the session, keeping
+//! its record until the claiming node fetches it ([`PeerCall::TakeSession`])
+//! or it expires. The claim is removed when the session ends, by its
+//! holder only ([`MetaOp::DeleteIf`]): a later claim is never undone by an
+//! earlier one's end.
+//!
+//! The registry is the adapter's to use ([`ClientSessions`]); outside a
+//! cluster every call here does nothing.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::records::{self, TAG_CLIENT};
+use super::{Broker, MetaOp, PeerCall, PeerReply};
+use crate::codec::{Reader, Writer};
+use crate::error::CoreError;
+use crate::ids::ConnectionId;
+
+/// Longest wait for another node to hand over a session.
+const HAND_OVER_WITHIN: Duration = Duration::from_secs(8);
+
+/// A client id's claim: the node holding its session, and the connection
+/// that claimed it there.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientClaim {
+    pub node: String,
+    pub connection: u64,
+}
+
+impl ClientClaim {
+    fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::new();
+        w.str(&self.node);
+        w.u64(self.connection);
+        w.finish().to_vec()
+    }
+
+    fn decode(data: &[u8]) -> Result<ClientClaim, CoreError> {
+        let mut r = Reader::new(data);
+        Ok(ClientClaim {
+            node: r.string()?,
+            connection: r.u64()?,
+        })
+    }
+}
+
+/// What [`ClientSessions::hand_over`] returns.
+pub type HandOverFuture<'a> = Pin<Box<dyn Future<Output = Option<Vec<u8>>> + Send + 'a>>;
+
+/// The protocol adapter's side of the registry (MQTT sessions).
+pub trait ClientSessions: Send + Sync {
+    /// Another node claimed `client_id` of `vhost`: close its connection
+    /// here and stop delivering to its session, keeping what
+    /// [`ClientSessions::hand_over`] gives. Called as the claim is
+    /// applied here: it must not wait.
+    fn claimed_elsewhere(&self, vhost: &str, client_id: &str);
+    /// Another node takes `client_id`'s session over: end its connection
+    /// here, give up the session, and answer its record (None: no
+    /// session here).
+    fn hand_over<'a>(&'a self, vhost: &'a str, client_id: &'a str) -> HandOverFuture<'a>;
+}
+
+impl Broker {
+    /// Tell `sessions` of claims other nodes make (once, at start).
+    pub fn serve_client_sessions(&self, sessions: Arc<dyn ClientSessions>) {
+        if self.client_sessions.set(sessions).is_err() {
+            tracing::warn!("client sessions were attached twice; kept the first");
+        }
+    }
+
+    /// The claim on `client_id` as this node last applied it (None:
+    /// none, or not in a cluster).
+    pub fn client_claim(&self, vhost: &str, client_id: &str) -> Option<ClientClaim> {
+        let raw = self
+            .meta_log()?
+            .get(&records::client_key(vhost, client_id))?;
+        match ClientClaim::decode(&raw) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::warn!(client_id, error = %e, "an unreadable client claim: ignored");
+                None
+            }
+        }
+    }
+
+    /// Whether the registry names another node as `client_id`'s holder.
+    pub fn client_elsewhere(&self, vhost: &str, client_id: &str) -> bool {
+        self.client_claim(vhost, client_id)
+            .is_some_and(|c| Some(c.node.as_str()) != self.node_name())
+    }
+
+    /// Claims `client_id` for connection `conn` of this node, returning
+    /// the claim it replaced (None: there was none, or not in a cluster).
+    /// Returns once the claim is applied here (every connection for the
+    /// id on a node that applied it was told to go). Unavailable when the
+    /// cluster could not commit it (no majority within its timeout).
+    pub async fn claim_client(
+        &self,
+        vhost: &str,
+        client_id: &str,
+        conn: ConnectionId,
+    ) -> Result<Option<ClientClaim>, CoreError> {
+        let (Some(log), Some(node)) = (self.meta_log(), self.node_name()) else {
+            return Ok(None);
+        };
+        let previous = self.client_claim(vhost, client_id);
+        let claim = ClientClaim {
+            node: node.to_owned(),
+            connection: conn.0,
+        };
+        log.commit(vec![MetaOp::Put {
+            key: records::client_key(vhost, client_id),
+            value: claim.encode(),
+        }])
+        .await?;
+        Ok(previous)
+    }
+
+    /// Removes the claim connection `conn` made on `client_id`, if it
+    /// still stands (the session ended); `ConnectionId(0)` removes any
+    /// claim of this node (a session restored from the store). In the
+    /// background: nothing waits for it, and a claim left behind by a
+    /// failure only costs the next claimant a call.
+    pub fn release_client(&self, vhost: &str, client_id: &str, conn: ConnectionId) {
+        let (Some(log), Some(node)) = (self.meta_log(), self.node_name()) else {
+            return;
+        };
+        let claim = if conn.0 == 0 {
+            match self.client_claim(vhost, client_id) {
+                Some(c) if c.node == node => c,
+                _ => return,
+            }
+        } else {
+            ClientClaim {
+                node: node.to_owned(),
+                connection: conn.0,
+            }
+        };
+        let log = Arc::clone(log);
+        let key = records::client_key(vhost, client_id);
+        let client_id = client_id.to_owned();
+        tokio::spawn(async move {
+            let op = MetaOp::DeleteIf {
+                key,
+                value: claim.encode(),
+            };
+            if let Err(e) = log.commit(vec![op]).await {
+                tracing::info!(%client_id, error = %e, "a client id's claim was not removed");
+            }
+        });
+    }
+
+    /// Asks node `node` for `client_id`'s session (its adapter's record
+    /// of it), which that node gives up. None: it had none.
+    pub async fn take_client_session(
+        &self,
+        node: &str,
+        vhost: &str,
+        client_id: &str,
+    ) -> Result<Option<Vec<u8>>, CoreError> {
+        let Some(forwarder) = self.forwarder.get() else {
+            return Ok(None);
+        };
+        let call = PeerCall::TakeSession {
+            life: self.life(),
+            vhost: vhost.to_owned(),
+            client_id: client_id.to_owned(),
+        };
+        match forwarder.call(node, call, HAND_OVER_WITHIN).await {
+            Ok(PeerReply::Session(record)) => Ok(record),
+            Ok(other) => Err(CoreError::Unavailable(format!(
+                "node {node} answered a session hand-over with {other:?}"
+            ))),
+            Err(e) => Err(CoreError::Unavailable(format!(
+                "node {node} did not hand over the session: {e}"
+            ))),
+        }
+    }
+
+    /// Answers [`PeerCall::TakeSession`].
+    pub(crate) async fn hand_over_client(&self, vhost: &str, client_id: &str) -> PeerReply {
+        let sessions = self.client_sessions.get().cloned();
+        let record = match sessions {
+            Some(s) => s.hand_over(vhost, client_id).await,
+            None => None,
+        };
+        PeerReply::Session(record)
+    }
+
+    /// Whether `key` is a client claim's.
+    pub(crate) fn is_client_key(key: &[u8]) -> bool {
+        key.first() == Some(&TAG_CLIENT)
+    }
+
+    /// A committed claim (or its removal), applied here: a claim of
+    /// another node takes the client away from this one.
+    pub(crate) fn apply_client(&self, key: &[u8], value: Option<&[u8]>) {
+        let Some(value) = value else {
+            return;
+        };
+        let (vhost, client_id) = match records::decode_name_key(key) {
+            Ok(k) => k,
+            Err(e) => {
+                tracing::warn!(error = %e, "an unreadable client claim key: ignored");
+                return;
+            }
+        };
+        let claim = match ClientClaim::decode(value) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(%client_id, error = %e, "an unreadable client claim: ignored");
+                return;
+            }
+        };
+        if Some(claim.node.as_str()) == self.node_name() {
+            return;
+        }
+        if let Some(sessions) = self.client_sessions.get() {
+            sessions.claimed_elsewhere(&vhost, &client_id);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_claim_reads_back_as_written_and_a_truncated_one_is_refused() {
+        let c = ClientClaim {
+            node: "n2".into(),
+            connection: 77,
+        };
+        let bytes = c.encode();
+        assert_eq!(ClientClaim::decode(&bytes).unwrap(), c);
+        assert!(ClientClaim::decode(&bytes[..bytes.len() - 1]).is_err());
+    }
+
+    #[test]
+    fn a_client_key_names_its_vhost_and_client() {
+        let key = records::client_key("/", "dev/7");
+        assert!(Broker::is_client_key(&key));
+        assert_eq!(
+            records::decode_name_key(&key).unwrap(),
+            ("/".to_owned(), "dev/7".to_owned())
+        );
+    }
+}
