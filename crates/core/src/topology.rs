@@ -331,6 +331,11 @@ pub struct Topology {
     binding_total: usize,
 }
 
+/// How the stand-in destination of another cluster node's routes is named
+/// (`broker/routes.rs`): this, then the node's name. Listings leave such
+/// bindings out.
+pub const NODE_ROUTE_PREFIX: &str = "amq.junction.node/";
+
 /// Is `name` one only the broker may declare?
 pub fn is_reserved_exchange(name: &str) -> bool {
     name.is_empty() || name.starts_with("amq.")
@@ -390,6 +395,9 @@ impl Topology {
         let mut all: Vec<Binding> = self
             .by_destination
             .iter()
+            .filter(|(dest, _)| {
+                !matches!(&***dest, Destination::Queue(q) if q.starts_with(NODE_ROUTE_PREFIX))
+            })
             .flat_map(|(dest, set)| {
                 set.iter().map(|(source, key, arguments)| Binding {
                     source: source.to_string(),
@@ -639,6 +647,13 @@ impl Topology {
         let now_unused = ex.def.auto_delete && ex.binding_count == 0;
         changes.push(Change::BindingRemoved(b.clone()));
         now_unused.then(|| b.source.clone())
+    }
+
+    /// Removes a route's stand-in binding, leaving its exchange even if
+    /// auto-delete (a route is not a binding of this node's).
+    pub fn unbind_route(&mut self, b: &Binding) {
+        let mut changes = Vec::new();
+        self.remove_one_binding(b, &mut changes);
     }
 
     /// Removes every binding to a queue being deleted.

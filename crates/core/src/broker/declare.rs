@@ -179,6 +179,8 @@ impl Broker {
                     batch.delete(Cf::Meta, records::exchange_key(&vh.name, &d.name))
                 }
                 Change::BindingAdded(b) => {
+                    // Routes to this node's queues follow (`routes.rs`).
+                    self.routes_dirty.store(true, Ordering::Relaxed);
                     if self.binding_is_durable(vh, b) {
                         batch.put(
                             Cf::Meta,
@@ -188,6 +190,7 @@ impl Broker {
                     }
                 }
                 Change::BindingRemoved(b) => {
+                    self.routes_dirty.store(true, Ordering::Relaxed);
                     batch.delete(Cf::Meta, records::binding_key(&vh.name, b))
                 }
             }
@@ -760,13 +763,17 @@ impl Broker {
                     self.limits.max_bindings
                 )));
             }
-            topo.bind(binding)?
+            topo.bind(binding.clone())?
         };
         let mut batch = Batch::new();
         if let Some(c) = change {
             self.persist_changes(&vh, &[c], &mut batch);
         }
-        self.commit_durably(batch).await
+        self.commit_durably(batch).await?;
+        // In a cluster, a binding to a queue of this node only is reached
+        // from the others once its route is the group's.
+        self.publish_route(&vh, &binding).await;
+        Ok(())
     }
 
     /// `queue.unbind` / `exchange.unbind`.

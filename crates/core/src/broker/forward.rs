@@ -147,7 +147,12 @@ impl Broker {
         for group in remote.chunk_by(|a, b| a.0 == b.0) {
             let node = group[0].0.clone();
             let queues: Vec<String> = group.iter().map(|(_, q)| q.clone()).collect();
-            let count = queues.len() as u32;
+            // A route to the node's own queues is not refused when the node
+            // cannot be reached: those queues went with it.
+            let count = queues
+                .iter()
+                .filter(|q| super::routes::route_node(q).is_none())
+                .count() as u32;
             let (done, answer) = oneshot::channel();
             let outbox_tx = {
                 let mut outboxes = self.outboxes.lock();
@@ -192,7 +197,14 @@ impl Broker {
                 msg.id = self.new_message_id();
                 let mut queues: Vec<Arc<super::Queue>> =
                     names.iter().filter_map(|n| vh.queue(n)).collect();
-                let missing = names.len() - queues.len();
+                let routes = names
+                    .iter()
+                    .filter(|n| super::routes::route_node(n).is_some())
+                    .count();
+                let missing = names.len() - routes - queues.len();
+                if routes > 0 {
+                    self.route_here(&vh, &msg, &mut queues)?;
+                }
                 let msg = Arc::new(msg);
                 // A quorum queue's messages go through its group (a node
                 // that forwarded here knew it as a classic queue).

@@ -16,6 +16,7 @@ pub(crate) mod records;
 mod recovery;
 mod remote;
 mod replica;
+mod routes;
 mod vhosts;
 
 use std::collections::HashMap;
@@ -228,6 +229,9 @@ impl VHost {
             for n in names.iter().filter(|n| !queues.contains_key(**n)) {
                 if let Some(r) = others.get(*n) {
                     elsewhere.push((r.node.clone(), (*n).to_owned()));
+                } else if let Some(node) = routes::route_node(n) {
+                    // Another node's node-local queues: it routes again.
+                    elsewhere.push((node.to_owned(), (*n).to_owned()));
                 }
             }
         }
@@ -565,6 +569,12 @@ pub struct Broker {
     /// The protocol adapter whose client ids the cluster's registry
     /// holds (MQTT), told when another node claims one.
     client_sessions: std::sync::OnceLock<Arc<dyn ClientSessions>>,
+    /// This node's bindings changed since its routes were last brought
+    /// up to date (`routes.rs`).
+    routes_dirty: AtomicBool,
+    routes_keeper: std::sync::OnceLock<()>,
+    /// Other nodes' routes bound in this node's topologies, by key.
+    routes_applied: Mutex<std::collections::HashSet<Vec<u8>>>,
     /// An outbox per node messages were forwarded to.
     outboxes: Mutex<HashMap<String, tokio::sync::mpsc::Sender<forward::Outgoing>>>,
     /// Consumers across nodes, both ways.
@@ -682,6 +692,9 @@ impl Broker {
             commits: std::sync::OnceLock::new(),
             forwarder: std::sync::OnceLock::new(),
             client_sessions: std::sync::OnceLock::new(),
+            routes_dirty: AtomicBool::new(false),
+            routes_keeper: std::sync::OnceLock::new(),
+            routes_applied: Mutex::new(std::collections::HashSet::new()),
             outboxes: Mutex::new(HashMap::new()),
             remotes: remote::Remotes::default(),
             quorum: std::sync::OnceLock::new(),

@@ -18,6 +18,9 @@ pub const TAG_VHOST: u8 = b'v';
 /// A protocol client id's claim in a cluster (`broker/clients.rs`): kept
 /// by the metadata group only, never in the `meta` family.
 pub const TAG_CLIENT: u8 = b'c';
+/// A route to another node's node-local queues (`broker/routes.rs`): kept
+/// by the metadata group only.
+pub const TAG_ROUTE: u8 = b'r';
 
 fn lp(out: &mut Vec<u8>, s: &[u8]) {
     out.extend_from_slice(&(s.len() as u32).to_be_bytes());
@@ -36,6 +39,29 @@ pub fn client_key(vhost: &str, client_id: &str) -> Vec<u8> {
     lp(&mut k, vhost.as_bytes());
     lp(&mut k, client_id.as_bytes());
     k
+}
+
+/// The prefix of the routes node `node` publishes in `vhost`.
+pub fn route_prefix(vhost: &str, node: &str) -> Vec<u8> {
+    let mut k = vec![TAG_ROUTE];
+    lp(&mut k, vhost.as_bytes());
+    lp(&mut k, node.as_bytes());
+    k
+}
+
+/// A route of node `node`: its stand-in binding's record after the prefix.
+pub fn route_key(vhost: &str, node: &str, b: &Binding) -> Vec<u8> {
+    let mut k = route_prefix(vhost, node);
+    k.extend_from_slice(&encode_binding(vhost, b));
+    k
+}
+
+/// The vhost, node and stand-in binding of a [`route_key`].
+pub fn decode_route_key(key: &[u8]) -> Result<(String, String, Binding), CoreError> {
+    let (vhost, at) = key_part(key, 1)?;
+    let (node, at) = key_part(key, at)?;
+    let (_, b) = decode_binding(&key[at..])?;
+    Ok((vhost, node, b))
 }
 
 pub fn vhost_key(vhost: &str) -> Vec<u8> {

@@ -48,7 +48,7 @@ pub enum MetaOp {
 }
 
 impl MetaOp {
-    fn key(&self) -> &[u8] {
+    pub(crate) fn key(&self) -> &[u8] {
         match self {
             MetaOp::Put { key, .. }
             | MetaOp::Delete { key }
@@ -199,7 +199,7 @@ impl Broker {
     /// ([`BrokerConfig::node_local_names`]).
     ///
     /// [`BrokerConfig::node_local_names`]: super::BrokerConfig::node_local_names
-    fn is_node_local(&self, name: &str) -> bool {
+    pub(crate) fn is_node_local(&self, name: &str) -> bool {
         self.node_local_names
             .iter()
             .any(|p| name.starts_with(p.as_str()))
@@ -237,6 +237,7 @@ impl Broker {
         if self.commits.set(tx).is_ok() {
             tokio::spawn(commit_pipeline(self.me.clone(), log, rx));
         }
+        self.start_route_keeper();
     }
 
     /// The cluster's metadata group, when this node is in a cluster.
@@ -357,6 +358,9 @@ impl Broker {
         for (key, value) in clients {
             self.apply_client(key, Some(value));
         }
+        let (routes, all): (Vec<_>, Vec<_>) =
+            all.into_iter().partition(|(k, _)| Self::is_route_key(k));
+        let routes: Vec<(&Vec<u8>, &Vec<u8>)> = routes.into_iter().map(|(k, v)| (k, v)).collect();
         let all: Vec<(Vec<u8>, Vec<u8>)> = all.into_iter().cloned().collect();
         let all = all.as_slice();
         let wanted: std::collections::HashSet<&[u8]> =
@@ -388,6 +392,8 @@ impl Broker {
         );
         changes.extend(all.iter().map(|(k, v)| (k.clone(), Some(v.clone()))));
         self.apply_in_order(changes);
+        // Routes bind exchanges the topology now has.
+        self.reset_routes(&routes);
     }
 
     /// The keys of every record of this node's topology the cluster
@@ -467,6 +473,11 @@ impl Broker {
         if Self::is_client_key(key) {
             // Client claims live in the group only.
             self.apply_client(key, value);
+            return;
+        }
+        if Self::is_route_key(key) {
+            // So do routes, bound in memory only.
+            self.apply_route(key, value);
             return;
         }
         let res = match key.first() {
