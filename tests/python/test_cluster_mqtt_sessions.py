@@ -371,3 +371,36 @@ def test_a_node_cut_off_from_the_majority_refuses_mqtt_connects(proxied_cluster,
     settled(brokers)
     connect_ok(clients.new(cut, client_id="dev-cut-5", version=V5, clean=True))
     connect_ok(clients.new(cut, client_id="dev-cut-3", version=V311, clean=True))
+
+
+@pytest.mark.deadline(150)
+def test_a_clean_start_elsewhere_while_the_holder_is_down_ends_the_old_session(
+    make_broker, tmp_path, clients
+):
+    brokers, _ = formed(make_broker, tmp_path)
+    n1, n2, n3 = brokers
+    queue = session_queue("dev-11")
+
+    # A persistent session on n1 with three messages queued, then n1 is
+    # killed: its session cannot be handed over.
+    c = session_client(clients, n1, "dev-11")
+    assert connect_ok(c).session_present is False
+    assert c.subscribe("plant/11/#", qos=1) == [1]
+    c.disconnect()
+    bound_everywhere(brokers, queue, ["plant.11.#"])
+    publish_all(clients, n3, "plant/11/old", bodies("old", 3)).disconnect()
+    n1.kill9()
+    survivors = [n2, n3]
+    settled(survivors)
+
+    # A clean session on n2: no session present, the old queue goes from
+    # the cluster (its node is down), and the new session gets only what
+    # is published from now on.
+    clean = clients.new(n2, client_id="dev-11", version=V311, clean=True)
+    assert connect_ok(clean).session_present is False
+    gone_everywhere(survivors, queue)
+    assert clean.subscribe("plant/11/#", qos=1) == [1]
+    pub = publish_all(clients, n3, "plant/11/new", [b"new"])
+    got = clean.wait_messages(1, timeout=10)
+    assert [(m.topic, m.payload) for m in got] == [("plant/11/new", b"new")]
+    assert fence(pub, clean, "plant/11/new") == got

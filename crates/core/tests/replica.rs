@@ -897,32 +897,39 @@ async fn a_client_id_claimed_on_another_node_is_taken_from_the_first_and_let_go_
         })
     );
     assert_eq!(told(&on_a), dev);
-    assert_eq!(
-        b.take_client_session("a", VH, "dev").await.unwrap(),
-        Some(b"subscriptions".to_vec())
-    );
-    assert_eq!(b.take_client_session("a", VH, "dev").await.unwrap(), None);
+    let take = |conn| b.take_client_session("a", VH, "dev", ConnectionId(conn));
+    assert_eq!(take(22).await.unwrap(), Some(b"subscriptions".to_vec()));
+    assert_eq!(take(22).await.unwrap(), None);
+    // A claim a makes since keeps a session there from an older ask.
+    on_a.held.lock().insert("dev".into(), b"again".to_vec());
+    a.claim_client(VH, "dev", ConnectionId(33)).await.unwrap();
+    assert_eq!(take(22).await.unwrap(), None);
+    assert_eq!(on_a.held.lock().len(), 1);
+    b.claim_client(VH, "dev", ConnectionId(44)).await.unwrap();
+    assert_eq!(take(44).await.unwrap(), Some(b"again".to_vec()));
 
-    // a's first connection ends late: b's claim stands.
+    // a's and b's earlier connections end late: b's latest claim stands.
     a.release_client(VH, "dev", ConnectionId(11));
+    a.release_client(VH, "dev", ConnectionId(33));
+    b.release_client(VH, "dev", ConnectionId(22));
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert_eq!(
         a.client_claim(VH, "dev"),
         Some(ClientClaim {
             node: "b".into(),
-            connection: 22
+            connection: 44
         })
     );
+    assert_eq!(b.client_claims_here(VH).len(), 1);
+    assert_eq!(a.client_claims_here(VH), vec![]);
     // b's ends: the claim goes, on every node; nobody is told of a removal.
-    b.release_client(VH, "dev", ConnectionId(22));
+    b.release_client(VH, "dev", ConnectionId(44));
     eventually("the claim removed", || a.client_claim(VH, "dev").is_none()).await;
-    assert_eq!(told(&on_a), dev);
-    assert_eq!(told(&on_b), dev);
+    let twice = [dev.clone(), dev.clone()].concat();
+    assert_eq!(told(&on_a), twice);
+    assert_eq!(told(&on_b), twice);
 
     // A node that cannot be reached hands nothing over.
     links.down.lock().push("a".into());
-    assert!(matches!(
-        b.take_client_session("a", VH, "dev").await,
-        Err(CoreError::Unavailable(_))
-    ));
+    assert!(matches!(take(44).await, Err(CoreError::Unavailable(_))));
 }

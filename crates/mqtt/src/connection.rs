@@ -89,6 +89,8 @@ pub(crate) struct Rare {
     /// cluster: the queue's leader moved, or its node was unreachable):
     /// the serving loop makes it again.
     pub reattach: bool,
+    /// When the consumers were last made again (at most once a second).
+    pub reattached_at: Option<Instant>,
 }
 
 /// A delivery on its way out: the PUBLISH, and whether it is in flight
@@ -623,9 +625,9 @@ async fn accept(
     };
     let claim = ctx.registry.claim(&client_id, guard.id(), kick).await;
     let claim = match claim {
-        // A session here that another node took since (or older than
-        // the one handed over) is not this client's any more.
-        Claim::Parked(p) if p.departed || handed.is_some() => {
+        // A session here older than the one handed over is not this
+        // client's any more. (A departed one nobody took is resumed.)
+        Claim::Parked(p) if handed.is_some() => {
             registry::discard_departed(ctx, p.session).await;
             Claim::Fresh
         }
@@ -642,6 +644,10 @@ async fn accept(
             if let Some(rec) = handed {
                 // The session handed over ends here, with its queues.
                 registry::end_session(ctx, fresh(Some(rec))).await;
+            } else {
+                // One its node could not hand over ends too: its queue,
+                // wherever it lives, is not this clean session's.
+                registry::drop_stale_queue(ctx, &client_id).await;
             }
             (Session::new(client_id.clone(), expiry, guard.id()), false)
         }
@@ -663,6 +669,18 @@ async fn accept(
             }
         }
     };
+    // A claim another node made while this one was being accepted found
+    // no connection here to close: this one goes now (inserted first,
+    // then asked, as in `finish`).
+    if let Some(me) = ctx.broker.node_name()
+        && ctx.broker.client_claim(&settings.vhost, &client_id)
+            != Some(junction_core::ClientClaim {
+                node: me.to_owned(),
+                connection: conn_id.0,
+            })
+    {
+        ctx.registry.depart(&client_id);
+    }
     let mut session = session;
     session.connection = guard.id();
     let was_persistent = session.is_persistent();
@@ -756,7 +774,7 @@ async fn claim_in_cluster(
         return Ok(None);
     }
     match broker
-        .take_client_session(&previous.node, vhost, client_id)
+        .take_client_session(&previous.node, vhost, client_id, conn)
         .await
     {
         Ok(Some(bytes)) => match SessionRecord::decode(&bytes) {
@@ -935,7 +953,7 @@ impl Conn {
             }
             if self.rare.as_ref().is_some_and(|r| r.reattach) {
                 self.rare().reattach = false;
-                if let Err(e) = Box::pin(self.attach()).await {
+                if let Err(e) = Box::pin(self.reattach()).await {
                     tracing::warn!(client_id = %self.session.client_id, error = %e, "mqtt consumer not made again; closing");
                     self.disconnect(ReasonCode::UNSPECIFIED_ERROR);
                     self.end = Some(End::Abnormal);

@@ -84,6 +84,28 @@ impl Conn {
         }
     }
 
+    /// Makes the session's consumers again after one ended while its
+    /// queue stays: at most once a second (a queue whose node keeps
+    /// ending its consumer is not asked in a loop), tried five times a
+    /// second apart (a link to the queue's node coming back).
+    pub(crate) async fn reattach(&mut self) -> Result<(), CoreError> {
+        let mut tries = 0;
+        loop {
+            if let Some(at) = self.rare().reattached_at {
+                tokio::time::sleep_until(at + std::time::Duration::from_secs(1)).await;
+            }
+            self.rare().reattached_at = Some(tokio::time::Instant::now());
+            match self.attach().await {
+                Ok(()) => return Ok(()),
+                Err(e) if tries >= 4 => return Err(e),
+                Err(e) => {
+                    tracing::debug!(client_id = %self.session.client_id, error = %e, "mqtt consumer not made again yet");
+                    tries += 1;
+                }
+            }
+        }
+    }
+
     /// Starts the session's consumers (own queue, shared groups).
     pub(crate) async fn attach(&mut self) -> Result<(), CoreError> {
         let has_own = self

@@ -287,14 +287,21 @@ pub(crate) fn restore(ctx: &MqttContext) -> Result<Vec<String>, junction_core::C
     // (`Registry::depart`): either this sees the claim or it sees this.
     let mut slots = ctx.registry.slots.lock();
     for (rec, incoming, outgoing) in stored {
-        let departed = ctx.broker.client_elsewhere(vhost, &rec.client_id);
+        let claim = ctx.broker.client_claim(vhost, &rec.client_id);
+        let departed = claim
+            .as_ref()
+            .is_some_and(|c| Some(c.node.as_str()) != ctx.broker.node_name());
         let away = match rec.disconnected_at {
             0 => 0,
             t => now_unix.saturating_sub(t),
         };
         let expires_at = expiry_deadline(rec.expiry, now)
             .map(|t| t.checked_sub(Duration::from_secs(away)).unwrap_or(now));
-        let mut s = Session::new(rec.client_id.clone(), rec.expiry, ConnectionId(0));
+        // The connection that claimed it here, whose claim its end removes.
+        let claimed_by = claim
+            .filter(|_| !departed)
+            .map_or(ConnectionId(0), |c| ConnectionId(c.connection));
+        let mut s = Session::new(rec.client_id.clone(), rec.expiry, claimed_by);
         ctx.stats
             .subscriptions
             .fetch_add(rec.subscriptions.len() as i64, Ordering::Relaxed);
@@ -328,8 +335,54 @@ pub(crate) fn restore(ctx: &MqttContext) -> Result<Vec<String>, junction_core::C
 
 /// At start: deletes what no stored session owns any more — session and
 /// shared-subscription queues left by sessions that ended while the broker
-/// was down or crashing, and QoS 2 records without a session record.
-pub(crate) async fn remove_orphans(ctx: &MqttContext, records: Vec<String>) {
+/// was down or crashing, and QoS 2 records without a session record. In a
+/// cluster, first the claims this node's earlier life left (no connection
+/// exists yet); its orphan queues wait [`ORPHANS_AFTER`], for this node to
+/// catch up with the claims the cluster made meanwhile.
+pub(crate) async fn remove_orphans(ctx: &Arc<MqttContext>, records: Vec<String>) {
+    let mut w = StateWrites::new();
+    for key in records {
+        w.delete(session::NAMESPACE, &key);
+    }
+    if !w.is_empty()
+        && let Err(e) = ctx.broker.write_state(w).await
+    {
+        tracing::warn!(error = %e, "mqtt orphan records not deleted");
+    }
+    if ctx.broker.node_name().is_none() {
+        remove_orphan_queues(ctx).await;
+        return;
+    }
+    release_stale_claims(ctx);
+    let ctx = Arc::clone(ctx);
+    tokio::spawn(async move {
+        tokio::time::sleep(ORPHANS_AFTER).await;
+        remove_orphan_queues(&ctx).await;
+    });
+}
+
+/// How long after its start a cluster node looks for orphan queues.
+const ORPHANS_AFTER: Duration = Duration::from_secs(30);
+
+/// Removes the claims of this node that no session here holds (its
+/// earlier life's connections; none of this life's exists yet).
+fn release_stale_claims(ctx: &MqttContext) {
+    let vhost = &ctx.settings.vhost;
+    let held: std::collections::HashSet<String> =
+        ctx.registry.slots.lock().keys().cloned().collect();
+    for (client_id, claim) in ctx.broker.client_claims_here(vhost) {
+        if !held.contains(&client_id) {
+            ctx.broker
+                .release_client(vhost, &client_id, ConnectionId(claim.connection));
+        }
+    }
+}
+
+/// Deletes the session and shared queues of this node no session uses.
+/// In a cluster a session queue is the cluster's: an orphan only when no
+/// node claims its client id; a shared queue may serve sessions of other
+/// nodes, and stays.
+async fn remove_orphan_queues(ctx: &MqttContext) {
     let vhost = &ctx.settings.vhost;
     let parked: std::collections::HashSet<String> = {
         let slots = ctx.registry.slots.lock();
@@ -343,13 +396,12 @@ pub(crate) async fn remove_orphans(ctx: &MqttContext, records: Vec<String>) {
         .filter(|q| &q.vhost == vhost)
         .map(|q| q.name)
         .collect();
-    // In a cluster a shared queue here may serve sessions of other
-    // nodes: it stays.
     let clustered = ctx.broker.node_name().is_some();
     for q in queues {
         let orphan = match q.strip_prefix(session::SESSION_QUEUE_PREFIX) {
-            // A session another node took over still uses its queue here.
-            Some(client) => !parked.contains(client) && !ctx.broker.client_elsewhere(vhost, client),
+            Some(client) => {
+                !parked.contains(client) && ctx.broker.client_claim(vhost, client).is_none()
+            }
             None => {
                 q.starts_with(session::SHARED_QUEUE_PREFIX)
                     && !clustered
@@ -360,15 +412,6 @@ pub(crate) async fn remove_orphans(ctx: &MqttContext, records: Vec<String>) {
             tracing::info!(queue = %q, "mqtt queue of an ended session deleted");
             let _ = ctx.broker.delete_queue(vhost, &q, false, false, None).await;
         }
-    }
-    let mut w = StateWrites::new();
-    for key in records {
-        w.delete(session::NAMESPACE, &key);
-    }
-    if !w.is_empty()
-        && let Err(e) = ctx.broker.write_state(w).await
-    {
-        tracing::warn!(error = %e, "mqtt orphan records not deleted");
     }
 }
 
@@ -396,6 +439,25 @@ pub(crate) async fn hand_over(ctx: &MqttContext, client_id: &str) -> Option<Vec<
             return None;
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// In a cluster, deletes the session queue of `client_id` a clean start
+/// finds without a session (its holder could not hand it over): its
+/// messages are not the new session's.
+pub(crate) async fn drop_stale_queue(ctx: &MqttContext, client_id: &str) {
+    let vhost = &ctx.settings.vhost;
+    let queue = session::session_queue_name(client_id);
+    if ctx.broker.node_name().is_none() || !ctx.broker.knows_queue(vhost, &queue) {
+        return;
+    }
+    if let Err(e) = ctx
+        .broker
+        .delete_queue(vhost, &queue, false, false, None)
+        .await
+        && !matches!(e, junction_core::CoreError::NotFound(_))
+    {
+        tracing::warn!(error = %e, %queue, "mqtt queue of an earlier session not deleted");
     }
 }
 

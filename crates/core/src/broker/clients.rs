@@ -25,6 +25,9 @@ use crate::ids::ConnectionId;
 
 /// Longest wait for another node to hand over a session.
 const HAND_OVER_WITHIN: Duration = Duration::from_secs(8);
+/// Longest wait of a node asked for a session until it has applied the
+/// asker's claim.
+const CLAIM_SEEN_WITHIN: Duration = Duration::from_secs(3);
 
 /// A client id's claim: the node holding its session, and the connection
 /// that claimed it there.
@@ -124,24 +127,20 @@ impl Broker {
     }
 
     /// Removes the claim connection `conn` made on `client_id`, if it
-    /// still stands (the session ended); `ConnectionId(0)` removes any
-    /// claim of this node (a session restored from the store). In the
-    /// background: nothing waits for it, and a claim left behind by a
-    /// failure only costs the next claimant a call.
+    /// still stands (the session ended). In the background: nothing waits
+    /// for it, and a claim left behind by a failure only costs the next
+    /// claimant a call (and is removed at this node's next start).
     pub fn release_client(&self, vhost: &str, client_id: &str, conn: ConnectionId) {
         let (Some(log), Some(node)) = (self.meta_log(), self.node_name()) else {
             return;
         };
-        let claim = if conn.0 == 0 {
-            match self.client_claim(vhost, client_id) {
-                Some(c) if c.node == node => c,
-                _ => return,
-            }
-        } else {
-            ClientClaim {
-                node: node.to_owned(),
-                connection: conn.0,
-            }
+        if conn.0 == 0 {
+            // No connection of this node's life claimed it.
+            return;
+        }
+        let claim = ClientClaim {
+            node: node.to_owned(),
+            connection: conn.0,
         };
         let log = Arc::clone(log);
         let key = records::client_key(vhost, client_id);
@@ -164,6 +163,7 @@ impl Broker {
         node: &str,
         vhost: &str,
         client_id: &str,
+        conn: ConnectionId,
     ) -> Result<Option<Vec<u8>>, CoreError> {
         let Some(forwarder) = self.forwarder.get() else {
             return Ok(None);
@@ -172,6 +172,7 @@ impl Broker {
             life: self.life(),
             vhost: vhost.to_owned(),
             client_id: client_id.to_owned(),
+            connection: conn.0,
         };
         match forwarder.call(node, call, HAND_OVER_WITHIN).await {
             Ok(PeerReply::Session(record)) => Ok(record),
@@ -184,14 +185,65 @@ impl Broker {
         }
     }
 
-    /// Answers [`PeerCall::TakeSession`].
-    pub(crate) async fn hand_over_client(&self, vhost: &str, client_id: &str) -> PeerReply {
+    /// Answers [`PeerCall::TakeSession`] from node `from` for its
+    /// connection `connection`: once that claim is applied here, the
+    /// session goes to it. A claim made here since (the client came back)
+    /// keeps it here, and so does a claim this node has not seen in time.
+    pub(crate) async fn hand_over_client(
+        &self,
+        from: &str,
+        vhost: &str,
+        client_id: &str,
+        connection: u64,
+    ) -> PeerReply {
+        let theirs = ClientClaim {
+            node: from.to_owned(),
+            connection,
+        };
+        let deadline = tokio::time::Instant::now() + CLAIM_SEEN_WITHIN;
+        loop {
+            match self.client_claim(vhost, client_id) {
+                Some(c) if c == theirs => break,
+                Some(c) if Some(c.node.as_str()) == self.node_name() => {
+                    // Still this node's: the asker's claim is not applied
+                    // here yet, or this node claimed again since.
+                    if tokio::time::Instant::now() >= deadline {
+                        tracing::info!(
+                            client_id,
+                            node = from,
+                            "a session stays here: the claim asking for it is not the latest here"
+                        );
+                        return PeerReply::Session(None);
+                    }
+                }
+                // Another node's, or none: the asker's is applied and
+                // superseded elsewhere; what this node holds is stale
+                // either way, and the asker may have it.
+                _ => break,
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         let sessions = self.client_sessions.get().cloned();
         let record = match sessions {
             Some(s) => s.hand_over(vhost, client_id).await,
             None => None,
         };
         PeerReply::Session(record)
+    }
+
+    /// Every claim of `vhost` that names this node, by client id.
+    pub fn client_claims_here(&self, vhost: &str) -> Vec<(String, ClientClaim)> {
+        let (Some(log), Some(me)) = (self.meta_log(), self.node_name()) else {
+            return Vec::new();
+        };
+        log.scan(&records::vhost_prefix(TAG_CLIENT, vhost))
+            .into_iter()
+            .filter_map(|(k, v)| {
+                let (_, id) = records::decode_name_key(&k).ok()?;
+                let claim = ClientClaim::decode(&v).ok()?;
+                (claim.node == me).then_some((id, claim))
+            })
+            .collect()
     }
 
     /// Whether `key` is a client claim's.

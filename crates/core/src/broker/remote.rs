@@ -119,6 +119,9 @@ pub enum PeerCall {
         life: u64,
         vhost: String,
         client_id: String,
+        /// The caller's connection that claimed it: the session is given
+        /// to that claim only, once it is applied here.
+        connection: u64,
     },
 }
 
@@ -1202,8 +1205,13 @@ impl Broker {
                     })
             }
             PeerCall::TakeSession {
-                vhost, client_id, ..
-            } => Ok(self.hand_over_client(&vhost, &client_id).await),
+                vhost,
+                client_id,
+                connection,
+                ..
+            } => Ok(self
+                .hand_over_client(from, &vhost, &client_id, connection)
+                .await),
         };
         result.unwrap_or_else(|e| refusal(&e))
     }
