@@ -15,6 +15,7 @@ returns."""
 import time
 
 import pika
+import pika.exceptions
 import pytest
 
 from admin_support import api
@@ -208,3 +209,68 @@ def test_a_killed_nodes_routes_refuse_nobody_and_go_when_it_returns(make_broker,
     n3.restart()
     settled(brokers)
     routes_gone(clients, n1, "farm/field")
+
+
+@pytest.mark.deadline(180)
+def test_an_rpc_reply_by_queue_name_reaches_an_exclusive_queue_on_another_node(make_broker, tmp_path):
+    brokers, _ = formed(make_broker, tmp_path)
+    n1, n2, n3 = brokers
+
+    # The service's durable request queue lives on n2; the client on n1
+    # waits on an exclusive server-named reply queue.
+    conn = amqp(n2)
+    conn.channel().queue_declare("rpc-requests", durable=True)
+    conn.close()
+    client = amqp(n1)
+    cch = client.channel()
+    reply_to = cch.queue_declare("", exclusive=True).method.queue
+    cch.confirm_delivery()
+    cch.basic_publish(
+        "",
+        "rpc-requests",
+        b"2+2",
+        pika.BasicProperties(reply_to=reply_to, correlation_id="c-1"),
+        mandatory=True,
+    )
+
+    # The service consumes on n3 and answers through the default exchange
+    # with the reply queue's name, with a confirm (an ack: n1 took it).
+    service = amqp(n3)
+    sch = service.channel()
+    sch.confirm_delivery()
+
+    def request():
+        method, props, body = sch.basic_get("rpc-requests", auto_ack=True)
+        return (method is not None and (props.reply_to, props.correlation_id, body)) or "no request yet"
+
+    got = {}
+
+    def take():
+        r = request()
+        if isinstance(r, tuple):
+            got["r"] = r
+            return True
+        return r
+
+    wait_for("the request on n3", take)
+    assert got["r"] == (reply_to, "c-1", b"2+2")
+    sch.basic_publish("", reply_to, b"4", pika.BasicProperties(correlation_id="c-1"), mandatory=True)
+    (reply,) = [(r, b) for r, b in get_all(cch, reply_to, 1)]
+    assert reply == (reply_to, b"4")
+
+    # Gone with its connection: a reply by name is then unroutable (the
+    # mandatory publish comes back) once the route is removed; until then
+    # n1 refuses it (a nack: the queue is not there).
+    client.close()
+
+    def unroutable():
+        try:
+            sch.basic_publish("", reply_to, b"late", mandatory=True)
+        except pika.exceptions.UnroutableError:
+            return True
+        except pika.exceptions.NackError:
+            return "refused by n1 (the route not removed yet)"
+        return "still routed and taken"
+
+    wait_for("the reply queue's route gone", unroutable)
+    service.close()

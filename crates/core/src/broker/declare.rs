@@ -220,6 +220,7 @@ impl Broker {
         passive: bool,
     ) -> Result<(), CoreError> {
         let vh = self.vhost(vhost)?;
+        let name = def.name.clone();
         let change = {
             let mut topo = vh.topology.write();
             if !passive
@@ -234,10 +235,16 @@ impl Broker {
             topo.declare_exchange(def, passive)?
         };
         let mut batch = Batch::new();
+        let added = change.is_some();
         if let Some(c) = change {
             self.persist_changes(&vh, &[c], &mut batch);
         }
-        self.commit_durably(batch).await
+        self.commit_durably(batch).await?;
+        if added {
+            // Other nodes' routes from an exchange of that name.
+            self.rebind_routes(&vh, &name);
+        }
+        Ok(())
     }
 
     /// `exchange.delete`.
@@ -511,6 +518,9 @@ impl Broker {
                 .entry(owner)
                 .or_default()
                 .push((vhost.to_string(), def.name.clone()));
+            // In a cluster, reached by name from every node (a reply
+            // queue) once declare-ok is sent.
+            self.publish_queue_route(&vh, &q).await;
         }
         self.spawn_service(Arc::clone(&q));
         if let Some(r) = receipt {
@@ -629,6 +639,8 @@ impl Broker {
             batch.delete(Cf::Meta, records::queue_key(&q.vhost, q.name()));
         }
         if let Some(owner) = q.def.exclusive_owner {
+            // Its route by name goes too (`routes.rs`).
+            self.routes_dirty.store(true, Ordering::Relaxed);
             let mut exclusive = self.exclusive.lock();
             if let Some(owned) = exclusive.get_mut(&owner) {
                 owned.retain(|(vh, name)| !(vh == &q.vhost && name == q.name()));

@@ -203,7 +203,7 @@ impl Broker {
                     .count();
                 let missing = names.len() - routes - queues.len();
                 if routes > 0 {
-                    self.route_here(&vh, &msg, &mut queues)?;
+                    self.route_here(&vh, &msg, &mut queues);
                 }
                 let msg = Arc::new(msg);
                 // A quorum queue's messages go through its group (a node

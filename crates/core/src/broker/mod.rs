@@ -171,6 +171,9 @@ pub struct VHost {
     pub(crate) info: RwLock<VhostInfo>,
     /// Durable queues that live on other nodes of the cluster, by name.
     pub(crate) remote: RwLock<crate::FastMap<String, RemoteQueue>>,
+    /// Exclusive queues of other nodes (reached through the default
+    /// exchange), by name: their node (`routes.rs`).
+    pub(crate) elsewhere: RwLock<crate::FastMap<String, String>>,
 }
 
 impl VHost {
@@ -181,6 +184,7 @@ impl VHost {
             queues: RwLock::new(crate::FastMap::default()),
             info: RwLock::new(VhostInfo::default()),
             remote: RwLock::new(crate::FastMap::default()),
+            elsewhere: RwLock::new(crate::FastMap::default()),
         }
     }
 
@@ -229,6 +233,11 @@ impl VHost {
             for n in names.iter().filter(|n| !queues.contains_key(**n)) {
                 if let Some(r) = others.get(*n) {
                     elsewhere.push((r.node.clone(), (*n).to_owned()));
+                } else if exchange.is_empty() {
+                    // An exclusive queue of another node, by name.
+                    if let Some(node) = self.elsewhere.read().get(*n) {
+                        elsewhere.push((node.clone(), (*n).to_owned()));
+                    }
                 } else if let Some(node) = routes::route_node(n) {
                     // Another node's node-local queues: it routes again.
                     elsewhere.push((node.to_owned(), (*n).to_owned()));
@@ -575,6 +584,9 @@ pub struct Broker {
     routes_keeper: std::sync::OnceLock<()>,
     /// Other nodes' routes bound in this node's topologies, by key.
     routes_applied: Mutex<std::collections::HashSet<Vec<u8>>>,
+    /// Held by route commits of binds (shared) and by the keeper
+    /// (alone): the keeper's view is never older than a commit it undoes.
+    routes_gate: tokio::sync::RwLock<()>,
     /// An outbox per node messages were forwarded to.
     outboxes: Mutex<HashMap<String, tokio::sync::mpsc::Sender<forward::Outgoing>>>,
     /// Consumers across nodes, both ways.
@@ -695,6 +707,7 @@ impl Broker {
             routes_dirty: AtomicBool::new(false),
             routes_keeper: std::sync::OnceLock::new(),
             routes_applied: Mutex::new(std::collections::HashSet::new()),
+            routes_gate: tokio::sync::RwLock::new(()),
             outboxes: Mutex::new(HashMap::new()),
             remotes: remote::Remotes::default(),
             quorum: std::sync::OnceLock::new(),

@@ -536,8 +536,9 @@ impl Broker {
             Some(v) => {
                 let (vhost, def) = records::decode_exchange(v)?;
                 let vh = self.replica_vhost(&vhost)?;
+                let name = def.name.clone();
                 let mut topo = vh.topology.write();
-                match topo.exchange(&def.name) {
+                let made = match topo.exchange(&def.name) {
                     Some(current) if *current != def => {
                         // Another declaration of the name won in the log:
                         // take it, keeping the bindings from and to it.
@@ -558,9 +559,18 @@ impl Broker {
                                 tracing::warn!(exchange = name, error = %e, "a binding of a replaced exchange was not kept");
                             }
                         }
+                        true
                     }
-                    Some(_) => {}
-                    None => topo.restore_exchange(def),
+                    Some(_) => false,
+                    None => {
+                        topo.restore_exchange(def);
+                        true
+                    }
+                };
+                drop(topo);
+                if made {
+                    // Other nodes' routes from it (`routes.rs`).
+                    self.rebind_routes(&vh, &name);
                 }
             }
             None => {

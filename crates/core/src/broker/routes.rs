@@ -39,6 +39,8 @@ const KEEP_EVERY: Duration = Duration::from_secs(1);
 const FULL_EVERY: u32 = 30;
 /// Bytes of route records one commit carries at most.
 const COMMIT_BYTES: usize = 256 * 1024;
+/// Longest wait of a bind for its route's commit.
+const ROUTE_WITHIN: Duration = Duration::from_secs(2);
 
 /// The node a stand-in destination names.
 pub(crate) fn route_node(name: &str) -> Option<&str> {
@@ -79,24 +81,58 @@ impl Broker {
         })
     }
 
+    /// The route by which other nodes reach exclusive queue `q` of this
+    /// node by name, through the default exchange (a reply queue).
+    fn queue_route_of(&self, q: &super::Queue) -> Option<Binding> {
+        let me = self.node_name()?;
+        q.def.exclusive_owner.is_some().then(|| Binding {
+            source: String::new(),
+            destination: Destination::Queue(format!("{ROUTE_PREFIX}{me}")),
+            routing_key: q.name().to_owned(),
+            arguments: Default::default(),
+        })
+    }
+
     /// Commits the route a new binding `b` needs, unless the group has it;
     /// returns once it is applied here. A failure is logged and left to
     /// the keeper: the binding stands here either way.
     pub(crate) async fn publish_route(&self, vh: &VHost, b: &Binding) {
+        if let Some(route) = self.route_of(vh, b) {
+            self.commit_route(vh, route).await;
+        }
+    }
+
+    /// [`Broker::publish_route`] for a new exclusive queue.
+    pub(crate) async fn publish_queue_route(&self, vh: &VHost, q: &super::Queue) {
+        if let Some(route) = self.queue_route_of(q) {
+            self.commit_route(vh, route).await;
+        }
+    }
+
+    async fn commit_route(&self, vh: &VHost, route: Binding) {
         let (Some(log), Some(me)) = (self.meta_log(), self.node_name()) else {
             return;
         };
-        let Some(route) = self.route_of(vh, b) else {
-            return;
-        };
+        // Shared with other binds; the keeper waits for it, and it for
+        // the keeper, so the keeper never removes what this relies on.
+        let _gate = self.routes_gate.read().await;
         let key = records::route_key(&vh.name, me, &route);
         if log.get(&key).is_some() {
             return;
         }
         let value = records::encode_binding(&vh.name, &route);
-        if let Err(e) = log.commit(vec![MetaOp::Put { key, value }]).await {
-            tracing::warn!(error = %e, exchange = %b.source, "a route to a queue of this node was not committed; tried again later");
-            self.routes_dirty.store(true, Ordering::Relaxed);
+        let commit = log.commit(vec![MetaOp::Put { key, value }]);
+        match tokio::time::timeout(ROUTE_WITHIN, commit).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, exchange = %route.source, "a route to a queue of this node was not committed; tried again later");
+                self.routes_dirty.store(true, Ordering::Relaxed);
+            }
+            Err(_) => {
+                // No majority soon (a minority side): the client is not
+                // held; the keeper tries again.
+                self.routes_dirty.store(true, Ordering::Relaxed);
+            }
         }
     }
 
@@ -106,17 +142,27 @@ impl Broker {
         let (Some(log), Some(me)) = (self.meta_log(), self.node_name()) else {
             return Ok(());
         };
+        // Alone: no bind's route commit between the look below and the
+        // commits that follow it.
+        let _gate = self.routes_gate.write().await;
         let vhosts: Vec<Arc<VHost>> = self.vhosts.read().values().cloned().collect();
         let mut ops = Vec::new();
         for vh in &vhosts {
-            let queues: Vec<String> = vh
+            let local: Vec<Arc<super::Queue>> = vh
                 .queues
                 .read()
                 .values()
                 .filter(|q| self.is_node_local_queue(q))
-                .map(|q| q.name().to_owned())
+                .cloned()
                 .collect();
             let mut needed: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
+            for route in local.iter().filter_map(|q| self.queue_route_of(q)) {
+                needed.insert(
+                    records::route_key(&vh.name, me, &route),
+                    records::encode_binding(&vh.name, &route),
+                );
+            }
+            let queues = local.iter().map(|q| q.name().to_owned());
             for q in queues {
                 let bindings = vh
                     .topology
@@ -204,9 +250,27 @@ impl Broker {
         if Some(node.as_str()) == self.node_name() {
             return;
         }
+        let mut applied = self.routes_applied.lock();
         let Ok(vh) = self.vhost(&vhost) else {
+            applied.remove(key);
             return;
         };
+        if binding.source.is_empty() {
+            // An exclusive queue of that node, by name.
+            let mut elsewhere = vh.elsewhere.write();
+            match value {
+                Some(_) => {
+                    elsewhere.insert(binding.routing_key, node);
+                    applied.insert(key.to_vec());
+                }
+                None => {
+                    elsewhere.remove(&binding.routing_key);
+                    applied.remove(key);
+                }
+            }
+            return;
+        }
+        drop(applied);
         let mut topo = vh.topology.write();
         let mut applied = self.routes_applied.lock();
         match value {
@@ -247,19 +311,42 @@ impl Broker {
     /// A message another node routed here through a route: its matches
     /// among this node's node-local queues join `queues` (the shared ones
     /// had it from that node).
+    /// Routing fails quietly (the exchange it was published to is not
+    /// here: a transient exchange of the publishing node).
     pub(crate) fn route_here(
         &self,
         vh: &VHost,
         msg: &crate::message::Message,
         queues: &mut Vec<Arc<super::Queue>>,
-    ) -> Result<(), CoreError> {
-        let (local, _) = vh.route(&msg.exchange, msg, false)?;
+    ) {
+        let local = match vh.route(&msg.exchange, msg, false) {
+            Ok((local, _)) => local,
+            Err(e) => {
+                tracing::debug!(error = %e, exchange = %msg.exchange, "a message routed here by another node matches nothing here");
+                return;
+            }
+        };
         for q in local {
             if self.is_node_local_queue(&q) && !queues.iter().any(|x| Arc::ptr_eq(x, &q)) {
                 queues.push(q);
             }
         }
-        Ok(())
+    }
+
+    /// Binds other nodes' routes from exchange `exchange` of `vh` again,
+    /// from the group's records (the exchange was made, or made again,
+    /// here: its stand-in bindings went with the one before).
+    pub(crate) fn rebind_routes(&self, vh: &VHost, exchange: &str) {
+        let Some(log) = self.meta_log() else {
+            return;
+        };
+        for (key, value) in log.scan(&records::vhost_prefix(TAG_ROUTE, &vh.name)) {
+            if let Ok((_, _, b)) = records::decode_route_key(&key)
+                && b.source == exchange
+            {
+                self.apply_route(&key, Some(&value));
+            }
+        }
     }
 
     /// Whether `key` is a route's.
