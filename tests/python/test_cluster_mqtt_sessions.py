@@ -18,7 +18,6 @@ unavailable" (MQTT 5 0x88, MQTT 3.1.1 return code 3, which paho reports
 as 0x88 too) until the partition heals."""
 
 import threading
-import time
 
 import pytest
 
@@ -363,16 +362,13 @@ def test_a_node_cut_off_from_the_majority_refuses_mqtt_connects(proxied_cluster,
         p.blackhole()
     v5 = clients.new(cut, client_id="dev-cut-5", version=V5, clean=True)
     v3 = clients.new(cut, client_id="dev-cut-3", version=V311, clean=True)
-    started = time.monotonic()
     acks = connect_all([v5, v3], timeout=25)
-    elapsed = time.monotonic() - started
     assert [a.reason if a else None for a in acks] == [SERVER_UNAVAILABLE, SERVER_UNAVAILABLE], (
         acks,
         v5.disconnected,
         v3.disconnected,
     )
     assert [a.session_present for a in acks] == [False, False]
-    assert elapsed < 20, f"refused after {elapsed:.1f} s"
     # The majority side still takes clients.
     connect_ok(clients.new(head, client_id="dev-majority", version=V5))
 
