@@ -108,6 +108,18 @@ def bound_everywhere(brokers, queue, patterns):
     wait_for(f"{queue} bound to {patterns} on every node", check)
 
 
+def leave_session(clients, brokers, b, client_id, filter_, version=V311, timeout=10):
+    """A persistent session of `client_id` on node `b`, subscribed to
+    `filter_` at QoS 1, then away (a clean DISCONNECT); returns once every
+    node knows its queue's binding."""
+    c = session_client(clients, b, client_id, version)
+    assert connect_ok(c).session_present is False
+    assert c.subscribe(filter_, qos=1, timeout=timeout) == [1]
+    c.disconnect()
+    pattern = filter_.replace("/", ".").replace("+", "*")
+    bound_everywhere(brokers, session_queue(client_id), [pattern])
+
+
 def queued(b, queue):
     """Messages in `queue` as its own node counts them."""
     status, body, _ = api(b, "GET", f"/api/queues/%2F/{queue}")
@@ -158,11 +170,7 @@ def test_a_persistent_session_moves_to_another_node_with_its_queued_qos1_message
 
     # A persistent session on n1, subscribed, then away. Its queue is
     # durable, n1's, and known (with its binding) on every node.
-    c = session_client(clients, n1, "dev-7")
-    assert connect_ok(c).session_present is False
-    assert c.subscribe("plant/7/#", qos=1) == [1]
-    c.disconnect()
-    bound_everywhere(brokers, queue, ["plant.7.#"])
+    leave_session(clients, brokers, n1, "dev-7", "plant/7/#")
     wait_for(
         f"{queue} listed everywhere as n1's",
         lambda: all(queue_nodes(b).get(queue) == "junction@n1" for b in brokers)
@@ -235,11 +243,7 @@ def test_a_session_round_trips_n1_n2_n1(make_broker, tmp_path, clients):
     n1, n2, n3 = brokers
     queue = session_queue("dev-10")
 
-    c = session_client(clients, n1, "dev-10", V5)
-    assert connect_ok(c).session_present is False
-    assert c.subscribe("plant/10/#", qos=1) == [1]
-    c.disconnect()
-    bound_everywhere(brokers, queue, ["plant.10.#"])
+    leave_session(clients, brokers, n1, "dev-10", "plant/10/#", V5)
 
     # Away from n1; back on n2 with what was queued meanwhile.
     first = bodies("a", 5)
@@ -290,11 +294,7 @@ def test_replicated_sessions_keep_queued_messages_through_kill9_of_the_holding_n
 
     # The first SUBSCRIBE makes the session's queue: a new quorum queue,
     # whose group elects its first leader before the SUBACK.
-    c = session_client(clients, n1, "dev-9")
-    assert connect_ok(c).session_present is False
-    assert c.subscribe("plant/9/#", qos=1, timeout=15) == [1]
-    c.disconnect()
-    bound_everywhere(brokers, queue, ["plant.9.#"])
+    leave_session(clients, brokers, n1, "dev-9", "plant/9/#", timeout=15)
 
     # A quorum queue, with a member on every node.
     def replicated():
@@ -390,11 +390,7 @@ def test_a_clean_start_elsewhere_while_the_holder_is_down_ends_the_old_session(
 
     # A persistent session on n1 with three messages queued, then n1 is
     # killed: its session cannot be handed over.
-    c = session_client(clients, n1, "dev-11")
-    assert connect_ok(c).session_present is False
-    assert c.subscribe("plant/11/#", qos=1) == [1]
-    c.disconnect()
-    bound_everywhere(brokers, queue, ["plant.11.#"])
+    leave_session(clients, brokers, n1, "dev-11", "plant/11/#")
     publish_all(clients, n3, "plant/11/old", bodies("old", 3)).disconnect()
     n1.kill9()
     survivors = [n2, n3]

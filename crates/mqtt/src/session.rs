@@ -618,6 +618,22 @@ impl Session {
             r.shared.clear();
         }
         self.events_tx = None;
+        // What was in flight from the queues goes back to them with the
+        // consumers: if the session is resumed here, the queue's next
+        // delivery of each resends it with its packet id (DUP), as after a
+        // restart, instead of a copy of our own going out beside it.
+        let queued: Vec<u16> = self
+            .inflight
+            .iter()
+            .filter(|(_, f)| matches!(f.source, Source::Queue(..)))
+            .map(|(&id, _)| id)
+            .collect();
+        for id in queued {
+            if let Some(f) = self.inflight.remove(&id) {
+                self.rare_mut().recovered.insert(f.message, id);
+                self.credit.give_back();
+            }
+        }
     }
 
     /// Deletes everything this session stored.
@@ -747,6 +763,46 @@ pub fn shared_queue_name(group: &str, filter: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_session_let_go_keeps_queued_in_flight_ids_for_the_queues_next_delivery() {
+        let mut s = Session::new("dev".into(), 60, ConnectionId(1));
+        let publish = |qos| Publish {
+            dup: false,
+            qos,
+            retain: false,
+            topic: crate::codec::TopicName::new("a/b").unwrap(),
+            packet_id: None,
+            properties: Default::default(),
+            payload: bytes::Bytes::from_static(b"x"),
+        };
+        s.inflight.insert(
+            7,
+            Inflight {
+                publish: publish(QoS::AtLeastOnce),
+                source: Source::Queue(ConsumerId(3), DeliveryTag(1)),
+                message: 42,
+            },
+        );
+        s.inflight.insert(
+            8,
+            Inflight {
+                publish: publish(QoS::AtLeastOnce),
+                source: Source::Retained,
+                message: 0,
+            },
+        );
+        s.let_go();
+        // The queued one is the queue's again, under its packet id; the
+        // retained one (no queue behind it) stays to be resent.
+        assert_eq!(s.inflight.keys().copied().collect::<Vec<_>>(), vec![8]);
+        assert_eq!(s.rare().recovered.get(&42), Some(&7));
+        // Forgetting the session still deletes the outgoing records of
+        // both ids, with its own record.
+        let mut w = StateWrites::new();
+        s.forget(&mut w);
+        assert_eq!(w.len(), 3);
+    }
 
     fn opts(qos: QoS, id: Option<u32>) -> SubOptions {
         SubOptions {
