@@ -6,8 +6,11 @@ any node, from AMQP (pika, confirms), MQTT (paho, QoS 1) and STOMP
 group's leader delivers them to consumers on any node; kill -9 of the
 leader loses no confirmed message (the other two elect a leader that
 holds them all, and the killed node catches up when it returns); a node
-cut off from the other two cannot confirm a publish (pika gets a nack)."""
+cut off from the other two cannot confirm a publish (pika gets a nack).
+Each queue's declaring node leads it first, and a queue declared while
+the node with the lowest id is down has a leader at once."""
 
+import hashlib
 import time
 
 import pika
@@ -285,3 +288,39 @@ def test_a_vhosts_default_queue_type_makes_its_durable_queues_quorum(make_broker
             time.sleep(0.1)
     conn.close()
     assert body == b"by-default"
+
+
+def lowest_id(names):
+    """The member with the lowest Raft id (the first 8 bytes of
+    SHA-256(name), big-endian): the one that initializes the metadata
+    group."""
+    return min(names, key=lambda n: int.from_bytes(hashlib.sha256(n.encode()).digest()[:8], "big"))
+
+
+@pytest.mark.deadline(240)
+def test_each_quorum_queue_is_led_first_by_its_declaring_node_even_with_the_lowest_id_down(make_broker, tmp_path):
+    brokers, names = formed(make_broker, tmp_path)
+    # One queue declared on each node: its declaring node leads it (the
+    # leaders spread as the declarations do).
+    for b in brokers:
+        declare_quorum(b, f"placed-{b.name}")
+    for b in brokers:
+        assert leader_everywhere(brokers, f"placed-{b.name}") is b
+
+    # The node with the lowest id (which used to initialize every group)
+    # is killed: a queue declared now on another node has a leader at
+    # once, which confirms a publish made on the third.
+    low = next(b for b in brokers if b.name == lowest_id(names))
+    low.kill9()
+    survivors = [b for b in brokers if b is not low]
+    declarer, other = survivors
+    declare_quorum(declarer, "placed-late")
+    assert leader_everywhere(survivors, "placed-late") is declarer
+    publish_confirmed(other, "placed-late", [b"while-down"])
+    assert [body for body, _ in consume_all(declarer, "placed-late", 1)] == [b"while-down"]
+
+    # The killed node returns and follows the queue made while it was
+    # down; its leader stays.
+    low.start()
+    assert leader_everywhere(brokers, "placed-late") is declarer
+    assert sorted(queue_info(low, "placed-late")["members"]) == [f"junction@{n}" for n in sorted(names)]

@@ -168,11 +168,13 @@ impl Group {
         store: Store,
         timing: &Timing,
     ) -> Result<Self, ClusterError> {
-        Self::start_with(group, members, peers, store, timing, false).await
+        Self::start_with(group, members, peers, store, timing, false, None).await
     }
 
     /// [`Group::start`]; `volatile`: its records in memory only
-    /// ([`StateMachine::open_volatile`]).
+    /// ([`StateMachine::open_volatile`]); `first`: the member that
+    /// initializes the group (and so is its first leader; the lowest id
+    /// when None or not a member).
     pub async fn start_with(
         group: GroupId,
         members: &BTreeMap<NodeId, SocketAddr>,
@@ -180,6 +182,7 @@ impl Group {
         store: Store,
         timing: &Timing,
         volatile: bool,
+        first: Option<NodeId>,
     ) -> Result<Self, ClusterError> {
         let me = peers.me();
         let config = Config {
@@ -211,7 +214,10 @@ impl Group {
         .await
         .map_err(|e| ClusterError::Raft(e.to_string()))?;
         peers.register(group, raft.clone());
-        if members.keys().next() == Some(&me) {
+        let first = first
+            .filter(|f| members.contains_key(f))
+            .or_else(|| members.keys().next().copied());
+        if first == Some(me) {
             let nodes: BTreeMap<NodeId, BasicNode> = members
                 .iter()
                 .map(|(id, addr)| (*id, BasicNode::new(addr.to_string())))
@@ -510,11 +516,13 @@ impl MetaNode {
     /// Start this node's member of a replicated queue's group: as
     /// [`MetaNode::start_group`], with its records in memory only (each
     /// message is written once, in the log; a restart rebuilds them from
-    /// the last snapshot and the log after it).
+    /// the last snapshot and the log after it). Member `first`
+    /// initializes the group, and so leads it first.
     pub async fn start_queue_group(
         &self,
         group: GroupId,
         members: &BTreeMap<NodeId, SocketAddr>,
+        first: NodeId,
     ) -> Result<Group, ClusterError> {
         Group::start_with(
             group,
@@ -523,6 +531,7 @@ impl MetaNode {
             self.store.clone(),
             &self.timing,
             true,
+            Some(first),
         )
         .await
     }

@@ -131,9 +131,14 @@ impl Quorums {
                 return;
             };
             let members = me.upgrade().map(|q| q.members.clone()).unwrap_or_default();
+            // The declaring node starts the group and leads it first (as
+            // RabbitMQ's client-local leader locator): leaders spread as
+            // declarations do, and a queue declared while another member
+            // is down has a leader at once.
+            let first = junction_cluster::node_id(&member.queue.owner);
             let mut pause = std::time::Duration::from_millis(200);
             let group = loop {
-                match node.start_queue_group(member.group, &members).await {
+                match node.start_queue_group(member.group, &members, first).await {
                     Ok(group) => break Arc::new(group),
                     Err(e) => {
                         tracing::error!(vhost = member.queue.vhost, queue = member.queue.name, error = %e, "the quorum queue's group did not start here; trying again");
