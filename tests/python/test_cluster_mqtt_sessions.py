@@ -137,6 +137,23 @@ def gone_everywhere(brokers, queue):
     wait_for(f"{queue} gone from every node", check)
 
 
+def replicated_everywhere(brokers, queue):
+    """Waits until every node lists `queue` as a durable quorum queue
+    with a member on each of the three nodes."""
+
+    def check():
+        seen = {}
+        for b in brokers:
+            status, info, _ = api(b, "GET", f"/api/queues/%2F/{queue}")
+            if status != 200:
+                return f"{b.name}: {status} {info}"
+            seen[b.name] = (info["type"], sorted(info.get("members", [])), info["durable"])
+        want = ("quorum", ["junction@n1", "junction@n2", "junction@n3"], True)
+        return all(v == want for v in seen.values()) or seen
+
+    wait_for(f"{queue} a quorum queue on every node", check)
+
+
 def payloads(msgs):
     return sorted(m.payload for m in msgs)
 
@@ -297,17 +314,7 @@ def test_replicated_sessions_keep_queued_messages_through_kill9_of_the_holding_n
     leave_session(clients, brokers, n1, "dev-9", "plant/9/#", timeout=15)
 
     # A quorum queue, with a member on every node.
-    def replicated():
-        seen = {}
-        for b in brokers:
-            status, info, _ = api(b, "GET", f"/api/queues/%2F/{queue}")
-            if status != 200:
-                return f"{b.name}: {status} {info}"
-            seen[b.name] = (info["type"], sorted(info.get("members", [])), info["durable"])
-        want = ("quorum", ["junction@n1", "junction@n2", "junction@n3"], True)
-        return all(v == want for v in seen.values()) or seen
-
-    wait_for(f"{queue} a quorum queue on every node", replicated)
+    replicated_everywhere(brokers, queue)
     leader_everywhere(brokers, queue)
 
     # 10 QoS 1 messages on n2, each PUBACKed once a majority has it.

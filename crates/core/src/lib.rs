@@ -63,12 +63,12 @@ pub mod records {
 
 pub use access::{Access, Denied, Login, Permission, Principal, Resource};
 pub use broker::{
-    Broker, BrokerConfig, BrokerStats, CallFuture, ClientClaim, ClientSessions, ConnectionDetails,
-    ConnectionGuard, ConnectionSnapshot, ConsumerHandle, ConsumerSummary, ControlOp, EnqueueFuture,
-    ForwardAnswer, ForwardFuture, Forwarded, Forwarder, GetOk, HandOverFuture, Limits,
-    MemoryCharge, MetaFuture, MetaLog, MetaOp, PeerCall, PeerReply, PolicySource, Published, Queue,
-    QueueInfo, QueueStats, QueueSummary, QuorumLog, QuorumQueue, Records, RemoteQueue, Shipped,
-    VhostInfo, is_quorum, quorum_key,
+    AppliedFuture, Broker, BrokerConfig, BrokerStats, CallFuture, ClientClaim, ClientSessions,
+    ConnectionDetails, ConnectionGuard, ConnectionSnapshot, ConsumerHandle, ConsumerSummary,
+    ControlOp, EnqueueFuture, ForwardAnswer, ForwardFuture, Forwarded, Forwarder, GetOk,
+    HandOverFuture, Limits, MemoryCharge, MetaFuture, MetaIndexFuture, MetaLog, MetaOp, PeerCall,
+    PeerReply, PolicySource, Published, Queue, QueueInfo, QueueStats, QueueSummary, QuorumLog,
+    QuorumQueue, Records, RemoteQueue, Shipped, TakenSession, VhostInfo, is_quorum, quorum_key,
 };
 pub use consumer::{ConsumerEvent, ConsumerSpec, Credit, Delivery};
 pub use error::CoreError;

@@ -14,7 +14,7 @@ use junction_core::{
     Binding, Broker, BrokerConfig, CallFuture, ClientClaim, ClientSessions, ConnectionId,
     ConsumerEvent, ConsumerSpec, CoreError, Delivery, Destination, ExchangeDef, ExchangeKind,
     ForwardFuture, Forwarded, Forwarder, HandOverFuture, Message, MetaFuture, MetaLog, MetaOp,
-    PeerCall, PeerReply, QueueDef, Settle,
+    PeerCall, PeerReply, QueueDef, Settle, TakenSession,
 };
 use junction_store::Store;
 use parking_lot::Mutex;
@@ -857,7 +857,12 @@ impl ClientSessions for Sessions {
             .push((vhost.to_owned(), client_id.to_owned()));
     }
 
-    fn hand_over<'a>(&'a self, _vhost: &'a str, client_id: &'a str) -> HandOverFuture<'a> {
+    fn hand_over<'a>(
+        &'a self,
+        _vhost: &'a str,
+        client_id: &'a str,
+        _deadline: tokio::time::Instant,
+    ) -> HandOverFuture<'a> {
         Box::pin(async move { self.held.lock().remove(client_id) })
     }
 }
@@ -888,7 +893,11 @@ async fn a_client_id_claimed_on_another_node_is_taken_from_the_first_and_let_go_
 
     // b's connection 22 claims it: the claim it replaced names a, and a
     // hears of it; b then takes the session from a, once.
-    let previous = b.claim_client(VH, "dev", ConnectionId(22)).await.unwrap();
+    let previous = b
+        .claim_client(VH, "dev", ConnectionId(22))
+        .await
+        .unwrap()
+        .map(|(claim, _index)| claim);
     assert_eq!(
         previous,
         Some(ClientClaim {
@@ -897,16 +906,24 @@ async fn a_client_id_claimed_on_another_node_is_taken_from_the_first_and_let_go_
         })
     );
     assert_eq!(told(&on_a), dev);
-    let take = |conn| b.take_client_session("a", VH, "dev", ConnectionId(conn));
-    assert_eq!(take(22).await.unwrap(), Some(b"subscriptions".to_vec()));
-    assert_eq!(take(22).await.unwrap(), None);
-    // A claim a makes since keeps a session there from an older ask.
+    // (This log is applied everywhere before a commit returns: index 0.)
+    let take = |conn| b.take_client_session("a", VH, "dev", ConnectionId(conn), 0);
+    assert_eq!(
+        take(22).await.unwrap(),
+        TakenSession::Record(b"subscriptions".to_vec())
+    );
+    assert_eq!(take(22).await.unwrap(), TakenSession::Nothing);
+    // A claim a makes since keeps a session there from an older ask, and
+    // says so (the asker's claim is not the latest).
     on_a.held.lock().insert("dev".into(), b"again".to_vec());
     a.claim_client(VH, "dev", ConnectionId(33)).await.unwrap();
-    assert_eq!(take(22).await.unwrap(), None);
+    assert_eq!(take(22).await.unwrap(), TakenSession::Kept);
     assert_eq!(on_a.held.lock().len(), 1);
     b.claim_client(VH, "dev", ConnectionId(44)).await.unwrap();
-    assert_eq!(take(44).await.unwrap(), Some(b"again".to_vec()));
+    assert_eq!(
+        take(44).await.unwrap(),
+        TakenSession::Record(b"again".to_vec())
+    );
 
     // a's and b's earlier connections end late: b's latest claim stands.
     a.release_client(VH, "dev", ConnectionId(11));

@@ -17,7 +17,7 @@ use futures_util::{FutureExt, StreamExt};
 use junction_core::io::Stream;
 use junction_core::io::{CLOSE_DRAIN_BYTES, CLOSE_GRACE};
 use junction_core::io::{ReadHalf, WriteHalf};
-use junction_core::{ConnectionGuard, ConnectionId, ConsumerEvent, Protocol};
+use junction_core::{ConnectionGuard, ConnectionId, ConsumerEvent, Protocol, TakenSession};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -87,10 +87,12 @@ pub(crate) struct Rare {
     pub qos2_here: std::collections::BTreeSet<u16>,
     /// A consumer of the session ended while its queue stays (in a
     /// cluster: the queue's leader moved, or its node was unreachable):
-    /// the serving loop makes it again.
-    pub reattach: bool,
+    /// the serving loop makes it again once this time comes.
+    pub reattach_due: Option<Instant>,
     /// When the consumers were last made again (at most once a second).
     pub reattached_at: Option<Instant>,
+    /// Failed tries to make them again since the last success.
+    pub reattach_failures: u8,
 }
 
 /// A delivery on its way out: the PUBLISH, and whether it is in flight
@@ -603,8 +605,10 @@ async fn accept(
     // In a cluster the client id is claimed first: every other node drops
     // its connection for it, and the node that held its session hands it
     // over (docs/cluster.md "MQTT sessions across nodes").
-    let handed = match claim_in_cluster(ctx, &client_id, guard.id()).await {
-        Ok(h) => h,
+    let (handed, superseded) = match claim_in_cluster(ctx, &client_id, guard.id()).await {
+        Ok(Handed::Session(rec)) => (Some(rec), false),
+        Ok(Handed::Nothing) => (None, false),
+        Ok(Handed::Superseded) => (None, true),
         Err(e) => {
             tracing::info!(%client_id, error = %e, "mqtt connection refused: its client id could not be claimed in the cluster");
             refuse(wr, v, ReasonCode::SERVER_UNAVAILABLE).await;
@@ -644,10 +648,11 @@ async fn accept(
             if let Some(rec) = handed {
                 // The session handed over ends here, with its queues.
                 registry::end_session(ctx, fresh(Some(rec))).await;
-            } else {
+            } else if !superseded {
                 // One its node could not hand over ends too: its queue,
-                // wherever it lives, is not this clean session's.
-                registry::drop_stale_queue(ctx, &client_id).await;
+                // wherever it lives, is not this clean session's (unless
+                // a newer claim of the client uses it).
+                registry::drop_stale_queue(ctx, &client_id, conn_id).await;
             }
             (Session::new(client_id.clone(), expiry, guard.id()), false)
         }
@@ -671,13 +676,13 @@ async fn accept(
     };
     // A claim another node made while this one was being accepted found
     // no connection here to close: this one goes now (inserted first,
-    // then asked, as in `finish`).
+    // then asked, as in `finish`). A later claim of this node is another
+    // local connection's, which the local registry orders.
     if let Some(me) = ctx.broker.node_name()
-        && ctx.broker.client_claim(&settings.vhost, &client_id)
-            != Some(junction_core::ClientClaim {
-                node: me.to_owned(),
-                connection: conn_id.0,
-            })
+        && ctx
+            .broker
+            .client_claim(&settings.vhost, &client_id)
+            .is_none_or(|c| c.node != me)
     {
         ctx.registry.depart(&client_id);
     }
@@ -755,39 +760,52 @@ async fn accept(
     Some((conn, keepalive))
 }
 
+/// What claiming a client id in the cluster found.
+enum Handed {
+    /// Nothing to take: not in a cluster, no other node held the id, or
+    /// its node had no session or could not be reached (the client then
+    /// starts afresh; the queue, where it lives, keeps its messages).
+    Nothing,
+    /// The session's record, handed over by the node that held it.
+    Session(SessionRecord),
+    /// The node that held it claimed the id again after this connection
+    /// did: the session stays there, and this connection is not the
+    /// client's latest (it is closed as taken over once accepted).
+    Superseded,
+}
+
 /// Claims `client_id` for connection `conn` in the cluster (nothing
 /// outside one) and, when another node held it, takes its session from
-/// that node: its record, or None when it had none or could not be
-/// reached (the client then starts afresh; the queue, where it lives,
-/// keeps its messages). An error: the claim was not committed.
+/// that node. An error: the claim was not committed.
 async fn claim_in_cluster(
     ctx: &MqttContext,
     client_id: &str,
     conn: ConnectionId,
-) -> Result<Option<SessionRecord>, junction_core::CoreError> {
+) -> Result<Handed, junction_core::CoreError> {
     let broker = &ctx.broker;
     let vhost = &ctx.settings.vhost;
-    let Some(previous) = broker.claim_client(vhost, client_id, conn).await? else {
-        return Ok(None);
+    let Some((previous, index)) = broker.claim_client(vhost, client_id, conn).await? else {
+        return Ok(Handed::Nothing);
     };
     if Some(previous.node.as_str()) == broker.node_name() {
-        return Ok(None);
+        return Ok(Handed::Nothing);
     }
     match broker
-        .take_client_session(&previous.node, vhost, client_id, conn)
+        .take_client_session(&previous.node, vhost, client_id, conn, index)
         .await
     {
-        Ok(Some(bytes)) => match SessionRecord::decode(&bytes) {
-            Ok(rec) => Ok(Some(rec)),
+        Ok(TakenSession::Record(bytes)) => match SessionRecord::decode(&bytes) {
+            Ok(rec) => Ok(Handed::Session(rec)),
             Err(e) => {
                 tracing::warn!(%client_id, error = %e, "a session handed over could not be read");
-                Ok(None)
+                Ok(Handed::Nothing)
             }
         },
-        Ok(None) => Ok(None),
+        Ok(TakenSession::Nothing) => Ok(Handed::Nothing),
+        Ok(TakenSession::Kept) => Ok(Handed::Superseded),
         Err(e) => {
             tracing::warn!(%client_id, node = %previous.node, error = %e, "mqtt session not taken over from its node; starting afresh");
-            Ok(None)
+            Ok(Handed::Nothing)
         }
     }
 }
@@ -951,13 +969,20 @@ impl Conn {
             if self.end.is_some() {
                 break Ok(None);
             }
-            if self.rare.as_ref().is_some_and(|r| r.reattach) {
-                self.rare().reattach = false;
-                if let Err(e) = Box::pin(self.reattach()).await {
-                    tracing::warn!(client_id = %self.session.client_id, error = %e, "mqtt consumer not made again; closing");
-                    self.disconnect(ReasonCode::UNSPECIFIED_ERROR);
-                    self.end = Some(End::Abnormal);
-                    continue;
+            if let Some(due) = self.rare.as_ref().and_then(|r| r.reattach_due) {
+                // One try per turn when due; between tries the loop serves
+                // the client (and kicks, and shutdown) as usual, its timer
+                // waking it for the next.
+                if due <= Instant::now() {
+                    Box::pin(self.reattach()).await;
+                    if self.end.is_some() {
+                        continue;
+                    }
+                }
+                if let Some(due) = self.rare.as_ref().and_then(|r| r.reattach_due)
+                    && due < timer.deadline()
+                {
+                    timer.as_mut().reset(due);
                 }
             }
             let alarmed = *alarm.borrow() && self.has_published;
@@ -1118,6 +1143,7 @@ impl Conn {
     /// Nothing to write, wait for or finish: the loop may park.
     fn quiet(&self) -> bool {
         self.end.is_none()
+            && self.rare.as_ref().is_none_or(|r| r.reattach_due.is_none())
             && self.out.is_empty()
             && self.confirms.is_empty()
             && self.outbox_is_empty()

@@ -244,7 +244,7 @@ pub async fn start(
     {
         tracing::warn!(error = %e, "mqtt $SYS exchange not declared");
     }
-    registry::remove_orphans(ctx, orphans).await;
+    registry::remove_orphans(ctx, orphans, shutdown, tasks).await;
     tasks.spawn(registry::sweep(Arc::clone(ctx), shutdown.clone()));
     // Parked connections wait on their kick alone: this is how they learn
     // of a shutdown (`shutdown` is the token every connection is given).
@@ -274,13 +274,14 @@ impl junction_core::ClientSessions for ClusterSessions {
         &'a self,
         vhost: &'a str,
         client_id: &'a str,
+        deadline: tokio::time::Instant,
     ) -> junction_core::HandOverFuture<'a> {
         Box::pin(async move {
             let ctx = self.0.upgrade()?;
             if ctx.settings.vhost != vhost {
                 return None;
             }
-            registry::hand_over(&ctx, client_id).await
+            registry::hand_over(&ctx, client_id, deadline).await
         })
     }
 }

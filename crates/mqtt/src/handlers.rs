@@ -28,6 +28,10 @@ const MAX_RETAINED_BACKLOG: usize = 65_536;
 
 /// Output bytes after which retained QoS 0 messages wait for the next write.
 const OUT_HIGH_WATER: usize = 256 * 1024;
+/// Tries at making a lost consumer again before the client is
+/// disconnected, and the least time between two.
+const REATTACH_TRIES: u8 = 5;
+const REATTACH_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The store write for an outgoing record: `state` is (message id,
 /// released) to keep it, None to delete it.
@@ -84,24 +88,32 @@ impl Conn {
         }
     }
 
-    /// Makes the session's consumers again after one ended while its
-    /// queue stays: at most once a second (a queue whose node keeps
-    /// ending its consumer is not asked in a loop), tried five times a
-    /// second apart (a link to the queue's node coming back).
-    pub(crate) async fn reattach(&mut self) -> Result<(), CoreError> {
-        let mut tries = 0;
-        loop {
-            if let Some(at) = self.rare().reattached_at {
-                tokio::time::sleep_until(at + std::time::Duration::from_secs(1)).await;
+    /// One try at making the session's consumers again after one ended
+    /// while its queue stays (the serving loop calls it when
+    /// `Rare::reattach_due` comes). Tries are at least a second apart
+    /// (a queue whose node keeps ending its consumer is not asked in a
+    /// loop); after five failures in a row the client is disconnected
+    /// (it resumes its session when it reconnects).
+    pub(crate) async fn reattach(&mut self) {
+        let now = tokio::time::Instant::now();
+        self.rare().reattached_at = Some(now);
+        match self.attach().await {
+            Ok(()) => {
+                let r = self.rare();
+                r.reattach_due = None;
+                r.reattach_failures = 0;
             }
-            self.rare().reattached_at = Some(tokio::time::Instant::now());
-            match self.attach().await {
-                Ok(()) => return Ok(()),
-                Err(e) if tries >= 4 => return Err(e),
-                Err(e) => {
-                    tracing::debug!(client_id = %self.session.client_id, error = %e, "mqtt consumer not made again yet");
-                    tries += 1;
-                }
+            Err(e) if self.rare().reattach_failures >= REATTACH_TRIES - 1 => {
+                tracing::warn!(client_id = %self.session.client_id, error = %e, "mqtt consumer not made again; closing");
+                self.rare().reattach_due = None;
+                self.disconnect(ReasonCode::UNSPECIFIED_ERROR);
+                self.end = Some(End::Abnormal);
+            }
+            Err(e) => {
+                tracing::debug!(client_id = %self.session.client_id, error = %e, "mqtt consumer not made again yet");
+                let r = self.rare();
+                r.reattach_failures += 1;
+                r.reattach_due = Some(now + REATTACH_EVERY);
             }
         }
     }
@@ -953,7 +965,14 @@ impl Conn {
                 if let Some(q) = lost
                     && self.ctx.broker.knows_queue(&self.ctx.settings.vhost, &q)
                 {
-                    self.rare().reattach = true;
+                    let r = self.rare();
+                    if r.reattach_due.is_none() {
+                        let now = tokio::time::Instant::now();
+                        r.reattach_due = Some(
+                            r.reattached_at
+                                .map_or(now, |at| (at + REATTACH_EVERY).max(now)),
+                        );
+                    }
                 }
             }
         }

@@ -339,7 +339,12 @@ pub(crate) fn restore(ctx: &MqttContext) -> Result<Vec<String>, junction_core::C
 /// cluster, first the claims this node's earlier life left (no connection
 /// exists yet); its orphan queues wait [`ORPHANS_AFTER`], for this node to
 /// catch up with the claims the cluster made meanwhile.
-pub(crate) async fn remove_orphans(ctx: &Arc<MqttContext>, records: Vec<String>) {
+pub(crate) async fn remove_orphans(
+    ctx: &Arc<MqttContext>,
+    records: Vec<String>,
+    shutdown: &CancellationToken,
+    tasks: &tokio_util::task::TaskTracker,
+) {
     let mut w = StateWrites::new();
     for key in records {
         w.delete(session::NAMESPACE, &key);
@@ -355,9 +360,12 @@ pub(crate) async fn remove_orphans(ctx: &Arc<MqttContext>, records: Vec<String>)
     }
     release_stale_claims(ctx);
     let ctx = Arc::clone(ctx);
-    tokio::spawn(async move {
-        tokio::time::sleep(ORPHANS_AFTER).await;
-        remove_orphan_queues(&ctx).await;
+    let shutdown = shutdown.clone();
+    tasks.spawn(async move {
+        tokio::select! {
+            () = tokio::time::sleep(ORPHANS_AFTER) => remove_orphan_queues(&ctx).await,
+            () = shutdown.cancelled() => {}
+        }
     });
 }
 
@@ -370,11 +378,17 @@ fn release_stale_claims(ctx: &MqttContext) {
     let vhost = &ctx.settings.vhost;
     let held: std::collections::HashSet<String> =
         ctx.registry.slots.lock().keys().cloned().collect();
-    for (client_id, claim) in ctx.broker.client_claims_here(vhost) {
-        if !held.contains(&client_id) {
-            ctx.broker
-                .release_client(vhost, &client_id, ConnectionId(claim.connection));
-        }
+    let stale: Vec<(String, ConnectionId)> = ctx
+        .broker
+        .client_claims_here(vhost)
+        .into_iter()
+        .filter(|(client_id, _)| !held.contains(client_id))
+        .map(|(client_id, claim)| (client_id, ConnectionId(claim.connection)))
+        .collect();
+    // A thousand a commit: within the group's entry limit with the
+    // longest client ids.
+    for chunk in stale.chunks(1000) {
+        ctx.broker.release_clients(vhost, chunk.to_vec());
     }
 }
 
@@ -416,11 +430,16 @@ async fn remove_orphan_queues(ctx: &MqttContext) {
 }
 
 /// Another node takes `client_id`'s session over: the connection serving
-/// it here is asked to go (and waited for), the session gives up its
-/// messages and its records here, and its record (with its
-/// subscriptions) is the answer. None: no session here.
-pub(crate) async fn hand_over(ctx: &MqttContext, client_id: &str) -> Option<Vec<u8>> {
-    let deadline = Instant::now() + TAKEOVER_WAIT;
+/// it here is asked to go (and waited for until `deadline`), the session
+/// gives up its messages and its records here, and its record (with its
+/// subscriptions) is the answer. None: no session here, or its
+/// connection did not go in time.
+pub(crate) async fn hand_over(
+    ctx: &MqttContext,
+    client_id: &str,
+    deadline: Instant,
+) -> Option<Vec<u8>> {
+    let deadline = deadline.min(Instant::now() + TAKEOVER_WAIT);
     loop {
         match ctx.registry.take_for_hand_over(client_id) {
             Handing::Taken(mut p) => {
@@ -443,12 +462,22 @@ pub(crate) async fn hand_over(ctx: &MqttContext, client_id: &str) -> Option<Vec<
 }
 
 /// In a cluster, deletes the session queue of `client_id` a clean start
-/// finds without a session (its holder could not hand it over): its
-/// messages are not the new session's.
-pub(crate) async fn drop_stale_queue(ctx: &MqttContext, client_id: &str) {
+/// of connection `conn` finds without a session (its holder could not
+/// hand it over): its messages are not the new session's. Not once
+/// another connection claimed the id since (the queue may be its).
+pub(crate) async fn drop_stale_queue(ctx: &MqttContext, client_id: &str, conn: ConnectionId) {
     let vhost = &ctx.settings.vhost;
     let queue = session::session_queue_name(client_id);
-    if ctx.broker.node_name().is_none() || !ctx.broker.knows_queue(vhost, &queue) {
+    let Some(me) = ctx.broker.node_name() else {
+        return;
+    };
+    let ours = junction_core::ClientClaim {
+        node: me.to_owned(),
+        connection: conn.0,
+    };
+    if ctx.broker.client_claim(vhost, client_id) != Some(ours)
+        || !ctx.broker.knows_queue(vhost, &queue)
+    {
         return;
     }
     if let Err(e) = ctx

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use junction_cluster::{Change, Command, MetaNode, NodeId, Timing, WriteError, node_id};
 use junction_core::{
-    Broker, CallFuture, CoreError, ForwardAnswer, ForwardFuture, Forwarded, Forwarder, MetaFuture,
-    MetaLog, MetaOp, PeerCall, PeerReply, QuorumLog,
+    AppliedFuture, Broker, CallFuture, CoreError, ForwardAnswer, ForwardFuture, Forwarded,
+    Forwarder, MetaFuture, MetaIndexFuture, MetaLog, MetaOp, PeerCall, PeerReply, QuorumLog,
 };
 use junction_store::Store;
 use serde::{Deserialize, Serialize};
@@ -359,6 +359,10 @@ impl Cluster {
 
 impl MetaLog for Cluster {
     fn commit(&self, ops: Vec<MetaOp>) -> MetaFuture<'_> {
+        Box::pin(async move { self.commit_at(ops).await.map(|_| ()) })
+    }
+
+    fn commit_at(&self, ops: Vec<MetaOp>) -> MetaIndexFuture<'_> {
         Box::pin(async move {
             let command = Command::Batch(
                 ops.into_iter()
@@ -371,7 +375,7 @@ impl MetaLog for Cluster {
                     .collect(),
             );
             match self.node.write(command).await {
-                Ok(_) => Ok(()),
+                Ok(answer) => Ok(answer.index),
                 Err(WriteError::Unavailable(within)) => Err(CoreError::Unavailable(format!(
                     "the cluster did not commit the change within {within:?} (no majority of its nodes is reachable from this one)"
                 ))),
@@ -393,6 +397,10 @@ impl MetaLog for Cluster {
 
     fn quietly(&self, f: &mut dyn FnMut()) {
         self.node.state().while_quiet(f);
+    }
+
+    fn wait_applied(&self, index: u64, within: Duration) -> AppliedFuture<'_> {
+        Box::pin(self.node.state().wait_applied(index, within))
     }
 }
 

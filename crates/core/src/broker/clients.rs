@@ -25,9 +25,13 @@ use crate::ids::ConnectionId;
 
 /// Longest wait for another node to hand over a session.
 const HAND_OVER_WITHIN: Duration = Duration::from_secs(8);
+/// How long a node asked for a session takes at most to answer, all its
+/// waits included: well within the asker's wait, so that an answer is
+/// never lost to the asker's timeout.
+const ANSWER_WITHIN: Duration = Duration::from_secs(6);
 /// Longest wait of a node asked for a session until it has applied the
-/// asker's claim.
-const CLAIM_SEEN_WITHIN: Duration = Duration::from_secs(3);
+/// asker's claim (part of [`ANSWER_WITHIN`]).
+const CLAIM_SEEN_WITHIN: Duration = Duration::from_secs(2);
 
 /// A client id's claim: the node holding its session, and the connection
 /// that claimed it there.
@@ -57,6 +61,18 @@ impl ClientClaim {
 /// What [`ClientSessions::hand_over`] returns.
 pub type HandOverFuture<'a> = Pin<Box<dyn Future<Output = Option<Vec<u8>>> + Send + 'a>>;
 
+/// What a node asked for a client's session answered.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TakenSession {
+    /// The session's record, given up there.
+    Record(Vec<u8>),
+    /// It had no session (or could not give it in time).
+    Nothing,
+    /// It claimed the client id again after the asker: the session stays
+    /// there, and the asker's claim is not the latest any more.
+    Kept,
+}
+
 /// The protocol adapter's side of the registry (MQTT sessions).
 pub trait ClientSessions: Send + Sync {
     /// Another node claimed `client_id` of `vhost`: close its connection
@@ -66,8 +82,13 @@ pub trait ClientSessions: Send + Sync {
     fn claimed_elsewhere(&self, vhost: &str, client_id: &str);
     /// Another node takes `client_id`'s session over: end its connection
     /// here, give up the session, and answer its record (None: no
-    /// session here).
-    fn hand_over<'a>(&'a self, vhost: &'a str, client_id: &'a str) -> HandOverFuture<'a>;
+    /// session here, or its connection did not go by `deadline`).
+    fn hand_over<'a>(
+        &'a self,
+        vhost: &'a str,
+        client_id: &'a str,
+        deadline: tokio::time::Instant,
+    ) -> HandOverFuture<'a>;
 }
 
 impl Broker {
@@ -100,16 +121,17 @@ impl Broker {
     }
 
     /// Claims `client_id` for connection `conn` of this node, returning
-    /// the claim it replaced (None: there was none, or not in a cluster).
-    /// Returns once the claim is applied here (every connection for the
-    /// id on a node that applied it was told to go). Unavailable when the
-    /// cluster could not commit it (no majority within its timeout).
+    /// the claim it replaced with the log index of the new one (None:
+    /// there was none, or not in a cluster). Returns once the claim is
+    /// applied here (every connection for the id on a node that applied
+    /// it was told to go). Unavailable when the cluster could not commit
+    /// it (no majority within its timeout).
     pub async fn claim_client(
         &self,
         vhost: &str,
         client_id: &str,
         conn: ConnectionId,
-    ) -> Result<Option<ClientClaim>, CoreError> {
+    ) -> Result<Option<(ClientClaim, u64)>, CoreError> {
         let (Some(log), Some(node)) = (self.meta_log(), self.node_name()) else {
             return Ok(None);
         };
@@ -118,12 +140,13 @@ impl Broker {
             node: node.to_owned(),
             connection: conn.0,
         };
-        log.commit(vec![MetaOp::Put {
-            key: records::client_key(vhost, client_id),
-            value: claim.encode(),
-        }])
-        .await?;
-        Ok(previous)
+        let index = log
+            .commit_at(vec![MetaOp::Put {
+                key: records::client_key(vhost, client_id),
+                value: claim.encode(),
+            }])
+            .await?;
+        Ok(previous.map(|p| (p, index)))
     }
 
     /// Removes the claim connection `conn` made on `client_id`, if it
@@ -131,51 +154,64 @@ impl Broker {
     /// for it, and a claim left behind by a failure only costs the next
     /// claimant a call (and is removed at this node's next start).
     pub fn release_client(&self, vhost: &str, client_id: &str, conn: ConnectionId) {
+        self.release_clients(vhost, vec![(client_id.to_owned(), conn)]);
+    }
+
+    /// [`Broker::release_client`] for many claims, in one entry.
+    pub fn release_clients(&self, vhost: &str, claims: Vec<(String, ConnectionId)>) {
         let (Some(log), Some(node)) = (self.meta_log(), self.node_name()) else {
             return;
         };
-        if conn.0 == 0 {
-            // No connection of this node's life claimed it.
+        let ops: Vec<MetaOp> = claims
+            .iter()
+            // Connection 0: no connection of this node's life claimed it.
+            .filter(|(_, conn)| conn.0 != 0)
+            .map(|(client_id, conn)| MetaOp::DeleteIf {
+                key: records::client_key(vhost, client_id),
+                value: ClientClaim {
+                    node: node.to_owned(),
+                    connection: conn.0,
+                }
+                .encode(),
+            })
+            .collect();
+        if ops.is_empty() {
             return;
         }
-        let claim = ClientClaim {
-            node: node.to_owned(),
-            connection: conn.0,
-        };
         let log = Arc::clone(log);
-        let key = records::client_key(vhost, client_id);
-        let client_id = client_id.to_owned();
         tokio::spawn(async move {
-            let op = MetaOp::DeleteIf {
-                key,
-                value: claim.encode(),
-            };
-            if let Err(e) = log.commit(vec![op]).await {
-                tracing::info!(%client_id, error = %e, "a client id's claim was not removed");
+            let n = ops.len();
+            if let Err(e) = log.commit(ops).await {
+                tracing::info!(claims = n, error = %e, "client id claims were not removed");
             }
         });
     }
 
     /// Asks node `node` for `client_id`'s session (its adapter's record
-    /// of it), which that node gives up. None: it had none.
+    /// of it), which that node gives up.
+    /// `index`: the log index of the claim `conn` made.
     pub async fn take_client_session(
         &self,
         node: &str,
         vhost: &str,
         client_id: &str,
         conn: ConnectionId,
-    ) -> Result<Option<Vec<u8>>, CoreError> {
+        index: u64,
+    ) -> Result<TakenSession, CoreError> {
         let Some(forwarder) = self.forwarder.get() else {
-            return Ok(None);
+            return Ok(TakenSession::Nothing);
         };
         let call = PeerCall::TakeSession {
             life: self.life(),
             vhost: vhost.to_owned(),
             client_id: client_id.to_owned(),
             connection: conn.0,
+            index,
         };
         match forwarder.call(node, call, HAND_OVER_WITHIN).await {
-            Ok(PeerReply::Session(record)) => Ok(record),
+            Ok(PeerReply::Session(Some(record))) => Ok(TakenSession::Record(record)),
+            Ok(PeerReply::Session(None)) => Ok(TakenSession::Nothing),
+            Ok(PeerReply::SessionKept) => Ok(TakenSession::Kept),
             Ok(other) => Err(CoreError::Unavailable(format!(
                 "node {node} answered a session hand-over with {other:?}"
             ))),
@@ -186,46 +222,54 @@ impl Broker {
     }
 
     /// Answers [`PeerCall::TakeSession`] from node `from` for its
-    /// connection `connection`: once that claim is applied here, the
-    /// session goes to it. A claim made here since (the client came back)
-    /// keeps it here, and so does a claim this node has not seen in time.
+    /// connection `connection`, whose claim is the entry at `index` (all
+    /// within [`ANSWER_WITHIN`]): once that entry is applied here, the
+    /// session goes to it. A claim this node made after it (the client
+    /// came back here) keeps the session here ([`PeerReply::SessionKept`]).
+    /// An entry not applied here in time is answered as no session: the
+    /// asker's claim stands, and this node lets go of the session when
+    /// it applies it.
     pub(crate) async fn hand_over_client(
         &self,
         from: &str,
         vhost: &str,
         client_id: &str,
         connection: u64,
+        index: u64,
     ) -> PeerReply {
+        let deadline = tokio::time::Instant::now() + ANSWER_WITHIN;
+        let Some(log) = self.meta_log() else {
+            return PeerReply::Session(None);
+        };
+        if !log.wait_applied(index, CLAIM_SEEN_WITHIN).await {
+            tracing::info!(
+                client_id,
+                node = from,
+                "a session stays here for now: the claim asking for it is not applied here yet"
+            );
+            return PeerReply::Session(None);
+        }
         let theirs = ClientClaim {
             node: from.to_owned(),
             connection,
         };
-        let deadline = tokio::time::Instant::now() + CLAIM_SEEN_WITHIN;
-        loop {
-            match self.client_claim(vhost, client_id) {
-                Some(c) if c == theirs => break,
-                Some(c) if Some(c.node.as_str()) == self.node_name() => {
-                    // Still this node's: the asker's claim is not applied
-                    // here yet, or this node claimed again since.
-                    if tokio::time::Instant::now() >= deadline {
-                        tracing::info!(
-                            client_id,
-                            node = from,
-                            "a session stays here: the claim asking for it is not the latest here"
-                        );
-                        return PeerReply::Session(None);
-                    }
-                }
-                // Another node's, or none: the asker's is applied and
-                // superseded elsewhere; what this node holds is stale
-                // either way, and the asker may have it.
-                _ => break,
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
+        // The asker's claim or a later one: a later one of this node's
+        // keeps the session; one of another node's (or none) leaves what
+        // this node holds stale either way, and the asker may have it.
+        if let Some(c) = self.client_claim(vhost, client_id)
+            && c != theirs
+            && Some(c.node.as_str()) == self.node_name()
+        {
+            tracing::info!(
+                client_id,
+                node = from,
+                "a session stays here: this node claimed it again after the asker"
+            );
+            return PeerReply::SessionKept;
         }
         let sessions = self.client_sessions.get().cloned();
         let record = match sessions {
-            Some(s) => s.hand_over(vhost, client_id).await,
+            Some(s) => s.hand_over(vhost, client_id, deadline).await,
             None => None,
         };
         PeerReply::Session(record)

@@ -39,7 +39,7 @@ use crate::retained::Retained;
 use crate::topology::Topology;
 use crate::value::FieldTable;
 
-pub use clients::{ClientClaim, ClientSessions, HandOverFuture};
+pub use clients::{ClientClaim, ClientSessions, HandOverFuture, TakenSession};
 pub use connections::{ConnectionDetails, ConnectionEntry, ConnectionSnapshot};
 pub use consume::{ConsumerHandle, GetOk};
 pub use declare::{ConsumerSummary, QueueInfo, QueueSummary};
@@ -47,7 +47,9 @@ pub use forward::{CallFuture, ForwardAnswer, ForwardFuture, Forwarded, Forwarder
 pub use publish::Published;
 pub use quorum::{EnqueueFuture, QuorumLog, QuorumQueue, is_quorum, quorum_key};
 pub use remote::{ControlOp, PeerCall, PeerReply, Shipped};
-pub use replica::{MetaFuture, MetaLog, MetaOp, Records, RemoteQueue};
+pub use replica::{
+    AppliedFuture, MetaFuture, MetaIndexFuture, MetaLog, MetaOp, Records, RemoteQueue,
+};
 pub use vhosts::VhostInfo;
 
 /// Broker-wide settings the core needs.

@@ -122,6 +122,8 @@ pub enum PeerCall {
         /// The caller's connection that claimed it: the session is given
         /// to that claim only, once it is applied here.
         connection: u64,
+        /// The claim's entry in the metadata group's log.
+        index: u64,
     },
 }
 
@@ -198,6 +200,9 @@ pub enum PeerReply {
         code: u16,
         text: String,
     },
+    /// A session asked for stays where it is: its node claimed the client
+    /// id again after the asker did (the client came back there).
+    SessionKept,
 }
 
 /// A [`CoreError`] as it crosses to another node and back.
@@ -1208,9 +1213,10 @@ impl Broker {
                 vhost,
                 client_id,
                 connection,
+                index,
                 ..
             } => Ok(self
-                .hand_over_client(from, &vhost, &client_id, connection)
+                .hand_over_client(from, &vhost, &client_id, connection, index)
                 .await),
         };
         result.unwrap_or_else(|e| refusal(&e))

@@ -113,16 +113,21 @@ impl Broker {
         let (Some(log), Some(me)) = (self.meta_log(), self.node_name()) else {
             return;
         };
+        let deadline = tokio::time::Instant::now() + ROUTE_WITHIN;
         // Shared with other binds; the keeper waits for it, and it for
         // the keeper, so the keeper never removes what this relies on.
-        let _gate = self.routes_gate.read().await;
+        // The wait for it counts in the bind's time too.
+        let Ok(_gate) = tokio::time::timeout_at(deadline, self.routes_gate.read()).await else {
+            self.routes_dirty.store(true, Ordering::Relaxed);
+            return;
+        };
         let key = records::route_key(&vh.name, me, &route);
         if log.get(&key).is_some() {
             return;
         }
         let value = records::encode_binding(&vh.name, &route);
         let commit = log.commit(vec![MetaOp::Put { key, value }]);
-        match tokio::time::timeout(ROUTE_WITHIN, commit).await {
+        match tokio::time::timeout_at(deadline, commit).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, exchange = %route.source, "a route to a queue of this node was not committed; tried again later");
