@@ -235,6 +235,7 @@ def test_a_node_without_the_secret_never_links(make_broker, tmp_path):
             'node_name = "n1"\nnodes = ["n1@127.0.0.1:1"]\nsecret_file = "{secret}"\nheartbeat_ms = 400',
             "3 × heartbeat_ms",
         ),
+        ('node_name = "n1"\nnodes = ["n1@127.0.0.1:1"]\nsecret_file = "{secret}"\npeer_tls = true', "peer_tls needs [tls]"),
     ],
 )
 def test_a_bad_cluster_section_stops_the_start_with_its_reason(tmp_path, body, expected):

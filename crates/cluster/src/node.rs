@@ -15,7 +15,7 @@ use tokio::net::TcpListener;
 use crate::error::ClusterError;
 use crate::log_store::LogStore;
 use crate::network::Network;
-use crate::peer::{Peers, Refusal, Reply, Rpc, write_locally};
+use crate::peer::{PeerTls, Peers, Refusal, Reply, Rpc, write_locally};
 use crate::state_machine::StateMachine;
 use crate::types::{Command, GroupId, NodeId, Response, TypeConfig};
 
@@ -466,12 +466,14 @@ impl MetaNode {
     /// `listener`, with the group's log and state in `store`; every link
     /// proves `secret` both ways. The member with the lowest id
     /// initializes the group on first start; a restarted member finds its
-    /// state in the store.
+    /// state in the store. With `tls` every peer link is TLS with
+    /// certificates both ways.
     pub async fn start(
         me: NodeId,
         listener: TcpListener,
         members: &BTreeMap<NodeId, SocketAddr>,
         secret: Arc<[u8]>,
+        tls: Option<PeerTls>,
         store: Store,
         timing: &Timing,
     ) -> Result<Self, ClusterError> {
@@ -480,7 +482,7 @@ impl MetaNode {
         }
         let addrs: HashMap<NodeId, SocketAddr> =
             members.iter().map(|(id, addr)| (*id, *addr)).collect();
-        let peers = Peers::start(me, listener, &addrs, secret);
+        let peers = Peers::start(me, listener, &addrs, secret, tls);
         match Group::start(GroupId::META, members, &peers, store.clone(), timing).await {
             Ok(group) => Ok(Self {
                 group,

@@ -8,6 +8,10 @@
 //! id. Requests are answered on tasks of their own, at most
 //! [`REQUESTS_IN_FLIGHT`] per link, so a slow group does not hold up the
 //! link's reader and a peer cannot make this node start unbounded work.
+//!
+//! With [`PeerTls`] every link is TLS first, both ends showing a
+//! certificate of the cluster's CA (the acceptor's checked against the
+//! address dialed); the secret's handshake then runs inside it.
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -27,7 +31,7 @@ use openraft::raft::{
 use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
 use tokio::task::JoinSet;
@@ -65,6 +69,21 @@ const LINK_IDLE: Duration = Duration::from_secs(5);
 /// First and longest pause between two dials of a peer that is down.
 const REDIAL_MIN: Duration = Duration::from_millis(50);
 const REDIAL_MAX: Duration = Duration::from_secs(1);
+
+/// TLS on the peer links: the acceptor asks for and checks the dialer's
+/// certificate, the dialer checks the acceptor's (its chain to the
+/// cluster's CA, and its name against the IP address dialed). Built by
+/// the server from `[tls]`.
+#[derive(Clone)]
+pub struct PeerTls {
+    pub acceptor: tokio_rustls::TlsAcceptor,
+    pub connector: tokio_rustls::TlsConnector,
+}
+
+/// A link's byte stream: TCP, or TLS over it.
+trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
+type LinkStream = Box<dyn Io>;
 
 /// One frame on a link.
 #[derive(Debug, Serialize, Deserialize)]
@@ -266,6 +285,8 @@ struct Inner {
     members: HashSet<NodeId>,
     /// The cluster's shared secret, which both ends of a link prove.
     secret: Arc<[u8]>,
+    /// TLS on every link, if set.
+    tls: Option<PeerTls>,
     /// The open link to each peer.
     links: Mutex<HashMap<NodeId, Link>>,
     /// The local member of each group, which requests are handed to.
@@ -299,18 +320,21 @@ impl Peers {
     /// Start accepting on `listener` and dialing every peer in `members`
     /// whose id is above `me` (this node itself may be listed). Both ends
     /// of every link prove they hold `secret` and list the same member
-    /// ids: a node configured with other members never links.
+    /// ids: a node configured with other members never links. With `tls`
+    /// every link is TLS with certificates both ways.
     pub fn start(
         me: NodeId,
         listener: TcpListener,
         members: &HashMap<NodeId, SocketAddr>,
         secret: Arc<[u8]>,
+        tls: Option<PeerTls>,
     ) -> Self {
         let peers = Peers {
             inner: Arc::new(Inner {
                 me,
                 members: members.keys().copied().collect(),
                 secret: link_key(&secret, members.keys().copied()),
+                tls,
                 links: Mutex::new(HashMap::new()),
                 groups: RwLock::new(HashMap::new()),
                 next_id: AtomicU64::new(1),
@@ -455,7 +479,7 @@ impl Peers {
     /// Accept links from members with lower ids.
     async fn accept(self, listener: TcpListener) {
         loop {
-            let mut stream = match listener.accept().await {
+            let stream = match listener.accept().await {
                 Ok((stream, _)) => stream,
                 Err(e) => {
                     // Out of descriptors and the like: pause, not spin.
@@ -471,11 +495,18 @@ impl Peers {
             let peers = self.clone();
             self.spawn(async move {
                 let _ = stream.set_nodelay(true);
-                let welcomed =
-                    tokio::time::timeout(HANDSHAKE_TIMEOUT, peers.welcome(&mut stream)).await;
+                let welcomed = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
+                    let mut stream: LinkStream = match &peers.inner.tls {
+                        Some(tls) => Box::new(tls.acceptor.accept(stream).await?),
+                        None => Box::new(stream),
+                    };
+                    let from = peers.welcome(&mut stream).await?;
+                    Ok::<_, std::io::Error>((from, stream))
+                })
+                .await;
                 drop(slot);
                 match welcomed {
-                    Ok(Ok(from)) => peers.run(from, stream).await,
+                    Ok(Ok((from, stream))) => peers.run(from, stream).await,
                     Ok(Err(e)) => tracing::warn!(error = %e, "peer link refused"),
                     Err(_) => tracing::warn!("peer link refused: no handshake in time"),
                 }
@@ -485,7 +516,7 @@ impl Peers {
 
     /// The acceptor's half of the handshake: challenge, check the Hello,
     /// prove the secret back. Answers the dialer's id.
-    async fn welcome(&self, stream: &mut TcpStream) -> std::io::Result<NodeId> {
+    async fn welcome(&self, stream: &mut LinkStream) -> std::io::Result<NodeId> {
         let challenge = nonce()?;
         send(stream, &Frame::Challenge { nonce: challenge }).await?;
         let Frame::Hello { from, nonce, proof } = read_frame(stream, MAX_HANDSHAKE_BYTES).await?
@@ -516,7 +547,7 @@ impl Peers {
     }
 
     /// The dialer's half of the handshake with `peer`.
-    async fn hello(&self, stream: &mut TcpStream, peer: NodeId) -> std::io::Result<()> {
+    async fn hello(&self, stream: &mut LinkStream, peer: NodeId) -> std::io::Result<()> {
         let Frame::Challenge { nonce: challenge } = read_frame(stream, MAX_HANDSHAKE_BYTES).await?
         else {
             return Err(std::io::Error::other("the first frame is not a Challenge"));
@@ -557,13 +588,24 @@ impl Peers {
                 Ok(stream) if stream.local_addr().ok() == stream.peer_addr().ok() => {
                     drop(stream);
                 }
-                Ok(mut stream) => {
+                Ok(stream) => {
                     let _ = stream.set_nodelay(true);
-                    let said =
-                        tokio::time::timeout(HANDSHAKE_TIMEOUT, self.hello(&mut stream, peer))
-                            .await;
+                    let said = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
+                        let mut stream: LinkStream = match &self.inner.tls {
+                            Some(tls) => {
+                                let name = tokio_rustls::rustls::pki_types::ServerName::IpAddress(
+                                    addr.ip().into(),
+                                );
+                                Box::new(tls.connector.connect(name, stream).await?)
+                            }
+                            None => Box::new(stream),
+                        };
+                        self.hello(&mut stream, peer).await?;
+                        Ok::<_, std::io::Error>(stream)
+                    })
+                    .await;
                     match said {
-                        Ok(Ok(())) => {
+                        Ok(Ok(stream)) => {
                             pause = REDIAL_MIN;
                             self.clone().run(peer, stream).await;
                         }
@@ -579,8 +621,8 @@ impl Peers {
     }
 
     /// Serve a link to `peer` until it drops or a newer one replaces it.
-    async fn run(self, peer: NodeId, stream: TcpStream) {
-        let (mut reader, writer) = stream.into_split();
+    async fn run(self, peer: NodeId, stream: LinkStream) {
+        let (mut reader, writer) = tokio::io::split(stream);
         let (tx, mut rx) = mpsc::channel::<Vec<u8>>(SEND_QUEUE);
         let serial = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let link = Link {
@@ -736,7 +778,7 @@ async fn answer(raft: &Raft<TypeConfig>, rpc: Rpc) -> Reply {
 }
 
 /// Encode and write one frame (the handshake's).
-async fn send(stream: &mut TcpStream, frame: &Frame) -> std::io::Result<()> {
+async fn send(stream: &mut LinkStream, frame: &Frame) -> std::io::Result<()> {
     let bytes = records::encode("peer handshake", frame).map_err(std::io::Error::other)?;
     write_frame(stream, &bytes).await
 }

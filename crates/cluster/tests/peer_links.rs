@@ -17,8 +17,8 @@ async fn pair(
     let l2 = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let members: HashMap<u64, _> =
         [(1, l1.local_addr().unwrap()), (2, l2.local_addr().unwrap())].into();
-    let p1 = Peers::start(1, l1, &members, Arc::from(secret_1));
-    let p2 = Peers::start(2, l2, &members, Arc::from(secret_2));
+    let p1 = Peers::start(1, l1, &members, Arc::from(secret_1), None);
+    let p2 = Peers::start(2, l2, &members, Arc::from(secret_2), None);
     (p1, p2, members)
 }
 
@@ -102,8 +102,8 @@ async fn members_listing_other_members_never_link() {
     let mut three = two.clone();
     three.insert(3, "127.0.0.1:9".parse().unwrap());
     let secret: Arc<[u8]> = Arc::from(&b"same"[..]);
-    let p1 = Peers::start(1, l1, &two, Arc::clone(&secret));
-    let p2 = Peers::start(2, l2, &three, secret);
+    let p1 = Peers::start(1, l1, &two, Arc::clone(&secret), None);
+    let p2 = Peers::start(2, l2, &three, secret, None);
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(p1.connected(), Vec::<u64>::new());
     assert_eq!(p2.connected(), Vec::<u64>::new());

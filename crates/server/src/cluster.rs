@@ -109,7 +109,12 @@ impl Cluster {
     /// Start this node's member of the metadata group: read the secret,
     /// bind the peer listener at this node's address, open the group in
     /// `store`.
-    pub async fn start(config: &ClusterConfig, store: Store) -> Result<Arc<Cluster>, ServerError> {
+    /// With `tls`, every peer link is TLS with certificates both ways.
+    pub async fn start(
+        config: &ClusterConfig,
+        tls: Option<junction_cluster::PeerTls>,
+        store: Store,
+    ) -> Result<Arc<Cluster>, ServerError> {
         let fail = |reason: String| ServerError::Cluster(reason);
         let members = config.members().map_err(fail)?;
         let secret = read_secret(config).map_err(fail)?;
@@ -138,7 +143,7 @@ impl Cluster {
             election_max: Duration::from_millis(config.election_timeout_max_ms),
             ..Timing::default()
         };
-        let node = MetaNode::start(me, listener, &ids, secret.into(), store, &timing)
+        let node = MetaNode::start(me, listener, &ids, secret.into(), tls, store, &timing)
             .await
             .map_err(|e| fail(e.to_string()))?;
         let node = Arc::new(node);

@@ -87,9 +87,14 @@ pub struct ClusterConfig {
     pub nodes: Vec<String>,
     /// A file holding the cluster's shared secret (at least 16 bytes, the
     /// same on every node; a trailing newline is not part of it). Peer
-    /// links prove it both ways when they open; what follows is neither
-    /// encrypted nor authenticated.
+    /// links prove it both ways when they open; without `peer_tls` what
+    /// follows is neither encrypted nor authenticated.
     pub secret_file: PathBuf,
+    /// TLS 1.3 on the peer links, with certificates both ways: each node
+    /// shows its `[tls] cert` (which must allow both server and client
+    /// authentication, and name its node's IP address from `nodes`) and
+    /// checks the other's against `[tls] ca`.
+    pub peer_tls: bool,
     /// Milliseconds between a leader's heartbeats (also the deadline of
     /// one replication call); at most a third of
     /// `election_timeout_min_ms`.
@@ -108,6 +113,7 @@ impl Default for ClusterConfig {
             node_name: String::new(),
             nodes: Vec::new(),
             secret_file: PathBuf::new(),
+            peer_tls: false,
             heartbeat_ms: 250,
             election_timeout_min_ms: 1000,
             election_timeout_max_ms: 2000,
@@ -581,6 +587,14 @@ impl Config {
     fn validate(&self) -> Result<(), String> {
         self.websocket.validate()?;
         self.cluster.validate(self.broker.in_memory)?;
+        if self.cluster.enabled
+            && self.cluster.peer_tls
+            && (!self.tls.enabled() || self.tls.ca.as_os_str().is_empty())
+        {
+            return Err(
+                "[cluster] peer_tls needs [tls] cert, key and ca: each node's certificate and the CA that signs the others'".to_owned(),
+            );
+        }
         if self.broker.vhosts.is_empty() {
             return Err("[broker] vhosts must name at least one vhost".to_owned());
         }

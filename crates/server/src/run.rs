@@ -561,8 +561,14 @@ impl Server {
                 .cluster
                 .validate(config.broker.in_memory)
                 .map_err(ServerError::Cluster)?;
+            let peer_tls = if config.cluster.peer_tls {
+                Some(crate::tls::peer_tls(&config.tls).map_err(ServerError::Tls)?)
+            } else {
+                None
+            };
             let cluster =
-                crate::cluster::Cluster::start(&config.cluster, broker.store().clone()).await?;
+                crate::cluster::Cluster::start(&config.cluster, peer_tls, broker.store().clone())
+                    .await?;
             cluster.attach(&broker);
             Some(cluster)
         } else {

@@ -237,6 +237,69 @@ fn read_certs(what: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>, S
     Ok(certs)
 }
 
+/// The CA certificates of `[tls] ca`, as roots.
+fn read_roots(config: &TlsConfig) -> Result<Arc<rustls::RootCertStore>, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in read_certs("ca", &config.ca)? {
+        roots
+            .add(ca)
+            .map_err(|e| format!("[tls] ca {}: {e}", config.ca.display()))?;
+    }
+    Ok(Arc::new(roots))
+}
+
+/// The revocation lists of `[tls] crl` (none when it is not set).
+fn read_crls(config: &TlsConfig) -> Result<Vec<CertificateRevocationListDer<'static>>, String> {
+    if config.crl.as_os_str().is_empty() {
+        return Ok(Vec::new());
+    }
+    CertificateRevocationListDer::pem_file_iter(&config.crl)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("[tls] crl {}: {e}", config.crl.display()))
+}
+
+/// TLS for the cluster's peer links (`[cluster] peer_tls`), TLS 1.3 only
+/// (both ends are Junction): this node's `[tls] cert` and `key` on both
+/// ends of its links; the other node's certificate must chain to `[tls]
+/// ca` (and not be revoked by `[tls] crl`), and the acceptor's must name
+/// the IP address it was dialed at.
+pub fn peer_tls(config: &TlsConfig) -> Result<junction_cluster::PeerTls, String> {
+    #[allow(deprecated)]
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let versions: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13];
+    let chain = read_certs("cert", &config.cert)?;
+    let key = PrivateKeyDer::from_pem_file(&config.key)
+        .map_err(|e| format!("[tls] key {}: {e}", config.key.display()))?;
+    let roots = read_roots(config)?;
+    let crls = read_crls(config)?;
+    let verifier =
+        WebPkiClientVerifier::builder_with_provider(Arc::clone(&roots), Arc::clone(&provider))
+            .with_crls(crls.clone())
+            .build()
+            .map_err(|e| format!("[tls] peer verification: {e}"))?;
+    let server = ServerConfig::builder_with_provider(Arc::clone(&provider))
+        .with_protocol_versions(versions)
+        .map_err(|e| format!("[tls] protocol versions: {e}"))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain.clone(), key.clone_key())
+        .map_err(|e| format!("[tls] cert and key: {e}"))?;
+    let server_verifier =
+        rustls::client::WebPkiServerVerifier::builder_with_provider(roots, Arc::clone(&provider))
+            .with_crls(crls)
+            .build()
+            .map_err(|e| format!("[tls] peer verification: {e}"))?;
+    let client = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(versions)
+        .map_err(|e| format!("[tls] protocol versions: {e}"))?
+        .with_webpki_verifier(server_verifier)
+        .with_client_auth_cert(chain, key)
+        .map_err(|e| format!("[tls] cert and key as a client's: {e}"))?;
+    Ok(junction_cluster::PeerTls {
+        acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(server)),
+        connector: tokio_rustls::TlsConnector::from(Arc::new(client)),
+    })
+}
+
 /// A rustls server configuration from the files `config` names.
 fn build(config: &TlsConfig) -> Result<ServerConfig, String> {
     // ring, as the project requires (no aws-lc C build). rustls 0.23.48
@@ -258,25 +321,14 @@ fn build(config: &TlsConfig) -> Result<ServerConfig, String> {
     let builder = match config.verify {
         Verify::None => builder.with_no_client_auth(),
         Verify::Optional | Verify::Required => {
-            let mut roots = rustls::RootCertStore::empty();
-            for ca in read_certs("ca", &config.ca)? {
-                roots
-                    .add(ca)
-                    .map_err(|e| format!("[tls] ca {}: {e}", config.ca.display()))?;
-            }
-            let crls = if config.crl.as_os_str().is_empty() {
-                Vec::new()
-            } else {
-                CertificateRevocationListDer::pem_file_iter(&config.crl)
-                    .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-                    .map_err(|e| format!("[tls] crl {}: {e}", config.crl.display()))?
-            };
+            let roots = read_roots(config)?;
+            let crls = read_crls(config)?;
             // With CRLs, the client's own certificate is checked against
             // them (OpenSSL's and so Mosquitto's CRL check); a certificate
             // whose issuer has no CRL in the file is refused.
             let checks_crls = !crls.is_empty();
             let verifier =
-                WebPkiClientVerifier::builder_with_provider(Arc::new(roots), Arc::clone(&provider))
+                WebPkiClientVerifier::builder_with_provider(roots, Arc::clone(&provider))
                     .with_crls(crls);
             let verifier = if checks_crls {
                 verifier.only_check_end_entity_revocation()

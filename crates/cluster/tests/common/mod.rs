@@ -87,7 +87,7 @@ pub async fn start_node(
 ) -> (MetaNode, Store) {
     let store = Store::open_rocksdb(dir, StoreOptions::default()).expect("open store");
     let secret: Arc<[u8]> = Arc::from(SECRET);
-    let node = MetaNode::start(id, listener, members, secret, store.clone(), timing)
+    let node = MetaNode::start(id, listener, members, secret, None, store.clone(), timing)
         .await
         .expect("start node");
     (node, store)
