@@ -6,8 +6,9 @@ consumed on another (pika, across the links); the peer listener speaks
 TLS 1.3 only, refuses a client without a certificate or with one another
 CA signed, and answers a caller with a good certificate with the secret
 handshake's challenge inside TLS; a node whose certificate another CA
-signed never links, while the other two form a majority. Certificates are
-made with the `openssl` command, as docs/security.md tells an operator."""
+signed, or that the cluster's CA signed for another address, never
+links, while the other two form a majority. Certificates are made with
+the `openssl` command, as docs/security.md tells an operator."""
 
 import socket
 import ssl
@@ -39,6 +40,8 @@ def peer_certs(tmp_path_factory):
     for n in ("n1", "n2", "n3"):
         _leaf(d, n, "ca", f"junction-{n}", PEER_EXT)
     _leaf(d, "rogue", "rogue-ca", "junction-n3", PEER_EXT)
+    # The right CA, the wrong address.
+    _leaf(d, "wrong-ip", "ca", "junction-n1", PEER_EXT.replace("127.0.0.1", "127.0.0.9"))
     return d
 
 
@@ -166,16 +169,32 @@ def test_a_cluster_with_peer_tls_forms_and_carries_messages_and_its_listener_wan
 
 
 @pytest.mark.deadline(120)
-def test_a_node_whose_certificate_another_ca_signed_never_links(make_broker, tmp_path, peer_certs):
-    brokers = tls_nodes(make_broker, tmp_path, peer_certs, certs=("n1", "n2", "rogue"))
-    n1, n2, n3 = brokers
-    # n1 and n2 are a majority and form; n3 (same secret, rogue CA) is
+@pytest.mark.parametrize(
+    "certs, isolated, why",
+    [
+        # n3 (the highest id) is dialed by both: they refuse its certificate.
+        (("n1", "n2", "rogue"), "n3", "peer handshake failed"),
+        # n1 dials n3, which refuses its certificate (the cluster's CA
+        # signed it, but for another address); n2 dials n1 and refuses the
+        # same certificate as the acceptor's. (n2, the lowest id, starts
+        # the group: it must stay.)
+        (("wrong-ip", "n2", "n3"), "n1", "does not name its address"),
+    ],
+    ids=["another-ca", "another-address"],
+)
+def test_a_node_whose_certificate_is_not_its_own_never_links(
+    make_broker, tmp_path, peer_certs, certs, isolated, why
+):
+    brokers = tls_nodes(make_broker, tmp_path, peer_certs, certs=certs)
+    odd = next(b for b in brokers if b.name == isolated)
+    pair = [b for b in brokers if b is not odd]
+    # The other two are a majority and form; the odd one (same secret) is
     # never linked and never hears a leader.
-    wait_for("n1 and n2 formed", lambda: agreed_leader([n1, n2], ["n1", "n2"]), timeout=30)
-    for b in (n1, n2):
-        entry = next(n for n in nodes(b) if n["name"] == "junction@n3")
+    wait_for("the other two formed", lambda: agreed_leader(pair, [b.name for b in pair]), timeout=30)
+    for b in pair:
+        entry = next(n for n in nodes(b) if n["name"] == f"junction@{isolated}")
         assert entry["running"] is False, entry
-    assert own(n3)["cluster"]["leader"] is None
-    assert [n["running"] for n in nodes(n3) if "cluster" not in n] == [False, False]
-    logs = n1.log_tail(400) + n2.log_tail(400) + n3.log_tail(400)
-    assert "peer link refused" in logs or "peer handshake failed" in logs, logs[-2000:]
+    assert own(odd)["cluster"]["leader"] is None
+    assert [n["running"] for n in nodes(odd) if "cluster" not in n] == [False, False]
+    logs = "".join(b.log_tail(400) for b in brokers)
+    assert why in logs, logs[-2000:]

@@ -283,6 +283,9 @@ struct Inner {
     me: NodeId,
     /// Every member's id: a Hello from anyone else is refused.
     members: HashSet<NodeId>,
+    /// Every member's listed address (with TLS, a dialer's certificate
+    /// must name its IP).
+    addrs: HashMap<NodeId, SocketAddr>,
     /// The cluster's shared secret, which both ends of a link prove.
     secret: Arc<[u8]>,
     /// TLS on every link, if set.
@@ -333,6 +336,7 @@ impl Peers {
             inner: Arc::new(Inner {
                 me,
                 members: members.keys().copied().collect(),
+                addrs: members.clone(),
                 secret: link_key(&secret, members.keys().copied()),
                 tls,
                 links: Mutex::new(HashMap::new()),
@@ -496,11 +500,20 @@ impl Peers {
             self.spawn(async move {
                 let _ = stream.set_nodelay(true);
                 let welcomed = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
-                    let mut stream: LinkStream = match &peers.inner.tls {
-                        Some(tls) => Box::new(tls.acceptor.accept(stream).await?),
-                        None => Box::new(stream),
+                    let (mut stream, leaf): (LinkStream, _) = match &peers.inner.tls {
+                        Some(tls) => {
+                            let tls = tls.acceptor.accept(stream).await?;
+                            let leaf = tls
+                                .get_ref()
+                                .1
+                                .peer_certificates()
+                                .and_then(|chain| chain.first())
+                                .map(|c| c.as_ref().to_vec());
+                            (Box::new(tls), Some(leaf))
+                        }
+                        None => (Box::new(stream), None),
                     };
-                    let from = peers.welcome(&mut stream).await?;
+                    let from = peers.welcome(&mut stream, leaf).await?;
                     Ok::<_, std::io::Error>((from, stream))
                 })
                 .await;
@@ -516,7 +529,13 @@ impl Peers {
 
     /// The acceptor's half of the handshake: challenge, check the Hello,
     /// prove the secret back. Answers the dialer's id.
-    async fn welcome(&self, stream: &mut LinkStream) -> std::io::Result<NodeId> {
+    /// With TLS, `leaf` is the dialer's certificate (None: it showed
+    /// none), which must name the dialer's address before it is welcome.
+    async fn welcome(
+        &self,
+        stream: &mut LinkStream,
+        leaf: Option<Option<Vec<u8>>>,
+    ) -> std::io::Result<NodeId> {
         let challenge = nonce()?;
         send(stream, &Frame::Challenge { nonce: challenge }).await?;
         let Frame::Hello { from, nonce, proof } = read_frame(stream, MAX_HANDSHAKE_BYTES).await?
@@ -541,9 +560,33 @@ impl Peers {
                 "node {from} does not hold the cluster secret or lists other members"
             )));
         }
+        if let Some(leaf) = leaf {
+            self.check_dialer(from, leaf.as_deref())?;
+        }
         let proof = prove(&self.inner.secret, WELCOME_LABEL, &nonce, me, from);
         send(stream, &Frame::Welcome { proof }).await?;
         Ok(from)
+    }
+
+    /// With TLS: the dialer `from` proved the secret; its certificate
+    /// (which the CA signed) must also name its listed IP address, as
+    /// the acceptor's names the address dialed, so that a certificate of
+    /// the same CA issued to anything but that node (a client's) is not
+    /// a node's.
+    fn check_dialer(&self, from: NodeId, leaf: Option<&[u8]>) -> std::io::Result<()> {
+        let ip = self
+            .inner
+            .addrs
+            .get(&from)
+            .map(SocketAddr::ip)
+            .ok_or_else(|| std::io::Error::other(format!("node {from} is not a member")))?;
+        if leaf.is_some_and(|der| names_ip(der, ip)) {
+            Ok(())
+        } else {
+            Err(std::io::Error::other(format!(
+                "node {from}'s certificate does not name its address {ip}"
+            )))
+        }
     }
 
     /// The dialer's half of the handshake with `peer`.
@@ -781,6 +824,26 @@ async fn answer(raft: &Raft<TypeConfig>, rpc: Rpc) -> Reply {
 async fn send(stream: &mut LinkStream, frame: &Frame) -> std::io::Result<()> {
     let bytes = records::encode("peer handshake", frame).map_err(std::io::Error::other)?;
     write_frame(stream, &bytes).await
+}
+
+/// Whether the certificate `der` has `ip` among its subject alternative
+/// names (an IP entry).
+fn names_ip(der: &[u8], ip: std::net::IpAddr) -> bool {
+    use x509_parser::extensions::GeneralName;
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
+        return false;
+    };
+    let Ok(Some(sans)) = cert.subject_alternative_name() else {
+        return false;
+    };
+    let want: Vec<u8> = match ip {
+        std::net::IpAddr::V4(v4) => v4.octets().to_vec(),
+        std::net::IpAddr::V6(v6) => v6.octets().to_vec(),
+    };
+    sans.value
+        .general_names
+        .iter()
+        .any(|n| matches!(n, GeneralName::IPAddress(bytes) if *bytes == want.as_slice()))
 }
 
 /// A fresh random nonce.

@@ -974,8 +974,15 @@ impl Conn {
                 // the client (and kicks, and shutdown) as usual, its timer
                 // waking it for the next.
                 if due <= Instant::now() {
-                    Box::pin(self.reattach()).await;
-                    if self.end.is_some() {
+                    // A try waits as long as the attach does (a leader
+                    // being elected: seconds); a shutdown does not wait
+                    // for it (the connection ends: what the try left half
+                    // made goes with it).
+                    let stopped = tokio::select! {
+                        () = Box::pin(self.reattach()) => false,
+                        () = shutdown.cancelled() => true,
+                    };
+                    if stopped || self.end.is_some() {
                         continue;
                     }
                 }
@@ -1053,9 +1060,14 @@ impl Conn {
                         }
                     }
                 }
-                // Not while we hold the client back ourselves.
-                _ = &mut timer, if read_ok => {
+                // Not while we hold the client back ourselves, unless a
+                // consumer is to be made again (the loop's top does it).
+                _ = &mut timer, if read_ok || self.rare.as_ref().is_some_and(|r| r.reattach_due.is_some()) => {
                     let now = Instant::now();
+                    if !read_ok {
+                        timer.as_mut().reset(now + PARK_AFTER);
+                        continue;
+                    }
                     if keepalive.is_none_or(|k| now < last_recv + k) {
                         // Not in the middle of a packet: parked reads are
                         // small (see `park`).

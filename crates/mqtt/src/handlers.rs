@@ -95,9 +95,12 @@ impl Conn {
     /// loop); after five failures in a row the client is disconnected
     /// (it resumes its session when it reconnects).
     pub(crate) async fn reattach(&mut self) {
+        let outcome = self.attach().await;
+        // Counted from the try's end: a try that waited (a leader being
+        // elected) is not followed by the next at once.
         let now = tokio::time::Instant::now();
         self.rare().reattached_at = Some(now);
-        match self.attach().await {
+        match outcome {
             Ok(()) => {
                 let r = self.rare();
                 r.reattach_due = None;

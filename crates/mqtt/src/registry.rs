@@ -362,8 +362,12 @@ pub(crate) async fn remove_orphans(
     let ctx = Arc::clone(ctx);
     let shutdown = shutdown.clone();
     tasks.spawn(async move {
+        // Each deletion is a commit: stop between them at shutdown too.
         tokio::select! {
-            () = tokio::time::sleep(ORPHANS_AFTER) => remove_orphan_queues(&ctx).await,
+            () = async {
+                tokio::time::sleep(ORPHANS_AFTER).await;
+                remove_orphan_queues(&ctx).await;
+            } => {}
             () = shutdown.cancelled() => {}
         }
     });

@@ -261,8 +261,8 @@ fn read_crls(config: &TlsConfig) -> Result<Vec<CertificateRevocationListDer<'sta
 /// TLS for the cluster's peer links (`[cluster] peer_tls`), TLS 1.3 only
 /// (both ends are Junction): this node's `[tls] cert` and `key` on both
 /// ends of its links; the other node's certificate must chain to `[tls]
-/// ca` (and not be revoked by `[tls] crl`), and the acceptor's must name
-/// the IP address it was dialed at.
+/// ca` (and, itself, not be revoked by `[tls] crl`, as for clients), and
+/// name that node's IP address (checked by both ends).
 pub fn peer_tls(config: &TlsConfig) -> Result<junction_cluster::PeerTls, String> {
     #[allow(deprecated)]
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -275,6 +275,7 @@ pub fn peer_tls(config: &TlsConfig) -> Result<junction_cluster::PeerTls, String>
     let verifier =
         WebPkiClientVerifier::builder_with_provider(Arc::clone(&roots), Arc::clone(&provider))
             .with_crls(crls.clone())
+            .only_check_end_entity_revocation()
             .build()
             .map_err(|e| format!("[tls] peer verification: {e}"))?;
     let server = ServerConfig::builder_with_provider(Arc::clone(&provider))
@@ -286,6 +287,7 @@ pub fn peer_tls(config: &TlsConfig) -> Result<junction_cluster::PeerTls, String>
     let server_verifier =
         rustls::client::WebPkiServerVerifier::builder_with_provider(roots, Arc::clone(&provider))
             .with_crls(crls)
+            .only_check_end_entity_revocation()
             .build()
             .map_err(|e| format!("[tls] peer verification: {e}"))?;
     let client = rustls::ClientConfig::builder_with_provider(provider)

@@ -224,8 +224,9 @@ impl Broker {
     /// Answers [`PeerCall::TakeSession`] from node `from` for its
     /// connection `connection`, whose claim is the entry at `index` (all
     /// within [`ANSWER_WITHIN`]): once that entry is applied here, the
-    /// session goes to it. A claim this node made after it (the client
-    /// came back here) keeps the session here ([`PeerReply::SessionKept`]).
+    /// session goes to it if its claim is still the latest; a later one
+    /// (this node's, or another's) keeps the session here
+    /// ([`PeerReply::SessionKept`]).
     /// An entry not applied here in time is answered as no session: the
     /// asker's claim stands, and this node lets go of the session when
     /// it applies it.
@@ -253,17 +254,16 @@ impl Broker {
             node: from.to_owned(),
             connection,
         };
-        // The asker's claim or a later one: a later one of this node's
-        // keeps the session; one of another node's (or none) leaves what
-        // this node holds stale either way, and the asker may have it.
-        if let Some(c) = self.client_claim(vhost, client_id)
-            && c != theirs
-            && Some(c.node.as_str()) == self.node_name()
-        {
+        // Only the latest claim is given the session: a later one (this
+        // node's: the client came back; or a third node's, racing) means
+        // the asker's connection is not the client's any more, and a
+        // session handed to it would be ended by a clean start there,
+        // queue and all, under the latest claimant.
+        if self.client_claim(vhost, client_id).as_ref() != Some(&theirs) {
             tracing::info!(
                 client_id,
                 node = from,
-                "a session stays here: this node claimed it again after the asker"
+                "a session stays here: the client id was claimed again after the asker"
             );
             return PeerReply::SessionKept;
         }

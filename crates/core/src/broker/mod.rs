@@ -583,6 +583,9 @@ pub struct Broker {
     /// This node's bindings changed since its routes were last brought
     /// up to date (`routes.rs`).
     routes_dirty: AtomicBool,
+    /// A reset is applying the group's records: exchanges it makes do
+    /// not bind routes each (the reset binds them all once after).
+    routes_reset: AtomicBool,
     routes_keeper: std::sync::OnceLock<()>,
     /// Other nodes' routes bound in this node's topologies, by key.
     routes_applied: Mutex<std::collections::HashSet<Vec<u8>>>,
@@ -707,6 +710,7 @@ impl Broker {
             forwarder: std::sync::OnceLock::new(),
             client_sessions: std::sync::OnceLock::new(),
             routes_dirty: AtomicBool::new(false),
+            routes_reset: AtomicBool::new(false),
             routes_keeper: std::sync::OnceLock::new(),
             routes_applied: Mutex::new(std::collections::HashSet::new()),
             routes_gate: tokio::sync::RwLock::new(()),

@@ -200,8 +200,9 @@ pub enum PeerReply {
         code: u16,
         text: String,
     },
-    /// A session asked for stays where it is: its node claimed the client
-    /// id again after the asker did (the client came back there).
+    /// A session asked for stays where it is: the client id was claimed
+    /// again after the asker did (the client came back, there or
+    /// elsewhere).
     SessionKept,
 }
 

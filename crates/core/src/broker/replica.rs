@@ -18,6 +18,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 
 use junction_store::{Batch, Cf, Op};
@@ -407,8 +408,11 @@ impl Broker {
             "topology reset from the cluster"
         );
         changes.extend(all.iter().map(|(k, v)| (k.clone(), Some(v.clone()))));
+        // Exchanges made here do not scan the routes each: they are all
+        // bound once, below, once the topology has its exchanges.
+        self.routes_reset.store(true, Ordering::Relaxed);
         self.apply_in_order(changes);
-        // Routes bind exchanges the topology now has.
+        self.routes_reset.store(false, Ordering::Relaxed);
         self.reset_routes(&routes);
     }
 
@@ -584,7 +588,7 @@ impl Broker {
                     }
                 };
                 drop(topo);
-                if made {
+                if made && !self.routes_reset.load(Ordering::Relaxed) {
                     // Other nodes' routes from it (`routes.rs`).
                     self.rebind_routes(&vh, &name);
                 }

@@ -269,7 +269,11 @@ impl Broker {
                     applied.insert(key.to_vec());
                 }
                 None => {
-                    elsewhere.remove(&binding.routing_key);
+                    // Only this node's: another node's exclusive queue of
+                    // the same name, published since, stays reachable.
+                    if elsewhere.get(&binding.routing_key) == Some(&node) {
+                        elsewhere.remove(&binding.routing_key);
+                    }
                     applied.remove(key);
                 }
             }
