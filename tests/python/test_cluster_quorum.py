@@ -11,6 +11,8 @@ Each queue's declaring node leads it first, and a queue declared while
 the node with the lowest id is down has a leader at once."""
 
 import hashlib
+import json
+import threading
 import time
 
 import pika
@@ -324,3 +326,70 @@ def test_each_quorum_queue_is_led_first_by_its_declaring_node_even_with_the_lowe
     low.start()
     assert leader_everywhere(brokers, "placed-late") is declarer
     assert sorted(queue_info(low, "placed-late")["members"]) == [f"junction@{n}" for n in sorted(names)]
+
+
+@pytest.mark.deadline(240)
+def test_a_rebalance_spreads_quorum_queue_leaders_and_keeps_every_message(make_broker, tmp_path):
+    brokers, _ = formed(make_broker, tmp_path)
+    n1, n2, n3 = brokers
+    names = [f"spread-{i}" for i in range(6)]
+    # Six queues declared on n1: n1 leads them all; each holds 20
+    # confirmed messages published on n2.
+    for q in names:
+        declare_quorum(n1, q)
+    for q in names:
+        assert leader_everywhere(brokers, q) is n1
+    for q in names:
+        publish_confirmed(n2, q, [f"{q}-{i}".encode() for i in range(20)])
+
+    # `junction cluster rebalance` on n3: two moves each to n2 and n3,
+    # while a publisher on n2 goes on (each publish waits for its
+    # confirm: a queue being moved takes no writes for a moment).
+    errors, during, stop = [], {q: [] for q in names}, threading.Event()
+
+    def keep_publishing():
+        try:
+            conn = amqp(n2)
+            ch = conn.channel()
+            ch.confirm_delivery()
+            i = 0
+            while not stop.is_set():
+                for q in names:
+                    body = f"{q}-during-{i}".encode()
+                    ch.basic_publish("", q, body, PERSISTENT, mandatory=True)
+                    during[q].append(body)
+                i += 1
+            conn.close()
+        except Exception as e:  # reported in the test's thread
+            errors.append(repr(e))
+
+    publisher = threading.Thread(target=keep_publishing, daemon=True)
+    publisher.start()
+    url = ["--url", f"http://127.0.0.1:{n3.admin_port}"]
+    out = n3.command("cluster", "rebalance", *url, "--json").stdout
+    stop.set()
+    publisher.join(60)
+    assert not publisher.is_alive() and errors == [], errors
+    assert json.loads(out) == {"queues": 6, "planned": 4, "moved": 4}, out
+    counts = {b.name: 0 for b in brokers}
+    for q in names:
+        counts[leader_everywhere(brokers, q).name] += 1
+    assert counts == {"n1": 2, "n2": 2, "n3": 2}, counts
+    # Balanced already: nothing moves.
+    out = n3.command("cluster", "rebalance", *url).stdout
+    assert out.strip() == "moved 0 of 0 planned quorum queue leaders (6 quorum queues)", out
+
+    # Every queue still takes confirmed publishes on any node and gives
+    # back every message, each once, wherever its leader is now: those
+    # from before the rebalance first and in order, then those published
+    # while it ran (in any order: writes waiting for a move may overtake
+    # each other, as across any change of leader), then the last one.
+    for q in names:
+        publish_confirmed(n1, q, [f"{q}-after".encode()])
+    for q in names:
+        n = 20 + len(during[q]) + 1
+        got = [body for body, _ in consume_all(n2, q, n)]
+        assert len(got) == n, got
+        assert got[:20] == [f"{q}-{i}".encode() for i in range(20)], got
+        assert sorted(got[20:-1]) == sorted(during[q]), got
+        assert got[-1] == f"{q}-after".encode(), got

@@ -278,6 +278,37 @@ impl Group {
         )
     }
 
+    /// Hands the group's leadership to member `to`, wherever the leader
+    /// is (asked over its link): true once `to` leads. Writes to the
+    /// group wait meanwhile, about one election timeout
+    /// (`Peers::transfer`).
+    pub async fn hand_leadership_to(&self, to: NodeId) -> bool {
+        let m = self.metrics();
+        match m.current_leader {
+            Some(leader) if leader == to => true,
+            Some(leader) if leader == self.peers.me() => {
+                self.peers.transfer(self.id, &self.raft, to).await
+            }
+            Some(leader) => {
+                // The leader's hand-over takes up to about five election
+                // timeouts (catch-up, lease, election, margins).
+                let within = self.attempt * 6;
+                matches!(
+                    self.peers
+                        .call(leader, self.id, Rpc::Transfer { to }, within)
+                        .await,
+                    Ok(Reply::Transferred(true))
+                )
+            }
+            None => false,
+        }
+    }
+
+    /// Who leads the group, as this node knows.
+    pub fn leader(&self) -> Option<NodeId> {
+        self.metrics().current_leader
+    }
+
     /// Whether this node leads the group now.
     pub fn is_leader(&self) -> bool {
         self.metrics().state == ServerState::Leader
@@ -311,8 +342,12 @@ impl Group {
             // One try waits at most an election's length: a leader lost
             // without a word is replaced by then.
             let attempt = left.min(self.attempt);
-            let local =
-                tokio::time::timeout(attempt, write_locally(&self.raft, command.clone())).await;
+            let local = if self.peers.is_paused(self.id) {
+                // This node is handing the leadership over: wait for it.
+                Ok(Err(Refusal::Later))
+            } else {
+                tokio::time::timeout(attempt, write_locally(&self.raft, command.clone())).await
+            };
             match local {
                 Ok(Ok(answer)) => return Ok(self.applied_here(answer, deadline).await),
                 Ok(Err(Refusal::Failed(e))) => return Err(WriteError::Raft(e)),

@@ -149,6 +149,15 @@ pub(crate) enum Rpc {
     /// A request for the receiving node's broker, in the broker's own
     /// encoding ([`Peers::serve`]).
     Broker(Vec<u8>),
+    /// The receiving node leads the group: hand the leadership to member
+    /// `to` ([`Peers::transfer`]).
+    Transfer { to: NodeId },
+    /// Start no election in this group for `for_ms` milliseconds (another
+    /// member is being handed the leadership).
+    HoldElections { for_ms: u64 },
+    /// Stand for election in this group now (answered `Transferred`:
+    /// whether it stands).
+    Campaign,
 }
 
 /// The answer to an [`Rpc`].
@@ -169,6 +178,10 @@ pub(crate) enum Reply {
     /// The receiver is answering as many of this link's requests as it
     /// takes at once; ask again later.
     Busy,
+    /// To [`Rpc::Transfer`]: whether `to` leads now.
+    Transferred(bool),
+    /// To [`Rpc::HoldElections`].
+    Done,
 }
 
 /// Why a member did not take a proposed write.
@@ -302,6 +315,8 @@ struct Inner {
     handshakes: Arc<Semaphore>,
     /// The broker's answer to [`Rpc::Broker`] requests.
     service: RwLock<Option<Service>>,
+    /// Groups whose leadership this node is handing over: writes wait.
+    paused: Mutex<HashSet<GroupId>>,
 }
 
 /// A node's peer links. Cheap to clone.
@@ -345,6 +360,7 @@ impl Peers {
                 tasks: Mutex::new(Tasks::default()),
                 handshakes: Arc::new(Semaphore::new(HANDSHAKES)),
                 service: RwLock::new(None),
+                paused: Mutex::new(HashSet::new()),
             }),
         };
         let acceptor = peers.clone();
@@ -743,13 +759,14 @@ impl Peers {
                         };
                         let raft = self.inner.groups.read().get(&group).cloned();
                         let service = self.inner.service.read().clone();
+                        let peers = self.clone();
                         self.spawn(async move {
                             let reply = match (*rpc, raft) {
                                 (Rpc::Broker(request), _) => match service {
                                     Some(service) => Reply::Broker(service(peer_id, request).await),
                                     None => Reply::NoGroup,
                                 },
-                                (rpc, Some(raft)) => answer(&raft, rpc).await,
+                                (rpc, Some(raft)) => peers.answer(group, &raft, rpc).await,
                                 (_, None) => Reply::NoGroup,
                             };
                             let reply = Frame::Reply {
@@ -804,19 +821,193 @@ fn within_limits(rpc: &Rpc) -> bool {
     }
 }
 
-/// Hand `rpc` to the local member and wrap its answer.
-async fn answer(raft: &Raft<TypeConfig>, rpc: Rpc) -> Reply {
-    match rpc {
-        Rpc::Append(rpc) => Reply::Append(raft.append_entries(rpc).await),
-        Rpc::Vote(rpc) => Reply::Vote(raft.vote(rpc).await),
-        Rpc::Snapshot(rpc) => Reply::Snapshot(raft.install_snapshot(rpc).await),
-        Rpc::Propose { command, within_ms } => {
-            let within = Duration::from_millis(within_ms);
-            let answer = tokio::time::timeout(within, write_locally(raft, command)).await;
-            Reply::Propose(answer.unwrap_or(Err(Refusal::Later)))
+impl Peers {
+    /// Answer `rpc` for this node's member `raft` of `group`.
+    async fn answer(&self, group: GroupId, raft: &Raft<TypeConfig>, rpc: Rpc) -> Reply {
+        match rpc {
+            Rpc::Append(rpc) => Reply::Append(raft.append_entries(rpc).await),
+            Rpc::Vote(rpc) => Reply::Vote(raft.vote(rpc).await),
+            Rpc::Snapshot(rpc) => Reply::Snapshot(raft.install_snapshot(rpc).await),
+            Rpc::Propose { .. } if self.is_paused(group) => Reply::Propose(Err(Refusal::Later)),
+            Rpc::Propose { command, within_ms } => {
+                let within = Duration::from_millis(within_ms);
+                let answer = tokio::time::timeout(within, write_locally(raft, command)).await;
+                Reply::Propose(answer.unwrap_or(Err(Refusal::Later)))
+            }
+            Rpc::Transfer { to } => Reply::Transferred(self.transfer(group, raft, to).await),
+            Rpc::HoldElections { for_ms: 0 } => {
+                raft.runtime_config().elect(true);
+                Reply::Done
+            }
+            Rpc::HoldElections { for_ms } => {
+                raft.runtime_config().elect(false);
+                let raft = raft.clone();
+                let hold = Duration::from_millis(for_ms).min(MAX_ELECTION_HOLD);
+                self.spawn(async move {
+                    tokio::time::sleep(hold).await;
+                    raft.runtime_config().elect(true);
+                });
+                Reply::Done
+            }
+            Rpc::Campaign => Reply::Transferred(raft.trigger().elect().await.is_ok()),
+            // Answered by the broker's service before a group is looked at.
+            Rpc::Broker(_) => Reply::NoGroup,
         }
-        // Answered by the broker's service before a group is looked at.
-        Rpc::Broker(_) => Reply::NoGroup,
+    }
+
+    /// Whether writes to `group` wait (its leadership is being handed
+    /// over from this node).
+    pub(crate) fn is_paused(&self, group: GroupId) -> bool {
+        self.inner.paused.lock().contains(&group)
+    }
+
+    /// Hands the leadership of `group`, which this node's `raft` leads, to
+    /// member `to` (openraft 0.9 has no transfer call): this node takes no
+    /// more writes and waits until `to` has every entry it has; the other
+    /// members hold their elections; this node stops its heartbeats so
+    /// that the followers' leader lease (the longest election timeout)
+    /// runs out; then `to` stands for election, which its complete log
+    /// wins. Writes wait meanwhile, about one election timeout. True once
+    /// `to` leads; false when this node does not lead, `to` is not a voter
+    /// or does not catch up, or it did not win in time (then whoever the
+    /// group elects leads, this node again if nobody stands).
+    pub(crate) async fn transfer(
+        &self,
+        group: GroupId,
+        raft: &Raft<TypeConfig>,
+        to: NodeId,
+    ) -> bool {
+        let me = self.inner.me;
+        let voters: Vec<NodeId> = {
+            let m = raft.metrics().borrow().clone();
+            if m.state != openraft::ServerState::Leader || to == me {
+                return false;
+            }
+            m.membership_config.membership().voter_ids().collect()
+        };
+        if !voters.contains(&to) {
+            return false;
+        }
+        let lease = Duration::from_millis(raft.config().election_timeout_max);
+        // One hand-over of a group at a time.
+        if !self.inner.paused.lock().insert(group) {
+            return false;
+        }
+        // Undone however this ends.
+        let _resume = Resume {
+            peers: self.clone(),
+            group,
+            raft: raft.clone(),
+        };
+        // No new writes; then `to` must have every entry this node has
+        // (the last writes on their way included), so that its log wins.
+        let mut metrics = raft.metrics();
+        let caught_up_by = tokio::time::Instant::now() + lease;
+        loop {
+            let m = metrics.borrow().clone();
+            if m.state != openraft::ServerState::Leader {
+                return false;
+            }
+            let matched = m
+                .replication
+                .as_ref()
+                .and_then(|r| r.get(&to).cloned().flatten())
+                .map(|log_id| log_id.index);
+            if m.last_log_index.is_some() && matched >= m.last_log_index {
+                break;
+            }
+            if !matches!(
+                tokio::time::timeout_at(caught_up_by, metrics.changed()).await,
+                Ok(Ok(()))
+            ) {
+                tracing::info!(%group, to, "no hand-over: the member is not caught up");
+                return false;
+            }
+        }
+        let others: Vec<NodeId> = voters
+            .iter()
+            .copied()
+            .filter(|v| *v != me && *v != to)
+            .collect();
+        // Asked of every other voter at once (and released with 0).
+        let hold = |ms: u64| {
+            let mut calls = JoinSet::new();
+            for v in others.iter().copied() {
+                let peers = self.clone();
+                calls.spawn(async move {
+                    let _ = peers
+                        .call(v, group, Rpc::HoldElections { for_ms: ms }, lease)
+                        .await;
+                });
+            }
+            calls.join_all()
+        };
+        hold(u64::try_from((lease * 4).as_millis()).unwrap_or(u64::MAX)).await;
+        // Followers refuse votes while they heard the leader within the
+        // lease: let it run out (past one more heartbeat's time, for an
+        // append already on its way).
+        raft.runtime_config().heartbeat(false);
+        let heartbeat = Duration::from_millis(raft.config().heartbeat_interval);
+        tokio::time::sleep(lease + TRANSFER_MARGIN.max(heartbeat)).await;
+        // Still the leader, and `to` still has everything (no write
+        // slipped in past the check above)?
+        {
+            let m = metrics.borrow().clone();
+            let matched = m
+                .replication
+                .as_ref()
+                .and_then(|r| r.get(&to).cloned().flatten())
+                .map(|log_id| log_id.index);
+            if m.state != openraft::ServerState::Leader || matched < m.last_log_index {
+                hold(0).await;
+                return false;
+            }
+        }
+        let stands = matches!(
+            self.call(to, group, Rpc::Campaign, lease).await,
+            Ok(Reply::Transferred(true))
+        );
+        if !stands {
+            tracing::info!(%group, to, "no hand-over: the member did not stand");
+            hold(0).await;
+            return false;
+        }
+        let deadline = tokio::time::Instant::now() + lease * 2;
+        loop {
+            if metrics.borrow().current_leader == Some(to) {
+                tracing::info!(%group, to, "handed the group's leadership over");
+                hold(0).await;
+                return true;
+            }
+            if !matches!(
+                tokio::time::timeout_at(deadline, metrics.changed()).await,
+                Ok(Ok(()))
+            ) {
+                tracing::info!(%group, to, "the group's leadership was not handed over in time");
+                hold(0).await;
+                return false;
+            }
+        }
+    }
+}
+
+/// Longest a member holds its elections when asked.
+const MAX_ELECTION_HOLD: Duration = Duration::from_secs(30);
+/// How long past the leader lease a hand-over waits before the new
+/// leader stands.
+const TRANSFER_MARGIN: Duration = Duration::from_millis(100);
+
+/// What a hand-over undoes when it ends, however it ends.
+struct Resume {
+    peers: Peers,
+    group: GroupId,
+    raft: Raft<TypeConfig>,
+}
+
+impl Drop for Resume {
+    fn drop(&mut self) {
+        self.raft.runtime_config().heartbeat(true);
+        self.peers.inner.paused.lock().remove(&self.group);
     }
 }
 

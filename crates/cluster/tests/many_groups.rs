@@ -175,3 +175,80 @@ async fn a_queue_group_reports_its_leader_and_leaves_nothing_when_destroyed() {
         node.shutdown().await;
     }
 }
+
+/// A group's leadership handed to another member (openraft 0.9 has no
+/// transfer call: `Group::hand_leadership_to`), asked on a member that
+/// does not lead: the target leads, every member agrees, a write made
+/// while the hand-over runs waits and is committed once (not lost), and
+/// a hand-over to the leader itself is a no-op.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_groups_leadership_is_handed_to_the_member_asked_for() {
+    let local = common::start(3, &timing()).await;
+    let (nodes, members) = (&local.nodes, &local.members);
+    let id = GroupId(77);
+    let mut groups = BTreeMap::new();
+    for (n, node) in nodes {
+        groups.insert(*n, node.start_group(id, members).await.unwrap());
+    }
+    let agreed = |groups: &BTreeMap<NodeId, junction_cluster::Group>| {
+        let leaders: Vec<Option<NodeId>> = groups.values().map(|g| g.leader()).collect();
+        (leaders[0].is_some() && leaders.iter().all(|l| *l == leaders[0]))
+            .then(|| leaders[0].unwrap())
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let first = loop {
+        if let Some(l) = agreed(&groups) {
+            break l;
+        }
+        assert!(Instant::now() < deadline, "no leader");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    groups[&first]
+        .write(Command::Put {
+            key: b"k/before".to_vec(),
+            value: b"1".to_vec(),
+        })
+        .await
+        .unwrap();
+    let target = *groups.keys().find(|n| **n != first).unwrap();
+    let asker = *groups
+        .keys()
+        .find(|n| **n != first && **n != target)
+        .unwrap();
+    assert!(groups[&first].hand_leadership_to(first).await);
+
+    // Asked on the third member; a write on the old leader meanwhile.
+    let (moved, written) = tokio::join!(groups[&asker].hand_leadership_to(target), async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        groups[&first]
+            .write(Command::Put {
+                key: b"k/during".to_vec(),
+                value: b"2".to_vec(),
+            })
+            .await
+    });
+    assert!(moved);
+    written.expect("a write during the hand-over is committed");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let applied = groups.values().all(|g| {
+            g.state().scan(b"k/")
+                == vec![
+                    (b"k/before".to_vec(), b"1".to_vec()),
+                    (b"k/during".to_vec(), b"2".to_vec()),
+                ]
+        });
+        if agreed(&groups) == Some(target) && applied {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{:?}", agreed(&groups));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(groups[&target].is_leader());
+    for group in groups.values() {
+        group.shutdown().await;
+    }
+    for node in nodes.values() {
+        node.shutdown().await;
+    }
+}

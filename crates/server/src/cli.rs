@@ -285,6 +285,10 @@ pub enum ClusterAction {
     /// leader's log; only the leader knows it, so ask the leader's admin
     /// address for lags).
     Status,
+    /// Move quorum queues' leaders until every reachable node leads about
+    /// as many (writes to a queue being moved wait about one election
+    /// timeout; its consumers on the old leader are cancelled).
+    Rebalance,
 }
 
 /// `junction exchanges list`, `junction bindings list`.

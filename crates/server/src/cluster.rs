@@ -106,6 +106,13 @@ pub fn display_name(name: &str) -> String {
 }
 
 impl Cluster {
+    /// Moves quorum queues' leaders until every reachable node leads
+    /// about as many ([`Quorums::rebalance`]): (queues, moves planned,
+    /// moves made).
+    pub async fn rebalance_queues(&self) -> (usize, usize, usize) {
+        self.quorums.rebalance().await
+    }
+
     /// Start this node's member of the metadata group: read the secret,
     /// bind the peer listener at this node's address, open the group in
     /// `store`.

@@ -409,6 +409,22 @@ async fn run(cmd: &Command, config: &Config) -> Result<String, OpsError> {
                 ("applied", "cluster.applied_index"),
             ],
         ),
+        Command::Cluster {
+            action: ClusterAction::Rebalance,
+            ..
+        } => {
+            let v = api.call("POST", "/api/rebalance/queues", None, &[]).await?;
+            if remote.json {
+                serde_json::to_string_pretty(&v).unwrap_or_default()
+            } else {
+                format!(
+                    "moved {} of {} planned quorum queue leaders ({} quorum queues)",
+                    cell(&v["moved"]),
+                    cell(&v["planned"]),
+                    cell(&v["queues"])
+                )
+            }
+        }
         Command::Definitions { action, .. } => match action {
             DefinitionsAction::Export { file } => {
                 let v = api.call("GET", "/api/definitions", None, &[]).await?;

@@ -24,6 +24,9 @@ const WRITES_IN_FLIGHT: usize = 4;
 /// group's 1 MiB command limit).
 const SETTLE_KEYS: usize = 4096;
 
+/// Leader hand-overs a rebalance runs at once.
+const MOVES_AT_ONCE: usize = 16;
+
 /// Longest wait for a majority to confirm this node leads a queue's
 /// group, and the pause before asking again.
 const CONFIRM_WITHIN: std::time::Duration = std::time::Duration::from_secs(2);
@@ -99,6 +102,74 @@ impl Quorums {
             .get(&(vhost.to_owned(), name.to_owned()))
             .cloned()?;
         member.started.borrow().clone()
+    }
+
+    /// Moves quorum queues' leaders so that every reachable node leads
+    /// as many as any other, give or take one (RabbitMQ's `rabbitmq-queues
+    /// rebalance quorum`): moves from the node leading most to the one
+    /// leading fewest until they differ by at most one, each move a
+    /// hand-over (`Group::hand_leadership_to`), all at once. Answers
+    /// (queues, moves planned, moves made).
+    pub async fn rebalance(&self) -> (usize, usize, usize) {
+        let Some(node) = self.node.upgrade() else {
+            return (0, 0, 0);
+        };
+        let peers = node.peers().clone();
+        let me = peers.me();
+        let groups: Vec<Arc<Group>> = {
+            let members: Vec<Arc<Member>> = self.queues.lock().values().cloned().collect();
+            members
+                .iter()
+                .filter_map(|m| m.started.borrow().clone())
+                .collect()
+        };
+        let live: Vec<NodeId> = self
+            .members
+            .keys()
+            .copied()
+            .filter(|id| *id == me || peers.is_linked(*id))
+            .collect();
+        let mut led: BTreeMap<NodeId, Vec<Arc<Group>>> =
+            live.iter().map(|id| (*id, Vec::new())).collect();
+        for g in &groups {
+            if let Some(list) = g.leader().and_then(|l| led.get_mut(&l)) {
+                list.push(Arc::clone(g));
+            }
+        }
+        let mut moves: Vec<(Arc<Group>, NodeId)> = Vec::new();
+        loop {
+            let most = led.iter().max_by_key(|(_, g)| g.len()).map(|(id, _)| *id);
+            let fewest = led.iter().min_by_key(|(_, g)| g.len()).map(|(id, _)| *id);
+            let (Some(most), Some(fewest)) = (most, fewest) else {
+                break;
+            };
+            if led[&most].len() <= led[&fewest].len() + 1 {
+                break;
+            }
+            let Some(g) = led.get_mut(&most).and_then(Vec::pop) else {
+                break;
+            };
+            led.entry(fewest).or_default().push(Arc::clone(&g));
+            moves.push((g, fewest));
+        }
+        let planned = moves.len();
+        // A few at once: each holds a request slot on its leader's link
+        // for about an election timeout, and those slots also carry the
+        // other groups' Raft traffic.
+        use futures_util::StreamExt;
+        let made = futures_util::stream::iter(moves)
+            .map(|(g, to)| async move { g.hand_leadership_to(to).await })
+            .buffer_unordered(MOVES_AT_ONCE)
+            .filter(|moved| std::future::ready(*moved))
+            .count()
+            .await;
+        tracing::info!(
+            queues = groups.len(),
+            planned,
+            made,
+            "quorum queue leaders rebalanced"
+        );
+        (groups.len(), planned, made)
     }
 
     /// The name of member `id`.

@@ -93,6 +93,7 @@ pub fn router(state: Arc<MgmtState>) -> Router {
             "/api/vhosts/{vhost}/topic-permissions",
             get(users::vhost_topic_permissions),
         )
+        .route("/api/rebalance/queues", post(objects::rebalance_queues))
         .route("/api/nodes", get(objects::nodes))
         .route("/api/nodes/{name}", get(objects::node))
         .route("/api/health/checks/alarms", get(objects::alarms))

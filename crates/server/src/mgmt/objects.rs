@@ -290,6 +290,20 @@ pub async fn metrics(State(state): St, caller: Caller) -> Answer {
         .into_response())
 }
 
+/// `POST /api/rebalance/queues` (administrator): quorum queues' leaders
+/// spread over the reachable nodes, as RabbitMQ's endpoint does; answers
+/// once the moves are done, with how many were planned and made.
+pub async fn rebalance_queues(State(state): St, caller: Caller) -> Answer {
+    caller.need(Level::Administrator)?;
+    let (queues, planned, moved) = match &state.cluster {
+        Some(cluster) => cluster.rebalance_queues().await,
+        None => (0, 0, 0),
+    };
+    Ok(super::json(
+        json!({"queues": queues, "planned": planned, "moved": moved}),
+    ))
+}
+
 /// `/api/nodes`: this node alone, or every member of its cluster (the
 /// others as far as this node knows them: linked or not, and their lag
 /// when this node leads).
