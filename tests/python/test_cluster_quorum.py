@@ -8,10 +8,15 @@ leader loses no confirmed message (the other two elect a leader that
 holds them all, and the killed node catches up when it returns); a node
 cut off from the other two cannot confirm a publish (pika gets a nack).
 Each queue's declaring node leads it first, and a queue declared while
-the node with the lowest id is down has a leader at once."""
+the node with the lowest id is down has a leader at once. `junction
+cluster rebalance` spreads leaders two per node while a publisher goes
+on, keeping every confirmed message; a move to a paused node fails and
+leaves its queue led and writable."""
 
 import hashlib
 import json
+import os
+import signal
 import threading
 import time
 
@@ -393,3 +398,37 @@ def test_a_rebalance_spreads_quorum_queue_leaders_and_keeps_every_message(make_b
         assert got[:20] == [f"{q}-{i}".encode() for i in range(20)], got
         assert sorted(got[20:-1]) == sorted(during[q]), got
         assert got[-1] == f"{q}-after".encode(), got
+
+
+@pytest.mark.deadline(240)
+def test_a_move_to_a_paused_node_fails_and_leaves_its_queue_led_and_writable(make_broker, tmp_path):
+    brokers, _ = formed(make_broker, tmp_path)
+    n1, n2, n3 = brokers
+    names = [f"stuck-{i}" for i in range(6)]
+    for q in names:
+        declare_quorum(n1, q)
+    for q in names:
+        assert leader_everywhere(brokers, q) is n1
+
+    # n3 stops answering (SIGSTOP) just before the rebalance: it still
+    # counts as reachable (its links have not timed out), so two moves go
+    # to it and fail (it never stands); the two moves to n2 succeed.
+    os.kill(n3.proc.pid, signal.SIGSTOP)
+    try:
+        url = ["--url", f"http://127.0.0.1:{n1.admin_port}"]
+        out = json.loads(n1.command("cluster", "rebalance", *url, "--json").stdout)
+        assert out == {"queues": 6, "planned": 4, "moved": 2}, out
+        # Every queue is led by a running node and confirms a publish
+        # made on n2 (n1 and n2 are a majority): a failed move left its
+        # group's heartbeats and elections running.
+        running = [n1, n2]
+        for q in names:
+            assert leader_everywhere(running, q) in running
+            publish_confirmed(n2, q, [f"{q}-while-stopped".encode()])
+    finally:
+        os.kill(n3.proc.pid, signal.SIGCONT)
+
+    # n3 wakes, follows every group, and each queue has its message once.
+    for q in names:
+        leader_everywhere(brokers, q)
+        assert [body for body, _ in consume_all(n3, q, 1)] == [f"{q}-while-stopped".encode()]
