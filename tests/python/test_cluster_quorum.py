@@ -333,17 +333,23 @@ def test_each_quorum_queue_is_led_first_by_its_declaring_node_even_with_the_lowe
     assert sorted(queue_info(low, "placed-late")["members"]) == [f"junction@{n}" for n in sorted(names)]
 
 
+def six_led_by_the_first(make_broker, tmp_path, prefix):
+    """Three formed nodes and six quorum queues `<prefix>-0..5`, all
+    declared on n1 and so all led by it."""
+    brokers, _ = formed(make_broker, tmp_path)
+    names = [f"{prefix}-{i}" for i in range(6)]
+    for q in names:
+        declare_quorum(brokers[0], q)
+    for q in names:
+        assert leader_everywhere(brokers, q) is brokers[0]
+    return brokers, names
+
+
 @pytest.mark.deadline(240)
 def test_a_rebalance_spreads_quorum_queue_leaders_and_keeps_every_message(make_broker, tmp_path):
-    brokers, _ = formed(make_broker, tmp_path)
+    brokers, names = six_led_by_the_first(make_broker, tmp_path, "spread")
     n1, n2, n3 = brokers
-    names = [f"spread-{i}" for i in range(6)]
-    # Six queues declared on n1: n1 leads them all; each holds 20
-    # confirmed messages published on n2.
-    for q in names:
-        declare_quorum(n1, q)
-    for q in names:
-        assert leader_everywhere(brokers, q) is n1
+    # Each holds 20 confirmed messages published on n2.
     for q in names:
         publish_confirmed(n2, q, [f"{q}-{i}".encode() for i in range(20)])
 
@@ -402,13 +408,8 @@ def test_a_rebalance_spreads_quorum_queue_leaders_and_keeps_every_message(make_b
 
 @pytest.mark.deadline(240)
 def test_a_move_to_a_paused_node_fails_and_leaves_its_queue_led_and_writable(make_broker, tmp_path):
-    brokers, _ = formed(make_broker, tmp_path)
+    brokers, names = six_led_by_the_first(make_broker, tmp_path, "stuck")
     n1, n2, n3 = brokers
-    names = [f"stuck-{i}" for i in range(6)]
-    for q in names:
-        declare_quorum(n1, q)
-    for q in names:
-        assert leader_everywhere(brokers, q) is n1
 
     # n3 stops answering (SIGSTOP) just before the rebalance: it still
     # counts as reachable (its links have not timed out), so two moves go
