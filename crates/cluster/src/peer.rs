@@ -908,12 +908,7 @@ impl Peers {
             if m.state != openraft::ServerState::Leader {
                 return false;
             }
-            let matched = m
-                .replication
-                .as_ref()
-                .and_then(|r| r.get(&to).cloned().flatten())
-                .map(|log_id| log_id.index);
-            if m.last_log_index.is_some() && matched >= m.last_log_index {
+            if m.last_log_index.is_some() && matched(&m, to) >= m.last_log_index {
                 break;
             }
             if !matches!(
@@ -953,12 +948,7 @@ impl Peers {
         // slipped in past the check above)?
         {
             let m = metrics.borrow().clone();
-            let matched = m
-                .replication
-                .as_ref()
-                .and_then(|r| r.get(&to).cloned().flatten())
-                .map(|log_id| log_id.index);
-            if m.state != openraft::ServerState::Leader || matched < m.last_log_index {
+            if m.state != openraft::ServerState::Leader || matched(&m, to) < m.last_log_index {
                 hold(0).await;
                 return false;
             }
@@ -989,6 +979,15 @@ impl Peers {
             }
         }
     }
+}
+
+/// The last log index the leader whose metrics are `m` knows member `to`
+/// has (None: nothing, or not known).
+fn matched(m: &openraft::RaftMetrics<NodeId, openraft::BasicNode>, to: NodeId) -> Option<u64> {
+    m.replication
+        .as_ref()
+        .and_then(|r| r.get(&to).cloned().flatten())
+        .map(|log_id| log_id.index)
 }
 
 /// Longest a member holds its elections when asked.
