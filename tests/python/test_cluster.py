@@ -4,8 +4,9 @@
 leader, the group survives kill -9 of its leader and takes the killed node
 back from its own data directory, replaces a paused (SIGSTOP) leader that
 then follows when it resumes, survives a partition and a cut link (through
-fault proxies), and a node without the secret never links. Topology and queues are not replicated yet; nothing here claims
-they are."""
+fault proxies), and a node without the secret never links. What the
+cluster shares (topology, queues, sessions) is tested in the other
+`test_cluster_*` files."""
 
 import json
 import os

@@ -27,7 +27,9 @@ pub mod types;
 
 pub use error::ClusterError;
 pub use log_store::LogStore;
-pub use node::{Group, GroupStatus, LeaderWatch, MemberStatus, MetaNode, Timing, WriteError};
-pub use peer::{CallError, PeerTls, Peers, Service};
+pub use node::{
+    Group, GroupStatus, LeaderWatch, MemberStatus, Members, MetaNode, Timing, WriteError,
+};
+pub use peer::{CallError, ClusterId, MemberChange, PeerTls, Peers, Service, cluster_id};
 pub use state_machine::{Change, Observer, StateMachine};
 pub use types::{Command, GroupId, NodeId, Response, TypeConfig, node_id};

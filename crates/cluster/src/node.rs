@@ -15,7 +15,10 @@ use tokio::net::TcpListener;
 use crate::error::ClusterError;
 use crate::log_store::LogStore;
 use crate::network::Network;
-use crate::peer::{PeerTls, Peers, Refusal, Reply, Rpc, write_locally};
+use crate::peer::{
+    ClusterId, MemberChange, PeerTls, Peers, Refusal, Reply, Rpc, change_locally, cluster_id,
+    write_locally,
+};
 use crate::state_machine::StateMachine;
 use crate::types::{Command, GroupId, NodeId, Response, TypeConfig};
 
@@ -168,13 +171,15 @@ impl Group {
         store: Store,
         timing: &Timing,
     ) -> Result<Self, ClusterError> {
-        Self::start_with(group, members, peers, store, timing, false, None).await
+        let lowest = members.keys().next().copied();
+        Self::start_with(group, members, peers, store, timing, false, lowest).await
     }
 
     /// [`Group::start`]; `volatile`: its records in memory only
     /// ([`StateMachine::open_volatile`]); `first`: the member that
-    /// initializes the group (and so is its first leader; the lowest id
-    /// when None or not a member).
+    /// initializes the group with `members` as its voters (and so is its
+    /// first leader). No member initializes it when `first` is None or
+    /// not in `members`: it waits for a leader to add it.
     pub async fn start_with(
         group: GroupId,
         members: &BTreeMap<NodeId, SocketAddr>,
@@ -214,10 +219,7 @@ impl Group {
         .await
         .map_err(|e| ClusterError::Raft(e.to_string()))?;
         peers.register(group, raft.clone());
-        let first = first
-            .filter(|f| members.contains_key(f))
-            .or_else(|| members.keys().next().copied());
-        if first == Some(me) {
+        if first == Some(me) && members.contains_key(&me) {
             let nodes: BTreeMap<NodeId, BasicNode> = members
                 .iter()
                 .map(|(id, addr)| (*id, BasicNode::new(addr.to_string())))
@@ -301,6 +303,64 @@ impl Group {
                 )
             }
             None => false,
+        }
+    }
+
+    /// The group's voters, as this node knows.
+    pub fn voters(&self) -> std::collections::BTreeSet<NodeId> {
+        self.metrics()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .collect()
+    }
+
+    /// Make `change` to the group's members, wherever its leader is
+    /// (asked over its link); within `within`. An added node is a learner
+    /// until it has every entry, then a voter.
+    pub async fn change_members(
+        &self,
+        change: MemberChange,
+        within: Duration,
+    ) -> Result<(), String> {
+        let deadline = Instant::now() + within;
+        let mut pause = RETRY_MIN;
+        let mut leader = self.leader();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(format!(
+                    "the group's members did not change within {within:?}"
+                ));
+            }
+            let answer = match leader {
+                Some(l) if l == self.peers.me() => {
+                    change_locally(&self.raft, change.clone(), left).await
+                }
+                Some(l) => {
+                    let rpc = Rpc::Members {
+                        change: change.clone(),
+                        within_ms: millis(left),
+                    };
+                    match self.peers.call(l, self.id, rpc, left).await {
+                        Ok(Reply::Members(answer)) => answer,
+                        Ok(_) | Err(_) => Err(Refusal::Later),
+                    }
+                }
+                None => Err(Refusal::NotLeader(None)),
+            };
+            match answer {
+                Ok(()) => return Ok(()),
+                Err(Refusal::Failed(e)) => return Err(e),
+                Err(Refusal::NotLeader(Some(l))) if Some(l) != leader => {
+                    leader = Some(l);
+                    continue;
+                }
+                Err(Refusal::NotLeader(_) | Refusal::Later) => {}
+            }
+            tokio::time::sleep(pause.min(deadline.saturating_duration_since(Instant::now()))).await;
+            pause = (pause * 2).min(RETRY_MAX);
+            leader = self.leader();
         }
     }
 
@@ -466,6 +526,16 @@ impl Group {
     }
 }
 
+/// The members of the cluster: the metadata group's voters and
+/// learners, each with its peer address.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Members {
+    /// Voters.
+    pub voters: BTreeMap<NodeId, SocketAddr>,
+    /// Learners (nodes joining, not caught up yet).
+    pub learners: BTreeMap<NodeId, SocketAddr>,
+}
+
 /// This node's member of the metadata group, and the node's peer links.
 /// Stop it with [`MetaNode::shutdown`]: its links' tasks hold it otherwise.
 pub struct MetaNode {
@@ -473,6 +543,8 @@ pub struct MetaNode {
     group: Group,
     /// The node's peer links.
     peers: Peers,
+    /// The cluster's members as the group has them.
+    members: tokio::sync::watch::Receiver<Members>,
     /// For groups started later over the same links.
     store: Store,
     timing: Timing,
@@ -500,9 +572,14 @@ impl MetaNode {
     /// peer address, this node's included), accepting peers on
     /// `listener`, with the group's log and state in `store`; every link
     /// proves `secret` both ways. The member with the lowest id
-    /// initializes the group on first start; a restarted member finds its
-    /// state in the store. With `tls` every peer link is TLS with
+    /// initializes the group on first start, unless `join`: then no node
+    /// of `members` initializes, and this node waits to be added to the
+    /// running cluster they are members of ([`Group::change_members`] on
+    /// one of them). A restarted member finds its state in the store, and
+    /// its peers are the group's members from then on, whatever
+    /// `members` lists. With `tls` every peer link is TLS with
     /// certificates both ways.
+    #[allow(clippy::too_many_arguments)]
     pub async fn start(
         me: NodeId,
         listener: TcpListener,
@@ -511,20 +588,69 @@ impl MetaNode {
         tls: Option<PeerTls>,
         store: Store,
         timing: &Timing,
+        join: bool,
     ) -> Result<Self, ClusterError> {
         if secret.is_empty() {
             return Err(ClusterError::Raft("the cluster secret is empty".to_owned()));
         }
+        let id_key = crate::records::state_key(GroupId::META, crate::records::CLUSTER);
+        let stored: Option<ClusterId> = match store.get(junction_store::Cf::Raft, &id_key)? {
+            Some(bytes) => Some(crate::records::decode("cluster id", &bytes)?),
+            None => None,
+        };
+        let cluster = stored.or_else(|| (!join).then(|| cluster_id(members.keys().copied())));
+        if stored.is_none()
+            && let Some(id) = cluster
+        {
+            save_cluster_id(&store, id).await?;
+        }
         let addrs: HashMap<NodeId, SocketAddr> =
             members.iter().map(|(id, addr)| (*id, *addr)).collect();
-        let peers = Peers::start(me, listener, &addrs, secret, tls);
-        match Group::start(GroupId::META, members, &peers, store.clone(), timing).await {
-            Ok(group) => Ok(Self {
-                group,
-                peers,
-                store,
-                timing: timing.clone(),
-            }),
+        let peers = Peers::start(me, listener, &addrs, secret, tls, cluster);
+        if join {
+            // Until this node has the group's membership, any member may
+            // be the leader that dials it.
+            peers.welcome_any();
+        }
+        if cluster.is_none() {
+            // Kept once the first link tells it.
+            let mut told = peers.cluster();
+            let store = store.clone();
+            tokio::spawn(async move {
+                let id = told.wait_for(Option::is_some).await.ok().and_then(|id| *id);
+                if let Some(id) = id
+                    && let Err(e) = save_cluster_id(&store, id).await
+                {
+                    tracing::error!(error = %e, "the cluster's id was not kept");
+                }
+            });
+        }
+        let first = if join {
+            None
+        } else {
+            members.keys().next().copied()
+        };
+        let started = Group::start_with(
+            GroupId::META,
+            members,
+            &peers,
+            store.clone(),
+            timing,
+            false,
+            first,
+        )
+        .await;
+        match started {
+            Ok(group) => {
+                let members = follow_members(&group, &peers, members.clone());
+                Ok(Self {
+                    group,
+                    peers,
+                    members,
+                    store,
+                    timing: timing.clone(),
+                })
+            }
             Err(e) => {
                 // Nothing keeps running, and the address can be bound again.
                 peers.shutdown().await;
@@ -573,6 +699,12 @@ impl MetaNode {
         .await
     }
 
+    /// The cluster's members as the metadata group has them now, and as
+    /// they change (empty until this node has the group's membership).
+    pub fn members(&self) -> tokio::sync::watch::Receiver<Members> {
+        self.members.clone()
+    }
+
     /// The node's store (every group's log and records are in it).
     pub fn store(&self) -> &Store {
         &self.store
@@ -589,6 +721,72 @@ impl MetaNode {
         self.group.shutdown().await;
         self.peers.shutdown().await;
     }
+}
+
+/// Keep the cluster's id in `store`, synced.
+async fn save_cluster_id(store: &Store, id: ClusterId) -> Result<(), ClusterError> {
+    let mut batch = junction_store::Batch::new();
+    batch.put(
+        junction_store::Cf::Raft,
+        crate::records::state_key(GroupId::META, crate::records::CLUSTER).to_vec(),
+        crate::records::encode("cluster id", &id)?,
+    );
+    store.submit(batch, true).await?.await?;
+    Ok(())
+}
+
+/// Follow the metadata group's membership: the node's links go to its
+/// members (once it has one: a joining node keeps its configured list
+/// until then), each at the address `configured` gives it if it lists
+/// it (a node may reach a member another way than the one that added
+/// it: a proxy, another network), and the answer shows it as it changes.
+fn follow_members(
+    group: &Group,
+    peers: &Peers,
+    configured: BTreeMap<NodeId, SocketAddr>,
+) -> tokio::sync::watch::Receiver<Members> {
+    let (tx, rx) = tokio::sync::watch::channel(Members::default());
+    let mut metrics = group.raft.metrics();
+    let peers = peers.clone();
+    tokio::spawn(async move {
+        let mut seen = None;
+        loop {
+            let membership = metrics.borrow_and_update().membership_config.clone();
+            if seen.as_ref() != Some(membership.log_id()) {
+                seen = Some(*membership.log_id());
+                let config = membership.membership();
+                let addr = |id: &NodeId| {
+                    configured
+                        .get(id)
+                        .copied()
+                        .or_else(|| {
+                            config
+                                .get_node(id)
+                                .and_then(|n| n.addr.parse::<SocketAddr>().ok())
+                        })
+                        .map(|a| (*id, a))
+                };
+                let members = Members {
+                    voters: config.voter_ids().filter_map(|id| addr(&id)).collect(),
+                    learners: config.learner_ids().filter_map(|id| addr(&id)).collect(),
+                };
+                if !members.voters.is_empty() {
+                    let all: HashMap<NodeId, SocketAddr> = members
+                        .voters
+                        .iter()
+                        .chain(&members.learners)
+                        .map(|(id, a)| (*id, *a))
+                        .collect();
+                    peers.set_members(&all);
+                }
+                tx.send_replace(members);
+            }
+            if metrics.changed().await.is_err() {
+                return;
+            }
+        }
+    });
+    rx
 }
 
 /// A duration in whole milliseconds, as openraft's config counts them.

@@ -12,6 +12,11 @@
 //! With [`PeerTls`] every link is TLS first, both ends showing a
 //! certificate of the cluster's CA (the acceptor's checked against the
 //! address dialed); the secret's handshake then runs inside it.
+//!
+//! The member list changes as members join and leave
+//! ([`Peers::set_members`]); the handshake also carries the cluster's id
+//! ([`ClusterId`]), so that nodes of two clusters never link even when
+//! they share a secret.
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -48,7 +53,7 @@ pub const MAX_FRAME_BYTES: usize = 64 << 20;
 /// receiving buffer to it; the link is closed instead.
 pub const MAX_SNAPSHOT_BYTES: u64 = 1 << 30;
 /// Largest frame of the handshake (challenge, hello, welcome).
-const MAX_HANDSHAKE_BYTES: usize = 128;
+const MAX_HANDSHAKE_BYTES: usize = 256;
 /// Time a new connection has to finish the handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// What each handshake proof is about, so one cannot stand for another.
@@ -69,6 +74,26 @@ const LINK_IDLE: Duration = Duration::from_secs(5);
 /// First and longest pause between two dials of a peer that is down.
 const REDIAL_MIN: Duration = Duration::from_millis(50);
 const REDIAL_MAX: Duration = Duration::from_secs(1);
+
+/// Which cluster a node belongs to: the SHA-256 of the member ids its
+/// metadata group was first started with, kept in each member's store.
+/// A node that joins a running cluster has none until its first link,
+/// and takes its peer's.
+pub type ClusterId = [u8; 32];
+
+/// The cluster id of a cluster first started with `members`.
+pub fn cluster_id(members: impl Iterator<Item = NodeId>) -> ClusterId {
+    use sha2::Digest;
+    let mut ids: Vec<NodeId> = members.collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let mut digest = Sha256::new();
+    digest.update(b"junction cluster");
+    for id in ids {
+        digest.update(id.to_be_bytes());
+    }
+    digest.finalize().into()
+}
 
 /// TLS on the peer links: the acceptor asks for and checks the dialer's
 /// certificate, the dialer checks the acceptor's (its chain to the
@@ -101,13 +126,18 @@ pub(crate) enum Frame {
         from: NodeId,
         /// The dialer's nonce.
         nonce: [u8; 32],
-        /// HMAC-SHA256 over the challenge's nonce and both ids.
+        /// HMAC-SHA256 over the challenge's nonce, both ids and
+        /// `cluster`.
         proof: [u8; 32],
+        /// The dialer's cluster, if it knows it yet.
+        cluster: Option<ClusterId>,
     },
     /// The acceptor's answer to a good Hello: its own proof.
     Welcome {
-        /// HMAC-SHA256 over the dialer's nonce and both ids.
+        /// HMAC-SHA256 over the dialer's nonce, both ids and `cluster`.
         proof: [u8; 32],
+        /// The acceptor's cluster, if it knows it yet.
+        cluster: Option<ClusterId>,
     },
     /// A Raft RPC for one of the receiver's groups.
     Request {
@@ -158,6 +188,32 @@ pub(crate) enum Rpc {
     /// Stand for election in this group now (answered `Transferred`:
     /// whether it stands).
     Campaign,
+    /// The receiving node leads the group: change its members (answered
+    /// `Members`).
+    Members {
+        /// The change.
+        change: MemberChange,
+        /// How long the asker still waits, in milliseconds.
+        within_ms: u64,
+    },
+}
+
+/// A change of a group's members ([`crate::Group::change_members`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MemberChange {
+    /// Make node `id`, whose peer listener is `addr`, a voter: a learner
+    /// first, until it has every entry.
+    Add {
+        /// The node.
+        id: NodeId,
+        /// Its peer listener.
+        addr: SocketAddr,
+    },
+    /// Take node `id` out of the group (voter or learner).
+    Remove {
+        /// The node.
+        id: NodeId,
+    },
 }
 
 /// The answer to an [`Rpc`].
@@ -182,6 +238,8 @@ pub(crate) enum Reply {
     Transferred(bool),
     /// To [`Rpc::HoldElections`].
     Done,
+    /// To [`Rpc::Members`]: done, or why not.
+    Members(Result<(), Refusal>),
 }
 
 /// Why a member did not take a proposed write.
@@ -209,6 +267,70 @@ pub(crate) async fn write_locally(
         }
         Err(RaftError::Fatal(_)) => Err(Refusal::Later),
         Err(e) => Err(Refusal::Failed(e.to_string())),
+    }
+}
+
+/// Make `change` to the group whose local member, `raft`, leads it;
+/// within `within`. A node added is a learner until it has every entry,
+/// then a voter (a node that does not catch up in time stays a learner,
+/// and the answer says so). Adding a voter or removing a non-member
+/// changes nothing.
+pub(crate) async fn change_locally(
+    raft: &Raft<TypeConfig>,
+    change: MemberChange,
+    within: Duration,
+) -> Result<(), Refusal> {
+    use openraft::ChangeMembers;
+    let refusal = |e: RaftError<NodeId, ClientWriteError<NodeId, openraft::BasicNode>>| match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(to)) => {
+            Refusal::NotLeader(to.leader_id)
+        }
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(
+            openraft::error::ChangeMembershipError::InProgress(_),
+        ))
+        | RaftError::Fatal(_) => Refusal::Later,
+        e => Refusal::Failed(e.to_string()),
+    };
+    let deadline = tokio::time::Instant::now() + within;
+    let (leader, voters, learners) = {
+        let m = raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership();
+        (
+            m.state == openraft::ServerState::Leader,
+            membership.voter_ids().collect::<HashSet<_>>(),
+            membership.learner_ids().collect::<HashSet<_>>(),
+        )
+    };
+    if !leader {
+        return Err(Refusal::NotLeader(raft.metrics().borrow().current_leader));
+    }
+    let changes = match change {
+        MemberChange::Add { id, .. } if voters.contains(&id) => return Ok(()),
+        MemberChange::Add { id, addr } => {
+            let node = openraft::BasicNode::new(addr.to_string());
+            match tokio::time::timeout_at(deadline, raft.add_learner(id, node, true)).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return Err(refusal(e)),
+                Err(_) => {
+                    return Err(Refusal::Failed(format!(
+                        "node {id:016x} did not catch up within {within:?}; it stays a learner"
+                    )));
+                }
+            }
+            ChangeMembers::AddVoterIds([id].into())
+        }
+        MemberChange::Remove { id } if voters.contains(&id) => {
+            ChangeMembers::RemoveVoters([id].into())
+        }
+        MemberChange::Remove { id } if learners.contains(&id) => {
+            ChangeMembers::RemoveNodes([id].into())
+        }
+        MemberChange::Remove { .. } => return Ok(()),
+    };
+    match tokio::time::timeout_at(deadline, raft.change_membership(changes, false)).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(refusal(e)),
+        Err(_) => Err(Refusal::Later),
     }
 }
 
@@ -294,13 +416,21 @@ struct Tasks {
 struct Inner {
     /// This node.
     me: NodeId,
-    /// Every member's id: a Hello from anyone else is refused.
-    members: HashSet<NodeId>,
-    /// Every member's listed address (with TLS, a dialer's certificate
-    /// must name its IP).
-    addrs: HashMap<NodeId, SocketAddr>,
+    /// Every member's address: a Hello from anyone else is refused, and
+    /// with TLS a dialer's certificate must name its IP.
+    members: RwLock<HashMap<NodeId, SocketAddr>>,
+    /// Welcome any dialer with a lower id that proves the secret, listed
+    /// or not: a joining node that is no member yet, whichever member
+    /// leads will dial it. Cleared by the first [`Peers::set_members`]
+    /// after [`Peers::welcome_any`].
+    open: std::sync::atomic::AtomicBool,
+    /// The dialer of each member with a higher id, and where it dials.
+    dialers: Mutex<HashMap<NodeId, (SocketAddr, tokio::task::AbortHandle)>>,
     /// The cluster's shared secret, which both ends of a link prove.
     secret: Arc<[u8]>,
+    /// This node's cluster, once known; told when a joining node learns
+    /// it from its first link (its owner keeps it).
+    cluster: tokio::sync::watch::Sender<Option<ClusterId>>,
     /// TLS on every link, if set.
     tls: Option<PeerTls>,
     /// The open link to each peer.
@@ -337,22 +467,26 @@ impl std::fmt::Debug for Peers {
 impl Peers {
     /// Start accepting on `listener` and dialing every peer in `members`
     /// whose id is above `me` (this node itself may be listed). Both ends
-    /// of every link prove they hold `secret` and list the same member
-    /// ids: a node configured with other members never links. With `tls`
-    /// every link is TLS with certificates both ways.
+    /// of every link prove they hold `secret`, and must be of the same
+    /// `cluster` when both know theirs (a node that does not takes its
+    /// first peer's). With `tls` every link is TLS with certificates both
+    /// ways.
     pub fn start(
         me: NodeId,
         listener: TcpListener,
         members: &HashMap<NodeId, SocketAddr>,
         secret: Arc<[u8]>,
         tls: Option<PeerTls>,
+        cluster: Option<ClusterId>,
     ) -> Self {
         let peers = Peers {
             inner: Arc::new(Inner {
                 me,
-                members: members.keys().copied().collect(),
-                addrs: members.clone(),
-                secret: link_key(&secret, members.keys().copied()),
+                members: RwLock::new(HashMap::new()),
+                open: std::sync::atomic::AtomicBool::new(false),
+                dialers: Mutex::new(HashMap::new()),
+                secret,
+                cluster: tokio::sync::watch::channel(cluster).0,
                 tls,
                 links: Mutex::new(HashMap::new()),
                 groups: RwLock::new(HashMap::new()),
@@ -365,13 +499,107 @@ impl Peers {
         };
         let acceptor = peers.clone();
         peers.spawn(async move { acceptor.accept(listener).await });
-        for (&peer, &addr) in members {
-            if peer > me {
-                let dialer = peers.clone();
-                peers.spawn(async move { dialer.dial(peer, addr).await });
+        peers.set_members(members);
+        peers
+    }
+
+    /// The members are `members` from now on (this node itself may be
+    /// listed): a new one with a higher id is dialed, and one no longer
+    /// listed is cut off (its link closed, its Hello refused). A member
+    /// whose address changed is dialed at the new one.
+    pub fn set_members(&self, members: &HashMap<NodeId, SocketAddr>) {
+        let me = self.inner.me;
+        let mut members = members.clone();
+        members.remove(&me);
+        self.inner.open.store(false, Ordering::Relaxed);
+        let gone: Vec<NodeId> = {
+            let mut list = self.inner.members.write();
+            let gone = list
+                .keys()
+                .filter(|id| !members.contains_key(id))
+                .copied()
+                .collect();
+            *list = members.clone();
+            gone
+        };
+        let mut dialers = self.inner.dialers.lock();
+        dialers.retain(|id, (addr, task)| {
+            let keep = members.get(id) == Some(addr);
+            if !keep {
+                task.abort();
+            }
+            keep
+        });
+        for (&peer, &addr) in &members {
+            if peer > me && !dialers.contains_key(&peer) {
+                let dialer = self.clone();
+                if let Some(task) = self.spawn(async move { dialer.dial(peer, addr).await }) {
+                    dialers.insert(peer, (addr, task));
+                }
             }
         }
-        peers
+        drop(dialers);
+        for id in gone {
+            if let Some(link) = self.inner.links.lock().remove(&id) {
+                link.replaced.notify_one();
+                tracing::info!(me, peer = id, "peer link closed: no longer a member");
+            }
+        }
+    }
+
+    /// Welcome dialers that are not listed too (with a lower id, the
+    /// secret and this node's cluster, if it has one), until the next
+    /// [`Peers::set_members`]: for a node joining a cluster, which only
+    /// its members' membership will list.
+    pub fn welcome_any(&self) {
+        self.inner.open.store(true, Ordering::Relaxed);
+    }
+
+    /// The members as listed now (this node excluded).
+    pub fn members(&self) -> HashMap<NodeId, SocketAddr> {
+        self.inner.members.read().clone()
+    }
+
+    /// This node's cluster as it changes: None until a joining node
+    /// learns it from its first link.
+    pub fn cluster(&self) -> tokio::sync::watch::Receiver<Option<ClusterId>> {
+        self.inner.cluster.subscribe()
+    }
+
+    /// Whether a peer of cluster `theirs` may link with this node; takes
+    /// it as this node's own if this node has none yet.
+    fn same_cluster(&self, peer: NodeId, theirs: Option<ClusterId>) -> std::io::Result<()> {
+        let mut refused = false;
+        self.inner
+            .cluster
+            .send_if_modified(|mine| match (*mine, theirs) {
+                (Some(mine), Some(theirs)) => {
+                    refused = mine != theirs;
+                    false
+                }
+                (None, Some(theirs)) => {
+                    tracing::info!(
+                        me = self.inner.me,
+                        peer,
+                        "joined the cluster of node {peer}"
+                    );
+                    *mine = Some(theirs);
+                    true
+                }
+                (_, None) => false,
+            });
+        if refused {
+            Err(std::io::Error::other(format!(
+                "node {peer} is a member of another cluster"
+            )))
+        } else {
+            Ok(())
+        }
+    }
+
+    /// This node's cluster, if known.
+    fn cluster_now(&self) -> Option<ClusterId> {
+        *self.inner.cluster.borrow()
     }
 
     /// This node's id.
@@ -445,13 +673,14 @@ impl Peers {
     }
 
     /// Run `task` until shutdown (not at all once shut down).
-    fn spawn(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
+    fn spawn(
+        &self,
+        task: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Option<tokio::task::AbortHandle> {
         let mut tasks = self.inner.tasks.lock();
         // Finished tasks stay in the set until joined.
         while tasks.set.try_join_next().is_some() {}
-        if !tasks.closed {
-            tasks.set.spawn(task);
-        }
+        (!tasks.closed).then(|| tasks.set.spawn(task))
     }
 
     /// Send `rpc` for `group` to `target` and wait up to `deadline` for
@@ -515,6 +744,7 @@ impl Peers {
             let peers = self.clone();
             self.spawn(async move {
                 let _ = stream.set_nodelay(true);
+                let source = stream.peer_addr().ok().map(|a| a.ip());
                 let welcomed = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
                     let (mut stream, leaf): (LinkStream, _) = match &peers.inner.tls {
                         Some(tls) => {
@@ -529,7 +759,7 @@ impl Peers {
                         }
                         None => (Box::new(stream), None),
                     };
-                    let from = peers.welcome(&mut stream, leaf).await?;
+                    let from = peers.welcome(&mut stream, leaf, source).await?;
                     Ok::<_, std::io::Error>((from, stream))
                 })
                 .await;
@@ -546,41 +776,46 @@ impl Peers {
     /// The acceptor's half of the handshake: challenge, check the Hello,
     /// prove the secret back. Answers the dialer's id.
     /// With TLS, `leaf` is the dialer's certificate (None: it showed
-    /// none), which must name the dialer's address before it is welcome.
+    /// none), which must name the dialer's address before it is welcome
+    /// (`source`, the address it dials from, for a dialer not listed).
     async fn welcome(
         &self,
         stream: &mut LinkStream,
         leaf: Option<Option<Vec<u8>>>,
+        source: Option<std::net::IpAddr>,
     ) -> std::io::Result<NodeId> {
         let challenge = nonce()?;
         send(stream, &Frame::Challenge { nonce: challenge }).await?;
-        let Frame::Hello { from, nonce, proof } = read_frame(stream, MAX_HANDSHAKE_BYTES).await?
+        let Frame::Hello {
+            from,
+            nonce,
+            proof,
+            cluster,
+        } = read_frame(stream, MAX_HANDSHAKE_BYTES).await?
         else {
             return Err(std::io::Error::other("the first frame is not a Hello"));
         };
         let me = self.inner.me;
-        if !(from < me && self.inner.members.contains(&from)) {
+        let listed = self.inner.members.read().contains_key(&from)
+            || self.inner.open.load(Ordering::Relaxed);
+        if !(from < me && listed) {
             return Err(std::io::Error::other(format!(
                 "node {from} is not a member with a lower id"
             )));
         }
-        if !verify(
-            &self.inner.secret,
-            HELLO_LABEL,
-            &challenge,
-            from,
-            me,
-            &proof,
-        ) {
+        let hello = Proof::new(HELLO_LABEL, &challenge, from, me, cluster);
+        if !hello.verify(&self.inner.secret, &proof) {
             return Err(std::io::Error::other(format!(
-                "node {from} does not hold the cluster secret or lists other members"
+                "node {from} does not hold the cluster secret"
             )));
         }
         if let Some(leaf) = leaf {
-            self.check_dialer(from, leaf.as_deref())?;
+            self.check_dialer(from, leaf.as_deref(), source)?;
         }
-        let proof = prove(&self.inner.secret, WELCOME_LABEL, &nonce, me, from);
-        send(stream, &Frame::Welcome { proof }).await?;
+        self.same_cluster(from, cluster)?;
+        let cluster = self.cluster_now();
+        let proof = Proof::new(WELCOME_LABEL, &nonce, me, from, cluster).prove(&self.inner.secret);
+        send(stream, &Frame::Welcome { proof, cluster }).await?;
         Ok(from)
     }
 
@@ -589,12 +824,15 @@ impl Peers {
     /// the acceptor's names the address dialed, so that a certificate of
     /// the same CA issued to anything but that node (a client's) is not
     /// a node's.
-    fn check_dialer(&self, from: NodeId, leaf: Option<&[u8]>) -> std::io::Result<()> {
-        let ip = self
-            .inner
-            .addrs
-            .get(&from)
-            .map(SocketAddr::ip)
+    fn check_dialer(
+        &self,
+        from: NodeId,
+        leaf: Option<&[u8]>,
+        source: Option<std::net::IpAddr>,
+    ) -> std::io::Result<()> {
+        let listed = self.inner.members.read().get(&from).map(SocketAddr::ip);
+        let ip = listed
+            .or(source.filter(|_| self.inner.open.load(Ordering::Relaxed)))
             .ok_or_else(|| std::io::Error::other(format!("node {from} is not a member")))?;
         if leaf.is_some_and(|der| names_ip(der, ip)) {
             Ok(())
@@ -613,27 +851,31 @@ impl Peers {
         };
         let me = self.inner.me;
         let mine = nonce()?;
-        let proof = prove(&self.inner.secret, HELLO_LABEL, &challenge, me, peer);
+        let cluster = self.cluster_now();
+        let proof =
+            Proof::new(HELLO_LABEL, &challenge, me, peer, cluster).prove(&self.inner.secret);
         send(
             stream,
             &Frame::Hello {
                 from: me,
                 nonce: mine,
                 proof,
+                cluster,
             },
         )
         .await?;
-        let Frame::Welcome { proof } = read_frame(stream, MAX_HANDSHAKE_BYTES).await? else {
+        let Frame::Welcome { proof, cluster } = read_frame(stream, MAX_HANDSHAKE_BYTES).await?
+        else {
             return Err(std::io::Error::other(
                 "the answer to Hello is not a Welcome",
             ));
         };
-        if !verify(&self.inner.secret, WELCOME_LABEL, &mine, peer, me, &proof) {
+        if !Proof::new(WELCOME_LABEL, &mine, peer, me, cluster).verify(&self.inner.secret, &proof) {
             return Err(std::io::Error::other(format!(
-                "node {peer} does not hold the cluster secret or lists other members"
+                "node {peer} does not hold the cluster secret"
             )));
         }
-        Ok(())
+        self.same_cluster(peer, cluster)
     }
 
     /// Keep a link to `peer` open: dial, say Hello, run it, redial.
@@ -850,6 +1092,9 @@ impl Peers {
                 Reply::Done
             }
             Rpc::Campaign => Reply::Transferred(raft.trigger().elect().await.is_ok()),
+            Rpc::Members { change, within_ms } => {
+                Reply::Members(change_locally(raft, change, Duration::from_millis(within_ms)).await)
+            }
             // Answered by the broker's service before a group is looked at.
             Rpc::Broker(_) => Reply::NoGroup,
         }
@@ -1043,67 +1288,61 @@ fn nonce() -> std::io::Result<[u8; 32]> {
     Ok(nonce)
 }
 
-/// The key links prove: the cluster secret, then the SHA-256 of the
-/// member ids in order, so that two nodes configured with different
-/// members cannot link (a Raft group must start from one member list).
-fn link_key(secret: &[u8], members: impl Iterator<Item = NodeId>) -> Arc<[u8]> {
-    use sha2::Digest;
-    let mut ids: Vec<NodeId> = members.collect();
-    ids.sort_unstable();
-    ids.dedup();
-    let mut digest = Sha256::new();
-    for id in ids {
-        digest.update(id.to_be_bytes());
+/// What one handshake proof is about: its label, the nonce it answers,
+/// who proves to whom, and the prover's cluster.
+struct Proof<'a> {
+    label: &'a [u8],
+    nonce: &'a [u8; 32],
+    prover: NodeId,
+    verifier: NodeId,
+    cluster: Option<ClusterId>,
+}
+
+impl<'a> Proof<'a> {
+    fn new(
+        label: &'a [u8],
+        nonce: &'a [u8; 32],
+        prover: NodeId,
+        verifier: NodeId,
+        cluster: Option<ClusterId>,
+    ) -> Self {
+        Self {
+            label,
+            nonce,
+            prover,
+            verifier,
+            cluster,
+        }
     }
-    let mut key = secret.to_vec();
-    key.extend_from_slice(&digest.finalize());
-    key.into()
-}
 
-/// The MAC of `label`, `nonce`, the prover's id and the verifier's id.
-fn mac(
-    secret: &[u8],
-    label: &[u8],
-    nonce: &[u8; 32],
-    prover: NodeId,
-    verifier: NodeId,
-) -> Hmac<Sha256> {
-    // HMAC takes a key of any length.
-    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret)
-        .unwrap_or_else(|_| unreachable!("HMAC accepts every key length"));
-    mac.update(label);
-    mac.update(nonce);
-    mac.update(&prover.to_be_bytes());
-    mac.update(&verifier.to_be_bytes());
-    mac
-}
+    /// The HMAC-SHA256 of it all under `secret`.
+    fn mac(&self, secret: &[u8]) -> Hmac<Sha256> {
+        // HMAC takes a key of any length.
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret)
+            .unwrap_or_else(|_| unreachable!("HMAC accepts every key length"));
+        mac.update(self.label);
+        mac.update(self.nonce);
+        mac.update(&self.prover.to_be_bytes());
+        mac.update(&self.verifier.to_be_bytes());
+        match &self.cluster {
+            Some(id) => {
+                mac.update(&[1]);
+                mac.update(id);
+            }
+            None => mac.update(&[0]),
+        }
+        mac
+    }
 
-/// The proof `prover` sends `verifier`.
-fn prove(
-    secret: &[u8],
-    label: &[u8],
-    nonce: &[u8; 32],
-    prover: NodeId,
-    verifier: NodeId,
-) -> [u8; 32] {
-    mac(secret, label, nonce, prover, verifier)
-        .finalize()
-        .into_bytes()
-        .into()
-}
+    /// The proof the prover sends.
+    fn prove(&self, secret: &[u8]) -> [u8; 32] {
+        self.mac(secret).finalize().into_bytes().into()
+    }
 
-/// Whether `proof` is right, compared in constant time.
-fn verify(
-    secret: &[u8],
-    label: &[u8],
-    nonce: &[u8; 32],
-    prover: NodeId,
-    verifier: NodeId,
-    proof: &[u8; 32],
-) -> bool {
-    mac(secret, label, nonce, prover, verifier)
-        .verify_slice(proof)
-        .is_ok()
+    /// Whether `proof` is right, compared in constant time.
+    fn verify(&self, secret: &[u8], proof: &[u8; 32]) -> bool {
+        self.mac(secret).verify_slice(proof).is_ok()
+    }
 }
 
 /// Write one frame: its length, then its bytes.
@@ -1159,14 +1398,23 @@ mod tests {
             from: u64::MAX,
             nonce: [7; 32],
             proof: [9; 32],
+            cluster: Some([3; 32]),
         };
         let bytes = records::encode("t", &hello).unwrap();
         let mut wire = Vec::new();
         write_frame(&mut wire, &bytes).await.unwrap();
         let mut input: &[u8] = &wire;
         match read_frame(&mut input, MAX_HANDSHAKE_BYTES).await.unwrap() {
-            Frame::Hello { from, nonce, proof } => {
-                assert_eq!((from, nonce, proof), (u64::MAX, [7; 32], [9; 32]));
+            Frame::Hello {
+                from,
+                nonce,
+                proof,
+                cluster,
+            } => {
+                assert_eq!(
+                    (from, nonce, proof, cluster),
+                    (u64::MAX, [7; 32], [9; 32], Some([3; 32]))
+                );
             }
             other => panic!("{other:?}"),
         }
@@ -1192,13 +1440,31 @@ mod tests {
     }
 
     #[test]
-    fn a_proof_holds_only_for_its_secret_nonce_label_and_ids() {
-        let proof = prove(b"s3cret", HELLO_LABEL, &[1; 32], 1, 2);
-        assert!(verify(b"s3cret", HELLO_LABEL, &[1; 32], 1, 2, &proof));
-        assert!(!verify(b"other", HELLO_LABEL, &[1; 32], 1, 2, &proof));
-        assert!(!verify(b"s3cret", WELCOME_LABEL, &[1; 32], 1, 2, &proof));
-        assert!(!verify(b"s3cret", HELLO_LABEL, &[2; 32], 1, 2, &proof));
-        assert!(!verify(b"s3cret", HELLO_LABEL, &[1; 32], 2, 1, &proof));
-        assert!(!verify(b"s3cret", HELLO_LABEL, &[1; 32], 1, 3, &proof));
+    fn a_proof_holds_only_for_its_secret_nonce_label_ids_and_cluster() {
+        let c = Some([5; 32]);
+        let proof = Proof::new(HELLO_LABEL, &[1; 32], 1, 2, c).prove(b"s3cret");
+        let holds = |label, nonce: [u8; 32], prover, verifier, cluster, secret: &[u8]| {
+            Proof::new(label, &nonce, prover, verifier, cluster).verify(secret, &proof)
+        };
+        assert!(holds(HELLO_LABEL, [1; 32], 1, 2, c, b"s3cret"));
+        assert!(!holds(HELLO_LABEL, [1; 32], 1, 2, c, b"other"));
+        assert!(!holds(WELCOME_LABEL, [1; 32], 1, 2, c, b"s3cret"));
+        assert!(!holds(HELLO_LABEL, [2; 32], 1, 2, c, b"s3cret"));
+        assert!(!holds(HELLO_LABEL, [1; 32], 2, 1, c, b"s3cret"));
+        assert!(!holds(HELLO_LABEL, [1; 32], 1, 3, c, b"s3cret"));
+        assert!(!holds(HELLO_LABEL, [1; 32], 1, 2, None, b"s3cret"));
+        assert!(!holds(HELLO_LABEL, [1; 32], 1, 2, Some([6; 32]), b"s3cret"));
+    }
+
+    #[test]
+    fn a_cluster_id_depends_on_the_members_not_their_order() {
+        assert_eq!(
+            cluster_id([1, 2, 3].into_iter()),
+            cluster_id([3, 1, 2, 2].into_iter())
+        );
+        assert_ne!(
+            cluster_id([1, 2, 3].into_iter()),
+            cluster_id([1, 2].into_iter())
+        );
     }
 }

@@ -10,7 +10,8 @@
 //! - `a`: the state machine's applied state (last applied log id and
 //!   membership);
 //! - `s`: the current snapshot (metadata and data);
-//! - `k` ‖ key: a record of the state machine's map.
+//! - `k` ‖ key: a record of the state machine's map;
+//! - `i` (the metadata group's only): the cluster's id.
 //!
 //! Every value this crate defines starts with a version byte (DESIGN.md
 //! "Storage") followed by the postcard encoding of its type; the values of
@@ -37,6 +38,8 @@ pub const APPLIED: u8 = b'a';
 pub const SNAPSHOT: u8 = b's';
 /// Tag of the state machine's records.
 pub const RECORD: u8 = b'k';
+/// Tag of the cluster's id (kept under the metadata group).
+pub const CLUSTER: u8 = b'i';
 
 /// The prefix of every key of `group` in either family.
 pub fn group_prefix(group: GroupId) -> [u8; 8] {

@@ -1,5 +1,6 @@
-//! Peer links on loopback: they come up only between members that hold
-//! the same secret, and never from a node that is not listed.
+//! Peer links on loopback: they come up only between members of one
+//! cluster that hold the same secret, never from a node that is not
+//! listed, and follow the member list as it changes.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -9,6 +10,9 @@ use junction_cluster::Peers;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+/// The cluster id of the pairs below.
+const CLUSTER: [u8; 32] = [7; 32];
+
 async fn pair(
     secret_1: &[u8],
     secret_2: &[u8],
@@ -17,8 +21,8 @@ async fn pair(
     let l2 = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let members: HashMap<u64, _> =
         [(1, l1.local_addr().unwrap()), (2, l2.local_addr().unwrap())].into();
-    let p1 = Peers::start(1, l1, &members, Arc::from(secret_1), None);
-    let p2 = Peers::start(2, l2, &members, Arc::from(secret_2), None);
+    let p1 = Peers::start(1, l1, &members, Arc::from(secret_1), None, Some(CLUSTER));
+    let p2 = Peers::start(2, l2, &members, Arc::from(secret_2), None, Some(CLUSTER));
     (p1, p2, members)
 }
 
@@ -92,21 +96,75 @@ async fn a_stranger_gets_a_challenge_and_is_cut_off() {
     p2.shutdown().await;
 }
 
+/// Wait up to ten seconds for `check`.
+async fn eventually(what: &str, check: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !check() {
+        assert!(Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn members_listing_other_members_never_link() {
+async fn nodes_of_two_clusters_never_link_even_with_one_secret() {
     let l1 = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let l2 = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let two: HashMap<u64, _> =
         [(1, l1.local_addr().unwrap()), (2, l2.local_addr().unwrap())].into();
-    // Node 2 also lists a node 3 (nowhere): same secret, other members.
-    let mut three = two.clone();
-    three.insert(3, "127.0.0.1:9".parse().unwrap());
     let secret: Arc<[u8]> = Arc::from(&b"same"[..]);
-    let p1 = Peers::start(1, l1, &two, Arc::clone(&secret), None);
-    let p2 = Peers::start(2, l2, &three, secret, None);
+    let p1 = Peers::start(1, l1, &two, Arc::clone(&secret), None, Some([1; 32]));
+    let p2 = Peers::start(2, l2, &two, secret, None, Some([2; 32]));
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(p1.connected(), Vec::<u64>::new());
     assert_eq!(p2.connected(), Vec::<u64>::new());
+    assert_eq!(*p1.cluster().borrow(), Some([1; 32]));
+    assert_eq!(*p2.cluster().borrow(), Some([2; 32]));
     p1.shutdown().await;
     p2.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_links_once_listed_takes_its_peers_cluster_and_is_cut_off_when_unlisted() {
+    let (p1, p2, mut members) = pair(b"same", b"same").await;
+    linked(&p1, &p2).await;
+    // Node 3 joins: it knows no cluster yet and lists node 1 only; node 1
+    // does not list it, so its dials are refused.
+    let l3 = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let seeds: HashMap<u64, _> = [(1, members[&1]), (3, l3.local_addr().unwrap())].into();
+    let p3 = Peers::start(3, l3, &seeds, Arc::from(&b"same"[..]), None, None);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(p3.connected(), Vec::<u64>::new());
+    assert_eq!(*p3.cluster().borrow(), None);
+    // Listed by node 1, which dials it (its id is lower): node 3 accepts
+    // it (listed) and takes its cluster; node 2 does not list it yet.
+    members.insert(3, seeds[&3]);
+    p1.set_members(&members);
+    eventually("node 1 did not link to node 3", || p3.connected() == [1]).await;
+    assert_eq!(*p3.cluster().borrow(), Some(CLUSTER));
+    // Node 2 lists it too, but node 3 does not list node 2: refused...
+    p2.set_members(&members);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(p3.connected(), vec![1]);
+    // ...until node 3 welcomes any member (as a joining node does until it
+    // has the cluster's membership)...
+    p3.welcome_any();
+    eventually("node 3 did not link to node 2", || p3.connected() == [1, 2]).await;
+    // ...which its next member list ends.
+    p3.set_members(&members);
+    assert_eq!(p3.connected(), vec![1, 2]);
+    // Unlisted again: its links close and stay closed.
+    members.remove(&3);
+    p1.set_members(&members);
+    p2.set_members(&members);
+    eventually("node 3's links did not close", || {
+        p1.connected() == [2] && p2.connected() == [1]
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(p1.connected(), vec![2]);
+    assert_eq!(p2.connected(), vec![1]);
+    assert_eq!(p3.connected(), Vec::<u64>::new());
+    for p in [p1, p2, p3] {
+        p.shutdown().await;
+    }
 }

@@ -224,3 +224,96 @@ async fn three_members_replicate_lose_the_leader_and_catch_up_after_a_restart() 
         node.shutdown().await;
     }
 }
+
+/// Asks `node` to add node `id` at `addr` to the cluster.
+async fn add(node: &MetaNode, id: NodeId, addr: SocketAddr) {
+    node.change_members(
+        junction_cluster::MemberChange::Add { id, addr },
+        Duration::from_secs(10),
+    )
+    .await
+    .expect("join");
+}
+
+/// Waits until every node of `nodes` has `want` as the voters.
+async fn voters_everywhere(nodes: &BTreeMap<NodeId, MetaNode>, want: &[NodeId]) {
+    eventually("the voters on every node", || {
+        nodes.values().all(|n| {
+            n.members()
+                .borrow()
+                .voters
+                .keys()
+                .copied()
+                .eq(want.iter().copied())
+        })
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_joins_a_running_cluster_and_a_stopped_one_is_forgotten() {
+    use junction_cluster::MemberChange;
+    let timing = timing();
+    let local = common::start(3, &timing).await;
+    let mut nodes = local.nodes;
+    let first = leader(&nodes).await;
+    nodes[&first]
+        .write(put("vhost/before", "1"))
+        .await
+        .expect("write");
+
+    // Node 4 starts to join: it lists one member that does not lead and
+    // itself, never initializes, and knows no cluster yet.
+    let dir4 = tempfile::tempdir().unwrap();
+    let l4 = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr4 = l4.local_addr().unwrap();
+    let seed = *nodes.keys().find(|id| **id != first).unwrap();
+    let seeds: BTreeMap<NodeId, SocketAddr> = [(seed, local.members[&seed]), (4, addr4)].into();
+    let (n4, _) = common::start_node_with(4, l4, &seeds, dir4.path(), &timing, true).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(n4.status().leader, None, "{:?}", n4.status());
+    assert_eq!(n4.state().get(b"vhost/before"), None);
+
+    // Added from a member that may not lead (the change goes to the
+    // leader): a learner until it caught up, then a voter.
+    let asker = *nodes.keys().find(|id| **id != first).unwrap();
+    add(&nodes[&asker], 4, addr4).await;
+    nodes.insert(4, n4);
+    voters_everywhere(&nodes, &[1, 2, 3, 4]).await;
+    assert_eq!(
+        nodes[&4].state().get(b"vhost/before").as_deref(),
+        Some(&b"1"[..])
+    );
+    // Node 4 learned node 2 and 3 from the group and linked to them.
+    eventually("node 4 linked to every member", || {
+        nodes[&4].peers().connected() == [1, 2, 3]
+    })
+    .await;
+    // Adding it again changes nothing.
+    add(&nodes[&first], 4, addr4).await;
+
+    // Node 3 stops and is forgotten (asked on node 4, which forwards it).
+    nodes.remove(&3).unwrap().shutdown().await;
+    nodes[&4]
+        .change_members(MemberChange::Remove { id: 3 }, Duration::from_secs(10))
+        .await
+        .expect("leave");
+    voters_everywhere(&nodes, &[1, 2, 4]).await;
+    // With node 1 stopped too, nodes 2 and 4 are a majority of three and
+    // still take writes (of the four before, two would not be).
+    nodes.remove(&1).unwrap().shutdown().await;
+    let last = leader(&nodes).await;
+    nodes[&last]
+        .write(put("vhost/after", "2"))
+        .await
+        .expect("a write with two of three voters");
+    eventually("both members applied it", || {
+        nodes
+            .values()
+            .all(|n| n.state().get(b"vhost/after").as_deref() == Some(&b"2"[..]))
+    })
+    .await;
+    for (_, node) in nodes {
+        node.shutdown().await;
+    }
+}

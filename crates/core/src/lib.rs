@@ -65,7 +65,7 @@ pub use access::{Access, Denied, Login, Permission, Principal, Resource};
 pub use broker::{
     AppliedFuture, Broker, BrokerConfig, BrokerStats, CallFuture, ClientClaim, ClientSessions,
     ConnectionDetails, ConnectionGuard, ConnectionSnapshot, ConsumerHandle, ConsumerSummary,
-    ControlOp, EnqueueFuture, ForwardAnswer, ForwardFuture, Forwarded, Forwarder, GetOk,
+    ControlOp, EnqueueFuture, Forgotten, ForwardAnswer, ForwardFuture, Forwarded, Forwarder, GetOk,
     HandOverFuture, Limits, MemoryCharge, MetaFuture, MetaIndexFuture, MetaLog, MetaOp, PeerCall,
     PeerReply, PolicySource, Published, Queue, QueueInfo, QueueStats, QueueSummary, QuorumLog,
     QuorumQueue, Records, RemoteQueue, Shipped, TakenSession, VhostInfo, is_quorum, quorum_key,

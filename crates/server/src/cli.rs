@@ -289,6 +289,21 @@ pub enum ClusterAction {
     /// as many (writes to a queue being moved wait about one election
     /// timeout; its consumers on the old leader are cancelled).
     Rebalance,
+    /// Add a node, started with `[cluster] join = true`, to the cluster
+    /// (it catches up as a learner, then votes; every quorum queue's
+    /// group then takes it as a member).
+    Join {
+        /// The node's name and peer listener: name@ip:port.
+        node: String,
+    },
+    /// Remove a stopped member from the cluster for good (RabbitMQ's
+    /// `forget_cluster_node`): its votes, its membership of every quorum
+    /// queue's group, its MQTT client-id claims, and its classic queues,
+    /// whose messages were on it.
+    Leave {
+        /// The member's name.
+        name: String,
+    },
 }
 
 /// `junction exchanges list`, `junction bindings list`.

@@ -7,10 +7,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use junction_cluster::{Change, Command, MetaNode, NodeId, Timing, WriteError, node_id};
+use junction_cluster::{
+    Change, Command, MemberChange, MetaNode, NodeId, Timing, WriteError, node_id,
+};
 use junction_core::{
-    AppliedFuture, Broker, CallFuture, CoreError, ForwardAnswer, ForwardFuture, Forwarded,
-    Forwarder, MetaFuture, MetaIndexFuture, MetaLog, MetaOp, PeerCall, PeerReply, QuorumLog,
+    AppliedFuture, Broker, CallFuture, CoreError, Forgotten, ForwardAnswer, ForwardFuture,
+    Forwarded, Forwarder, MetaFuture, MetaIndexFuture, MetaLog, MetaOp, PeerCall, PeerReply,
+    QuorumLog,
 };
 use junction_store::Store;
 use serde::{Deserialize, Serialize};
@@ -51,6 +54,26 @@ pub const USERS_KEY: &[u8] = b"\xF5users";
 pub const POLICIES_KEY: &[u8] = b"\xF5policies";
 /// The first byte of a server document's key.
 const DOCUMENT_TAG: u8 = 0xF5;
+/// A member's record: this, then its name; the value is its peer
+/// address. Each node puts its own when it starts, and `junction cluster
+/// join` the joining node's, so that every node knows every name.
+const NODE_PREFIX: &[u8] = b"\xF5node\x00";
+
+/// The key of joined node `name`'s record.
+fn node_key(name: &str) -> Vec<u8> {
+    let mut key = NODE_PREFIX.to_vec();
+    key.extend_from_slice(name.as_bytes());
+    key
+}
+
+/// Every member's name by id, as this node knows them: the configured
+/// ones and those joined since. Shared by the cluster and its queues.
+pub type Names = Arc<parking_lot::RwLock<BTreeMap<NodeId, String>>>;
+
+/// Longest wait of a join for the new node to catch up and become a
+/// voter, and of a leave.
+const JOIN_WITHIN: Duration = Duration::from_secs(60);
+const LEAVE_WITHIN: Duration = Duration::from_secs(30);
 
 /// Commits a new version of one server document to the metadata group;
 /// resolves once this node applied it.
@@ -82,7 +105,7 @@ pub struct Cluster {
     /// This node's id.
     me: NodeId,
     /// Every member's name, by id.
-    names: BTreeMap<NodeId, String>,
+    names: Names,
     /// This node's peer listener.
     addr: SocketAddr,
     /// The one shutdown every caller waits for.
@@ -94,7 +117,7 @@ pub struct Cluster {
 impl std::fmt::Debug for Cluster {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Cluster")
-            .field("me", &self.names.get(&self.me))
+            .field("me", &self.names.read().get(&self.me))
             .field("addr", &self.addr)
             .finish()
     }
@@ -140,21 +163,32 @@ impl Cluster {
             })?;
         let ids: BTreeMap<NodeId, SocketAddr> =
             members.iter().map(|m| (node_id(&m.name), m.addr)).collect();
-        let names: BTreeMap<NodeId, String> = members
-            .iter()
-            .map(|m| (node_id(&m.name), m.name.clone()))
-            .collect();
+        let names: Names = Arc::new(parking_lot::RwLock::new(
+            members
+                .iter()
+                .map(|m| (node_id(&m.name), m.name.clone()))
+                .collect(),
+        ));
         let timing = Timing {
             heartbeat: Duration::from_millis(config.heartbeat_ms),
             election_min: Duration::from_millis(config.election_timeout_min_ms),
             election_max: Duration::from_millis(config.election_timeout_max_ms),
             ..Timing::default()
         };
-        let node = MetaNode::start(me, listener, &ids, secret.into(), tls, store, &timing)
-            .await
-            .map_err(|e| fail(e.to_string()))?;
+        let node = MetaNode::start(
+            me,
+            listener,
+            &ids,
+            secret.into(),
+            tls,
+            store,
+            &timing,
+            config.join,
+        )
+        .await
+        .map_err(|e| fail(e.to_string()))?;
         let node = Arc::new(node);
-        let quorums = Quorums::new(Arc::downgrade(&node), ids, names.clone());
+        let quorums = Quorums::new(Arc::downgrade(&node), ids, Arc::clone(&names));
         tracing::info!(
             node = %config.node_name,
             %addr,
@@ -177,15 +211,16 @@ impl Cluster {
     /// record (those already applied first, as one reset) is applied to
     /// it.
     pub fn attach(self: &Arc<Self>, broker: &Arc<Broker>) {
+        self.register_name();
         broker.attach_meta_log(Arc::clone(self) as Arc<dyn MetaLog>);
         broker.attach_forwarder(Arc::clone(self) as Arc<dyn Forwarder>);
         self.quorums.serve(broker);
         broker.attach_quorum(Arc::clone(&self.quorums) as Arc<dyn QuorumLog>);
         let server = Arc::downgrade(broker);
-        let names = self.names.clone();
+        let names = Arc::clone(&self.names);
         self.node.peers().serve(Arc::new(move |from, request| {
             let broker = server.upgrade();
-            let name = names.get(&from).cloned();
+            let name = names.read().get(&from).cloned();
             Box::pin(async move {
                 let Some(broker) = broker else {
                     return Err("the broker is stopping".to_owned());
@@ -202,6 +237,10 @@ impl Cluster {
             };
             let document = |key: &[u8]| key.first() == Some(&DOCUMENT_TAG);
             match change {
+                Change::Put { key, .. } if key.starts_with(NODE_PREFIX) => me.learn_name(key),
+                // A node's name is kept after it leaves (its id is not
+                // reused by another name).
+                Change::Delete { key } if key.starts_with(NODE_PREFIX) => {}
                 Change::Put { key, value } if document(key) => me.document(key, value),
                 // Documents are replaced, never removed.
                 Change::Delete { key } if document(key) => {}
@@ -213,12 +252,130 @@ impl Cluster {
                     let (documents, topology): (Vec<_>, Vec<_>) =
                         all.iter().cloned().partition(|(k, _)| document(k));
                     for (key, value) in &documents {
-                        me.document(key, value);
+                        if key.starts_with(NODE_PREFIX) {
+                            me.learn_name(key);
+                        } else {
+                            me.document(key, value);
+                        }
                     }
                     broker.reset_replicated(&topology);
                 }
             }
         }));
+    }
+
+    /// Makes sure the group has this node's name record (every node
+    /// learns every member's name from them, a joined node included):
+    /// tried until it is committed, in the background.
+    fn register_name(self: &Arc<Self>) {
+        let me = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut pause = Duration::from_millis(200);
+            loop {
+                let Some(cluster) = me.upgrade() else { return };
+                if cluster.stopped.initialized() {
+                    return;
+                }
+                let Some(name) = cluster.names.read().get(&cluster.me).cloned() else {
+                    return;
+                };
+                let key = node_key(&name);
+                let value = cluster.addr.to_string().into_bytes();
+                if cluster.node.state().get(&key).as_ref() == Some(&value) {
+                    return;
+                }
+                match cluster.commit(vec![MetaOp::Put { key, value }]).await {
+                    Ok(()) => return,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "this node's name not in the cluster yet")
+                    }
+                }
+                drop(cluster);
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(5));
+            }
+        });
+    }
+
+    /// A joined node's record: its name, by its id.
+    fn learn_name(&self, key: &[u8]) {
+        if let Some(name) = key
+            .strip_prefix(NODE_PREFIX)
+            .and_then(|n| std::str::from_utf8(n).ok())
+        {
+            self.names.write().insert(node_id(name), name.to_owned());
+        }
+    }
+
+    /// Adds node `name`, whose peer listener is `addr`, to the cluster
+    /// (`junction cluster join`): its name is committed, then it is added
+    /// to the metadata group as a learner and, once it has every entry,
+    /// as a voter; every quorum queue's leader then adds it to its group.
+    /// The node must be running with `[cluster] join`. Adding a voter
+    /// again at the same address changes nothing.
+    pub async fn join(&self, name: &str, addr: SocketAddr) -> Result<(), String> {
+        if !crate::config::valid_node_name(name) {
+            return Err(format!(
+                "{name:?} is not a node name (letters, digits, '-', '_' and '.')"
+            ));
+        }
+        let id = node_id(name);
+        if let Some(other) = self.names.read().get(&id).filter(|n| *n != name) {
+            return Err(format!("{name:?} has the same id as member {other:?}"));
+        }
+        let members = self.node.members().borrow().clone();
+        if let Some(now) = members.voters.get(&id).or(members.learners.get(&id))
+            && *now != addr
+        {
+            return Err(format!(
+                "{name} is a member at {now}; to move it, stop it, leave, and join again"
+            ));
+        }
+        self.commit(vec![MetaOp::Put {
+            key: node_key(name),
+            value: addr.to_string().into_bytes(),
+        }])
+        .await
+        .map_err(|e| e.to_string())?;
+        tracing::info!(node = name, %addr, "adding a node to the cluster");
+        self.node
+            .change_members(MemberChange::Add { id, addr }, JOIN_WITHIN)
+            .await
+    }
+
+    /// Removes node `name` from the cluster for good (`junction cluster
+    /// leave`, as RabbitMQ's `forget_cluster_node`): it must be stopped
+    /// (not linked to this node). It leaves the metadata group, every
+    /// quorum queue's leader takes it out of its group, and what lived
+    /// on it only is removed ([`Broker::forget_node`]).
+    pub async fn leave(&self, broker: &Broker, name: &str) -> Result<Forgotten, String> {
+        let id = node_id(name);
+        if id == self.me {
+            return Err(format!(
+                "{name} is this node: ask another member to remove it once it is stopped"
+            ));
+        }
+        let members = self.node.members().borrow().clone();
+        if !members.voters.contains_key(&id) && !members.learners.contains_key(&id) {
+            return Err(format!("{name} is not a member of the cluster"));
+        }
+        if self.node.peers().is_linked(id) {
+            return Err(format!("{name} is running: stop it first"));
+        }
+        tracing::info!(node = name, "removing a node from the cluster");
+        self.node
+            .change_members(MemberChange::Remove { id }, LEAVE_WITHIN)
+            .await?;
+        let forgotten = broker
+            .forget_node(name)
+            .await
+            .map_err(|e| format!("{name} left, but what lived on it was not all removed: {e}"))?;
+        self.commit(vec![MetaOp::Delete {
+            key: node_key(name),
+        }])
+        .await
+        .map_err(|e| e.to_string())?;
+        Ok(forgotten)
     }
 
     /// A committed server document: to its sink, or kept until there is
@@ -283,12 +440,38 @@ impl Cluster {
 
     /// This node's name in the management API.
     pub fn node_name(&self) -> String {
-        display_name(self.names.get(&self.me).map_or("", String::as_str))
+        display_name(self.names.read().get(&self.me).map_or("", String::as_str))
     }
 
-    /// Every member's name in the management API.
-    pub fn member_names(&self) -> Vec<String> {
-        self.names.values().map(|n| display_name(n)).collect()
+    /// The name of member `id` in the management API (its id in hex when
+    /// this node does not know its name).
+    fn name_of(&self, id: NodeId) -> String {
+        match self.names.read().get(&id) {
+            Some(name) => display_name(name),
+            None => format!("{id:016x}"),
+        }
+    }
+
+    /// The members of quorum queue `name`'s group, in the management API's
+    /// names (the cluster's voters until this node's member of the group
+    /// has heard from its leader).
+    pub fn queue_members(&self, vhost: &str, name: &str) -> Vec<String> {
+        let mut ids: Vec<NodeId> = self
+            .quorums
+            .group(vhost, name)
+            .map(|g| g.voters().into_iter().collect())
+            .unwrap_or_default();
+        if ids.is_empty() {
+            ids = self
+                .node
+                .members()
+                .borrow()
+                .voters
+                .keys()
+                .copied()
+                .collect();
+        }
+        ids.into_iter().map(|id| self.name_of(id)).collect()
     }
 
     /// This node's peer listener.
@@ -311,22 +494,38 @@ impl Cluster {
     pub fn nodes_json(&self, mut local: Value) -> Vec<Value> {
         let status = self.node.status();
         let linked = self.node.peers().connected();
-        let leader = status
-            .leader
-            .and_then(|id| self.names.get(&id))
-            .map(|n| display_name(n));
+        let leader = status.leader.map(|id| self.name_of(id));
+        let members = self.node.members().borrow().clone();
+        let ids: Vec<NodeId> = if members.voters.is_empty() {
+            // Not a member yet (joining): the nodes it was told of.
+            self.names.read().keys().copied().collect()
+        } else {
+            let mut ids: Vec<NodeId> = members
+                .voters
+                .keys()
+                .chain(members.learners.keys())
+                .copied()
+                .collect();
+            if !ids.contains(&self.me) {
+                ids.push(self.me);
+            }
+            ids.sort_unstable();
+            ids
+        };
         let mut out = Vec::new();
-        for (id, name) in &self.names {
+        for id in &ids {
+            let name = self.name_of(*id);
             let member = status.members.iter().find(|m| m.id == *id);
             let raft = json!({
                 "id": format!("{id:016x}"),
                 "voter": member.is_some(),
+                "learner": members.learners.contains_key(id),
                 "leader": status.leader == Some(*id),
                 // Entries behind the leader's log: known on the leader only.
                 "lag": member.and_then(|m| m.lag),
             });
             if *id == self.me {
-                local["name"] = json!(display_name(name));
+                local["name"] = json!(name);
                 local["cluster"] = json!({
                     "peer_address": self.addr.to_string(),
                     "role": status.role,
@@ -339,7 +538,7 @@ impl Cluster {
                 out.push(local.clone());
             } else {
                 out.push(json!({
-                    "name": display_name(name),
+                    "name": name,
                     "type": "disc",
                     // Linked to this node now (a member this node cannot
                     // reach shows false, whatever its state; links notice a

@@ -82,9 +82,16 @@ pub struct ClusterConfig {
     pub enabled: bool,
     /// This node's name: one of `nodes`.
     pub node_name: String,
-    /// Every member as `name@ip:port` (its peer listener), the same list
-    /// on every node, this node included.
+    /// Every member as `name@ip:port` (its peer listener), this node
+    /// included: the same list on every node of a new cluster. After its
+    /// first start a node takes its peers from the cluster's membership
+    /// (which `junction cluster join/leave` change); the list is then
+    /// only where a restarted node looks first.
     pub nodes: Vec<String>,
+    /// This node joins a running cluster, some of whose members `nodes`
+    /// lists: it never starts a cluster of its own, and waits until
+    /// `junction cluster join` on a member adds it.
+    pub join: bool,
     /// A file holding the cluster's shared secret (at least 16 bytes, the
     /// same on every node; a trailing newline is not part of it). Peer
     /// links prove it both ways when they open; without `peer_tls` what
@@ -112,6 +119,7 @@ impl Default for ClusterConfig {
             enabled: false,
             node_name: String::new(),
             nodes: Vec::new(),
+            join: false,
             secret_file: PathBuf::new(),
             peer_tls: false,
             heartbeat_ms: 250,
@@ -119,6 +127,15 @@ impl Default for ClusterConfig {
             election_timeout_max_ms: 2000,
         }
     }
+}
+
+/// Whether `name` may name a cluster node: letters, digits, '-', '_'
+/// and '.', at least one.
+pub fn valid_node_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
 /// One member of `[cluster] nodes`.
@@ -143,11 +160,7 @@ impl ClusterConfig {
             let addr = addr
                 .parse()
                 .map_err(|_| format!("[cluster] nodes: {addr:?} in {entry:?} is not ip:port"))?;
-            if name.is_empty()
-                || !name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-            {
+            if !valid_node_name(name) {
                 return Err(format!(
                     "[cluster] nodes: {entry:?}: a name is letters, digits, '-', '_' and '.'"
                 ));

@@ -425,6 +425,30 @@ async fn run(cmd: &Command, config: &Config) -> Result<String, OpsError> {
                 )
             }
         }
+        Command::Cluster {
+            action: ClusterAction::Join { node },
+            ..
+        } => {
+            let v = api
+                .call("POST", "/api/nodes", Some(json!({ "node": node })), &[])
+                .await?;
+            said(v, format!("{node} joined the cluster"))
+        }
+        Command::Cluster {
+            action: ClusterAction::Leave { name },
+            ..
+        } => {
+            let v = api
+                .call("DELETE", &format!("/api/nodes/{}", seg(name)), None, &[])
+                .await?;
+            let text = format!(
+                "{name} left the cluster; removed with it: {} client ids, {} routes, {} classic queues",
+                cell(&v["client_ids"]),
+                cell(&v["routes"]),
+                cell(&v["queues"])
+            );
+            said(v, text)
+        }
         Command::Definitions { action, .. } => match action {
             DefinitionsAction::Export { file } => {
                 let v = api.call("GET", "/api/definitions", None, &[]).await?;

@@ -2,14 +2,17 @@
 //! (quorum) queues"): for each quorum queue, this node's member of the
 //! queue's consensus group, a writer that commits the messages published
 //! here in batches, a settler that removes what the leader's consumers
-//! settled, and a watch that hands the queue to the broker while this
-//! node leads the group.
+//! settled, a watch that hands the queue to the broker while this node
+//! leads the group, and, on the leader, a keeper of the group's members:
+//! the cluster's voters (nodes joining and leaving).
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::{Arc, Weak};
 
-use junction_cluster::{Change, Command, Group, GroupId, MetaNode, NodeId, WriteError};
+use junction_cluster::{
+    Change, Command, Group, GroupId, MemberChange, Members, MetaNode, NodeId, WriteError,
+};
 use junction_core::{Broker, EnqueueFuture, ForwardAnswer, QuorumLog, QuorumQueue};
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -55,10 +58,11 @@ pub struct Quorums {
     me: Weak<Quorums>,
     /// The node's metadata member: its links and store.
     node: Weak<MetaNode>,
-    /// Every member of the cluster (every queue's group has them all).
-    members: BTreeMap<NodeId, SocketAddr>,
+    /// The configured members: the cluster's until this node has the
+    /// metadata group's membership (every queue's group has them all).
+    seeds: BTreeMap<NodeId, SocketAddr>,
     /// Member names by id.
-    names: BTreeMap<NodeId, String>,
+    names: crate::cluster::Names,
     broker: std::sync::OnceLock<Weak<Broker>>,
     queues: parking_lot::Mutex<HashMap<(String, String), Arc<Member>>>,
 }
@@ -76,17 +80,31 @@ impl Quorums {
     /// `node`, with every cluster member in each group.
     pub fn new(
         node: Weak<MetaNode>,
-        members: BTreeMap<NodeId, SocketAddr>,
-        names: BTreeMap<NodeId, String>,
+        seeds: BTreeMap<NodeId, SocketAddr>,
+        names: crate::cluster::Names,
     ) -> Arc<Self> {
         Arc::new_cyclic(|me| Self {
             me: me.clone(),
             node,
-            members,
+            seeds,
             names,
             broker: std::sync::OnceLock::new(),
             queues: parking_lot::Mutex::default(),
         })
+    }
+
+    /// The cluster's voters now: every queue's group should have them.
+    fn members(&self) -> BTreeMap<NodeId, SocketAddr> {
+        let voters = self
+            .node
+            .upgrade()
+            .map(|n| n.members().borrow().voters.clone())
+            .unwrap_or_default();
+        if voters.is_empty() {
+            self.seeds.clone()
+        } else {
+            voters
+        }
     }
 
     /// Hand the queues to `broker` as this node leads them.
@@ -124,7 +142,7 @@ impl Quorums {
                 .collect()
         };
         let live: Vec<NodeId> = self
-            .members
+            .members()
             .keys()
             .copied()
             .filter(|id| *id == me || peers.is_linked(*id))
@@ -173,8 +191,8 @@ impl Quorums {
     }
 
     /// The name of member `id`.
-    pub fn name_of(&self, id: NodeId) -> Option<&str> {
-        self.names.get(&id).map(String::as_str)
+    pub fn name_of(&self, id: NodeId) -> Option<String> {
+        self.names.read().get(&id).cloned()
     }
 
     /// Stop every member here (the node is stopping; their logs stay).
@@ -201,7 +219,7 @@ impl Quorums {
             let Some(node) = me.upgrade().and_then(|q| q.node.upgrade()) else {
                 return;
             };
-            let members = me.upgrade().map(|q| q.members.clone()).unwrap_or_default();
+            let members = me.upgrade().map(|q| q.members()).unwrap_or_default();
             // The declaring node starts the group and leads it first (as
             // RabbitMQ's client-local leader locator): leaders spread as
             // declarations do, and a queue declared while another member
@@ -228,6 +246,7 @@ impl Quorums {
                     return;
                 }
             };
+            tokio::spawn(keep_members(Arc::clone(&group), node.members()));
             drop(node);
             let (vhost, name) = (member.queue.vhost.clone(), member.queue.name.clone());
             let broker = me
@@ -289,8 +308,55 @@ async fn lead_loop(
         if leading {
             lead_here(&group, &broker, &vhost, &name).await;
         } else {
-            let leader = leader.and_then(|id| quorums.name_of(id)).map(str::to_owned);
+            let leader = leader.and_then(|id| quorums.name_of(id));
             broker.quorum_follow(&vhost, &name, leader);
+        }
+    }
+}
+
+/// How long a failed change of a group's members waits before the next
+/// try, and the longest one try waits (an added node catching up).
+const MEMBERS_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
+const MEMBERS_WITHIN: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// While this node leads the queue's group, make its voters the
+/// cluster's (`cluster`, the metadata group's membership): a node that
+/// joined is added (a learner until caught up, then a voter), one that
+/// left is removed. Runs until the member stops.
+async fn keep_members(group: Arc<Group>, mut cluster: tokio::sync::watch::Receiver<Members>) {
+    let mut leadership = group.leadership();
+    let mut retry = false;
+    loop {
+        if group.is_leader() {
+            let want = cluster.borrow_and_update().voters.clone();
+            let have = group.voters();
+            retry = false;
+            if !want.is_empty() {
+                let mut changes: Vec<MemberChange> = want
+                    .iter()
+                    .filter(|(id, _)| !have.contains(id))
+                    .map(|(id, addr)| MemberChange::Add {
+                        id: *id,
+                        addr: *addr,
+                    })
+                    .collect();
+                changes.extend(
+                    have.iter()
+                        .filter(|id| !want.contains_key(id))
+                        .map(|id| MemberChange::Remove { id: *id }),
+                );
+                for change in changes {
+                    if let Err(e) = group.change_members(change.clone(), MEMBERS_WITHIN).await {
+                        tracing::warn!(group = %group.id(), ?change, error = %e, "a quorum queue's members not changed yet; trying again");
+                        retry = true;
+                    }
+                }
+            }
+        }
+        tokio::select! {
+            changed = cluster.changed() => if changed.is_err() { return },
+            led = leadership.changed() => if led.is_none() { return },
+            () = tokio::time::sleep(MEMBERS_RETRY), if retry => {}
         }
     }
 }

@@ -85,10 +85,32 @@ pub async fn start_node(
     dir: &Path,
     timing: &Timing,
 ) -> (MetaNode, Store) {
+    start_node_with(id, listener, members, dir, timing, false).await
+}
+
+/// [`start_node`]; `join`: a node joining the running cluster whose
+/// members `members` lists (it never initializes the group).
+pub async fn start_node_with(
+    id: NodeId,
+    listener: TcpListener,
+    members: &BTreeMap<NodeId, SocketAddr>,
+    dir: &Path,
+    timing: &Timing,
+    join: bool,
+) -> (MetaNode, Store) {
     let store = Store::open_rocksdb(dir, StoreOptions::default()).expect("open store");
     let secret: Arc<[u8]> = Arc::from(SECRET);
-    let node = MetaNode::start(id, listener, members, secret, None, store.clone(), timing)
-        .await
-        .expect("start node");
+    let node = MetaNode::start(
+        id,
+        listener,
+        members,
+        secret,
+        None,
+        store.clone(),
+        timing,
+        join,
+    )
+    .await
+    .expect("start node");
     (node, store)
 }

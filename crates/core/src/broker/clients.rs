@@ -49,7 +49,7 @@ impl ClientClaim {
         w.finish().to_vec()
     }
 
-    fn decode(data: &[u8]) -> Result<ClientClaim, CoreError> {
+    pub(crate) fn decode(data: &[u8]) -> Result<ClientClaim, CoreError> {
         let mut r = Reader::new(data);
         Ok(ClientClaim {
             node: r.string()?,

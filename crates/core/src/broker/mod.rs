@@ -48,7 +48,7 @@ pub use publish::Published;
 pub use quorum::{EnqueueFuture, QuorumLog, QuorumQueue, is_quorum, quorum_key};
 pub use remote::{ControlOp, PeerCall, PeerReply, Shipped};
 pub use replica::{
-    AppliedFuture, MetaFuture, MetaIndexFuture, MetaLog, MetaOp, Records, RemoteQueue,
+    AppliedFuture, Forgotten, MetaFuture, MetaIndexFuture, MetaLog, MetaOp, Records, RemoteQueue,
 };
 pub use vhosts::VhostInfo;
 

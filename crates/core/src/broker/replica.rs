@@ -793,3 +793,74 @@ mod tests {
         );
     }
 }
+
+/// What [`Broker::forget_node`] removed from the cluster.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Forgotten {
+    /// MQTT client-id claims the node held.
+    pub claims: usize,
+    /// Routes to its transient and exclusive queues.
+    pub routes: usize,
+    /// Its classic queues (their messages were on it), with their
+    /// bindings.
+    pub queues: usize,
+}
+
+/// Records one commit of [`Broker::forget_node`] carries at most.
+const FORGET_PER_COMMIT: usize = 1000;
+
+impl Broker {
+    /// Removes from the cluster what lived on node `node` only, once it
+    /// has left for good: its MQTT client-id claims (their sessions can be
+    /// taken anywhere), its routes, and its classic queues with their
+    /// bindings (their messages went with it). Quorum queues it declared
+    /// stay: their groups hold them.
+    pub async fn forget_node(&self, node: &str) -> Result<Forgotten, CoreError> {
+        let Some(log) = self.meta_log().cloned() else {
+            return Ok(Forgotten::default());
+        };
+        let mut done = Forgotten::default();
+        let mut ops = Vec::new();
+        for (key, value) in log.scan(&[records::TAG_CLIENT]) {
+            if super::clients::ClientClaim::decode(&value).is_ok_and(|c| c.node == node) {
+                ops.push(MetaOp::DeleteIf { key, value });
+                done.claims += 1;
+            }
+        }
+        for (key, _) in log.scan(&[records::TAG_ROUTE]) {
+            if records::decode_route_key(&key).is_ok_and(|(_, n, _)| n == node) {
+                ops.push(MetaOp::Delete { key });
+                done.routes += 1;
+            }
+        }
+        let mut gone: std::collections::HashSet<(String, String)> = Default::default();
+        for (key, value) in log.scan(&[TAG_QUEUE]) {
+            let Ok((vhost, _, def, owner)) = records::decode_queue(&value) else {
+                continue;
+            };
+            if owner.as_deref() == Some(node) && !super::quorum::is_quorum(&def) {
+                gone.insert((vhost, def.name));
+                ops.push(MetaOp::DeleteIf { key, value });
+                done.queues += 1;
+            }
+        }
+        if !gone.is_empty() {
+            for (key, _) in log.scan(&[TAG_BINDING]) {
+                let Ok((vhost, b)) =
+                    records::binding_record_of_key(&key).and_then(|r| records::decode_binding(&r))
+                else {
+                    continue;
+                };
+                if let crate::exchange::Destination::Queue(q) = &b.destination
+                    && gone.contains(&(vhost, q.clone()))
+                {
+                    ops.push(MetaOp::Delete { key });
+                }
+            }
+        }
+        for chunk in ops.chunks(FORGET_PER_COMMIT) {
+            log.commit(chunk.to_vec()).await?;
+        }
+        Ok(done)
+    }
+}

@@ -94,8 +94,11 @@ pub fn router(state: Arc<MgmtState>) -> Router {
             get(users::vhost_topic_permissions),
         )
         .route("/api/rebalance/queues", post(objects::rebalance_queues))
-        .route("/api/nodes", get(objects::nodes))
-        .route("/api/nodes/{name}", get(objects::node))
+        .route("/api/nodes", get(objects::nodes).post(objects::join_node))
+        .route(
+            "/api/nodes/{name}",
+            get(objects::node).delete(objects::leave_node),
+        )
         .route("/api/health/checks/alarms", get(objects::alarms))
         .route("/api/health/checks/local-alarms", get(objects::alarms))
         .route("/api/queues", get(objects::queues))

@@ -121,9 +121,13 @@ fn declared_queue_json(
     };
     let mut fields = fields;
     if let Some(cluster) = state.cluster.as_ref().filter(|_| kind == "quorum") {
-        // RabbitMQ's fields of a quorum queue: every member holds it.
+        // RabbitMQ's fields of a quorum queue: its leader and its group's
+        // members.
         fields.insert("leader".to_owned(), json!(node));
-        fields.insert("members".to_owned(), json!(cluster.member_names()));
+        fields.insert(
+            "members".to_owned(),
+            json!(cluster.queue_members(vhost, &def.name)),
+        );
     }
     fields
 }
@@ -302,6 +306,57 @@ pub async fn rebalance_queues(State(state): St, caller: Caller) -> Answer {
     Ok(super::json(
         json!({"queues": queues, "planned": planned, "moved": moved}),
     ))
+}
+
+/// The body of `POST /api/nodes`.
+#[derive(Deserialize, Default)]
+struct JoinBody {
+    /// `name@ip:port` of the node's peer listener.
+    node: String,
+}
+
+/// `POST /api/nodes` (administrator) with `{"node": "name@ip:port"}`:
+/// adds that node, started with `[cluster] join`, to this node's cluster
+/// (`junction cluster join`); answers once it is a voter.
+pub async fn join_node(State(state): St, caller: Caller, raw: Bytes) -> Answer {
+    caller.need(Level::Administrator)?;
+    let Some(cluster) = &state.cluster else {
+        return Err(ApiError::bad_request("this node is not in a cluster"));
+    };
+    let b: JoinBody = body(&raw)?;
+    let (name, addr) = b
+        .node
+        .split_once('@')
+        .and_then(|(n, a)| Some((n, a.parse::<std::net::SocketAddr>().ok()?)))
+        .ok_or_else(|| ApiError::bad_request(format!("{:?} is not name@ip:port", b.node)))?;
+    cluster
+        .join(name, addr)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::CONFLICT, "join_failed", e))?;
+    Ok(super::json(
+        json!({"joined": crate::cluster::display_name(name)}),
+    ))
+}
+
+/// `DELETE /api/nodes/{name}` (administrator): removes a stopped member
+/// from the cluster for good (`junction cluster leave`, RabbitMQ's
+/// `forget_cluster_node`); answers what was removed with it.
+pub async fn leave_node(State(state): St, caller: Caller, Path(name): Path<String>) -> Answer {
+    caller.need(Level::Administrator)?;
+    let Some(cluster) = &state.cluster else {
+        return Err(ApiError::bad_request("this node is not in a cluster"));
+    };
+    let name = name.strip_prefix("junction@").unwrap_or(&name);
+    let forgotten = cluster
+        .leave(&state.broker, name)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::CONFLICT, "leave_failed", e))?;
+    Ok(super::json(json!({
+        "left": crate::cluster::display_name(name),
+        "client_ids": forgotten.claims,
+        "routes": forgotten.routes,
+        "queues": forgotten.queues,
+    })))
 }
 
 /// `/api/nodes`: this node alone, or every member of its cluster (the

@@ -1,0 +1,177 @@
+"""Membership changes (docs/cluster.md "Membership changes"), with real
+`junction` processes, pika and paho-mqtt: a fourth node started with
+`[cluster] join = true` stays out until `junction cluster join` on a
+member adds it; it then has the whole topology, votes, and every quorum
+queue's group takes it as a member (`members` in the management API).
+`junction cluster leave` refuses a running node, and forgets a stopped
+one: it leaves the metadata group and every quorum queue's group, and
+its classic queues and MQTT client-id claims go with it. Each step is
+shown by what a majority can do after it: with the forgotten node and
+one more killed, the two left of three still confirm publishes; and the
+joined node, restarted while the only member its config lists is down,
+finds the others from the cluster's membership."""
+
+import json
+
+import pika
+import pytest
+
+from admin_support import api
+from mqtt_support import V311, clients, persistent  # noqa: F401 (a fixture)
+from test_cluster import SECRET, cluster_toml, free_ports, nodes, wait_for
+from test_cluster_messages import depth
+from test_cluster_mqtt_sessions import connect_ok, leave_session
+from test_cluster_quorum import consume_all, declare_quorum, publish_confirmed, queue_info
+from test_cluster_topology import amqp, formed
+
+
+def member_names(b):
+    """The members `/api/nodes` on `b` lists, sorted."""
+    return sorted(n["name"] for n in nodes(b))
+
+
+def voters(b):
+    return sorted(n["name"] for n in nodes(b) if n["raft"]["voter"])
+
+
+def jq_members(b):
+    return sorted(queue_info(b, "jq")["members"])
+
+
+def same_everywhere(what, brokers, read, want):
+    """Waits until `read(b)` is `want` on every broker of `brokers`."""
+    wait_for(
+        f"{what} on every node",
+        lambda: all(read(b) == want for b in brokers) or {b.name: read(b) for b in brokers},
+    )
+
+
+def running_on(b, name):
+    entry = [n for n in nodes(b) if n["name"] == f"junction@{name}"]
+    return bool(entry) and (entry[0].get("running") is not False)
+
+
+def api_url(b):
+    return ["--url", f"http://127.0.0.1:{b.admin_port}"]
+
+
+@pytest.mark.deadline(300)
+def test_a_node_joins_takes_every_quorum_queue_and_a_stopped_node_is_forgotten(
+    make_broker, tmp_path, clients
+):
+    brokers, _ = formed(make_broker, tmp_path)
+    n1, n2, n3 = brokers
+    p1 = n1.ports["cluster"]
+
+    # Before the join: a quorum queue with 20 confirmed messages; on n3, a
+    # classic queue with 5 and an MQTT persistent session (its claim and
+    # its queue live on n3).
+    declare_quorum(n1, "jq")
+    publish_confirmed(n2, "jq", [f"before-{i}".encode() for i in range(20)])
+    conn = amqp(n3)
+    ch = conn.channel()
+    ch.queue_declare("c3", durable=True)
+    ch.confirm_delivery()
+    for i in range(5):
+        ch.basic_publish("", "c3", f"c3-{i}".encode(), pika.BasicProperties(delivery_mode=2))
+    conn.close()
+    leave_session(clients, brokers, n3, "dev-3", "plant/+/temp")
+
+    # n4 starts to join: it lists n1 and itself. Until it is added it has
+    # none of the cluster's topology.
+    (p4,) = free_ports(1)
+    secret = tmp_path / "cluster.secret"
+    n4 = make_broker(
+        extra_config=cluster_toml("n4", [("n1", p1), ("n4", p4)], secret) + "join = true\n"
+    )
+    n4.name = "n4"
+    assert api_get_status(n4, "/api/queues/%2F/jq") == 404
+    assert member_names(n1) == ["junction@n1", "junction@n2", "junction@n3"]
+
+    # Added with the CLI on n2 (not necessarily the leader).
+    out = n2.command("cluster", "join", f"n4@127.0.0.1:{p4}", *api_url(n2)).stdout
+    assert out.strip() == f"n4@127.0.0.1:{p4} joined the cluster"
+    everyone = ["junction@n1", "junction@n2", "junction@n3", "junction@n4"]
+    all4 = [n1, n2, n3, n4]
+    same_everywhere("four voters", all4, voters, everyone)
+    # The quorum queue's group took n4, as every node reports it.
+    same_everywhere("jq's group has all four", all4, jq_members, everyone)
+    # n4 serves the cluster's queues: it counts jq's messages and c3's, and
+    # takes confirmed publishes for jq.
+    wait_for("n4 counts jq and c3", lambda: (depth(n4, "jq"), depth(n4, "c3")) == (20, 5) or (depth(n4, "jq"), depth(n4, "c3")))
+    publish_confirmed(n4, "jq", [f"on-n4-{i}".encode() for i in range(10)])
+    wait_for("30 in jq everywhere", lambda: all(depth(b, "jq") == 30 for b in all4) or [depth(b, "jq") for b in all4])
+
+    # A running node cannot be forgotten.
+    refused = n1.command("cluster", "leave", "n3", *api_url(n1), check=False)
+    assert refused.returncode != 0
+    assert "n3 is running: stop it first" in refused.stderr + refused.stdout
+
+    # n3 stops (kill -9) and is forgotten, with what lived on it only.
+    n3.kill9()
+    wait_for("n1 sees n3 down", lambda: not running_on(n1, "n3"))
+    left = json.loads(n1.command("cluster", "leave", "n3", *api_url(n1), "--json").stdout)
+    assert left == {"left": "junction@n3", "client_ids": 1, "routes": 0, "queues": 2}, left
+    rest = [n1, n2, n4]
+    three = ["junction@n1", "junction@n2", "junction@n4"]
+    same_everywhere("three members", rest, member_names, three)
+    same_everywhere("jq's group without n3", rest, jq_members, three)
+    for b in rest:
+        assert api_get_status(b, "/api/queues/%2F/c3") == 404, b.name
+        assert api_get_status(b, "/api/queues/%2F/mqtt-session-dev-3") == 404, b.name
+    # The device's session went with n3: it starts afresh on n1.
+    dev = clients.new(n1, client_id="dev-3", version=V311, **persistent(V311))
+    assert connect_ok(dev).session_present is False
+    dev.disconnect()
+
+    # n1 is killed too: n2 and n4 are two of three voters, a majority (of
+    # the four before the leave they would not be), and still confirm.
+    n1.kill9()
+    publish_confirmed(n2, "jq", [f"after-{i}".encode() for i in range(5)])
+
+    # n4 restarts while n1, the only other member its config lists, is
+    # down: it finds n2 from the membership it keeps, and serves again.
+    n4.kill9()
+    n4.start()
+    wait_for("n4 links to n2", lambda: running_on(n4, "n2") and own_role(n4) in ("leader", "follower"))
+    publish_confirmed(n4, "jq", [f"back-{i}".encode() for i in range(5)])
+    got = consume_all(n4, "jq", 40)
+    bodies = sorted(body.decode() for body, _ in got)
+    expected = sorted(
+        [f"before-{i}" for i in range(20)]
+        + [f"on-n4-{i}" for i in range(10)]
+        + [f"after-{i}" for i in range(5)]
+        + [f"back-{i}" for i in range(5)]
+    )
+    assert bodies == expected
+
+
+def api_get_status(b, path):
+    return api(b, "GET", path)[0]
+
+
+def own_role(b):
+    mine = [n for n in nodes(b) if "cluster" in n]
+    return mine[0]["cluster"]["role"] if mine else None
+
+
+@pytest.mark.deadline(120)
+def test_join_and_leave_refuse_what_cannot_be_done(make_broker, tmp_path):
+    brokers, _ = formed(make_broker, tmp_path)
+    n1 = brokers[0]
+
+    # Not name@ip:port, a name that is no node name, a node that is not a
+    # member, and this node itself.
+    status, body, _ = api(n1, "POST", "/api/nodes", {"node": "n4"})
+    assert (status, body["reason"]) == (400, '"n4" is not name@ip:port'), body
+    status, body, _ = api(n1, "POST", "/api/nodes", {"node": "bad name@127.0.0.1:1"})
+    assert status == 409 and "is not a node name" in body["reason"], body
+    status, body, _ = api(n1, "DELETE", "/api/nodes/junction@n9")
+    assert (status, body["reason"]) == (409, "n9 is not a member of the cluster"), body
+    status, body, _ = api(n1, "DELETE", "/api/nodes/n1")
+    assert status == 409 and "is this node" in body["reason"], body
+    # An existing member at another address.
+    status, body, _ = api(n1, "POST", "/api/nodes", {"node": "n2@127.0.0.1:1"})
+    assert status == 409 and "is a member at" in body["reason"], body
+    # Nothing changed.
+    assert member_names(n1) == ["junction@n1", "junction@n2", "junction@n3"]
