@@ -1,7 +1,8 @@
 """Membership changes (docs/cluster.md "Membership changes"), with real
 `junction` processes, pika and paho-mqtt: a fourth node started with
-`[cluster] join = true` stays out until `junction cluster join` on a
-member adds it; it then has the whole topology, votes, and every quorum
+`[cluster] join = true` (with an id below every member's, listing one
+member only) stays out until `junction cluster join` on a member adds
+it; it then has the whole topology, votes, and every quorum
 queue's group takes it as a member (`members` in the management API).
 `junction cluster leave` refuses a running node, and forgets a stopped
 one: it leaves the metadata group and every quorum queue's group, and
@@ -9,7 +10,7 @@ its classic queues and MQTT client-id claims go with it. Each step is
 shown by what a majority can do after it: with the forgotten node and
 one more killed, the two left of three still confirm publishes; and the
 joined node, restarted while the only member its config lists is down,
-finds the others from the cluster's membership."""
+links to the others from the membership it kept."""
 
 import json
 
@@ -18,10 +19,17 @@ import pytest
 
 from admin_support import api
 from mqtt_support import V311, clients, persistent  # noqa: F401 (a fixture)
-from test_cluster import SECRET, cluster_toml, free_ports, nodes, wait_for
+from test_cluster import cluster_toml, free_ports, nodes, wait_for
 from test_cluster_messages import depth
 from test_cluster_mqtt_sessions import connect_ok, leave_session
-from test_cluster_quorum import consume_all, declare_quorum, publish_confirmed, queue_info
+from test_cluster_quorum import (
+    consume_all,
+    declare_quorum,
+    leader_everywhere,
+    lowest_id,
+    publish_confirmed,
+    queue_info,
+)
 from test_cluster_topology import amqp, formed
 
 
@@ -67,6 +75,7 @@ def test_a_node_joins_takes_every_quorum_queue_and_a_stopped_node_is_forgotten(
     # classic queue with 5 and an MQTT persistent session (its claim and
     # its queue live on n3).
     declare_quorum(n1, "jq")
+    leader_everywhere(brokers, "jq")
     publish_confirmed(n2, "jq", [f"before-{i}".encode() for i in range(20)])
     conn = amqp(n3)
     ch = conn.channel()
@@ -77,28 +86,31 @@ def test_a_node_joins_takes_every_quorum_queue_and_a_stopped_node_is_forgotten(
     conn.close()
     leave_session(clients, brokers, n3, "dev-3", "plant/+/temp")
 
-    # n4 starts to join: it lists n1 and itself. Until it is added it has
-    # none of the cluster's topology.
+    # n34 starts to join: it lists n1 and itself. Its id is below every
+    # member's, so no member dials it as the lower id, and it knows none
+    # but n1: the leader reaches it by the fallback dial. Until it is
+    # added it has none of the cluster's topology.
+    assert lowest_id(["n1", "n2", "n3", "n34"]) == "n34"
     (p4,) = free_ports(1)
     secret = tmp_path / "cluster.secret"
     n4 = make_broker(
-        extra_config=cluster_toml("n4", [("n1", p1), ("n4", p4)], secret) + "join = true\n"
+        extra_config=cluster_toml("n34", [("n1", p1), ("n34", p4)], secret) + "join = true\n"
     )
-    n4.name = "n4"
+    n4.name = "n34"
     assert api_get_status(n4, "/api/queues/%2F/jq") == 404
     assert member_names(n1) == ["junction@n1", "junction@n2", "junction@n3"]
 
     # Added with the CLI on n2 (not necessarily the leader).
-    out = n2.command("cluster", "join", f"n4@127.0.0.1:{p4}", *api_url(n2)).stdout
-    assert out.strip() == f"n4@127.0.0.1:{p4} joined the cluster"
-    everyone = ["junction@n1", "junction@n2", "junction@n3", "junction@n4"]
+    out = n2.command("cluster", "join", f"n34@127.0.0.1:{p4}", *api_url(n2)).stdout
+    assert out.strip() == f"n34@127.0.0.1:{p4} joined the cluster"
+    everyone = ["junction@n1", "junction@n2", "junction@n3", "junction@n34"]
     all4 = [n1, n2, n3, n4]
     same_everywhere("four voters", all4, voters, everyone)
-    # The quorum queue's group took n4, as every node reports it.
+    # The quorum queue's group took n34, as every node reports it.
     same_everywhere("jq's group has all four", all4, jq_members, everyone)
-    # n4 serves the cluster's queues: it counts jq's messages and c3's, and
+    # n34 serves the cluster's queues: it counts jq's messages and c3's, and
     # takes confirmed publishes for jq.
-    wait_for("n4 counts jq and c3", lambda: (depth(n4, "jq"), depth(n4, "c3")) == (20, 5) or (depth(n4, "jq"), depth(n4, "c3")))
+    wait_for("n34 counts jq and c3", lambda: (depth(n4, "jq"), depth(n4, "c3")) == (20, 5) or (depth(n4, "jq"), depth(n4, "c3")))
     publish_confirmed(n4, "jq", [f"on-n4-{i}".encode() for i in range(10)])
     wait_for("30 in jq everywhere", lambda: all(depth(b, "jq") == 30 for b in all4) or [depth(b, "jq") for b in all4])
 
@@ -113,27 +125,28 @@ def test_a_node_joins_takes_every_quorum_queue_and_a_stopped_node_is_forgotten(
     left = json.loads(n1.command("cluster", "leave", "n3", *api_url(n1), "--json").stdout)
     assert left == {"left": "junction@n3", "client_ids": 1, "routes": 0, "queues": 2}, left
     rest = [n1, n2, n4]
-    three = ["junction@n1", "junction@n2", "junction@n4"]
+    three = ["junction@n1", "junction@n2", "junction@n34"]
     same_everywhere("three members", rest, member_names, three)
     same_everywhere("jq's group without n3", rest, jq_members, three)
-    for b in rest:
-        assert api_get_status(b, "/api/queues/%2F/c3") == 404, b.name
-        assert api_get_status(b, "/api/queues/%2F/mqtt-session-dev-3") == 404, b.name
+    for q in ("c3", "mqtt-session-dev-3"):
+        same_everywhere(f"{q} gone", rest, lambda b, q=q: api_get_status(b, f"/api/queues/%2F/{q}"), 404)
     # The device's session went with n3: it starts afresh on n1.
     dev = clients.new(n1, client_id="dev-3", version=V311, **persistent(V311))
     assert connect_ok(dev).session_present is False
     dev.disconnect()
 
-    # n1 is killed too: n2 and n4 are two of three voters, a majority (of
+    # n1 is killed too: n2 and n34 are two of three voters, a majority (of
     # the four before the leave they would not be), and still confirm.
     n1.kill9()
+    leader_everywhere([n2, n4], "jq")
     publish_confirmed(n2, "jq", [f"after-{i}".encode() for i in range(5)])
 
-    # n4 restarts while n1, the only other member its config lists, is
+    # n34 restarts while n1, the only other member its config lists, is
     # down: it finds n2 from the membership it keeps, and serves again.
     n4.kill9()
     n4.start()
-    wait_for("n4 links to n2", lambda: running_on(n4, "n2") and own_role(n4) in ("leader", "follower"))
+    wait_for("n34 links to n2", lambda: running_on(n4, "n2") and own_role(n4) in ("leader", "follower"))
+    leader_everywhere([n2, n4], "jq")
     publish_confirmed(n4, "jq", [f"back-{i}".encode() for i in range(5)])
     got = consume_all(n4, "jq", 40)
     bodies = sorted(body.decode() for body, _ in got)

@@ -315,6 +315,35 @@ impl Group {
             .collect()
     }
 
+    /// The group's learners, as this node knows.
+    pub fn learners(&self) -> std::collections::BTreeSet<NodeId> {
+        self.metrics()
+            .membership_config
+            .membership()
+            .learner_ids()
+            .collect()
+    }
+
+    /// Whether this node has a link to `peer` now.
+    pub fn is_linked(&self, peer: NodeId) -> bool {
+        self.peers.is_linked(peer)
+    }
+
+    /// Make `change` to the group's members if this node leads it (never
+    /// forwarded); within `within`.
+    pub async fn change_members_here(
+        &self,
+        change: MemberChange,
+        within: Duration,
+    ) -> Result<(), String> {
+        match change_locally(&self.raft, change, within).await {
+            Ok(()) => Ok(()),
+            Err(Refusal::NotLeader(_)) => Err("this node does not lead the group".to_owned()),
+            Err(Refusal::Later) => Err(format!("not done within {within:?}")),
+            Err(Refusal::Failed(e)) => Err(e),
+        }
+    }
+
     /// Make `change` to the group's members, wherever its leader is
     /// (asked over its link); within `within`. An added node is a learner
     /// until it has every entry, then a voter.
@@ -770,14 +799,19 @@ fn follow_members(
                     voters: config.voter_ids().filter_map(|id| addr(&id)).collect(),
                     learners: config.learner_ids().filter_map(|id| addr(&id)).collect(),
                 };
-                if !members.voters.is_empty() {
-                    let all: HashMap<NodeId, SocketAddr> = members
-                        .voters
-                        .iter()
-                        .chain(&members.learners)
-                        .map(|(id, a)| (*id, *a))
-                        .collect();
+                let all: HashMap<NodeId, SocketAddr> = members
+                    .voters
+                    .iter()
+                    .chain(&members.learners)
+                    .map(|(id, a)| (*id, *a))
+                    .collect();
+                if all.contains_key(&peers.me()) {
                     peers.set_members(&all);
+                } else if !all.is_empty() {
+                    // Not a member yet (joining, and catching up through
+                    // memberships older than the one that adds it): learn
+                    // addresses, drop nobody, welcome whoever leads.
+                    peers.learn_members(&all);
                 }
                 tx.send_replace(members);
             }

@@ -1,7 +1,8 @@
 //! Peer links: one TCP connection between two nodes, carrying the Raft
 //! traffic of every group both hold (docs/cluster.md "Peer links").
 //!
-//! The node with the lower id dials, the other accepts; the dialer
+//! The node with the lower id dials, the other accepts (and dials too
+//! when no link came for [`FALLBACK_AFTER`]); the dialer
 //! redials with backoff when the link drops. Frames are a big-endian u32
 //! length and a body in the records' encoding (version byte, postcard). A
 //! request carries a correlation id and a group id; its reply carries the
@@ -71,6 +72,9 @@ const PING_EVERY: Duration = Duration::from_secs(1);
 /// ...and drops when it has read nothing for this long (a peer lost to a
 /// power cut or a partition that does not close the connection).
 const LINK_IDLE: Duration = Duration::from_secs(5);
+/// How long a node waits for a member with a lower id to dial it before
+/// it dials that member itself.
+pub const FALLBACK_AFTER: Duration = Duration::from_secs(3);
 /// First and longest pause between two dials of a peer that is down.
 const REDIAL_MIN: Duration = Duration::from_millis(50);
 const REDIAL_MAX: Duration = Duration::from_secs(1);
@@ -292,29 +296,50 @@ pub(crate) async fn change_locally(
         e => Refusal::Failed(e.to_string()),
     };
     let deadline = tokio::time::Instant::now() + within;
-    let (leader, voters, learners) = {
+    let (leader, voters, learners, joint) = {
         let m = raft.metrics().borrow().clone();
         let membership = m.membership_config.membership();
         (
             m.state == openraft::ServerState::Leader,
             membership.voter_ids().collect::<HashSet<_>>(),
             membership.learner_ids().collect::<HashSet<_>>(),
+            // A change cut off between its joint and its final step.
+            membership.get_joint_config().len() > 1,
         )
     };
     if !leader {
         return Err(Refusal::NotLeader(raft.metrics().borrow().current_leader));
     }
     let changes = match change {
-        MemberChange::Add { id, .. } if voters.contains(&id) => return Ok(()),
+        MemberChange::Add { id, .. } if voters.contains(&id) && !joint => return Ok(()),
         MemberChange::Add { id, addr } => {
-            let node = openraft::BasicNode::new(addr.to_string());
-            match tokio::time::timeout_at(deadline, raft.add_learner(id, node, true)).await {
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => return Err(refusal(e)),
-                Err(_) => {
-                    return Err(Refusal::Failed(format!(
-                        "node {id:016x} did not catch up within {within:?}; it stays a learner"
-                    )));
+            if !voters.contains(&id) {
+                let node = openraft::BasicNode::new(addr.to_string());
+                match tokio::time::timeout_at(deadline, raft.add_learner(id, node, false)).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => return Err(refusal(e)),
+                    Err(_) => return Err(Refusal::Later),
+                }
+                // Caught up: it has every entry this leader has (openraft's
+                // own wait stops within `replication_lag_threshold`, 5,000
+                // entries, and a voter that lags makes the joint step wait).
+                let mut metrics = raft.metrics();
+                loop {
+                    let m = metrics.borrow_and_update().clone();
+                    if m.state != openraft::ServerState::Leader {
+                        return Err(Refusal::NotLeader(m.current_leader));
+                    }
+                    if m.last_log_index.is_some() && matched(&m, id) >= m.last_log_index {
+                        break;
+                    }
+                    if !matches!(
+                        tokio::time::timeout_at(deadline, metrics.changed()).await,
+                        Ok(Ok(()))
+                    ) {
+                        return Err(Refusal::Failed(format!(
+                            "node {id:016x} did not catch up within {within:?}; it stays a learner"
+                        )));
+                    }
                 }
             }
             ChangeMembers::AddVoterIds([id].into())
@@ -325,12 +350,30 @@ pub(crate) async fn change_locally(
         MemberChange::Remove { id } if learners.contains(&id) => {
             ChangeMembers::RemoveNodes([id].into())
         }
+        MemberChange::Remove { .. } if joint => {
+            // Finish the change left joint: its final step again.
+            let last = raft
+                .metrics()
+                .borrow()
+                .membership_config
+                .membership()
+                .get_joint_config()
+                .last()
+                .cloned()
+                .unwrap_or_default();
+            ChangeMembers::ReplaceAllVoters(last)
+        }
         MemberChange::Remove { .. } => return Ok(()),
     };
-    match tokio::time::timeout_at(deadline, raft.change_membership(changes, false)).await {
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err(e)) => Err(refusal(e)),
-        Err(_) => Err(Refusal::Later),
+    // On a task of its own: openraft takes the joint step, then the final
+    // one, from the caller's side; a caller that gives up between the two
+    // must not leave the group joint.
+    let raft = raft.clone();
+    let change = tokio::spawn(async move { raft.change_membership(changes, false).await });
+    match tokio::time::timeout_at(deadline, change).await {
+        Ok(Ok(Ok(_))) => Ok(()),
+        Ok(Ok(Err(e))) => Err(refusal(e)),
+        Ok(Err(_)) | Err(_) => Err(Refusal::Later),
     }
 }
 
@@ -419,11 +462,13 @@ struct Inner {
     /// Every member's address: a Hello from anyone else is refused, and
     /// with TLS a dialer's certificate must name its IP.
     members: RwLock<HashMap<NodeId, SocketAddr>>,
-    /// Welcome any dialer with a lower id that proves the secret, listed
-    /// or not: a joining node that is no member yet, whichever member
-    /// leads will dial it. Cleared by the first [`Peers::set_members`]
-    /// after [`Peers::welcome_any`].
+    /// Welcome any dialer that proves the secret, listed or not: a
+    /// joining node that is no member yet, whichever member leads will
+    /// dial it. Cleared by the first [`Peers::set_members`] after
+    /// [`Peers::welcome_any`].
     open: std::sync::atomic::AtomicBool,
+    /// Nodes that left the cluster: never welcomed, never dialed.
+    forbidden: RwLock<HashSet<NodeId>>,
     /// The dialer of each member with a higher id, and where it dials.
     dialers: Mutex<HashMap<NodeId, (SocketAddr, tokio::task::AbortHandle)>>,
     /// The cluster's shared secret, which both ends of a link prove.
@@ -484,6 +529,7 @@ impl Peers {
                 me,
                 members: RwLock::new(HashMap::new()),
                 open: std::sync::atomic::AtomicBool::new(false),
+                forbidden: RwLock::new(HashSet::new()),
                 dialers: Mutex::new(HashMap::new()),
                 secret,
                 cluster: tokio::sync::watch::channel(cluster).0,
@@ -504,34 +550,49 @@ impl Peers {
     }
 
     /// The members are `members` from now on (this node itself may be
-    /// listed): a new one with a higher id is dialed, and one no longer
-    /// listed is cut off (its link closed, its Hello refused). A member
-    /// whose address changed is dialed at the new one.
+    /// listed): every one is dialed (one with a lower id only when it has
+    /// not linked to this node for [`FALLBACK_AFTER`]), and one no longer
+    /// listed is no longer dialed (its link stays until it drops, or it is
+    /// [forbidden](Peers::forbid)). A member whose address changed is
+    /// dialed at the new one. Ends [`Peers::welcome_any`].
     pub fn set_members(&self, members: &HashMap<NodeId, SocketAddr>) {
+        self.update_members(members.clone(), false);
+    }
+
+    /// Adds `members` to those listed (for a node not yet in the
+    /// cluster's membership, which learns members as it catches up);
+    /// [`Peers::welcome_any`] stays as it is.
+    pub fn learn_members(&self, members: &HashMap<NodeId, SocketAddr>) {
+        let mut all = self.members();
+        all.extend(members.iter().map(|(id, a)| (*id, *a)));
+        self.update_members(all, true);
+    }
+
+    fn update_members(&self, mut members: HashMap<NodeId, SocketAddr>, keep_open: bool) {
         let me = self.inner.me;
-        let mut members = members.clone();
         members.remove(&me);
-        self.inner.open.store(false, Ordering::Relaxed);
-        let gone: Vec<NodeId> = {
-            let mut list = self.inner.members.write();
-            let gone = list
-                .keys()
-                .filter(|id| !members.contains_key(id))
-                .copied()
-                .collect();
-            *list = members.clone();
-            gone
-        };
+        {
+            let forbidden = self.inner.forbidden.read();
+            members.retain(|id, _| !forbidden.contains(id));
+        }
+        if !keep_open {
+            self.inner.open.store(false, Ordering::Relaxed);
+        }
+        *self.inner.members.write() = members.clone();
+        let mut moved = Vec::new();
         let mut dialers = self.inner.dialers.lock();
         dialers.retain(|id, (addr, task)| {
             let keep = members.get(id) == Some(addr);
             if !keep {
                 task.abort();
+                if members.contains_key(id) {
+                    moved.push(*id);
+                }
             }
             keep
         });
         for (&peer, &addr) in &members {
-            if peer > me && !dialers.contains_key(&peer) {
+            if !dialers.contains_key(&peer) {
                 let dialer = self.clone();
                 if let Some(task) = self.spawn(async move { dialer.dial(peer, addr).await }) {
                     dialers.insert(peer, (addr, task));
@@ -539,16 +600,41 @@ impl Peers {
             }
         }
         drop(dialers);
-        for id in gone {
-            if let Some(link) = self.inner.links.lock().remove(&id) {
-                link.replaced.notify_one();
-                tracing::info!(me, peer = id, "peer link closed: no longer a member");
-            }
+        for id in moved {
+            self.cut(id, "its address changed");
         }
     }
 
-    /// Welcome dialers that are not listed too (with a lower id, the
-    /// secret and this node's cluster, if it has one), until the next
+    /// Refuse node `id` from now on (it left the cluster): its link is
+    /// closed, it is not dialed, and its Hellos are refused.
+    pub fn forbid(&self, id: NodeId) {
+        if id == self.inner.me || !self.inner.forbidden.write().insert(id) {
+            return;
+        }
+        self.inner.members.write().remove(&id);
+        if let Some((_, task)) = self.inner.dialers.lock().remove(&id) {
+            task.abort();
+        }
+        self.cut(id, "it left the cluster");
+    }
+
+    /// Take node `id` back (it joins again).
+    pub fn allow(&self, id: NodeId) {
+        self.inner.forbidden.write().remove(&id);
+    }
+
+    /// Close the link to `id`, if any; its calls fail at once.
+    fn cut(&self, id: NodeId, why: &str) {
+        let link = self.inner.links.lock().remove(&id);
+        if let Some(link) = link {
+            link.replaced.notify_one();
+            link.pending.lock().clear();
+            tracing::info!(me = self.inner.me, peer = id, "peer link closed: {why}");
+        }
+    }
+
+    /// Welcome dialers that are not listed too (with the secret and, if
+    /// this node has one, its cluster id), until the next
     /// [`Peers::set_members`]: for a node joining a cluster, which only
     /// its members' membership will list.
     pub fn welcome_any(&self) {
@@ -725,7 +811,8 @@ impl Peers {
         answer.unwrap_or(Err(CallError::Timeout(target)))
     }
 
-    /// Accept links from members with lower ids.
+    /// Accept links from members (those with lower ids, and those with
+    /// higher ids whose link did not come).
     async fn accept(self, listener: TcpListener) {
         loop {
             let stream = match listener.accept().await {
@@ -796,11 +883,16 @@ impl Peers {
             return Err(std::io::Error::other("the first frame is not a Hello"));
         };
         let me = self.inner.me;
-        let listed = self.inner.members.read().contains_key(&from)
-            || self.inner.open.load(Ordering::Relaxed);
-        if !(from < me && listed) {
+        // A listed member, anyone while joining, or a node of this node's
+        // own cluster this node does not list yet (it joined while this
+        // node was away; it may lead now).
+        let mine = self.cluster_now();
+        let welcome = self.inner.members.read().contains_key(&from)
+            || self.inner.open.load(Ordering::Relaxed)
+            || (mine.is_some() && mine == cluster);
+        if from == me || self.inner.forbidden.read().contains(&from) || !welcome {
             return Err(std::io::Error::other(format!(
-                "node {from} is not a member with a lower id"
+                "node {from} is not a member"
             )));
         }
         let hello = Proof::new(HELLO_LABEL, &challenge, from, me, cluster);
@@ -830,9 +922,11 @@ impl Peers {
         leaf: Option<&[u8]>,
         source: Option<std::net::IpAddr>,
     ) -> std::io::Result<()> {
+        // An unlisted dialer's certificate must name the address it
+        // dials from.
         let listed = self.inner.members.read().get(&from).map(SocketAddr::ip);
         let ip = listed
-            .or(source.filter(|_| self.inner.open.load(Ordering::Relaxed)))
+            .or(source)
             .ok_or_else(|| std::io::Error::other(format!("node {from} is not a member")))?;
         if leaf.is_some_and(|der| names_ip(der, ip)) {
             Ok(())
@@ -881,7 +975,17 @@ impl Peers {
     /// Keep a link to `peer` open: dial, say Hello, run it, redial.
     async fn dial(self, peer: NodeId, addr: SocketAddr) {
         let mut pause = REDIAL_MIN;
+        // The lower id dials; the higher only when no link came for a
+        // while (the lower one may not know this node's address: it
+        // joined, or this node did, while it was away).
+        let fallback = peer < self.inner.me;
         loop {
+            if fallback {
+                tokio::time::sleep(FALLBACK_AFTER).await;
+                if self.is_linked(peer) {
+                    continue;
+                }
+            }
             match TcpStream::connect(addr).await {
                 // A dial of a port nobody listens on can, rarely, be given
                 // that very port as its source and connect to itself,

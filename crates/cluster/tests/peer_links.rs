@@ -124,47 +124,74 @@ async fn nodes_of_two_clusters_never_link_even_with_one_secret() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_node_links_once_listed_takes_its_peers_cluster_and_is_cut_off_when_unlisted() {
+async fn a_joining_node_links_once_listed_takes_the_cluster_and_is_refused_once_it_left() {
     let (p1, p2, mut members) = pair(b"same", b"same").await;
     linked(&p1, &p2).await;
-    // Node 3 joins: it knows no cluster yet and lists node 1 only; node 1
-    // does not list it, so its dials are refused.
+    // Node 3 joins: it knows no cluster yet and lists nobody but itself;
+    // it does not welcome strangers, and nobody lists it: no link.
     let l3 = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let seeds: HashMap<u64, _> = [(1, members[&1]), (3, l3.local_addr().unwrap())].into();
-    let p3 = Peers::start(3, l3, &seeds, Arc::from(&b"same"[..]), None, None);
+    let alone: HashMap<u64, _> = [(3, l3.local_addr().unwrap())].into();
+    let p3 = Peers::start(3, l3, &alone, Arc::from(&b"same"[..]), None, None);
+    members.insert(3, alone[&3]);
+    p1.set_members(&members);
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(p3.connected(), Vec::<u64>::new());
     assert_eq!(*p3.cluster().borrow(), None);
-    // Listed by node 1, which dials it (its id is lower): node 3 accepts
-    // it (listed) and takes its cluster; node 2 does not list it yet.
-    members.insert(3, seeds[&3]);
-    p1.set_members(&members);
+    // Welcoming any dialer (as a joining node does until the cluster's
+    // membership names it), it takes node 1's link and its cluster id.
+    p3.welcome_any();
     eventually("node 1 did not link to node 3", || p3.connected() == [1]).await;
     assert_eq!(*p3.cluster().borrow(), Some(CLUSTER));
-    // Node 2 lists it too, but node 3 does not list node 2: refused...
+    // Its member list ends the welcome; node 2, which it does not list,
+    // is still welcome as a node of its own cluster.
+    p3.set_members(&[(1, members[&1]), (3, members[&3])].into());
     p2.set_members(&members);
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    assert_eq!(p3.connected(), vec![1]);
-    // ...until node 3 welcomes any member (as a joining node does until it
-    // has the cluster's membership)...
-    p3.welcome_any();
-    eventually("node 3 did not link to node 2", || p3.connected() == [1, 2]).await;
-    // ...which its next member list ends.
+    eventually("node 2 did not link to node 3", || p3.connected() == [1, 2]).await;
+    // Node 3 leaves: the others refuse it from then on, however it dials
+    // (it now lists both, and dials them past the fallback wait too).
     p3.set_members(&members);
-    assert_eq!(p3.connected(), vec![1, 2]);
-    // Unlisted again: its links close and stay closed.
-    members.remove(&3);
-    p1.set_members(&members);
-    p2.set_members(&members);
+    p1.forbid(3);
+    p2.forbid(3);
     eventually("node 3's links did not close", || {
         p1.connected() == [2] && p2.connected() == [1]
     })
     .await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    tokio::time::sleep(junction_cluster::peer::FALLBACK_AFTER + Duration::from_secs(1)).await;
     assert_eq!(p1.connected(), vec![2]);
     assert_eq!(p2.connected(), vec![1]);
     assert_eq!(p3.connected(), Vec::<u64>::new());
     for p in [p1, p2, p3] {
         p.shutdown().await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_with_a_higher_id_dials_one_that_does_not_dial_it() {
+    // Node 1 does not list node 2 (it joined while node 1 was away); node
+    // 2 lists node 1 and, after the fallback wait, dials it: node 1
+    // welcomes a node of its own cluster.
+    let l1 = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let l2 = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let a1 = l1.local_addr().unwrap();
+    let a2 = l2.local_addr().unwrap();
+    let secret: Arc<[u8]> = Arc::from(&b"same"[..]);
+    let p1 = Peers::start(
+        1,
+        l1,
+        &[(1, a1)].into(),
+        Arc::clone(&secret),
+        None,
+        Some(CLUSTER),
+    );
+    let p2 = Peers::start(
+        2,
+        l2,
+        &[(1, a1), (2, a2)].into(),
+        secret,
+        None,
+        Some(CLUSTER),
+    );
+    linked(&p1, &p2).await;
+    p1.shutdown().await;
+    p2.shutdown().await;
 }

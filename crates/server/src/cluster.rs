@@ -59,11 +59,18 @@ const DOCUMENT_TAG: u8 = 0xF5;
 /// join` the joining node's, so that every node knows every name.
 const NODE_PREFIX: &[u8] = b"\xF5node\x00";
 
-/// The key of joined node `name`'s record.
+/// A node that left (`junction cluster leave`): this, then its name;
+/// every node refuses its links while the record stands.
+const GONE_PREFIX: &[u8] = b"\xF5gone\x00";
+
+/// The key of node `name`'s member record.
 fn node_key(name: &str) -> Vec<u8> {
-    let mut key = NODE_PREFIX.to_vec();
-    key.extend_from_slice(name.as_bytes());
-    key
+    [NODE_PREFIX, name.as_bytes()].concat()
+}
+
+/// The key of node `name`'s record of having left.
+fn gone_key(name: &str) -> Vec<u8> {
+    [GONE_PREFIX, name.as_bytes()].concat()
 }
 
 /// Every member's name by id, as this node knows them: the configured
@@ -241,6 +248,8 @@ impl Cluster {
                 // A node's name is kept after it leaves (its id is not
                 // reused by another name).
                 Change::Delete { key } if key.starts_with(NODE_PREFIX) => {}
+                Change::Put { key, .. } if key.starts_with(GONE_PREFIX) => me.gone(key, true),
+                Change::Delete { key } if key.starts_with(GONE_PREFIX) => me.gone(key, false),
                 Change::Put { key, value } if document(key) => me.document(key, value),
                 // Documents are replaced, never removed.
                 Change::Delete { key } if document(key) => {}
@@ -254,6 +263,8 @@ impl Cluster {
                     for (key, value) in &documents {
                         if key.starts_with(NODE_PREFIX) {
                             me.learn_name(key);
+                        } else if key.starts_with(GONE_PREFIX) {
+                            me.gone(key, true);
                         } else {
                             me.document(key, value);
                         }
@@ -297,6 +308,23 @@ impl Cluster {
         });
     }
 
+    /// A left node's record (`left`), or its removal: its links are
+    /// refused while it stands.
+    fn gone(&self, key: &[u8], left: bool) {
+        let Some(name) = key
+            .strip_prefix(GONE_PREFIX)
+            .and_then(|n| std::str::from_utf8(n).ok())
+        else {
+            return;
+        };
+        let peers = self.node.peers();
+        if left {
+            peers.forbid(node_id(name));
+        } else {
+            peers.allow(node_id(name));
+        }
+    }
+
     /// A joined node's record: its name, by its id.
     fn learn_name(&self, key: &[u8]) {
         if let Some(name) = key
@@ -331,10 +359,16 @@ impl Cluster {
                 "{name} is a member at {now}; to move it, stop it, leave, and join again"
             ));
         }
-        self.commit(vec![MetaOp::Put {
-            key: node_key(name),
-            value: addr.to_string().into_bytes(),
-        }])
+        self.commit(vec![
+            // Taken back if it left before (with a cleared data directory).
+            MetaOp::Delete {
+                key: gone_key(name),
+            },
+            MetaOp::Put {
+                key: node_key(name),
+                value: addr.to_string().into_bytes(),
+            },
+        ])
         .await
         .map_err(|e| e.to_string())?;
         tracing::info!(node = name, %addr, "adding a node to the cluster");
@@ -356,25 +390,39 @@ impl Cluster {
             ));
         }
         let members = self.node.members().borrow().clone();
-        if !members.voters.contains_key(&id) && !members.learners.contains_key(&id) {
+        let member = members.voters.contains_key(&id) || members.learners.contains_key(&id);
+        // A leave whose clean-up did not finish is run again: the node is
+        // out of the group, its member record still stands.
+        if !member && self.node.state().get(&node_key(name)).is_none() {
             return Err(format!("{name} is not a member of the cluster"));
         }
         if self.node.peers().is_linked(id) {
             return Err(format!("{name} is running: stop it first"));
         }
         tracing::info!(node = name, "removing a node from the cluster");
-        self.node
-            .change_members(MemberChange::Remove { id }, LEAVE_WITHIN)
-            .await?;
+        if member {
+            self.node
+                .change_members(MemberChange::Remove { id }, LEAVE_WITHIN)
+                .await?;
+        }
+        let unfinished = |e: String| {
+            format!("{name} left, but its clean-up did not finish ({e}): run leave again")
+        };
+        self.commit(vec![MetaOp::Put {
+            key: gone_key(name),
+            value: Vec::new(),
+        }])
+        .await
+        .map_err(|e| unfinished(e.to_string()))?;
         let forgotten = broker
             .forget_node(name)
             .await
-            .map_err(|e| format!("{name} left, but what lived on it was not all removed: {e}"))?;
+            .map_err(|e| unfinished(e.to_string()))?;
         self.commit(vec![MetaOp::Delete {
             key: node_key(name),
         }])
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| unfinished(e.to_string()))?;
         Ok(forgotten)
     }
 

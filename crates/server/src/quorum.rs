@@ -219,12 +219,20 @@ impl Quorums {
             let Some(node) = me.upgrade().and_then(|q| q.node.upgrade()) else {
                 return;
             };
-            let members = me.upgrade().map(|q| q.members()).unwrap_or_default();
+            let mut members = me.upgrade().map(|q| q.members()).unwrap_or_default();
             // The declaring node starts the group and leads it first (as
             // RabbitMQ's client-local leader locator): leaders spread as
             // declarations do, and a queue declared while another member
             // is down has a leader at once.
             let first = junction_cluster::node_id(&member.queue.owner);
+            // A node still catching up as a learner may declare one: it is
+            // a member of the group it starts.
+            let here = node.peers().me();
+            if first == here
+                && let Some(addr) = me.upgrade().and_then(|q| q.seeds.get(&here).copied())
+            {
+                members.entry(here).or_insert(addr);
+            }
             let mut pause = std::time::Duration::from_millis(200);
             let group = loop {
                 match node.start_queue_group(member.group, &members, first).await {
@@ -319,34 +327,42 @@ async fn lead_loop(
 const MEMBERS_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
 const MEMBERS_WITHIN: std::time::Duration = std::time::Duration::from_secs(60);
 
-/// While this node leads the queue's group, make its voters the
-/// cluster's (`cluster`, the metadata group's membership): a node that
-/// joined is added (a learner until caught up, then a voter), one that
-/// left is removed. Runs until the member stops.
+/// While this node leads the queue's group, make its members the
+/// cluster's voters (`cluster`, the metadata group's membership): a node
+/// that joined is added (a learner until caught up, then a voter), one
+/// that left is removed, removals first. A member still linked to this
+/// node is never removed (this node's view of the cluster may be behind:
+/// it restarted, say), and changes are made here only, while this node
+/// leads. Runs until the member stops.
 async fn keep_members(group: Arc<Group>, mut cluster: tokio::sync::watch::Receiver<Members>) {
     let mut leadership = group.leadership();
     let mut retry = false;
     loop {
         if group.is_leader() {
             let want = cluster.borrow_and_update().voters.clone();
-            let have = group.voters();
+            let voters = group.voters();
             retry = false;
             if !want.is_empty() {
-                let mut changes: Vec<MemberChange> = want
+                let mut changes: Vec<MemberChange> = voters
                     .iter()
-                    .filter(|(id, _)| !have.contains(id))
-                    .map(|(id, addr)| MemberChange::Add {
+                    .chain(&group.learners())
+                    .filter(|id| !want.contains_key(id) && !group.is_linked(**id))
+                    .map(|id| MemberChange::Remove { id: *id })
+                    .collect();
+                changes.extend(want.iter().filter(|(id, _)| !voters.contains(id)).map(
+                    |(id, addr)| MemberChange::Add {
                         id: *id,
                         addr: *addr,
-                    })
-                    .collect();
-                changes.extend(
-                    have.iter()
-                        .filter(|id| !want.contains_key(id))
-                        .map(|id| MemberChange::Remove { id: *id }),
-                );
+                    },
+                ));
                 for change in changes {
-                    if let Err(e) = group.change_members(change.clone(), MEMBERS_WITHIN).await {
+                    if !group.is_leader() {
+                        break;
+                    }
+                    if let Err(e) = group
+                        .change_members_here(change.clone(), MEMBERS_WITHIN)
+                        .await
+                    {
                         tracing::warn!(group = %group.id(), ?change, error = %e, "a quorum queue's members not changed yet; trying again");
                         retry = true;
                     }
