@@ -13,6 +13,7 @@ joined node, restarted while the only member its config lists is down,
 links to the others from the membership it kept."""
 
 import json
+import time
 
 import pika
 import pytest
@@ -188,3 +189,45 @@ def test_join_and_leave_refuse_what_cannot_be_done(make_broker, tmp_path):
     assert status == 409 and "is a member at" in body["reason"], body
     # Nothing changed.
     assert member_names(n1) == ["junction@n1", "junction@n2", "junction@n3"]
+
+
+@pytest.mark.deadline(180)
+def test_a_forgotten_node_is_refused_until_cleared_and_joined_again(make_broker, tmp_path):
+    brokers, _ = formed(make_broker, tmp_path)
+    n1, n2, n3 = brokers
+    p1, p3 = n1.ports["cluster"], n3.ports["cluster"]
+    declare_quorum(n1, "rq")
+    leader_everywhere(brokers, "rq")
+    n3.kill9()
+    wait_for("n1 sees n3 down", lambda: not running_on(n1, "n3"))
+    n1.command("cluster", "leave", "n3", *api_url(n1))
+    two = ["junction@n1", "junction@n2"]
+    same_everywhere("two members", [n1, n2], member_names, two)
+    same_everywhere("rq's group without n3", [n1, n2], lambda b: sorted(queue_info(b, "rq")["members"]), two)
+
+    # Started again on its old data, n3 is refused by both: for 4 s (past
+    # the 3 s after which a higher id dials too) it is linked to neither,
+    # and they do not list it.
+    n3.start()
+    wait_for("n3 serves its API", lambda: own_role(n3) is not None)
+    for _ in range(40):
+        assert member_names(n1) == two and member_names(n2) == two
+        assert not running_on(n3, "n1") and not running_on(n3, "n2"), nodes(n3)
+        time.sleep(0.1)
+    n3.kill9()
+
+    # Cleared and started to join, it is taken back by a join, and the
+    # quorum queue's group takes it again.
+    back = make_broker(
+        data_dir=tmp_path / "n3-again",
+        extra_config=cluster_toml("n3", [("n1", p1), ("n3", p3)], tmp_path / "cluster.secret") + "join = true\n",
+    )
+    back.name = "n3"
+    n1.command("cluster", "join", f"n3@127.0.0.1:{p3}", *api_url(n1))
+    three = ["junction@n1", "junction@n2", "junction@n3"]
+    every = [n1, n2, back]
+    same_everywhere("three voters", every, voters, three)
+    same_everywhere("rq's group with n3", every, lambda b: sorted(queue_info(b, "rq")["members"]), three)
+    publish_confirmed(back, "rq", [b"from the new n3"])
+    assert [body for body, _ in consume_all(n2, "rq", 1)] == [b"from the new n3"]
+

@@ -245,6 +245,11 @@ impl Group {
         })
     }
 
+    /// This node.
+    pub fn me(&self) -> NodeId {
+        self.peers.me()
+    }
+
     /// Which group this is.
     pub fn id(&self) -> GroupId {
         self.id
@@ -315,6 +320,17 @@ impl Group {
             .collect()
     }
 
+    /// Whether the group's members are between the two steps of a
+    /// change (joint), as this node knows.
+    pub fn is_joint(&self) -> bool {
+        self.metrics()
+            .membership_config
+            .membership()
+            .get_joint_config()
+            .len()
+            > 1
+    }
+
     /// The group's learners, as this node knows.
     pub fn learners(&self) -> std::collections::BTreeSet<NodeId> {
         self.metrics()
@@ -367,9 +383,11 @@ impl Group {
                     change_locally(&self.raft, change.clone(), left).await
                 }
                 Some(l) => {
+                    // The leader gives up a little before this node, so
+                    // that its reason comes back.
                     let rpc = Rpc::Members {
                         change: change.clone(),
-                        within_ms: millis(left),
+                        within_ms: millis(left.mul_f64(0.9)),
                     };
                     match self.peers.call(l, self.id, rpc, left).await {
                         Ok(Reply::Members(answer)) => answer,

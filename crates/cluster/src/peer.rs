@@ -218,6 +218,8 @@ pub enum MemberChange {
         /// The node.
         id: NodeId,
     },
+    /// Only finish a change left joint (every change does so first).
+    Finish,
 }
 
 /// The answer to an [`Rpc`].
@@ -285,51 +287,58 @@ pub(crate) async fn change_locally(
     within: Duration,
 ) -> Result<(), Refusal> {
     use openraft::ChangeMembers;
-    let refusal = |e: RaftError<NodeId, ClientWriteError<NodeId, openraft::BasicNode>>| match e {
-        RaftError::APIError(ClientWriteError::ForwardToLeader(to)) => {
-            Refusal::NotLeader(to.leader_id)
-        }
-        RaftError::APIError(ClientWriteError::ChangeMembershipError(
-            openraft::error::ChangeMembershipError::InProgress(_),
-        ))
-        | RaftError::Fatal(_) => Refusal::Later,
-        e => Refusal::Failed(e.to_string()),
-    };
     let deadline = tokio::time::Instant::now() + within;
-    let (leader, voters, learners, joint) = {
+    let state = || {
         let m = raft.metrics().borrow().clone();
         let membership = m.membership_config.membership();
         (
             m.state == openraft::ServerState::Leader,
             membership.voter_ids().collect::<HashSet<_>>(),
             membership.learner_ids().collect::<HashSet<_>>(),
-            // A change cut off between its joint and its final step.
-            membership.get_joint_config().len() > 1,
+            // A change cut off between its joint and its final step (a
+            // leader change, a crash): its final voters.
+            (membership.get_joint_config().len() > 1)
+                .then(|| membership.get_joint_config().last().cloned())
+                .flatten(),
+            m.current_leader,
         )
     };
+    let (leader, _, _, joint, known) = state();
     if !leader {
-        return Err(Refusal::NotLeader(raft.metrics().borrow().current_leader));
+        return Err(Refusal::NotLeader(known));
+    }
+    if let Some(last) = joint {
+        // Finished first, whatever is asked.
+        commit_membership(raft, ChangeMembers::ReplaceAllVoters(last), deadline).await?;
+    }
+    let (leader, voters, learners, _, known) = state();
+    if !leader {
+        return Err(Refusal::NotLeader(known));
     }
     let changes = match change {
-        MemberChange::Add { id, .. } if voters.contains(&id) && !joint => return Ok(()),
+        MemberChange::Finish => return Ok(()),
+        MemberChange::Add { id, .. } if voters.contains(&id) => return Ok(()),
         MemberChange::Add { id, addr } => {
             if !voters.contains(&id) {
                 let node = openraft::BasicNode::new(addr.to_string());
                 match tokio::time::timeout_at(deadline, raft.add_learner(id, node, false)).await {
                     Ok(Ok(_)) => {}
-                    Ok(Err(e)) => return Err(refusal(e)),
+                    Ok(Err(e)) => return Err(membership_refusal(e)),
                     Err(_) => return Err(Refusal::Later),
                 }
-                // Caught up: it has every entry this leader has (openraft's
-                // own wait stops within `replication_lag_threshold`, 5,000
-                // entries, and a voter that lags makes the joint step wait).
+                // Caught up: it has every entry this leader had once it was
+                // added (openraft's own wait stops within
+                // `replication_lag_threshold`, 5,000 entries, and a voter
+                // that lags makes the joint step wait). A fixed target: a
+                // busy group's last entry moves on all the time.
                 let mut metrics = raft.metrics();
+                let target = metrics.borrow().last_log_index;
                 loop {
                     let m = metrics.borrow_and_update().clone();
                     if m.state != openraft::ServerState::Leader {
                         return Err(Refusal::NotLeader(m.current_leader));
                     }
-                    if m.last_log_index.is_some() && matched(&m, id) >= m.last_log_index {
+                    if target.is_some() && matched(&m, id) >= target {
                         break;
                     }
                     if !matches!(
@@ -350,29 +359,41 @@ pub(crate) async fn change_locally(
         MemberChange::Remove { id } if learners.contains(&id) => {
             ChangeMembers::RemoveNodes([id].into())
         }
-        MemberChange::Remove { .. } if joint => {
-            // Finish the change left joint: its final step again.
-            let last = raft
-                .metrics()
-                .borrow()
-                .membership_config
-                .membership()
-                .get_joint_config()
-                .last()
-                .cloned()
-                .unwrap_or_default();
-            ChangeMembers::ReplaceAllVoters(last)
-        }
         MemberChange::Remove { .. } => return Ok(()),
     };
-    // On a task of its own: openraft takes the joint step, then the final
-    // one, from the caller's side; a caller that gives up between the two
-    // must not leave the group joint.
+    commit_membership(raft, changes, deadline).await
+}
+
+/// Why openraft did not take a change of members.
+fn membership_refusal(
+    e: RaftError<NodeId, ClientWriteError<NodeId, openraft::BasicNode>>,
+) -> Refusal {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(to)) => {
+            Refusal::NotLeader(to.leader_id)
+        }
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(
+            openraft::error::ChangeMembershipError::InProgress(_),
+        ))
+        | RaftError::Fatal(_) => Refusal::Later,
+        e => Refusal::Failed(e.to_string()),
+    }
+}
+
+/// Runs `changes` on a task of its own, waiting until `deadline`:
+/// openraft takes the joint step, then the final one, from the caller's
+/// side, and a caller that gives up between the two must not leave the
+/// group joint.
+async fn commit_membership(
+    raft: &Raft<TypeConfig>,
+    changes: openraft::ChangeMembers<NodeId, openraft::BasicNode>,
+    deadline: tokio::time::Instant,
+) -> Result<(), Refusal> {
     let raft = raft.clone();
     let change = tokio::spawn(async move { raft.change_membership(changes, false).await });
     match tokio::time::timeout_at(deadline, change).await {
         Ok(Ok(Ok(_))) => Ok(()),
-        Ok(Ok(Err(e))) => Err(refusal(e)),
+        Ok(Ok(Err(e))) => Err(membership_refusal(e)),
         Ok(Err(_)) | Err(_) => Err(Refusal::Later),
     }
 }
@@ -469,7 +490,10 @@ struct Inner {
     open: std::sync::atomic::AtomicBool,
     /// Nodes that left the cluster: never welcomed, never dialed.
     forbidden: RwLock<HashSet<NodeId>>,
-    /// The dialer of each member with a higher id, and where it dials.
+    /// The last member list given, forbidden nodes included (listed
+    /// again when allowed).
+    given: Mutex<HashMap<NodeId, SocketAddr>>,
+    /// The dialer of each member, and where it dials.
     dialers: Mutex<HashMap<NodeId, (SocketAddr, tokio::task::AbortHandle)>>,
     /// The cluster's shared secret, which both ends of a link prove.
     secret: Arc<[u8]>,
@@ -511,7 +535,7 @@ impl std::fmt::Debug for Peers {
 
 impl Peers {
     /// Start accepting on `listener` and dialing every peer in `members`
-    /// whose id is above `me` (this node itself may be listed). Both ends
+    /// (this node itself may be listed; see [`Peers::set_members`]). Both ends
     /// of every link prove they hold `secret`, and must be of the same
     /// `cluster` when both know theirs (a node that does not takes its
     /// first peer's). With `tls` every link is TLS with certificates both
@@ -530,6 +554,7 @@ impl Peers {
                 members: RwLock::new(HashMap::new()),
                 open: std::sync::atomic::AtomicBool::new(false),
                 forbidden: RwLock::new(HashSet::new()),
+                given: Mutex::new(HashMap::new()),
                 dialers: Mutex::new(HashMap::new()),
                 secret,
                 cluster: tokio::sync::watch::channel(cluster).0,
@@ -552,7 +577,8 @@ impl Peers {
     /// The members are `members` from now on (this node itself may be
     /// listed): every one is dialed (one with a lower id only when it has
     /// not linked to this node for [`FALLBACK_AFTER`]), and one no longer
-    /// listed is no longer dialed (its link stays until it drops, or it is
+    /// listed is no longer dialed (a link this node dialed closes; one it
+    /// accepted stays until it drops, or the node is
     /// [forbidden](Peers::forbid)). A member whose address changed is
     /// dialed at the new one. Ends [`Peers::welcome_any`].
     pub fn set_members(&self, members: &HashMap<NodeId, SocketAddr>) {
@@ -571,16 +597,19 @@ impl Peers {
     fn update_members(&self, mut members: HashMap<NodeId, SocketAddr>, keep_open: bool) {
         let me = self.inner.me;
         members.remove(&me);
+        *self.inner.given.lock() = members.clone();
+        if !keep_open {
+            self.inner.open.store(false, Ordering::Relaxed);
+        }
+        // Under the dialers' lock, which `forbid` takes too: a node
+        // forbidden meanwhile is never dialed again.
+        let mut dialers = self.inner.dialers.lock();
         {
             let forbidden = self.inner.forbidden.read();
             members.retain(|id, _| !forbidden.contains(id));
         }
-        if !keep_open {
-            self.inner.open.store(false, Ordering::Relaxed);
-        }
         *self.inner.members.write() = members.clone();
         let mut moved = Vec::new();
-        let mut dialers = self.inner.dialers.lock();
         dialers.retain(|id, (addr, task)| {
             let keep = members.get(id) == Some(addr);
             if !keep {
@@ -608,19 +637,40 @@ impl Peers {
     /// Refuse node `id` from now on (it left the cluster): its link is
     /// closed, it is not dialed, and its Hellos are refused.
     pub fn forbid(&self, id: NodeId) {
-        if id == self.inner.me || !self.inner.forbidden.write().insert(id) {
+        if id == self.inner.me {
             return;
         }
-        self.inner.members.write().remove(&id);
-        if let Some((_, task)) = self.inner.dialers.lock().remove(&id) {
-            task.abort();
+        {
+            let mut dialers = self.inner.dialers.lock();
+            if !self.inner.forbidden.write().insert(id) {
+                return;
+            }
+            self.inner.members.write().remove(&id);
+            if let Some((_, task)) = dialers.remove(&id) {
+                task.abort();
+            }
         }
         self.cut(id, "it left the cluster");
     }
 
-    /// Take node `id` back (it joins again).
+    /// Take node `id` back (it joins again): listed again if the last
+    /// member list named it.
     pub fn allow(&self, id: NodeId) {
-        self.inner.forbidden.write().remove(&id);
+        if self.inner.forbidden.write().remove(&id) {
+            let given = self.inner.given.lock().clone();
+            self.update_members(given, true);
+        }
+    }
+
+    /// The nodes forbidden are `ids` from now on: others are allowed.
+    pub fn set_forbidden(&self, ids: &HashSet<NodeId>) {
+        let now: Vec<NodeId> = self.inner.forbidden.read().iter().copied().collect();
+        for id in now.into_iter().filter(|id| !ids.contains(id)) {
+            self.allow(id);
+        }
+        for id in ids {
+            self.forbid(*id);
+        }
     }
 
     /// Close the link to `id`, if any; its calls fail at once.
@@ -1041,6 +1091,18 @@ impl Peers {
             // waiting yet.
             old.replaced.notify_one();
         }
+        // However this ends (dropped, aborted, replaced), the entry goes.
+        let _entry = LinkEntry {
+            peers: self.clone(),
+            peer,
+            serial,
+            pending: Arc::clone(&link.pending),
+        };
+        if self.inner.forbidden.read().contains(&peer) {
+            // Forbidden while its handshake ran (`forbid` inserts, then
+            // cuts: one of the two sees the other).
+            return;
+        }
         tracing::info!(me = self.inner.me, peer, "peer link up");
         let write = async move {
             let mut writer = BufWriter::new(writer);
@@ -1145,13 +1207,30 @@ impl Peers {
         if let Err(e) = outcome {
             tracing::info!(me = self.inner.me, peer, error = %e, "peer link down");
         }
-        let mut links = self.inner.links.lock();
-        if links.get(&peer).is_some_and(|l| l.serial == serial) {
-            links.remove(&peer);
+    }
+}
+
+/// A link's entry in the open links, removed when its task ends however
+/// it ends (a dialer aborted mid-link included).
+struct LinkEntry {
+    peers: Peers,
+    peer: NodeId,
+    serial: u64,
+    pending: Arc<Mutex<HashMap<u64, oneshot::Sender<Reply>>>>,
+}
+
+impl Drop for LinkEntry {
+    fn drop(&mut self) {
+        let mut links = self.peers.inner.links.lock();
+        if links
+            .get(&self.peer)
+            .is_some_and(|l| l.serial == self.serial)
+        {
+            links.remove(&self.peer);
         }
         drop(links);
         // Dropping the waiters' senders answers their calls with Closed.
-        link.pending.lock().clear();
+        self.pending.lock().clear();
     }
 }
 

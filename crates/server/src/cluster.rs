@@ -260,15 +260,19 @@ impl Cluster {
                     // cluster) leaves this node's own in force.
                     let (documents, topology): (Vec<_>, Vec<_>) =
                         all.iter().cloned().partition(|(k, _)| document(k));
+                    let mut gone = std::collections::HashSet::new();
                     for (key, value) in &documents {
                         if key.starts_with(NODE_PREFIX) {
                             me.learn_name(key);
-                        } else if key.starts_with(GONE_PREFIX) {
-                            me.gone(key, true);
+                        } else if let Some(name) = key.strip_prefix(GONE_PREFIX) {
+                            gone.insert(node_id(&String::from_utf8_lossy(name)));
                         } else {
                             me.document(key, value);
                         }
                     }
+                    // Exactly those (a node that left and joined again
+                    // since is allowed).
+                    me.node.peers().set_forbidden(&gone);
                     broker.reset_replicated(&topology);
                 }
             }
@@ -400,20 +404,27 @@ impl Cluster {
             return Err(format!("{name} is running: stop it first"));
         }
         tracing::info!(node = name, "removing a node from the cluster");
-        if member {
-            self.node
-                .change_members(MemberChange::Remove { id }, LEAVE_WITHIN)
-                .await?;
-        }
-        let unfinished = |e: String| {
-            format!("{name} left, but its clean-up did not finish ({e}): run leave again")
-        };
+        // Refused by every node first, so that it cannot link back in
+        // between.
         self.commit(vec![MetaOp::Put {
             key: gone_key(name),
             value: Vec::new(),
         }])
         .await
-        .map_err(|e| unfinished(e.to_string()))?;
+        .map_err(|e| e.to_string())?;
+        if member {
+            self.node
+                .change_members(MemberChange::Remove { id }, LEAVE_WITHIN)
+                .await
+                .map_err(|e| {
+                    format!(
+                        "{name} is refused by every node but still a member ({e}): run leave again"
+                    )
+                })?;
+        }
+        let unfinished = |e: String| {
+            format!("{name} left, but its clean-up did not finish ({e}): run leave again")
+        };
         let forgotten = broker
             .forget_node(name)
             .await

@@ -339,16 +339,30 @@ async fn keep_members(group: Arc<Group>, mut cluster: tokio::sync::watch::Receiv
     let mut retry = false;
     loop {
         if group.is_leader() {
-            let want = cluster.borrow_and_update().voters.clone();
+            let (want, learning) = {
+                let members = cluster.borrow_and_update();
+                (members.voters.clone(), members.learners.clone())
+            };
             let voters = group.voters();
+            let me = group.me();
             retry = false;
             if !want.is_empty() {
+                // Never this node (a learner of the cluster may lead a
+                // queue it declared), a node joining, or one linked here.
                 let mut changes: Vec<MemberChange> = voters
                     .iter()
                     .chain(&group.learners())
-                    .filter(|id| !want.contains_key(id) && !group.is_linked(**id))
+                    .filter(|id| {
+                        **id != me
+                            && !want.contains_key(id)
+                            && !learning.contains_key(id)
+                            && !group.is_linked(**id)
+                    })
                     .map(|id| MemberChange::Remove { id: *id })
                     .collect();
+                if changes.is_empty() && group.is_joint() {
+                    changes.push(MemberChange::Finish);
+                }
                 changes.extend(want.iter().filter(|(id, _)| !voters.contains(id)).map(
                     |(id, addr)| MemberChange::Add {
                         id: *id,
