@@ -37,6 +37,9 @@ enum PeerRequest {
     Forward(Vec<(String, Vec<String>, Vec<u8>)>),
     /// A call about the receiving node's queues (consumers across nodes).
     Call(PeerCall),
+    /// Whether the receiving node has a link to this node now (a leave
+    /// asks every member before it forgets a node).
+    Linked(NodeId),
 }
 
 /// The answer to a [`PeerRequest`].
@@ -45,6 +48,8 @@ enum PeerAnswer {
     /// Per forwarded message, in order.
     Forwarded(Vec<ForwardAnswer>),
     Called(PeerReply),
+    /// To [`PeerRequest::Linked`].
+    Linked(bool),
 }
 
 /// The server's own records in the metadata group, beside the core's
@@ -81,6 +86,8 @@ pub type Names = Arc<parking_lot::RwLock<BTreeMap<NodeId, String>>>;
 /// voter, and of a leave.
 const JOIN_WITHIN: Duration = Duration::from_secs(60);
 const LEAVE_WITHIN: Duration = Duration::from_secs(30);
+/// Longest wait for a member's answer to whether it is linked to a node.
+const LINKED_WITHIN: Duration = Duration::from_secs(2);
 
 /// Commits a new version of one server document to the metadata group;
 /// resolves once this node applied it.
@@ -225,15 +232,22 @@ impl Cluster {
         broker.attach_quorum(Arc::clone(&self.quorums) as Arc<dyn QuorumLog>);
         let server = Arc::downgrade(broker);
         let names = Arc::clone(&self.names);
+        let cluster = Arc::downgrade(self);
         self.node.peers().serve(Arc::new(move |from, request| {
             let broker = server.upgrade();
+            let cluster = cluster.clone();
             let name = names.read().get(&from).cloned();
             Box::pin(async move {
                 let Some(broker) = broker else {
                     return Err("the broker is stopping".to_owned());
                 };
                 let name = name.unwrap_or_else(|| format!("{from:016x}"));
-                answer_peer(&broker, from, &name, &request).await
+                let linked = |id| {
+                    cluster
+                        .upgrade()
+                        .is_some_and(|c| c.node.peers().is_linked(id))
+                };
+                answer_peer(&broker, from, &name, &request, &linked).await
             })
         }));
         let broker = Arc::downgrade(broker);
@@ -400,8 +414,8 @@ impl Cluster {
         if !member && self.node.state().get(&node_key(name)).is_none() {
             return Err(format!("{name} is not a member of the cluster"));
         }
-        if self.node.peers().is_linked(id) {
-            return Err(format!("{name} is running: stop it first"));
+        if let Some(by) = self.linked_anywhere(id, &members).await {
+            return Err(format!("{name} is running (linked to {by}): stop it first"));
         }
         tracing::info!(node = name, "removing a node from the cluster");
         // Refused by every node first, so that it cannot link back in
@@ -435,6 +449,40 @@ impl Cluster {
         .await
         .map_err(|e| unfinished(e.to_string()))?;
         Ok(forgotten)
+    }
+
+    /// A member linked to node `id` now, this node or another it can ask
+    /// (each within [`LINKED_WITHIN`]), by name; None when none is.
+    async fn linked_anywhere(
+        &self,
+        id: NodeId,
+        members: &junction_cluster::Members,
+    ) -> Option<String> {
+        if self.node.peers().is_linked(id) {
+            return Some(self.name_of(self.me));
+        }
+        let others: Vec<NodeId> = members
+            .voters
+            .keys()
+            .chain(members.learners.keys())
+            .copied()
+            .filter(|m| *m != self.me && *m != id)
+            .collect();
+        let asks = others.into_iter().map(|m| async move {
+            let name = self.name_of(m);
+            match self
+                .ask_peer(m, &name, &PeerRequest::Linked(id), LINKED_WITHIN)
+                .await
+            {
+                Ok(PeerAnswer::Linked(true)) => Some(name),
+                _ => None,
+            }
+        });
+        futures_util::future::join_all(asks)
+            .await
+            .into_iter()
+            .flatten()
+            .next()
     }
 
     /// A committed server document: to its sink, or kept until there is
@@ -691,7 +739,9 @@ impl Forwarder for Cluster {
                 .await?
             {
                 PeerAnswer::Forwarded(answers) => Ok(answers),
-                PeerAnswer::Called(_) => Err(format!("node {node} answered out of turn")),
+                PeerAnswer::Called(_) | PeerAnswer::Linked(_) => {
+                    Err(format!("node {node} answered out of turn"))
+                }
             }
         })
     }
@@ -705,7 +755,9 @@ impl Forwarder for Cluster {
                 .await?
             {
                 PeerAnswer::Called(reply) => Ok(reply),
-                PeerAnswer::Forwarded(_) => Err(format!("node {node} answered out of turn")),
+                PeerAnswer::Forwarded(_) | PeerAnswer::Linked(_) => {
+                    Err(format!("node {node} answered out of turn"))
+                }
             }
         })
     }
@@ -721,6 +773,7 @@ async fn answer_peer(
     from: NodeId,
     name: &str,
     request: &[u8],
+    linked: &(dyn Fn(NodeId) -> bool + Sync),
 ) -> Result<Vec<u8>, String> {
     let request: PeerRequest = postcard::from_bytes(request)
         .map_err(|e| format!("a request from node {from:016x} could not be read: {e}"))?;
@@ -749,6 +802,7 @@ async fn answer_peer(
             PeerAnswer::Forwarded(answers)
         }
         PeerRequest::Call(call) => PeerAnswer::Called(broker.answer_call(name, call).await),
+        PeerRequest::Linked(id) => PeerAnswer::Linked(linked(id)),
     };
     postcard::to_stdvec(&answer).map_err(|e| e.to_string())
 }
@@ -822,7 +876,7 @@ mod tests {
             .unwrap();
 
         // Not a request at all.
-        let refused = answer_peer(&broker, 7, "n7", b"\xff\xff not postcard").await;
+        let refused = answer_peer(&broker, 7, "n7", b"\xff\xff not postcard", &|_| false).await;
         assert!(refused.unwrap_err().contains("could not be read"));
 
         // Three messages: one for q, one that is not a message, one for a
@@ -834,9 +888,15 @@ mod tests {
             ("/".to_owned(), vec!["q".to_owned()], b"garbage".to_vec()),
             ("/".to_owned(), vec!["gone".to_owned()], good),
         ]);
-        let answer = answer_peer(&broker, 7, "n7", &postcard::to_stdvec(&request).unwrap())
-            .await
-            .unwrap();
+        let answer = answer_peer(
+            &broker,
+            7,
+            "n7",
+            &postcard::to_stdvec(&request).unwrap(),
+            &|_| false,
+        )
+        .await
+        .unwrap();
         let Ok(PeerAnswer::Forwarded(answers)) = postcard::from_bytes(&answer) else {
             panic!("not a forward answer");
         };
