@@ -582,7 +582,7 @@ impl Peers {
     /// [forbidden](Peers::forbid)). A member whose address changed is
     /// dialed at the new one. Ends [`Peers::welcome_any`].
     pub fn set_members(&self, members: &HashMap<NodeId, SocketAddr>) {
-        self.update_members(members.clone(), false);
+        self.update_members(Some(members.clone()), false);
     }
 
     /// Adds `members` to those listed (for a node not yet in the
@@ -591,19 +591,27 @@ impl Peers {
     pub fn learn_members(&self, members: &HashMap<NodeId, SocketAddr>) {
         let mut all = self.members();
         all.extend(members.iter().map(|(id, a)| (*id, *a)));
-        self.update_members(all, true);
+        self.update_members(Some(all), true);
     }
 
-    fn update_members(&self, mut members: HashMap<NodeId, SocketAddr>, keep_open: bool) {
+    /// Lists `members` (None: the last list given, again).
+    fn update_members(&self, members: Option<HashMap<NodeId, SocketAddr>>, keep_open: bool) {
         let me = self.inner.me;
-        members.remove(&me);
-        *self.inner.given.lock() = members.clone();
         if !keep_open {
             self.inner.open.store(false, Ordering::Relaxed);
         }
         // Under the dialers' lock, which `forbid` takes too: a node
-        // forbidden meanwhile is never dialed again.
+        // forbidden meanwhile is never dialed again, and a list given
+        // again is the latest.
         let mut dialers = self.inner.dialers.lock();
+        let mut members = {
+            let mut given = self.inner.given.lock();
+            if let Some(mut members) = members {
+                members.remove(&me);
+                *given = members;
+            }
+            given.clone()
+        };
         {
             let forbidden = self.inner.forbidden.read();
             members.retain(|id, _| !forbidden.contains(id));
@@ -657,8 +665,9 @@ impl Peers {
     /// member list named it.
     pub fn allow(&self, id: NodeId) {
         if self.inner.forbidden.write().remove(&id) {
-            let given = self.inner.given.lock().clone();
-            self.update_members(given, true);
+            // Read and listed again under the dialers' lock, so that a
+            // newer list given meanwhile is not undone.
+            self.update_members(None, true);
         }
     }
 

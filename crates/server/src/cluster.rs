@@ -414,8 +414,8 @@ impl Cluster {
         if !member && self.node.state().get(&node_key(name)).is_none() {
             return Err(format!("{name} is not a member of the cluster"));
         }
-        if let Some(by) = self.linked_anywhere(id, &members).await {
-            return Err(format!("{name} is running (linked to {by}): stop it first"));
+        if let Some(why) = self.linked_anywhere(id, &members).await {
+            return Err(format!("{name} may be running ({why}): stop it first"));
         }
         tracing::info!(node = name, "removing a node from the cluster");
         // Refused by every node first, so that it cannot link back in
@@ -451,22 +451,26 @@ impl Cluster {
         Ok(forgotten)
     }
 
-    /// A member linked to node `id` now, this node or another it can ask
-    /// (each within [`LINKED_WITHIN`]), by name; None when none is.
+    /// Why node `id` may still be running: a member linked to it now
+    /// (this node, or another asked within [`LINKED_WITHIN`]), or one
+    /// this node is linked to that did not answer clearly. None when every
+    /// member this node reaches says it is not linked to it (a member
+    /// this node has no link to is not asked).
     async fn linked_anywhere(
         &self,
         id: NodeId,
         members: &junction_cluster::Members,
     ) -> Option<String> {
-        if self.node.peers().is_linked(id) {
-            return Some(self.name_of(self.me));
+        let peers = self.node.peers();
+        if peers.is_linked(id) {
+            return Some(format!("linked to {}", self.name_of(self.me)));
         }
         let others: Vec<NodeId> = members
             .voters
             .keys()
             .chain(members.learners.keys())
             .copied()
-            .filter(|m| *m != self.me && *m != id)
+            .filter(|m| *m != self.me && *m != id && peers.is_linked(*m))
             .collect();
         let asks = others.into_iter().map(|m| async move {
             let name = self.name_of(m);
@@ -474,8 +478,9 @@ impl Cluster {
                 .ask_peer(m, &name, &PeerRequest::Linked(id), LINKED_WITHIN)
                 .await
             {
-                Ok(PeerAnswer::Linked(true)) => Some(name),
-                _ => None,
+                Ok(PeerAnswer::Linked(false)) => None,
+                Ok(PeerAnswer::Linked(true)) => Some(format!("linked to {name}")),
+                Ok(_) | Err(_) => Some(format!("{name} did not say whether it is linked to it")),
             }
         });
         futures_util::future::join_all(asks)
