@@ -15,7 +15,6 @@ links to the others from the membership it kept."""
 import json
 import time
 
-import pika
 import pytest
 
 from admin_support import api
@@ -79,12 +78,9 @@ def test_a_node_joins_takes_every_quorum_queue_and_a_stopped_node_is_forgotten(
     leader_everywhere(brokers, "jq")
     publish_confirmed(n2, "jq", [f"before-{i}".encode() for i in range(20)])
     conn = amqp(n3)
-    ch = conn.channel()
-    ch.queue_declare("c3", durable=True)
-    ch.confirm_delivery()
-    for i in range(5):
-        ch.basic_publish("", "c3", f"c3-{i}".encode(), pika.BasicProperties(delivery_mode=2))
+    conn.channel().queue_declare("c3", durable=True)
     conn.close()
+    publish_confirmed(n3, "c3", [f"c3-{i}".encode() for i in range(5)])
     leave_session(clients, brokers, n3, "dev-3", "plant/+/temp")
 
     # n34 starts to join: it lists n1 and itself. Its id is below every

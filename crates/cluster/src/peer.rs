@@ -1264,7 +1264,7 @@ impl Peers {
             Rpc::Snapshot(rpc) => Reply::Snapshot(raft.install_snapshot(rpc).await),
             Rpc::Propose { .. } if self.is_paused(group) => Reply::Propose(Err(Refusal::Later)),
             Rpc::Propose { command, within_ms } => {
-                let within = Duration::from_millis(within_ms);
+                let within = asked_wait(within_ms);
                 let answer = tokio::time::timeout(within, write_locally(raft, command)).await;
                 Reply::Propose(answer.unwrap_or(Err(Refusal::Later)))
             }
@@ -1285,7 +1285,7 @@ impl Peers {
             }
             Rpc::Campaign => Reply::Transferred(raft.trigger().elect().await.is_ok()),
             Rpc::Members { change, within_ms } => {
-                Reply::Members(change_locally(raft, change, Duration::from_millis(within_ms)).await)
+                Reply::Members(change_locally(raft, change, asked_wait(within_ms)).await)
             }
             // Answered by the broker's service before a group is looked at.
             Rpc::Broker(_) => Reply::NoGroup,
@@ -1425,6 +1425,17 @@ fn matched(m: &openraft::RaftMetrics<NodeId, openraft::BasicNode>, to: NodeId) -
         .as_ref()
         .and_then(|r| r.get(&to).cloned().flatten())
         .map(|log_id| log_id.index)
+}
+
+/// Longest a peer's request may ask this node to wait (a proposal, a
+/// change of members): far above any deadline a node sends, and far
+/// below where `Instant + wait` would overflow.
+const MAX_ASKED_WAIT: Duration = Duration::from_secs(600);
+
+/// How long a peer asked this node to wait, `ms` milliseconds, within
+/// [`MAX_ASKED_WAIT`].
+fn asked_wait(ms: u64) -> Duration {
+    Duration::from_millis(ms).min(MAX_ASKED_WAIT)
 }
 
 /// Longest a member holds its elections when asked.
@@ -1646,6 +1657,14 @@ mod tests {
         assert!(!holds(HELLO_LABEL, [1; 32], 1, 3, c, b"s3cret"));
         assert!(!holds(HELLO_LABEL, [1; 32], 1, 2, None, b"s3cret"));
         assert!(!holds(HELLO_LABEL, [1; 32], 1, 2, Some([6; 32]), b"s3cret"));
+    }
+
+    #[test]
+    fn a_peer_cannot_ask_for_a_wait_past_the_limit() {
+        assert_eq!(asked_wait(1500), Duration::from_millis(1500));
+        assert_eq!(asked_wait(u64::MAX), MAX_ASKED_WAIT);
+        // What change_locally does with it: no overflow.
+        let _ = std::time::Instant::now() + asked_wait(u64::MAX);
     }
 
     #[test]
